@@ -1,0 +1,82 @@
+"""Configuration of one Sparse VideoGen2 attention call.
+
+The config is a frozen value object: it carries no tensors and no state, so one instance can be
+shared by every layer of a pipeline and by concurrent requests without leaking anything between them.
+Per-layer caches (k-means centroids) live in :class:`svg2core.state.LayerState`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+Mode = Literal["top_p", "fixed_density", "dense"]
+MODES: tuple[str, ...] = ("top_p", "fixed_density", "dense")
+
+
+@dataclass(frozen=True)
+class SVG2Config:
+    """Budget of one sparse attention call.
+
+    Args:
+        mode: ``"top_p"`` keeps, per (head, query cluster), key clusters in descending probability until
+            their cumulative probability reaches ``top_p`` (the crossing cluster is kept), bounded by
+            ``min_density`` / ``max_density``. ``"fixed_density"`` keeps the most probable key clusters
+            of every query cluster until ``target_density`` of the keys is covered (within one
+            cluster). ``"dense"`` runs plain dense attention.
+        top_p: cumulative probability budget, in (0, 1].
+        min_density: floor on the fraction of keys each query cluster attends to, in [0, 1].
+        max_density: cap on the fraction of keys each query cluster attends to, in (0, 1]; at least
+            one key cluster is always kept.
+        target_density: key fraction per query cluster in ``"fixed_density"`` mode, in (0, 1].
+        num_q_clusters: k-means clusters of the query vectors, per (batch, head).
+        num_k_clusters: k-means clusters of the key vectors, per (batch, head).
+        kmeans_iters_init: Lloyd iterations of the first (cold) call of a layer.
+        kmeans_iters: Lloyd iterations of later calls, warm-started from the cached centroids.
+    """
+
+    mode: Mode = "top_p"
+    top_p: float = 0.9
+    min_density: float = 0.0
+    max_density: float = 1.0
+    target_density: float = 0.25
+    num_q_clusters: int = 100
+    num_k_clusters: int = 500
+    kmeans_iters_init: int = 50
+    kmeans_iters: int = 2
+
+    def __post_init__(self) -> None:
+        errors = config_errors(self)
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    def replace(self, **changes) -> SVG2Config:
+        """A copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def config_errors(cfg: SVG2Config) -> list[str]:
+    """Every rule ``cfg`` breaks, as ``"field: rule"`` strings (empty when valid)."""
+    errs: list[str] = []
+    if cfg.mode not in MODES:
+        errs.append(f"mode: must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if not 0.0 < cfg.top_p <= 1.0:
+        errs.append(f"top_p: must be in (0, 1], got {cfg.top_p}")
+    if not 0.0 <= cfg.min_density <= 1.0:
+        errs.append(f"min_density: must be in [0, 1], got {cfg.min_density}")
+    if not 0.0 < cfg.max_density <= 1.0:
+        errs.append(f"max_density: must be in (0, 1], got {cfg.max_density}")
+    if cfg.min_density > cfg.max_density:
+        errs.append(f"min_density: must not exceed max_density ({cfg.min_density} > {cfg.max_density})")
+    if not 0.0 < cfg.target_density <= 1.0:
+        errs.append(f"target_density: must be in (0, 1], got {cfg.target_density}")
+    if not 1 <= cfg.num_q_clusters <= 4096:
+        errs.append(f"num_q_clusters: must be in [1, 4096], got {cfg.num_q_clusters}")
+    if not 1 <= cfg.num_k_clusters <= 8192:
+        errs.append(f"num_k_clusters: must be in [1, 8192], got {cfg.num_k_clusters}")
+    if not 1 <= cfg.kmeans_iters_init <= 1000:
+        errs.append(f"kmeans_iters_init: must be in [1, 1000], got {cfg.kmeans_iters_init}")
+    if not 0 <= cfg.kmeans_iters <= 1000:
+        errs.append(f"kmeans_iters: must be in [0, 1000], got {cfg.kmeans_iters}")
+    return errs
