@@ -1,0 +1,34 @@
+"""Settings of the API process, read from the environment (prefix ``SVG2_``) once, in the app factory.
+
+The names shared with the worker (``SVG2_REDIS_URL``, ``SVG2_REGISTRY_PATH``, ``SVG2_OUTPUT_DIR``,
+``SVG2_RETENTION_S``) must agree between the two processes; the README documents every setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the API process is configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="SVG2_", extra="ignore")
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the job records and rq queues.")
+    registry_path: Path | None = Field(
+        None, description="Model registry YAML; default: the bundled worker/models.yaml."
+    )
+    output_dir: Path = Field(Path("var/outputs"), description="Where workers write MP4s (shared with the API).")
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body (larger: 413).")
+    retention_s: int = Field(24 * 3600, ge=1, description="How long a finished video's MP4 is kept.")
+    job_timeout_s: int = Field(4 * 3600, ge=1, description="rq timeout of one video job.")
+    purge_interval_s: float = Field(
+        300.0, ge=0.0, description="How often the API deletes expired MP4s (0: never)."
+    )
+    list_max_limit: int = Field(100, ge=1, description="Largest `limit` of GET /v1/videos.")
+    log_level: str = Field("info", description="uvicorn log level.")

@@ -1,0 +1,50 @@
+"""Dependencies the routes declare with ``Annotated[..., Depends()]``.
+
+The app factory builds one :class:`AppContext` (settings, Redis client, job store, registry) and keeps
+it on ``app.state.svg2``; nothing is created at import time, so tests can build apps with their own
+settings side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Request
+
+from service.config import Settings
+from worker.registry import Registry
+from worker.store import JobStore
+
+
+@dataclass(frozen=True)
+class AppContext:
+    settings: Settings
+    redis: redis.Redis
+    store: JobStore
+    registry: Registry
+
+
+def get_context(request: Request) -> AppContext:
+    return request.app.state.svg2
+
+
+ContextDep = Annotated[AppContext, Depends(get_context)]
+
+
+def get_settings(ctx: ContextDep) -> Settings:
+    return ctx.settings
+
+
+def get_store(ctx: ContextDep) -> JobStore:
+    return ctx.store
+
+
+def get_registry(ctx: ContextDep) -> Registry:
+    return ctx.registry
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+RegistryDep = Annotated[Registry, Depends(get_registry)]

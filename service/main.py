@@ -1,0 +1,84 @@
+"""The API app factory and the ``svg2-api`` console entry point.
+
+``create_app(settings)`` reads settings (once, here; never at import), connects to Redis, loads the
+model registry and mounts the routes. ``run()`` serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis
+from fastapi import FastAPI
+
+from service.config import Settings
+from service.deps import AppContext
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimitMiddleware
+from service.routes import health, models, videos
+from worker.registry import load_registry
+from worker.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+async def _purge_loop(store: JobStore, interval_s: float) -> None:
+    """Delete expired MP4s now and then (off the event loop: it touches Redis and the disk)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            removed = await asyncio.to_thread(store.purge_expired)
+            if removed:
+                log.info("deleted %d expired videos", removed)
+        except Exception:  # a Redis hiccup must not kill the loop
+            log.exception("purging expired videos failed")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API. ``settings`` defaults to the environment (``SVG2_*``)."""
+    settings = settings if settings is not None else Settings()
+    registry = load_registry(settings.registry_path)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+    store = JobStore(client, settings.output_dir, retention_s=settings.retention_s,
+                     job_timeout_s=settings.job_timeout_s)
+    ctx = AppContext(settings=settings, redis=client, store=store, registry=registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_purge_loop(store, settings.purge_interval_s)) if settings.purge_interval_s else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            client.close()
+
+    app = FastAPI(
+        title="svg2",
+        version="0.1.0",
+        summary="Video generation with Sparse VideoGen2 sparse attention (OpenAI video-API shaped).",
+        lifespan=lifespan,
+    )
+    app.state.svg2 = ctx
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(videos.router)
+    app.include_router(models.router)
+    return app
+
+
+def run() -> None:
+    """``svg2-api``: serve the API with uvicorn on ``SVG2_HOST:SVG2_PORT``."""
+    import uvicorn
+
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,31 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import redis
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from service.deps import ContextDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The API process is up")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Redis answers and at least one worker is alive")
+def readyz(ctx: ContextDep) -> JSONResponse:
+    try:
+        ctx.redis.ping()
+        workers = ctx.store.live_workers()
+    except redis.RedisError as exc:
+        return JSONResponse(status_code=503, content={"status": "unavailable", "redis": f"error: {exc}",
+                                                      "workers": []})
+    ready = bool(workers)
+    return JSONResponse(
+        status_code=200 if ready else 503,
+        content={"status": "ready" if ready else "no_workers", "redis": "ok", "workers": workers},
+    )

@@ -1,0 +1,31 @@
+"""``/v1/models``: the registered models, their limits, defaults and sparsity presets."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fastapi import APIRouter
+
+from service.deps import RegistryDep, StoreDep
+from service.errors import APIError
+from service.schemas import ModelList, ModelPublic
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def _workers_per_queue(store) -> Counter:
+    return Counter(w.get("queue") for w in store.live_workers())
+
+
+@router.get("", response_model=ModelList, summary="List the served models")
+def list_models(registry: RegistryDep, store: StoreDep) -> ModelList:
+    per_queue = _workers_per_queue(store)
+    return ModelList(data=[ModelPublic.from_entry(m, per_queue[m.queue]) for m in registry.models])
+
+
+@router.get("/{model_id}", response_model=ModelPublic, summary="Get one model")
+def get_model(model_id: str, registry: RegistryDep, store: StoreDep) -> ModelPublic:
+    if model_id not in registry.names:
+        raise APIError(404, "model_not_found",
+                       f"unknown model {model_id!r}; available models: {', '.join(registry.names)}", "model_id")
+    return ModelPublic.from_entry(registry.get(model_id), _workers_per_queue(store)[registry.get(model_id).queue])
