@@ -1,0 +1,170 @@
+"""``svg2-worker``: a long-lived GPU worker that owns one resident pipeline.
+
+One process per GPU. At start it loads its model once (from the registry entry named by
+``SVG2_MODEL``), then serves the model's rq queue with :class:`VideoWorker`, an rq ``SimpleWorker``
+(no fork per job: CUDA does not survive ``fork``) that binds the resident model around each job.
+
+Liveness: rq's SimpleWorker sends no heartbeats while a job runs, so a daemon thread writes the
+store's ``svg2:worker:{name}`` key every ``heartbeat_interval_s`` (TTL ``heartbeat_ttl_s``) from the
+moment loading starts until the process exits: while loading, idle and during jobs, with the job
+being run. Cancellation is cooperative, between denoising steps (see :mod:`worker.runner`).
+
+Run it with ``svg2-worker`` or ``python -m worker.main``; configure it with ``SVG2_*`` environment
+variables (:class:`worker.config.WorkerSettings`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+
+from worker.config import WorkerSettings
+from worker.pipelines.loading import ModelUnavailable, load_model
+from worker.registry import load_registry
+from worker.runner import JobRunner
+from worker.store import JobStore
+from worker.tasks import bind_runner
+
+log = logging.getLogger("svg2.worker")
+
+
+@dataclass
+class WorkerState:
+    """What the heartbeat reports; written by the main thread, read by the heartbeat thread
+    (single attribute assignments, atomic under the GIL)."""
+
+    model: str
+    queues: list[str]
+    phase: str = "loading"  # loading | idle | busy
+    current_job: str | None = None
+    jobs_done: int = 0
+    started_at: float = field(default_factory=time.time)
+    details: dict = field(default_factory=dict)
+
+    def info(self) -> dict:
+        return {
+            "model": self.model,
+            "queues": list(self.queues),
+            "state": self.phase,
+            "current_job": self.current_job,
+            "jobs_done": self.jobs_done,
+            "started_at": self.started_at,
+            "pid": os.getpid(),
+            **self.details,
+        }
+
+
+class HeartbeatThread(threading.Thread):
+    """Writes the worker's heartbeat every ``interval_s`` until :meth:`stop`; a failed write (Redis
+    briefly away) is logged and retried on the next beat instead of ending the thread."""
+
+    def __init__(self, store: JobStore, name: str, state: WorkerState, interval_s: float, ttl_s: float) -> None:
+        super().__init__(name="svg2-heartbeat", daemon=True)
+        self.store = store
+        self.worker_name = name
+        self.state = state
+        self.interval_s = interval_s
+        self.ttl_s = ttl_s
+        self._stopped = threading.Event()
+
+    def beat(self) -> None:
+        self.store.heartbeat(self.worker_name, self.state.info(), self.ttl_s)
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - keep beating through transient Redis errors
+                log.warning("heartbeat failed", exc_info=True)
+            if self._stopped.wait(self.interval_s):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=self.interval_s + 5)
+
+
+class VideoWorker(SimpleWorker):
+    """rq ``SimpleWorker`` that runs every job in this process with the resident model bound.
+
+    Overrides only ``execute_job``: it marks the worker busy for the heartbeat and binds the
+    :class:`~worker.runner.JobRunner` that :func:`worker.tasks.run_video_job` looks up.
+    """
+
+    def __init__(self, queues, *, runner: JobRunner, state: WorkerState, **kwargs) -> None:
+        super().__init__(queues, **kwargs)
+        self.svg2_runner = runner
+        self.svg2_state = state
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self.svg2_state.current_job = job.id
+        self.svg2_state.phase = "busy"
+        try:
+            with bind_runner(self.svg2_runner):
+                super().execute_job(job, queue)
+        finally:
+            self.svg2_state.current_job = None
+            self.svg2_state.phase = "idle"
+            self.svg2_state.jobs_done += 1
+
+
+def serve(settings: WorkerSettings) -> int:
+    """Load the model, then serve its queue until stopped; returns the process exit code."""
+    registry = load_registry(settings.registry_path)
+    entry = registry.get(settings.model)
+    queues = settings.queues or [entry.queue]
+    connection = redis.Redis.from_url(settings.redis_url)
+    store = JobStore(connection, settings.output_dir, retention_s=settings.retention_s)
+    state = WorkerState(model=entry.name, queues=queues, details={"device": settings.device or entry.device})
+    heartbeat = HeartbeatThread(
+        store, settings.worker_name, state, settings.heartbeat_interval_s, settings.heartbeat_ttl_s
+    )
+    heartbeat.start()
+    try:
+        log.info("worker %s: loading model %s", settings.worker_name, entry.name)
+        try:
+            model = load_model(entry, settings.device)
+        except ModelUnavailable as exc:
+            log.error("worker %s: %s [%s]", settings.worker_name, exc, exc.code)
+            return 2
+        state.details = {**model.describe(), "load_seconds": model.load_seconds}
+        state.phase = "idle"
+        heartbeat.beat()  # announce "idle" now rather than at the next interval
+        log.info("worker %s: %s loaded in %.2f s on %s; serving %s",
+                 settings.worker_name, entry.name, model.load_seconds, model.device, ", ".join(queues))
+        worker = VideoWorker(
+            queues,
+            connection=connection,
+            name=settings.worker_name,
+            runner=JobRunner(store, model, settings.worker_name),
+            state=state,
+        )
+        worker.work(logging_level=settings.log_level.upper())
+        return 0
+    finally:
+        heartbeat.stop()
+        try:
+            store.remove_worker(settings.worker_name)
+        except redis.RedisError:
+            log.warning("could not remove heartbeat of %s", settings.worker_name, exc_info=True)
+
+
+def run() -> None:
+    """Console entry point ``svg2-worker``."""
+    settings = WorkerSettings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    sys.exit(serve(settings))
+
+
+if __name__ == "__main__":
+    run()

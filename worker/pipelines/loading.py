@@ -1,0 +1,159 @@
+"""Load a registry entry into a resident diffusers pipeline, strictly offline.
+
+``kind: tiny-wan`` builds the built-in random Wan pipeline (:mod:`worker.pipelines.tiny`).
+``kind: diffusers`` loads real weights with ``<pipeline_class>.from_pretrained(path,
+torch_dtype=..., local_files_only=True)``: ``path`` is a local directory or a Hugging Face id that
+must already be in the local cache. Nothing is ever downloaded; missing weights raise
+:class:`ModelUnavailable` at once (code ``model_unavailable``) instead of hanging on the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import diffusers
+import torch
+from packaging.version import Version
+
+from worker.pipelines.tiny import build_tiny_pipeline
+from worker.registry import ModelEntry
+
+log = logging.getLogger(__name__)
+
+# diffusers renamed from_pretrained's torch_dtype to dtype (0.42 warns on the old name).
+_DTYPE_KWARG = "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: Registry ``options`` the loader understands; others are reported once at load (a typo must not
+#: pass silently, but a newer registry must not stop an older worker either).
+KNOWN_OPTIONS = frozenset({"flow_shift", "max_sequence_length", "enable_vae_tiling"})
+
+#: The tiny text encoder has no use for Wan's 512-token prompts; 64 bytes keeps a step cheap.
+TINY_MAX_SEQUENCE_LENGTH = 64
+
+
+class ModelUnavailable(RuntimeError):
+    """The model cannot be loaded here (weights missing, unknown pipeline class, no such device)."""
+
+    code = "model_unavailable"
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline resident in this process, and what a job needs to know about it."""
+
+    entry: ModelEntry
+    pipeline: diffusers.DiffusionPipeline
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float
+    #: Fixed extra arguments of every pipeline call for this model (from the registry's options).
+    call_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def describe(self) -> dict:
+        """JSON-able facts for heartbeats and job metrics."""
+        return {"model": self.name, "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``requested`` as a torch device, or :class:`ModelUnavailable` if this machine lacks it."""
+    try:
+        device = torch.device(requested)
+    except RuntimeError as exc:
+        raise ModelUnavailable(f"device: {requested!r} is not a torch device ({exc})") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable(f"device: {requested!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def _pipeline_class(name: str) -> type[diffusers.DiffusionPipeline]:
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.DiffusionPipeline)):
+        raise ModelUnavailable(f"pipeline_class: {name!r} is not a diffusers pipeline class")
+    return cls
+
+
+def _looks_like_local_path(path: str) -> bool:
+    # A Hugging Face id is "owner/name"; anything absolute, relative-dotted or home-based is a path.
+    return path.startswith(("/", "./", "../", "~")) or Path(path).expanduser().exists()
+
+
+def _load_from_pretrained(entry: ModelEntry, dtype: torch.dtype) -> diffusers.DiffusionPipeline:
+    cls = _pipeline_class(entry.pipeline_class)
+    source = entry.path or ""
+    if _looks_like_local_path(source):
+        local = Path(source).expanduser()
+        if not local.is_dir():
+            raise ModelUnavailable(
+                f"model {entry.name!r}: weights directory {str(local)!r} does not exist; download the "
+                "diffusers-format weights there or point the registry's path at them"
+            )
+        source = str(local)
+    try:
+        return cls.from_pretrained(source, **{_DTYPE_KWARG: dtype}, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        # huggingface_hub raises OSError subclasses (LocalEntryNotFoundError, ...) for a missing cache
+        # entry; a directory without model_index.json surfaces as OSError or ValueError.
+        raise ModelUnavailable(
+            f"model {entry.name!r}: cannot load {entry.pipeline_class} from {entry.path!r} offline "
+            f"({type(exc).__name__}: {exc}); put the weights in the local Hugging Face cache or a local "
+            "directory"
+        ) from exc
+
+
+def _apply_options(entry: ModelEntry, pipe: diffusers.DiffusionPipeline, call_kwargs: dict) -> None:
+    options = dict(entry.options)
+    unknown = sorted(set(options) - KNOWN_OPTIONS)
+    if unknown:
+        log.warning("model %s: ignoring unknown registry options %s", entry.name, unknown)
+    if "flow_shift" in options:
+        # Wan's UniPC scheduler calls it flow_shift, flow-matching Euler calls it shift.
+        config = pipe.scheduler.config
+        key = "flow_shift" if "flow_shift" in config else "shift" if "shift" in config else None
+        if key is None:
+            raise ModelUnavailable(f"options.flow_shift: scheduler {type(pipe.scheduler).__name__} has no shift")
+        pipe.scheduler = type(pipe.scheduler).from_config(config, **{key: float(options["flow_shift"])})
+    if "max_sequence_length" in options:
+        call_kwargs["max_sequence_length"] = int(options["max_sequence_length"])
+    if options.get("enable_vae_tiling"):
+        pipe.vae.enable_tiling()
+
+
+def load_model(entry: ModelEntry, device: str | None = None) -> LoadedModel:
+    """Load ``entry`` onto ``device`` (the entry's own device when None) and keep it resident.
+
+    Raises:
+        ModelUnavailable: weights, pipeline class or device missing; never downloads.
+    """
+    start = time.perf_counter()
+    dev = resolve_device(device or entry.device)
+    dtype = _DTYPES[entry.dtype]
+    call_kwargs: dict = {}
+    if entry.kind == "tiny-wan":
+        pipe = build_tiny_pipeline()
+        call_kwargs["max_sequence_length"] = TINY_MAX_SEQUENCE_LENGTH
+    elif entry.kind == "diffusers":
+        pipe = _load_from_pretrained(entry, dtype)
+    else:  # the registry's Literal makes this unreachable; keep the error explicit anyway
+        raise ModelUnavailable(f"kind: unknown model kind {entry.kind!r}")
+    _apply_options(entry, pipe, call_kwargs)
+    if entry.kind == "tiny-wan" and dtype != torch.float32:
+        pipe.to(dtype=dtype)  # built in float32; real weights load in their dtype
+    pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(
+        entry=entry,
+        pipeline=pipe,
+        device=dev,
+        dtype=dtype,
+        load_seconds=time.perf_counter() - start,
+        call_kwargs=call_kwargs,
+    )

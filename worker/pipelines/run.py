@@ -1,0 +1,197 @@
+"""Run one :class:`~worker.spec.JobSpec` on a loaded diffusers video pipeline.
+
+The pipeline object is long-lived and shared by every job of a worker; everything that belongs to
+one request (generator, step timer, callbacks, hooks) is created here per call and removed before
+returning, so nothing of one job can leak into the next.
+
+Per denoising step, through diffusers' ``callback_on_step_end``, the runner reports progress and
+asks whether the job was cancelled; a cancel raises :class:`JobCancelled` out of the pipeline call
+(instead of ``pipe._interrupt``, which would still decode the VAE for a result nobody wants).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from worker.spec import JobSpec
+
+#: ``on_step(step, total_steps, step_seconds)``, ``step`` 1-based, called after every denoising step.
+StepCallback = Callable[[int, int, float], None]
+
+
+class JobCancelled(Exception):
+    """Raised between denoising steps when the job's cancel was requested."""
+
+
+class InvalidJobInput(ValueError):
+    """The spec cannot run on this pipeline (the message names the field and the rule)."""
+
+
+@dataclass
+class GenerationResult:
+    """Frames of one clip plus the metrics of producing them.
+
+    ``metrics`` keys (all seconds are wall time, CUDA-synchronised on GPU):
+    ``encode_seconds`` (prompt encoding and latent setup, up to the first transformer call),
+    ``step_seconds`` (list, one per denoising step), ``denoise_seconds`` (their sum),
+    ``decode_seconds`` (VAE decode and post-processing), ``frames``, ``width``, ``height``,
+    ``attention`` (``"dense"`` until the svg2core processors are installed) and ``sparsity``
+    (``None`` for dense runs; the place where per-step density figures will go).
+    """
+
+    frames: np.ndarray  # (F, H, W, 3) float32 in [0, 1]
+    metrics: dict = field(default_factory=dict)
+
+
+def spatial_and_temporal_multiples(pipe) -> tuple[int, int]:
+    """(pixel multiple of width/height, temporal factor) of a Wan- or HunyuanVideo-style pipeline."""
+    spatial = int(getattr(pipe, "vae_scale_factor_spatial", 8))
+    temporal = int(getattr(pipe, "vae_scale_factor_temporal", 4))
+    patch = getattr(pipe.transformer.config, "patch_size", 1)
+    patch_hw = int(patch[-1]) if isinstance(patch, (list, tuple)) else int(patch)
+    return spatial * patch_hw, temporal
+
+
+def validate_spec_for_pipeline(pipe, spec: JobSpec) -> None:
+    """Reject shapes the pipeline would silently round (the MP4 must have exactly what was asked)."""
+    multiple, temporal = spatial_and_temporal_multiples(pipe)
+    problems = []
+    if spec.width % multiple:
+        problems.append(f"width: must be a multiple of {multiple} for model {spec.model!r}, got {spec.width}")
+    if spec.height % multiple:
+        problems.append(f"height: must be a multiple of {multiple} for model {spec.model!r}, got {spec.height}")
+    if spec.num_frames < 1 or (spec.num_frames - 1) % temporal:
+        problems.append(
+            f"num_frames: must be {temporal}k+1 (e.g. {4 * temporal + 1}) for model {spec.model!r}, "
+            f"got {spec.num_frames}"
+        )
+    if problems:
+        raise InvalidJobInput("; ".join(problems))
+
+
+class _StepTimer:
+    """Marks the start of each denoising step (first transformer call after the previous step's
+    callback) so per-step times exclude prompt encoding before step 0."""
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self.sync = sync
+        self.call_start = time.perf_counter()
+        self.first_step_start: float | None = None
+        self.step_start: float | None = None
+        self.last_step_end: float | None = None
+
+    def transformer_pre_hook(self, module, args) -> None:
+        if self.step_start is None:
+            self.sync()
+            self.step_start = time.perf_counter()
+            if self.first_step_start is None:
+                self.first_step_start = self.step_start
+
+    def end_step(self) -> float:
+        self.sync()
+        now = time.perf_counter()
+        start = self.step_start if self.step_start is not None else (self.last_step_end or self.call_start)
+        self.step_start = None
+        self.last_step_end = now
+        return now - start
+
+
+def _sync_fn(pipe) -> Callable[[], None]:
+    device = getattr(pipe, "_execution_device", torch.device("cpu"))
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _denoisers(pipe) -> list[torch.nn.Module]:
+    return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
+
+
+def generate(
+    pipe,
+    spec: JobSpec,
+    *,
+    on_step: StepCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    call_kwargs: dict | None = None,
+) -> GenerationResult:
+    """Generate the clip of ``spec`` with ``pipe``.
+
+    Args:
+        pipe: a loaded diffusers video pipeline (``WanPipeline``, ``HunyuanVideoPipeline``...).
+        spec: the resolved job; ``seed`` seeds a CPU ``torch.Generator`` so the same spec gives the
+            same frames on any device of the same kind.
+        on_step: progress report after each denoising step.
+        should_cancel: polled after each denoising step (and once before starting); True stops the
+            job with :class:`JobCancelled`.
+        call_kwargs: model-specific extra arguments of the pipeline call (e.g. ``max_sequence_length``).
+
+    Raises:
+        InvalidJobInput: the spec's shape does not fit the model.
+        JobCancelled: ``should_cancel`` returned True.
+    """
+    validate_spec_for_pipeline(pipe, spec)
+    if should_cancel is not None and should_cancel():
+        raise JobCancelled()
+
+    total_steps = spec.num_inference_steps
+    timer = _StepTimer(_sync_fn(pipe))
+    step_seconds: list[float] = []
+
+    def on_step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
+        seconds = timer.end_step()
+        step_seconds.append(seconds)
+        if on_step is not None:
+            on_step(step_index + 1, total_steps, seconds)
+        if should_cancel is not None and should_cancel():
+            raise JobCancelled()
+        return {}
+
+    kwargs = dict(
+        prompt=spec.prompt,
+        height=spec.height,
+        width=spec.width,
+        num_frames=spec.num_frames,
+        num_inference_steps=total_steps,
+        guidance_scale=spec.guidance_scale,
+        generator=torch.Generator(device="cpu").manual_seed(spec.seed),
+        output_type="np",
+        return_dict=True,
+        callback_on_step_end=on_step_end,
+    )
+    accepted = inspect.signature(pipe.__call__).parameters
+    if "negative_prompt" in accepted:
+        kwargs["negative_prompt"] = spec.negative_prompt or None
+    kwargs.update(call_kwargs or {})
+
+    hooks = [m.register_forward_pre_hook(timer.transformer_pre_hook) for m in _denoisers(pipe)]
+    try:
+        with torch.inference_mode():
+            output = pipe(**kwargs)
+        timer.sync()
+        end = time.perf_counter()
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    frames = np.asarray(output.frames[0])  # (F, H, W, 3): batch of one
+    first = timer.first_step_start if timer.first_step_start is not None else timer.call_start
+    last = timer.last_step_end if timer.last_step_end is not None else first
+    metrics = {
+        "encode_seconds": first - timer.call_start,
+        "step_seconds": step_seconds,
+        "denoise_seconds": float(sum(step_seconds)),
+        "decode_seconds": end - last,
+        "frames": int(frames.shape[0]),
+        "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]),
+        "attention": "dense",
+        "sparsity": None,
+    }
+    return GenerationResult(frames=frames, metrics=metrics)

@@ -1,0 +1,109 @@
+"""Execute one video job against the job store with the worker's resident model.
+
+The life of a job here: ``mark_started`` (refused when the job was cancelled while queued) → the
+pipeline runs, reporting progress and polling for a cancel after every denoising step → the MP4 is
+written under a temporary name and renamed → ``mark_completed`` with the metrics. Every failure ends
+in the store (``mark_failed`` with a code, or ``mark_cancelled``) and never escapes as an exception,
+so the worker process stays up and takes the next job.
+
+Error codes: ``invalid_input`` (the spec does not fit the model), ``out_of_memory``
+(``torch.OutOfMemoryError``), ``timeout`` (rq's job timeout), ``worker_shutdown`` (the process was
+stopped mid-job), ``internal`` (anything else; the traceback goes to the worker log).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+
+import torch
+from rq.timeouts import JobTimeoutException
+
+from worker.pipelines.loading import LoadedModel
+from worker.pipelines.run import InvalidJobInput, JobCancelled, generate
+from worker.store import JobStore
+from worker.video import write_mp4
+
+log = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """Runs jobs for one resident model; holds no per-job state between calls.
+
+    Args:
+        store: the job store (records + output directory).
+        model: the loaded pipeline this worker owns.
+        worker_name: recorded on the job as the worker that ran it.
+    """
+
+    def __init__(self, store: JobStore, model: LoadedModel, worker_name: str) -> None:
+        self.store = store
+        self.model = model
+        self.worker_name = worker_name
+
+    def run(self, video_id: str) -> str:
+        """Run the job ``video_id``; returns the status it ended in (``"skipped"`` when the store
+        refused to start it: cancelled while queued, already finished, or unknown)."""
+        record = self.store.mark_started(video_id, self.worker_name)
+        if record is None:
+            log.info("job %s: not started (cancelled, finished or unknown)", video_id)
+            return "skipped"
+        spec = record.spec
+        metrics: dict = {
+            "worker": self.worker_name,
+            **self.model.describe(),
+            "load_seconds": self.model.load_seconds,
+        }
+        try:
+            if spec.model != self.model.name:
+                raise InvalidJobInput(
+                    f"model: job asks for {spec.model!r} but this worker serves {self.model.name!r}"
+                )
+            result = generate(
+                self.model.pipeline,
+                spec,
+                on_step=lambda step, total, seconds: self.store.set_progress(video_id, step, total, seconds),
+                should_cancel=lambda: self.store.is_cancel_requested(video_id),
+                call_kwargs=self.model.call_kwargs,
+            )
+            metrics.update(result.metrics)
+            write_start = time.perf_counter()
+            metrics["output_bytes"] = write_mp4(
+                result.frames,
+                self.store.video_path(video_id),
+                fps=spec.fps,
+                tmp_path=self.store.temp_video_path(video_id),
+            )
+            metrics["write_seconds"] = time.perf_counter() - write_start
+        except JobCancelled:
+            log.info("job %s: cancelled between denoising steps", video_id)
+            self.store.mark_cancelled(video_id)
+            return "cancelled"
+        except InvalidJobInput as exc:
+            return self._fail(video_id, "invalid_input", str(exc), metrics)
+        except torch.OutOfMemoryError as exc:
+            self._release_memory()
+            return self._fail(video_id, "out_of_memory", f"out of device memory: {exc}", metrics)
+        except JobTimeoutException as exc:
+            return self._fail(video_id, "timeout", f"job exceeded its time limit: {exc}", metrics)
+        except (KeyboardInterrupt, SystemExit):
+            self._fail(video_id, "worker_shutdown", "the worker was stopped while running this job", metrics)
+            raise
+        except Exception as exc:
+            log.exception("job %s: failed", video_id)
+            return self._fail(video_id, "internal", f"{type(exc).__name__}: {exc}", metrics)
+        status = self.store.mark_completed(video_id, metrics)
+        log.info("job %s: %s in %.2f s of denoising", video_id, status, metrics.get("denoise_seconds", 0.0))
+        return status or "skipped"
+
+    def _fail(self, video_id: str, code: str, message: str, metrics: dict) -> str:
+        log.warning("job %s: failed (%s): %s", video_id, code, message)
+        self.store.mark_failed(video_id, code, message, metrics)
+        return "failed"
+
+    def _release_memory(self) -> None:
+        # Drop the failed job's activations so the next job starts with the pipeline's memory only.
+        gc.collect()
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
