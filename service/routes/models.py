@@ -9,12 +9,18 @@ from fastapi import APIRouter
 from service.deps import RegistryDep, StoreDep
 from service.errors import APIError
 from service.schemas import ModelList, ModelPublic
+from worker.store import JobStore
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _workers_per_queue(store) -> Counter:
-    return Counter(w.get("queue") for w in store.live_workers())
+def _workers_per_queue(store: JobStore) -> Counter:
+    """Live workers per rq queue (a worker's heartbeat lists the queues it serves)."""
+    counts: Counter = Counter()
+    for w in store.live_workers():
+        queues = w.get("queues") or ([w["queue"]] if w.get("queue") else [])
+        counts.update(set(queues))
+    return counts
 
 
 @router.get("", response_model=ModelList, summary="List the served models")
@@ -28,4 +34,5 @@ def get_model(model_id: str, registry: RegistryDep, store: StoreDep) -> ModelPub
     if model_id not in registry.names:
         raise APIError(404, "model_not_found",
                        f"unknown model {model_id!r}; available models: {', '.join(registry.names)}", "model_id")
-    return ModelPublic.from_entry(registry.get(model_id), _workers_per_queue(store)[registry.get(model_id).queue])
+    entry = registry.get(model_id)
+    return ModelPublic.from_entry(entry, _workers_per_queue(store)[entry.queue])

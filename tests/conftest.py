@@ -1,0 +1,190 @@
+"""Fixtures shared by every test package: a real Redis and a real API server.
+
+Fixtures (import nothing, just name them as test arguments):
+
+- ``redis_url -> str`` (session): the Redis of the tests, ``SVG2_TEST_REDIS_URL`` or
+  ``redis://127.0.0.1:6379/15`` (a dedicated DB number). Fails with a clear message if Redis is down.
+- ``redis_client -> redis.Redis`` (function): a bytes client (``decode_responses=False``, as rq needs)
+  on that DB, flushed before and after the test.
+- ``output_dir -> Path`` (function): an empty directory for MP4s.
+- ``store -> JobStore`` on ``redis_client`` + ``output_dir``; ``registry -> Registry`` (bundled).
+- ``api_server -> ApiServer`` (function; the uvicorn process is started once per session and shared):
+  ``ApiServer(base_url: str, port: int, env: dict[str, str], output_dir: Path, redis_url: str,
+  process: subprocess.Popen, log_path: Path)``. Redis is flushed and ``output_dir`` emptied before
+  each test. ``env`` is the full environment the server runs with (``SVG2_REDIS_URL``,
+  ``SVG2_OUTPUT_DIR``, ...): start a worker with ``subprocess.Popen([...], env=api_server.env)`` so
+  it shares Redis and the output directory.
+- ``api_settings -> Settings`` and ``client -> fastapi.testclient.TestClient``: the app in-process,
+  same Redis, for fast API tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("SVG2_TEST_REDIS_URL", DEFAULT_TEST_REDIS_URL)
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"tests need a Redis at {url} ({exc}); start one with `redis-server --daemonize yes` "
+                    "or run scripts/test.sh, which does", pytrace=False)
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def output_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "outputs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def registry():
+    from worker.registry import load_registry
+
+    return load_registry()
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, output_dir: Path):
+    from worker.store import JobStore
+
+    return JobStore(redis_client, output_dir, retention_s=3600)
+
+
+@pytest.fixture
+def api_settings(redis_client: redis.Redis, redis_url: str, output_dir: Path):
+    from service.config import Settings
+
+    return Settings(redis_url=redis_url, output_dir=output_dir, purge_interval_s=0, max_body_bytes=64 * 1024)
+
+
+@pytest.fixture
+def client(api_settings):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    with TestClient(create_app(api_settings)) as c:
+        yield c
+
+
+@dataclass
+class ApiServer:
+    base_url: str
+    port: int
+    env: dict[str, str]
+    output_dir: Path
+    redis_url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; raise if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in time."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def _api_server_process(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    base = tmp_path_factory.mktemp("api")
+    output_dir = base / "outputs"
+    output_dir.mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "SVG2_REDIS_URL": redis_url,
+        "SVG2_OUTPUT_DIR": str(output_dir),
+        "SVG2_HOST": "127.0.0.1",
+        "SVG2_PORT": str(port),
+        "SVG2_MAX_BODY_BYTES": str(64 * 1024),
+        "SVG2_LOG_LEVEL": "warning",
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = base / "api.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
+    server = ApiServer(f"http://127.0.0.1:{port}", port, env, output_dir, redis_url, process, log_path)
+    try:
+        wait_http_ok(f"{server.base_url}/healthz", 60, process)
+    except Exception as exc:
+        stop_process(process)
+        pytest.fail(f"API server did not start: {exc}\n{server.log()}", pytrace=False)
+    yield server
+    stop_process(process)
+
+
+@pytest.fixture
+def api_server(_api_server_process: ApiServer, redis_client: redis.Redis) -> ApiServer:
+    """The shared uvicorn API server, with Redis flushed and the output directory emptied."""
+    server = _api_server_process
+    if server.process.poll() is not None:
+        pytest.fail(f"API server died (exit {server.process.returncode}):\n{server.log()}", pytrace=False)
+    for path in server.output_dir.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return server
