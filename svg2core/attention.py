@@ -1,0 +1,235 @@
+"""``svg2_attention``: Sparse VideoGen2 attention of one layer call (the one public entry point).
+
+Stages (docs/ARCHITECTURE.md, "the tensors passed between the stages"): k-means of the video
+queries and keys (warm-started from the layer state), cluster scoring and top-p / fixed-density
+selection, stable permutation of the keys/values into cluster-contiguous order, then
+variable-block sparse attention over the selected (query cluster, key cluster) pairs, plus dense
+attention to and from the trailing text tokens. Everything after input validation runs on the
+device without host synchronisation, so a whole call can be captured in a CUDA graph (after one
+eager call has sized the workspace and created the layer state).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from svg2core.config import SVG2Config
+from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
+from svg2core.ops.permute import gather_kv
+from svg2core.ops.select import select_key_clusters
+from svg2core.state import BranchCentroids, LayerState, Workspace
+
+BACKENDS = ("triton", "reference")
+_HEAD_DIMS = (64, 128)
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def svg2_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    config: SVG2Config,
+    state: LayerState,
+    *,
+    branch: int = 0,
+    workspace: Workspace | None = None,
+    num_dense_tokens: int = 0,
+    key_padding_mask: torch.Tensor | None = None,
+    backend: str = "triton",
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Semantic-aware-permutation sparse attention of one layer.
+
+    Args:
+        q, k, v: ``(B, H, N, D)`` bf16 or fp16, ``D`` 64 or 128, after QK-norm and RoPE. The last
+            ``T = num_dense_tokens`` tokens are dense (text) tokens; the first ``Nv = N - T`` are video
+            tokens, the only ones clustered. The last dim must be contiguous; other strides are free.
+        config: the budget (:class:`SVG2Config`); ``mode="dense"`` runs plain SDPA.
+        state: this layer's :class:`LayerState`; the centroids of ``branch`` are read (warm start) and
+            updated in place. A branch's first call (or a shape change) starts cold.
+        branch: CFG branch id (e.g. 0 conditional, 1 unconditional): branches never share centroids.
+        workspace: reusable buffers, shared by the layers of a pipeline. ``None`` allocates a fresh
+            one (fine for a single call; pass one in steady state and for CUDA graphs).
+        num_dense_tokens: ``T``, in ``[0, N)``.
+        key_padding_mask: ``(B, T)`` bool, True = valid text token; ``None`` = all valid. Invalid
+            text keys are never attended to.
+        backend: ``"triton"`` (CUDA, or the Triton interpreter) or ``"reference"`` (pure torch,
+            masked dense attention). Both compute the same function for the same selection.
+        scale: softmax scale of the attention, default ``1 / sqrt(D)`` (cluster scoring always uses
+            ``1 / sqrt(D)``).
+
+    Returns:
+        ``out``: ``(B, H, N, D)`` of ``q``'s dtype, in the original token order.
+        ``density``: ``(B, H)`` fp32 device tensor, computed query-key pairs / all query-key pairs:
+        ``(sum_i |Q_i| * sel_cum[i, sel_count[i]] + Nv * Tv + T * (Nv + Tv)) / (N * (Nv + Tv))`` with
+        ``|Q_i|`` the query-cluster sizes, ``Tv`` the valid text tokens of that batch element (video
+        queries attend to their selected key tokens plus every valid text key; the ``T`` text queries
+        attend to every valid key). Dense mode returns ones.
+
+    Example:
+        >>> cfg = SVG2Config(top_p=0.9, num_q_clusters=100, num_k_clusters=500)
+        >>> state, ws = LayerState(), Workspace()
+        >>> out, density = svg2_attention(q, k, v, cfg, state, branch=0, workspace=ws)
+    """
+    _validate(q, k, v, config, state, branch, workspace, num_dense_tokens, key_padding_mask, backend, scale)
+    b, h, n, d = q.shape
+    t = num_dense_tokens
+    nv = n - t
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if config.mode == "dense":
+        return dense_attention(q, k, v, t, key_padding_mask, scale), torch.ones(b, h, device=q.device)
+    ws = Workspace() if workspace is None else workspace
+    cq, ck = config.num_q_clusters, config.num_k_clusters
+    q_video, k_video = q[:, :, :nv], k[:, :, :nv]
+
+    # 1. k-means of queries and keys (video tokens only), in place on the branch's cached centroids.
+    entry = state.get(branch)
+    if entry is None or not entry.matches(b, h, cq, ck, d, q.device):
+        entry = BranchCentroids(
+            q=torch.empty(b, h, cq, d, dtype=torch.float32, device=q.device),
+            k=torch.empty(b, h, ck, d, dtype=torch.float32, device=q.device),
+        )
+        init_centroids_strided(q_video, cq, entry.q.view(b * h, cq, d))
+        init_centroids_strided(k_video, ck, entry.k.view(b * h, ck, d))
+        state.put(branch, entry)
+        iters = config.kmeans_iters_init
+    else:
+        iters = config.kmeans_iters
+    q_cent = entry.q.view(b * h, cq, d)
+    k_cent = entry.k.view(b * h, ck, d)
+    q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend)
+    k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend)
+    q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32, q.device))
+    k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32, q.device))
+
+    # 2. Cluster scoring and selection.
+    sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend)
+    density = selection_density(q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask)
+
+    # 3. Permutation of K and V into cluster-contiguous order.
+    kp, vp = gather_kv(k, v, k_perm, ws, backend)
+
+    # 4. Attention.
+    out = masked_dense_attention_reference(
+        q, k, v, q_labels, k_labels, sel_idx, sel_count, t, key_padding_mask, scale
+    )
+    del kp, vp, q_perm  # consumed by the sparse kernel once it is wired in
+    return out, density
+
+
+def selection_density(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_cum: torch.Tensor, b: int, h: int,
+                      nv: int, t: int, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """Computed query-key pairs / all pairs per (b, h), as documented in :func:`svg2_attention`."""
+    sel_tokens = torch.gather(sel_cum, -1, sel_count.long().unsqueeze(-1)).squeeze(-1)  # (BH, Cq)
+    video_pairs = (q_sizes.double() * sel_tokens.double()).sum(-1).view(b, h)
+    if key_padding_mask is None:
+        tv = torch.full((b, 1), float(t), dtype=torch.float64, device=q_sizes.device)
+    else:
+        tv = key_padding_mask.sum(-1, dtype=torch.float64).view(b, 1)
+    pairs = video_pairs + nv * tv + t * (nv + tv)
+    return (pairs / ((nv + t) * (nv + tv))).float()
+
+
+def _key_mask(b: int, nv: int, t: int, key_padding_mask: torch.Tensor | None, device) -> torch.Tensor | None:
+    """``(B, N)`` bool valid-key mask (video keys always valid), or None when every key is valid."""
+    if key_padding_mask is None or t == 0:
+        return None
+    return torch.cat([torch.ones(b, nv, dtype=torch.bool, device=device), key_padding_mask.bool()], dim=1)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_dense_tokens: int,
+                    key_padding_mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Plain SDPA over all tokens; invalid text keys masked out."""
+    b, _, n, _ = q.shape
+    keys = _key_mask(b, n - num_dense_tokens, num_dense_tokens, key_padding_mask, q.device)
+    mask = None if keys is None else keys[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def masked_dense_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    q_labels: torch.Tensor, k_labels: torch.Tensor, sel_idx: torch.Tensor, sel_count: torch.Tensor,
+    num_dense_tokens: int, key_padding_mask: torch.Tensor | None, scale: float,
+) -> torch.Tensor:
+    """The sparse attention as masked dense attention in fp32 (the specification; O(N^2) memory per head).
+
+    Video query ``n`` (cluster ``i = q_labels[n]``) attends to video key ``m`` iff ``k_labels[m]`` is
+    among ``sel_idx[i, :sel_count[i]]``, and to every valid text key; text queries attend to every
+    valid key.
+    """
+    b, h, n, d = q.shape
+    t = num_dense_tokens
+    nv = n - t
+    cq, ck = sel_idx.shape[1], sel_idx.shape[2]
+    keys = _key_mask(b, nv, t, key_padding_mask, q.device)
+    out = torch.empty_like(q)
+    rank = torch.arange(ck, device=q.device)
+    for bi in range(b):
+        for hi in range(h):
+            bh = bi * h + hi
+            chosen = torch.zeros(cq, ck, dtype=torch.bool, device=q.device)
+            chosen.scatter_(1, sel_idx[bh].long(), rank[None, :] < sel_count[bh, :, None])  # (Cq, Ck)
+            allowed = torch.ones(n, n, dtype=torch.bool, device=q.device)
+            allowed[:nv, :nv] = chosen[q_labels[bh].long()][:, k_labels[bh].long()]
+            if keys is not None:
+                allowed &= keys[bi][None, :]
+            s = (q[bi, hi].float() @ k[bi, hi].float().T) * scale
+            s = s.masked_fill(~allowed, float("-inf"))
+            out[bi, hi] = (torch.softmax(s, dim=-1) @ v[bi, hi].float()).to(q.dtype)
+    return out
+
+
+def _validate(q, k, v, config, state, branch, workspace, num_dense_tokens, key_padding_mask, backend, scale) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name}: must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name}: must have shape (batch, heads, tokens, head_dim), got {tuple(x.shape)}")
+        if x.dtype not in _DTYPES:
+            raise ValueError(f"{name}: dtype must be bfloat16 or float16, got {x.dtype}")
+        if x.shape[-1] not in _HEAD_DIMS:
+            raise ValueError(f"{name}: head_dim must be 64 or 128, got {x.shape[-1]}")
+        if x.stride(-1) != 1:
+            raise ValueError(f"{name}: the head_dim axis must be contiguous (stride 1), got stride {x.stride(-1)}")
+    for name, x in (("k", k), ("v", v)):
+        if x.shape != q.shape:
+            raise ValueError(f"{name}: shape must equal q's {tuple(q.shape)}, got {tuple(x.shape)}")
+        if x.dtype != q.dtype:
+            raise ValueError(f"{name}: dtype must equal q's {q.dtype}, got {x.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{name}: device must equal q's {q.device}, got {x.device}")
+    if not isinstance(config, SVG2Config):
+        raise ValueError(f"config: must be an SVG2Config, got {type(config).__name__}")
+    if not isinstance(state, LayerState):
+        raise ValueError(f"state: must be a LayerState, got {type(state).__name__}")
+    if isinstance(branch, bool) or not isinstance(branch, int):
+        raise ValueError(f"branch: must be an int, got {branch!r}")
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise ValueError(f"workspace: must be a Workspace or None, got {type(workspace).__name__}")
+    b, _, n, _ = q.shape
+    if isinstance(num_dense_tokens, bool) or not isinstance(num_dense_tokens, int) or not 0 <= num_dense_tokens < n:
+        raise ValueError(f"num_dense_tokens: must be an int in [0, {n}) (at least one video token), "
+                         f"got {num_dense_tokens!r}")
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+            raise ValueError("key_padding_mask: must be a bool tensor (True = valid)")
+        if tuple(key_padding_mask.shape) != (b, num_dense_tokens):
+            raise ValueError(f"key_padding_mask: shape must be (batch, num_dense_tokens) = {(b, num_dense_tokens)}, "
+                             f"got {tuple(key_padding_mask.shape)}")
+        if key_padding_mask.device != q.device:
+            raise ValueError(f"key_padding_mask: device must equal q's {q.device}, got {key_padding_mask.device}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "triton" and config.mode != "dense" and not q.is_cuda and not _triton_interpreting():
+        raise ValueError("backend: 'triton' needs CUDA tensors (or TRITON_INTERPRET=1); use 'reference' on CPU")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale: must be a positive finite number or None, got {scale!r}")
+
+
+def _triton_interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"

@@ -1,0 +1,130 @@
+"""Batched k-means over (batch x heads): the wrapper that runs the Triton kernels or the reference.
+
+One call clusters every ``(b, h)`` independently, in place on a centroid tensor owned by the caller
+(the layer state), with a fixed iteration count and no host synchronisation. Each iteration is
+assign (fused distance + argmin), stable sort by label (which is also the permutation stage), and
+per-cluster segment means. The labels, ``perm`` and ``offsets`` returned are those of the last
+assignment, and after ``iters >= 1`` iterations the centroids are exactly those clusters' means.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from svg2core.ops.kmeans.reference import kmeans_assign_reference, kmeans_update_reference
+from svg2core.ops.permute import sort_by_cluster
+from svg2core.state import Workspace
+
+_ASSIGN_BLOCK_N = 128
+_ASSIGN_BLOCK_C = 64
+_SEGMENT_BLOCK_N = 32
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _as_bh(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, N, D)`` -> ``(B * H, N, D)`` for the reference (copies when the strides require it)."""
+    b, h, n, d = x.shape
+    return x.reshape(b * h, n, d)
+
+
+def init_centroids_strided(x: torch.Tensor, num_clusters: int, out: torch.Tensor) -> torch.Tensor:
+    """Cold start: ``out[bh, c] = x[b, h, floor(c * N / C)]`` (deterministic evenly strided tokens).
+
+    Args:
+        x: ``(B, H, N, D)`` points.
+        num_clusters: ``C``.
+        out: ``(B * H, C, D)`` fp32, written in place and returned.
+    """
+    n = x.shape[2]
+    idx = torch.arange(num_clusters, device=x.device, dtype=torch.int64) * n // num_clusters
+    out.copy_(_as_bh(x[:, :, idx]))
+    return out
+
+
+def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
+                  backend: str = "triton") -> torch.Tensor:
+    """Nearest centroid of every point, written into ``labels``.
+
+    Args:
+        x: ``(B, H, N, D)`` points (bf16/fp16/fp32; last dim contiguous).
+        centroids: ``(B * H, C, D)`` fp32 contiguous.
+        labels: ``(B * H, N)`` int32 output.
+    """
+    if backend == "reference":
+        labels.copy_(kmeans_assign_reference(_as_bh(x), centroids))
+        return labels
+    from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel
+
+    b, h, n, d = x.shape
+    c = centroids.shape[1]
+    block_c = min(_ASSIGN_BLOCK_C, max(16, triton_next_pow2(c)))
+    grid = (_cdiv(n, _ASSIGN_BLOCK_N), b * h)
+    _kmeans_assign_kernel[grid](
+        x, centroids, labels, n, c, h,
+        x.stride(0), x.stride(1), x.stride(2),
+        centroids.stride(0), centroids.stride(1), labels.stride(0),
+        D=d, BLOCK_N=_ASSIGN_BLOCK_N, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
+        num_warps=8 if d >= 128 else 4,
+    )
+    return labels
+
+
+def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor,
+                  labels: torch.Tensor | None = None, backend: str = "triton") -> torch.Tensor:
+    """Replace every non-empty cluster's centroid by the mean of its points, in place.
+
+    Args:
+        x: ``(B, H, N, D)`` points.
+        perm, offsets: ``(B * H, N)`` / ``(B * H, C + 1)`` int32 from :func:`sort_by_cluster`.
+        centroids: ``(B * H, C, D)`` fp32, updated in place.
+        labels: ``(B * H, N)`` int32, used by the reference backend only.
+    """
+    if backend == "reference":
+        centroids.copy_(kmeans_update_reference(_as_bh(x), labels, centroids))
+        return centroids
+    from svg2core.ops.kmeans.triton_kmeans import _kmeans_segment_mean_kernel
+
+    b, h, _, d = x.shape
+    c = centroids.shape[1]
+    _kmeans_segment_mean_kernel[(c, b * h)](
+        x, perm, offsets, centroids, h,
+        x.stride(0), x.stride(1), x.stride(2),
+        perm.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
+        D=d, BLOCK_N=_SEGMENT_BLOCK_N, num_warps=4,
+    )
+    return centroids
+
+
+def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Workspace,
+                   name: str, backend: str = "triton") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``iters`` Lloyd iterations on every ``(b, h)``, updating ``centroids`` in place.
+
+    Args:
+        x: ``(B, H, N, D)`` points (video tokens only).
+        centroids: ``(B * H, C, D)`` fp32 contiguous, the warm or cold start; updated in place.
+        iters: iterations (``0``: assign only; centroids untouched).
+        workspace: buffers for labels / perm / offsets.
+        name: buffer-name prefix (``"q"`` / ``"k"``).
+        backend: ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``labels (B*H, N) int32``, ``perm (B*H, N) int32``, ``offsets (B*H, C+1) int32``.
+    """
+    b, h, n, _ = x.shape
+    c = centroids.shape[1]
+    labels = workspace.buffer(f"{name}.labels", (b * h, n), torch.int32, x.device)
+    kmeans_assign(x, centroids, labels, backend)
+    perm, offsets = sort_by_cluster(labels, c, workspace, name, backend)
+    for it in range(iters):
+        if it > 0:
+            kmeans_assign(x, centroids, labels, backend)
+            perm, offsets = sort_by_cluster(labels, c, workspace, name, backend)
+        kmeans_update(x, perm, offsets, centroids, labels, backend)
+    return labels, perm, offsets
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())

@@ -1,0 +1,95 @@
+"""Triton kernels of batched k-means: fused distance + argmin, and per-cluster segment means.
+
+Launch grids put the flattened ``(batch, head)`` index on axis 1 and a block of tokens (assign) or
+one cluster (update) on axis 0. Points are read through ``(batch, head, token)`` strides, so a
+``(B, H, N, D)`` view of a ``(B, N, H, D)`` tensor is clustered without a copy.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _kmeans_assign_kernel(
+    x_ptr, cent_ptr, labels_ptr,
+    N, C, H,
+    stride_xb, stride_xh, stride_xn,
+    stride_cbh, stride_cc,
+    stride_lbh,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """labels[bh, n] = argmin_c ||x[bh, n] - cent[bh, c]||^2, over tiles of BLOCK_C centroids.
+
+    The (tokens x clusters) distance matrix only ever exists as one (BLOCK_N, BLOCK_C) tile in
+    registers; a running (min, argmin) pair carries across tiles. Ties keep the lowest cluster id.
+    """
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    mask_n = offs_n < N
+    x = tl.load(
+        x_ptr + b * stride_xb + h * stride_xh + offs_n[:, None] * stride_xn + offs_d[None, :],
+        mask=mask_n[:, None], other=0.0,
+    )
+    if DOT_FP32:
+        x = x.to(tl.float32)
+    best = tl.full([BLOCK_N], float("inf"), tl.float32)
+    best_idx = tl.zeros([BLOCK_N], tl.int32)
+    cent_base = cent_ptr + pid_bh * stride_cbh
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        cent = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None], other=0.0)
+        cent_sq = tl.sum(cent * cent, axis=1)  # (BLOCK_C,) fp32
+        if DOT_FP32:
+            dot = tl.dot(x, tl.trans(cent), input_precision="ieee")
+        else:
+            dot = tl.dot(x, tl.trans(cent.to(x.dtype)))  # (BLOCK_N, BLOCK_C) fp32 accumulate
+        # ||x||^2 is the same for every centroid of a row: leave it out of the argmin.
+        dist = cent_sq[None, :] - 2.0 * dot
+        dist = tl.where(mask_c[None, :], dist, float("inf"))
+        tile_min, tile_arg = tl.min(dist, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        better = tile_min < best
+        best = tl.where(better, tile_min, best)
+        best_idx = tl.where(better, tile_arg.to(tl.int32) + c0, best_idx)
+    tl.store(labels_ptr + pid_bh * stride_lbh + offs_n, best_idx, mask=mask_n)
+
+
+@triton.jit
+def _kmeans_segment_mean_kernel(
+    x_ptr, perm_ptr, offsets_ptr, cent_ptr,
+    H,
+    stride_xb, stride_xh, stride_xn,
+    stride_pbh, stride_obh,
+    stride_cbh, stride_cc,
+    D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """cent[bh, c] = mean of x over the tokens perm[offsets[c]:offsets[c+1]]; empty clusters untouched.
+
+    Tokens were stably sorted by label, so each cluster is one contiguous segment and one program
+    owns it: no atomics, and the result does not depend on scheduling.
+    """
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    start = tl.load(offsets_ptr + pid_bh * stride_obh + pid_c)
+    end = tl.load(offsets_ptr + pid_bh * stride_obh + pid_c + 1)
+    offs_d = tl.arange(0, D)
+    x_base = x_ptr + b * stride_xb + h * stride_xh
+    acc = tl.zeros([BLOCK_N, D], tl.float32)
+    for s in range(start, end, BLOCK_N):
+        idx = s + tl.arange(0, BLOCK_N)
+        m = idx < end
+        tok = tl.load(perm_ptr + pid_bh * stride_pbh + idx, mask=m, other=0)
+        rows = tl.load(x_base + tok[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=m[:, None], other=0.0)
+        acc += rows.to(tl.float32)
+    count = end - start
+    if count > 0:
+        mean = tl.sum(acc, axis=0) / count.to(tl.float32)
+        tl.store(cent_ptr + pid_bh * stride_cbh + pid_c * stride_cc + offs_d, mean)

@@ -1,0 +1,98 @@
+"""Plain torch reference of cluster scoring and top-p / fixed-density key-cluster selection.
+
+The rule (docs/ARCHITECTURE.md, "Selection rule"): per (b, h, query cluster i), key clusters are
+ordered by ``P_ij`` descending (ties: lower cluster id first), where ``S = Cq Ck^T / sqrt(D)`` and
+``P_ij = |K_j| exp(S_ij) / sum_j |K_j| exp(S_ij)``. With ``cumP`` / ``cumTok`` the probability and key
+tokens of the clusters *before* ``j``, cluster ``j`` is kept iff it is non-empty and
+
+- top_p: ``(cumP < top_p or cumTok < min_tokens) and cumTok < max_tokens``
+- fixed_density: ``cumTok < target_tokens``
+
+and the first cluster is always kept. The token limits are integers computed once on the host
+(:func:`token_limits`), so both backends compare exactly the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from svg2core.config import SVG2Config
+
+
+def token_limits(config: SVG2Config, num_video_tokens: int) -> tuple[int, int]:
+    """``(min_tokens, max_tokens)`` for the cumulative key-token comparisons of ``config``'s mode.
+
+    ``cumTok < x * Nv`` for integer ``cumTok`` is ``cumTok < ceil(x * Nv)``. In fixed-density mode the
+    first limit is unused (0) and the second is the target.
+    """
+    if config.mode == "fixed_density":
+        return 0, math.ceil(config.target_density * num_video_tokens)
+    return math.ceil(config.min_density * num_video_tokens), math.ceil(config.max_density * num_video_tokens)
+
+
+def cluster_logits_reference(q_centroids: torch.Tensor, k_centroids: torch.Tensor,
+                             k_sizes: torch.Tensor) -> torch.Tensor:
+    """Log of the unnormalised size-weighted cluster probabilities.
+
+    Args:
+        q_centroids: ``(BH, Cq, D)`` fp32.
+        k_centroids: ``(BH, Ck, D)`` fp32.
+        k_sizes: ``(BH, Ck)`` int32 key-cluster sizes.
+
+    Returns:
+        ``(BH, Cq, Ck)`` fp32 ``S_ij + log|K_j|`` (``-inf`` for empty key clusters).
+    """
+    d = q_centroids.shape[-1]
+    s = q_centroids.float() @ k_centroids.float().transpose(1, 2) / math.sqrt(d)
+    log_size = torch.log(k_sizes.float())  # log 0 = -inf: empty clusters get probability 0
+    return s + log_size[:, None, :]
+
+
+def select_from_logits_reference(
+    logits: torch.Tensor, k_sizes: torch.Tensor, config: SVG2Config, num_video_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Selected key clusters per query cluster, literally as the rule reads.
+
+    Args:
+        logits: ``(BH, Cq, Ck)`` fp32 from :func:`cluster_logits_reference`.
+        k_sizes: ``(BH, Ck)`` int32.
+        config: mode and budgets.
+        num_video_tokens: ``Nv`` (sum of every row of ``k_sizes``).
+
+    Returns:
+        ``sel_idx (BH, Cq, Ck) int32`` (key clusters in descending ``P``; the first ``sel_count`` are
+        kept), ``sel_count (BH, Cq) int32``, ``sel_cum (BH, Cq, Ck + 1) int32`` (key tokens of the first
+        ``j`` clusters of ``sel_idx``).
+    """
+    bh, cq, ck = logits.shape
+    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices  # (BH, Cq, Ck)
+    sorted_logits = torch.gather(logits, -1, order)
+    p = torch.exp(sorted_logits - sorted_logits.amax(-1, keepdim=True))
+    p = p / p.sum(-1, keepdim=True)
+    tok = torch.gather(k_sizes.long()[:, None, :].expand(-1, cq, -1), -1, order)
+    cum_p_incl = torch.cumsum(p, -1)
+    cum_tok_incl = torch.cumsum(tok, -1)
+    # Exclusive sums by shifting the inclusive ones, so that both are the same floating-point values.
+    cum_p = torch.cat([torch.zeros_like(cum_p_incl[..., :1]), cum_p_incl[..., :-1]], -1)
+    cum_tok = torch.cat([torch.zeros_like(cum_tok_incl[..., :1]), cum_tok_incl[..., :-1]], -1)
+    min_tokens, max_tokens = token_limits(config, num_video_tokens)
+    if config.mode == "fixed_density":
+        keep = cum_tok < max_tokens
+    else:
+        keep = ((cum_p < config.top_p) | (cum_tok < min_tokens)) & (cum_tok < max_tokens)
+    keep[..., 0] = True
+    keep &= tok > 0
+    sel_count = keep.sum(-1)
+    sel_cum = torch.cat([torch.zeros_like(cum_tok_incl[..., :1]), cum_tok_incl], -1)
+    return order.to(torch.int32), sel_count.to(torch.int32), sel_cum.to(torch.int32)
+
+
+def select_key_clusters_reference(
+    q_centroids: torch.Tensor, k_centroids: torch.Tensor, k_sizes: torch.Tensor,
+    config: SVG2Config, num_video_tokens: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scoring followed by selection; see :func:`select_from_logits_reference` for the outputs."""
+    logits = cluster_logits_reference(q_centroids, k_centroids, k_sizes)
+    return select_from_logits_reference(logits, k_sizes, config, num_video_tokens)

@@ -1,0 +1,83 @@
+"""Cluster scoring and key-cluster selection: wrapper over the Triton kernels or the reference."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from svg2core.config import SVG2Config
+from svg2core.ops.select.reference import select_key_clusters_reference, token_limits
+from svg2core.state import Workspace
+
+_LOGITS_BLOCK_Q = 32
+_LOGITS_BLOCK_K = 64
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def select_key_clusters(
+    q_centroids: torch.Tensor, k_centroids: torch.Tensor, k_sizes: torch.Tensor,
+    config: SVG2Config, num_video_tokens: int, workspace: Workspace, backend: str = "triton",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per (b, h, query cluster), the key clusters to attend to (docs/ARCHITECTURE.md, selection rule).
+
+    Args:
+        q_centroids: ``(BH, Cq, D)`` fp32.
+        k_centroids: ``(BH, Ck, D)`` fp32.
+        k_sizes: ``(BH, Ck)`` int32 key-cluster sizes (each row sums to ``num_video_tokens``).
+        config: ``mode`` ("top_p" or "fixed_density") and its budgets.
+        num_video_tokens: ``Nv``.
+        workspace: owner of the logits and selection buffers.
+        backend: ``"triton"`` or ``"reference"``.
+
+    Returns:
+        ``sel_idx (BH, Cq, Ck) int32``, ``sel_count (BH, Cq) int32``, ``sel_cum (BH, Cq, Ck + 1) int32``.
+    """
+    if backend == "reference":
+        return select_key_clusters_reference(q_centroids, k_centroids, k_sizes, config, num_video_tokens)
+    logits = cluster_logits(q_centroids, k_centroids, k_sizes, workspace)
+    return select_from_logits(logits, k_sizes, config, num_video_tokens, workspace)
+
+
+def select_from_logits(logits: torch.Tensor, k_sizes: torch.Tensor, config: SVG2Config,
+                       num_video_tokens: int, workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton selection from ``(BH, Cq, Ck)`` logits (one sort + scan per row, in registers)."""
+    from svg2core.ops.select.triton_select import _select_kernel
+
+    bh, cq, ck = logits.shape
+    dev = logits.device
+    sel_idx = workspace.buffer("sel.idx", (bh, cq, ck), torch.int32, dev)
+    sel_count = workspace.buffer("sel.count", (bh, cq), torch.int32, dev)
+    sel_cum = workspace.buffer("sel.cum", (bh, cq, ck + 1), torch.int32, dev)
+    min_tokens, max_tokens = token_limits(config, num_video_tokens)
+    block_row = max(16, _next_pow2(ck))
+    _select_kernel[(cq, bh)](
+        logits, k_sizes, sel_idx, sel_count, sel_cum,
+        ck, float(config.top_p), min_tokens, max_tokens,
+        logits.stride(0), logits.stride(1), k_sizes.stride(0),
+        sel_idx.stride(0), sel_idx.stride(1), sel_count.stride(0), sel_cum.stride(0), sel_cum.stride(1),
+        FIXED=config.mode == "fixed_density", BLOCK_K=block_row,
+        num_warps=4 if block_row <= 1024 else 8,
+    )
+    return sel_idx, sel_count, sel_cum
+
+
+def cluster_logits(q_centroids: torch.Tensor, k_centroids: torch.Tensor, k_sizes: torch.Tensor,
+                   workspace: Workspace) -> torch.Tensor:
+    """Triton ``S + log|K|`` logits only (``(BH, Cq, Ck)`` fp32), exposed for kernel tests."""
+    from svg2core.ops.select.triton_select import _cluster_logits_kernel
+
+    bh, cq, d = q_centroids.shape
+    ck = k_centroids.shape[1]
+    logits = workspace.buffer("sel.logits", (bh, cq, ck), torch.float32, q_centroids.device)
+    block_k = min(_LOGITS_BLOCK_K, max(16, _next_pow2(ck)))
+    _cluster_logits_kernel[((cq + _LOGITS_BLOCK_Q - 1) // _LOGITS_BLOCK_Q, bh)](
+        q_centroids, k_centroids, k_sizes, logits, cq, ck, 1.0 / math.sqrt(d),
+        q_centroids.stride(0), q_centroids.stride(1), k_centroids.stride(0), k_centroids.stride(1),
+        k_sizes.stride(0), logits.stride(0), logits.stride(1),
+        D=d, BLOCK_Q=_LOGITS_BLOCK_Q, BLOCK_K=block_k, num_warps=4,
+    )
+    return logits

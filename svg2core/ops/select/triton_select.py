@@ -1,0 +1,88 @@
+"""Triton kernels of cluster scoring and top-p / fixed-density selection.
+
+Two launches: ``_cluster_logits_kernel`` (a small tiled ``Cq Ck^T`` plus ``log|K_j|``) and
+``_select_kernel``, which per (b, h, query cluster) sorts one row of logits in registers, normalises,
+scans and writes the compact selection; no (BH, Cq, Ck) sort buffer and no host round trip.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _cluster_logits_kernel(
+    cq_ptr, ck_ptr, ksize_ptr, logits_ptr,
+    CQ, CK, scale,
+    stride_qbh, stride_qc, stride_kbh, stride_kc, stride_sbh, stride_lbh, stride_lq,
+    D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """logits[bh, i, j] = scale * <cq_i, ck_j> + log|K_j|; grid (cdiv(CQ, BLOCK_Q), B * H)."""
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_d = tl.arange(0, D)
+    mq = offs_q < CQ
+    cq = tl.load(cq_ptr + pid_bh * stride_qbh + offs_q[:, None] * stride_qc + offs_d[None, :],
+                 mask=mq[:, None], other=0.0)
+    for k0 in range(0, CK, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mk = offs_k < CK
+        ck = tl.load(ck_ptr + pid_bh * stride_kbh + offs_k[:, None] * stride_kc + offs_d[None, :],
+                     mask=mk[:, None], other=0.0)
+        size = tl.load(ksize_ptr + pid_bh * stride_sbh + offs_k, mask=mk, other=0).to(tl.float32)
+        s = tl.dot(cq, tl.trans(ck), input_precision="ieee") * scale
+        logit = s + tl.log(size)[None, :]  # log 0 = -inf: empty clusters get probability 0
+        tl.store(logits_ptr + pid_bh * stride_lbh + offs_q[:, None] * stride_lq + offs_k[None, :], logit,
+                 mask=mq[:, None] & mk[None, :])
+
+
+@triton.jit
+def _select_kernel(
+    logits_ptr, ksize_ptr, sel_idx_ptr, sel_count_ptr, sel_cum_ptr,
+    CK, top_p, min_tokens, max_tokens,
+    stride_lbh, stride_lq, stride_sbh,
+    stride_ibh, stride_iq, stride_nbh, stride_cbh, stride_cq,
+    FIXED: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One (query cluster, bh) row per program: sort key clusters by logit, scan, count the kept prefix.
+
+    The sort key packs the logit (as an order-preserving int32) above the complemented cluster id,
+    so one descending integer sort gives "logit descending, lower id first on ties".
+    With ``incl`` the inclusive sums, cluster ``j >= 1`` is kept iff the rule holds on ``incl[j-1]``
+    and it is non-empty; both are prefixes of the order, so the count is
+    ``min(1 + #{j: rule(incl[j])}, #non-empty)``.
+    """
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    offs = tl.arange(0, BLOCK_K)
+    m = offs < CK
+    row = logits_ptr + pid_bh * stride_lbh + pid_q * stride_lq
+    logit = tl.load(row + offs, mask=m, other=float("-inf"))
+    bits = logit.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
+    key = (ordered.to(tl.int64) << 32) | (BLOCK_K - 1 - offs).to(tl.int64)
+    key = tl.sort(key, descending=True)
+    low = key - ((key >> 32) << 32)  # the complemented cluster id, in [0, BLOCK_K)
+    idx = (BLOCK_K - 1 - low).to(tl.int32)
+    valid = idx < CK
+    sorted_logit = tl.load(row + idx, mask=valid, other=float("-inf"))
+    tok = tl.load(ksize_ptr + pid_bh * stride_sbh + idx, mask=valid, other=0)
+    p = tl.exp(sorted_logit - tl.max(logit, axis=0))
+    p = tl.where(valid, p, 0.0)
+    p = p / tl.sum(p, axis=0)
+    cum_p = tl.cumsum(p, axis=0)
+    cum_tok = tl.cumsum(tok, axis=0)
+    if FIXED:
+        rule = cum_tok < max_tokens
+    else:
+        rule = ((cum_p < top_p) | (cum_tok < min_tokens)) & (cum_tok < max_tokens)
+    n_rule = tl.sum(rule.to(tl.int32), axis=0)
+    n_nonempty = tl.sum((tok > 0).to(tl.int32), axis=0)
+    count = tl.minimum(1 + n_rule, n_nonempty)
+    tl.store(sel_idx_ptr + pid_bh * stride_ibh + pid_q * stride_iq + offs, idx, mask=m)
+    cum_row = sel_cum_ptr + pid_bh * stride_cbh + pid_q * stride_cq
+    tl.store(cum_row + 1 + offs, cum_tok, mask=m)
+    tl.store(cum_row, 0)
+    tl.store(sel_count_ptr + pid_bh * stride_nbh + pid_q, count)

@@ -1,0 +1,107 @@
+"""Per-layer state (cached k-means centroids) and the reusable buffer workspace.
+
+Neither object is global: a pipeline owns one :class:`Workspace` shared by its layers and one
+:class:`LayerState` per sparse layer, and resets the states between jobs so that no centroid of one
+request can steer another.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class BranchCentroids:
+    """Cached centroids of one CFG branch of one layer.
+
+    Attributes:
+        q: ``(B, H, Cq, D)`` fp32 query centroids.
+        k: ``(B, H, Ck, D)`` fp32 key centroids.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+
+    def matches(self, batch: int, heads: int, num_q: int, num_k: int, head_dim: int,
+                device: torch.device) -> bool:
+        """Whether these centroids can warm-start a call of that shape (else a cold start is needed)."""
+        return (tuple(self.q.shape) == (batch, heads, num_q, head_dim)
+                and tuple(self.k.shape) == (batch, heads, num_k, head_dim)
+                and self.q.device == device)
+
+
+class LayerState:
+    """Cached k-means centroids of one attention layer, kept separately per CFG branch.
+
+    The batch axis of the centroids keeps every batch element's clustering apart. A branch's
+    centroids are updated in place by each call (so a CUDA graph replay reads and writes the same
+    memory); a shape change (other batch size, cluster count) starts that branch cold again.
+
+    Example:
+        >>> state = LayerState()
+        >>> out, density = svg2_attention(q, k, v, cfg, state, branch=0)   # cold: kmeans_iters_init
+        >>> out, density = svg2_attention(q, k, v, cfg, state, branch=0)   # warm: kmeans_iters
+        >>> state.reset()                                                   # between jobs
+    """
+
+    def __init__(self) -> None:
+        self.centroids: dict[int, BranchCentroids] = {}
+
+    def get(self, branch: int) -> BranchCentroids | None:
+        """The centroids of ``branch``, or None before its first call."""
+        return self.centroids.get(branch)
+
+    def put(self, branch: int, entry: BranchCentroids) -> None:
+        self.centroids[branch] = entry
+
+    def reset(self) -> None:
+        """Forget every branch's centroids (the next call of each branch is cold)."""
+        self.centroids.clear()
+
+    def __len__(self) -> int:
+        return len(self.centroids)
+
+
+class Workspace:
+    """Reusable device buffers of the sparse attention stages, shared by the layers of one pipeline.
+
+    ``buffer(name, shape, dtype, device)`` returns a view of a flat buffer that is allocated on the
+    first request and re-allocated only when a larger one (or another dtype/device) is asked for, so
+    steady-state calls allocate nothing. Buffers hold only intermediates of one call: a call may
+    overwrite anything a previous call left there. Not thread-safe: one workspace per stream.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+        self.allocations = 0  # how many times a buffer was (re)allocated; lets tests check reuse
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A tensor of ``shape`` backed by the buffer called ``name`` (contents undefined)."""
+        numel = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != dtype or buf.device != torch.device(device) or buf.numel() < numel:
+            buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
+            self._buffers[name] = buf
+            self.allocations += 1
+        return buf[:numel].view(shape)
+
+    def constant_arange(self, name: str, rows: int, length: int, device: torch.device) -> torch.Tensor:
+        """``(rows, length)`` int32 rows of ``0..length-1``, written once per size."""
+        key = f"{name}:{rows}x{length}"
+        buf = self._buffers.get(key)
+        if buf is None or buf.device != torch.device(device):
+            buf = torch.arange(length, dtype=torch.int32, device=device).repeat(rows, 1)
+            self._buffers[key] = buf
+            self.allocations += 1
+        return buf
+
+    def nbytes(self) -> int:
+        """Total bytes held."""
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def clear(self) -> None:
+        """Release every buffer."""
+        self._buffers.clear()
