@@ -1,0 +1,167 @@
+"""Public wrapper of the variable-block sparse flash attention: validation, config choice, launch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from .kernel import max_video_tiles, sparse_attn_fwd_kernel
+
+_LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile shape and launch parameters of :func:`sparse_attention`."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+# Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. Chosen from
+# bench/bench_sparse_attn.py (docs/benchmarks/NOTES_sparse_attn.md records the measurements).
+_CONFIGS: dict[tuple[int | None, torch.dtype | None, int | None], KernelConfig] = {
+    (9, None, 128): KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3),
+    (9, None, 64): KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3),
+    (8, None, 128): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
+    (8, None, 64): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
+}
+_DEFAULT_CONFIG = KernelConfig()
+
+
+def default_config(device: torch.device, dtype: torch.dtype, head_dim: int) -> KernelConfig:
+    """The tuned config for this (architecture, dtype, head_dim), else a conservative default."""
+    major = torch.cuda.get_device_capability(device)[0] if device.type == "cuda" else None
+    for key in ((major, dtype, head_dim), (major, None, head_dim), (major, None, None)):
+        if key in _CONFIGS:
+            return _CONFIGS[key]
+    return _DEFAULT_CONFIG
+
+
+def _check(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | tuple, device) -> None:
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+    dtypes = dtype if isinstance(dtype, tuple) else (dtype,)
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name}: expected dtype {' or '.join(map(str, dtypes))}, got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name}: expected device {device}, got {t.device}")
+
+
+def sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kp: torch.Tensor,
+    vp: torch.Tensor,
+    q_perm: torch.Tensor,
+    q_offsets: torch.Tensor,
+    k_offsets: torch.Tensor,
+    sel_idx: torch.Tensor,
+    sel_count: torch.Tensor,
+    sel_cum: torch.Tensor,
+    *,
+    num_dense_tokens: int = 0,
+    key_padding_mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+    config: KernelConfig | None = None,
+) -> torch.Tensor:
+    """Sparse attention of every query over its selected key clusters (plus trailing dense tokens).
+
+    Exact attention under the mask of ``svg2core.ops.sparse_attn.reference`` (see there and
+    docs/ARCHITECTURE.md for the layout tensors). No host-device synchronisation and no allocation
+    except ``out`` when it is not given: the call can be captured in a CUDA graph (run it once
+    before capture so the kernel is compiled).
+
+    Args:
+        q, k, v: (B, H, N, D) bf16 or fp16, D in {64, 128}, last dim contiguous (any other strides).
+            Only the trailing ``T`` text rows of ``k`` / ``v`` are read; video keys come from kp / vp.
+        kp, vp: (B*H, Nv, D) contiguous, video K / V rows in key-cluster order.
+        q_perm: (B*H, Nv) int32, query tokens sorted by query cluster.
+        q_offsets: (B*H, Cq + 1) int32; k_offsets: (B*H, Ck + 1) int32.
+        sel_idx: (B*H, Cq, Ck) int32; sel_count: (B*H, Cq) int32; sel_cum: (B*H, Cq, Ck + 1) int32.
+        num_dense_tokens: T, trailing tokens attended densely (joint-attention text), ``Nv = N - T``.
+        key_padding_mask: (B, T) bool, True = valid text key; None means all valid.
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        out: optional (B, H, N, D) output of q's dtype (last dim contiguous); every row is written.
+        config: tile shape override (benchmarks); default from the per-architecture table.
+
+    Returns:
+        out (B, H, N, D), rows in the original token order.
+    """
+    if q.dim() != 4:
+        raise ValueError(f"q: expected 4 dims (B, H, N, D), got shape {tuple(q.shape)}")
+    b, h, n, d = q.shape
+    dev = q.device
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"q: expected dtype float16 or bfloat16, got {q.dtype}")
+    if d not in (64, 128):
+        raise ValueError(f"q: head dim D must be 64 or 128, got {d}")
+    t = int(num_dense_tokens)
+    if not 0 <= t < n:
+        raise ValueError(f"num_dense_tokens: must be in [0, N) with N={n}, got {t}")
+    nv = n - t
+    bh = b * h
+    for name, x in (("k", k), ("v", v)):
+        _check(name, x, (b, h, n, d), q.dtype, dev)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.stride(3) != 1:
+            raise ValueError(f"{name}: last dim must be contiguous (stride 1), got stride {x.stride(3)}")
+    for name, x in (("kp", kp), ("vp", vp)):
+        _check(name, x, (bh, nv, d), q.dtype, dev)
+        if not x.is_contiguous():
+            raise ValueError(f"{name}: must be contiguous")
+    if q_offsets.dim() != 2 or k_offsets.dim() != 2:
+        raise ValueError("q_offsets, k_offsets: expected 2 dims (B*H, C + 1)")
+    cq = q_offsets.shape[1] - 1
+    ck = k_offsets.shape[1] - 1
+    if cq < 1 or ck < 1:
+        raise ValueError(f"q_offsets, k_offsets: need at least one cluster, got Cq={cq}, Ck={ck}")
+    _check("q_perm", q_perm, (bh, nv), torch.int32, dev)
+    _check("q_offsets", q_offsets, (bh, cq + 1), torch.int32, dev)
+    _check("k_offsets", k_offsets, (bh, ck + 1), torch.int32, dev)
+    _check("sel_idx", sel_idx, (bh, cq, ck), torch.int32, dev)
+    _check("sel_count", sel_count, (bh, cq), torch.int32, dev)
+    _check("sel_cum", sel_cum, (bh, cq, ck + 1), torch.int32, dev)
+    for name, x in (("q_perm", q_perm), ("q_offsets", q_offsets), ("k_offsets", k_offsets),
+                    ("sel_idx", sel_idx), ("sel_count", sel_count), ("sel_cum", sel_cum)):
+        if not x.is_contiguous():
+            raise ValueError(f"{name}: must be contiguous")
+    if key_padding_mask is not None:
+        if t == 0:
+            raise ValueError("key_padding_mask: given but num_dense_tokens is 0")
+        _check("key_padding_mask", key_padding_mask, (b, t), torch.bool, dev)
+        kpm = key_padding_mask.contiguous().view(torch.int8)
+    else:
+        kpm = q_perm  # never read (HAS_KPM=False)
+    if out is None:
+        out = torch.empty_like(q)
+    else:
+        _check("out", out, (b, h, n, d), q.dtype, dev)
+        if out.stride(3) != 1:
+            raise ValueError(f"out: last dim must be contiguous (stride 1), got stride {out.stride(3)}")
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    cfg = config or default_config(dev, q.dtype, d)
+
+    num_text_tiles = triton.cdiv(t, cfg.block_m) if t else 0
+    grid = (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh)
+    sparse_attn_fwd_kernel[grid](
+        q, k, v, kp, vp, out,
+        q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        h, nv, t, cq, ck, num_text_tiles,
+        scale * _LOG2E,
+        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CQ_BLOCK=triton.next_power_of_2(cq),
+        HAS_KPM=key_padding_mask is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out
