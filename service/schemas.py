@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from worker.registry import ModelEntry, Registry, build_job_spec
 from worker.spec import JobSpec, SparsitySettings
@@ -41,6 +41,21 @@ class VideoCreate(BaseModel):
         "num_k_clusters, kmeans_iters_init, kmeans_iters, dense_warmup_fraction, dense_warmup_steps, "
         "dense_layers).",
     )
+
+    @field_validator("seconds", mode="before")
+    @classmethod
+    def _seconds_scalar(cls, value: object) -> object:
+        # Checked here so a wrong type reads "seconds: ..." rather than naming a union member.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float | str)):
+            raise ValueError("must be a number or a numeric string")
+        return value
+
+    @field_validator("sparsity", mode="before")
+    @classmethod
+    def _sparsity_shape(cls, value: object) -> object:
+        if value is not None and not isinstance(value, str | dict):
+            raise ValueError("must be a preset name or an object of budget fields")
+        return value
 
     def to_job_spec(self, registry: Registry) -> tuple[JobSpec, ModelEntry]:
         """Resolve against the registry (raises ``SpecError`` naming the field)."""

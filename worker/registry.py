@@ -284,10 +284,11 @@ def build_job_spec(
             raise SpecError("seconds", f"must be a number of seconds, got {seconds!r}") from None
         if not math.isfinite(secs) or secs <= 0:
             raise SpecError("seconds", f"must be a positive number of seconds, got {seconds!r}")
-        num_frames = frames_for_seconds(secs, fps, lim.frame_step)
         max_s = lim.max_frames / fps
-        if num_frames > lim.max_frames or num_frames < lim.min_frames:
-            raise SpecError("seconds", f"{secs:g} s at {fps} fps is {num_frames} frames; this model allows "
+        # Compare before rounding: an absurd duration must not overflow the frame arithmetic.
+        num_frames = frames_for_seconds(min(secs, 2 * max_s), fps, lim.frame_step)
+        if secs > 2 * max_s or num_frames > lim.max_frames or num_frames < lim.min_frames:
+            raise SpecError("seconds", f"{secs:g} s at {fps} fps is {secs * fps:.0f} frames; this model allows "
                                        f"{lim.min_frames}-{lim.max_frames} frames (at most {max_s:g} s)")
     else:
         num_frames = dft.num_frames if num_frames is None else num_frames
