@@ -1,0 +1,39 @@
+"""The API as users run it: ``python -m service`` (uvicorn) in a subprocess, over real HTTP."""
+
+from __future__ import annotations
+
+import httpx
+from rq import Queue
+
+
+def test_server_accepts_a_job_over_http_and_serves_it_back(api_server, redis_client):
+    with httpx.Client(base_url=api_server.base_url, timeout=10) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        resp = http.post("/v1/videos", json={"prompt": "a lighthouse at dusk", "num_frames": 5})
+        assert resp.status_code == 201, resp.text
+        video = resp.json()
+        assert resp.headers["location"] == f"/v1/videos/{video['id']}"
+        assert http.get(f"/v1/videos/{video['id']}").json()["status"] == "queued"
+        assert Queue("tiny", connection=redis_client).job_ids == [video["id"]]
+        assert http.get("/docs").status_code == 200
+
+
+def test_server_refuses_oversized_bodies_with_and_without_content_length(api_server):
+    with httpx.Client(base_url=api_server.base_url, timeout=10) as http:
+        resp = http.post("/v1/videos", json={"prompt": "x" * 100_000})
+        assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+
+        def chunks():  # chunked transfer encoding: no Content-Length to trust
+            for _ in range(64):
+                yield b" " * 4096
+
+        resp = http.post("/v1/videos", content=chunks(), headers={"content-type": "application/json"})
+        assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+        assert http.get("/healthz").status_code == 200  # and the server lives on
+
+
+def test_server_readyz_follows_worker_heartbeats(api_server, store):
+    with httpx.Client(base_url=api_server.base_url, timeout=10) as http:
+        assert http.get("/readyz").status_code == 503
+        store.heartbeat("gpu0-42", {"model": "tiny", "queues": ["tiny"]}, ttl_s=10)
+        assert http.get("/readyz").status_code == 200
