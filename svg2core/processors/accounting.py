@@ -1,0 +1,261 @@
+"""Per-job accounting of the routed attention calls, and the dense-attention time calibration.
+
+Everything recorded in the hot path stays on the device or in host-side lists: densities are added
+into device scalars, timings are CUDA events recorded on the current stream. Nothing is read back
+until :meth:`AttentionAccounting.metrics` runs at the end of the job, which is where the one
+synchronisation of the job happens.
+
+On CPU the attention and forward times are wall-clock (``time.perf_counter``; CPU kernels run
+synchronously, so that is the real time) and the time-saved estimate is ``None``: there is no
+calibrated dense baseline on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+# (batch, heads, tokens, head_dim, dtype name, device) of one attention call
+ShapeKey = tuple[int, int, int, int, str, str]
+
+DENSE_REASONS = ("warmup", "dense_layer", "dense_mode")
+
+
+def shape_key(query_bnhd: torch.Tensor) -> ShapeKey:
+    """The calibration key of a call whose query is ``(B, N, H, D)`` (diffusers layout)."""
+    b, n, h, d = query_bnhd.shape
+    return (b, h, n, d, str(query_bnhd.dtype).removeprefix("torch."), str(query_bnhd.device))
+
+
+def attention_flops(key: ShapeKey) -> float:
+    """FLOPs of dense attention of that shape: ``4 * N^2 * D`` per (batch, head) (QK^T and PV).
+
+    Dense attention computes every pair, masked (padded text) keys included, so that is also the
+    dense-equivalent of a sparse call."""
+    b, h, n, d = key[:4]
+    return 4.0 * b * h * n * n * d
+
+
+class _Timer:
+    """Measures one span of device work without synchronising: two CUDA events, or wall-clock on CPU."""
+
+    __slots__ = ("start", "end", "seconds")
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds: float | None = None
+        if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        elif device.type == "cpu":
+            self.start = time.perf_counter()
+            self.end = None
+        else:  # capturing a CUDA graph, or an unsupported device: no timing
+            self.start = self.end = None
+
+    def stop(self) -> None:
+        if isinstance(self.start, float):
+            self.seconds = time.perf_counter() - self.start
+        elif self.start is not None:
+            self.end.record()
+
+    def read(self) -> float | None:
+        """Seconds of the span (synchronises with the end event on CUDA)."""
+        if self.seconds is None and self.end is not None:
+            self.end.synchronize()
+            self.seconds = self.start.elapsed_time(self.end) / 1000.0
+        return self.seconds
+
+
+class DenseAttentionCalibration:
+    """Dense attention time per call shape on this machine's GPU, measured once per shape with SDPA.
+
+    Owned by one :class:`~svg2core.integration.SVG2Integration` (one pipeline, one GPU) and shared by
+    its jobs: a measured time is a property of the hardware, not of a request. On CPU it returns None.
+    """
+
+    def __init__(self, repeats: int = 3) -> None:
+        self.repeats = repeats
+        self._seconds: dict[ShapeKey, float | None] = {}
+
+    def seconds(self, key: ShapeKey) -> float | None:
+        """Dense SDPA seconds of one call of shape ``key`` (measured on first request, then cached)."""
+        if key not in self._seconds:
+            self._seconds[key] = self._measure(key)
+        return self._seconds[key]
+
+    def _measure(self, key: ShapeKey) -> float | None:
+        b, h, n, d, dtype_name, device_name = key
+        device = torch.device(device_name)
+        if device.type != "cuda":
+            return None
+        dtype = getattr(torch, dtype_name)
+        try:
+            q, k, v = (torch.randn(b, h, n, d, dtype=dtype, device=device) for _ in range(3))
+            F.scaled_dot_product_attention(q, k, v)  # warm-up: backend selection, workspace
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(self.repeats):
+                F.scaled_dot_product_attention(q, k, v)
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1000.0 / self.repeats
+        except torch.cuda.OutOfMemoryError:
+            return None
+        finally:
+            q = k = v = None
+
+
+@dataclass
+class _ForwardRecord:
+    step: int
+    branch: int
+    timer: _Timer | None
+    expected_calls: int
+    calls: int = 0
+
+
+@dataclass
+class AttentionAccounting:
+    """Counts, densities and timings of one job's routed self-attention calls."""
+
+    dense_calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DENSE_REASONS, 0))
+    sparse_calls: int = 0
+    skipped_calls: int = 0
+    dense_flops: float = 0.0
+    dense_equivalent_flops: float = 0.0  # of every routed call that ran (dense and sparse)
+    # device -> fp64 scalars, accumulated without synchronising
+    _density_sum: dict[str, torch.Tensor] = field(default_factory=dict)  # sum of per-call mean density
+    _sparse_flops: dict[str, torch.Tensor] = field(default_factory=dict)  # sum of computed FLOPs
+    _sparse_timers: list[tuple[ShapeKey, _Timer]] = field(default_factory=list)
+    _dense_timers: list[tuple[ShapeKey, _Timer]] = field(default_factory=list)
+    _forwards: list[_ForwardRecord] = field(default_factory=list)
+
+    # ---- hot path (no host-device synchronisation) ----
+
+    def begin_forward(self, step: int, branch: int, expected_calls: int, device: torch.device | None,
+                      timing: bool) -> _ForwardRecord:
+        timer = _Timer(device) if timing and device is not None else None
+        record = _ForwardRecord(step, branch, timer, expected_calls)
+        self._forwards.append(record)
+        return record
+
+    def end_forward(self, record: _ForwardRecord) -> None:
+        if record.timer is not None:
+            record.timer.stop()
+        # A cache hook (first-block cache, pyramid broadcast, ...) skipped the calls that never came.
+        self.skipped_calls += max(0, record.expected_calls - record.calls)
+
+    def start_timer(self, device: torch.device, timing: bool) -> _Timer | None:
+        return _Timer(device) if timing else None
+
+    def record_dense(self, key: ShapeKey, reason: str, timer: _Timer | None) -> None:
+        self.dense_calls[reason] += 1
+        flops = attention_flops(key)
+        self.dense_flops += flops
+        self.dense_equivalent_flops += flops
+        if timer is not None:
+            timer.stop()
+            self._dense_timers.append((key, timer))
+
+    def record_sparse(self, key: ShapeKey, density: torch.Tensor, valid_keys: torch.Tensor | int,
+                      timer: _Timer | None) -> None:
+        """``density``: ``(B, H)`` fp32 on the device, computed query-key pairs over the pairs of the
+        valid keys (``N * valid_keys``); ``valid_keys``: ``(B,)`` device tensor, or an int for all."""
+        self.sparse_calls += 1
+        b, h, n, d = key[:4]
+        self.dense_equivalent_flops += attention_flops(key)
+        dev = key[5]
+        if dev not in self._density_sum:
+            self._density_sum[dev] = torch.zeros((), dtype=torch.float64, device=density.device)
+            self._sparse_flops[dev] = torch.zeros((), dtype=torch.float64, device=density.device)
+        d64 = density.to(torch.float64)
+        self._density_sum[dev] += d64.mean()
+        if isinstance(valid_keys, torch.Tensor):
+            pairs = (d64 * valid_keys.to(torch.float64)[:, None]).sum() * n  # (B, H) -> computed pairs
+        else:
+            pairs = d64.sum() * (n * valid_keys)
+        self._sparse_flops[dev] += pairs * (4.0 * d)
+        if timer is not None:
+            timer.stop()
+            self._sparse_timers.append((key, timer))
+
+    # ---- end of job (synchronises) ----
+
+    def metrics(self, calibration: DenseAttentionCalibration | None = None) -> dict:
+        """The job's accounting as a plain JSON-able dict (reads device accumulators and events)."""
+        dense_total = sum(self.dense_calls.values())
+        density_sum = sum(float(t) for t in self._density_sum.values())
+        sparse_flops = sum(float(t) for t in self._sparse_flops.values())
+        ran = dense_total + self.sparse_calls
+        computed_flops = self.dense_flops + sparse_flops
+
+        sparse_seconds = _sum_seconds(self._sparse_timers)
+        dense_seconds = _sum_seconds(self._dense_timers)
+
+        per_step: dict[int, float] = defaultdict(float)
+        step_timed = True
+        for rec in self._forwards:
+            sec = rec.timer.read() if rec.timer is not None else None
+            if sec is None:
+                step_timed = False
+            else:
+                per_step[rec.step] += sec
+        steps = sorted({rec.step for rec in self._forwards})
+
+        saved, dense_estimate = _time_saved(self._sparse_timers, calibration)
+        return {
+            "attention_calls": ran + self.skipped_calls,
+            "dense_calls": dense_total,
+            "dense_calls_warmup": self.dense_calls["warmup"],
+            "dense_calls_dense_layers": self.dense_calls["dense_layer"],
+            "dense_calls_dense_mode": self.dense_calls["dense_mode"],
+            "sparse_calls": self.sparse_calls,
+            "skipped_calls": self.skipped_calls,
+            "mean_density_sparse": density_sum / self.sparse_calls if self.sparse_calls else None,
+            "mean_density_overall": (density_sum + dense_total) / ran if ran else None,
+            "attention_flops": computed_flops,
+            "attention_flops_dense_equivalent": self.dense_equivalent_flops,
+            "attention_flops_ratio": (computed_flops / self.dense_equivalent_flops
+                                      if self.dense_equivalent_flops else None),
+            "sparse_attention_seconds": sparse_seconds,
+            "dense_attention_seconds": dense_seconds,
+            "transformer_forwards": len(self._forwards),
+            "step_seconds": [per_step[s] for s in steps] if (step_timed and steps) else None,
+            "estimated_dense_attention_seconds_for_sparse_calls": dense_estimate,
+            "estimated_attention_seconds_saved": saved,
+        }
+
+
+def _sum_seconds(timers: list[tuple[ShapeKey, _Timer]]) -> float | None:
+    if not timers:
+        return 0.0
+    total = 0.0
+    for _, timer in timers:
+        sec = timer.read()
+        if sec is None:
+            return None
+        total += sec
+    return total
+
+
+def _time_saved(sparse_timers: list[tuple[ShapeKey, _Timer]],
+                calibration: DenseAttentionCalibration | None) -> tuple[float | None, float | None]:
+    """(dense estimate - measured sparse time, dense estimate) over the sparse calls, or Nones when
+    there is no calibration (CPU) or a call was not timed."""
+    if calibration is None or not sparse_timers:
+        return (0.0, 0.0) if calibration is not None and not sparse_timers else (None, None)
+    dense_total = 0.0
+    sparse_total = 0.0
+    for key, timer in sparse_timers:
+        dense = calibration.seconds(key)
+        sec = timer.read()
+        if dense is None or sec is None:
+            return None, None
+        dense_total += dense
+        sparse_total += sec
+    return dense_total - sparse_total, dense_total
