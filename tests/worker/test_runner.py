@@ -1,0 +1,146 @@
+"""JobRunner against a real Redis job store: progress, cancellation, failures, metrics, the MP4."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import av
+import pytest
+import torch
+
+from worker.runner import JobRunner
+
+
+@contextmanager
+def on_transformer_call(model, fn: Callable[[int], None]) -> Iterator[None]:
+    """Call ``fn(call_index)`` before every transformer forward of the resident pipeline (two per
+    denoising step with classifier-free guidance), the way a slow GPU step would interleave with
+    the API."""
+    calls = iter(range(10**6))
+    handle = model.pipeline.transformer.register_forward_pre_hook(lambda module, args: fn(next(calls)))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@pytest.fixture
+def runner(store, tiny_model) -> JobRunner:
+    return JobRunner(store, tiny_model, "test-worker")
+
+
+def _decode(path) -> tuple[int, int, int, float]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(video=0))
+        return frames, stream.codec_context.width, stream.codec_context.height, float(stream.average_rate)
+
+
+def test_completed_job_has_its_mp4_and_metrics(store, runner, tiny_spec):
+    spec = tiny_spec(width=96, height=64, num_frames=13, fps=12, num_inference_steps=3)
+    job = store.create(spec, "tiny")
+
+    assert runner.run(job.id) == "completed"
+
+    record = store.get(job.id)
+    assert record.status == "completed" and record.progress == 100 and record.error is None
+    assert record.worker == "test-worker" and record.attempts == 1
+    assert _decode(store.video_path(job.id)) == (13, 96, 64, 12.0)
+    assert not store.temp_video_path(job.id).exists()
+    m = record.metrics
+    assert len(m["step_seconds"]) == 3 and m["denoise_seconds"] == pytest.approx(sum(m["step_seconds"]))
+    for key in ("queue_wait_seconds", "run_seconds", "load_seconds", "encode_seconds", "decode_seconds",
+                "write_seconds"):
+        assert m[key] >= 0, key
+    assert m["run_seconds"] >= m["denoise_seconds"]
+    assert (m["frames"], m["width"], m["height"]) == (13, 96, 64)
+    assert m["attention"] == "dense" and m["model"] == "tiny" and m["output_bytes"] > 0
+
+
+def test_progress_increases_step_by_step(store, runner, tiny_model, tiny_spec):
+    job = store.create(tiny_spec(num_frames=5, num_inference_steps=4), "tiny")
+    seen = []
+    with on_transformer_call(tiny_model, lambda i: seen.append(store.get(job.id).progress) if i % 2 == 0 else None):
+        assert runner.run(job.id) == "completed"
+    # Read at the start of each step: the store shows the steps finished so far.
+    assert seen == [0.0, 25.0, 50.0, 75.0]
+    assert store.get(job.id).progress == 100.0
+
+
+def test_cancel_while_running_stops_between_steps(store, runner, tiny_model, tiny_spec):
+    job = store.create(tiny_spec(num_frames=5, num_inference_steps=8), "tiny")
+
+    def cancel_during_step_three(call: int) -> None:
+        if call == 4:  # first transformer call of step 3
+            assert store.request_cancel(job.id).status == "in_progress"
+
+    with on_transformer_call(tiny_model, cancel_during_step_three):
+        assert runner.run(job.id) == "cancelled"
+
+    record = store.get(job.id)
+    assert record.status == "cancelled" and record.error is None
+    assert len(record.metrics["step_seconds"]) == 3  # step 3 finished, then the cancel was seen
+    assert record.progress == pytest.approx(37.5)
+    assert not store.video_path(job.id).exists() and not store.temp_video_path(job.id).exists()
+
+
+def test_job_cancelled_while_queued_never_runs(store, runner, tiny_model, tiny_spec):
+    job = store.create(tiny_spec(), "tiny")
+    store.request_cancel(job.id)
+    calls = []
+    with on_transformer_call(tiny_model, calls.append):
+        assert runner.run(job.id) == "skipped"
+    assert calls == []
+    assert store.get(job.id).status == "cancelled"
+    assert not store.video_path(job.id).exists()
+
+
+@pytest.mark.parametrize(
+    "error,code",
+    [(RuntimeError("boom"), "internal"), (torch.OutOfMemoryError("CUDA out of memory"), "out_of_memory")],
+    ids=["internal", "out_of_memory"],
+)
+def test_exception_fails_the_job_with_a_code_and_the_runner_goes_on(store, runner, tiny_model, tiny_spec, error, code):
+    bad = store.create(tiny_spec(num_frames=5, num_inference_steps=3), "tiny")
+
+    def raise_in_step_two(call: int) -> None:
+        if call == 2:
+            raise error
+
+    with on_transformer_call(tiny_model, raise_in_step_two):
+        assert runner.run(bad.id) == "failed"
+    record = store.get(bad.id)
+    assert record.status == "failed" and record.error.code == code
+    assert str(error) in record.error.message
+    assert len(record.metrics["step_seconds"]) == 1
+    assert not store.video_path(bad.id).exists()
+
+    good = store.create(tiny_spec(num_frames=5, num_inference_steps=2), "tiny")
+    assert runner.run(good.id) == "completed"
+    assert store.video_path(good.id).exists()
+
+
+def test_spec_that_does_not_fit_the_model_is_invalid_input(store, runner, tiny_spec):
+    job = store.create(tiny_spec().model_copy(update={"num_frames": 6}), "tiny")
+    assert runner.run(job.id) == "failed"
+    error = store.get(job.id).error
+    assert error.code == "invalid_input" and error.message.startswith("num_frames:")
+
+
+def test_job_for_another_model_is_invalid_input(store, runner, tiny_spec):
+    job = store.create(tiny_spec().model_copy(update={"model": "wan2.1-t2v-1.3b"}), "tiny")
+    assert runner.run(job.id) == "failed"
+    error = store.get(job.id).error
+    assert error.code == "invalid_input" and "this worker serves 'tiny'" in error.message
+
+
+def test_same_request_twice_gives_identical_videos(store, runner, tiny_spec):
+    spec = tiny_spec(num_frames=5, num_inference_steps=2)
+    first, second = store.create(spec, "tiny"), store.create(spec, "tiny")
+    assert runner.run(first.id) == runner.run(second.id) == "completed"
+    decoded = []
+    for job in (first, second):
+        with av.open(str(store.video_path(job.id))) as c:
+            decoded.append([f.to_ndarray(format="rgb24").tobytes() for f in c.decode(video=0)])
+    assert decoded[0] == decoded[1]
