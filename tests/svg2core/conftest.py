@@ -49,3 +49,8 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def pytest_configure(config) -> None:
+    # Triton 3.6's interpreter converts 1-element arrays to scalars (deprecated in numpy >= 1.25).
+    config.addinivalue_line("filterwarnings", "ignore:Conversion of an array with ndim:DeprecationWarning")

@@ -1,0 +1,128 @@
+"""Batched k-means: Triton kernels (interpreter on CPU) vs the torch reference, and k-means invariants."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from svg2core.ops.kmeans import (
+    batched_kmeans,
+    init_centroids_strided,
+    init_centroids_strided_reference,
+    kmeans_assign,
+    kmeans_assign_reference,
+    kmeans_reference,
+    kmeans_update,
+    kmeans_update_reference,
+)
+from svg2core.ops.permute import sort_by_cluster
+from svg2core.state import Workspace
+
+SHAPES = [  # B, H, N, D, C
+    pytest.param(1, 1, 37, 64, 5, id="odd-tokens"),
+    pytest.param(2, 3, 65, 64, 9, id="batch2"),
+    pytest.param(1, 2, 20, 128, 33, id="more-clusters-than-block,empty"),
+]
+
+
+def _dist(x: torch.Tensor, cent: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1]
+    chosen = torch.gather(cent, 1, labels.long()[..., None].expand(-1, -1, d))
+    return ((x.float() - chosen) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("b,h,n,d,c", SHAPES)
+def test_assign_kernel_picks_a_nearest_centroid(b, h, n, d, c, dtype):
+    x = torch.randn(b, h, n, d).to(dtype)
+    cent = torch.randn(b * h, c, d)
+    labels = torch.full((b * h, n), -7, dtype=torch.int32)
+    kmeans_assign(x, cent, labels)
+    ref = kmeans_assign_reference(x.reshape(b * h, n, d), cent)
+    assert labels.min() >= 0 and labels.max() < c
+    xr = x.reshape(b * h, n, d)
+    # the kernel's dot runs on low-precision centroids: near-ties may differ, distances may not
+    gap = _dist(xr, cent, labels) - _dist(xr, cent, ref)
+    assert gap.max() <= 1e-2 * _dist(xr, cent, ref).mean()
+    assert (labels == ref).float().mean() > 0.9
+
+
+def test_assign_kernel_reads_strided_views():
+    base = torch.randn(2, 30, 3, 64).to(torch.bfloat16)  # (B, N, H, D): the diffusers layout
+    x = base.transpose(1, 2)  # (B, H, N, D) view, not contiguous
+    cent = torch.randn(6, 4, 64)
+    labels = torch.empty(6, 30, dtype=torch.int32)
+    kmeans_assign(x, cent, labels)
+    ref = kmeans_assign_reference(x.contiguous().reshape(6, 30, 64), cent)
+    assert (labels == ref).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("b,h,n,d,c", SHAPES)
+def test_segment_mean_kernel_equals_reference(b, h, n, d, c, dtype):
+    x = torch.randn(b, h, n, d).to(dtype)
+    labels = torch.randint(0, max(1, c - 2), (b * h, n), dtype=torch.int32)  # last clusters empty
+    cent = torch.randn(b * h, c, d)
+    perm, offsets = sort_by_cluster(labels, c, Workspace(), "t")
+    got = cent.clone()
+    kmeans_update(x, perm, offsets, got)
+    want = kmeans_update_reference(x.reshape(b * h, n, d), labels, cent)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[:, c - 2:], cent[:, c - 2:])  # empty clusters keep their centroid
+
+
+def test_batched_kmeans_matches_reference_iterations():
+    b, h, n, d, c = 1, 2, 48, 64, 4
+    # well separated blobs: no near-ties, so low-precision dots cannot change an assignment
+    centers = torch.randn(b * h, c, d) * 10
+    x = (centers.repeat_interleave(n // c, dim=1) + 0.1 * torch.randn(b * h, n, d)).reshape(b, h, n, d).half()
+    start = init_centroids_strided_reference(x.reshape(b * h, n, d), c)
+    cent = start.clone()
+    labels, perm, offsets = batched_kmeans(x, cent, 3, Workspace(), "q")
+    ref_labels, ref_cent = kmeans_reference(x.reshape(b * h, n, d), start, 3)
+    assert torch.equal(labels, ref_labels)
+    torch.testing.assert_close(cent, ref_cent, rtol=1e-5, atol=1e-5)
+    sizes = offsets[:, 1:] - offsets[:, :-1]
+    assert torch.equal(sizes, torch.stack([torch.bincount(r.long(), minlength=c) for r in labels]).int())
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_constant_tokens_give_finite_centroids(backend):
+    x = torch.full((1, 2, 21, 64), 0.5, dtype=torch.bfloat16)
+    cent = torch.empty(2, 6, 64)
+    init_centroids_strided(x, 6, cent)
+    labels, _, offsets = batched_kmeans(x, cent, 2, Workspace(), "q", backend)
+    assert torch.isfinite(cent).all()
+    assert torch.all(labels == 0)  # all distances tie: the lowest cluster id wins
+    assert torch.equal(offsets[:, 1], torch.full((2,), 21, dtype=torch.int32))
+    torch.testing.assert_close(cent, torch.full_like(cent, 0.5))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_zero_iterations_only_assign(backend):
+    x = torch.randn(1, 1, 30, 64).to(torch.bfloat16)
+    cent = torch.randn(1, 5, 64)
+    before = cent.clone()
+    labels, _, _ = batched_kmeans(x, cent, 0, Workspace(), "k", backend)
+    assert torch.equal(cent, before)
+    assert labels.shape == (1, 30)
+
+
+def test_strided_init_is_deterministic_and_matches_reference():
+    x = torch.randn(2, 2, 50, 64).to(torch.bfloat16)
+    out = torch.empty(4, 7, 64)
+    init_centroids_strided(x, 7, out)
+    assert torch.equal(out, init_centroids_strided_reference(x.reshape(4, 50, 64), 7))
+    assert torch.equal(out[:, 0], x.reshape(4, 50, 64)[:, 0].float())
+
+
+def test_iterations_reduce_inertia():
+    x = torch.randn(1, 1, 200, 64).to(torch.bfloat16)
+    start = torch.empty(1, 8, 64)
+    init_centroids_strided(x, 8, start)
+    inertia = []
+    for iters in (0, 3):
+        cent = start.clone()
+        labels, _, _ = batched_kmeans(x, cent, iters, Workspace(), "q", "reference")
+        inertia.append(_dist(x.reshape(1, 200, 64), cent, labels).sum())
+    assert inertia[1] < inertia[0]
