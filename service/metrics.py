@@ -145,7 +145,8 @@ class QueueCollector(Collector):
         queue_names: callable returning the queues to report (the registry's model queues); every
             other rq queue that exists in Redis is reported too.
         live_workers: callable returning the info dicts of workers whose heartbeat has not expired
-            (``JobStore.live_workers``); a worker counts as busy when its info names a current job.
+            (``JobStore.live_workers``); a worker counts as busy when its info says ``state: busy``
+            or names a ``current_job``.
     """
 
     def __init__(
@@ -181,7 +182,7 @@ class QueueCollector(Collector):
             for info in self.live_workers():
                 counts = per_model.setdefault(str(info.get("model") or ""), [0, 0])
                 counts[0] += 1
-                counts[1] += int(bool(info.get("job") or info.get("current_job")))
+                counts[1] += int(info.get("state") == "busy" or bool(info.get("current_job")))
             for model, (n_live, n_busy) in sorted(per_model.items()):
                 live.add_metric([model], n_live)
                 busy.add_metric([model], n_busy)
