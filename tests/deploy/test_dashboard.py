@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import yaml
-from dashboard_queries import ROOT, load_dashboard, iter_panels, panel_queries, referenced_metrics
+from dashboard_queries import ROOT, iter_panels, load_dashboard, panel_queries, referenced_metrics
 
 from service.metrics import ApiMetrics, QueueCollector
 from worker.metrics import WorkerMetrics
