@@ -92,7 +92,7 @@ def sparse_attn_fwd_kernel(
     H, NV, T, CQ, CK, num_text_tiles,
     qk_scale,  # softmax scale * log2(e)
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CQ_BLOCK: tl.constexpr,
-    HAS_KPM: tl.constexpr,
+    HAS_KPM: tl.constexpr, SKIP_KEY_INDEX: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -163,8 +163,12 @@ def sparse_attn_fwd_kernel(
             j0 = cnt * 0
             for t in range(0, n_full):
                 pos = t * BLOCK_N + tl.arange(0, BLOCK_N)
-                rows, seg = _selected_key_rows(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, pos, pos < total,
-                                               BLOCK_N)
+                if SKIP_KEY_INDEX:  # benchmark-only: contiguous rows, wrong result, measures the indexing cost
+                    rows = pos % NV
+                    seg = j0 + pos * 0
+                else:
+                    rows, seg = _selected_key_rows(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, pos, pos < total,
+                                                   BLOCK_N)
                 rows = rows.to(tl.int64)
                 k = tl.load(KP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :])
                 v = tl.load(VP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :])

@@ -21,6 +21,9 @@ class KernelConfig:
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    # Benchmark diagnostics only: read each selected range as contiguous kp rows instead of looking up
+    # the segments (a wrong result) to measure what the key indexing costs.
+    skip_key_index: bool = False
 
 
 # Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. Chosen from
@@ -161,7 +164,7 @@ def sparse_attention(
         h, nv, t, cq, ck, num_text_tiles,
         scale * _LOG2E,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CQ_BLOCK=triton.next_power_of_2(cq),
-        HAS_KPM=key_padding_mask is not None,
+        HAS_KPM=key_padding_mask is not None, SKIP_KEY_INDEX=cfg.skip_key_index,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
