@@ -124,7 +124,8 @@ def observation_from_record(record: JobRecord) -> JobObservation:
 
     Keys of ``record.metrics`` used (every one optional): ``queue_wait_seconds``, ``run_seconds``
     (the store writes both), ``step_seconds`` (list), ``step_modes`` (list of ``dense``/``sparse``;
-    derived from the spec's warm-up schedule when absent), ``frames``, ``peak_gpu_memory_bytes``,
+    when absent: all dense if ``attention`` is ``"dense"``, else the spec's warm-up schedule),
+    ``frames``, ``peak_gpu_memory_bytes``,
     and under ``sparsity`` (the svg2core session's accounting; or at top level):
     ``mean_density_sparse`` (or ``density``: mean achieved density of the sparse calls, 0-1),
     ``attention_flops_ratio`` (or ``attention_flops`` over ``attention_flops_dense_equivalent``),
@@ -145,6 +146,8 @@ def observation_from_record(record: JobRecord) -> JobObservation:
     modes_raw = pick("step_modes")
     if isinstance(modes_raw, list) and len(modes_raw) == len(steps) and set(modes_raw) <= set(STEP_MODES):
         modes = tuple(modes_raw)
+    elif m.get("attention") == "dense":
+        modes = ("dense",) * len(steps)  # the pipeline ran without sparse attention installed
     else:
         modes = step_modes_for(record.spec, len(steps))
 

@@ -125,6 +125,11 @@ def test_explicit_step_modes_win_over_the_schedule(store, registry):
     assert observation_from_record(record).step_modes == ("dense", "dense", "sparse", "sparse")
 
 
+def test_a_pipeline_without_sparse_attention_runs_dense_steps(store, registry):
+    record = run_job(store, registry, extra_metrics={"attention": "dense", "sparsity": None})
+    assert observation_from_record(record).step_modes == ("dense",) * 4
+
+
 def test_step_modes_follow_the_warmup_schedule(registry):
     dense_spec, _ = build_job_spec(registry, prompt="x", model="tiny", num_inference_steps=5, sparsity="dense")
     assert step_modes_for(dense_spec, 5) == ("dense",) * 5
