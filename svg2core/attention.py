@@ -56,8 +56,10 @@ def svg2_attention(
         num_dense_tokens: ``T``, in ``[0, N)``.
         key_padding_mask: ``(B, T)`` bool, True = valid text token; ``None`` = all valid. Invalid
             text keys are never attended to.
-        backend: ``"triton"`` (CUDA, or the Triton interpreter) or ``"reference"`` (pure torch,
-            masked dense attention). Both compute the same function for the same selection.
+        backend: ``"triton"`` (CUDA, or the Triton interpreter): Triton stages and the
+            variable-block sparse flash-attention kernel (svg2core.ops.sparse_attn); ``"reference"``:
+            pure torch stages and masked dense attention. Both compute the same function for the same
+            selection (the k-means assignment may differ on near-ties: the kernel's dot is bf16/fp16).
         scale: softmax scale of the attention, default ``1 / sqrt(D)`` (cluster scoring always uses
             ``1 / sqrt(D)``).
 
@@ -112,11 +114,18 @@ def svg2_attention(
     # 3. Permutation of K and V into cluster-contiguous order.
     kp, vp = gather_kv(k, v, k_perm, ws, backend)
 
-    # 4. Attention.
-    out = masked_dense_attention_reference(
-        q, k, v, q_labels, k_labels, sel_idx, sel_count, t, key_padding_mask, scale
-    )
-    del kp, vp, q_perm  # consumed by the sparse kernel once it is wired in
+    # 4. Attention over the selected (query cluster, key cluster) blocks, output in token order.
+    if backend == "reference":
+        out = masked_dense_attention_reference(
+            q, k, v, q_labels, k_labels, sel_idx, sel_count, t, key_padding_mask, scale
+        )
+    else:
+        from svg2core.ops.sparse_attn import sparse_attention
+
+        out = sparse_attention(
+            q, k, v, kp, vp, q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum,
+            num_dense_tokens=t, key_padding_mask=key_padding_mask if t > 0 else None, scale=scale,
+        )
     return out, density
 
 

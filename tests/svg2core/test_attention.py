@@ -1,0 +1,206 @@
+"""svg2_attention: backends agree, dense limits, density, state per branch / batch element, validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from svg2core import LayerState, SVG2Config, Workspace, svg2_attention
+from svg2core.attention import masked_dense_attention_reference, selection_density
+
+SMALL = SVG2Config(num_q_clusters=4, num_k_clusters=7, kmeans_iters_init=2, kmeans_iters=1, top_p=0.7)
+
+
+def _qkv(b, h, n, d, dtype=torch.bfloat16):
+    return [torch.randn(b, h, n, d).to(dtype) for _ in range(3)]
+
+
+def _dense_reference(q, k, v, t, mask):
+    b, _, n, _ = q.shape
+    keys = torch.ones(b, n, dtype=torch.bool)
+    if mask is not None:
+        keys[:, n - t:] = mask
+    return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=keys[:, None, None, :])
+
+
+def _mask(b, t, valid):
+    m = torch.zeros(b, t, dtype=torch.bool)
+    for i, nvalid in enumerate(valid):
+        m[i, :nvalid] = True
+    return m
+
+
+@pytest.mark.parametrize("t", [0, 5])
+def test_reference_with_top_p_1_equals_dense(t):
+    q, k, v = _qkv(2, 2, 41, 64)
+    mask = _mask(2, t, [t, 2]) if t else None
+    cfg = SMALL.replace(top_p=1.0)
+    out, density = svg2_attention(q, k, v, cfg, LayerState(), num_dense_tokens=t, key_padding_mask=mask,
+                                  backend="reference")
+    torch.testing.assert_close(out.float(), _dense_reference(q, k, v, t, mask), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(density, torch.ones(2, 2), rtol=1e-6, atol=1e-6)
+
+
+CASES = [  # B, H, N, T, D, dtype, valid text per batch element
+    pytest.param(1, 2, 33, 0, 64, torch.bfloat16, None, id="odd-tokens-bf16"),
+    pytest.param(2, 1, 45, 6, 64, torch.float16, [6, 3], id="text-padding-batch2-fp16"),
+    pytest.param(1, 1, 30, 3, 128, torch.bfloat16, [1], id="d128-text"),
+]
+
+
+@pytest.mark.parametrize("b,h,n,t,d,dtype,valid", CASES)
+def test_triton_backend_equals_reference_for_its_selection(b, h, n, t, d, dtype, valid):
+    q, k, v = _qkv(b, h, n, d, dtype)
+    mask = _mask(b, t, valid) if valid else None
+    ws = Workspace()
+    out, density = svg2_attention(q, k, v, SMALL, LayerState(), workspace=ws, num_dense_tokens=t,
+                                  key_padding_mask=mask, backend="triton")
+    nv, bh = n - t, b * h
+    q_labels = ws.buffer("q.labels", (bh, nv), torch.int32, "cpu")
+    k_labels = ws.buffer("k.labels", (bh, nv), torch.int32, "cpu")
+    sel_idx = ws.buffer("sel.idx", (bh, 4, 7), torch.int32, "cpu")
+    sel_count = ws.buffer("sel.count", (bh, 4), torch.int32, "cpu")
+    want = masked_dense_attention_reference(q, k, v, q_labels, k_labels, sel_idx, sel_count, t, mask, d ** -0.5)
+    assert out.dtype == dtype and out.shape == q.shape
+    torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
+    assert torch.all((density > 0) & (density <= 1))
+
+
+def test_backends_agree_on_well_separated_clusters():
+    # blobs far apart: the k-means of both backends find the same clusters, so the calls are equal
+    b, h, n, d = 1, 2, 48, 64
+    centers = torch.randn(b, h, 4, d) * 8
+    blobs = lambda: (centers.repeat_interleave(12, dim=2) + 0.05 * torch.randn(b, h, n, d)).to(torch.bfloat16)
+    q, k, v = blobs(), blobs(), torch.randn(b, h, n, d).to(torch.bfloat16)
+    cfg = SMALL.replace(num_k_clusters=4, top_p=0.5)
+    out_t, dens_t = svg2_attention(q, k, v, cfg, LayerState(), backend="triton")
+    out_r, dens_r = svg2_attention(q, k, v, cfg, LayerState(), backend="reference")
+    torch.testing.assert_close(out_t.float(), out_r.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(dens_t, dens_r)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_constant_inputs_give_no_nan(backend):
+    q = torch.full((1, 1, 24, 64), 0.25, dtype=torch.bfloat16)
+    v = torch.full((1, 1, 24, 64), -1.5, dtype=torch.bfloat16)
+    state = LayerState()
+    out, density = svg2_attention(q, q, v, SMALL, state, num_dense_tokens=2, backend=backend)
+    assert torch.isfinite(out).all() and torch.isfinite(density).all()
+    assert torch.isfinite(state.get(0).q).all() and torch.isfinite(state.get(0).k).all()
+    torch.testing.assert_close(out.float(), v.float())
+
+
+def test_density_counts_the_computed_pairs():
+    b, h, n, t = 2, 2, 40, 4
+    q, k, v = _qkv(b, h, n, 64)
+    mask = _mask(b, t, [4, 1])
+    ws = Workspace()
+    _, density = svg2_attention(q, k, v, SMALL, LayerState(), workspace=ws, num_dense_tokens=t,
+                                key_padding_mask=mask, backend="reference")
+    nv = n - t
+    for bi in range(b):
+        valid_keys = nv + int(mask[bi].sum())
+        assert 0 < density[bi].min() and density[bi].max() <= 1
+        # lower bound: every query attends at least to all valid text keys
+        assert torch.all(density[bi] >= (n * int(mask[bi].sum()) + t * nv) / (n * valid_keys) - 1e-6)
+    # the formula itself, on a hand-made selection: 2 query clusters of 3 and 1 tokens
+    q_sizes = torch.tensor([[3, 1]], dtype=torch.int32)
+    sel_count = torch.tensor([[1, 2]], dtype=torch.int32)
+    sel_cum = torch.tensor([[[0, 2, 4], [0, 1, 4]]], dtype=torch.int32)
+    got = selection_density(q_sizes, sel_count, sel_cum, 1, 1, 4, 2, torch.tensor([[True, False]]))
+    pairs = 3 * 2 + 1 * 4 + 4 * 1 + 2 * (4 + 1)
+    torch.testing.assert_close(got, torch.tensor([[pairs / (6 * 5)]]))
+
+
+def test_fixed_density_mode_hits_its_target():
+    q, k, v = _qkv(1, 2, 60, 64)
+    cfg = SMALL.replace(mode="fixed_density", target_density=0.4, num_k_clusters=10)
+    _, density = svg2_attention(q, k, v, cfg, LayerState(), backend="reference")
+    assert torch.all(density >= 0.4)
+    assert torch.all(density < 0.4 + 0.6)  # within one cluster; the per-row bound is tested in test_select
+
+
+def test_dense_mode_is_sdpa_with_the_padding_mask():
+    q, k, v = _qkv(2, 2, 20, 64)
+    mask = _mask(2, 5, [5, 2])
+    out, density = svg2_attention(q, k, v, SMALL.replace(mode="dense"), LayerState(), num_dense_tokens=5,
+                                  key_padding_mask=mask, backend="reference")
+    torch.testing.assert_close(out.float(), _dense_reference(q, k, v, 5, mask), rtol=2e-2, atol=2e-2)
+    assert torch.equal(density, torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_warm_start_with_zero_iterations_changes_nothing(backend):
+    q, k, v = _qkv(1, 1, 30, 64)
+    state = LayerState()
+    cfg = SMALL.replace(kmeans_iters=0)
+    svg2_attention(q, k, v, cfg, state, backend=backend)
+    before = (state.get(0).q.clone(), state.get(0).k.clone())
+    svg2_attention(q, k, v, cfg, state, backend=backend)
+    assert torch.equal(state.get(0).q, before[0]) and torch.equal(state.get(0).k, before[1])
+
+
+def test_state_is_per_branch_and_per_batch_element():
+    q, k, v = _qkv(2, 2, 36, 64)
+    state = LayerState()
+    out_0, _ = svg2_attention(q, k, v, SMALL, state, branch=0, backend="reference")
+    cond = state.get(0).q.clone()
+    q2, k2, v2 = _qkv(2, 2, 36, 64)
+    svg2_attention(q2, k2, v2, SMALL, state, branch=1, backend="reference")
+    assert len(state) == 2
+    assert torch.equal(state.get(0).q, cond)  # the other branch did not touch branch 0
+    assert not torch.equal(state.get(1).q, cond)
+    assert state.get(0).q.shape == (2, 2, 4, 64)
+    # batch elements are clustered independently: element 1 alone gives the same output
+    out_1, _ = svg2_attention(q[1:], k[1:], v[1:], SMALL, LayerState(), backend="reference")
+    torch.testing.assert_close(out_0[1:], out_1)
+
+
+def test_reset_makes_the_next_call_cold():
+    q, k, v = _qkv(1, 2, 30, 64)
+    state = LayerState()
+    first, _ = svg2_attention(q, k, v, SMALL, state, backend="reference")
+    svg2_attention(q, k, v, SMALL, state, backend="reference")
+    state.reset()
+    assert len(state) == 0 and state.get(0) is None
+    again, _ = svg2_attention(q, k, v, SMALL, state, backend="reference")
+    assert torch.equal(again, first)
+
+
+def test_workspace_is_sized_once():
+    q, k, v = _qkv(1, 1, 26, 64)
+    ws, state = Workspace(), LayerState()
+    svg2_attention(q, k, v, SMALL, state, workspace=ws, backend="triton")
+    allocated = ws.allocations
+    svg2_attention(q, k, v, SMALL, state, workspace=ws, backend="triton")
+    assert ws.allocations == allocated
+
+
+BAD = [
+    (dict(q=torch.randn(1, 1, 8, 64)), "q: dtype"),
+    (dict(q=torch.randn(1, 8, 64).to(torch.bfloat16)), "q: must have shape"),
+    (dict(k=torch.randn(1, 1, 9, 64).to(torch.bfloat16)), "k: shape"),
+    (dict(q=torch.randn(1, 1, 8, 32).to(torch.bfloat16)), "q: head_dim"),
+    (dict(config="top_p"), "config:"),
+    (dict(state={}), "state:"),
+    (dict(num_dense_tokens=8), "num_dense_tokens:"),
+    (dict(num_dense_tokens=2, key_padding_mask=torch.ones(1, 3, dtype=torch.bool)), "key_padding_mask: shape"),
+    (dict(num_dense_tokens=2, key_padding_mask=torch.ones(1, 2)), "key_padding_mask: must be a bool"),
+    (dict(backend="cuda"), "backend:"),
+    (dict(scale=-1.0), "scale:"),
+    (dict(branch="cond"), "branch:"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_names_the_argument(bad, message):
+    q, k, v = _qkv(1, 1, 8, 64)
+    args = dict(q=q, k=k, v=v, config=SMALL, state=LayerState())
+    kwargs = dict(backend="reference")
+    for key, value in bad.items():
+        (args if key in args else kwargs)[key] = value
+    if "q" in bad and "k" not in bad:
+        args["k"] = args["v"] = bad["q"]
+    with pytest.raises(ValueError, match=message):
+        svg2_attention(args["q"], args["k"], args["v"], args["config"], args["state"], **kwargs)
