@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -76,7 +77,7 @@ async def create_video(request: Request, response: Response, store: StoreDep, re
     except ValidationError as exc:
         raise validation_error_to_api_error(exc, from_request=False) from None
     spec, entry = body.to_job_spec(registry)
-    record = store.create(spec, entry.queue)
+    record = await run_in_threadpool(store.create, spec, entry.queue)  # blocking Redis I/O off the loop
     response.headers["Location"] = f"/v1/videos/{record.id}"
     return VideoPublic.from_record(record)
 
