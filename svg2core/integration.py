@@ -222,7 +222,7 @@ class SVG2Session:
         Keys: call counts (``attention_calls``, ``dense_calls`` and their reasons, ``sparse_calls``,
         ``skipped_calls``), ``mean_density_sparse`` / ``mean_density_overall`` (dense calls as 1.0),
         ``attention_flops`` vs ``attention_flops_dense_equivalent``, ``sparse_attention_seconds`` /
-        ``dense_attention_seconds`` (CUDA events; wall-clock on CPU), ``step_seconds`` (transformer
+        ``dense_attention_seconds`` (CUDA events; wall-clock on CPU), ``step_transformer_seconds`` (transformer
         time per denoising step), ``estimated_attention_seconds_saved`` (calibrated dense SDPA time
         minus measured sparse time; None on CPU), plus the schedule that was applied.
         """

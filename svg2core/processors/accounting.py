@@ -225,7 +225,7 @@ class AttentionAccounting:
             "sparse_attention_seconds": sparse_seconds,
             "dense_attention_seconds": dense_seconds,
             "transformer_forwards": len(self._forwards),
-            "step_seconds": [per_step[s] for s in steps] if (step_timed and steps) else None,
+            "step_transformer_seconds": [per_step[s] for s in steps] if (step_timed and steps) else None,
             "estimated_dense_attention_seconds_for_sparse_calls": dense_estimate,
             "estimated_attention_seconds_saved": saved,
         }

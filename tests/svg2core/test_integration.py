@@ -3,6 +3,8 @@ hooks, torch.compile, and the accounting, on tiny random transformers (CPU, refe
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from diffusers.hooks import FirstBlockCacheConfig
@@ -174,7 +176,7 @@ def test_accounting_on_cpu_reports_wall_clock_and_no_savings_estimate():
         forward(model, inputs, "cond")
     metrics = session.metrics()
     assert metrics["sparse_attention_seconds"] > 0 and metrics["dense_attention_seconds"] > 0
-    assert len(metrics["step_seconds"]) == 2 and all(s > 0 for s in metrics["step_seconds"])
+    assert len(metrics["step_transformer_seconds"]) == 2 and all(s > 0 for s in metrics["step_transformer_seconds"])
     assert metrics["estimated_attention_seconds_saved"] is None
     n, d, heads = 3 * 4 * 4, 64, 2
     per_call = 4 * heads * n * n * d
@@ -206,3 +208,19 @@ def test_bad_use_gets_clear_errors():
         with pytest.raises(RuntimeError, match="session is active"):
             remove_svg2(model)
     remove_svg2(model)
+
+
+def test_two_transformers_share_the_step_count_without_step_index():
+    """Wan 2.2 I2V-style: the pipeline names the branch but not the step; the step is the count of
+    earlier calls of that branch over both experts, so the low-noise expert's first step is step 1."""
+    experts = SimpleNamespace(transformer=tiny_wan(seed=0), transformer_2=tiny_wan(seed=1))
+    apply_svg2(experts, backend="reference")
+    inputs = wan_inputs()
+    with svg2_session(experts, small_plan(top_p=0.5, dense_warmup_steps=1), num_inference_steps=2) as session:
+        for branch in ("cond", "uncond"):
+            forward(experts.transformer, inputs, branch)      # step 0: high-noise expert, warm-up
+        for branch in ("cond", "uncond"):
+            forward(experts.transformer_2, inputs, branch)    # step 1: low-noise expert, sparse
+    metrics = session.metrics()
+    assert metrics["dense_calls_warmup"] == 2 * 2 and metrics["sparse_calls"] == 2 * 2
+    assert metrics["branches"] == ["cond", "uncond"]
