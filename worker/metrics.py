@@ -161,6 +161,8 @@ def observation_from_record(record: JobRecord) -> JobObservation:
         # Without FLOP counts: dense steps cost 1, sparse steps cost their density (per step, the
         # attention FLOPs of every call have the same dense-equivalent).
         flops_ratio = sum(1.0 if mode == "dense" else density for mode in modes) / len(modes)
+    if flops_ratio is None and steps and all(mode == "dense" for mode in modes):
+        flops_ratio = 1.0  # every step dense: computed FLOPs are the dense FLOPs (no density to report)
 
     latency = None
     if record.status == "completed" and record.completed_at is not None:

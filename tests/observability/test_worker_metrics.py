@@ -127,7 +127,9 @@ def test_explicit_step_modes_win_over_the_schedule(store, registry):
 
 def test_a_pipeline_without_sparse_attention_runs_dense_steps(store, registry):
     record = run_job(store, registry, extra_metrics={"attention": "dense", "sparsity": None})
-    assert observation_from_record(record).step_modes == ("dense",) * 4
+    obs = observation_from_record(record)
+    assert obs.step_modes == ("dense",) * 4
+    assert obs.flops_ratio == 1.0 and obs.density is None
 
 
 def test_step_modes_follow_the_warmup_schedule(registry):
