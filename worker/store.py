@@ -227,14 +227,18 @@ class JobStore:
             return None
         return _record_from_hash(job_id, _decode(raw))
 
-    def list(self, after: str | None, limit: int) -> tuple[list[JobRecord], bool]:
-        """Up to ``limit`` jobs, newest first, starting after the job ``after``; and whether more follow.
+    def list(self, after: str | None, limit: int, order: Literal["desc", "asc"] = "desc") -> tuple[list[JobRecord], bool]:
+        """Up to ``limit`` jobs, newest first (``order="asc"``: oldest first), starting after the job
+        ``after``; and whether more follow.
 
         Raises :class:`KeyError` when ``after`` is not a known job id.
         """
+        newest_first = order == "desc"
+        rank_of = self.redis.zrevrank if newest_first else self.redis.zrank
+        id_range = self.redis.zrevrange if newest_first else self.redis.zrange
         start = 0
         if after is not None:
-            rank = self.redis.zrevrank(self._jobs_key, after) if is_valid_job_id(after) else None
+            rank = rank_of(self._jobs_key, after) if is_valid_job_id(after) else None
             if rank is None:
                 raise KeyError(after)
             start = rank + 1
@@ -242,7 +246,7 @@ class JobStore:
         # Records can vanish (purged) between the range and the read: keep reading until full.
         while len(records) <= limit:
             want = limit + 1 - len(records)
-            ids = [i.decode() for i in self.redis.zrevrange(self._jobs_key, start, start + want - 1)]
+            ids = [i.decode() for i in id_range(self._jobs_key, start, start + want - 1)]
             if not ids:
                 break
             start += len(ids)

@@ -6,7 +6,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
@@ -82,17 +82,18 @@ async def create_video(request: Request, response: Response, store: StoreDep, re
     return VideoPublic.from_record(record)
 
 
-@router.get("", response_model=VideoList, summary="List video jobs, newest first")
+@router.get("", response_model=VideoList, summary="List video jobs (newest first by default)")
 def list_videos(
     store: StoreDep,
     settings: SettingsDep,
     after: Annotated[str | None, Query(description="Id of the last job of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, description="Page size.")] = 20,
+    order: Annotated[Literal["desc", "asc"], Query(description="desc: newest first (default).")] = "desc",
 ) -> VideoList:
     if limit > settings.list_max_limit:
         raise APIError(400, "invalid_value", f"limit: must be at most {settings.list_max_limit}", "limit")
     try:
-        records, has_more = store.list(after, limit)
+        records, has_more = store.list(after, limit, order)
     except KeyError:
         raise APIError(400, "invalid_value", f"after: unknown video id {after!r}", "after") from None
     data = [VideoPublic.from_record(r) for r in records]

@@ -137,6 +137,7 @@ def test_query_parameters_are_validated(client):
     assert_error(client.get("/v1/videos", params={"limit": 101}), 400, "limit", "at most 100")
     assert_error(client.get("/v1/videos", params={"limit": "ten"}), 400, "limit", "integer")
     assert_error(client.get("/v1/videos", params={"after": "video_" + "0" * 32}), 400, "after", "unknown")
+    assert_error(client.get("/v1/videos", params={"order": "newest"}), 400, "order", "desc")
 
 
 ODD_VALUES = [None, "", "   ", -1, 0, 10**30, 1.5, "1e999", "NaN", True, [], {}, [1], {"a": 1}, "\x00"]

@@ -165,6 +165,8 @@ def test_list_is_newest_first_with_cursor_pagination(store, spec):
     assert [r.id for r in page] == newest_first[4:] and not more
     with pytest.raises(KeyError):
         store.list("video_" + "f" * 32, 2)
+    page, more = store.list(ids[1], 2, order="asc")
+    assert [r.id for r in page] == ids[2:4] and more
 
 
 def test_list_skips_records_that_disappeared(store, spec, redis_client):
