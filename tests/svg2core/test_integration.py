@@ -161,7 +161,11 @@ def test_torch_compile_matches_eager_and_does_not_recompile_per_step():
                 if name == "compiled" and step == 0:
                     graphs_after_first_step = len(graphs)
         results[name] = (outs, session.metrics())
-    assert graphs and len(graphs) == graphs_after_first_step  # step / budget changes cause no recompile
+    with svg2_session(model, small_plan(mode="fixed_density", target_density=0.3), num_inference_steps=2):
+        for _ in range(2):  # another job, another budget
+            with model.cache_context("cond"):
+                compiled(**inputs)
+    assert graphs and len(graphs) == graphs_after_first_step  # steps, jobs, budgets: no recompile
     assert all(torch.equal(a, b) for a, b in zip(results["eager"][0], results["compiled"][0], strict=True))
     for key in ("dense_calls_warmup", "dense_calls_dense_layers", "sparse_calls"):
         assert results["compiled"][1][key] == results["eager"][1][key]
@@ -224,3 +228,21 @@ def test_two_transformers_share_the_step_count_without_step_index():
     metrics = session.metrics()
     assert metrics["dense_calls_warmup"] == 2 * 2 and metrics["sparse_calls"] == 2 * 2
     assert metrics["branches"] == ["cond", "uncond"]
+
+
+def test_regional_compile_matches_eager_across_jobs():
+    model, inputs = tiny_wan(), wan_inputs()
+    apply_svg2(model, backend="reference")
+    plan = small_plan(top_p=0.5)
+    with svg2_session(model, plan, num_inference_steps=2):
+        eager = [forward(model, inputs, "cond") for _ in range(2)]
+    graphs = []
+    model.compile_repeated_blocks(backend=lambda gm, example_inputs: graphs.append(gm) or gm.forward)
+    counts = []
+    for _ in range(2):
+        with svg2_session(model, plan, num_inference_steps=2) as session:
+            compiled = [forward(model, inputs, "cond") for _ in range(2)]
+        counts.append(len(graphs))
+        assert all(torch.equal(a, b) for a, b in zip(eager, compiled, strict=True))
+        assert session.metrics()["sparse_calls"] == 4
+    assert counts[0] > 0 and counts[1] == counts[0]
