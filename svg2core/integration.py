@@ -133,7 +133,7 @@ class SVG2Session:
         self.warmup_steps = plan.warmup_steps(num_inference_steps)
         self.passes_per_step = passes_per_step
         self.timing = timing
-        self.accounting = AttentionAccounting()
+        self.accounting = AttentionAccounting(timing=timing)
         self.layer_states: dict[tuple[str, int], LayerState] = {}
         self.branches: dict[str, int] = {}
         self._branch_calls: dict[str, int] = {}

@@ -123,6 +123,7 @@ class _ForwardRecord:
 class AttentionAccounting:
     """Counts, densities and timings of one job's routed self-attention calls."""
 
+    timing: bool = True  # False: no timers were recorded, every seconds figure is None
     dense_calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DENSE_REASONS, 0))
     sparse_calls: int = 0
     skipped_calls: int = 0
@@ -194,11 +195,11 @@ class AttentionAccounting:
         ran = dense_total + self.sparse_calls
         computed_flops = self.dense_flops + sparse_flops
 
-        sparse_seconds = _sum_seconds(self._sparse_timers)
-        dense_seconds = _sum_seconds(self._dense_timers)
+        sparse_seconds = _sum_seconds(self._sparse_timers) if self.timing else None
+        dense_seconds = _sum_seconds(self._dense_timers) if self.timing else None
 
         per_step: dict[int, float] = defaultdict(float)
-        step_timed = True
+        step_timed = self.timing
         for rec in self._forwards:
             sec = rec.timer.read() if rec.timer is not None else None
             if sec is None:
@@ -207,7 +208,7 @@ class AttentionAccounting:
                 per_step[rec.step] += sec
         steps = sorted({rec.step for rec in self._forwards})
 
-        saved, dense_estimate = _time_saved(self._sparse_timers, calibration)
+        saved, dense_estimate = _time_saved(self._sparse_timers, calibration if self.timing else None)
         return {
             "attention_calls": ran + self.skipped_calls,
             "dense_calls": dense_total,

@@ -92,6 +92,7 @@ class SVG2Router:
         self.tag = tag
         self.num_layers = num_layers
         self.session: ActiveSession | None = None
+        self.integration = None  # the SVG2Integration that installed this router (set by it)
         self.probe: CacheContextProbe | None = None
         self._probe_module: torch.nn.Module | None = None
         self._handles: list = []

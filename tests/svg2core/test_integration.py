@@ -182,6 +182,11 @@ def test_accounting_on_cpu_reports_wall_clock_and_no_savings_estimate():
     assert metrics["sparse_attention_seconds"] > 0 and metrics["dense_attention_seconds"] > 0
     assert len(metrics["step_transformer_seconds"]) == 2 and all(s > 0 for s in metrics["step_transformer_seconds"])
     assert metrics["estimated_attention_seconds_saved"] is None
+    with svg2_session(model, small_plan(top_p=0.5), num_inference_steps=1, timing=False) as untimed:
+        forward(model, inputs, "cond")
+    untimed_metrics = untimed.metrics()
+    assert untimed_metrics["sparse_calls"] == 2
+    assert untimed_metrics["sparse_attention_seconds"] is None and untimed_metrics["step_transformer_seconds"] is None
     n, d, heads = 3 * 4 * 4, 64, 2
     per_call = 4 * heads * n * n * d
     assert metrics["attention_flops_dense_equivalent"] == 4 * per_call

@@ -50,6 +50,17 @@ def test_wan_dense_session_is_bitwise_the_stock_output(variant):
     assert torch.equal(forward(model, inputs), stock)
 
 
+def test_wan_fused_qkv_projections_are_replicated():
+    model, inputs = tiny_wan(), wan_inputs()
+    model.fuse_qkv_projections()
+    stock = forward(model, inputs)
+    apply_svg2(model, backend="reference")
+    with svg2_session(model, DENSE, num_inference_steps=1):
+        assert torch.equal(forward(model, inputs), stock)
+    with svg2_session(model, small_plan(top_p=1.0), num_inference_steps=1):
+        assert rel_rms(forward(model, inputs), stock) < 2e-2
+
+
 @pytest.mark.parametrize("variant", list(WAN_VARIANTS))
 def test_wan_top_p_one_matches_dense(variant):
     model_kw, input_kw = WAN_VARIANTS[variant]
