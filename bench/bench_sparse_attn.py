@@ -183,9 +183,9 @@ def main() -> None:
     if opts.sweep:
         h, nv, t, cq, ck = MODELS["wan1.3b-480p"]
         args, kpm, st = make_case(h, nv, t, cq, ck, 0.15, dtype, seed=2)
-        variants = [KernelConfig(128, 64, 8, 3), KernelConfig(128, 64, 8, 2), KernelConfig(128, 128, 8, 2),
-                    KernelConfig(128, 32, 8, 4), KernelConfig(64, 64, 4, 3), KernelConfig(64, 128, 4, 3),
-                    KernelConfig(128, 64, 4, 3), KernelConfig(128, 64, 8, 3, skip_key_index=True),
+        variants = [KernelConfig(128, 64, 8, 1), KernelConfig(128, 64, 8, 2), KernelConfig(128, 64, 8, 3),
+                    KernelConfig(128, 32, 8, 3), KernelConfig(128, 128, 8, 2), KernelConfig(64, 64, 4, 2),
+                    KernelConfig(64, 32, 4, 3), KernelConfig(128, 64, 8, 2, skip_key_index=True),
                     KernelConfig(128, 128, 8, 2, skip_key_index=True)]
         for cfg in variants:
             try:

@@ -193,3 +193,26 @@ def test_kernel_rejects_bad_inputs_naming_the_field():
         sparse_attention(**{**args, "kp": args["kp"][:, :-1]}, config=SMALL)
     with pytest.raises(ValueError, match="num_dense_tokens"):
         sparse_attention(**args, num_dense_tokens=20, config=SMALL)
+
+
+def test_kernel_single_token_key_clusters_fill_whole_tiles():
+    # every key cluster holds one token: a key tile spans exactly BLOCK_N segments and every tile
+    # boundary is also a segment boundary (the widest window the segment lookup must cover)
+    b, h, nv, d = 1, 1, 48, 64
+    args, _ = make_inputs(b, h, nv, 0, d, 3, 4, dtype=torch.float16, density=0.5, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    k_perm = torch.randperm(nv, generator=gen)
+    k = args["k"][0, 0, :nv].cpu()
+    v = args["v"][0, 0, :nv].cpu()
+    cq = args["q_offsets"].shape[1] - 1
+    order = torch.stack([torch.randperm(nv, generator=gen) for _ in range(cq)])[None]  # (1, Cq, Ck=Nv)
+    count = torch.tensor([[40, 7, 33]], dtype=torch.int32)[:, :cq]
+    sel_cum = torch.zeros(1, cq, nv + 1, dtype=torch.int32)
+    sel_cum[..., 1:] = torch.minimum(torch.arange(1, nv + 1), count[..., None])
+    args.update(kp=k[k_perm][None].contiguous(), vp=v[k_perm][None].contiguous(),
+                k_offsets=torch.arange(nv + 1, dtype=torch.int32)[None], sel_idx=order.int(), sel_count=count,
+                sel_cum=sel_cum)
+    args = {key: x.to(DEVICE) for key, x in args.items()}
+    got = sparse_attention(**args, config=SMALL)
+    ref = sparse_attention_reference(**args)
+    assert rel_rms(got, ref) < 1e-2

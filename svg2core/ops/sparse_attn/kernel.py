@@ -19,9 +19,9 @@ The selected key clusters ``j = 0..sel_count-1`` of cluster ``i`` are the ragged
 ``kp[k_offsets[sel_idx[j]] : k_offsets[sel_idx[j] + 1]]``; concatenated they span
 ``sel_cum[sel_count]`` positions, visited in full BLOCK_N tiles (a tile may span several clusters):
 position ``p`` of segment ``j`` is kp row ``k_offsets[sel_idx[j]] + p - sel_cum[j]``. The segment of
-each position is found from a window of ``sel_cum`` that starts at the tile's first segment ``j0``
-(carried from the previous tile). Selected clusters are never empty, so a tile spans at most BLOCK_N
-segments and a window of BLOCK_N entries is always enough.
+each position follows from a window of ``sel_cum`` that starts at the tile's first segment ``j0``
+(carried from the previous tile, see ``_key_tile_rows``). Selected clusters are never empty, so a tile
+spans at most BLOCK_N segments and a window of BLOCK_N entries is always enough.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import triton.language as tl
 
 # Finite "minus infinity" for the running max: exp2(m_old - m_new) stays 1 (not NaN) while a row has
 # seen only masked keys.
-_NEG_BIG = -1.0e30
+_NEG_BIG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
@@ -51,17 +51,30 @@ def _attend_tile(acc, m_i, l_i, q, k, v, qk_scale, col_valid, MASKED: tl.constex
 
 
 @triton.jit
-def _selected_key_rows(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, pos, pos_valid, BLOCK_N: tl.constexpr):
-    """kp rows (BN,) of concatenated positions ``pos`` (ascending, first one in segment ``j0``)."""
-    win = j0 + tl.arange(0, BLOCK_N)
-    # sel_cum[j0 + m]; entries past the last segment never count as a boundary
-    bounds = tl.load(sel_cum_row + win, mask=win <= cnt, other=2147483647)
-    seg = j0 + tl.sum((bounds[None, :] <= pos[:, None]).to(tl.int32), 1) - 1  # (BN,) segment of each position
-    seg = tl.where(pos_valid, seg, j0)
-    cluster = tl.load(sel_idx_row + seg)
-    seg_start = tl.load(sel_cum_row + seg)
-    rows = tl.load(k_off_bh + cluster) + pos - seg_start
-    return rows, seg
+def _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, p0, BLOCK_N: tl.constexpr):
+    """kp rows (BN,) of the concatenated positions ``p0 .. p0 + BN - 1`` whose first one lies in segment
+    ``j0``, and the segment in which the next tile (position ``p0 + BN``) starts.
+
+    Row of position p in segment j is ``p + shift[j]`` with ``shift[j] = k_offsets[sel_idx[j]] - sel_cum[j]``.
+    With ``bounds[m] = sel_cum[j0 + 1 + m]`` (start of the m-th following segment), the shift telescopes:
+    ``shift[seg(p)] = shift[j0] + sum_{m: bounds[m] <= p} (shift[j0 + 1 + m] - shift[j0 + m])``, one
+    (BN, BN) compare and one reduction, no per-position search and no gather from a register tensor.
+    """
+    m = tl.arange(0, BLOCK_N)
+    pos = p0 + m
+    jm = j0 + m
+    jn = jm + 1
+    has_m = jm < cnt
+    has_n = jn < cnt
+    bounds = tl.load(sel_cum_row + jn, mask=has_n, other=2147483647)  # never counted past the last segment
+    start_m = tl.load(sel_cum_row + jm, mask=has_m, other=0)
+    shift_m = tl.load(k_off_bh + tl.load(sel_idx_row + jm, mask=has_m, other=0)) - start_m
+    shift_n = tl.load(k_off_bh + tl.load(sel_idx_row + jn, mask=has_n, other=0)) - bounds
+    shift0 = tl.sum(tl.where(m == 0, shift_m, 0), 0)
+    before = bounds[None, :] <= pos[:, None]  # (BN positions, BN following segments)
+    rows = pos + shift0 + tl.sum(tl.where(before, (shift_n - shift_m)[None, :], 0), 1)
+    j_next = j0 + tl.sum((bounds <= p0 + BLOCK_N).to(tl.int32), 0)
+    return rows, j_next
 
 
 @triton.jit
@@ -160,30 +173,24 @@ def sparse_attn_fwd_kernel(
             cnt = tl.load(SELCNT + pair)
             total = tl.load(sel_cum_row + cnt)  # concatenated length of the selected key ranges
             n_full = total // BLOCK_N
-            j0 = cnt * 0
+            # rows of tile t+1 are computed while tile t is in flight (their loads hide behind its MMAs)
+            rows, j_next = _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, cnt * 0, cnt, 0, BLOCK_N)
             for t in range(0, n_full):
                 pos = t * BLOCK_N + tl.arange(0, BLOCK_N)
                 if SKIP_KEY_INDEX:  # benchmark-only: contiguous rows, wrong result, measures the indexing cost
                     rows = pos % NV
-                    seg = j0 + pos * 0
-                else:
-                    rows, seg = _selected_key_rows(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, pos, pos < total,
-                                                   BLOCK_N)
-                rows = rows.to(tl.int64)
-                k = tl.load(KP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :])
-                v = tl.load(VP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :])
+                rows64 = rows.to(tl.int64)
+                k = tl.load(KP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :])
+                v = tl.load(VP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :])
+                rows, j_next = _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, j_next, cnt, (t + 1) * BLOCK_N,
+                                              BLOCK_N)
                 acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, qk_scale, pos < total, False)
-                # first segment of the next tile: the last one here, or the next if it starts exactly there
-                j_last = tl.max(seg, 0)
-                next_start = tl.load(sel_cum_row + j_last + 1)
-                j0 = tl.where(next_start <= (t + 1) * BLOCK_N, j_last + 1, j_last)
             if n_full * BLOCK_N < total:
                 pos = n_full * BLOCK_N + tl.arange(0, BLOCK_N)
                 valid = pos < total
-                rows, seg = _selected_key_rows(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, pos, valid, BLOCK_N)
-                rows = rows.to(tl.int64)
-                k = tl.load(KP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)
-                v = tl.load(VP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)
+                rows64 = rows.to(tl.int64)
+                k = tl.load(KP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)
+                v = tl.load(VP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)
                 acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, qk_scale, valid, True)
             acc, m_i, l_i = _dense_text_keys(acc, m_i, l_i, q, K, V, KPM, k_base, v_base, stride_kn, stride_vn,
                                              b, NV, T, qk_scale, offs_d, HAS_KPM, BLOCK_N)
