@@ -27,8 +27,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body (larger: 413).")
     retention_s: int = Field(24 * 3600, ge=1, description="How long a finished video's MP4 is kept.")
     job_timeout_s: int = Field(4 * 3600, ge=1, description="rq timeout of one video job.")
-    purge_interval_s: float = Field(
-        300.0, ge=0.0, description="How often the API deletes expired MP4s (0: never)."
+    maintenance_interval_s: float = Field(
+        30.0, ge=0.0,
+        description="How often the API fails jobs whose worker died and deletes expired MP4s (0: never).",
     )
     list_max_limit: int = Field(100, ge=1, description="Largest `limit` of GET /v1/videos.")
     log_level: str = Field("info", description="uvicorn log level.")

@@ -25,16 +25,25 @@ from worker.store import JobStore
 log = logging.getLogger(__name__)
 
 
-async def _purge_loop(store: JobStore, interval_s: float) -> None:
-    """Delete expired MP4s now and then (off the event loop: it touches Redis and the disk)."""
+def _maintain(store: JobStore) -> None:
+    """One maintenance pass: fail jobs whose worker died, delete expired MP4s."""
+    lost = store.fail_orphaned_jobs()
+    if lost:
+        log.warning("failed %d jobs whose worker stopped sending heartbeats: %s", len(lost), ", ".join(lost))
+    removed = store.purge_expired()
+    if removed:
+        log.info("deleted %d expired videos", removed)
+
+
+async def _maintenance_loop(store: JobStore, interval_s: float) -> None:
+    """Run :func:`_maintain` every ``interval_s`` (off the event loop: it touches Redis and the disk).
+    Every pass is idempotent, so several API replicas may run it side by side."""
     while True:
         await asyncio.sleep(interval_s)
         try:
-            removed = await asyncio.to_thread(store.purge_expired)
-            if removed:
-                log.info("deleted %d expired videos", removed)
+            await asyncio.to_thread(_maintain, store)
         except Exception:  # a Redis hiccup must not kill the loop
-            log.exception("purging expired videos failed")
+            log.exception("maintenance pass failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,7 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_purge_loop(store, settings.purge_interval_s)) if settings.purge_interval_s else None
+        interval = settings.maintenance_interval_s
+        task = asyncio.create_task(_maintenance_loop(store, interval)) if interval else None
         try:
             yield
         finally:

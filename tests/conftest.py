@@ -11,7 +11,9 @@ Fixtures (import nothing, just name them as test arguments):
 - ``api_server -> ApiServer`` (function; the uvicorn process is started once per session and shared):
   ``ApiServer(base_url: str, port: int, env: dict[str, str], output_dir: Path, redis_url: str,
   process: subprocess.Popen, log_path: Path)``. Redis is flushed and ``output_dir`` emptied before
-  each test. ``env`` is the full environment the server runs with (``SVG2_REDIS_URL``,
+  each test. Its maintenance pass (failing jobs of dead workers, purging expired MP4s) is off.
+- ``start_api_server(redis_url, output_dir, log_path, **settings) -> ApiServer``: a plain function
+  that starts another server with extra ``SVG2_*`` settings (stop it with ``stop_process``). ``env`` is the full environment the server runs with (``SVG2_REDIS_URL``,
   ``SVG2_OUTPUT_DIR``, ...): start a worker with ``subprocess.Popen([...], env=api_server.env)`` so
   it shares Redis and the output directory.
 - ``api_settings -> Settings`` and ``client -> fastapi.testclient.TestClient``: the app in-process,
@@ -93,7 +95,7 @@ def store(redis_client: redis.Redis, output_dir: Path):
 def api_settings(redis_client: redis.Redis, redis_url: str, output_dir: Path):
     from service.config import Settings
 
-    return Settings(redis_url=redis_url, output_dir=output_dir, purge_interval_s=0, max_body_bytes=64 * 1024)
+    return Settings(redis_url=redis_url, output_dir=output_dir, maintenance_interval_s=0, max_body_bytes=64 * 1024)
 
 
 @pytest.fixture
@@ -146,11 +148,11 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 10) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def _api_server_process(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    base = tmp_path_factory.mktemp("api")
-    output_dir = base / "outputs"
-    output_dir.mkdir()
+def start_api_server(redis_url: str, output_dir: Path, log_path: Path, **settings: str) -> ApiServer:
+    """Start ``python -m service`` on a free port and wait until it answers /healthz.
+
+    ``settings`` are extra ``SVG2_*`` variables, e.g. ``SVG2_MAINTENANCE_INTERVAL_S="0.5"``.
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -159,10 +161,13 @@ def _api_server_process(redis_url: str, tmp_path_factory: pytest.TempPathFactory
         "SVG2_HOST": "127.0.0.1",
         "SVG2_PORT": str(port),
         "SVG2_MAX_BODY_BYTES": str(64 * 1024),
+        # No background sweep by default: it would fail other tests' hand-started jobs (no
+        # heartbeat) while the session's server lives on.
+        "SVG2_MAINTENANCE_INTERVAL_S": "0",
         "SVG2_LOG_LEVEL": "warning",
         "PYTHONUNBUFFERED": "1",
+        **settings,
     }
-    log_path = base / "api.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO_ROOT, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
@@ -171,9 +176,21 @@ def _api_server_process(redis_url: str, tmp_path_factory: pytest.TempPathFactory
         wait_http_ok(f"{server.base_url}/healthz", 60, process)
     except Exception as exc:
         stop_process(process)
-        pytest.fail(f"API server did not start: {exc}\n{server.log()}", pytrace=False)
+        raise RuntimeError(f"API server did not start: {exc}\n{server.log()}") from exc
+    return server
+
+
+@pytest.fixture(scope="session")
+def _api_server_process(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    base = tmp_path_factory.mktemp("api")
+    output_dir = base / "outputs"
+    output_dir.mkdir()
+    try:
+        server = start_api_server(redis_url, output_dir, base / "api.log")
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
     yield server
-    stop_process(process)
+    stop_process(server.process)
 
 
 @pytest.fixture

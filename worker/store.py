@@ -158,6 +158,7 @@ class JobStore:
         self.prefix = prefix
         self._jobs_key = f"{prefix}:jobs"
         self._workers_key = f"{prefix}:workers"
+        self._running_key = f"{prefix}:running"  # ids of in_progress jobs (for the orphan sweep)
 
     # ----------------------------------------------------------------------------- keys and paths
 
@@ -276,6 +277,11 @@ class JobStore:
             pipe.multi()
             if updates:
                 pipe.hset(key, mapping=updates)
+                status = updates.get("status")
+                if status == "in_progress":
+                    pipe.sadd(self._running_key, job_id)
+                elif status in TERMINAL_STATUSES:
+                    pipe.srem(self._running_key, job_id)
 
         self.redis.transaction(body, key)
         return before
@@ -327,9 +333,11 @@ class JobStore:
             return True
         return flag == b"1" or status.decode() != "in_progress"
 
-    def _finish(self, job_id: str, status: str, metrics: dict | None, error: JobError | None) -> str | None:
+    def _finish(self, job_id: str, status: str, metrics: dict | None, error: JobError | None,
+                expect_worker: str | None = None) -> str | None:
         """in_progress (or queued, for failures and cancels) -> a terminal status. Returns the status
-        the job ends in (a requested cancel wins over completion), or None if nothing changed."""
+        the job ends in (a requested cancel wins over completion), or None if nothing changed.
+        With ``expect_worker``, only an in_progress job owned by that worker is finished."""
         now = time.time()
         result: str | None = None
         allowed = ("in_progress",) if status == "completed" else ("queued", "in_progress")
@@ -338,6 +346,8 @@ class JobStore:
             nonlocal result
             result = None
             if h["status"] not in allowed:
+                return None
+            if expect_worker is not None and (h["status"] != "in_progress" or h.get("worker", "") != expect_worker):
                 return None
             final = "cancelled" if status == "completed" and h.get("cancel_requested") == "1" else status
             merged = json.loads(h.get("metrics") or "{}")
@@ -426,6 +436,33 @@ class JobStore:
             if raw is None or (raw and float(raw) <= now):
                 removed += int(self.delete_video(job_id))
         return removed
+
+    def fail_orphaned_jobs(self) -> list[str]:
+        """Fail in_progress jobs whose worker has no live heartbeat (it crashed or was killed: rq's
+        SimpleWorker cannot report that itself). Returns the ids it failed.
+
+        A worker keeps its heartbeat alive during jobs, so a missing one means the job will never
+        finish; without this sweep such a job would read ``in_progress`` forever.
+        """
+        failed = []
+        for raw_id in self.redis.smembers(self._running_key):
+            job_id = raw_id.decode()
+            if not is_valid_job_id(job_id):
+                self.redis.srem(self._running_key, raw_id)
+                continue
+            status, worker = self.redis.hmget(self._job_key(job_id), ["status", "worker"])
+            if status is None or status.decode() != "in_progress":
+                self.redis.srem(self._running_key, job_id)
+                continue
+            name = (worker or b"").decode()
+            if name and self.redis.exists(self._worker_key(name)):
+                continue
+            error = JobError(code="worker_lost",
+                             message=f"the worker running this job ({name or 'unknown'}) stopped sending heartbeats")
+            # Only if the same worker still owns it: a re-delivered job has a new, live owner.
+            if self._finish(job_id, "failed", None, error, expect_worker=name) == "failed":
+                failed.append(job_id)
+        return failed
 
     # ----------------------------------------------------------------------------- workers
 

@@ -156,7 +156,7 @@ def test_readyz_reports_redis_down(output_dir):
     from service.config import Settings
     from service.main import create_app
 
-    settings = Settings(redis_url="redis://127.0.0.1:1/0", output_dir=output_dir, purge_interval_s=0)
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", output_dir=output_dir, maintenance_interval_s=0)
     with TestClient(create_app(settings)) as c:
         resp = c.get("/readyz")
         assert resp.status_code == 503 and resp.json()["status"] == "unavailable"

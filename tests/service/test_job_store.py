@@ -214,3 +214,27 @@ def test_store_needs_no_torch():
 def test_output_dir_is_created(redis_client, tmp_path):
     JobStore(redis_client, tmp_path / "a" / "b")
     assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_orphan_sweep_fails_only_jobs_whose_worker_is_gone(store, spec):
+    dead, live, queued = (store.create(spec, "tiny") for _ in range(3))
+    store.heartbeat("live-1", {}, ttl_s=30)
+    store.mark_started(dead.id, "dead-1")
+    store.mark_started(live.id, "live-1")
+    assert store.fail_orphaned_jobs() == [dead.id]
+    lost = store.get(dead.id)
+    assert lost.status == "failed" and lost.error.code == "worker_lost" and "dead-1" in lost.error.message
+    assert store.get(live.id).status == "in_progress" and store.get(queued.id).status == "queued"
+    assert store.fail_orphaned_jobs() == []  # idempotent
+    store.mark_completed(live.id, {})
+    store.remove_worker("live-1")
+    assert store.fail_orphaned_jobs() == [] and store.get(live.id).status == "completed"
+
+
+def test_orphan_sweep_spares_a_job_taken_over_by_a_new_worker(store, spec):
+    rec = store.create(spec, "tiny")
+    store.mark_started(rec.id, "old-1")
+    store.heartbeat("new-2", {}, ttl_s=30)
+    store.mark_started(rec.id, "new-2")  # re-delivered to a live worker
+    assert store.fail_orphaned_jobs() == []
+    assert store.get(rec.id).worker == "new-2"
