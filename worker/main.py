@@ -74,21 +74,27 @@ class HeartbeatThread(threading.Thread):
         self.interval_s = interval_s
         self.ttl_s = ttl_s
         self._stopped = threading.Event()
+        self._wake = threading.Event()
 
     def beat(self) -> None:
         self.store.heartbeat(self.worker_name, self.state.info(), self.ttl_s)
 
     def run(self) -> None:
-        while True:
+        while not self._stopped.is_set():
             try:
                 self.beat()
             except Exception:  # noqa: BLE001 - keep beating through transient Redis errors
                 log.warning("heartbeat failed", exc_info=True)
-            if self._stopped.wait(self.interval_s):
-                return
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+
+    def poke(self) -> None:
+        """Beat now (the state changed) instead of at the next interval."""
+        self._wake.set()
 
     def stop(self) -> None:
         self._stopped.set()
+        self._wake.set()
         self.join(timeout=self.interval_s + 5)
 
 
@@ -99,14 +105,18 @@ class VideoWorker(SimpleWorker):
     :class:`~worker.runner.JobRunner` that :func:`worker.tasks.run_video_job` looks up.
     """
 
-    def __init__(self, queues, *, runner: JobRunner, state: WorkerState, **kwargs) -> None:
+    def __init__(
+        self, queues, *, runner: JobRunner, state: WorkerState, heartbeat: HeartbeatThread, **kwargs
+    ) -> None:
         super().__init__(queues, **kwargs)
         self.svg2_runner = runner
         self.svg2_state = state
+        self.svg2_heartbeat = heartbeat
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.svg2_state.current_job = job.id
         self.svg2_state.phase = "busy"
+        self.svg2_heartbeat.poke()
         try:
             with bind_runner(self.svg2_runner):
                 super().execute_job(job, queue)
@@ -114,6 +124,7 @@ class VideoWorker(SimpleWorker):
             self.svg2_state.current_job = None
             self.svg2_state.phase = "idle"
             self.svg2_state.jobs_done += 1
+            self.svg2_heartbeat.poke()
 
 
 def serve(settings: WorkerSettings) -> int:
@@ -137,7 +148,7 @@ def serve(settings: WorkerSettings) -> int:
             return 2
         state.details = {**model.describe(), "load_seconds": model.load_seconds}
         state.phase = "idle"
-        heartbeat.beat()  # announce "idle" now rather than at the next interval
+        heartbeat.poke()  # announce "idle" now rather than at the next interval
         log.info("worker %s: %s loaded in %.2f s on %s; serving %s",
                  settings.worker_name, entry.name, model.load_seconds, model.device, ", ".join(queues))
         worker = VideoWorker(
@@ -146,6 +157,7 @@ def serve(settings: WorkerSettings) -> int:
             name=settings.worker_name,
             runner=JobRunner(store, model, settings.worker_name),
             state=state,
+            heartbeat=heartbeat,
         )
         worker.work(logging_level=settings.log_level.upper())
         return 0

@@ -26,3 +26,14 @@ def tiny_spec(registry):
         return spec
 
     return make
+
+
+@pytest.fixture
+def start_worker(redis_client, redis_url, output_dir, tmp_path):
+    """``start_worker(**SVG2_settings) -> WorkerProcess`` on the test Redis and ``output_dir``;
+    every worker started is stopped after the test."""
+    from worker_process import worker_pool
+
+    env = {"SVG2_REDIS_URL": redis_url, "SVG2_OUTPUT_DIR": str(output_dir)}
+    with worker_pool(env, tmp_path) as start:
+        yield start
