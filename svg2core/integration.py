@@ -135,6 +135,10 @@ class SVG2Session:
         self.timing = timing
         self.accounting = AttentionAccounting(timing=timing)
         self.layer_states: dict[tuple[str, int], LayerState] = {}
+        # Scratch buffers of this job's calls (allocated by the first calls, reused by the rest). Not
+        # shared across jobs: buffers created under one job's torch.inference_mode are inference
+        # tensors, which a later job running outside inference mode could not write into.
+        self.workspace = Workspace()
         self.branches: dict[str, int] = {}
         self._branch_calls: dict[str, int] = {}
         self._calls = 0
@@ -209,7 +213,7 @@ class SVG2Session:
         # (B, N, H, D) -> (B, H, N, D) views; svg2 returns (B, H, N, D)
         out, density = svg2_attention(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.plan.config, state,
-            branch=branch, workspace=self.integration.workspace, num_dense_tokens=num_dense_tokens,
+            branch=branch, workspace=self.workspace, num_dense_tokens=num_dense_tokens,
             key_padding_mask=key_padding_mask, backend=backend,
         )
         return out.transpose(1, 2), density
@@ -249,7 +253,6 @@ class SVG2Integration:
         self.backend = backend
         self.default_plan = default_plan
         self.estimate_savings = estimate_savings
-        self.workspace = Workspace()
         self.calibration = DenseAttentionCalibration()
         self.routers: dict[str, SVG2Router] = {}
         self._originals: dict[str, list[tuple[torch.nn.Module, Any]]] = {}
@@ -310,8 +313,9 @@ class SVG2Integration:
             self.session = None
             session.active = False
             session._current = None
-            # Drop the job's centroids now; only the accounting outlives the job.
+            # Drop the job's centroids and buffers now; only the accounting outlives the job.
             session.layer_states.clear()
+            session.workspace = None
 
 
 def _transformers(target: torch.nn.Module | Any) -> list[tuple[str, torch.nn.Module]]:

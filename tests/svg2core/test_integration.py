@@ -251,3 +251,17 @@ def test_regional_compile_matches_eager_across_jobs():
         assert all(torch.equal(a, b) for a, b in zip(eager, compiled, strict=True))
         assert session.metrics()["sparse_calls"] == 4
     assert counts[0] > 0 and counts[1] == counts[0]
+
+
+def test_jobs_in_and_out_of_inference_mode_follow_each_other():
+    """Nothing a job allocates under torch.inference_mode (centroids, scratch buffers) is written
+    by a later job that runs outside it."""
+    model, inputs = tiny_wan(), wan_inputs()
+    apply_svg2(model, backend="reference")
+    with svg2_session(model, small_plan(top_p=0.5), num_inference_steps=1):
+        with torch.inference_mode():
+            inference = forward(model, inputs, "cond")
+    with svg2_session(model, small_plan(top_p=0.5), num_inference_steps=1):
+        with torch.no_grad():
+            plain = forward(model, inputs, "cond")
+    assert torch.equal(inference, plain)
