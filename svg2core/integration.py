@@ -228,8 +228,11 @@ class SVG2Session:
         ``attention_flops`` vs ``attention_flops_dense_equivalent``, ``sparse_attention_seconds`` /
         ``dense_attention_seconds`` (CUDA events; wall-clock on CPU), ``step_transformer_seconds`` (transformer
         time per denoising step), ``estimated_attention_seconds_saved`` (calibrated dense SDPA time
-        minus measured sparse time; None on CPU), plus the schedule that was applied.
+        minus measured sparse time; None when it cannot be estimated: CPU, ``timing=False``), plus
+        the schedule that was applied.
         """
+        if self.active:
+            raise RuntimeError("svg2: session metrics are available once the session has ended")
         if self._metrics is None:
             calibration = self.integration.calibration if self.integration.estimate_savings else None
             metrics = self.accounting.metrics(calibration)

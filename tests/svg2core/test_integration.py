@@ -210,7 +210,9 @@ def test_bad_use_gets_clear_errors():
             pass
     with pytest.raises(ValueError, match="dense_layers"):
         SparsityPlan(SVG2Config(), dense_layers=-1)
-    with svg2_session(model, num_inference_steps=1):
+    with svg2_session(model, num_inference_steps=1) as session:
+        with pytest.raises(RuntimeError, match="once the session has ended"):
+            session.metrics()
         with pytest.raises(RuntimeError, match="already active"):
             with svg2_session(model, num_inference_steps=1):
                 pass
