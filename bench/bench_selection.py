@@ -202,16 +202,90 @@ def time_shape(name, h, nv, t, cq, ck, dev) -> dict:
     return res
 
 
+def sweep(dev) -> dict:
+    """Pick the assign tile, the sort method and the selection warps on the shapes that matter."""
+    import svg2core.ops.kmeans.kmeans as km
+    import svg2core.ops.permute.permute as pm
+    import svg2core.ops.select.select as sm
+
+    out: dict = {"assign": [], "sort": [], "select": []}
+    torch.manual_seed(3)
+    h, nv, d, cq, ck = 40, 75600, 128, 300, 1000
+    x = torch.randn(1, h, nv, d, device=dev, dtype=torch.bfloat16)
+    cent = x[:, :, :: nv // ck][:, :, :ck].float().reshape(h, ck, d).contiguous()
+    ws = Workspace()
+    lab = ws.buffer("k.labels", (h, nv), torch.int32, dev)
+    ref = kmeans_assign(x, cent, lab.clone(), workspace=ws)
+    for tile in (km.AssignTile(128, 64, 8, 2), km.AssignTile(128, 128, 8, 2), km.AssignTile(256, 64, 8, 2),
+                 km.AssignTile(256, 128, 8, 3), km.AssignTile(128, 128, 4, 3), km.AssignTile(128, 64, 4, 3),
+                 km.AssignTile(64, 128, 4, 3)):
+        try:
+            kmeans_assign(x, cent, lab, workspace=ws, tile=tile)
+            same = bool((lab == ref).float().mean().item() > 0.999)  # near-ties may flip
+            ms = bench_ms(lambda t=tile: kmeans_assign(x, cent, lab, workspace=ws, tile=t))
+        except Exception as exc:  # a tile that does not fit the card's shared memory
+            out["assign"].append({"tile": tile.__dict__, "error": str(exc)[:200]})
+            continue
+        tflops = 2 * h * nv * ck * d / ms / 1e9
+        out["assign"].append({"tile": tile.__dict__, "ms": ms, "tflops": tflops, "labels_equal": same})
+        print("assign", tile, f"{ms:.3f} ms {tflops:.0f} TFLOP/s equal={same}", flush=True)
+    best = min((r for r in out["assign"] if "ms" in r and r["labels_equal"]), key=lambda r: r["ms"])
+    km.ASSIGN_TILE = km.AssignTile(**best["tile"])
+    total = {"rows": 0.0, "flat": 0.0}
+    for hh, n in ((12, 32760), (40, 75600)):
+        labels = torch.randint(0, ck, (hh, n), device=dev, dtype=torch.int32)
+        p_ref, o_ref = sort_by_cluster_reference(labels, ck)
+        for method in ("rows", "flat"):
+            p, o = sort_by_cluster(labels, ck, ws, f"s{hh}", method=method)
+            ok = bool(torch.equal(p, p_ref) and torch.equal(o, o_ref))
+            ms = bench_ms(lambda m=method, lab_=labels, hh_=hh: sort_by_cluster(lab_, ck, ws, f"s{hh_}", method=m))
+            total[method] += ms if ok else float("inf")
+            out["sort"].append({"bh": hh, "n": n, "method": method, "ms": ms, "equal": ok})
+            print("sort", hh, n, method, f"{ms:.3f} ms equal={ok}", flush=True)
+    pm.SORT_METHOD = min(total, key=total.get)
+    sizes = torch.full((h, ck), nv // ck, dtype=torch.int32, device=dev)
+    sizes[:, 0] += nv - sizes.sum(-1).int()
+    qc = torch.randn(h, cq, d, device=dev)
+    cfg = SVG2Config()
+    lg = cluster_logits(qc, cent, sizes, ws)
+    want = select_from_logits_reference(lg, sizes, cfg, nv)
+    sel_best = None
+    for warps in (4, 8, 16):
+        sm.SELECT_NUM_WARPS = warps
+        got = select_from_logits(lg, sizes, cfg, nv, ws)
+        # the order must match exactly; a count may differ where cumP lands within rounding of top_p
+        # (the kernel's tree-shaped cumsum rounds differently from torch's sequential one)
+        count_diff = (got[1] - want[1]).abs()
+        stats = {"order_equal": bool(torch.equal(got[0], want[0])),
+                 "count_mismatch_frac": (count_diff > 0).float().mean().item(),
+                 "count_max_diff": count_diff.max().item()}
+        ok = stats["order_equal"] and stats["count_max_diff"] <= 1 and stats["count_mismatch_frac"] < 1e-3
+        ms = bench_ms(lambda: select_from_logits(lg, sizes, cfg, nv, ws))
+        out["select"].append({"num_warps": warps, "ms": ms, **stats})
+        print("select warps", warps, f"{ms:.3f} ms", stats, flush=True)
+        if ok and (sel_best is None or ms < sel_best[1]):
+            sel_best = (warps, ms)
+    sm.SELECT_NUM_WARPS = sel_best[0]
+    out["chosen"] = {"assign_tile": km.ASSIGN_TILE.__dict__, "sort_method": pm.SORT_METHOD,
+                     "select_num_warps": sm.SELECT_NUM_WARPS}
+    print("chosen", out["chosen"], flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="docs/benchmarks")
     ap.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
+    ap.add_argument("--no-sweep", action="store_true", help="use the library's default launch settings")
     args = ap.parse_args()
     dev = torch.device("cuda")
     card = torch.cuda.get_device_name()
     t0 = time.time()
     result = {"card": card, "torch": torch.__version__, "correctness": check_correctness(dev)}
     print("correctness", json.dumps(result["correctness"]), flush=True)
+    if not args.no_sweep:
+        result["sweep"] = sweep(dev)
+        torch.cuda.empty_cache()
     result["cuda_graph"] = check_cuda_graph(dev)
     print("cuda graph", json.dumps(result["cuda_graph"]), flush=True)
     rows = []
@@ -241,6 +315,8 @@ def main() -> None:
     for r in rows:
         lines.append(f"- {r['shape']} {r['Cq']}/{r['Ck']}: " + " / ".join(
             f"{r[k_]:.2f}" for k_ in ("assign_k_ms", "assign_q_ms", "sort_k_ms", "update_k_ms", "select_ms", "gather_kv_ms")))
+    if "sweep" in result:
+        lines += ["", f"Launch settings chosen by this run's sweep (Wan 14B K shape): `{json.dumps(result['sweep']['chosen'])}`"]
     lines += ["", f"Correctness: `{json.dumps(result['correctness'])}`", "",
               f"CUDA graph of a whole call: `{json.dumps(result['cuda_graph'])}`", ""]
     (out / "bench_selection.md").write_text("\n".join(lines))

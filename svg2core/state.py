@@ -8,6 +8,7 @@ request can steer another.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +77,7 @@ class Workspace:
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
+        self._constants: dict[str, torch.Tensor] = {}
         self.allocations = 0  # how many times a buffer was (re)allocated; lets tests check reuse
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -88,20 +90,25 @@ class Workspace:
             self.allocations += 1
         return buf[:numel].view(shape)
 
-    def constant_arange(self, name: str, rows: int, length: int, device: torch.device) -> torch.Tensor:
-        """``(rows, length)`` int32 rows of ``0..length-1``, written once per size."""
-        key = f"{name}:{rows}x{length}"
-        buf = self._buffers.get(key)
-        if buf is None or buf.device != torch.device(device):
-            buf = torch.arange(length, dtype=torch.int32, device=device).repeat(rows, 1)
-            self._buffers[key] = buf
+    def constant(self, name: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A tensor built by ``build()`` on the first request for ``name`` and reused afterwards.
+
+        For small index constants (cluster ids, row bases); ``name`` must encode everything the
+        value depends on (sizes, device).
+        """
+        buf = self._constants.get(name)
+        if buf is None:
+            buf = build()
+            self._constants[name] = buf
             self.allocations += 1
         return buf
 
     def nbytes(self) -> int:
         """Total bytes held."""
-        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+        tensors = [*self._buffers.values(), *self._constants.values()]
+        return sum(b.numel() * b.element_size() for b in tensors)
 
     def clear(self) -> None:
         """Release every buffer."""
         self._buffers.clear()
+        self._constants.clear()

@@ -9,15 +9,30 @@ assignment, and after ``iters >= 1`` iterations the centroids are exactly those 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from svg2core.ops.kmeans.reference import kmeans_assign_reference, kmeans_update_reference
 from svg2core.ops.permute import sort_by_cluster
 from svg2core.state import Workspace
 
-_ASSIGN_BLOCK_N = 128
-_ASSIGN_BLOCK_C = 64
 _SEGMENT_BLOCK_N = 32
+
+
+@dataclass(frozen=True)
+class AssignTile:
+    """Launch shape of the assign kernel: tokens per program, centroids per tile, warps, stages."""
+
+    block_n: int = 256
+    block_c: int = 64
+    num_warps: int = 8
+    num_stages: int = 2
+
+
+# Fastest of bench/bench_selection.py's sweep on H100 at the Wan 14B key shape (40 x 75,600 x 1000
+# clusters): 2.05 ms, 378 TFLOP/s (docs/benchmarks/bench_selection.md).
+ASSIGN_TILE = AssignTile()
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -45,29 +60,42 @@ def init_centroids_strided(x: torch.Tensor, num_clusters: int, out: torch.Tensor
 
 
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
-                  backend: str = "triton") -> torch.Tensor:
+                  backend: str = "triton", workspace: Workspace | None = None,
+                  tile: AssignTile | None = None) -> torch.Tensor:
     """Nearest centroid of every point, written into ``labels``.
 
     Args:
         x: ``(B, H, N, D)`` points (bf16/fp16/fp32; last dim contiguous).
         centroids: ``(B * H, C, D)`` fp32 contiguous.
         labels: ``(B * H, N)`` int32 output.
+        workspace: holds the low-precision copy of the centroids and their norms (a fresh one
+            when None).
+        tile: launch shape override (benchmarks).
     """
     if backend == "reference":
         labels.copy_(kmeans_assign_reference(_as_bh(x), centroids))
         return labels
-    from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel
+    from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel, _prepare_centroids_kernel
 
     b, h, n, d = x.shape
-    c = centroids.shape[1]
-    block_c = min(_ASSIGN_BLOCK_C, max(16, triton_next_pow2(c)))
-    grid = (_cdiv(n, _ASSIGN_BLOCK_N), b * h)
+    bh, c, _ = centroids.shape
+    ws = Workspace() if workspace is None else workspace
+    cent_lp = ws.buffer(f"kmeans.cent_lp.{x.dtype}", (bh, c, d), x.dtype, x.device)
+    cent_sq = ws.buffer("kmeans.cent_sq", (bh, c), torch.float32, x.device)
+    _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
+        centroids, cent_lp, cent_sq, c,
+        centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
+        D=d, BLOCK_C=32, num_warps=4,
+    )
+    tile = tile or ASSIGN_TILE
+    block_c = min(tile.block_c, max(16, triton_next_pow2(c)))
+    grid = (_cdiv(n, tile.block_n), bh)
     _kmeans_assign_kernel[grid](
-        x, centroids, labels, n, c, h,
+        x, cent_lp, cent_sq, labels, n, c, h,
         x.stride(0), x.stride(1), x.stride(2),
-        centroids.stride(0), centroids.stride(1), labels.stride(0),
-        D=d, BLOCK_N=_ASSIGN_BLOCK_N, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
-        num_warps=8 if d >= 128 else 4,
+        cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), labels.stride(0),
+        D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
 
@@ -116,11 +144,11 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
     b, h, n, _ = x.shape
     c = centroids.shape[1]
     labels = workspace.buffer(f"{name}.labels", (b * h, n), torch.int32, x.device)
-    kmeans_assign(x, centroids, labels, backend)
+    kmeans_assign(x, centroids, labels, backend, workspace)
     perm, offsets = sort_by_cluster(labels, c, workspace, name, backend)
     for it in range(iters):
         if it > 0:
-            kmeans_assign(x, centroids, labels, backend)
+            kmeans_assign(x, centroids, labels, backend, workspace)
             perm, offsets = sort_by_cluster(labels, c, workspace, name, backend)
         kmeans_update(x, perm, offsets, centroids, labels, backend)
     return labels, perm, offsets

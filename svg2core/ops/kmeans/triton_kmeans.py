@@ -12,18 +12,39 @@ import triton.language as tl
 
 
 @triton.jit
+def _prepare_centroids_kernel(
+    cent_ptr, cent_lp_ptr, cent_sq_ptr, C,
+    stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
+    D: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """cent_lp = cent in the points' dtype (the dot operand), cent_sq = ||cent||^2 in fp32."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_d = tl.arange(0, D)
+    m = offs_c < C
+    cent = tl.load(cent_ptr + pid_bh * stride_cbh + offs_c[:, None] * stride_cc + offs_d[None, :],
+                   mask=m[:, None], other=0.0)
+    tl.store(cent_lp_ptr + pid_bh * stride_lbh + offs_c[:, None] * stride_lc + offs_d[None, :],
+             cent.to(cent_lp_ptr.dtype.element_ty), mask=m[:, None])
+    tl.store(cent_sq_ptr + pid_bh * stride_sbh + offs_c, tl.sum(cent * cent, axis=1), mask=m)
+
+
+@triton.jit
 def _kmeans_assign_kernel(
-    x_ptr, cent_ptr, labels_ptr,
+    x_ptr, cent_ptr, cent_sq_ptr, labels_ptr,
     N, C, H,
     stride_xb, stride_xh, stride_xn,
-    stride_cbh, stride_cc,
+    stride_cbh, stride_cc, stride_sbh,
     stride_lbh,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     """labels[bh, n] = argmin_c ||x[bh, n] - cent[bh, c]||^2, over tiles of BLOCK_C centroids.
 
-    The (tokens x clusters) distance matrix only ever exists as one (BLOCK_N, BLOCK_C) tile in
-    registers; a running (min, argmin) pair carries across tiles. Ties keep the lowest cluster id.
+    ``cent`` is in the points' dtype (tensor-core operand) and ``cent_sq`` holds the fp32 squared
+    norms, both from ``_prepare_centroids_kernel``. The (tokens x clusters) distance matrix only ever
+    exists as one (BLOCK_N, BLOCK_C) tile in registers; a running (min, argmin) pair carries across
+    tiles. Ties keep the lowest cluster id. Grid: (cdiv(N, BLOCK_N), B * H).
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -36,8 +57,6 @@ def _kmeans_assign_kernel(
         x_ptr + b * stride_xb + h * stride_xh + offs_n[:, None] * stride_xn + offs_d[None, :],
         mask=mask_n[:, None], other=0.0,
     )
-    if DOT_FP32:
-        x = x.to(tl.float32)
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_N], tl.int32)
     cent_base = cent_ptr + pid_bh * stride_cbh
@@ -45,14 +64,13 @@ def _kmeans_assign_kernel(
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         cent = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None], other=0.0)
-        cent_sq = tl.sum(cent * cent, axis=1)  # (BLOCK_C,) fp32
+        cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=float("inf"))
         if DOT_FP32:
             dot = tl.dot(x, tl.trans(cent), input_precision="ieee")
         else:
-            dot = tl.dot(x, tl.trans(cent.to(x.dtype)))  # (BLOCK_N, BLOCK_C) fp32 accumulate
+            dot = tl.dot(x, tl.trans(cent))  # (BLOCK_N, BLOCK_C) fp32 accumulate
         # ||x||^2 is the same for every centroid of a row: leave it out of the argmin.
         dist = cent_sq[None, :] - 2.0 * dot
-        dist = tl.where(mask_c[None, :], dist, float("inf"))
         tile_min, tile_arg = tl.min(dist, axis=1, return_indices=True, return_indices_tie_break_left=True)
         better = tile_min < best
         best = tl.where(better, tile_min, best)

@@ -11,11 +11,13 @@ _GATHER_BLOCK_N = 64
 
 
 def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspace, name: str,
-                    backend: str = "triton") -> tuple[torch.Tensor, torch.Tensor]:
+                    backend: str = "triton", method: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stable sort of tokens by cluster id, and cluster offsets, into workspace buffers.
 
-    Device-only: ``torch.sort(stable=True)`` then a batched ``searchsorted`` of the cluster ids
-    ``0..C`` in the sorted labels (no bincount, no host synchronisation).
+    Device-only: a stable ``torch.sort`` then a ``searchsorted`` of the cluster ids ``0..C`` in the
+    sorted labels (no bincount, no host synchronisation). ``method="rows"`` sorts each ``(b, h)`` row
+    (a segmented sort); ``"flat"`` sorts one flat array of keys ``bh * C + label`` (one device-wide
+    radix sort, which is faster for many short rows) and shifts the results back per row.
 
     Args:
         labels: ``(BH, N)`` int32.
@@ -23,6 +25,7 @@ def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspac
         workspace: owner of the output and scratch buffers.
         name: buffer-name prefix (``"q"`` / ``"k"``), so query and key results do not collide.
         backend: ``"reference"`` returns freshly computed reference tensors instead.
+        method: ``"rows"`` or ``"flat"``; default :data:`SORT_METHOD`.
 
     Returns:
         ``perm (BH, N) int32`` and ``offsets (BH, C + 1) int32`` (see docs/ARCHITECTURE.md).
@@ -30,16 +33,43 @@ def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspac
     if backend == "reference":
         return sort_by_cluster_reference(labels, num_clusters)
     bh, n = labels.shape
+    c = num_clusters
     dev = labels.device
-    sorted_labels = workspace.buffer(f"{name}.sorted_labels", (bh, n), torch.int32, dev)
-    order = workspace.buffer(f"{name}.sort_order", (bh, n), torch.int64, dev)
-    torch.sort(labels, dim=-1, stable=True, out=(sorted_labels, order))
     perm = workspace.buffer(f"{name}.perm", (bh, n), torch.int32, dev)
+    offsets = workspace.buffer(f"{name}.offsets", (bh, c + 1), torch.int32, dev)
+    sorted_keys = workspace.buffer(f"{name}.sorted_labels", (bh, n), torch.int32, dev)
+    order = workspace.buffer(f"{name}.sort_order", (bh, n), torch.int64, dev)
+    if (method or SORT_METHOD) == "rows":
+        torch.sort(labels, dim=-1, stable=True, out=(sorted_keys, order))
+        perm.copy_(order)
+        bounds = workspace.constant(
+            f"cluster_ids:{bh}x{c}:{dev}",
+            lambda: torch.arange(c + 1, dtype=torch.int32, device=dev).repeat(bh, 1))
+        torch.searchsorted(sorted_keys, bounds, out_int32=True, out=offsets)
+        return perm, offsets
+    # flat: keys bh * C + label order the tokens by row first, then by label, so row r's tokens land
+    # in positions [r * N, (r + 1) * N) of the flat order.
+
+    def rows() -> torch.Tensor:  # (BH, 1) row ids, built once per size by the constants below
+        return torch.arange(bh, device=dev).view(bh, 1)
+
+    key_base = workspace.constant(f"key_base:{bh}x{c}:{dev}", lambda: (rows() * c).int())
+    flat_bounds = workspace.constant(
+        f"flat_bounds:{bh}x{c}:{dev}",
+        lambda: (rows() * c + torch.arange(c + 1, device=dev)).int())
+    tok_base = workspace.constant(f"tok_base:{bh}x{n}:{dev}", lambda: rows() * n)
+    tok_base32 = workspace.constant(f"tok_base32:{bh}x{n}:{dev}", lambda: (rows() * n).int())
+    keys = workspace.buffer(f"{name}.sort_keys", (bh, n), torch.int32, dev)
+    torch.add(labels, key_base, out=keys)
+    torch.sort(keys.view(-1), stable=True, out=(sorted_keys.view(-1), order.view(-1)))
+    order.sub_(tok_base)
     perm.copy_(order)
-    bounds = workspace.constant_arange("cluster_ids", bh, num_clusters + 1, dev)
-    offsets = workspace.buffer(f"{name}.offsets", (bh, num_clusters + 1), torch.int32, dev)
-    torch.searchsorted(sorted_labels, bounds, out_int32=True, out=offsets)
+    torch.searchsorted(sorted_keys.view(-1), flat_bounds.view(-1), out_int32=True, out=offsets.view(-1))
+    offsets.sub_(tok_base32)
     return perm, offsets
+
+
+SORT_METHOD = "rows"
 
 
 def gather_kv(k: torch.Tensor, v: torch.Tensor, perm: torch.Tensor, workspace: Workspace,

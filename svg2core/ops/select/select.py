@@ -12,10 +12,17 @@ from svg2core.state import Workspace
 
 _LOGITS_BLOCK_Q = 32
 _LOGITS_BLOCK_K = 64
+SELECT_NUM_WARPS: int | None = None  # warps of the per-row sort + scan kernel; None = by row length
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+def _select_warps(block_row: int) -> int:
+    # The in-register bitonic sort of one row dominates; 16 warps were fastest for 1024-wide rows on
+    # H100 (bench/bench_selection.py sweep: 0.92 ms vs 1.36 ms with 4 warps at 40 x 300 x 1000).
+    return 4 if block_row <= 256 else 8 if block_row <= 512 else 16
 
 
 def select_key_clusters(
@@ -60,7 +67,7 @@ def select_from_logits(logits: torch.Tensor, k_sizes: torch.Tensor, config: SVG2
         logits.stride(0), logits.stride(1), k_sizes.stride(0),
         sel_idx.stride(0), sel_idx.stride(1), sel_count.stride(0), sel_cum.stride(0), sel_cum.stride(1),
         FIXED=config.mode == "fixed_density", BLOCK_K=block_row,
-        num_warps=4 if block_row <= 1024 else 8,
+        num_warps=SELECT_NUM_WARPS or _select_warps(block_row),
     )
     return sel_idx, sel_count, sel_cum
 
