@@ -84,7 +84,8 @@ def test_model_cpu_offload_keeps_the_routing_across_jobs():
     results = []
     for _ in range(2):
         with svg2_session(pipe, small_plan(top_p=0.5, dense_warmup_steps=1), num_inference_steps=STEPS) as session:
-            results.append((generate(pipe), session.metrics()))
+            latents = generate(pipe)
+        results.append((latents, session.metrics()))
     (first, first_metrics), (second, second_metrics) = results
     assert first_metrics["sparse_calls"] == second_metrics["sparse_calls"] == (STEPS - 1) * 2 * 2
     assert torch.equal(first, second)
