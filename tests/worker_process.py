@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,12 +33,19 @@ TEST_WORKER_ENV = {
 }
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @dataclass
 class WorkerProcess:
     name: str
     process: subprocess.Popen
     log_path: Path
     redis_url: str
+    metrics_port: int
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -85,12 +93,15 @@ def start_worker(env: dict[str, str], log_dir: Path, **settings: str) -> WorkerP
     """Spawn a worker with ``env`` (must hold SVG2_REDIS_URL and SVG2_OUTPUT_DIR) plus ``settings``
     (``SVG2_*`` overrides); returns at once, see :meth:`WorkerProcess.wait_for`."""
     name = settings.pop("SVG2_WORKER_NAME", f"test-worker-{uuid.uuid4().hex[:8]}")
+    # A port of its own: workers of several tests (or a dev worker on the default) must not collide.
+    settings.setdefault("SVG2_METRICS_PORT", str(free_port()))
+    settings.setdefault("SVG2_METRICS_ADDR", "127.0.0.1")
     full_env = {**os.environ, **env, **TEST_WORKER_ENV, **settings, "SVG2_WORKER_NAME": name}
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen([sys.executable, "-m", "worker.main"], cwd=REPO_ROOT, env=full_env,
                                    stdout=log, stderr=subprocess.STDOUT)
-    return WorkerProcess(name, process, log_path, full_env["SVG2_REDIS_URL"])
+    return WorkerProcess(name, process, log_path, full_env["SVG2_REDIS_URL"], int(full_env["SVG2_METRICS_PORT"]))
 
 
 @contextmanager

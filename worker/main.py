@@ -27,6 +27,7 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from worker.config import WorkerSettings
+from worker.metrics import WorkerMetrics, WorkerMetricsSettings, start_metrics_server
 from worker.pipelines.loading import ModelUnavailable, load_model
 from worker.registry import load_registry
 from worker.runner import JobRunner
@@ -139,7 +140,16 @@ def serve(settings: WorkerSettings) -> int:
         store, settings.worker_name, state, settings.heartbeat_interval_s, settings.heartbeat_ttl_s
     )
     heartbeat.start()
+    metrics = WorkerMetrics(model=entry.name, worker=settings.worker_name, presets=entry.effective_presets())
+    metrics_settings = WorkerMetricsSettings()
     try:
+        if metrics_settings.metrics_port:  # before loading: the healthcheck answers while a big model loads
+            try:
+                start_metrics_server(metrics.registry, metrics_settings.metrics_port, metrics_settings.metrics_addr)
+            except OSError as exc:
+                log.error("worker %s: cannot serve metrics on %s:%d: %s", settings.worker_name,
+                          metrics_settings.metrics_addr, metrics_settings.metrics_port, exc)
+                return 3
         log.info("worker %s: loading model %s", settings.worker_name, entry.name)
         try:
             model = load_model(entry, settings.device)
@@ -148,6 +158,8 @@ def serve(settings: WorkerSettings) -> int:
             return 2
         state.details = {**model.describe(), "load_seconds": model.load_seconds}
         state.phase = "idle"
+        metrics.observe_model_load(model.load_seconds)
+        metrics.set_device(str(model.device))
         heartbeat.poke()  # announce "idle" now rather than at the next interval
         log.info("worker %s: %s loaded in %.2f s on %s; serving %s",
                  settings.worker_name, entry.name, model.load_seconds, model.device, ", ".join(queues))
@@ -155,7 +167,7 @@ def serve(settings: WorkerSettings) -> int:
             queues,
             connection=connection,
             name=settings.worker_name,
-            runner=JobRunner(store, model, settings.worker_name),
+            runner=JobRunner(store, model, settings.worker_name, metrics=metrics),
             state=state,
             heartbeat=heartbeat,
         )

@@ -20,6 +20,7 @@ import time
 import torch
 from rq.timeouts import JobTimeoutException
 
+from worker.metrics import WorkerMetrics
 from worker.pipelines.loading import LoadedModel
 from worker.pipelines.run import InvalidJobInput, JobCancelled, generate
 from worker.store import JobStore
@@ -35,14 +36,32 @@ class JobRunner:
         store: the job store (records + output directory).
         model: the loaded pipeline this worker owns.
         worker_name: recorded on the job as the worker that ran it.
+        metrics: the worker's Prometheus metrics; every job that ran is observed from its final record.
     """
 
-    def __init__(self, store: JobStore, model: LoadedModel, worker_name: str) -> None:
+    def __init__(
+        self, store: JobStore, model: LoadedModel, worker_name: str, metrics: WorkerMetrics | None = None
+    ) -> None:
         self.store = store
         self.model = model
         self.worker_name = worker_name
+        self.metrics = metrics
 
     def run(self, video_id: str) -> str:
+        """Run the job ``video_id`` (see :meth:`_run`) and record the finished job in the metrics."""
+        if self.metrics is None:
+            return self._run(video_id)
+        with self.metrics.job_running(str(self.model.device)):
+            status = "failed"  # if _run raises (worker shutdown), the job was marked failed
+            try:
+                status = self._run(video_id)
+                return status
+            finally:
+                record = self.store.get(video_id) if status != "skipped" else None
+                if record is not None and record.is_terminal:
+                    self.metrics.observe_job(record)
+
+    def _run(self, video_id: str) -> str:
         """Run the job ``video_id``; returns the status it ended in (``"skipped"`` when the store
         refused to start it: cancelled while queued, already finished, or unknown)."""
         record = self.store.mark_started(video_id, self.worker_name)

@@ -144,3 +144,25 @@ def test_same_request_twice_gives_identical_videos(store, runner, tiny_spec):
         with av.open(str(store.video_path(job.id))) as c:
             decoded.append([f.to_ndarray(format="rgb24").tobytes() for f in c.decode(video=0)])
     assert decoded[0] == decoded[1]
+
+
+def test_runner_records_every_finished_job_in_the_worker_metrics(store, tiny_model, tiny_spec):
+    from worker.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(model="tiny", worker="test-worker")
+    runner = JobRunner(store, tiny_model, "test-worker", metrics=metrics)
+    done = store.create(tiny_spec(num_frames=5, num_inference_steps=2, sparsity="dense"), "tiny")
+    bad = store.create(tiny_spec(sparsity="dense").model_copy(update={"num_frames": 6}), "tiny")
+    skipped = store.create(tiny_spec(sparsity="dense"), "tiny")
+    store.request_cancel(skipped.id)
+
+    assert [runner.run(j.id) for j in (done, bad, skipped)] == ["completed", "failed", "skipped"]
+
+    def finished(status: str, code: str = "") -> float | None:
+        return metrics.registry.get_sample_value(
+            "svg2_jobs_finished_total", {"model": "tiny", "preset": "dense", "status": status, "error_code": code})
+
+    assert finished("completed") == 1 and finished("failed", "invalid_input") == 1
+    assert finished("cancelled") == 0  # cancelled while queued: the worker never ran it
+    assert metrics.registry.get_sample_value("svg2_frames_generated_total", {"model": "tiny", "preset": "dense"}) == 5
+    assert metrics.registry.get_sample_value("svg2_worker_busy", {"model": "tiny"}) == 0

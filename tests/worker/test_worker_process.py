@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
 
 def _wait_terminal(store, job_id: str, timeout_s: float = 120.0):
     deadline = time.monotonic() + timeout_s
@@ -43,6 +46,15 @@ def test_worker_serves_jobs_and_beats_while_busy(store, start_worker, tiny_spec)
     assert done.status == "completed" and done.metrics["worker"] == worker.name
     assert done.metrics["load_seconds"] == store.get(job.id).metrics["load_seconds"]
     assert worker.log().count("loading model tiny") == 1
+
+    # The worker's own /metrics counted both jobs.
+    text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=10).text
+    finished = {
+        s.labels["status"]: s.value
+        for family in text_string_to_metric_families(text) if family.name == "svg2_jobs_finished"
+        for s in family.samples if s.name == "svg2_jobs_finished_total" and s.value
+    }
+    assert finished == {"completed": 2.0}
 
     assert worker.stop() == 0
     assert worker.heartbeat() is None and store.live_workers() == []
