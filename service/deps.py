@@ -1,6 +1,6 @@
 """Dependencies the routes declare with ``Annotated[..., Depends()]``.
 
-The app factory builds one :class:`AppContext` (settings, Redis client, job store, registry) and keeps
+The app factory builds one :class:`AppContext` (settings, Redis client, job store, registry, metrics) and keeps
 it on ``app.state.svg2``; nothing is created at import time, so tests can build apps with their own
 settings side by side.
 """
@@ -14,6 +14,7 @@ import redis
 from fastapi import Depends, Request
 
 from service.config import Settings
+from service.metrics import ApiMetrics
 from worker.registry import Registry
 from worker.store import JobStore
 
@@ -24,6 +25,7 @@ class AppContext:
     redis: redis.Redis
     store: JobStore
     registry: Registry
+    metrics: ApiMetrics
 
 
 def get_context(request: Request) -> AppContext:

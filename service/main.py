@@ -18,6 +18,7 @@ from service.config import Settings
 from service.deps import AppContext
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimitMiddleware
+from service.metrics import ApiMetrics, install_metrics
 from service.routes import health, models, videos
 from worker.registry import load_registry
 from worker.store import JobStore
@@ -53,7 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
     store = JobStore(client, settings.output_dir, retention_s=settings.retention_s,
                      job_timeout_s=settings.job_timeout_s)
-    ctx = AppContext(settings=settings, redis=client, store=store, registry=registry)
+    metrics = ApiMetrics()  # a registry per app: two apps in one process share no series
+    ctx = AppContext(settings=settings, redis=client, store=store, registry=registry, metrics=metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -78,6 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(videos.router)
     app.include_router(models.router)
+    # Outermost middleware (added last): requests refused by the body limit are counted too.
+    install_metrics(app, metrics, client, queue_names=lambda: [m.queue for m in registry.models],
+                    live_workers=store.live_workers)
     return app
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from service.deps import RegistryDep, SettingsDep, StoreDep
+from service.deps import ContextDep, RegistryDep, SettingsDep, StoreDep
 from service.errors import APIError, validation_error_to_api_error
 from service.schemas import VideoCreate, VideoDeletedPublic, VideoList, VideoPublic
 from worker.store import JobRecord, JobStore
@@ -114,11 +114,13 @@ def get_video(video_id: str, store: StoreDep) -> VideoPublic:
 
 
 @router.delete("/{video_id}", response_model=VideoDeletedPublic, summary="Cancel a video job and delete its MP4")
-def delete_video(video_id: str, store: StoreDep) -> VideoDeletedPublic:
+def delete_video(video_id: str, store: StoreDep, ctx: ContextDep) -> VideoDeletedPublic:
     """A queued job is cancelled at once; a running job stops between denoising steps (``status``
     stays ``in_progress`` with ``cancel_requested`` until the worker stops); the MP4 is removed."""
     _get_or_404(store, video_id)
+    requested_at = time.time()
     record = store.request_cancel(video_id)
+    ctx.metrics.observe_cancel(record, requested_at)  # counts a job cancelled while queued, once
     if record is None:
         raise APIError(404, "video_not_found", f"no video with id {video_id!r}", "video_id")
     return VideoDeletedPublic(**VideoPublic.from_record(record).model_dump())

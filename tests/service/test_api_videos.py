@@ -186,3 +186,12 @@ def test_settings_come_from_the_environment_when_the_app_is_built(monkeypatch, t
     monkeypatch.setenv("SVG2_MAX_BODY_BYTES", "2048")
     s = Settings()
     assert s.port == 9123 and s.output_dir == tmp_path / "out" and s.max_body_bytes == 2048
+
+
+def test_metrics_endpoint_counts_requests_and_reads_the_queues(client):
+    create(client)
+    client.post("/v1/videos", json={"prompt": "x", "num_frames": 10})
+    text = client.get("/metrics").text
+    assert 'svg2_http_requests_total{code="201",method="POST",route="/v1/videos"} 1.0' in text
+    assert 'svg2_http_requests_total{code="400",method="POST",route="/v1/videos"} 1.0' in text
+    assert "svg2_queue" in text  # read from Redis at scrape time
