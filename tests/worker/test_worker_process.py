@@ -60,6 +60,21 @@ def test_worker_serves_jobs_and_beats_while_busy(store, start_worker, tiny_spec)
     assert worker.heartbeat() is None and store.live_workers() == []
 
 
+def test_sigterm_during_a_job_lets_it_finish_then_exits(store, start_worker, tiny_spec):
+    worker = start_worker()
+    worker.wait_for("idle")
+    job = store.create(tiny_spec(size="128x128", num_frames=17, num_inference_steps=20), "tiny")
+    deadline = time.monotonic() + 120
+    while store.get(job.id).progress == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert store.get(job.id).status == "in_progress"
+
+    assert worker.stop() == 0  # warm shutdown: rq finishes the job first
+    record = store.get(job.id)
+    assert record.status == "completed" and store.video_path(job.id).exists()
+    assert worker.heartbeat() is None
+
+
 def test_worker_without_weights_exits_with_model_unavailable(start_worker, tmp_path):
     model = "wan2.1-t2v-1.3b"
     worker = start_worker(SVG2_MODEL=model, SVG2_DEVICE="cpu", HF_HUB_CACHE=str(tmp_path / "empty-cache"))
