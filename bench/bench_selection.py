@@ -231,11 +231,11 @@ def sweep(dev) -> dict:
         print("assign", tile, f"{ms:.3f} ms {tflops:.0f} TFLOP/s equal={same}", flush=True)
     best = min((r for r in out["assign"] if "ms" in r and r["labels_equal"]), key=lambda r: r["ms"])
     km.ASSIGN_TILE = km.AssignTile(**best["tile"])
-    total = {"rows": 0.0, "flat": 0.0}
+    total = {"rows": 0.0, "flat": 0.0, "count": 0.0}
     for hh, n in ((12, 32760), (40, 75600)):
         labels = torch.randint(0, ck, (hh, n), device=dev, dtype=torch.int32)
         p_ref, o_ref = sort_by_cluster_reference(labels, ck)
-        for method in ("rows", "flat"):
+        for method in ("rows", "flat", "count"):
             p, o = sort_by_cluster(labels, ck, ws, f"s{hh}", method=method)
             ok = bool(torch.equal(p, p_ref) and torch.equal(o, o_ref))
             ms = bench_ms(lambda m=method, lab_=labels, hh_=hh: sort_by_cluster(lab_, ck, ws, f"s{hh_}", method=m))

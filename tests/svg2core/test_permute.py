@@ -9,11 +9,12 @@ from svg2core.ops.permute import gather_kv, gather_rows_reference, sort_by_clust
 from svg2core.state import Workspace
 
 
-@pytest.mark.parametrize("method", ["rows", "flat"])
+@pytest.mark.parametrize("method", ["rows", "flat", "count", "count-multiblock"])
 @pytest.mark.parametrize("bh,n,c", [(1, 1, 1), (3, 41, 7), (2, 100, 130)], ids=["single", "ragged", "empty-clusters"])
 def test_sort_by_cluster_equals_reference_and_is_stable(bh, n, c, method):
     labels = torch.randint(0, max(1, c // 3), (bh, n), dtype=torch.int32)  # many clusters left empty
-    perm, offsets = sort_by_cluster(labels, c, Workspace(), "q", method=method)
+    block = 16 if method == "count-multiblock" else None  # several blocks per row: cross-block order
+    perm, offsets = sort_by_cluster(labels, c, Workspace(), "q", method=method.split("-")[0], count_block=block)
     p_ref, o_ref = sort_by_cluster_reference(labels, c)
     assert torch.equal(perm, p_ref) and torch.equal(offsets, o_ref)
     assert torch.all(offsets[:, -1] == n)

@@ -11,13 +11,15 @@ _GATHER_BLOCK_N = 64
 
 
 def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspace, name: str,
-                    backend: str = "triton", method: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    backend: str = "triton", method: str | None = None,
+                    count_block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stable sort of tokens by cluster id, and cluster offsets, into workspace buffers.
 
     Device-only: a stable ``torch.sort`` then a ``searchsorted`` of the cluster ids ``0..C`` in the
     sorted labels (no bincount, no host synchronisation). ``method="rows"`` sorts each ``(b, h)`` row
     (a segmented sort); ``"flat"`` sorts one flat array of keys ``bh * C + label`` (one device-wide
-    radix sort, which is faster for many short rows) and shifts the results back per row.
+    radix sort) and shifts the results back per row; ``"count"`` is a Triton counting sort (block
+    histograms, a cumsum, and a ranked scatter).
 
     Args:
         labels: ``(BH, N)`` int32.
@@ -25,7 +27,8 @@ def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspac
         workspace: owner of the output and scratch buffers.
         name: buffer-name prefix (``"q"`` / ``"k"``), so query and key results do not collide.
         backend: ``"reference"`` returns freshly computed reference tensors instead.
-        method: ``"rows"`` or ``"flat"``; default :data:`SORT_METHOD`.
+        method: ``"rows"``, ``"flat"`` or ``"count"``; default :data:`SORT_METHOD`.
+        count_block: tokens per block of the counting sort (a power of two; default: up to 2048).
 
     Returns:
         ``perm (BH, N) int32`` and ``offsets (BH, C + 1) int32`` (see docs/ARCHITECTURE.md).
@@ -39,7 +42,11 @@ def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspac
     offsets = workspace.buffer(f"{name}.offsets", (bh, c + 1), torch.int32, dev)
     sorted_keys = workspace.buffer(f"{name}.sorted_labels", (bh, n), torch.int32, dev)
     order = workspace.buffer(f"{name}.sort_order", (bh, n), torch.int64, dev)
-    if (method or SORT_METHOD) == "rows":
+    method = method or SORT_METHOD
+    if method == "count":
+        block = count_block or min(_COUNT_BLOCK, max(16, 1 << (n - 1).bit_length()))
+        return _counting_sort(labels, c, workspace, name, perm, offsets, block)
+    if method == "rows":
         torch.sort(labels, dim=-1, stable=True, out=(sorted_keys, order))
         perm.copy_(order)
         bounds = workspace.constant(
@@ -70,6 +77,34 @@ def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspac
 
 
 SORT_METHOD = "rows"
+_COUNT_BLOCK = 2048
+
+
+def _counting_sort(labels: torch.Tensor, c: int, workspace: Workspace, name: str, perm: torch.Tensor,
+                   offsets: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable counting sort: block histograms, one cumsum, an in-block ranked scatter (3 launches)."""
+    from svg2core.ops.permute.triton_permute import _block_histogram_kernel, _counting_scatter_kernel
+
+    bh, n = labels.shape
+    dev = labels.device
+    nb = triton_cdiv(n, block)
+    c_pow2 = max(16, 1 << (c - 1).bit_length())
+    counts = workspace.buffer(f"{name}.block_counts", (bh, c * nb), torch.int32, dev)
+    starts = workspace.buffer(f"{name}.block_starts", (bh, c * nb), torch.int32, dev)
+    warps = 8 if c_pow2 <= 2048 else 16
+    _block_histogram_kernel[(nb, bh)](
+        labels, counts, n, c, nb, labels.stride(0), counts.stride(0),
+        BLOCK=block, C_POW2=c_pow2, num_warps=warps,
+    )
+    torch.cumsum(counts, dim=1, out=starts)
+    starts.sub_(counts)  # exclusive: where each (cluster, block) segment begins
+    _counting_scatter_kernel[(nb, bh)](
+        labels, starts, perm, n, c, nb, labels.stride(0), starts.stride(0), perm.stride(0),
+        BLOCK=block, C_POW2=c_pow2, num_warps=warps,
+    )
+    offsets[:, :c].copy_(starts.view(bh, c, nb)[:, :, 0])
+    offsets[:, c].fill_(n)
+    return perm, offsets
 
 
 def gather_kv(k: torch.Tensor, v: torch.Tensor, perm: torch.Tensor, workspace: Workspace,
