@@ -179,14 +179,16 @@ def main() -> None:
     ok &= check_correctness("wan1.3b-480p", 2, 32760, 0, 100, 500, torch.float16, None, results)
     save()
 
-    # 2. config sweep
+    # 2. config sweep; the fastest correct config is used for the timings below
+    best = None
     if opts.sweep:
         h, nv, t, cq, ck = MODELS["wan1.3b-480p"]
         args, kpm, st = make_case(h, nv, t, cq, ck, 0.15, dtype, seed=2)
-        variants = [KernelConfig(128, 64, 8, 1), KernelConfig(128, 64, 8, 2), KernelConfig(128, 64, 8, 3),
-                    KernelConfig(128, 32, 8, 3), KernelConfig(128, 128, 8, 2), KernelConfig(64, 64, 4, 2),
-                    KernelConfig(64, 32, 4, 3), KernelConfig(128, 64, 8, 2, skip_key_index=True),
-                    KernelConfig(128, 128, 8, 2, skip_key_index=True)]
+        K = KernelConfig
+        variants = [K(64, 32, 4, 3, "compare"), K(64, 64, 4, 3, "compare"), K(128, 64, 8, 3, "compare"),
+                    K(64, 32, 4, 3, "histogram"), K(64, 64, 4, 3, "histogram"), K(128, 64, 8, 3, "histogram"),
+                    K(128, 128, 8, 2, "histogram"), K(128, 128, 8, 3, "histogram"), K(64, 128, 4, 2, "histogram"),
+                    K(128, 128, 8, 2, "skip"), K(128, 64, 8, 3, "skip"), K(64, 64, 4, 3, "skip")]
         for cfg in variants:
             try:
                 t0 = time.time()
@@ -202,8 +204,18 @@ def main() -> None:
             results["sweep"].append(row)
             print(f"[sweep] {row}", flush=True)
             save()
+            if "ms" in row and cfg.key_index != "skip" and (best is None or row["ms"] < best[1]):
+                best = (cfg, row["ms"])
 
     # 3. timings vs cuDNN dense and FlexAttention block-sparse
+    cfg_used = best[0] if best else None
+    results["config_used"] = cfg_used.__dict__ if cfg_used else "default"
+    print(f"[config] timings use {results['config_used']}", flush=True)
+    if cfg_used is not None:
+        for name in models:
+            h, nv, t, cq, ck = MODELS[name]
+            ok &= check_correctness(name + " (timed config)", 2, nv, t, cq, ck, dtype, cfg_used, results)
+    tile_m, tile_n = (cfg_used.block_m, cfg_used.block_n) if cfg_used else (128, 64)
     from torch.nn.attention import SDPBackend, sdpa_kernel
     flex = None
     if not opts.no_flex:
@@ -222,14 +234,14 @@ def main() -> None:
         del q, k, v
         for density in DENSITIES:
             args, kpm, st = make_case(h, nv, t, cq, ck, density, dtype, seed=3)
-            fn = partial(sparse_attention, **args, num_dense_tokens=t, key_padding_mask=kpm)
+            fn = partial(sparse_attention, **args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg_used)
             fn()
             ms = time_ms(fn, reps=reps_for(dense_ms * density))
             tf = 4 * st["pairs"] * 128 / ms / 1e9
             row = {"model": name, "density_target": density, "density_video": st["density_video"], "ms": ms,
                    "tflops": tf, "dense_cudnn_ms": dense_ms, "dense_cudnn_tflops": dense_tf,
                    "ratio_vs_cudnn": tf / dense_tf, "speedup_vs_cudnn": dense_ms / ms,
-                   **tile_waste(args, 128, 64)}
+                   **tile_waste(args, tile_m, tile_n)}
             del args
             if flex is not None:
                 try:
@@ -257,15 +269,15 @@ def main() -> None:
     h = 4
     args, kpm, st = make_case(h, nv, t, cq, ck, 0.15, dtype, seed=5)
     out = torch.empty_like(args["q"])
-    eager = sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm).clone()
+    eager = sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg_used).clone()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out)
+        sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg_used)
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out)
+        sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg_used)
     out.fill_(float("nan"))
     g.replay()
     torch.cuda.synchronize()
@@ -276,6 +288,7 @@ def main() -> None:
 
     # markdown table
     lines = [f"# sparse_attn benchmark on {dev_name} (torch {torch.__version__}, bf16, D=128)", "",
+             f"Kernel config of the timings: {results['config_used']}", "",
              "| model | density | video density | ours ms | ours TFLOP/s | x cuDNN | speedup | flex ms | flex TFLOP/s | q fill | k fill |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["timings"]:

@@ -6,6 +6,7 @@ before the kernel module is imported), so the shapes here are small.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -147,9 +148,11 @@ KERNEL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("key_index", ["compare", "histogram"])
 @pytest.mark.parametrize("case", [c for _, c in KERNEL_CASES], ids=[i for i, _ in KERNEL_CASES])
-def test_kernel_matches_reference(case):
+def test_kernel_matches_reference(case, key_index):
     b, h, nv, t, d, cq, ck, density, dtype, cfg, empty = case
+    cfg = dataclasses.replace(cfg, key_index=key_index)
     args, kpm = make_inputs(b, h, nv, t, d, cq, ck, dtype=dtype, density=density, seed=nv + cq, empty_clusters=empty)
     out = torch.full_like(args["q"], float("nan"))  # any row the kernel fails to write stays NaN
     got = sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg)
@@ -193,9 +196,12 @@ def test_kernel_rejects_bad_inputs_naming_the_field():
         sparse_attention(**{**args, "kp": args["kp"][:, :-1]}, config=SMALL)
     with pytest.raises(ValueError, match="num_dense_tokens"):
         sparse_attention(**args, num_dense_tokens=20, config=SMALL)
+    with pytest.raises(ValueError, match="key_index"):
+        sparse_attention(**args, config=dataclasses.replace(SMALL, key_index="bogus"))
 
 
-def test_kernel_single_token_key_clusters_fill_whole_tiles():
+@pytest.mark.parametrize("key_index", ["compare", "histogram"])
+def test_kernel_single_token_key_clusters_fill_whole_tiles(key_index):
     # every key cluster holds one token: a key tile spans exactly BLOCK_N segments and every tile
     # boundary is also a segment boundary (the widest window the segment lookup must cover)
     b, h, nv, d = 1, 1, 48, 64
@@ -213,6 +219,6 @@ def test_kernel_single_token_key_clusters_fill_whole_tiles():
                 k_offsets=torch.arange(nv + 1, dtype=torch.int32)[None], sel_idx=order.int(), sel_count=count,
                 sel_cum=sel_cum)
     args = {key: x.to(DEVICE) for key, x in args.items()}
-    got = sparse_attention(**args, config=SMALL)
+    got = sparse_attention(**args, config=dataclasses.replace(SMALL, key_index=key_index))
     ref = sparse_attention_reference(**args)
     assert rel_rms(got, ref) < 1e-2

@@ -78,6 +78,26 @@ def _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, p0, BLOCK_N: tl.
 
 
 @triton.jit
+def _key_tile_rows_hist(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, p0, BLOCK_N: tl.constexpr):
+    """Same result as ``_key_tile_rows``, by counting segment starts instead of comparing.
+
+    The starts of the following segments that fall inside the tile are histogrammed onto the tile's
+    positions (a 0/1 vector) and prefix-summed: ``seg(p) = j0 + #starts <= p``; each position then reads
+    its segment's start and cluster (L1-resident gathers). O(BN) work per tile instead of O(BN^2).
+    """
+    m = tl.arange(0, BLOCK_N)
+    pos = p0 + m
+    jn = j0 + 1 + m
+    bounds = tl.load(sel_cum_row + jn, mask=jn < cnt, other=2147483647)  # > p0: segment j0 holds p0
+    rel = bounds - p0
+    starts = tl.histogram(rel, BLOCK_N, mask=rel < BLOCK_N)
+    seg = j0 + tl.cumsum(starts, 0)
+    rows = tl.load(k_off_bh + tl.load(sel_idx_row + seg)) + pos - tl.load(sel_cum_row + seg)
+    j_next = j0 + tl.sum((bounds <= p0 + BLOCK_N).to(tl.int32), 0)
+    return rows, j_next
+
+
+@triton.jit
 def _dense_text_keys(acc, m_i, l_i, q, K, V, KPM, kv_base_k, kv_base_v, stride_kn, stride_vn, b, NV, T,
                      qk_scale, offs_d, HAS_KPM: tl.constexpr, BLOCK_N: tl.constexpr):
     """Attend to the T trailing text keys (original k/v rows Nv..N-1), skipping invalid ones."""
@@ -105,7 +125,7 @@ def sparse_attn_fwd_kernel(
     H, NV, T, CQ, CK, num_text_tiles,
     qk_scale,  # softmax scale * log2(e)
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CQ_BLOCK: tl.constexpr,
-    HAS_KPM: tl.constexpr, SKIP_KEY_INDEX: tl.constexpr,
+    HAS_KPM: tl.constexpr, INDEX_MODE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -174,16 +194,23 @@ def sparse_attn_fwd_kernel(
             total = tl.load(sel_cum_row + cnt)  # concatenated length of the selected key ranges
             n_full = total // BLOCK_N
             # rows of tile t+1 are computed while tile t is in flight (their loads hide behind its MMAs)
-            rows, j_next = _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, cnt * 0, cnt, 0, BLOCK_N)
+            if INDEX_MODE == 1:
+                rows, j_next = _key_tile_rows_hist(sel_cum_row, sel_idx_row, k_off_bh, cnt * 0, cnt, 0, BLOCK_N)
+            else:
+                rows, j_next = _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, cnt * 0, cnt, 0, BLOCK_N)
             for t in range(0, n_full):
                 pos = t * BLOCK_N + tl.arange(0, BLOCK_N)
-                if SKIP_KEY_INDEX:  # benchmark-only: contiguous rows, wrong result, measures the indexing cost
+                if INDEX_MODE == 2:  # benchmark-only: contiguous rows, wrong result, measures the indexing cost
                     rows = pos % NV
                 rows64 = rows.to(tl.int64)
                 k = tl.load(KP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :])
                 v = tl.load(VP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :])
-                rows, j_next = _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, j_next, cnt, (t + 1) * BLOCK_N,
-                                              BLOCK_N)
+                if INDEX_MODE == 1:
+                    rows, j_next = _key_tile_rows_hist(sel_cum_row, sel_idx_row, k_off_bh, j_next, cnt,
+                                                       (t + 1) * BLOCK_N, BLOCK_N)
+                elif INDEX_MODE == 0:
+                    rows, j_next = _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, j_next, cnt,
+                                                  (t + 1) * BLOCK_N, BLOCK_N)
                 acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, qk_scale, pos < total, False)
             if n_full * BLOCK_N < total:
                 pos = n_full * BLOCK_N + tl.arange(0, BLOCK_N)

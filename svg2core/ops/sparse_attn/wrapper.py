@@ -11,6 +11,7 @@ import triton
 from .kernel import max_video_tiles, sparse_attn_fwd_kernel
 
 _LOG2E = 1.4426950408889634
+_INDEX_MODES = {"compare": 0, "histogram": 1, "skip": 2}
 
 
 @dataclass(frozen=True)
@@ -21,9 +22,10 @@ class KernelConfig:
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
-    # Benchmark diagnostics only: read each selected range as contiguous kp rows instead of looking up
-    # the segments (a wrong result) to measure what the key indexing costs.
-    skip_key_index: bool = False
+    # How each key tile finds the kp rows of its packed positions: "compare" (one (BN, BN) compare and
+    # reduction), "histogram" (histogram + prefix sum of segment starts, O(BN)), or, for benchmark
+    # diagnostics only, "skip" (reads contiguous rows: a wrong result that measures the indexing cost).
+    key_index: str = "compare"
 
 
 # Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. Chosen from
@@ -151,6 +153,8 @@ def sparse_attention(
             raise ValueError(f"out: last dim must be contiguous (stride 1), got stride {out.stride(3)}")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     cfg = config or default_config(dev, q.dtype, d)
+    if cfg.key_index not in _INDEX_MODES:
+        raise ValueError(f"config.key_index: must be one of {', '.join(_INDEX_MODES)}, got {cfg.key_index!r}")
 
     num_text_tiles = triton.cdiv(t, cfg.block_m) if t else 0
     grid = (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh)
@@ -164,7 +168,7 @@ def sparse_attention(
         h, nv, t, cq, ck, num_text_tiles,
         scale * _LOG2E,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CQ_BLOCK=triton.next_power_of_2(cq),
-        HAS_KPM=key_padding_mask is not None, SKIP_KEY_INDEX=cfg.skip_key_index,
+        HAS_KPM=key_padding_mask is not None, INDEX_MODE=_INDEX_MODES[cfg.key_index],
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
