@@ -105,3 +105,27 @@ def test_unknown_pipeline_class_and_missing_device_are_unavailable(registry, tmp
     if not torch.cuda.is_available():
         with pytest.raises(ModelUnavailable, match="CUDA is not available"):
             load_model(registry.get("tiny"), device="cuda")
+
+
+def test_a_diffusers_directory_loads_offline_with_its_options(registry, tiny_model, tiny_spec, tmp_path):
+    import numpy as np
+
+    from worker.pipelines.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline().save_pretrained(tmp_path / "tiny-diffusers")
+    entry = registry.get("wan2.1-t2v-1.3b").model_copy(update={
+        "path": str(tmp_path / "tiny-diffusers"), "dtype": "float32",
+        "options": {"flow_shift": 5.0, "max_sequence_length": 64, "vae_dtype": "float32"},
+    })
+    loaded = load_model(entry, device="cpu")
+    assert type(loaded.pipeline).__name__ == "WanPipeline"
+    assert loaded.pipeline.scheduler.config.shift == 5.0  # flow-matching Euler calls flow_shift "shift"
+    assert loaded.call_kwargs == {"max_sequence_length": 64}
+
+    # Same weights, same request: the loaded copy reproduces the built-in model's frames.
+    spec = tiny_spec(num_frames=5, num_inference_steps=2)
+    restored = loaded.pipeline
+    restored.scheduler = type(restored.scheduler).from_config(restored.scheduler.config, shift=3.0)
+    frames = generate(restored, spec, call_kwargs=loaded.call_kwargs).frames
+    expected = generate(tiny_model.pipeline, spec, call_kwargs=tiny_model.call_kwargs).frames
+    np.testing.assert_allclose(frames, expected, atol=1e-5)

@@ -1,10 +1,13 @@
 """Load a registry entry into a resident diffusers pipeline, strictly offline.
 
 ``kind: tiny-wan`` builds the built-in random Wan pipeline (:mod:`worker.pipelines.tiny`).
-``kind: diffusers`` loads real weights with ``<pipeline_class>.from_pretrained(path,
-torch_dtype=..., local_files_only=True)``: ``path`` is a local directory or a Hugging Face id that
-must already be in the local cache. Nothing is ever downloaded; missing weights raise
-:class:`ModelUnavailable` at once (code ``model_unavailable``) instead of hanging on the network.
+``kind: diffusers`` loads real weights with ``<pipeline_class>.from_pretrained(path, dtype=...,
+local_files_only=True)``: ``path`` is a local directory or a Hugging Face id that must already be in
+the local cache. Nothing is ever downloaded; missing weights raise :class:`ModelUnavailable` at once
+(code ``model_unavailable``) instead of hanging on the network.
+
+Registry ``options`` understood here: ``flow_shift`` (scheduler shift, e.g. 3.0 at 480p and 5.0 at
+720p for Wan), ``max_sequence_length`` (prompt tokens), ``enable_vae_tiling``, ``vae_dtype``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 #: Registry ``options`` the loader understands; others are reported once at load (a typo must not
 #: pass silently, but a newer registry must not stop an older worker either).
-KNOWN_OPTIONS = frozenset({"flow_shift", "max_sequence_length", "enable_vae_tiling"})
+KNOWN_OPTIONS = frozenset({"flow_shift", "max_sequence_length", "enable_vae_tiling", "vae_dtype"})
 
 #: The tiny text encoder has no use for Wan's 512-token prompts; 64 bytes keeps a step cheap.
 TINY_MAX_SEQUENCE_LENGTH = 64
@@ -125,6 +128,11 @@ def _apply_options(entry: ModelEntry, pipe: diffusers.DiffusionPipeline, call_kw
         call_kwargs["max_sequence_length"] = int(options["max_sequence_length"])
     if options.get("enable_vae_tiling"):
         pipe.vae.enable_tiling()
+    if "vae_dtype" in options:
+        # Wan's model card decodes with an fp32 VAE while the transformer runs in bf16.
+        if options["vae_dtype"] not in _DTYPES:
+            raise ModelUnavailable(f"options.vae_dtype: must be one of {', '.join(_DTYPES)}, got {options['vae_dtype']!r}")
+        pipe.vae.to(dtype=_DTYPES[options["vae_dtype"]])
 
 
 def load_model(entry: ModelEntry, device: str | None = None) -> LoadedModel:
