@@ -53,7 +53,7 @@ def spatial_and_temporal_multiples(pipe) -> tuple[int, int]:
     """(pixel multiple of width/height, temporal factor) of a Wan- or HunyuanVideo-style pipeline."""
     spatial = int(getattr(pipe, "vae_scale_factor_spatial", 8))
     temporal = int(getattr(pipe, "vae_scale_factor_temporal", 4))
-    patch = getattr(pipe.transformer.config, "patch_size", 1)
+    patch = getattr(_denoisers(pipe)[0].config, "patch_size", 1)
     patch_hw = int(patch[-1]) if isinstance(patch, (list, tuple)) else int(patch)
     return spatial * patch_hw, temporal
 
