@@ -166,3 +166,17 @@ def test_runner_records_every_finished_job_in_the_worker_metrics(store, tiny_mod
     assert finished("cancelled") == 0  # cancelled while queued: the worker never ran it
     assert metrics.registry.get_sample_value("svg2_frames_generated_total", {"model": "tiny", "preset": "dense"}) == 5
     assert metrics.registry.get_sample_value("svg2_worker_busy", {"model": "tiny"}) == 0
+
+
+def test_cold_shutdown_mid_job_marks_it_failed_and_stops_the_worker(store, runner, tiny_model, tiny_spec):
+    job = store.create(tiny_spec(num_frames=5, num_inference_steps=3), "tiny")
+
+    def second_signal(call: int) -> None:  # rq's cold-shutdown handler raises SystemExit in the job
+        if call == 2:
+            raise SystemExit()
+
+    with on_transformer_call(tiny_model, second_signal), pytest.raises(SystemExit):
+        runner.run(job.id)
+    record = store.get(job.id)
+    assert record.status == "failed" and record.error.code == "worker_shutdown"
+    assert not store.video_path(job.id).exists()
