@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import av
 import pytest
 import torch
+from rq.timeouts import JobTimeoutException
 
 from worker.runner import JobRunner
 
@@ -98,8 +99,9 @@ def test_job_cancelled_while_queued_never_runs(store, runner, tiny_model, tiny_s
 
 @pytest.mark.parametrize(
     "error,code",
-    [(RuntimeError("boom"), "internal"), (torch.OutOfMemoryError("CUDA out of memory"), "out_of_memory")],
-    ids=["internal", "out_of_memory"],
+    [(RuntimeError("boom"), "internal"), (torch.OutOfMemoryError("CUDA out of memory"), "out_of_memory"),
+     (JobTimeoutException("Task exceeded maximum timeout value (60 seconds)"), "timeout")],
+    ids=["internal", "out_of_memory", "rq_timeout"],
 )
 def test_exception_fails_the_job_with_a_code_and_the_runner_goes_on(store, runner, tiny_model, tiny_spec, error, code):
     bad = store.create(tiny_spec(num_frames=5, num_inference_steps=3), "tiny")
