@@ -76,7 +76,9 @@ def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspac
     return perm, offsets
 
 
-SORT_METHOD = "rows"
+# bench/bench_selection.py sweep on H100 (ms, 12 x 32,760 / 40 x 75,600 labels, 1000 clusters):
+# rows 0.21 / 0.36, flat 0.24 / 0.32, count 0.17 / 0.47; "flat" has the lowest total.
+SORT_METHOD = "flat"
 _COUNT_BLOCK = 2048
 
 
