@@ -6,7 +6,6 @@ before the kernel module is imported), so the shapes here are small.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 
@@ -145,14 +144,13 @@ KERNEL_CASES = [
     ("d128-bf16-text", (1, 1, 29, 5, 128, 4, 4, 0.5, torch.bfloat16, SMALL, False)),
     ("tiny-key-clusters-span-whole-tile", (1, 1, 64, 0, 64, 2, 48, 0.6, torch.float16, SMALL, False)),
     ("block64-config", (1, 1, 150, 7, 64, 3, 10, 0.3, torch.bfloat16, KernelConfig(64, 32, 4, 1), False)),
+    ("hopper-default-tiles", (1, 1, 300, 7, 128, 2, 9, 0.5, torch.bfloat16, KernelConfig(128, 128, 8, 3), False)),
 ]
 
 
-@pytest.mark.parametrize("key_index", ["compare", "histogram"])
 @pytest.mark.parametrize("case", [c for _, c in KERNEL_CASES], ids=[i for i, _ in KERNEL_CASES])
-def test_kernel_matches_reference(case, key_index):
+def test_kernel_matches_reference(case):
     b, h, nv, t, d, cq, ck, density, dtype, cfg, empty = case
-    cfg = dataclasses.replace(cfg, key_index=key_index)
     args, kpm = make_inputs(b, h, nv, t, d, cq, ck, dtype=dtype, density=density, seed=nv + cq, empty_clusters=empty)
     out = torch.full_like(args["q"], float("nan"))  # any row the kernel fails to write stays NaN
     got = sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg)
@@ -196,12 +194,9 @@ def test_kernel_rejects_bad_inputs_naming_the_field():
         sparse_attention(**{**args, "kp": args["kp"][:, :-1]}, config=SMALL)
     with pytest.raises(ValueError, match="num_dense_tokens"):
         sparse_attention(**args, num_dense_tokens=20, config=SMALL)
-    with pytest.raises(ValueError, match="key_index"):
-        sparse_attention(**args, config=dataclasses.replace(SMALL, key_index="bogus"))
 
 
-@pytest.mark.parametrize("key_index", ["compare", "histogram"])
-def test_kernel_single_token_key_clusters_fill_whole_tiles(key_index):
+def test_kernel_single_token_key_clusters_fill_whole_tiles():
     # every key cluster holds one token: a key tile spans exactly BLOCK_N segments and every tile
     # boundary is also a segment boundary (the widest window the segment lookup must cover)
     b, h, nv, d = 1, 1, 48, 64
@@ -219,6 +214,6 @@ def test_kernel_single_token_key_clusters_fill_whole_tiles(key_index):
                 k_offsets=torch.arange(nv + 1, dtype=torch.int32)[None], sel_idx=order.int(), sel_count=count,
                 sel_cum=sel_cum)
     args = {key: x.to(DEVICE) for key, x in args.items()}
-    got = sparse_attention(**args, config=dataclasses.replace(SMALL, key_index=key_index))
+    got = sparse_attention(**args, config=SMALL)
     ref = sparse_attention_reference(**args)
     assert rel_rms(got, ref) < 1e-2

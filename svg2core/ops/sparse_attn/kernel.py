@@ -20,8 +20,9 @@ The selected key clusters ``j = 0..sel_count-1`` of cluster ``i`` are the ragged
 ``sel_cum[sel_count]`` positions, visited in full BLOCK_N tiles (a tile may span several clusters):
 position ``p`` of segment ``j`` is kp row ``k_offsets[sel_idx[j]] + p - sel_cum[j]``. The segment of
 each position follows from a window of ``sel_cum`` that starts at the tile's first segment ``j0``
-(carried from the previous tile, see ``_key_tile_rows``). Selected clusters are never empty, so a tile
-spans at most BLOCK_N segments and a window of BLOCK_N entries is always enough.
+(carried from the previous tile; see ``_key_tile_rows``). Selected clusters are never empty, so a
+tile spans at most BLOCK_N segments and a window of BLOCK_N entries is always enough. The rows of
+tile t+1 are computed while tile t is loaded, so their small gathers hide behind its MMAs.
 """
 
 from __future__ import annotations
@@ -55,35 +56,11 @@ def _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, p0, BLOCK_N: tl.
     """kp rows (BN,) of the concatenated positions ``p0 .. p0 + BN - 1`` whose first one lies in segment
     ``j0``, and the segment in which the next tile (position ``p0 + BN``) starts.
 
-    Row of position p in segment j is ``p + shift[j]`` with ``shift[j] = k_offsets[sel_idx[j]] - sel_cum[j]``.
-    With ``bounds[m] = sel_cum[j0 + 1 + m]`` (start of the m-th following segment), the shift telescopes:
-    ``shift[seg(p)] = shift[j0] + sum_{m: bounds[m] <= p} (shift[j0 + 1 + m] - shift[j0 + m])``, one
-    (BN, BN) compare and one reduction, no per-position search and no gather from a register tensor.
-    """
-    m = tl.arange(0, BLOCK_N)
-    pos = p0 + m
-    jm = j0 + m
-    jn = jm + 1
-    has_m = jm < cnt
-    has_n = jn < cnt
-    bounds = tl.load(sel_cum_row + jn, mask=has_n, other=2147483647)  # never counted past the last segment
-    start_m = tl.load(sel_cum_row + jm, mask=has_m, other=0)
-    shift_m = tl.load(k_off_bh + tl.load(sel_idx_row + jm, mask=has_m, other=0)) - start_m
-    shift_n = tl.load(k_off_bh + tl.load(sel_idx_row + jn, mask=has_n, other=0)) - bounds
-    shift0 = tl.sum(tl.where(m == 0, shift_m, 0), 0)
-    before = bounds[None, :] <= pos[:, None]  # (BN positions, BN following segments)
-    rows = pos + shift0 + tl.sum(tl.where(before, (shift_n - shift_m)[None, :], 0), 1)
-    j_next = j0 + tl.sum((bounds <= p0 + BLOCK_N).to(tl.int32), 0)
-    return rows, j_next
-
-
-@triton.jit
-def _key_tile_rows_hist(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, p0, BLOCK_N: tl.constexpr):
-    """Same result as ``_key_tile_rows``, by counting segment starts instead of comparing.
-
     The starts of the following segments that fall inside the tile are histogrammed onto the tile's
     positions (a 0/1 vector) and prefix-summed: ``seg(p) = j0 + #starts <= p``; each position then reads
-    its segment's start and cluster (L1-resident gathers). O(BN) work per tile instead of O(BN^2).
+    its segment's start and key cluster (L1-resident gathers): row = ``k_offsets[sel_idx[seg]] + p -
+    sel_cum[seg]``. O(BN) work per tile; a (BN, BN) compare-and-reduce costs ~1.7x the whole kernel
+    at BLOCK_N=64 (docs/benchmarks/NOTES_sparse_attn.md, v2).
     """
     m = tl.arange(0, BLOCK_N)
     pos = p0 + m
@@ -125,7 +102,7 @@ def sparse_attn_fwd_kernel(
     H, NV, T, CQ, CK, num_text_tiles,
     qk_scale,  # softmax scale * log2(e)
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CQ_BLOCK: tl.constexpr,
-    HAS_KPM: tl.constexpr, INDEX_MODE: tl.constexpr,
+    HAS_KPM: tl.constexpr, SKIP_KEY_INDEX: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -194,21 +171,15 @@ def sparse_attn_fwd_kernel(
             total = tl.load(sel_cum_row + cnt)  # concatenated length of the selected key ranges
             n_full = total // BLOCK_N
             # rows of tile t+1 are computed while tile t is in flight (their loads hide behind its MMAs)
-            if INDEX_MODE == 1:
-                rows, j_next = _key_tile_rows_hist(sel_cum_row, sel_idx_row, k_off_bh, cnt * 0, cnt, 0, BLOCK_N)
-            else:
-                rows, j_next = _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, cnt * 0, cnt, 0, BLOCK_N)
+            rows, j_next = _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, cnt * 0, cnt, 0, BLOCK_N)
             for t in range(0, n_full):
                 pos = t * BLOCK_N + tl.arange(0, BLOCK_N)
-                if INDEX_MODE == 2:  # benchmark-only: contiguous rows, wrong result, measures the indexing cost
+                if SKIP_KEY_INDEX:  # benchmark-only: contiguous rows, wrong result, measures the indexing cost
                     rows = pos % NV
                 rows64 = rows.to(tl.int64)
                 k = tl.load(KP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :])
                 v = tl.load(VP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :])
-                if INDEX_MODE == 1:
-                    rows, j_next = _key_tile_rows_hist(sel_cum_row, sel_idx_row, k_off_bh, j_next, cnt,
-                                                       (t + 1) * BLOCK_N, BLOCK_N)
-                elif INDEX_MODE == 0:
+                if not SKIP_KEY_INDEX:
                     rows, j_next = _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, j_next, cnt,
                                                   (t + 1) * BLOCK_N, BLOCK_N)
                 acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, qk_scale, pos < total, False)

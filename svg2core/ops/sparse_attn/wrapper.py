@@ -11,7 +11,6 @@ import triton
 from .kernel import max_video_tiles, sparse_attn_fwd_kernel
 
 _LOG2E = 1.4426950408889634
-_INDEX_MODES = {"compare": 0, "histogram": 1, "skip": 2}
 
 
 @dataclass(frozen=True)
@@ -22,18 +21,18 @@ class KernelConfig:
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
-    # How each key tile finds the kp rows of its packed positions: "compare" (one (BN, BN) compare and
-    # reduction), "histogram" (histogram + prefix sum of segment starts, O(BN)), or, for benchmark
-    # diagnostics only, "skip" (reads contiguous rows: a wrong result that measures the indexing cost).
-    key_index: str = "compare"
+    # Benchmark diagnostics only: read each selected range as contiguous kp rows instead of looking up
+    # the segments (a wrong result) to measure what the key indexing costs.
+    skip_key_index: bool = False
 
 
-# Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. Chosen from
-# bench/bench_sparse_attn.py (docs/benchmarks/NOTES_sparse_attn.md records the measurements).
+# Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. The Hopper entry
+# is the fastest of the sweep in docs/benchmarks/sparse_attn_h100.json (NOTES_sparse_attn.md); the
+# others are untuned starting points that fit the shared memory of those parts.
 _CONFIGS: dict[tuple[int | None, torch.dtype | None, int | None], KernelConfig] = {
-    (9, None, 128): KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3),
-    (9, None, 64): KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3),
-    (8, None, 128): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
+    (9, None, 128): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
+    (9, None, 64): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
+    (8, None, 128): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
     (8, None, 64): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
 }
 _DEFAULT_CONFIG = KernelConfig()
@@ -153,8 +152,6 @@ def sparse_attention(
             raise ValueError(f"out: last dim must be contiguous (stride 1), got stride {out.stride(3)}")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     cfg = config or default_config(dev, q.dtype, d)
-    if cfg.key_index not in _INDEX_MODES:
-        raise ValueError(f"config.key_index: must be one of {', '.join(_INDEX_MODES)}, got {cfg.key_index!r}")
 
     num_text_tiles = triton.cdiv(t, cfg.block_m) if t else 0
     grid = (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh)
@@ -168,7 +165,7 @@ def sparse_attention(
         h, nv, t, cq, ck, num_text_tiles,
         scale * _LOG2E,
         HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CQ_BLOCK=triton.next_power_of_2(cq),
-        HAS_KPM=key_padding_mask is not None, INDEX_MODE=_INDEX_MODES[cfg.key_index],
+        HAS_KPM=key_padding_mask is not None, SKIP_KEY_INDEX=cfg.skip_key_index,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
