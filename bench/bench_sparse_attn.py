@@ -29,7 +29,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from svg2core.ops.sparse_attn import KernelConfig, sparse_attention, sparse_attention_reference  # noqa: E402
+from svg2core.ops.sparse_attn import (  # noqa: E402
+    KernelConfig,
+    default_config,
+    sparse_attention,
+    sparse_attention_reference,
+)
 
 MODELS = {
     # name: (heads, video tokens, text tokens, Cq, Ck)
@@ -213,7 +218,8 @@ def main() -> None:
         for name in models:
             h, nv, t, cq, ck = MODELS[name]
             ok &= check_correctness(name + " (timed config)", 2, nv, t, cq, ck, dtype, cfg_used, results)
-    tile_m, tile_n = (cfg_used.block_m, cfg_used.block_n) if cfg_used else (128, 64)
+    cfg_tiles = cfg_used or default_config(torch.device("cuda"), dtype, 128)
+    tile_m, tile_n = cfg_tiles.block_m, cfg_tiles.block_n
     from torch.nn.attention import SDPBackend, sdpa_kernel
     flex = None
     if not opts.no_flex:
