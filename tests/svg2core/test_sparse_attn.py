@@ -54,7 +54,7 @@ def make_layout(bh: int, nv: int, cq: int, ck: int, *, density: float, gen: torc
     keep = (before < density * nv) & (tok > 0)
     keep[..., 0] = True
     count = keep.sum(2)
-    sel_idx = torch.where(keep, order, torch.full_like(order, ck - 1))  # unused slots hold junk
+    sel_idx = torch.where(keep, order, torch.full_like(order, 1 << 24))  # unused slots hold junk
     sel_cum = torch.zeros(bh, cq, ck + 1, dtype=torch.long)
     sel_cum[..., 1:] = (tok * keep).cumsum(2)
     return {
@@ -207,7 +207,7 @@ def test_kernel_single_token_key_clusters_fill_whole_tiles():
     v = args["v"][0, 0, :nv].cpu()
     cq = args["q_offsets"].shape[1] - 1
     order = torch.stack([torch.randperm(nv, generator=gen) for _ in range(cq)])[None]  # (1, Cq, Ck=Nv)
-    count = torch.tensor([[40, 7, 33]], dtype=torch.int32)[:, :cq]
+    count = torch.tensor([[32, 7, 48]], dtype=torch.int32)[:, :cq]  # 32, 48: whole tiles; 48: every cluster
     sel_cum = torch.zeros(1, cq, nv + 1, dtype=torch.int32)
     sel_cum[..., 1:] = torch.minimum(torch.arange(1, nv + 1), count[..., None])
     args.update(kp=k[k_perm][None].contiguous(), vp=v[k_perm][None].contiguous(),

@@ -69,7 +69,11 @@ def _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, p0, BLOCK_N: tl.
     rel = bounds - p0
     starts = tl.histogram(rel, BLOCK_N, mask=rel < BLOCK_N)
     seg = j0 + tl.cumsum(starts, 0)
-    rows = tl.load(k_off_bh + tl.load(sel_idx_row + seg)) + pos - tl.load(sel_cum_row + seg)
+    # seg == cnt only for a prefetched tile past the end (unused): never read sel_idx[cnt], which may
+    # be junk or lie past the tensor
+    real = seg < cnt
+    cluster = tl.load(sel_idx_row + seg, mask=real, other=0)
+    rows = tl.load(k_off_bh + cluster, mask=real, other=0) + pos - tl.load(sel_cum_row + seg, mask=real, other=0)
     j_next = j0 + tl.sum((bounds <= p0 + BLOCK_N).to(tl.int32), 0)
     return rows, j_next
 
