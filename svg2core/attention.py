@@ -44,10 +44,11 @@ def svg2_attention(
     """Semantic-aware-permutation sparse attention of one layer.
 
     Args:
-        q, k, v: ``(B, H, N, D)`` bf16 or fp16, ``D`` 64 or 128, after QK-norm and RoPE. The last
-            ``T = num_dense_tokens`` tokens are dense (text) tokens; the first ``Nv = N - T`` are video
-            tokens, the only ones clustered. The last dim must be contiguous; other strides are free.
-        config: the budget (:class:`SVG2Config`); ``mode="dense"`` runs plain SDPA.
+        q, k, v: ``(B, H, N, D)`` bf16 or fp16 (fp32 too with ``backend="reference"``), ``D`` 64 or
+            128, after QK-norm and RoPE. The last ``T = num_dense_tokens`` tokens are dense (text)
+            tokens; the first ``Nv = N - T`` are video tokens, the only ones clustered. The last dim must be contiguous; other strides are free.
+        config: the budget (:class:`SVG2Config`); ``mode="dense"`` runs plain SDPA. Cluster counts
+            above ``Nv`` are clamped to ``Nv``.
         state: this layer's :class:`LayerState`; the centroids of ``branch`` are read (warm start) and
             updated in place. A branch's first call (or a shape change) starts cold.
         branch: CFG branch id (e.g. 0 conditional, 1 unconditional): branches never share centroids.
@@ -84,7 +85,8 @@ def svg2_attention(
     if config.mode == "dense":
         return dense_attention(q, k, v, t, key_padding_mask, scale), torch.ones(b, h, device=q.device)
     ws = Workspace() if workspace is None else workspace
-    cq, ck = config.num_q_clusters, config.num_k_clusters
+    # More clusters than video tokens would only add empty clusters: clamp (static shapes, no sync).
+    cq, ck = min(config.num_q_clusters, nv), min(config.num_k_clusters, nv)
     q_video, k_video = q[:, :, :nv], k[:, :, :nv]
 
     # 1. k-means of queries and keys (video tokens only), in place on the branch's cached centroids.
@@ -197,8 +199,9 @@ def _validate(q, k, v, config, state, branch, workspace, num_dense_tokens, key_p
             raise ValueError(f"{name}: must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(f"{name}: must have shape (batch, heads, tokens, head_dim), got {tuple(x.shape)}")
-        if x.dtype not in _DTYPES:
-            raise ValueError(f"{name}: dtype must be bfloat16 or float16, got {x.dtype}")
+        if x.dtype not in _DTYPES and not (backend == "reference" and x.dtype == torch.float32):
+            raise ValueError(f"{name}: dtype must be bfloat16 or float16 (float32 also with backend "
+                             f"'reference'), got {x.dtype}")
         if x.shape[-1] not in _HEAD_DIMS:
             raise ValueError(f"{name}: head_dim must be 64 or 128, got {x.shape[-1]}")
         if x.stride(-1) != 1:

@@ -178,7 +178,8 @@ def test_workspace_is_sized_once():
 
 
 BAD = [
-    (dict(q=torch.randn(1, 1, 8, 64)), "q: dtype"),
+    (dict(q=torch.randn(1, 1, 8, 64, dtype=torch.float64)), "q: dtype"),
+    (dict(q=torch.randn(1, 1, 8, 64), backend="triton"), "q: dtype"),  # fp32: reference backend only
     (dict(q=torch.randn(1, 8, 64).to(torch.bfloat16)), "q: must have shape"),
     (dict(k=torch.randn(1, 1, 9, 64).to(torch.bfloat16)), "k: shape"),
     (dict(q=torch.randn(1, 1, 8, 32).to(torch.bfloat16)), "q: head_dim"),
@@ -204,3 +205,22 @@ def test_bad_input_names_the_argument(bad, message):
         args["k"] = args["v"] = bad["q"]
     with pytest.raises(ValueError, match=message):
         svg2_attention(args["q"], args["k"], args["v"], args["config"], args["state"], **kwargs)
+
+
+def test_float32_runs_on_the_reference_backend_and_top_p_1_is_dense():
+    q, k, v = _qkv(1, 2, 20, 64, torch.float32)
+    out, density = svg2_attention(q, k, v, SMALL.replace(top_p=1.0), LayerState(), backend="reference")
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v), atol=1e-5, rtol=1e-5)
+    assert torch.all(density == 1.0)
+
+
+def test_more_clusters_than_video_tokens_are_clamped():
+    q, k, v = _qkv(1, 2, 12, 64, torch.float32)  # 10 video tokens, 2 text tokens
+    cfg = SVG2Config(num_q_clusters=64, num_k_clusters=500, top_p=0.5, kmeans_iters_init=3)
+    state = LayerState()
+    out, density = svg2_attention(q, k, v, cfg, state, num_dense_tokens=2, backend="reference")
+    assert torch.isfinite(out).all() and out.shape == q.shape
+    assert torch.all((density > 0) & (density <= 1))
+    entry = state.get(0)
+    assert entry.q.shape[-2] == 10 and entry.k.shape[-2] == 10
