@@ -5,6 +5,11 @@ Torch-free: the API process and the GPU workers both use it. Layout (see docs/AR
 - ``svg2:job:{id}`` hash with the fields of :class:`JobRecord` (``spec``, ``error`` and ``metrics``
   as JSON, timestamps as unix seconds, empty string for "not set").
 - ``svg2:jobs`` sorted set of ids scored by creation time (listing, newest first).
+- ``svg2:jobs:owner:{owner}`` the same per API key (tenant listing); ``svg2:queued`` and
+  ``svg2:queued:owner:{owner}`` sets of the ids still queued (backpressure caps);
+  ``svg2:expiry`` sorted set of finished ids by the time their record is deleted (retention sweep).
+- ``svg2:idem:{owner}:{sha256(key)}`` JSON ``{"body": sha256, "id": job id}`` with a TTL
+  (``Idempotency-Key`` of ``POST /v1/videos``).
 - ``svg2:worker:{name}`` heartbeat key with a TTL, JSON of the worker's model / device / current job;
   ``svg2:workers`` is the set of names that ever beat (stale names are pruned on read).
 - one rq job per video, same id, on the queue of the job's model, running
@@ -20,6 +25,7 @@ The Redis client must use ``decode_responses=False`` (rq stores pickled bytes in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -33,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 
 from worker.spec import JobSpec
 
@@ -47,6 +54,16 @@ WORKER_NAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 DEFAULT_RETENTION_S = 24 * 3600
 DEFAULT_JOB_TIMEOUT_S = 4 * 3600
+DEFAULT_RECORD_GRACE_S = 24 * 3600
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class IdempotencyConflict(Exception):
+    """An ``Idempotency-Key`` reused with a different request body; ``job_id`` is the first job."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
 
 
 class InvalidJobId(ValueError):
@@ -93,6 +110,7 @@ class JobRecord(BaseModel):
     attempts: int = 0
     cancel_requested: bool = False
     queue: str = ""
+    owner: str = Field("", description="Id of the API key that created the job ('' with auth disabled).")
 
     @property
     def is_terminal(self) -> bool:
@@ -119,6 +137,7 @@ def _record_from_hash(job_id: str, h: dict[str, str]) -> JobRecord:
         attempts=int(h.get("attempts") or 0),
         cancel_requested=h.get("cancel_requested") == "1",
         queue=h.get("queue", ""),
+        owner=h.get("owner", ""),
     )
 
 
@@ -138,6 +157,9 @@ class JobStore:
         output_dir: directory shared by the API and the workers; created if missing.
         retention_s: how long a finished job's MP4 is kept (``expires_at = completed_at + retention_s``).
         job_timeout_s: rq's timeout for one video job.
+        record_grace_s: how long the record outlives its MP4 (deleted at ``expires_at + record_grace_s``).
+        max_attempts: how many times a job may start; a job whose worker was lost (or stopped) is
+            re-queued while it has attempts left, else failed.
         prefix: key prefix of the records (rq's own keys keep rq's prefix).
     """
 
@@ -148,6 +170,8 @@ class JobStore:
         *,
         retention_s: int = DEFAULT_RETENTION_S,
         job_timeout_s: int = DEFAULT_JOB_TIMEOUT_S,
+        record_grace_s: float = DEFAULT_RECORD_GRACE_S,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         prefix: str = "svg2",
     ) -> None:
         self.redis = redis
@@ -155,15 +179,25 @@ class JobStore:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.retention_s = retention_s
         self.job_timeout_s = job_timeout_s
+        self.record_grace_s = record_grace_s
+        self.max_attempts = max(1, max_attempts)
         self.prefix = prefix
         self._jobs_key = f"{prefix}:jobs"
         self._workers_key = f"{prefix}:workers"
         self._running_key = f"{prefix}:running"  # ids of in_progress jobs (for the orphan sweep)
+        self._queued_key = f"{prefix}:queued"  # ids of queued jobs (global backpressure cap)
+        self._expiry_key = f"{prefix}:expiry"  # finished ids scored by when their record is deleted
 
     # ----------------------------------------------------------------------------- keys and paths
 
     def _job_key(self, job_id: str) -> str:
         return f"{self.prefix}:job:{validate_job_id(job_id)}"
+
+    def _owner_jobs_key(self, owner: str) -> str:
+        return f"{self._jobs_key}:owner:{owner}"
+
+    def _owner_queued_key(self, owner: str) -> str:
+        return f"{self._queued_key}:owner:{owner}"
 
     def _worker_key(self, name: str) -> str:
         return f"{self.prefix}:worker:{name}"
@@ -183,9 +217,11 @@ class JobStore:
 
     # ----------------------------------------------------------------------------- create / read
 
-    def create(self, spec: JobSpec, queue: str) -> JobRecord:
-        """Store a new queued job and enqueue its rq job (same id) on ``queue``, in one transaction."""
-        job_id = new_job_id()
+    def create(self, spec: JobSpec, queue: str, *, owner: str = "", job_id: str | None = None) -> JobRecord:
+        """Store a new queued job and enqueue its rq job (same id) on ``queue``, in one transaction.
+        ``owner`` is the id of the API key that creates it; ``job_id`` a pre-drawn id (idempotent
+        creates reserve it first)."""
+        job_id = validate_job_id(job_id) if job_id is not None else new_job_id()
         now = time.time()
         fields = {
             "spec": spec.model_dump_json(),
@@ -201,6 +237,7 @@ class JobStore:
             "attempts": "0",
             "cancel_requested": "0",
             "queue": queue,
+            "owner": owner,
         }
         pipe = self.redis.pipeline(transaction=True)
         # rq opens the MULTI itself; the record joins the same transaction after it.
@@ -216,8 +253,19 @@ class JobStore:
         )
         pipe.hset(self._job_key(job_id), mapping=fields)
         pipe.zadd(self._jobs_key, {job_id: now})
+        pipe.zadd(self._owner_jobs_key(owner), {job_id: now})
+        pipe.sadd(self._queued_key, job_id)
+        pipe.sadd(self._owner_queued_key(owner), job_id)
         pipe.execute()
         return _record_from_hash(job_id, fields)
+
+    def queued_counts(self, owner: str) -> tuple[int, int]:
+        """(jobs queued in all, jobs queued by ``owner``): what the backpressure caps compare."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.scard(self._queued_key)
+        pipe.scard(self._owner_queued_key(owner))
+        total, mine = pipe.execute()
+        return int(total), int(mine)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The record, or None for an unknown (or malformed) id."""
@@ -228,18 +276,20 @@ class JobStore:
             return None
         return _record_from_hash(job_id, _decode(raw))
 
-    def list(self, after: str | None, limit: int, order: Literal["desc", "asc"] = "desc") -> tuple[list[JobRecord], bool]:
+    def list(self, after: str | None, limit: int, order: Literal["desc", "asc"] = "desc",
+             owner: str | None = None) -> tuple[list[JobRecord], bool]:
         """Up to ``limit`` jobs, newest first (``order="asc"``: oldest first), starting after the job
-        ``after``; and whether more follow.
+        ``after``; and whether more follow. ``owner``: only that API key's jobs (None: everyone's).
 
-        Raises :class:`KeyError` when ``after`` is not a known job id.
+        Raises :class:`KeyError` when ``after`` is not a known job id (of that owner).
         """
+        jobs_key = self._jobs_key if owner is None else self._owner_jobs_key(owner)
         newest_first = order == "desc"
         rank_of = self.redis.zrevrank if newest_first else self.redis.zrank
         id_range = self.redis.zrevrange if newest_first else self.redis.zrange
         start = 0
         if after is not None:
-            rank = rank_of(self._jobs_key, after) if is_valid_job_id(after) else None
+            rank = rank_of(jobs_key, after) if is_valid_job_id(after) else None
             if rank is None:
                 raise KeyError(after)
             start = rank + 1
@@ -247,7 +297,7 @@ class JobStore:
         # Records can vanish (purged) between the range and the read: keep reading until full.
         while len(records) <= limit:
             want = limit + 1 - len(records)
-            ids = [i.decode() for i in id_range(self._jobs_key, start, start + want - 1)]
+            ids = [i.decode() for i in id_range(jobs_key, start, start + want - 1)]
             if not ids:
                 break
             start += len(ids)
@@ -258,7 +308,7 @@ class JobStore:
                 if raw:
                     records.append(_record_from_hash(job_id, _decode(raw)))
                 else:
-                    self.redis.zrem(self._jobs_key, job_id)
+                    self.redis.zrem(jobs_key, job_id)
         return records[:limit], len(records) > limit
 
     # ----------------------------------------------------------------------------- transitions
@@ -277,14 +327,29 @@ class JobStore:
             pipe.multi()
             if updates:
                 pipe.hset(key, mapping=updates)
-                status = updates.get("status")
-                if status == "in_progress":
-                    pipe.sadd(self._running_key, job_id)
-                elif status in TERMINAL_STATUSES:
-                    pipe.srem(self._running_key, job_id)
+                self._index_status(pipe, job_id, before, updates)
 
         self.redis.transaction(body, key)
         return before
+
+    def _index_status(self, pipe: redis.client.Pipeline, job_id: str, before: dict[str, str],
+                      updates: dict[str, str]) -> None:
+        """Keep the running / queued / expiry indexes in step with a status change (same MULTI)."""
+        owner = before.get("owner", "")
+        status = updates.get("status")
+        if status == "in_progress":
+            pipe.sadd(self._running_key, job_id)
+        elif status in TERMINAL_STATUSES:
+            pipe.srem(self._running_key, job_id)
+        if status == "queued":
+            pipe.srem(self._running_key, job_id)
+            pipe.sadd(self._queued_key, job_id)
+            pipe.sadd(self._owner_queued_key(owner), job_id)
+        elif status is not None:
+            pipe.srem(self._queued_key, job_id)
+            pipe.srem(self._owner_queued_key(owner), job_id)
+        if updates.get("expires_at"):
+            pipe.zadd(self._expiry_key, {job_id: float(updates["expires_at"]) + self.record_grace_s})
 
     def mark_started(self, job_id: str, worker: str) -> JobRecord | None:
         """queued (or in_progress again after a lost worker) -> in_progress. Returns None when the job
@@ -437,14 +502,98 @@ class JobStore:
                 removed += int(self.delete_video(job_id))
         return removed
 
+    def purge_expired_records(self, now: float | None = None) -> int:
+        """Delete the records (and any MP4) of finished jobs whose ``expires_at + record_grace_s`` has
+        passed; returns how many records were deleted. A job whose expiry moved meanwhile is kept."""
+        now = time.time() if now is None else now
+        deleted = 0
+        for raw_id in self.redis.zrangebyscore(self._expiry_key, "-inf", now):
+            job_id = raw_id.decode()
+            if not is_valid_job_id(job_id):
+                self.redis.zrem(self._expiry_key, raw_id)
+                continue
+            key = self._job_key(job_id)
+            gone = False
+
+            def body(pipe: redis.client.Pipeline, job_id: str = job_id, key: str = key) -> None:
+                nonlocal gone
+                gone = False
+                status, expires_at, owner = pipe.hmget(key, ["status", "expires_at", "owner"])
+                pipe.multi()
+                if status is None:  # already gone: drop the index entries
+                    pipe.zrem(self._expiry_key, job_id)
+                    pipe.zrem(self._jobs_key, job_id)
+                    return
+                if status.decode() not in TERMINAL_STATUSES or not expires_at \
+                        or float(expires_at) + self.record_grace_s > now:
+                    return  # running again or its expiry moved: keep it (the index is refreshed on finish)
+                pipe.delete(key)
+                pipe.zrem(self._expiry_key, job_id)
+                pipe.zrem(self._jobs_key, job_id)
+                pipe.zrem(self._owner_jobs_key((owner or b"").decode()), job_id)
+                gone = True
+
+            self.redis.transaction(body, key)
+            if gone:
+                self.delete_video(job_id)
+                deleted += 1
+        return deleted
+
+    def requeue_or_fail(self, job_id: str, code: str, message: str, *, expect_worker: str | None = None) -> str | None:
+        """A job that was running on a worker that is gone (or stopping): back to ``queued`` with a
+        fresh rq job (same id) while it has attempts left (``attempts < max_attempts``), else
+        ``failed`` with ``code``. Only an in_progress job (owned by ``expect_worker`` when given) is
+        touched. Returns ``"queued"``, ``"failed"`` or None (nothing changed)."""
+        key = self._job_key(job_id)
+        result: str | None = None
+
+        def body(pipe: redis.client.Pipeline) -> None:
+            nonlocal result
+            result = None
+            raw = pipe.hgetall(key)
+            h = _decode(raw) if raw else None
+            if h is None or h["status"] != "in_progress" \
+                    or (expect_worker is not None and h.get("worker", "") != expect_worker):
+                pipe.multi()
+                return
+            if int(h.get("attempts") or 0) >= self.max_attempts or h.get("cancel_requested") == "1":
+                result = "fail"
+                pipe.multi()
+                return
+            pipe.multi()
+            updates = {"status": "queued", "worker": "", "progress": "0", "started_at": ""}
+            pipe.hset(key, mapping=updates)
+            self._index_status(pipe, job_id, h, updates)
+            self._drop_started_entries(pipe, h.get("queue", ""), job_id)
+            self.queue(h.get("queue", "")).enqueue_call(
+                TASK_FUNCTION, args=(job_id,), job_id=job_id, timeout=self.job_timeout_s, result_ttl=3600,
+                failure_ttl=self.retention_s, description=f"video {job_id} (retry)", pipeline=pipe,
+            )
+            result = "queued"
+
+        self.redis.transaction(body, key)
+        if result == "fail":
+            error = JobError(code=code, message=f"{message} (attempt limit {self.max_attempts} reached)")
+            return "failed" if self._finish(job_id, "failed", None, error, expect_worker=expect_worker) == "failed" else None
+        return result
+
+    def _drop_started_entries(self, pipe: redis.client.Pipeline, queue: str, job_id: str) -> None:
+        """Remove the dead execution(s) of ``job_id`` from rq's started registry, so rq's own
+        abandoned-job cleanup never fails the re-queued rq job later."""
+        registry_key = StartedJobRegistry(queue, connection=self.redis).key
+        stale = [m for m in self.redis.zrange(registry_key, 0, -1) if m.decode().split(":", 1)[0] == job_id]
+        if stale:
+            pipe.zrem(registry_key, *stale)
+
     def fail_orphaned_jobs(self) -> list[str]:
-        """Fail in_progress jobs whose worker has no live heartbeat (it crashed or was killed: rq's
-        SimpleWorker cannot report that itself). Returns the ids it failed.
+        """Recover in_progress jobs whose worker has no live heartbeat (it crashed or was killed: rq's
+        SimpleWorker cannot report that itself): re-queued while they have attempts left
+        (``max_attempts``), else failed with ``worker_lost``. Returns the ids it changed.
 
         A worker keeps its heartbeat alive during jobs, so a missing one means the job will never
         finish; without this sweep such a job would read ``in_progress`` forever.
         """
-        failed = []
+        changed = []
         for raw_id in self.redis.smembers(self._running_key):
             job_id = raw_id.decode()
             if not is_valid_job_id(job_id):
@@ -457,12 +606,42 @@ class JobStore:
             name = (worker or b"").decode()
             if name and self.redis.exists(self._worker_key(name)):
                 continue
-            error = JobError(code="worker_lost",
-                             message=f"the worker running this job ({name or 'unknown'}) stopped sending heartbeats")
             # Only if the same worker still owns it: a re-delivered job has a new, live owner.
-            if self._finish(job_id, "failed", None, error, expect_worker=name) == "failed":
-                failed.append(job_id)
-        return failed
+            if self.requeue_or_fail(
+                job_id, "worker_lost",
+                f"the worker running this job ({name or 'unknown'}) stopped sending heartbeats",
+                expect_worker=name,
+            ) is not None:
+                changed.append(job_id)
+        return changed
+
+    # ----------------------------------------------------------------------------- idempotency
+
+    def _idem_key(self, owner: str, idempotency_key: str) -> str:
+        digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+        return f"{self.prefix}:idem:{owner}:{digest}"
+
+    def reserve_idempotency_key(self, owner: str, idempotency_key: str, body_sha256: str,
+                                ttl_s: int) -> tuple[str, bool]:
+        """Bind ``idempotency_key`` (of ``owner``) to a fresh job id for ``ttl_s`` seconds, or read the
+        binding an earlier request made. Returns ``(job_id, new)``; raises :class:`IdempotencyConflict`
+        when the earlier request had another body."""
+        key = self._idem_key(owner, idempotency_key)
+        job_id = new_job_id()
+        value = json.dumps({"body": body_sha256, "id": job_id})
+        if self.redis.set(key, value, nx=True, ex=max(1, int(ttl_s))):
+            return job_id, True
+        raw = self.redis.get(key)
+        if raw is None:  # expired between the two calls: try once more
+            return self.reserve_idempotency_key(owner, idempotency_key, body_sha256, ttl_s)
+        bound = json.loads(raw)
+        if bound["body"] != body_sha256:
+            raise IdempotencyConflict(bound["id"])
+        return bound["id"], False
+
+    def release_idempotency_key(self, owner: str, idempotency_key: str) -> None:
+        """Forget a reservation whose job could not be created (so a retry may create it)."""
+        self.redis.delete(self._idem_key(owner, idempotency_key))
 
     # ----------------------------------------------------------------------------- workers
 

@@ -217,6 +217,7 @@ def test_output_dir_is_created(redis_client, tmp_path):
 
 
 def test_orphan_sweep_fails_only_jobs_whose_worker_is_gone(store, spec):
+    store.max_attempts = 1  # no retry: the first loss is final
     dead, live, queued = (store.create(spec, "tiny") for _ in range(3))
     store.heartbeat("live-1", {}, ttl_s=30)
     store.mark_started(dead.id, "dead-1")
