@@ -343,6 +343,14 @@ def _integration_of(target) -> SVG2Integration:
     return next(iter(integrations.values()))
 
 
+def find_svg2(target) -> SVG2Integration | None:
+    """The :class:`SVG2Integration` applied to ``target`` (a pipeline or transformer), or None."""
+    try:
+        return _integration_of(target)
+    except (TypeError, ValueError):
+        return None
+
+
 def apply_svg2(target, default_budget=None, *, backend: str = "auto",
                estimate_savings: bool = True) -> SVG2Integration:
     """Route the self-attention of every supported transformer of ``target`` through svg2.

@@ -23,7 +23,9 @@ def test_reports_every_step_and_returns_metrics(tiny_model, tiny_spec):
     assert m["denoise_seconds"] == pytest.approx(sum(m["step_seconds"]))
     assert m["encode_seconds"] > 0 and m["decode_seconds"] > 0
     assert (m["frames"], m["height"], m["width"]) == (5, spec.height, spec.width)
-    assert m["attention"] == "dense" and m["sparsity"] is None
+    # The tiny model runs svg2 (balanced preset: the first step dense, then sparse).
+    assert m["attention"] == "svg2"
+    assert m["sparsity"]["warmup_steps"] == 1 and m["sparsity"]["sparse_calls"] > 0
 
 
 def test_cancel_stops_between_steps(tiny_model, tiny_spec):

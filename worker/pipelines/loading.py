@@ -7,7 +7,13 @@ the local cache. Nothing is ever downloaded; missing weights raise :class:`Model
 (code ``model_unavailable``) instead of hanging on the network.
 
 Registry ``options`` understood here: ``flow_shift`` (scheduler shift, e.g. 3.0 at 480p and 5.0 at
-720p for Wan), ``max_sequence_length`` (prompt tokens), ``enable_vae_tiling``, ``vae_dtype``.
+720p for Wan), ``max_sequence_length`` (prompt tokens), ``enable_vae_tiling``, ``vae_dtype``,
+``svg2`` (default true: route the transformers' self-attention through svg2; false keeps the stock
+processors and every job runs dense).
+
+Sparse attention is installed once here, after every other option (``apply_svg2``: Triton kernels
+on CUDA, the torch reference on CPU); each job then opens its own ``svg2_session`` with its budget
+(:func:`worker.pipelines.run.generate`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import diffusers
 import torch
 from packaging.version import Version
 
+from svg2core.integration import SVG2Integration, apply_svg2
 from worker.pipelines.tiny import build_tiny_pipeline
 from worker.registry import ModelEntry
 
@@ -33,7 +40,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 #: Registry ``options`` the loader understands; others are reported once at load (a typo must not
 #: pass silently, but a newer registry must not stop an older worker either).
-KNOWN_OPTIONS = frozenset({"flow_shift", "max_sequence_length", "enable_vae_tiling", "vae_dtype"})
+KNOWN_OPTIONS = frozenset({"flow_shift", "max_sequence_length", "enable_vae_tiling", "vae_dtype", "svg2"})
 
 #: The tiny text encoder has no use for Wan's 512-token prompts; 64 bytes keeps a step cheap.
 TINY_MAX_SEQUENCE_LENGTH = 64
@@ -56,6 +63,8 @@ class LoadedModel:
     load_seconds: float
     #: Fixed extra arguments of every pipeline call for this model (from the registry's options).
     call_kwargs: dict = field(default_factory=dict)
+    #: The svg2 processors installed on the pipeline (None: stock attention, every job dense).
+    svg2: SVG2Integration | None = None
 
     @property
     def name(self) -> str:
@@ -157,6 +166,7 @@ def load_model(entry: ModelEntry, device: str | None = None) -> LoadedModel:
         pipe.to(dtype=dtype)  # built in float32; real weights load in their dtype
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
+    integration = _apply_svg2(entry, pipe)
     return LoadedModel(
         entry=entry,
         pipeline=pipe,
@@ -164,4 +174,17 @@ def load_model(entry: ModelEntry, device: str | None = None) -> LoadedModel:
         dtype=dtype,
         load_seconds=time.perf_counter() - start,
         call_kwargs=call_kwargs,
+        svg2=integration,
     )
+
+
+def _apply_svg2(entry: ModelEntry, pipe: diffusers.DiffusionPipeline) -> SVG2Integration | None:
+    """Install svg2 on the pipeline's transformers, unless the registry turns it off."""
+    if not entry.options.get("svg2", True):
+        log.info("model %s: svg2 disabled by the registry; every job runs dense", entry.name)
+        return None
+    try:
+        return apply_svg2(pipe)
+    except TypeError as exc:  # a transformer svg2 has no processors for
+        log.warning("model %s: sparse attention unavailable, jobs run dense (%s)", entry.name, exc)
+        return None

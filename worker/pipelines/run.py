@@ -11,6 +11,7 @@ asks whether the job was cancelled; a cancel raises :class:`JobCancelled` out of
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from svg2core.integration import find_svg2, svg2_session
 from worker.spec import JobSpec
 
 #: ``on_step(step, total_steps, step_seconds)``, ``step`` 1-based, called after every denoising step.
@@ -41,8 +43,9 @@ class GenerationResult:
     ``encode_seconds`` (prompt encoding and latent setup, up to the first transformer call),
     ``step_seconds`` (list, one per denoising step), ``denoise_seconds`` (their sum),
     ``decode_seconds`` (VAE decode and post-processing), ``frames``, ``width``, ``height``,
-    ``attention`` (``"dense"`` until the svg2core processors are installed) and ``sparsity``
-    (``None`` for dense runs; the place where per-step density figures will go).
+    ``attention`` (``"svg2"`` when svg2 is applied to the pipeline and the budget is sparse, else
+    ``"dense"``) and ``sparsity`` (the svg2 session's accounting, ``SVG2Session.metrics()``: call
+    counts, densities, FLOPs, attention times; ``None`` when svg2 is not applied to the pipeline).
     """
 
     frames: np.ndarray  # (F, H, W, 3) float32 in [0, 1]
@@ -170,9 +173,14 @@ def generate(
         kwargs["negative_prompt"] = spec.negative_prompt or None
     kwargs.update(call_kwargs or {})
 
+    # The job's budget reaches the svg2 processors only through this session (no global state);
+    # without svg2 applied (a model it does not support) the pipeline runs its stock attention.
+    integration = find_svg2(pipe)
+    session_cm = (svg2_session(integration, spec.sparsity, num_inference_steps=total_steps)
+                  if integration is not None else contextlib.nullcontext())
     hooks = [m.register_forward_pre_hook(timer.transformer_pre_hook) for m in _denoisers(pipe)]
     try:
-        with torch.inference_mode():
+        with session_cm as session, torch.inference_mode():
             output = pipe(**kwargs)
         timer.sync()
         end = time.perf_counter()
@@ -191,7 +199,7 @@ def generate(
         "frames": int(frames.shape[0]),
         "height": int(frames.shape[1]),
         "width": int(frames.shape[2]),
-        "attention": "dense",
-        "sparsity": None,
+        "attention": "svg2" if session is not None and spec.sparsity.mode != "dense" else "dense",
+        "sparsity": session.metrics() if session is not None else None,
     }
     return GenerationResult(frames=frames, metrics=metrics)

@@ -79,12 +79,12 @@ def build_tiny_pipeline(seed: int = TINY_WEIGHTS_SEED) -> WanPipeline:
         transformer = WanTransformer3DModel(
             patch_size=(1, 2, 2),
             num_attention_heads=2,
-            attention_head_dim=16,
+            attention_head_dim=64,  # svg2 needs head dim 64 or 128: the tiny model runs the sparse path
             in_channels=_LATENT_CHANNELS,
             out_channels=_LATENT_CHANNELS,
             text_dim=_TEXT_DIM,
             freq_dim=32,
-            ffn_dim=64,
+            ffn_dim=256,
             num_layers=2,
             rope_max_seq_len=64,
         )
