@@ -28,8 +28,19 @@ class Settings(BaseSettings):
     retention_s: int = Field(24 * 3600, ge=1, description="How long a finished video's MP4 is kept.")
     job_timeout_s: int = Field(4 * 3600, ge=1, description="rq timeout of one video job.")
     maintenance_interval_s: float = Field(
-        30.0, ge=0.0,
-        description="How often the API fails jobs whose worker died and deletes expired MP4s (0: never).",
+        10.0, ge=0.0,
+        description="How often the API re-queues (or fails) jobs whose worker died and deletes expired "
+        "MP4s and records (0: never).",
     )
     list_max_limit: int = Field(100, ge=1, description="Largest `limit` of GET /v1/videos.")
+    auth_disabled: bool = Field(
+        False, description="Serve without API keys (everyone is one anonymous admin): local development only.")
+    rate_limit_rps: int = Field(50, ge=0, description="Requests per second per API key (429 above; 0: no limit).")
+    max_queued_per_key: int = Field(100, ge=1, description="Jobs one API key may have queued at once (429 above).")
+    max_queued_total: int = Field(2000, ge=1, description="Jobs queued at once over all keys (429 above).")
+    idempotency_ttl_s: int = Field(24 * 3600, ge=1, description="How long an Idempotency-Key is remembered.")
+    record_grace_s: float = Field(
+        24 * 3600, ge=0.0, description="How long a job record outlives its MP4 (deleted at expires_at + this).")
+    max_attempts: int = Field(
+        3, ge=1, description="Starts a job may have: a job whose worker died is re-queued until this many.")
     log_level: str = Field("info", description="uvicorn log level.")

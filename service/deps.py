@@ -13,6 +13,7 @@ from typing import Annotated
 import redis
 from fastapi import Depends, Request
 
+from service.auth import KeyStore
 from service.config import Settings
 from service.metrics import ApiMetrics
 from worker.registry import Registry
@@ -26,6 +27,7 @@ class AppContext:
     store: JobStore
     registry: Registry
     metrics: ApiMetrics
+    keys: KeyStore
 
 
 def get_context(request: Request) -> AppContext:

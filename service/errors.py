@@ -21,23 +21,34 @@ from worker.registry import SpecError
 
 log = logging.getLogger(__name__)
 
+#: Retry-After of the 503 answered while Redis is unreachable.
+REDIS_RETRY_AFTER_S = 2
+
 
 class APIError(Exception):
     """An error response: raise it from a route."""
 
-    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.param = param
+        self.headers = headers
 
 
-def error_response(status: int, code: str, message: str, param: str | None = None) -> JSONResponse:
+def error_response(status: int, code: str, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     kind = "invalid_request_error" if status < 500 else "server_error"
+    if status == 401:
+        kind = "authentication_error"
+    elif status == 429:
+        kind = "rate_limit_error"
     return JSONResponse(
         status_code=status,
         content={"error": {"code": code, "message": message, "param": param, "type": kind}},
+        headers=headers,
     )
 
 
@@ -64,7 +75,7 @@ def validation_error_to_api_error(exc: ValidationError | RequestValidationError,
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.param)
+        return error_response(exc.status, exc.code, exc.message, exc.param, exc.headers)
 
     @app.exception_handler(SpecError)
     async def _spec_error(_: Request, exc: SpecError) -> JSONResponse:
@@ -83,4 +94,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     async def _redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
         log.warning("redis error: %s", exc)
-        return error_response(503, "service_unavailable", "the job store (Redis) is unavailable; retry later")
+        return error_response(503, "unavailable", "the job store (Redis) is unavailable; retry later",
+                              headers={"Retry-After": str(REDIS_RETRY_AFTER_S)})

@@ -12,8 +12,9 @@ import logging
 from collections.abc import AsyncIterator
 
 import redis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
+from service.auth import KeyStore, get_principal
 from service.config import Settings
 from service.deps import AppContext
 from service.errors import install_error_handlers
@@ -27,13 +28,17 @@ log = logging.getLogger(__name__)
 
 
 def _maintain(store: JobStore) -> None:
-    """One maintenance pass: fail jobs whose worker died, delete expired MP4s."""
+    """One maintenance pass: re-queue (or fail, past max_attempts) jobs whose worker died, delete
+    expired MP4s and records."""
     lost = store.fail_orphaned_jobs()
     if lost:
-        log.warning("failed %d jobs whose worker stopped sending heartbeats: %s", len(lost), ", ".join(lost))
+        log.warning("recovered %d jobs whose worker stopped sending heartbeats: %s", len(lost), ", ".join(lost))
     removed = store.purge_expired()
     if removed:
         log.info("deleted %d expired videos", removed)
+    records = store.purge_expired_records()
+    if records:
+        log.info("deleted %d expired job records", records)
 
 
 async def _maintenance_loop(store: JobStore, interval_s: float) -> None:
@@ -51,11 +56,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API. ``settings`` defaults to the environment (``SVG2_*``)."""
     settings = settings if settings is not None else Settings()
     registry = load_registry(settings.registry_path)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+    # Short timeouts: while Redis is down a request gets its 503 within seconds, not minutes.
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
+                                  health_check_interval=30)
     store = JobStore(client, settings.output_dir, retention_s=settings.retention_s,
-                     job_timeout_s=settings.job_timeout_s)
+                     job_timeout_s=settings.job_timeout_s, record_grace_s=settings.record_grace_s,
+                     max_attempts=settings.max_attempts)
     metrics = ApiMetrics()  # a registry per app: two apps in one process share no series
-    ctx = AppContext(settings=settings, redis=client, store=store, registry=registry, metrics=metrics)
+    ctx = AppContext(settings=settings, redis=client, store=store, registry=registry, metrics=metrics,
+                     keys=KeyStore(client))
+    if settings.auth_disabled:
+        log.warning("!" * 78)
+        log.warning("AUTH IS DISABLED (SVG2_AUTH_DISABLED=1): anyone who can reach %s:%d sees and deletes "
+                    "every job. Local development only.", settings.host, settings.port)
+        log.warning("!" * 78)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -78,8 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(health.router)
-    app.include_router(videos.router)
-    app.include_router(models.router)
+    # Every /v1 route needs a key (get_principal is cached per request, so routes that take
+    # PrincipalDep themselves do not look it up twice).
+    app.include_router(videos.router, dependencies=[Depends(get_principal)])
+    app.include_router(models.router, dependencies=[Depends(get_principal)])
     # Outermost middleware (added last): requests refused by the body limit are counted too.
     install_metrics(app, metrics, client, queue_names=lambda: [m.queue for m in registry.models],
                     live_workers=store.live_workers)

@@ -11,7 +11,8 @@ Fixtures (import nothing, just name them as test arguments):
 - ``api_server -> ApiServer`` (function; the uvicorn process is started once per session and shared):
   ``ApiServer(base_url: str, port: int, env: dict[str, str], output_dir: Path, redis_url: str,
   process: subprocess.Popen, log_path: Path)``. Redis is flushed and ``output_dir`` emptied before
-  each test. Its maintenance pass (failing jobs of dead workers, purging expired MP4s) is off.
+  each test. Its maintenance pass (failing jobs of dead workers, purging expired MP4s) is off, and
+  so is auth (``SVG2_AUTH_DISABLED=1``; the auth tests start servers of their own).
 - ``start_api_server(redis_url, output_dir, log_path, **settings) -> ApiServer``: a plain function
   that starts another server with extra ``SVG2_*`` settings (stop it with ``stop_process``). ``env`` is the full environment the server runs with (``SVG2_REDIS_URL``,
   ``SVG2_OUTPUT_DIR``, ...): start a worker with ``subprocess.Popen([...], env=api_server.env)`` so
@@ -95,7 +96,9 @@ def store(redis_client: redis.Redis, output_dir: Path):
 def api_settings(redis_client: redis.Redis, redis_url: str, output_dir: Path):
     from service.config import Settings
 
-    return Settings(redis_url=redis_url, output_dir=output_dir, maintenance_interval_s=0, max_body_bytes=64 * 1024)
+    # Auth off here: these fixtures test the job API; tests/service/test_auth.py tests keys and tenants.
+    return Settings(redis_url=redis_url, output_dir=output_dir, maintenance_interval_s=0, max_body_bytes=64 * 1024,
+                    auth_disabled=True)
 
 
 @pytest.fixture
@@ -166,6 +169,8 @@ def start_api_server(redis_url: str, output_dir: Path, log_path: Path, **setting
         "SVG2_MAINTENANCE_INTERVAL_S": "0",
         "SVG2_LOG_LEVEL": "warning",
         "PYTHONUNBUFFERED": "1",
+        # Auth off unless a test turns it on (SVG2_AUTH_DISABLED="0"): tests/service/test_auth.py covers keys.
+        "SVG2_AUTH_DISABLED": "1",
         **settings,
     }
     with open(log_path, "wb") as log:

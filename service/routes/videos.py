@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from service.auth import Principal, PrincipalDep
+from service.config import Settings
 from service.deps import ContextDep, RegistryDep, SettingsDep, StoreDep
 from service.errors import APIError, validation_error_to_api_error
 from service.schemas import VideoCreate, VideoDeletedPublic, VideoList, VideoPublic
-from worker.store import JobRecord, JobStore
+from worker.spec import JobSpec
+from worker.store import IdempotencyConflict, JobRecord, JobStore
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
 CHUNK_BYTES = 1 << 20
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+#: Retry-After of a 429 for a full queue: a video takes minutes, so retrying sooner is pointless.
+QUEUE_FULL_RETRY_AFTER_S = 30
 
 _create_schema = VideoCreate.model_json_schema(ref_template="#/components/schemas/{model}")
 _create_body = {
@@ -69,23 +76,82 @@ async def _read_create_body(request: Request) -> dict[str, Any]:
 
 
 @router.post("", status_code=201, response_model=VideoPublic, openapi_extra=_create_body,
-             summary="Create a video job")
-async def create_video(request: Request, response: Response, store: StoreDep, registry: RegistryDep) -> VideoPublic:
+             summary="Create a video job",
+             responses={200: {"model": VideoPublic, "description": "Replay of an earlier request with the same "
+                              "Idempotency-Key and body: the job it created."},
+                        409: {"description": "Idempotency-Key reused with another body."},
+                        429: {"description": "Rate limit or queue cap reached (see Retry-After)."}})
+async def create_video(
+    request: Request,
+    response: Response,
+    store: StoreDep,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[str | None, Header(
+        description="Makes the create safe to retry: the same key with the same body returns the same job "
+        "(200); with another body, 409. Remembered for SVG2_IDEMPOTENCY_TTL_S (default 24 h).")] = None,
+) -> VideoPublic:
     data = await _read_create_body(request)
     try:
         body = VideoCreate.model_validate(data)
     except ValidationError as exc:
         raise validation_error_to_api_error(exc, from_request=False) from None
     spec, entry = body.to_job_spec(registry)
-    record = await run_in_threadpool(store.create, spec, entry.queue)  # blocking Redis I/O off the loop
+    # Blocking Redis I/O off the event loop.
+    record, created = await run_in_threadpool(_create, store, settings, principal, spec, entry.queue, data,
+                                              idempotency_key)
     response.headers["Location"] = f"/v1/videos/{record.id}"
+    if not created:
+        response.status_code = 200
     return VideoPublic.from_record(record)
+
+
+def _create(store: JobStore, settings: Settings, principal: Principal, spec: JobSpec, queue: str,
+            data: dict[str, Any], idempotency_key: str | None) -> tuple[JobRecord, bool]:
+    """Create the job (after the caps), or return the one an earlier request with the same
+    Idempotency-Key created. Returns (record, created)."""
+    job_id = None
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+            raise APIError(400, "invalid_value",
+                           f"Idempotency-Key: must be 1-{MAX_IDEMPOTENCY_KEY_CHARS} characters", "Idempotency-Key")
+        # The request as sent (not the resolved spec: an unset seed is drawn at random per request).
+        body_sha = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+        try:
+            job_id, new = store.reserve_idempotency_key(principal.key_id, idempotency_key, body_sha,
+                                                        settings.idempotency_ttl_s)
+        except IdempotencyConflict as exc:
+            raise APIError(409, "idempotency_key_reused",
+                           f"Idempotency-Key was used for another request body (job {exc.job_id})",
+                           "Idempotency-Key") from None
+        if not new:
+            record = store.get(job_id)
+            if record is None:  # the first request is still creating it (or failed to)
+                raise APIError(409, "idempotency_key_in_use", "a request with this Idempotency-Key is in progress",
+                               "Idempotency-Key", headers={"Retry-After": "1"})
+            return record, False
+    try:
+        total, mine = store.queued_counts(principal.key_id)
+        if mine >= settings.max_queued_per_key:
+            raise APIError(429, "too_many_queued_jobs",
+                           f"this API key has {mine} jobs queued (limit {settings.max_queued_per_key})",
+                           headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
+        if total >= settings.max_queued_total:
+            raise APIError(429, "queue_full", f"{total} jobs are queued (limit {settings.max_queued_total})",
+                           headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
+        return store.create(spec, queue, owner=principal.key_id, job_id=job_id), True
+    except BaseException:
+        if idempotency_key is not None:
+            store.release_idempotency_key(principal.key_id, idempotency_key)
+        raise
 
 
 @router.get("", response_model=VideoList, summary="List video jobs (newest first by default)")
 def list_videos(
     store: StoreDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     after: Annotated[str | None, Query(description="Id of the last job of the previous page.")] = None,
     limit: Annotated[int, Query(ge=1, description="Page size.")] = 20,
     order: Annotated[Literal["desc", "asc"], Query(description="desc: newest first (default).")] = "desc",
@@ -93,7 +159,7 @@ def list_videos(
     if limit > settings.list_max_limit:
         raise APIError(400, "invalid_value", f"limit: must be at most {settings.list_max_limit}", "limit")
     try:
-        records, has_more = store.list(after, limit, order)
+        records, has_more = store.list(after, limit, order, owner=None if principal.admin else principal.key_id)
     except KeyError:
         raise APIError(400, "invalid_value", f"after: unknown video id {after!r}", "after") from None
     data = [VideoPublic.from_record(r) for r in records]
@@ -101,23 +167,24 @@ def list_videos(
                      has_more=has_more)
 
 
-def _get_or_404(store: JobStore, video_id: str) -> JobRecord:
+def _get_or_404(store: JobStore, video_id: str, principal: Principal) -> JobRecord:
+    """The job, if it exists and the caller may see it; another key's job reads as unknown."""
     record = store.get(video_id)
-    if record is None:
+    if record is None or not principal.may_see(record.owner):
         raise APIError(404, "video_not_found", f"no video with id {video_id!r}", "video_id")
     return record
 
 
 @router.get("/{video_id}", response_model=VideoPublic, summary="Get a video job")
-def get_video(video_id: str, store: StoreDep) -> VideoPublic:
-    return VideoPublic.from_record(_get_or_404(store, video_id))
+def get_video(video_id: str, store: StoreDep, principal: PrincipalDep) -> VideoPublic:
+    return VideoPublic.from_record(_get_or_404(store, video_id, principal))
 
 
 @router.delete("/{video_id}", response_model=VideoDeletedPublic, summary="Cancel a video job and delete its MP4")
-def delete_video(video_id: str, store: StoreDep, ctx: ContextDep) -> VideoDeletedPublic:
+def delete_video(video_id: str, store: StoreDep, ctx: ContextDep, principal: PrincipalDep) -> VideoDeletedPublic:
     """A queued job is cancelled at once; a running job stops between denoising steps (``status``
     stays ``in_progress`` with ``cancel_requested`` until the worker stops); the MP4 is removed."""
-    _get_or_404(store, video_id)
+    _get_or_404(store, video_id, principal)
     requested_at = time.time()
     record = store.request_cancel(video_id)
     ctx.metrics.observe_cancel(record, requested_at)  # counts a job cancelled while queued, once
@@ -133,11 +200,12 @@ def delete_video(video_id: str, store: StoreDep, ctx: ContextDep) -> VideoDelete
 def get_video_content(
     video_id: str,
     store: StoreDep,
+    principal: PrincipalDep,
     variant: Annotated[str, Query(description="Only 'video' is available.")] = "video",
 ) -> StreamingResponse:
     if variant != "video":
         raise APIError(400, "invalid_value", f"variant: only 'video' is available, got {variant!r}", "variant")
-    record = _get_or_404(store, video_id)
+    record = _get_or_404(store, video_id, principal)
     if record.status != "completed":
         raise APIError(409, "video_not_ready", f"video {video_id} is {record.status}, not completed", "video_id")
     if record.expires_at is not None and record.expires_at <= time.time():

@@ -48,7 +48,8 @@ def test_server_readyz_follows_worker_heartbeats(api_server, store):
 @pytest.fixture
 def sweeping_server(redis_url, redis_client, output_dir, tmp_path):
     """A server of its own whose maintenance pass runs twice a second."""
-    server = start_api_server(redis_url, output_dir, tmp_path / "api.log", SVG2_MAINTENANCE_INTERVAL_S="0.5")
+    server = start_api_server(redis_url, output_dir, tmp_path / "api.log", SVG2_MAINTENANCE_INTERVAL_S="0.5",
+                              SVG2_MAX_ATTEMPTS="1")  # no re-queue: the first loss is final
     yield server
     stop_process(server.process)
 

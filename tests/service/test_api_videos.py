@@ -160,7 +160,10 @@ def test_readyz_reports_redis_down(output_dir):
     with TestClient(create_app(settings)) as c:
         resp = c.get("/readyz")
         assert resp.status_code == 503 and resp.json()["status"] == "unavailable"
-        assert_error(c.post("/v1/videos", json={"prompt": "x"}), 503, None, "Redis")  # not a bare 500
+        # Auth on: the key lookup itself meets the dead Redis and answers 503 (not 401, not a bare 500).
+        resp = c.post("/v1/videos", json={"prompt": "x"}, headers={"Authorization": "Bearer svg2_x"})
+        assert_error(resp, 503, None, "Redis")
+        assert resp.json()["error"]["code"] == "unavailable" and resp.headers["retry-after"]
         assert c.get("/healthz").status_code == 200
 
 
