@@ -1,0 +1,364 @@
+"""End-to-end speed of svg2 in real diffusers transformers: one denoising step, dense vs sparse.
+
+    python bench/bench_pipeline_step.py --out DIR            # GPU: the three models below
+    python bench/bench_pipeline_step.py --smoke --out DIR    # CPU: tiny shapes, checks the script
+
+Per model, a full-width transformer is built from the real diffusers config with random weights,
+directly on the GPU in bf16 (``torch.device("cuda")`` as default device: no slow CPU init), with fewer
+blocks than the real model where noted (``layers`` in the results; per-block time is the same in
+every block of a model, so step time scales linearly with the block count and the projection
+multiplies up to the real count). ``apply_svg2`` routes its self-attention; then, in one process:
+
+1. dense: the svg2 processors in ``dense`` mode, i.e. the stock attention call through diffusers'
+   ``dispatch_attention_fn`` (SDPA; backends in the priority cuDNN, flash, efficient, math for every
+   run). One warm-up forward, then timed forwards; the session's accounting gives the time of the
+   routed attention calls (CUDA events around each), hence the attention share of the dense step.
+2. sparse at each density (``fixed_density`` mode; random weights give near-uniform attention, so
+   top-p would find little sparsity): one cold forward (k-means from scratch, 50 iterations), then
+   timed warm forwards (2 iterations from the cached centroids). No dense warm-up and no dense
+   layers here: this is the time of a sparse step.
+3. per-step speedup, Amdahl ideal ``1 / ((1 - share) + share * density)`` with the achieved mean
+   density, fraction of ideal achieved; a kernel-level profile (torch.profiler) of one warm dense and
+   one warm sparse forward, by category (attention, svg2 clustering / selection / permutation, rest).
+4. projected end-to-end speedup: 50 steps x CFG passes, 20% dense warm-up, all blocks, plus the VAE
+   decode (measured for Wan 480p with a random-weight Wan VAE; the others scaled by pixels x frames:
+   an estimate, marked as such). Prompt encoding is left out (well under 1% of a job).
+
+Both runs are eager with the same modules and kernels except the attention call. Writes
+``pipeline_step_<card>.json`` and ``.md`` under ``--out`` (after every model, so a run cut short
+keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from svg2core import SVG2Config  # noqa: E402
+from svg2core.integration import SparsityPlan, apply_svg2, svg2_session  # noqa: E402
+
+STEPS, WARMUP_FRACTION = 50, 0.2
+
+# name: transformer class, config, bench layers, real layers, latent (C, F, H, W), text tokens, CFG
+# passes, VAE pixels x frames. Configs: the diffusers-format configs of the public checkpoints.
+WAN_13B = dict(patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16,
+               out_channels=16, text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30,
+               cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+WAN_14B = {**WAN_13B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
+HUNYUAN = dict(in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128,
+               num_layers=20, num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2,
+               patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True, text_embed_dim=4096,
+               pooled_projection_dim=768, rope_theta=256.0, rope_axes_dim=(16, 56, 56))
+
+MODELS = {
+    "wan2.1-1.3b-480p": dict(kind="wan", config=WAN_13B, layers=30, latent=(16, 21, 60, 104), text=512,
+                             passes=2, clusters=(100, 500), vae_pixels=(81, 480, 832)),
+    "hunyuanvideo-720p": dict(kind="hunyuan", config=HUNYUAN, layers=(2, 4), latent=(16, 33, 90, 160),
+                              text=256, passes=1, clusters=(400, 1000), vae_pixels=(129, 720, 1280)),
+    "wan2.1-14b-720p": dict(kind="wan", config=WAN_14B, layers=4, latent=(16, 21, 90, 160), text=512,
+                            passes=2, clusters=(300, 1000), vae_pixels=(81, 720, 1280)),
+}
+SMOKE = {
+    "smoke-wan": dict(kind="wan", config={**WAN_13B, "num_attention_heads": 2, "attention_head_dim": 64,
+                                          "ffn_dim": 64, "text_dim": 32, "freq_dim": 32, "num_layers": 3,
+                                          "in_channels": 4, "out_channels": 4},
+                      layers=2, latent=(4, 3, 8, 8), text=8, passes=2, clusters=(8, 16), vae_pixels=(9, 64, 64)),
+    "smoke-hunyuan": dict(kind="hunyuan", config={**HUNYUAN, "num_attention_heads": 2, "attention_head_dim": 64,
+                                                  "num_layers": 2, "num_single_layers": 2, "num_refiner_layers": 1,
+                                                  "text_embed_dim": 32, "pooled_projection_dim": 16,
+                                                  "in_channels": 4, "out_channels": 4, "rope_axes_dim": (16, 24, 24)},
+                          layers=(1, 1), latent=(4, 3, 8, 8), text=8, passes=1, clusters=(8, 16),
+                          vae_pixels=(9, 64, 64)),
+}
+
+
+def build(spec: dict, device: torch.device, dtype: torch.dtype):
+    """(transformer, forward kwargs, bench block count, real block count) at the model's full width."""
+    from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
+
+    cfg = dict(spec["config"])
+    c, f, h, w = spec["latent"]
+    if spec["kind"] == "wan":
+        real = cfg["num_layers"]
+        cfg["num_layers"] = bench = spec["layers"]
+        cls = WanTransformer3DModel
+    else:
+        real = cfg["num_layers"] + cfg["num_single_layers"]
+        cfg["num_layers"], cfg["num_single_layers"] = spec["layers"]
+        bench = sum(spec["layers"])
+        cls = HunyuanVideoTransformer3DModel
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:  # parameters are created (and randomly initialised) on the GPU
+            model = cls(**cfg).eval().requires_grad_(False)
+    finally:
+        torch.set_default_dtype(old)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
+
+    kwargs = dict(hidden_states=randn(1, c, f, h, w), timestep=torch.tensor([500.0], device=device),
+                  encoder_hidden_states=randn(1, spec["text"], cfg.get("text_dim", cfg.get("text_embed_dim"))),
+                  return_dict=False)
+    if spec["kind"] == "hunyuan":
+        mask = torch.ones(1, spec["text"], dtype=torch.int64, device=device)
+        mask[:, spec["text"] * 3 // 4:] = 0  # a padded prompt, as real prompts are
+        kwargs.update(encoder_attention_mask=mask, pooled_projections=randn(1, cfg["pooled_projection_dim"]),
+                      guidance=torch.tensor([6000.0], device=device))
+    return model, kwargs, bench, real
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_forwards(model, kwargs, n: int, device) -> list[float]:
+    """Seconds of ``n`` forwards (each synchronised: CUDA events on GPU, wall clock on CPU)."""
+    out = []
+    for _ in range(n):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(**kwargs)
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / 1000.0)
+        else:
+            t = time.perf_counter()
+            model(**kwargs)
+            out.append(time.perf_counter() - t)
+    return out
+
+
+CATEGORIES = (  # first match wins; kernel names of svg2core.ops and of SDPA / cuDNN backends
+    ("svg2_attention_kernel", ("sparse_attn",)),
+    ("svg2_kmeans", ("kmeans",)),
+    ("svg2_select", ("cluster_logits", "_select")),
+    ("svg2_permute", ("gather_kv", "histogram", "counting_scatter", "sort", "cumsum", "scan")),
+    ("dense_attention", ("flash", "fmha", "cudnn", "attention", "sdpa", "efficient")),
+    ("gemm", ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul")),
+)
+
+
+def kernel_profile(model, kwargs, device) -> dict:
+    """GPU kernel time of one forward by category (torch.profiler), seconds."""
+    if device.type != "cuda":
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        model(**kwargs)
+        sync(device)
+    totals: dict[str, float] = {}
+    for evt in prof.key_averages():
+        t = getattr(evt, "self_device_time_total", 0) or 0
+        if t <= 0:
+            continue
+        name = evt.key.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other")
+        totals[cat] = totals.get(cat, 0.0) + t / 1e6
+    totals["total"] = sum(totals.values())
+    return {k: round(v, 5) for k, v in totals.items()}
+
+
+def vae_decode_seconds(device, dtype, smoke: bool) -> float | None:
+    """Measured: one decode of a 480p 81-frame latent by a random-weight Wan 2.1 VAE (real config)."""
+    if smoke or device.type != "cuda":
+        return None
+    from diffusers import AutoencoderKLWan
+
+    with device:
+        vae = AutoencoderKLWan().to(dtype=torch.float32).eval().requires_grad_(False)
+    z = torch.randn(1, 16, 21, 60, 104, device=device)
+    with torch.inference_mode():
+        vae.decode(z[:, :, :2])  # warm-up (cuDNN conv plans)
+        sync(device)
+        t = time.perf_counter()
+        vae.decode(z)
+        sync(device)
+        seconds = time.perf_counter() - t
+    del vae
+    torch.cuda.empty_cache()
+    return seconds
+
+
+def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_480p: float | None,
+                sdpa_ctx) -> dict:
+    t0 = time.perf_counter()
+    model, kwargs, layers, real_layers = build(spec, device, dtype)
+    apply_svg2(model, estimate_savings=device.type == "cuda")
+    res: dict = {"model": name, "layers": layers, "real_layers": real_layers, "latent": spec["latent"],
+                 "text_tokens": spec["text"], "cfg_passes": spec["passes"],
+                 "build_seconds": round(time.perf_counter() - t0, 2)}
+    cq, ck = spec["clusters"]
+    with torch.inference_mode(), sdpa_ctx():
+        dense_plan = SparsityPlan(SVG2Config(mode="dense"))
+        with svg2_session(model, dense_plan, num_inference_steps=100):
+            model(**kwargs)  # warm-up: cuDNN plans, allocator
+        sync(device)
+        with svg2_session(model, dense_plan, num_inference_steps=100) as s:
+            dense_times = timed_forwards(model, kwargs, reps, device)
+        dm = s.metrics()
+        dense_step = statistics.median(dense_times)
+        attn_share = dm["dense_attention_seconds"] / sum(dm["step_transformer_seconds"])
+        res["dense"] = {"step_seconds": dense_times, "attention_share": round(attn_share, 4),
+                        "attention_seconds_per_step": dm["dense_attention_seconds"] / reps,
+                        "kernel_profile": kernel_profile(model, kwargs, device)}
+        res["sparse"] = []
+        for density in densities:
+            cfg = SVG2Config(mode="fixed_density", target_density=density, num_q_clusters=cq, num_k_clusters=ck,
+                             kmeans_iters_init=50, kmeans_iters=2)
+            with svg2_session(model, SparsityPlan(cfg), num_inference_steps=100) as s:
+                cold = timed_forwards(model, kwargs, 1, device)[0]
+                warm = timed_forwards(model, kwargs, reps, device)
+                profile = kernel_profile(model, kwargs, device)
+            sm = s.metrics()
+            # per-call attention time of the warm timed forwards only (the session's CUDA events)
+            warm_calls = [t.read() for _, t in s.accounting._sparse_timers[layers:layers * (1 + reps)]]
+            step = statistics.median(warm)
+            d = sm["mean_density_sparse"]
+            ideal = 1.0 / ((1.0 - attn_share) + attn_share * d)
+            speedup = dense_step / step
+            calls = sm["sparse_calls"]
+            entry = {
+                "target_density": density, "achieved_density": round(d, 4), "cold_step_seconds": cold,
+                "step_seconds": warm, "speedup": round(speedup, 3), "amdahl_ideal": round(ideal, 3),
+                "fraction_of_ideal": round(speedup / ideal, 3),
+                # per-call attention (clustering + selection + permutation + kernel) vs dense SDPA,
+                # from the session's CUDA events, warm calls
+                "sparse_attention_seconds_per_call": statistics.mean(warm_calls),
+                "sparse_calls": calls,
+                "dense_attention_seconds_per_call": dm["dense_attention_seconds"] / (reps * layers),
+                "calibrated_sdpa_seconds_per_call": (sm["estimated_dense_attention_seconds_for_sparse_calls"] / calls
+                                                     if sm["estimated_dense_attention_seconds_for_sparse_calls"]
+                                                     else None),
+                "kernel_profile": profile,
+            }
+            entry["attention_time_ratio"] = round(entry["sparse_attention_seconds_per_call"]
+                                                  / entry["dense_attention_seconds_per_call"], 3)
+            entry["end_to_end"] = project(dense_step, step, layers, real_layers, spec, vae_480p)
+            res["sparse"].append(entry)
+            print(f"  {name} density {density}: achieved {d:.3f}, step {step * 1e3:.1f} ms vs dense "
+                  f"{dense_step * 1e3:.1f} ms -> {speedup:.2f}x (ideal {ideal:.2f}x, share {attn_share:.2f}); "
+                  f"e2e {entry['end_to_end']['speedup']:.2f}x", flush=True)
+    del model, kwargs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def project(dense_step: float, sparse_step: float, layers: int, real_layers: int, spec: dict,
+            vae_480p: float | None) -> dict:
+    """Projected job time: 50 steps x CFG passes at the real block count, 20% dense warm-up, + VAE."""
+    scale = real_layers / layers
+    passes = spec["passes"]
+    warm = round(WARMUP_FRACTION * STEPS)
+    dense_fwd, sparse_fwd = dense_step * scale, sparse_step * scale
+    vae, vae_source = None, "none"
+    if vae_480p is not None:
+        f, h, w = spec["vae_pixels"]
+        vae = vae_480p * (f * h * w) / (81 * 480 * 832)
+        vae_source = "measured (Wan VAE, 480p 81 frames)" if (f, h, w) == (81, 480, 832) else \
+            "estimated: Wan VAE 480p measurement x pixels x frames"
+    dense_job = STEPS * passes * dense_fwd + (vae or 0.0)
+    sparse_job = (warm * passes * dense_fwd + (STEPS - warm) * passes * sparse_fwd + (vae or 0.0))
+    return {"dense_job_seconds": round(dense_job, 2), "sparse_job_seconds": round(sparse_job, 2),
+            "speedup": round(dense_job / sparse_job, 3), "vae_decode_seconds": vae, "vae_source": vae_source,
+            "transformer_only_speedup": round(STEPS * dense_fwd / (warm * dense_fwd + (STEPS - warm) * sparse_fwd), 3)}
+
+
+def card_name(device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    return torch.cuda.get_device_name(device).replace("NVIDIA ", "").replace(" ", "_").lower()
+
+
+def write_markdown(path: str, results: dict) -> None:
+    lines = [f"# One denoising step, dense vs svg2 ({results['card']})", "",
+             f"torch {results['torch']}, {results['dtype']}, eager, random weights, `fixed_density` mode "
+             "(random weights give near-uniform attention: top-p would find little sparsity). Dense = "
+             "SDPA via diffusers' dispatch (priority cuDNN > flash > efficient > math). Warm k-means "
+             "(2 iterations from cached centroids; the cold first call excluded). Blocks: bench / real.",
+             "",
+             "| model | blocks | attn share (dense) | density | dense step | sparse step | speedup | Amdahl ideal | "
+             "of ideal | attn time sparse/dense | e2e 50 steps, 20% warm-up, + VAE |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["models"]:
+        for s in r["sparse"]:
+            e2e = s["end_to_end"]
+            lines.append(
+                f"| {r['model']} | {r['layers']} / {r['real_layers']} | {r['dense']['attention_share']:.2f} | "
+                f"{s['target_density']:.2f} (achieved {s['achieved_density']:.3f}) | "
+                f"{statistics.median(r['dense']['step_seconds']) * 1e3:.0f} ms | "
+                f"{statistics.median(s['step_seconds']) * 1e3:.0f} ms | {s['speedup']:.2f}x | "
+                f"{s['amdahl_ideal']:.2f}x | {s['fraction_of_ideal']:.2f} | {s['attention_time_ratio']:.2f} | "
+                f"{e2e['speedup']:.2f}x (VAE {e2e['vae_source']}) |")
+    lines += ["", "Kernel time of one warm forward by category (seconds, torch.profiler):", ""]
+    for r in results["models"]:
+        lines.append(f"- {r['model']} dense: {r['dense']['kernel_profile']}")
+        for s in r["sparse"]:
+            lines.append(f"- {r['model']} sparse {s['target_density']}: {s['kernel_profile']}")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
+    parser.add_argument("--models", default=None, help="comma-separated subset")
+    parser.add_argument("--densities", default="0.15,0.25")
+    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--time-budget-s", type=float, default=420.0, help="skip models that would start later")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+    device = torch.device("cpu" if args.smoke else "cuda")
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    models = SMOKE if args.smoke else MODELS
+    if args.models:
+        models = {k: models[k] for k in args.models.split(",")}
+    densities = [float(x) for x in args.densities.split(",")]
+    if device.type == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                 SDPBackend.MATH]
+
+        def sdpa_ctx():
+            return sdpa_kernel(order, set_priority=True)
+    else:
+        sdpa_ctx = nullcontext
+    card = card_name(device)
+    results = {"card": card, "torch": torch.__version__, "dtype": str(dtype), "models": [], "skipped": []}
+    vae = vae_decode_seconds(device, dtype, args.smoke)
+    results["vae_decode_seconds_wan_480p_81f"] = vae
+    print(f"card {card}; VAE decode (Wan 480p 81 frames): {vae}", flush=True)
+    stem = os.path.join(args.out, f"pipeline_step_{card}")
+    for name, spec in models.items():
+        if time.perf_counter() - start > args.time_budget_s:
+            results["skipped"].append(name)
+            continue
+        results["models"].append(bench_model(name, spec, device, dtype, densities, args.reps, vae, sdpa_ctx))
+        results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
+        with open(stem + ".json", "w") as fh:
+            json.dump(results, fh, indent=1)
+        write_markdown(stem + ".md", results)
+    print(open(stem + ".md").read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
