@@ -44,6 +44,12 @@ class WorkerSettings(BaseSettings):
     heartbeat_interval_s: float = Field(5.0, gt=0.0, description="Seconds between liveness heartbeats.")
     heartbeat_ttl_s: float = Field(30.0, gt=0.0, description="A heartbeat older than this means the worker is gone.")
     log_level: str = Field("INFO", description="Python logging level of the worker.")
+    max_attempts: int = Field(
+        3, ge=1, description="Starts a job may have; a job stopped mid-run is re-queued until this many.")
+    shutdown_grace_s: float = Field(
+        90.0, ge=0.0,
+        description="After SIGTERM, how long the running job may go on before it is stopped and re-queued "
+        "(0: wait for it however long it takes).")
 
     @field_validator("queues", mode="before")
     @classmethod

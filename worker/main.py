@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -107,12 +108,28 @@ class VideoWorker(SimpleWorker):
     """
 
     def __init__(
-        self, queues, *, runner: JobRunner, state: WorkerState, heartbeat: HeartbeatThread, **kwargs
+        self, queues, *, runner: JobRunner, state: WorkerState, heartbeat: HeartbeatThread,
+        shutdown_grace_s: float = 0.0, **kwargs
     ) -> None:
         super().__init__(queues, **kwargs)
         self.svg2_runner = runner
         self.svg2_state = state
         self.svg2_heartbeat = heartbeat
+        self.svg2_shutdown_grace_s = shutdown_grace_s
+        self.svg2_stopping = False
+        self.svg2_interrupted_job: str | None = None  # a job whose run ended in a Redis error
+
+    def request_stop(self, signum, frame):
+        """Warm shutdown (first SIGTERM/SIGINT): the running job may finish within
+        ``shutdown_grace_s``; then a second signal to ourselves turns it into rq's cold shutdown,
+        in which the runner re-queues the job (or fails it with ``worker_shutdown`` past its attempts)."""
+        self.svg2_stopping = True
+        if self.svg2_shutdown_grace_s > 0 and self.svg2_state.current_job is not None:
+            # rq ignores a second signal within 1 s of the first
+            timer = threading.Timer(max(self.svg2_shutdown_grace_s, 1.5), os.kill, (os.getpid(), signal.SIGTERM))
+            timer.daemon = True
+            timer.start()
+        return super().request_stop(signum, frame)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.svg2_state.current_job = job.id
@@ -121,6 +138,9 @@ class VideoWorker(SimpleWorker):
         try:
             with bind_runner(self.svg2_runner):
                 super().execute_job(job, queue)
+        except redis.RedisError:
+            self.svg2_interrupted_job = job.id  # Redis went away mid-job: re-queued once it is back
+            raise
         finally:
             self.svg2_state.current_job = None
             self.svg2_state.phase = "idle"
@@ -134,7 +154,8 @@ def serve(settings: WorkerSettings) -> int:
     entry = registry.get(settings.model)
     queues = settings.queues or [entry.queue]
     connection = redis.Redis.from_url(settings.redis_url)
-    store = JobStore(connection, settings.output_dir, retention_s=settings.retention_s)
+    store = JobStore(connection, settings.output_dir, retention_s=settings.retention_s,
+                     max_attempts=settings.max_attempts)
     state = WorkerState(model=entry.name, queues=queues, details={"device": settings.device or entry.device})
     heartbeat = HeartbeatThread(
         store, settings.worker_name, state, settings.heartbeat_interval_s, settings.heartbeat_ttl_s
@@ -170,15 +191,36 @@ def serve(settings: WorkerSettings) -> int:
             runner=JobRunner(store, model, settings.worker_name, metrics=metrics),
             state=state,
             heartbeat=heartbeat,
+            shutdown_grace_s=settings.shutdown_grace_s,
         )
-        worker.work(logging_level=settings.log_level.upper())
-        return 0
+        # rq's loop quits on some Redis errors; serve on (reconnecting) until asked to stop.
+        while True:
+            worker.work(logging_level=settings.log_level.upper())
+            if worker.svg2_stopping:
+                return 0
+            log.error("worker %s: the rq loop ended (Redis unreachable?); reconnecting", settings.worker_name)
+            _recover_interrupted_job(store, worker, settings.worker_name)
     finally:
         heartbeat.stop()
         try:
             store.remove_worker(settings.worker_name)
         except redis.RedisError:
             log.warning("could not remove heartbeat of %s", settings.worker_name, exc_info=True)
+
+
+def _recover_interrupted_job(store: JobStore, worker: VideoWorker, name: str, wait_s: float = 1.0) -> None:
+    """Wait until Redis answers, then re-queue (or fail, past its attempts) a job whose run ended in a
+    Redis error: its record may still read in_progress on this live worker, which no sweep recovers."""
+    while not worker.svg2_stopping:
+        try:
+            store.redis.ping()
+            if worker.svg2_interrupted_job is not None:
+                store.requeue_or_fail(worker.svg2_interrupted_job, "internal",
+                                      "the job store was unreachable while the job ran", expect_worker=name)
+                worker.svg2_interrupted_job = None
+            return
+        except redis.RedisError:
+            time.sleep(wait_s)
 
 
 def run() -> None:

@@ -8,7 +8,8 @@ so the worker process stays up and takes the next job.
 
 Error codes: ``invalid_input`` (the spec does not fit the model), ``out_of_memory``
 (``torch.OutOfMemoryError``), ``timeout`` (rq's job timeout), ``worker_shutdown`` (the process was
-stopped mid-job), ``internal`` (anything else; the traceback goes to the worker log).
+stopped mid-job and the job has no attempts left; otherwise it is re-queued), ``output_unwritable``
+(the MP4 could not be written: disk full, read-only or missing output directory), ``internal`` (anything else; the traceback goes to the worker log).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gc
 import logging
 import time
 
+import av
 import torch
 from rq.timeouts import JobTimeoutException
 
@@ -27,6 +29,10 @@ from worker.store import JobStore
 from worker.video import write_mp4
 
 log = logging.getLogger(__name__)
+
+
+class OutputUnwritable(RuntimeError):
+    """The MP4 could not be written (disk full, read-only or missing output directory)."""
 
 
 class JobRunner:
@@ -88,12 +94,15 @@ class JobRunner:
             )
             metrics.update(result.metrics)
             write_start = time.perf_counter()
-            metrics["output_bytes"] = write_mp4(
-                result.frames,
-                self.store.video_path(video_id),
-                fps=spec.fps,
-                tmp_path=self.store.temp_video_path(video_id),
-            )
+            try:
+                metrics["output_bytes"] = write_mp4(
+                    result.frames,
+                    self.store.video_path(video_id),
+                    fps=spec.fps,
+                    tmp_path=self.store.temp_video_path(video_id),
+                )
+            except (OSError, av.FFmpegError) as exc:  # disk full, unwritable or missing output directory
+                raise OutputUnwritable(f"cannot write the video to {self.store.output_dir}: {exc}") from exc
             metrics["write_seconds"] = time.perf_counter() - write_start
         except JobCancelled:
             log.info("job %s: cancelled between denoising steps", video_id)
@@ -101,13 +110,19 @@ class JobRunner:
             return "cancelled"
         except InvalidJobInput as exc:
             return self._fail(video_id, "invalid_input", str(exc), metrics)
+        except OutputUnwritable as exc:  # write_mp4 removed its temp file: nothing looks complete
+            return self._fail(video_id, "output_unwritable", str(exc), metrics)
         except torch.OutOfMemoryError as exc:
             self._release_memory()
             return self._fail(video_id, "out_of_memory", f"out of device memory: {exc}", metrics)
         except JobTimeoutException as exc:
             return self._fail(video_id, "timeout", f"job exceeded its time limit: {exc}", metrics)
         except (KeyboardInterrupt, SystemExit):
-            self._fail(video_id, "worker_shutdown", "the worker was stopped while running this job", metrics)
+            # Stopped mid-job (cold shutdown): another worker takes it while it has attempts left.
+            final = self.store.requeue_or_fail(video_id, "worker_shutdown",
+                                               "the worker was stopped while running this job",
+                                               expect_worker=self.worker_name)
+            log.warning("job %s: worker stopped mid-job; job %s", video_id, final)
             raise
         except Exception as exc:
             log.exception("job %s: failed", video_id)

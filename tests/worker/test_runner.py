@@ -171,6 +171,7 @@ def test_runner_records_every_finished_job_in_the_worker_metrics(store, tiny_mod
 
 
 def test_cold_shutdown_mid_job_marks_it_failed_and_stops_the_worker(store, runner, tiny_model, tiny_spec):
+    store.max_attempts = 1  # no attempts left: failed (with attempts left it is re-queued, see test_faults)
     job = store.create(tiny_spec(num_frames=5, num_inference_steps=3), "tiny")
 
     def second_signal(call: int) -> None:  # rq's cold-shutdown handler raises SystemExit in the job
