@@ -98,3 +98,23 @@ ensure_redis() {
     log "redis-server did not answer on port $port"
     return 1
 }
+
+# Install Prometheus (the `prometheus` and `promtool` binaries the observability tests run) when it
+# is missing and apt-get can install it (root only). Never fails: without it those tests skip and
+# say why.
+ensure_prometheus() {
+    if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+        return 0
+    fi
+    if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+        log "installing prometheus (apt-get)"
+        if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            prometheus >/dev/null; then
+            return 0
+        fi
+        log "apt-get could not install prometheus; the Prometheus tests will be skipped"
+    else
+        log "prometheus is not installed (needs root and apt-get); the Prometheus tests will be skipped"
+    fi
+    return 0
+}

@@ -6,6 +6,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_env
 SVG2_REDIS_URL="${SVG2_TEST_REDIS_URL:-redis://127.0.0.1:6379/15}" ensure_redis
+ensure_prometheus
 cd "$REPO_ROOT"
 log "ruff check"
 ruff check .

@@ -37,3 +37,42 @@ def test_redis_url_is_split_into_host_and_port():
     assert out == ["10.1.2.3", "6390"]
     assert _lib("unset SVG2_REDIS_URL; redis_host_port").stdout.split() == ["127.0.0.1", "6379"]
 
+
+
+def _fake_bin(directory: Path, *names: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        path = directory / name
+        path.write_text(f"#!/bin/sh\necho {name} \"$@\" >> \"{directory}/calls\"\n")
+        path.chmod(0o755)
+
+
+def test_ensure_prometheus_leaves_an_installed_prometheus_alone(tmp_path):
+    bin_dir = tmp_path / "bin"
+    _fake_bin(bin_dir, "prometheus", "promtool", "apt-get")
+    result = _lib("ensure_prometheus", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert not (bin_dir / "calls").exists()  # neither apt-get nor anything else ran
+
+
+def test_ensure_prometheus_installs_with_apt_get_when_missing_and_never_fails(tmp_path):
+    import os
+    import shutil
+
+    bin_dir = tmp_path / "bin"  # the only PATH: no prometheus, a fake apt-get, an `id` answering as root
+    _fake_bin(bin_dir, "apt-get", "id")
+    (bin_dir / "id").write_text("#!/bin/sh\necho 0\n")
+    for tool in ("bash", "dirname"):  # the shell itself, and lib.sh finds the repo with dirname
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(bin_dir), "HOME": os.environ.get("HOME", "/")}
+    result = _lib("ensure_prometheus", env=env)
+    assert result.returncode == 0, result.stderr
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert calls[0] == "apt-get update -qq"
+    assert calls[1].startswith("apt-get install -y -qq --no-install-recommends prometheus")
+
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")  # not root: no install, a reason, still rc 0
+    (bin_dir / "calls").unlink()
+    result = _lib("ensure_prometheus", env=env)
+    assert result.returncode == 0 and "skipped" in result.stderr
+    assert not (bin_dir / "calls").exists()
