@@ -25,6 +25,18 @@ def test_generate_writes_the_requested_clip_and_prints_metrics(tmp_path, capsys)
         assert float(stream.average_rate) == 12.0
 
 
+def test_generate_with_a_sparsity_preset_prints_the_sparse_attention_figures(tmp_path, capsys):
+    out = tmp_path / "fox.mp4"
+    code = main(["generate", "--model", "tiny", "--prompt", "a red fox", "--num-frames", "5", "--steps", "3",
+                 "--sparsity", "balanced", "--out", str(out)])
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["attention"] == "svg2"
+    s = metrics["sparsity"]
+    assert s["warmup_steps"] == 1 and s["sparse_calls"] > 0 and 0 < s["mean_density_sparse"] < 1
+    assert s["attention_calls"] == s["dense_calls"] + s["sparse_calls"] + s["skipped_calls"]
+
+
 def test_bad_request_names_the_field_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "x.mp4"
     assert main(["generate", "--prompt", "x", "--size", "100x64", "--out", str(out)]) == 2

@@ -1,0 +1,135 @@
+"""svg2 in the worker: jobs through ``generate()`` on the tiny model (head dim 64, reference backend on
+CPU) run the sparse path under their own budget, and a real worker process reports the figures."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from worker.pipelines.run import generate
+
+SPARSE_NOW = {"dense_warmup_steps": 0, "dense_layers": 0}  # every call sparse
+
+
+def _run(model, spec):
+    return generate(model.pipeline, spec, call_kwargs=model.call_kwargs)
+
+
+def test_top_p_1_gives_the_dense_output(tiny_model, tiny_spec):
+    dense = _run(tiny_model, tiny_spec(num_frames=5, num_inference_steps=2, sparsity="dense"))
+    full = _run(tiny_model, tiny_spec(num_frames=5, num_inference_steps=2,
+                                      sparsity={"preset": "balanced", "top_p": 1.0, **SPARSE_NOW}))
+    assert dense.metrics["attention"] == "dense" and full.metrics["attention"] == "svg2"
+    s = full.metrics["sparsity"]
+    assert s["sparse_calls"] == s["attention_calls"] == 2 * 2 * 2  # steps x CFG branches x layers
+    assert s["mean_density_sparse"] == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(full.frames, dense.frames, atol=2e-3)
+
+
+def test_a_budget_below_1_reports_its_density_and_gives_finite_frames(tiny_model, tiny_spec):
+    result = _run(tiny_model, tiny_spec(num_frames=5, num_inference_steps=2,
+                                        sparsity={"preset": "fast", "max_density": 0.3, **SPARSE_NOW}))
+    s = result.metrics["sparsity"]
+    assert s["sparse_calls"] == 8 and s["dense_calls"] == 0
+    assert 0 < s["mean_density_sparse"] < 1 and s["attention_flops_ratio"] < 1
+    assert s["attention_flops"] < s["attention_flops_dense_equivalent"]
+    assert np.isfinite(result.frames).all()
+    dense = _run(tiny_model, tiny_spec(num_frames=5, num_inference_steps=2, sparsity="dense"))
+    assert not np.allclose(result.frames, dense.frames, atol=1e-4)  # the budget changed the output
+
+
+def test_warmup_steps_and_dense_layers_run_dense_and_are_counted(tiny_model, tiny_spec):
+    spec = tiny_spec(num_frames=5, num_inference_steps=4,
+                     sparsity={"preset": "balanced", "dense_warmup_steps": 2, "dense_layers": 1})
+    s = _run(tiny_model, spec).metrics["sparsity"]
+    # 4 steps x 2 CFG branches x 2 layers = 16 calls: steps 0-1 dense (warm-up), then layer 0 dense.
+    assert s["attention_calls"] == 16 and s["transformer_forwards"] == 8
+    assert s["dense_calls_warmup"] == 8 and s["dense_calls_dense_layers"] == 4 and s["sparse_calls"] == 4
+    assert s["warmup_steps"] == 2 and s["dense_layers"] == 1 and s["branches"] == ["cond", "uncond"]
+    assert len(s["step_transformer_seconds"]) == 4
+    assert 0 < s["mean_density_sparse"] <= 1
+    assert s["mean_density_overall"] == pytest.approx((s["mean_density_sparse"] * 4 + 12) / 16)
+    assert s["sparse_attention_seconds"] > 0 and s["dense_attention_seconds"] > 0
+    assert s["estimated_attention_seconds_saved"] is None  # no dense calibration on CPU
+
+
+def test_back_to_back_jobs_with_different_budgets_do_not_affect_each_other(tiny_model, tiny_spec):
+    tight = tiny_spec(num_frames=5, num_inference_steps=2, sparsity={"preset": "fast", "top_p": 0.3, **SPARSE_NOW})
+    loose = tiny_spec(num_frames=5, num_inference_steps=2, seed=7,
+                      sparsity={"preset": "quality", "top_p": 0.99, **SPARSE_NOW})
+    first = _run(tiny_model, tight)
+    other = _run(tiny_model, loose)
+    again = _run(tiny_model, tight)
+    assert np.array_equal(first.frames, again.frames)
+    assert first.metrics["sparsity"]["mean_density_sparse"] == again.metrics["sparsity"]["mean_density_sparse"]
+    assert other.metrics["sparsity"]["mean_density_sparse"] > first.metrics["sparsity"]["mean_density_sparse"]
+
+
+def test_removing_svg2_restores_the_stock_dense_pipeline(registry, tiny_spec):
+    from svg2core.integration import find_svg2, remove_svg2
+    from worker.pipelines.loading import load_model
+    from worker.pipelines.tiny import build_tiny_pipeline
+
+    model = load_model(registry.get("tiny"), device="cpu")  # its own copy: the shared one stays applied
+    assert find_svg2(model.pipeline) is model.svg2 is not None
+    spec = tiny_spec(num_frames=5, num_inference_steps=2, sparsity={"preset": "fast", **SPARSE_NOW})
+    sparse = _run(model, spec)
+    remove_svg2(model.pipeline)
+    assert find_svg2(model.pipeline) is None
+    restored = _run(model, spec)
+    assert restored.metrics["attention"] == "dense" and restored.metrics["sparsity"] is None
+
+    stock = build_tiny_pipeline()  # never had svg2
+    stock.set_progress_bar_config(disable=True)
+    expected = generate(stock, spec, call_kwargs=model.call_kwargs)
+    assert np.array_equal(restored.frames, expected.frames)
+    assert not np.array_equal(sparse.frames, expected.frames)
+
+
+def test_registry_option_svg2_false_keeps_the_stock_processors(registry, tiny_spec):
+    from worker.pipelines.loading import load_model
+
+    entry = registry.get("tiny").model_copy(update={"options": {"svg2": False}})
+    model = load_model(entry, device="cpu")
+    assert model.svg2 is None
+    result = _run(model, tiny_spec(num_frames=5, num_inference_steps=1))
+    assert result.metrics["attention"] == "dense" and result.metrics["sparsity"] is None
+
+
+def _wait_terminal(client, video_id: str, timeout_s: float = 120.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        video = client.get(f"/v1/videos/{video_id}").json()
+        if video["status"] in ("completed", "failed", "cancelled"):
+            return video
+        time.sleep(0.1)
+    raise AssertionError(f"video {video_id} not finished within {timeout_s} s")
+
+
+def test_a_worker_process_reports_density_through_the_api(client, start_worker):
+    worker = start_worker()
+    worker.wait_for("idle")
+    sparse = client.post("/v1/videos", json={"prompt": "a red fox in snow", "model": "tiny", "num_frames": 5,
+                                             "num_inference_steps": 3, "sparsity": "balanced"})
+    dense = client.post("/v1/videos", json={"prompt": "a red fox in snow", "model": "tiny", "num_frames": 5,
+                                            "num_inference_steps": 3, "sparsity": "dense"})
+    assert sparse.status_code == dense.status_code == 201, (sparse.text, dense.text)
+
+    video = _wait_terminal(client, sparse.json()["id"])
+    assert video["status"] == "completed", video
+    m = video["metrics"]
+    assert m["attention"] == "svg2"
+    s = m["sparsity"]
+    assert s["warmup_steps"] == 1 and s["dense_calls_warmup"] == 4  # balanced: 20% of 3 steps
+    assert s["sparse_calls"] == 4 and s["dense_calls_dense_layers"] == 4
+    assert 0 < s["mean_density_sparse"] < 1 and math.isfinite(s["attention_flops_ratio"])
+    assert len(s["step_transformer_seconds"]) == len(m["step_seconds"]) == 3
+
+    video = _wait_terminal(client, dense.json()["id"])
+    assert video["status"] == "completed", video
+    assert video["metrics"]["attention"] == "dense"
+    assert video["metrics"]["sparsity"]["dense_calls_dense_mode"] == 12
+    assert video["metrics"]["sparsity"]["attention_flops_ratio"] == 1.0
