@@ -195,7 +195,10 @@ def serve(settings: WorkerSettings) -> int:
         )
         # rq's loop quits on some Redis errors; serve on (reconnecting) until asked to stop.
         while True:
-            worker.work(logging_level=settings.log_level.upper())
+            try:
+                worker.work(logging_level=settings.log_level.upper())
+            except redis.RedisError:  # rq's own teardown can fail the same way
+                log.warning("worker %s: Redis error in the rq loop", settings.worker_name, exc_info=True)
             if worker.svg2_stopping:
                 return 0
             log.error("worker %s: the rq loop ended (Redis unreachable?); reconnecting", settings.worker_name)
@@ -214,6 +217,7 @@ def _recover_interrupted_job(store: JobStore, worker: VideoWorker, name: str, wa
     while not worker.svg2_stopping:
         try:
             store.redis.ping()
+            worker.register_death()  # rq's teardown could not say it: re-registering would be refused
             if worker.svg2_interrupted_job is not None:
                 store.requeue_or_fail(worker.svg2_interrupted_job, "internal",
                                       "the job store was unreachable while the job ran", expect_worker=name)
