@@ -63,7 +63,8 @@ def test_job_posted_over_http_completes_with_the_requested_video(api_server, sta
     assert download_and_decode(api_server, video["id"]) == (13, 96, 64, 12.0)
     metrics = done["metrics"]
     assert len(metrics["step_seconds"]) == 3
-    assert metrics["worker"] == worker.name and metrics["attention"] == "dense"
+    assert metrics["worker"] == worker.name and metrics["attention"] == "svg2"  # the default preset is sparse
+    assert 0 < metrics["sparsity"]["mean_density_sparse"] <= 1
     assert metrics["queue_wait_seconds"] >= 0 and metrics["run_seconds"] >= metrics["denoise_seconds"] > 0
     assert (metrics["frames"], metrics["width"], metrics["height"]) == (13, 96, 64)
 

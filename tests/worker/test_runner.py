@@ -56,7 +56,8 @@ def test_completed_job_has_its_mp4_and_metrics(store, runner, tiny_spec):
         assert m[key] >= 0, key
     assert m["run_seconds"] >= m["denoise_seconds"]
     assert (m["frames"], m["width"], m["height"]) == (13, 96, 64)
-    assert m["attention"] == "dense" and m["model"] == "tiny" and m["output_bytes"] > 0
+    assert m["attention"] == "svg2" and m["model"] == "tiny" and m["output_bytes"] > 0
+    assert m["sparsity"]["sparse_calls"] > 0 and m["sparsity"]["num_inference_steps"] == 3  # the model's default preset
 
 
 def test_progress_increases_step_by_step(store, runner, tiny_model, tiny_spec):
