@@ -21,6 +21,7 @@ from service.errors import install_error_handlers
 from service.limits import BodySizeLimitMiddleware
 from service.metrics import ApiMetrics, install_metrics
 from service.routes import health, models, videos
+from service.schemas import ERROR_RESPONSES
 from worker.registry import load_registry
 from worker.store import JobStore
 
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Video generation with Sparse VideoGen2 sparse attention (OpenAI video-API shaped).",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.svg2 = ctx
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -62,6 +62,37 @@ class VideoCreate(BaseModel):
         return build_job_spec(registry, **self.model_dump())
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(..., description="Machine-readable code, e.g. invalid_value, rate_limit_exceeded.")
+    message: str
+    param: str | None = Field(..., description="The field at fault, e.g. sparsity.top_p.")
+    type: str = Field(..., description="invalid_request_error, authentication_error, rate_limit_error or "
+                      "server_error.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+
+    error: ErrorDetail
+
+
+#: Documented on every route (the one error shape; 429 and 503 carry Retry-After).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text} for status, text in {
+        400: "Invalid request (the field is named in error.param).",
+        401: "Missing, unknown or revoked API key.",
+        404: "Unknown route or video (another key's video reads as unknown).",
+        405: "Method not allowed.",
+        409: "Conflict (video not completed; Idempotency-Key reused).",
+        410: "The MP4 was deleted or has expired.",
+        413: "Request body too large.",
+        415: "Unsupported content type.",
+        429: "Rate limit or queue cap reached; see Retry-After.",
+        503: "The job store (Redis) is unavailable; see Retry-After.",
+    }.items()
+}
+
+
 class VideoErrorPublic(BaseModel):
     code: str
     message: str

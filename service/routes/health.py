@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from service.deps import ContextDep
 
@@ -16,7 +17,14 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Redis answers and at least one worker is alive")
+class ReadyStatus(BaseModel):
+    status: str = Field(..., description="ready, no_workers or unavailable.")
+    redis: str
+    workers: list[dict]
+
+
+@router.get("/readyz", summary="Redis answers and at least one worker is alive", response_model=ReadyStatus,
+            responses={503: {"model": ReadyStatus, "description": "Not ready: Redis down or no live worker."}})
 def readyz(ctx: ContextDep) -> JSONResponse:
     try:
         ctx.redis.ping()
