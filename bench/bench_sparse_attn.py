@@ -1,6 +1,6 @@
 """GPU benchmark of the variable-block sparse attention kernel (svg2core.ops.sparse_attn).
 
-    python bench/bench_sparse_attn.py --out DIR [--quick] [--no-flex] [--sweep]
+    python bench/bench_sparse_attn.py --out DIR [--quick] [--no-flex] [--sweep] [--config CFG.json]
 
 1. correctness on the GPU vs the fp32 reference (a sample of query rows of two heads), per model;
 2. a config sweep (optional) at Wan 1.3B 480p, 15% density;
@@ -90,10 +90,19 @@ def make_case(h, nv, t, cq, ck, density, dtype, seed, dev="cuda"):
     return args, kpm, stats
 
 
-def tile_waste(args, block_m: int, block_n: int) -> dict:
+def padded_query_rows(q_sizes: torch.Tensor, block_m: int, tail_m: int = 0) -> torch.Tensor:
+    """Computed query rows per cluster: BLOCK_M tiles, except a remainder of 1..tail_m rows in one tail_m tile."""
+    full = torch.floor(q_sizes / block_m)
+    rem = q_sizes - full * block_m
+    tail = torch.where((rem > 0) & (rem <= tail_m), torch.full_like(rem, tail_m),
+                       torch.where(rem > 0, torch.full_like(rem, block_m), torch.zeros_like(rem)))
+    return full * block_m + tail
+
+
+def tile_waste(args, block_m: int, block_n: int, tail_m: int = 0) -> dict:
     """Share of computed (padded) tile pairs that are real pairs: query-tile and key-tile padding."""
     q_sizes = (args["q_offsets"][:, 1:] - args["q_offsets"][:, :-1]).double()
-    padded_q = torch.ceil(q_sizes / block_m) * block_m
+    padded_q = padded_query_rows(q_sizes, block_m, tail_m)
     cnt = args["sel_count"].long()
     sel_tokens = torch.gather(args["sel_cum"].long(), 2, cnt[..., None])[..., 0].double()
     padded_k = torch.ceil(sel_tokens / block_n) * block_n
@@ -161,6 +170,8 @@ def main() -> None:
     ap.add_argument("--no-flex", action="store_true")
     ap.add_argument("--sweep", action="store_true", help="config sweep at Wan 1.3B, 15%%")
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--config", default=None,
+                    help="JSON file of KernelConfig fields for the timings (default: the per-architecture table)")
     opts = ap.parse_args()
     os.makedirs(opts.out, exist_ok=True)
     dev_name = torch.cuda.get_device_name()
@@ -190,8 +201,9 @@ def main() -> None:
         h, nv, t, cq, ck = MODELS["wan1.3b-480p"]
         args, kpm, st = make_case(h, nv, t, cq, ck, 0.15, dtype, seed=2)
         K = KernelConfig
-        variants = [K(128, 128, 8, 3), K(128, 128, 8, 2), K(128, 64, 8, 3), K(64, 64, 4, 3), K(64, 32, 4, 3),
-                    K(128, 128, 8, 2, skip_key_index=True), K(64, 64, 4, 3, skip_key_index=True)]
+        variants = [K(128, 128, 8, 3, tail_m=64), K(128, 128, 8, 3, tail_m=64, tail_stages=2),
+                    K(128, 128, 8, 3, tail_m=64, tail_n=128, tail_warps=8, tail_stages=2), K(128, 128, 8, 3),
+                    K(64, 64, 4, 3), K(128, 128, 8, 3, skip_key_index=True, tail_m=64)]
         for cfg in variants:
             try:
                 t0 = time.time()
@@ -201,7 +213,7 @@ def main() -> None:
                 ms = time_ms(partial(sparse_attention, **args, config=cfg), reps=10)
                 tf = 4 * st["pairs"] * 128 / ms / 1e9
                 row = {"config": cfg.__dict__, "ms": ms, "tflops": tf, "compile_s": compile_s,
-                       **tile_waste(args, cfg.block_m, cfg.block_n)}
+                       **tile_waste(args, cfg.block_m, cfg.block_n, cfg.tail_m)}
             except Exception as e:  # a config that does not compile/fit is recorded, not fatal
                 row = {"config": cfg.__dict__, "error": repr(e)[:300]}
             results["sweep"].append(row)
@@ -212,14 +224,17 @@ def main() -> None:
 
     # 3. timings vs cuDNN dense and FlexAttention block-sparse
     cfg_used = best[0] if best else None
-    results["config_used"] = cfg_used.__dict__ if cfg_used else "default"
+    if opts.config:
+        with open(opts.config) as f:
+            cfg_used = KernelConfig(**json.load(f))
+    results["config_used"] = (cfg_used or default_config(torch.device("cuda"), dtype, 128)).__dict__
     print(f"[config] timings use {results['config_used']}", flush=True)
     if cfg_used is not None:
         for name in models:
             h, nv, t, cq, ck = MODELS[name]
             ok &= check_correctness(name + " (timed config)", 2, nv, t, cq, ck, dtype, cfg_used, results)
     cfg_tiles = cfg_used or default_config(torch.device("cuda"), dtype, 128)
-    tile_m, tile_n = cfg_tiles.block_m, cfg_tiles.block_n
+    tile_m, tile_n, tail_m = cfg_tiles.block_m, cfg_tiles.block_n, cfg_tiles.tail_m
     from torch.nn.attention import SDPBackend, sdpa_kernel
     flex = None
     if not opts.no_flex:
@@ -245,7 +260,7 @@ def main() -> None:
             row = {"model": name, "density_target": density, "density_video": st["density_video"], "ms": ms,
                    "tflops": tf, "dense_cudnn_ms": dense_ms, "dense_cudnn_tflops": dense_tf,
                    "ratio_vs_cudnn": tf / dense_tf, "speedup_vs_cudnn": dense_ms / ms,
-                   **tile_waste(args, tile_m, tile_n)}
+                   **tile_waste(args, tile_m, tile_n, tail_m)}
             del args
             if flex is not None:
                 try:

@@ -99,10 +99,11 @@ class LiveStack:
 
     # ------------------------------------------------------------------ redis
 
-    def start_redis(self) -> Proc:
-        """redis-server with append-only persistence (fsync every write) in ``base/redis``."""
+    def start_redis(self, appendfsync: str = "always") -> Proc:
+        """redis-server with append-only persistence in ``base/redis`` (``appendfsync``: always, so a
+        SIGKILL loses nothing; everysec as deploy/compose.yaml for load runs)."""
         argv = [shutil.which("redis-server") or "redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                "--dir", str(self.redis_dir), "--appendonly", "yes", "--appendfsync", "always",
+                "--dir", str(self.redis_dir), "--appendonly", "yes", "--appendfsync", appendfsync,
                 "--save", "", "--protected-mode", "no"]
         self.redis_proc = self._spawn("redis", argv, dict(os.environ))
         deadline = time.monotonic() + 20

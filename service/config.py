@@ -44,3 +44,4 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Starts a job may have: a job whose worker died is re-queued until this many.")
     log_level: str = Field("info", description="uvicorn log level.")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes of svg2-api (each builds its own app).")

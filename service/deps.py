@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import redis
+import redis.asyncio
 from fastapi import Depends, Request
 
 from service.auth import KeyStore
@@ -28,24 +29,26 @@ class AppContext:
     registry: Registry
     metrics: ApiMetrics
     keys: KeyStore
+    aredis: redis.asyncio.Redis  # the hot paths (key lookup, job polling) without threadpool hops
 
 
-def get_context(request: Request) -> AppContext:
+# async: they only read attributes, and a sync dependency would cost a threadpool hop per request.
+async def get_context(request: Request) -> AppContext:
     return request.app.state.svg2
 
 
 ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
-def get_settings(ctx: ContextDep) -> Settings:
+async def get_settings(ctx: ContextDep) -> Settings:
     return ctx.settings
 
 
-def get_store(ctx: ContextDep) -> JobStore:
+async def get_store(ctx: ContextDep) -> JobStore:
     return ctx.store
 
 
-def get_registry(ctx: ContextDep) -> Registry:
+async def get_registry(ctx: ContextDep) -> Registry:
     return ctx.registry
 
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import redis
+import redis.asyncio
 from fastapi import Depends, FastAPI
 
 from service.auth import KeyStore, get_principal
@@ -64,8 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                      job_timeout_s=settings.job_timeout_s, record_grace_s=settings.record_grace_s,
                      max_attempts=settings.max_attempts)
     metrics = ApiMetrics()  # a registry per app: two apps in one process share no series
+    aclient = redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5,
+                                           health_check_interval=30)
     ctx = AppContext(settings=settings, redis=client, store=store, registry=registry, metrics=metrics,
-                     keys=KeyStore(client))
+                     keys=KeyStore(client), aredis=aclient)
     if settings.auth_disabled:
         log.warning("!" * 78)
         log.warning("AUTH IS DISABLED (SVG2_AUTH_DISABLED=1): anyone who can reach %s:%d sees and deletes "
@@ -82,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if task is not None:
                 task.cancel()
             client.close()
+            await aclient.aclose()
 
     app = FastAPI(
         title="svg2",
@@ -110,7 +114,11 @@ def run() -> None:
 
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    if settings.workers > 1:  # each process builds its app from the same environment
+        uvicorn.run("service.main:create_app", factory=True, workers=settings.workers, host=settings.host,
+                    port=settings.port, log_level=settings.log_level)
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 
 
 if __name__ == "__main__":

@@ -271,10 +271,18 @@ class JobStore:
         """The record, or None for an unknown (or malformed) id."""
         if not is_valid_job_id(job_id):
             return None
-        raw = self.redis.hgetall(self._job_key(job_id))
-        if not raw:
+        return self.parse_record(job_id, self.redis.hgetall(self._job_key(job_id)))
+
+    async def aget(self, aredis, job_id: str) -> JobRecord | None:
+        """:meth:`get` through an asyncio Redis client (``redis.asyncio``, bytes): the API's polling path."""
+        if not is_valid_job_id(job_id):
             return None
-        return _record_from_hash(job_id, _decode(raw))
+        return self.parse_record(job_id, await aredis.hgetall(self._job_key(job_id)))
+
+    @staticmethod
+    def parse_record(job_id: str, raw: dict[bytes, bytes]) -> JobRecord | None:
+        """The record from its raw hash (None when empty)."""
+        return _record_from_hash(job_id, _decode(raw)) if raw else None
 
     def list(self, after: str | None, limit: int, order: Literal["desc", "asc"] = "desc",
              owner: str | None = None) -> tuple[list[JobRecord], bool]:

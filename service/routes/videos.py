@@ -176,8 +176,13 @@ def _get_or_404(store: JobStore, video_id: str, principal: Principal) -> JobReco
 
 
 @router.get("/{video_id}", response_model=VideoPublic, summary="Get a video job")
-def get_video(video_id: str, store: StoreDep, principal: PrincipalDep) -> VideoPublic:
-    return VideoPublic.from_record(_get_or_404(store, video_id, principal))
+async def get_video(video_id: str, store: StoreDep, principal: PrincipalDep, ctx: ContextDep) -> Response:
+    # The hot polling path: async Redis (no threadpool hop) and serialized once here (returning the
+    # model would make FastAPI validate and serialize it again); the schema comes from response_model.
+    record = await store.aget(ctx.aredis, video_id)
+    if record is None or not principal.may_see(record.owner):
+        raise APIError(404, "video_not_found", f"no video with id {video_id!r}", "video_id")
+    return Response(content=VideoPublic.from_record(record).model_dump_json(), media_type="application/json")
 
 
 @router.delete("/{video_id}", response_model=VideoDeletedPublic, summary="Cancel a video job and delete its MP4")
