@@ -133,3 +133,39 @@ def test_a_worker_process_reports_density_through_the_api(client, start_worker):
     assert video["metrics"]["attention"] == "dense"
     assert video["metrics"]["sparsity"]["dense_calls_dense_mode"] == 12
     assert video["metrics"]["sparsity"]["attention_flops_ratio"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny_hunyuan():
+    from tiny_hunyuan import build_tiny_hunyuan_pipeline
+
+    from svg2core.integration import apply_svg2
+
+    pipe = build_tiny_hunyuan_pipeline()
+    apply_svg2(pipe)
+    return pipe
+
+
+def test_hunyuan_video_jobs_run_svg2_joint_attention(tiny_hunyuan, registry):
+    from tiny_hunyuan import MAX_SEQUENCE_LENGTH
+
+    from worker.registry import build_job_spec
+
+    def run(sparsity):
+        spec, _ = build_job_spec(registry, prompt="a lighthouse at dusk", model="hunyuanvideo", size="64x64",
+                                 num_frames=5, num_inference_steps=2, seed=3, sparsity=sparsity)
+        return generate(tiny_hunyuan, spec, call_kwargs={"max_sequence_length": MAX_SEQUENCE_LENGTH})
+
+    small = {"num_q_clusters": 8, "num_k_clusters": 16, "kmeans_iters_init": 5, **SPARSE_NOW}
+    dense = run("dense")
+    full = run({"preset": "balanced", "top_p": 1.0, **small})
+    tight = run({"preset": "fast", "top_p": 0.3, **small})
+    assert dense.metrics["attention"] == "dense" and full.metrics["attention"] == "svg2"
+    # One pass per step (embedded guidance), one dual- and one single-stream block.
+    assert full.metrics["sparsity"]["branches"] == ["cond"]
+    assert full.metrics["sparsity"]["sparse_calls"] == full.metrics["sparsity"]["attention_calls"] == 4
+    assert full.metrics["sparsity"]["mean_density_sparse"] == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(full.frames, dense.frames, atol=2e-3)
+    s = tight.metrics["sparsity"]
+    assert s["sparse_calls"] == 4 and 0 < s["mean_density_sparse"] < 1 and s["attention_flops_ratio"] < 1
+    assert np.isfinite(tight.frames).all()
