@@ -144,7 +144,7 @@ KERNEL_CASES = [
     ("d128-bf16-text", (1, 1, 29, 5, 128, 4, 4, 0.5, torch.bfloat16, SMALL, False)),
     ("tiny-key-clusters-span-whole-tile", (1, 1, 64, 0, 64, 2, 48, 0.6, torch.float16, SMALL, False)),
     ("block64-config", (1, 1, 150, 7, 64, 3, 10, 0.3, torch.bfloat16, KernelConfig(64, 32, 4, 1), False)),
-    ("hopper-default-tiles", (1, 1, 300, 7, 128, 2, 9, 0.5, torch.bfloat16, KernelConfig(128, 128, 8, 3), False)),
+    ("hopper-default-tiles", (1, 1, 300, 7, 128, 2, 9, 0.5, torch.bfloat16, KernelConfig(128, 128, 8, 3, tail_m=64), False)),
 ]
 
 
@@ -217,3 +217,41 @@ def test_kernel_single_token_key_clusters_fill_whole_tiles():
     got = sparse_attention(**args, config=SMALL)
     ref = sparse_attention_reference(**args)
     assert rel_rms(got, ref) < 1e-2
+
+
+TAILS = KernelConfig(block_m=32, block_n=16, num_warps=4, num_stages=1, tail_m=16, tail_n=16, tail_warps=4,
+                     tail_stages=1)
+
+
+@pytest.mark.parametrize("t", [0, 6], ids=["video-only", "with-text"])
+def test_kernel_remainder_tiles_cover_every_query_row(t):
+    # query clusters whose remainders (size % 32) hit every case of the two-launch split: 0 (full tiles
+    # only), 1 and 16 (tail launch), 17 and 31 (padded main tile), and clusters smaller than a tail tile
+    sizes = [32, 1, 16, 17, 31, 64, 33, 48, 5, 49, 0, 40]
+    b, h, nv, d = 1, 2, sum(sizes), 64
+    args, kpm = make_inputs(b, h, nv, t, d, len(sizes), 7, dtype=torch.bfloat16, density=0.4, seed=13)
+    q_off = torch.zeros(len(sizes) + 1, dtype=torch.int32)
+    q_off[1:] = torch.tensor(sizes).cumsum(0)
+    args["q_offsets"] = q_off.expand(b * h, -1).contiguous().to(DEVICE)
+    # the selection was drawn for the random sizes; any selection is valid for these sizes except that an
+    # empty query cluster must not matter: the kernel never reads it
+    out = torch.full_like(args["q"], float("nan"))
+    sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=TAILS)
+    assert not torch.isnan(out).any()
+    ref = sparse_attention_reference(**args, num_dense_tokens=t, key_padding_mask=kpm)
+    assert rel_rms(out, ref) < 1e-2
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    # same function as the one-launch scheme (remainders padded to full tiles)
+    single = sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm,
+                              config=KernelConfig(block_m=32, block_n=16, num_warps=4, num_stages=1))
+    torch.testing.assert_close(out, single, atol=1e-2, rtol=1e-2)
+
+
+def test_config_and_scale_are_validated():
+    with pytest.raises(ValueError, match="tail_m"):
+        KernelConfig(block_m=64, tail_m=64)
+    with pytest.raises(ValueError, match="tail_m"):
+        KernelConfig(block_m=128, tail_m=48)
+    args, _ = make_inputs(1, 1, 20, 0, 64, 2, 3, dtype=torch.float16, density=0.5, seed=9)
+    with pytest.raises(ValueError, match="scale"):
+        sparse_attention(**args, scale=-0.1, config=SMALL)

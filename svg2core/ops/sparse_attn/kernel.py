@@ -13,6 +13,11 @@ a CUDA graph:
   the number of entries ``<= tile``. Programs past the last tile of their head exit at once
   (``max_video_tiles = min(cdiv(Nv, BLOCK_M) + Cq, ...)`` is an upper bound).
 
+Remainder tiles (``TAIL_M > 0``): a cluster's last ``r = size % BLOCK_M`` rows, when ``0 < r <= TAIL_M``,
+are not padded to a BLOCK_M tile here; a second launch with ``TAIL_ONLY`` (BLOCK_M == TAIL_M, grid
+``(Cq, B * H)``, one program per query cluster, ``MAIN_M`` = the first launch's BLOCK_M) computes them.
+With BLOCK_M=128, TAIL_M=64 this cuts the padded query rows about in half (NOTES_sparse_attn.md, v4).
+
 Video tile: query rows ``q_perm[q_offsets[i] + tile * BLOCK_M + r]`` are gathered from the original
 ``q`` and outputs are stored straight to those token rows of ``out`` (no inverse-permutation pass).
 The selected key clusters ``j = 0..sel_count-1`` of cluster ``i`` are the ragged ranges
@@ -37,13 +42,14 @@ _NEG_BIG = tl.constexpr(-1.0e30)
 
 @triton.jit
 def _attend_tile(acc, m_i, l_i, q, k, v, qk_scale, col_valid, MASKED: tl.constexpr):
-    """One online-softmax step: q (BM, D), k and v (BN, D); scores in the log2 domain."""
-    qk = tl.dot(q, tl.trans(k))  # (BM, BN) fp32
-    qk = qk * qk_scale
+    """One online-softmax step: q (BM, D), k and v (BN, D); m_i, l_i in the log2 domain."""
+    qk = tl.dot(q, tl.trans(k))  # (BM, BN) fp32, unscaled
     if MASKED:
         qk = tl.where(col_valid[None, :], qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    p = tl.math.exp2(qk - m_new[:, None])
+    # max of the raw scores, then scale and shift in one FFMA per score (qk_scale > 0, checked by the
+    # wrapper, so max(qk) * scale == max(qk * scale))
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -107,6 +113,7 @@ def sparse_attn_fwd_kernel(
     qk_scale,  # softmax scale * log2(e)
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CQ_BLOCK: tl.constexpr,
     HAS_KPM: tl.constexpr, SKIP_KEY_INDEX: tl.constexpr,
+    TAIL_M: tl.constexpr, TAIL_ONLY: tl.constexpr, MAIN_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -148,20 +155,32 @@ def sparse_attn_fwd_kernel(
         tl.store(OUT + o_base + tok[:, None] * stride_on + offs_d[None, :], out.to(OUT.dtype.element_ty),
                  mask=row_valid[:, None])
     else:
-        # ---- video queries: map the program to (query cluster, tile inside it)
-        tile = pid - num_text_tiles
-        offs_c = tl.arange(0, CQ_BLOCK)
-        c_ok = offs_c < CQ
+        # ---- video queries: map the program to (query cluster, rows q_start .. q_end - 1)
         qoff_bh = QOFF + bh * (CQ + 1)
-        c_lo = tl.load(qoff_bh + offs_c, mask=c_ok, other=0)
-        c_hi = tl.load(qoff_bh + offs_c + 1, mask=c_ok, other=0)
-        n_tiles = (c_hi - c_lo + BLOCK_M - 1) // BLOCK_M  # (CQ_BLOCK,) tiles per query cluster
-        cum_tiles = tl.cumsum(n_tiles, 0)
-        cl = tl.sum((cum_tiles <= tile).to(tl.int32), 0)  # query cluster of this tile
-        if cl < CQ:
+        if TAIL_ONLY:
+            # one program per query cluster: its last size % MAIN_M rows when 0 < that <= BLOCK_M (== TAIL_M)
+            cl = pid
+            c_lo = tl.load(qoff_bh + cl)
+            q_end = tl.load(qoff_bh + cl + 1)
+            rem = (q_end - c_lo) % MAIN_M
+            active = (rem > 0) & (rem <= BLOCK_M)
+            q_start = q_end - rem
+        else:
+            tile = pid - num_text_tiles
+            offs_c = tl.arange(0, CQ_BLOCK)
+            c_ok = offs_c < CQ
+            c_lo = tl.load(qoff_bh + offs_c, mask=c_ok, other=0)
+            c_hi = tl.load(qoff_bh + offs_c + 1, mask=c_ok, other=0)
+            # tiles per query cluster: ceil(size / BM), except that a remainder of <= TAIL_M rows is left
+            # to the TAIL_ONLY launch (TAIL_M == 0: every remainder is a padded BLOCK_M tile here)
+            n_tiles = (c_hi - c_lo + BLOCK_M - 1 - TAIL_M) // BLOCK_M  # (CQ_BLOCK,)
+            cum_tiles = tl.cumsum(n_tiles, 0)
+            cl = tl.sum((cum_tiles <= tile).to(tl.int32), 0)  # query cluster of this tile
+            active = cl < CQ
             first_tile = tl.sum(tl.where(offs_c < cl, n_tiles, 0), 0)
             q_start = tl.sum(tl.where(offs_c == cl, c_lo, 0), 0) + (tile - first_tile) * BLOCK_M
             q_end = tl.sum(tl.where(offs_c == cl, c_hi, 0), 0)
+        if active:
             srt = q_start + tl.arange(0, BLOCK_M)
             row_valid = srt < q_end
             tok = tl.load(QPERM + bh.to(tl.int64) * NV + srt, mask=row_valid, other=0).to(tl.int64)

@@ -24,14 +24,29 @@ class KernelConfig:
     # Benchmark diagnostics only: read each selected range as contiguous kp rows instead of looking up
     # the segments (a wrong result) to measure what the key indexing costs.
     skip_key_index: bool = False
+    # Remainder tiles: a query cluster's last ``size % block_m`` rows, when there are 1..tail_m of them,
+    # run as one tile of tail_m rows in a second launch (tiles tail_m x tail_n, tail_warps, tail_stages)
+    # instead of a block_m tile that is mostly padding. 0 = off (one launch, remainders padded).
+    tail_m: int = 0
+    tail_n: int = 64
+    tail_warps: int = 4
+    tail_stages: int = 3
+    # Run the remainder launch on a second stream (forked from and joined back to the current one), so
+    # its tiles fill the SMs that the main launch's last wave leaves idle instead of forming a wave of
+    # their own. Both launches write disjoint rows of ``out``; the call stays graph-capturable.
+    tail_concurrent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tail_m and not (16 <= self.tail_m < self.block_m and self.tail_m & (self.tail_m - 1) == 0):
+            raise ValueError(f"tail_m: must be 0 or a power of two in [16, block_m={self.block_m}), got {self.tail_m}")
 
 
 # Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. The Hopper entry
-# is the fastest of the sweep in docs/benchmarks/sparse_attn_h100.json (NOTES_sparse_attn.md); the
-# others are untuned starting points that fit the shared memory of those parts.
+# is the fastest of the v4 sweeps (docs/benchmarks/sparse_attn_h200_v4_sweep*.json, NOTES_sparse_attn.md;
+# D=64 untimed); the others are untuned starting points that fit the shared memory of those parts.
 _CONFIGS: dict[tuple[int | None, torch.dtype | None, int | None], KernelConfig] = {
-    (9, None, 128): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
-    (9, None, 64): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3),
+    (9, None, 128): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, tail_m=64, tail_concurrent=True),
+    (9, None, 64): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, tail_m=64, tail_concurrent=True),
     (8, None, 128): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
     (8, None, 64): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
 }
@@ -92,7 +107,7 @@ def sparse_attention(
         sel_idx: (B*H, Cq, Ck) int32; sel_count: (B*H, Cq) int32; sel_cum: (B*H, Cq, Ck + 1) int32.
         num_dense_tokens: T, trailing tokens attended densely (joint-attention text), ``Nv = N - T``.
         key_padding_mask: (B, T) bool, True = valid text key; None means all valid.
-        scale: softmax scale, default ``1 / sqrt(D)``.
+        scale: softmax scale (> 0), default ``1 / sqrt(D)``.
         out: optional (B, H, N, D) output of q's dtype (last dim contiguous); every row is written.
         config: tile shape override (benchmarks); default from the per-architecture table.
 
@@ -151,21 +166,47 @@ def sparse_attention(
         if out.stride(3) != 1:
             raise ValueError(f"out: last dim must be contiguous (stride 1), got stride {out.stride(3)}")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if not (scale > 0.0 and math.isfinite(scale)):
+        raise ValueError(f"scale: must be a positive finite number, got {scale}")
     cfg = config or default_config(dev, q.dtype, d)
 
+    def launch(grid, num_text_tiles, block_m, block_n, num_warps, num_stages, tail_only):
+        sparse_attn_fwd_kernel[grid](
+            q, k, v, kp, vp, out,
+            q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            h, nv, t, cq, ck, num_text_tiles,
+            scale * _LOG2E,
+            HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, CQ_BLOCK=triton.next_power_of_2(cq),
+            HAS_KPM=key_padding_mask is not None, SKIP_KEY_INDEX=cfg.skip_key_index,
+            TAIL_M=cfg.tail_m, TAIL_ONLY=tail_only, MAIN_M=cfg.block_m,
+            num_warps=num_warps, num_stages=num_stages,
+        )
+
+    # text tiles, full query tiles and remainders > tail_m rows; then (tail_m > 0) the small remainders
     num_text_tiles = triton.cdiv(t, cfg.block_m) if t else 0
-    grid = (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh)
-    sparse_attn_fwd_kernel[grid](
-        q, k, v, kp, vp, out,
-        q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        h, nv, t, cq, ck, num_text_tiles,
-        scale * _LOG2E,
-        HEAD_DIM=d, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CQ_BLOCK=triton.next_power_of_2(cq),
-        HAS_KPM=key_padding_mask is not None, SKIP_KEY_INDEX=cfg.skip_key_index,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    main_launch = ((num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles,
+                   cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, False)
+    tail_launch = ((cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True)
+    if not cfg.tail_m:
+        launch(*main_launch)
+    elif cfg.tail_concurrent and q.is_cuda:
+        main = torch.cuda.current_stream(dev)
+        side = torch.cuda.Stream(dev)  # taken from torch's stream pool: no stream is created per call
+        side.wait_stream(main)  # the tail launch sees everything queued before this call
+        launch(*main_launch)
+        with torch.cuda.stream(side):
+            launch(*tail_launch)
+        main.wait_stream(side)  # the caller's stream sees both launches done
+    else:
+        launch(*main_launch)
+        launch(*tail_launch)
+    return out
+    launch((num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles,
+           cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, False)
+    if cfg.tail_m:
+        launch((cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True)
     return out
