@@ -96,7 +96,9 @@ def sparse_attention(
     Exact attention under the mask of ``svg2core.ops.sparse_attn.reference`` (see there and
     docs/ARCHITECTURE.md for the layout tensors). No host-device synchronisation and no allocation
     except ``out`` when it is not given: the call can be captured in a CUDA graph (run it once
-    before capture so the kernel is compiled).
+    before capture so the kernels are compiled). With the Hopper default the small remainder tiles run
+    in a second launch on a stream from torch's pool, forked from and joined back to the current
+    stream, so the result is ready on the caller's stream as usual.
 
     Args:
         q, k, v: (B, H, N, D) bf16 or fp16, D in {64, 128}, last dim contiguous (any other strides).
