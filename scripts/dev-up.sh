@@ -10,6 +10,9 @@ cd "$REPO_ROOT"
 
 export SVG2_HOST="${SVG2_HOST:-127.0.0.1}" SVG2_PORT="${SVG2_PORT:-8000}"
 export SVG2_OUTPUT_DIR="${SVG2_OUTPUT_DIR:-$REPO_ROOT/var/outputs}" SVG2_MODEL="${SVG2_MODEL:-tiny}"
+# Local development: no API keys unless asked for (SVG2_AUTH_DISABLED=0 scripts/dev-up.sh, then
+# svg2-keys create --name me). The API logs a loud warning; never expose this to a network.
+export SVG2_AUTH_DISABLED="${SVG2_AUTH_DISABLED:-1}"
 RUN_DIR="$REPO_ROOT/var/run" LOG_DIR="$REPO_ROOT/var/log"
 mkdir -p "$RUN_DIR" "$LOG_DIR" "$SVG2_OUTPUT_DIR"
 
