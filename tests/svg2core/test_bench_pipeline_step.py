@@ -22,7 +22,8 @@ def test_smoke_run_writes_consistent_results(tmp_path):
         (sparse,) = model["sparse"]
         assert 0.25 <= sparse["achieved_density"] < 1  # fixed density keeps at least the target
         share, d = model["dense"]["attention_share"], sparse["achieved_density"]
-        assert sparse["amdahl_ideal"] == round(1 / ((1 - share) + share * d), 3)
+        # (share and density are stored rounded to 4 digits, the ideal to 3)
+        assert abs(sparse["amdahl_ideal"] - 1 / ((1 - share) + share * d)) < 2e-3
         e2e = sparse["end_to_end"]
         assert math.isfinite(e2e["speedup"]) and e2e["dense_job_seconds"] > 0
     assert "| smoke-wan |" in (tmp_path / "pipeline_step_cpu.md").read_text()
