@@ -118,6 +118,7 @@ class VideoWorker(SimpleWorker):
         self.svg2_shutdown_grace_s = shutdown_grace_s
         self.svg2_stopping = False
         self.svg2_interrupted_job: str | None = None  # a job whose run ended in a Redis error
+        self.svg2_force_stop: threading.Timer | None = None
 
     def request_stop(self, signum, frame):
         """Warm shutdown (first SIGTERM/SIGINT): the running job may finish within
@@ -129,6 +130,7 @@ class VideoWorker(SimpleWorker):
             timer = threading.Timer(max(self.svg2_shutdown_grace_s, 1.5), os.kill, (os.getpid(), signal.SIGTERM))
             timer.daemon = True
             timer.start()
+            self.svg2_force_stop = timer
         return super().request_stop(signum, frame)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -142,6 +144,9 @@ class VideoWorker(SimpleWorker):
             self.svg2_interrupted_job = job.id  # Redis went away mid-job: re-queued once it is back
             raise
         finally:
+            if self.svg2_force_stop is not None:  # the job ended within the grace: no forced stop
+                self.svg2_force_stop.cancel()
+                self.svg2_force_stop = None
             self.svg2_state.current_job = None
             self.svg2_state.phase = "idle"
             self.svg2_state.jobs_done += 1
