@@ -85,7 +85,9 @@ class HeartbeatThread(threading.Thread):
         while not self._stopped.is_set():
             try:
                 self.beat()
-            except Exception:  # noqa: BLE001 - keep beating through transient Redis errors
+            except redis.RedisError as exc:  # Redis briefly away: one line per beat, not a traceback
+                log.warning("heartbeat failed: %s", exc)
+            except Exception:  # noqa: BLE001 - keep beating through anything else too
                 log.warning("heartbeat failed", exc_info=True)
             self._wake.wait(self.interval_s)
             self._wake.clear()

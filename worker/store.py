@@ -630,22 +630,38 @@ class JobStore:
         return f"{self.prefix}:idem:{owner}:{digest}"
 
     def reserve_idempotency_key(self, owner: str, idempotency_key: str, body_sha256: str,
-                                ttl_s: int) -> tuple[str, bool]:
+                                ttl_s: int, abandoned_after_s: float = 30.0) -> tuple[str, bool]:
         """Bind ``idempotency_key`` (of ``owner``) to a fresh job id for ``ttl_s`` seconds, or read the
         binding an earlier request made. Returns ``(job_id, new)``; raises :class:`IdempotencyConflict`
-        when the earlier request had another body."""
+        when the earlier request had another body. A binding whose job was never created (the API
+        died between the two steps) is taken over after ``abandoned_after_s``."""
         key = self._idem_key(owner, idempotency_key)
-        job_id = new_job_id()
-        value = json.dumps({"body": body_sha256, "id": job_id})
-        if self.redis.set(key, value, nx=True, ex=max(1, int(ttl_s))):
-            return job_id, True
-        raw = self.redis.get(key)
-        if raw is None:  # expired between the two calls: try once more
-            return self.reserve_idempotency_key(owner, idempotency_key, body_sha256, ttl_s)
-        bound = json.loads(raw)
-        if bound["body"] != body_sha256:
-            raise IdempotencyConflict(bound["id"])
-        return bound["id"], False
+        for _ in range(3):
+            job_id = new_job_id()
+            value = json.dumps({"body": body_sha256, "id": job_id, "at": time.time()})
+            if self.redis.set(key, value, nx=True, ex=max(1, int(ttl_s))):
+                return job_id, True
+            raw = self.redis.get(key)
+            if raw is None:  # expired between the two calls: try again
+                continue
+            bound = json.loads(raw)
+            if bound["body"] != body_sha256:
+                raise IdempotencyConflict(bound["id"])
+            abandoned = time.time() - bound.get("at", 0.0) > abandoned_after_s \
+                and not self.redis.exists(self._job_key(bound["id"]))
+            if not abandoned:
+                return bound["id"], False
+            self._drop_if_unchanged(key, raw)
+        raise redis.WatchError(f"idempotency key {idempotency_key!r} keeps changing")
+
+    def _drop_if_unchanged(self, key: str, raw: bytes) -> None:
+        def body(pipe: redis.client.Pipeline) -> None:
+            current = pipe.get(key)
+            pipe.multi()
+            if current == raw:
+                pipe.delete(key)
+
+        self.redis.transaction(body, key)
 
     def release_idempotency_key(self, owner: str, idempotency_key: str) -> None:
         """Forget a reservation whose job could not be created (so a retry may create it)."""

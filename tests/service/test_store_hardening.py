@@ -3,6 +3,7 @@ limit, record retention and idempotency keys (real Redis, real rq queues)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -99,3 +100,17 @@ def test_idempotency_key_binds_one_job_per_body(store):
     assert new and other != job_id
     store.release_idempotency_key("k", "abc")
     assert store.reserve_idempotency_key("k", "abc", "body-2", ttl_s=60)[1]
+
+
+def test_an_abandoned_idempotency_binding_is_taken_over(store, redis_client, spec):
+    job_id, _ = store.reserve_idempotency_key("k", "abc", "body-1", ttl_s=60)
+    # the API died before creating the job: young bindings are "in progress", old ones are taken over
+    assert store.reserve_idempotency_key("k", "abc", "body-1", ttl_s=60) == (job_id, False)
+    key = next(iter(redis_client.keys("svg2:idem:*")))
+    bound = json.loads(redis_client.get(key))
+    redis_client.set(key, json.dumps({**bound, "at": bound["at"] - 31}), ex=60)
+    fresh, new = store.reserve_idempotency_key("k", "abc", "body-1", ttl_s=60)
+    assert new and fresh != job_id
+    store.create(spec, "tiny", owner="k", job_id=fresh)
+    redis_client.set(key, json.dumps({**json.loads(redis_client.get(key)), "at": 0}), ex=60)
+    assert store.reserve_idempotency_key("k", "abc", "body-1", ttl_s=60) == (fresh, False)  # created: kept
