@@ -180,16 +180,40 @@ def test_every_dashboard_query_returns_data(api_server, tmp_path):
             and (prom.value('sum(svg2_jobs_finished_total{job="svg2-worker", status="failed"})') or 0) >= 1
             and (prom.value('sum(svg2_jobs_finished_total{job="svg2-api", status="cancelled"})') or 0) >= 1
         ), 60, diagnostics=prom.log)
-        time.sleep(3)  # a few more 1 s scrapes, so every rate window holds the increase
+        # API traffic after Prometheus has scraped the API at least once, spread over a few 1 s
+        # scrapes, so the request-rate windows hold an increase even when the jobs finished before
+        # the first scrape.
+        wait_until("a first scrape of the API and the worker", lambda: (
+            prom.value('sum(up{job="svg2-api"})') == 1 and prom.value('sum(up{job="svg2-worker"})') == 1
+        ), 30, diagnostics=prom.log)
+        # Likewise one more job after the worker's first scrape: the jobs above may have finished
+        # before Prometheus started, and a rate needs an increase between two scrapes.
+        after_first_scrape = create_video(api, model="tiny", sparsity="balanced", num_inference_steps=5)
+        wait_until("the job after the first scrape",
+                   lambda: video_status(api, after_first_scrape) in TERMINAL, 120, diagnostics=worker_diagnostics)
+        assert video_status(api, after_first_scrape) == "completed", worker_diagnostics()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert httpx.get(f"{api.base_url}/v1/videos", timeout=10).status_code == 200
+            time.sleep(0.1)
 
-        empty = []
-        for query in panel_queries(load_dashboard()):
-            if query.external:
-                continue  # the DCGM exporter is an optional compose profile; no GPU here
-            result = prom.query(query.evaluable())
-            values = [float(s["value"][1]) for s in result]
-            if not any(math.isfinite(v) for v in values):
-                empty.append(f"{query.panel} [{query.ref_id}]: {query.evaluable()} -> {result}")
+        def queries_without_data() -> list[str]:
+            empty = []
+            for query in panel_queries(load_dashboard()):
+                if query.external:
+                    continue  # the DCGM exporter is an optional compose profile; no GPU here
+                result = prom.query(query.evaluable())
+                values = [float(s["value"][1]) for s in result]
+                if not any(math.isfinite(v) for v in values):
+                    empty.append(f"{query.panel} [{query.ref_id}]: {query.evaluable()} -> {result}")
+            return empty
+
+        # Poll for a few scrapes (data arrives with the next 1 s scrape), then require every query.
+        empty = queries_without_data()
+        deadline = time.monotonic() + 10
+        while empty and time.monotonic() < deadline:
+            time.sleep(1)
+            empty = queries_without_data()
         assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
 
         assert prom.value('sum(up{job="svg2-worker"})') == 1
