@@ -1,7 +1,8 @@
 """End-to-end speed of svg2 in real diffusers transformers: one denoising step, dense vs sparse.
 
-    python bench/bench_pipeline_step.py --out DIR            # GPU: the three models below
-    python bench/bench_pipeline_step.py --smoke --out DIR    # CPU: tiny shapes, checks the script
+    python bench/bench_pipeline_step.py --compile --out DIR     # GPU: the three models below (reported table)
+    python bench/bench_pipeline_step.py --no-compile --out DIR  # GPU: eager, as the first H200 run
+    python bench/bench_pipeline_step.py --smoke --out DIR       # CPU: tiny shapes, checks the script
 
 Per model, a full-width transformer is built from the real diffusers config with random weights,
 directly on the GPU in bf16 (``torch.device("cuda")`` as default device: no slow CPU init), with fewer
@@ -24,7 +25,27 @@ multiplies up to the real count). ``apply_svg2`` routes its self-attention; then
    decode (measured for Wan 480p with a random-weight Wan VAE; the others scaled by pixels x frames:
    an estimate, marked as such). Prompt encoding is left out (well under 1% of a job).
 
-Both runs are eager with the same modules and kernels except the attention call. Writes
+Compilation (``--compile``, the default): after the eager reference forwards below, the transformer's
+repeated blocks are compiled regionally (diffusers' ``compile_repeated_blocks``: ``torch.compile`` per
+block class, default mode, backend ``--compile-backend``), once per model and identically for the dense
+and the sparse runs. The svg2 attention call stays a graph break (``SVG2Router.attend`` is wrapped in
+``torch.compiler.disable``), so the compiled graphs hold everything but attention: norms, RoPE,
+modulation, projections, FFN. Compile time is reported separately (the first compiled dense forward
+minus a warm one; the cold sparse forward also holds any recompilation), as is the number of graphs
+dynamo compiled during the timed forwards (must be 0: no recompilation across steps). Before compiling,
+one eager dense forward and each density's cold eager sparse forward are kept; the first compiled
+forward of each is compared with them (``compiled_vs_eager`` in the results: max abs difference
+relative to the output's max abs). ``--no-compile`` runs everything eager.
+
+HunyuanVideo's text: real prompts are padded to 256 tokens and diffusers then passes a ``(B, 1, 1, N)``
+key mask, which takes SDPA off its fastest (unmasked cuDNN) path. The padded text tokens are never
+attended to (masked as keys; the refiner masks them too), so dropping them changes no video token:
+by default the benchmark packs the prompt (its ``3/4 x 256`` valid tokens, no padding) and, as the mask
+diffusers builds is then all True, drops it before the attention call (a forward pre-hook on each
+joint-attention module) for the dense and the sparse runs alike: the dense baseline is the fastest exact
+dense path. ``--padded-text`` restores the stock padded prompt and masked call (the first H200 run).
+
+Dense and sparse runs use the same modules and kernels except the attention call. Writes
 ``pipeline_step_<card>.json`` and ``.md`` under ``--out`` (after every model, so a run cut short
 keeps what it measured).
 """
@@ -81,8 +102,12 @@ SMOKE = {
 }
 
 
-def build(spec: dict, device: torch.device, dtype: torch.dtype):
-    """(transformer, forward kwargs, bench block count, real block count) at the model's full width."""
+def build(spec: dict, device: torch.device, dtype: torch.dtype, packed_text: bool = True):
+    """(transformer, forward kwargs, bench block count, real block count) at the model's full width.
+
+    HunyuanVideo's prompt has ``3/4`` of ``spec["text"]`` valid tokens: padded to ``spec["text"]`` with
+    its key mask (``packed_text=False``, the stock call), or packed (only the valid tokens, and no mask
+    reaches the attention call: see :func:`drop_all_true_text_mask`)."""
     from diffusers import HunyuanVideoTransformer3DModel, WanTransformer3DModel
 
     cfg = dict(spec["config"])
@@ -108,15 +133,34 @@ def build(spec: dict, device: torch.device, dtype: torch.dtype):
     def randn(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
+    text = spec["text"]
+    valid_text = text * 3 // 4 if spec["kind"] == "hunyuan" else text
+    text_tokens = valid_text if packed_text else text
     kwargs = dict(hidden_states=randn(1, c, f, h, w), timestep=torch.tensor([500.0], device=device),
-                  encoder_hidden_states=randn(1, spec["text"], cfg.get("text_dim", cfg.get("text_embed_dim"))),
+                  encoder_hidden_states=randn(1, text, cfg.get("text_dim", cfg.get("text_embed_dim")))[:, :text_tokens],
                   return_dict=False)
     if spec["kind"] == "hunyuan":
-        mask = torch.ones(1, spec["text"], dtype=torch.int64, device=device)
-        mask[:, spec["text"] * 3 // 4:] = 0  # a padded prompt, as real prompts are
+        mask = torch.ones(1, text_tokens, dtype=torch.int64, device=device)
+        mask[:, valid_text:] = 0  # padded: a real prompt's tail; packed: nothing to mask
+        if packed_text:
+            drop_all_true_text_mask(model)
         kwargs.update(encoder_attention_mask=mask, pooled_projections=randn(1, cfg["pooled_projection_dim"]),
                       guidance=torch.tensor([6000.0], device=device))
     return model, kwargs, bench, real
+
+
+def drop_all_true_text_mask(model) -> None:
+    """Pass no mask to HunyuanVideo's joint attention (a forward pre-hook on each joint-attention module).
+
+    Only for a packed prompt (every text token valid): diffusers 0.42 still builds a ``(B, 1, 1, N)``
+    all-True key mask, and SDPA given any mask leaves its unmasked cuDNN path. Without the mask the
+    dense call is plain SDPA and svg2 gets no ``key_padding_mask``; both exact here, as every key is valid.
+    """
+    def no_mask(module, args, kwargs):
+        return args, {**kwargs, "attention_mask": None}
+
+    for block in list(model.transformer_blocks) + list(model.single_transformer_blocks):
+        block.attn.register_forward_pre_hook(no_mask, with_kwargs=True)
 
 
 def sync(device):
@@ -124,22 +168,36 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def timed_forward(model, kwargs, device) -> tuple[float, torch.Tensor]:
+    """Seconds of one synchronised forward (CUDA events on GPU, wall clock on CPU), and its output."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = model(**kwargs)[0]
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0, out
+    t = time.perf_counter()
+    out = model(**kwargs)[0]
+    return time.perf_counter() - t, out
+
+
 def timed_forwards(model, kwargs, n: int, device) -> list[float]:
-    """Seconds of ``n`` forwards (each synchronised: CUDA events on GPU, wall clock on CPU)."""
-    out = []
-    for _ in range(n):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(**kwargs)
-            end.record()
-            end.synchronize()
-            out.append(start.elapsed_time(end) / 1000.0)
-        else:
-            t = time.perf_counter()
-            model(**kwargs)
-            out.append(time.perf_counter() - t)
-    return out
+    """Seconds of ``n`` forwards (each synchronised)."""
+    return [timed_forward(model, kwargs, device)[0] for _ in range(n)]
+
+
+def graphs_compiled() -> int:
+    """Graphs dynamo has compiled in this process so far (0 when nothing was compiled)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def relative_difference(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |out - reference| / max |reference| (fp32 math)."""
+    ref = reference.float()
+    return float((out.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
 CATEGORIES = (  # first match wins; kernel names of svg2core.ops and of SDPA / cuDNN backends
@@ -194,36 +252,71 @@ def vae_decode_seconds(device, dtype, smoke: bool) -> float | None:
     return seconds
 
 
+def sparse_config(density: float, spec: dict) -> SVG2Config:
+    cq, ck = spec["clusters"]
+    return SVG2Config(mode="fixed_density", target_density=density, num_q_clusters=cq, num_k_clusters=ck,
+                      kmeans_iters_init=50, kmeans_iters=2)
+
+
 def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_480p: float | None,
-                sdpa_ctx) -> dict:
+                sdpa_ctx, compile_backend: str | None = None, packed_text: bool = True) -> dict:
+    """Dense and sparse steps of one model; ``compile_backend``: regional torch.compile (None: eager)."""
     t0 = time.perf_counter()
-    model, kwargs, layers, real_layers = build(spec, device, dtype)
+    model, kwargs, layers, real_layers = build(spec, device, dtype, packed_text)
     apply_svg2(model, estimate_savings=device.type == "cuda")
     res: dict = {"model": name, "layers": layers, "real_layers": real_layers, "latent": spec["latent"],
-                 "text_tokens": spec["text"], "cfg_passes": spec["passes"],
+                 "text_tokens": kwargs["encoder_hidden_states"].shape[1], "cfg_passes": spec["passes"],
+                 "text_mask": "packed, no mask" if spec["kind"] == "hunyuan" and packed_text else
+                 "padded, masked" if spec["kind"] == "hunyuan" else "none (Wan)",
                  "build_seconds": round(time.perf_counter() - t0, 2)}
-    cq, ck = spec["clusters"]
+    dense_plan = SparsityPlan(SVG2Config(mode="dense"))
     with torch.inference_mode(), sdpa_ctx():
-        dense_plan = SparsityPlan(SVG2Config(mode="dense"))
+        compile_info = None
+        if compile_backend is not None:
+            # Eager references (fresh sessions: the cold sparse forward is k-means from scratch).
+            with svg2_session(model, dense_plan, num_inference_steps=100):
+                eager_dense = model(**kwargs)[0].clone()
+            eager_sparse = {}
+            for density in densities:
+                with svg2_session(model, SparsityPlan(sparse_config(density, spec)), num_inference_steps=100):
+                    eager_sparse[density] = model(**kwargs)[0].clone()
+            torch._dynamo.reset()  # each model compiles static graphs of its own shapes
+            graphs_before = graphs_compiled()
+            model.compile_repeated_blocks(backend=compile_backend)
+            with svg2_session(model, dense_plan, num_inference_steps=100):
+                first_dense, out = timed_forward(model, kwargs, device)  # compiles the blocks
+            compile_info = {"backend": compile_backend, "mode": "default", "first_dense_forward_seconds": first_dense,
+                            "graphs_first_dense_forward": graphs_compiled() - graphs_before,
+                            "compiled_vs_eager": {"dense": relative_difference(out, eager_dense)}}
+            del out
         with svg2_session(model, dense_plan, num_inference_steps=100):
             model(**kwargs)  # warm-up: cuDNN plans, allocator
         sync(device)
+        graphs_before = graphs_compiled()
         with svg2_session(model, dense_plan, num_inference_steps=100) as s:
             dense_times = timed_forwards(model, kwargs, reps, device)
+        graphs_in_timed = graphs_compiled() - graphs_before
         dm = s.metrics()
         dense_step = statistics.median(dense_times)
         attn_share = dm["dense_attention_seconds"] / sum(dm["step_transformer_seconds"])
         res["dense"] = {"step_seconds": dense_times, "attention_share": round(attn_share, 4),
                         "attention_seconds_per_step": dm["dense_attention_seconds"] / reps,
                         "kernel_profile": kernel_profile(model, kwargs, device)}
+        if compile_info is not None:
+            compile_info["dense_compile_seconds"] = round(compile_info["first_dense_forward_seconds"] - dense_step, 3)
         res["sparse"] = []
         for density in densities:
-            cfg = SVG2Config(mode="fixed_density", target_density=density, num_q_clusters=cq, num_k_clusters=ck,
-                             kmeans_iters_init=50, kmeans_iters=2)
-            with svg2_session(model, SparsityPlan(cfg), num_inference_steps=100) as s:
-                cold = timed_forwards(model, kwargs, 1, device)[0]
+            with svg2_session(model, SparsityPlan(sparse_config(density, spec)), num_inference_steps=100) as s:
+                graphs_before = graphs_compiled()
+                cold, out = timed_forward(model, kwargs, device)
+                graphs_cold = graphs_compiled() - graphs_before
                 warm = timed_forwards(model, kwargs, reps, device)
+                graphs_in_timed += graphs_compiled() - graphs_before - graphs_cold
                 profile = kernel_profile(model, kwargs, device)
+            if compile_info is not None:
+                compile_info["compiled_vs_eager"][f"sparse_{density}"] = relative_difference(out, eager_sparse[density])
+                compile_info[f"graphs_cold_sparse_{density}"] = graphs_cold
+            del out
             sm = s.metrics()
             # per-call attention time of the warm timed forwards only (the session's CUDA events)
             warm_calls = [t.read() for _, t in s.accounting._sparse_timers[layers:layers * (1 + reps)]]
@@ -253,6 +346,13 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
             print(f"  {name} density {density}: achieved {d:.3f}, step {step * 1e3:.1f} ms vs dense "
                   f"{dense_step * 1e3:.1f} ms -> {speedup:.2f}x (ideal {ideal:.2f}x, share {attn_share:.2f}); "
                   f"e2e {entry['end_to_end']['speedup']:.2f}x", flush=True)
+    res["compile"] = compile_info
+    # graphs dynamo compiled during the timed dense and warm sparse forwards: 0 = no recompilation
+    res["graphs_compiled_in_timed_forwards"] = graphs_in_timed
+    if compile_info is not None:
+        print(f"  {name} compile ({compile_backend}): first dense forward {compile_info['first_dense_forward_seconds']:.1f} s, "
+              f"{compile_info['graphs_first_dense_forward']} graphs; compiled vs eager {compile_info['compiled_vs_eager']}; "
+              f"graphs in timed forwards {graphs_in_timed}", flush=True)
     del model, kwargs
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -287,10 +387,11 @@ def card_name(device) -> str:
 
 def write_markdown(path: str, results: dict) -> None:
     lines = [f"# One denoising step, dense vs svg2 ({results['card']})", "",
-             f"torch {results['torch']}, {results['dtype']}, eager, random weights, `fixed_density` mode "
+             f"torch {results['torch']}, {results['dtype']}, {results['execution']}, random weights, `fixed_density` mode "
              "(random weights give near-uniform attention: top-p would find little sparsity). Dense = "
              "SDPA via diffusers' dispatch (priority cuDNN > flash > efficient > math). Warm k-means "
-             "(2 iterations from cached centroids; the cold first call excluded). Blocks: bench / real.",
+             "(2 iterations from cached centroids; the cold first call excluded). Blocks: bench / real. "
+             f"HunyuanVideo text: {results['hunyuan_text']}.",
              "",
              "| model | blocks | attn share (dense) | density | dense step | sparse step | speedup | Amdahl ideal | "
              "of ideal | attn time sparse/dense | e2e 50 steps, 20% warm-up, + VAE |",
@@ -305,6 +406,16 @@ def write_markdown(path: str, results: dict) -> None:
                 f"{statistics.median(s['step_seconds']) * 1e3:.0f} ms | {s['speedup']:.2f}x | "
                 f"{s['amdahl_ideal']:.2f}x | {s['fraction_of_ideal']:.2f} | {s['attention_time_ratio']:.2f} | "
                 f"{e2e['speedup']:.2f}x (VAE {e2e['vae_source']}) |")
+    compiled = [r for r in results["models"] if r.get("compile")]
+    if compiled:
+        lines += ["", "Compilation (regional, once per model; not in the step times):", ""]
+        for r in compiled:
+            c = r["compile"]
+            diffs = ", ".join(f"{k} {v:.1e}" for k, v in c["compiled_vs_eager"].items())
+            lines.append(f"- {r['model']}: first dense forward {c['first_dense_forward_seconds']:.1f} s "
+                         f"(compile ~{c['dense_compile_seconds']:.1f} s, {c['graphs_first_dense_forward']} graphs); "
+                         f"graphs compiled in the timed forwards: {r['graphs_compiled_in_timed_forwards']}; "
+                         f"compiled vs eager (max abs diff / max abs): {diffs}")
     lines += ["", "Kernel time of one warm forward by category (seconds, torch.profiler):", ""]
     for r in results["models"]:
         lines.append(f"- {r['model']} dense: {r['dense']['kernel_profile']}")
@@ -322,6 +433,13 @@ def main() -> int:
     parser.add_argument("--densities", default="0.15,0.25")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--time-budget-s", type=float, default=420.0, help="skip models that would start later")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="regional torch.compile of the transformer blocks, dense and sparse alike (default); "
+                             "--no-compile: eager")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend (default inductor; aot_eager for quick CPU checks)")
+    parser.add_argument("--padded-text", action="store_true",
+                        help="HunyuanVideo: the stock padded prompt and masked attention call instead of the packed prompt")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
@@ -342,7 +460,12 @@ def main() -> int:
     else:
         sdpa_ctx = nullcontext
     card = card_name(device)
-    results = {"card": card, "torch": torch.__version__, "dtype": str(dtype), "models": [], "skipped": []}
+    compile_backend = args.compile_backend if args.compile else None
+    results = {"card": card, "torch": torch.__version__, "dtype": str(dtype), "models": [], "skipped": [],
+               "execution": (f"regional torch.compile ({compile_backend}, default mode) of the blocks, dense and "
+                             "sparse alike" if compile_backend else "eager"),
+               "hunyuan_text": ("padded prompt, masked attention call (stock)" if args.padded_text else
+                                "packed prompt (3/4 of the padded length, all valid), no mask")}
     vae = vae_decode_seconds(device, dtype, args.smoke)
     results["vae_decode_seconds_wan_480p_81f"] = vae
     print(f"card {card}; VAE decode (Wan 480p 81 frames): {vae}", flush=True)
@@ -351,7 +474,8 @@ def main() -> int:
         if time.perf_counter() - start > args.time_budget_s:
             results["skipped"].append(name)
             continue
-        results["models"].append(bench_model(name, spec, device, dtype, densities, args.reps, vae, sdpa_ctx))
+        results["models"].append(bench_model(name, spec, device, dtype, densities, args.reps, vae, sdpa_ctx,
+                                             compile_backend, packed_text=not args.padded_text))
         results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
         with open(stem + ".json", "w") as fh:
             json.dump(results, fh, indent=1)
