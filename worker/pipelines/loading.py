@@ -9,7 +9,9 @@ the local cache. Nothing is ever downloaded; missing weights raise :class:`Model
 Registry ``options`` understood here: ``flow_shift`` (scheduler shift, e.g. 3.0 at 480p and 5.0 at
 720p for Wan), ``max_sequence_length`` (prompt tokens), ``enable_vae_tiling``, ``vae_dtype``,
 ``svg2`` (default true: route the transformers' self-attention through svg2; false keeps the stock
-processors and every job runs dense).
+processors and every job runs dense), ``compile`` (``regional`` or ``none``, the default: see
+:func:`compile_transformers`) and ``compile_backend`` (the ``torch.compile`` backend of ``compile:
+regional``, default ``inductor``; the CPU tests use ``aot_eager``, which skips inductor's C++ build).
 
 Sparse attention is installed once here, after every other option (``apply_svg2``: Triton kernels
 on CUDA, the torch reference on CPU); each job then opens its own ``svg2_session`` with its budget
@@ -40,7 +42,11 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 #: Registry ``options`` the loader understands; others are reported once at load (a typo must not
 #: pass silently, but a newer registry must not stop an older worker either).
-KNOWN_OPTIONS = frozenset({"flow_shift", "max_sequence_length", "enable_vae_tiling", "vae_dtype", "svg2"})
+KNOWN_OPTIONS = frozenset({"flow_shift", "max_sequence_length", "enable_vae_tiling", "vae_dtype", "svg2",
+                           "compile", "compile_backend"})
+
+#: Values of the registry option ``compile``.
+COMPILE_MODES = ("regional", "none")
 
 #: The tiny text encoder has no use for Wan's 512-token prompts; 64 bytes keeps a step cheap.
 TINY_MAX_SEQUENCE_LENGTH = 64
@@ -65,6 +71,8 @@ class LoadedModel:
     call_kwargs: dict = field(default_factory=dict)
     #: The svg2 processors installed on the pipeline (None: stock attention, every job dense).
     svg2: SVG2Integration | None = None
+    #: ``regional``: the transformers' repeated blocks are torch.compiled (registry option ``compile``).
+    compile: str = "none"
 
     @property
     def name(self) -> str:
@@ -161,12 +169,17 @@ def load_model(entry: ModelEntry, device: str | None = None) -> LoadedModel:
         pipe = _load_from_pretrained(entry, dtype)
     else:  # the registry's Literal makes this unreachable; keep the error explicit anyway
         raise ModelUnavailable(f"kind: unknown model kind {entry.kind!r}")
+    compile_mode, compile_backend = _compile_options(entry)  # a bad value fails before the weights load
     _apply_options(entry, pipe, call_kwargs)
     if entry.kind == "tiny-wan" and dtype != torch.float32:
         pipe.to(dtype=dtype)  # built in float32; real weights load in their dtype
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     integration = _apply_svg2(entry, pipe)
+    if compile_mode == "regional":
+        compile_transformers(pipe, backend=compile_backend)
+        log.info("model %s: transformer blocks compiled regionally (backend %s); the first job of each shape "
+                 "pays the compilation", entry.name, compile_backend)
     return LoadedModel(
         entry=entry,
         pipeline=pipe,
@@ -175,7 +188,34 @@ def load_model(entry: ModelEntry, device: str | None = None) -> LoadedModel:
         load_seconds=time.perf_counter() - start,
         call_kwargs=call_kwargs,
         svg2=integration,
+        compile=compile_mode,
     )
+
+
+def _compile_options(entry: ModelEntry) -> tuple[str, str]:
+    mode = entry.options.get("compile", "none")
+    if mode not in COMPILE_MODES:
+        raise ModelUnavailable(f"options.compile: must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    backend = entry.options.get("compile_backend", "inductor")
+    if not isinstance(backend, str) or backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ModelUnavailable(f"options.compile_backend: must be a torch.compile backend, got {backend!r}")
+    return mode, backend
+
+
+def compile_transformers(pipe: diffusers.DiffusionPipeline, backend: str = "inductor") -> None:
+    """Regional ``torch.compile`` (default mode) of the repeated blocks of each transformer of ``pipe``
+    (``transformer`` and, for Wan 2.2, ``transformer_2``): diffusers' ``compile_repeated_blocks``.
+
+    Call after :func:`~svg2core.integration.apply_svg2`: the compiled graphs then hold everything
+    but the attention call, which ``SVG2Router.attend`` keeps out of them (a graph break per layer), so
+    a job's dense/sparse schedule never triggers a recompilation and dense and sparse steps get the
+    same fused non-attention kernels. Compilation is lazy: the first job at each new shape pays it
+    (seconds to minutes); a new shape recompiles once, then dynamo marks the changed sizes dynamic.
+    """
+    for attr in ("transformer", "transformer_2"):
+        transformer = getattr(pipe, attr, None)
+        if transformer is not None:
+            transformer.compile_repeated_blocks(backend=backend)
 
 
 def _apply_svg2(entry: ModelEntry, pipe: diffusers.DiffusionPipeline) -> SVG2Integration | None:

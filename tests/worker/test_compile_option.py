@@ -1,0 +1,58 @@
+"""Registry option ``compile: regional``: the worker compiles the transformer's repeated blocks once at
+load (after svg2), and jobs give the frames of the eager pipeline, dense and sparse, without
+recompiling from one job (or step, or budget) to the next."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from torch._dynamo.utils import counters
+
+from worker.pipelines.loading import ModelUnavailable, load_model
+from worker.pipelines.run import generate
+
+# inductor, the production backend (~25 s on 2 CPU cores with a cold inductor cache, C++ build
+# included); SVG2_TEST_COMPILE_BACKEND=aot_eager skips the C++ build where that is too slow.
+BACKEND = os.environ.get("SVG2_TEST_COMPILE_BACKEND", "inductor")
+
+
+def _tiny_with(registry, **options):
+    entry = registry.get("tiny")
+    return entry.model_copy(update={"options": {**entry.options, **options}})
+
+
+@pytest.fixture(scope="module")
+def compiled_tiny():
+    from worker.registry import load_registry
+
+    return load_model(_tiny_with(load_registry(), compile="regional", compile_backend=BACKEND), device="cpu")
+
+
+def test_compiled_jobs_match_eager_dense_and_sparse_without_recompiling(tiny_model, compiled_tiny, tiny_spec):
+    assert compiled_tiny.compile == "regional" and tiny_model.compile == "none"
+    blocks = compiled_tiny.pipeline.transformer.blocks
+    assert all(block._compiled_call_impl is not None for block in blocks)
+    jobs = [tiny_spec(num_frames=5, num_inference_steps=2, sparsity="dense"),
+            tiny_spec(num_frames=5, num_inference_steps=3,
+                      sparsity={"preset": "balanced", "dense_warmup_steps": 1, "dense_layers": 0})]
+    graphs = []
+    for spec in jobs:
+        eager = generate(tiny_model.pipeline, spec, call_kwargs=tiny_model.call_kwargs)
+        compiled = generate(compiled_tiny.pipeline, spec, call_kwargs=compiled_tiny.call_kwargs)
+        graphs.append(counters["stats"]["unique_graphs"])
+        np.testing.assert_allclose(compiled.frames, eager.frames, atol=1e-4)
+        assert compiled.metrics["attention"] == eager.metrics["attention"]
+        for key in ("sparse_calls", "dense_calls", "dense_calls_warmup"):
+            assert compiled.metrics["sparsity"][key] == eager.metrics["sparsity"][key]
+    assert graphs[0] > 0  # the blocks were compiled by the first job...
+    assert graphs[1] == graphs[0]  # ...and the sparse job's steps and budget recompiled nothing
+    assert eager.metrics["sparsity"]["sparse_calls"] == 2 * 2 * 2  # the second job did run sparse
+
+
+def test_bad_compile_options_fail_the_load_naming_the_option(registry):
+    with pytest.raises(ModelUnavailable, match=r"options.compile: must be one of regional, none, got 'max'"):
+        load_model(_tiny_with(registry, compile="max"), device="cpu")
+    with pytest.raises(ModelUnavailable, match=r"options.compile_backend: must be a torch.compile backend"):
+        load_model(_tiny_with(registry, compile="regional", compile_backend="nope"), device="cpu")
