@@ -201,6 +201,9 @@ def relative_difference(out: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 CATEGORIES = (  # first match wins; kernel names of svg2core.ops and of SDPA / cuDNN backends
+    # inductor's generated kernels (--compile) are named after the fused ops ("triton_poi_fused_select_..."):
+    # matched first so that an op name in them is not taken for an svg2 kernel
+    ("compiled_fused", ("triton_poi_", "triton_red_", "triton_per_", "triton_tem_")),
     ("svg2_attention_kernel", ("sparse_attn",)),
     ("svg2_kmeans", ("kmeans",)),
     ("svg2_select", ("cluster_logits", "_select")),
