@@ -37,7 +37,7 @@ def test_compiled_jobs_match_eager_dense_and_sparse_without_recompiling(tiny_mod
     jobs = [tiny_spec(num_frames=5, num_inference_steps=2, sparsity="dense"),
             tiny_spec(num_frames=5, num_inference_steps=3,
                       sparsity={"preset": "balanced", "dense_warmup_steps": 1, "dense_layers": 0})]
-    graphs = []
+    graphs = [counters["stats"]["unique_graphs"]]
     for spec in jobs:
         eager = generate(tiny_model.pipeline, spec, call_kwargs=tiny_model.call_kwargs)
         compiled = generate(compiled_tiny.pipeline, spec, call_kwargs=compiled_tiny.call_kwargs)
@@ -46,8 +46,8 @@ def test_compiled_jobs_match_eager_dense_and_sparse_without_recompiling(tiny_mod
         assert compiled.metrics["attention"] == eager.metrics["attention"]
         for key in ("sparse_calls", "dense_calls", "dense_calls_warmup"):
             assert compiled.metrics["sparsity"][key] == eager.metrics["sparsity"][key]
-    assert graphs[0] > 0  # the blocks were compiled by the first job...
-    assert graphs[1] == graphs[0]  # ...and the sparse job's steps and budget recompiled nothing
+    assert graphs[1] > graphs[0]  # the blocks were compiled by the first job...
+    assert graphs[2] == graphs[1]  # ...and the sparse job's steps and budget recompiled nothing
     assert eager.metrics["sparsity"]["sparse_calls"] == 2 * 2 * 2  # the second job did run sparse
 
 
@@ -56,3 +56,31 @@ def test_bad_compile_options_fail_the_load_naming_the_option(registry):
         load_model(_tiny_with(registry, compile="max"), device="cpu")
     with pytest.raises(ModelUnavailable, match=r"options.compile_backend: must be a torch.compile backend"):
         load_model(_tiny_with(registry, compile="regional", compile_backend="nope"), device="cpu")
+
+
+def test_compiled_hunyuan_video_jobs_match_eager(registry):
+    """HunyuanVideo's four compiled block classes (dual- and single-stream, patch embedding, token
+    refiner) with svg2's joint attention: the frames of the eager pipeline, dense and sparse."""
+    from tiny_hunyuan import MAX_SEQUENCE_LENGTH, build_tiny_hunyuan_pipeline
+
+    from svg2core.integration import apply_svg2
+    from worker.pipelines.loading import compile_transformers
+    from worker.registry import build_job_spec
+
+    eager_pipe, compiled_pipe = build_tiny_hunyuan_pipeline(), build_tiny_hunyuan_pipeline()
+    for pipe in (eager_pipe, compiled_pipe):
+        apply_svg2(pipe)
+    compile_transformers(compiled_pipe, backend=BACKEND)
+    small = {"num_q_clusters": 8, "num_k_clusters": 16, "kmeans_iters_init": 5, "dense_warmup_steps": 0,
+             "dense_layers": 0}
+    graphs = [counters["stats"]["unique_graphs"]]
+    for sparsity in ("dense", {"preset": "fast", "top_p": 0.3, **small}):
+        spec, _ = build_job_spec(registry, prompt="a lighthouse at dusk", model="hunyuanvideo", size="64x64",
+                                 num_frames=5, num_inference_steps=2, seed=3, sparsity=sparsity)
+        eager, compiled = (generate(pipe, spec, call_kwargs={"max_sequence_length": MAX_SEQUENCE_LENGTH})
+                           for pipe in (eager_pipe, compiled_pipe))
+        graphs.append(counters["stats"]["unique_graphs"])
+        np.testing.assert_allclose(compiled.frames, eager.frames, atol=1e-4)
+        assert compiled.metrics["sparsity"]["sparse_calls"] == eager.metrics["sparsity"]["sparse_calls"]
+    assert eager.metrics["sparsity"]["sparse_calls"] == 4 and eager.metrics["sparsity"]["mean_density_sparse"] < 1
+    assert graphs[1] > graphs[0] and graphs[2] == graphs[1]  # compiled by the first job, not again
