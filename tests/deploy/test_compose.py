@@ -194,14 +194,19 @@ def _compose_cli() -> list[str] | None:
         if probe.returncode == 0:
             return ["docker", "compose"]
     if shutil.which("docker-compose"):
-        return ["docker-compose"]
+        # The file uses the Compose Specification (top-level ``name:``), which only Compose v2
+        # implements; Debian's docker-compose 1.x predates it and rejects the file.
+        probe = subprocess.run(["docker-compose", "version", "--short"], capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip().lstrip("v").split(".")[0].isdigit() \
+                and int(probe.stdout.strip().lstrip("v").split(".")[0]) >= 2:
+            return ["docker-compose"]
     return None
 
 
 def test_docker_compose_config_accepts_the_file():
     cli = _compose_cli()
     if cli is None:
-        pytest.skip("no docker compose CLI (plugin or docker-compose) on this machine")
+        pytest.skip("no Compose v2 CLI (docker compose plugin or docker-compose >= 2) on this machine")
     result = subprocess.run(
         [*cli, "--env-file", str(DEPLOY / ".env.example"), "-f", str(DEPLOY / "compose.yaml"), "config", "-q"],
         capture_output=True, text=True,
