@@ -7,7 +7,8 @@
         stack.kill_worker(w)                    # SIGKILL
         stack.wait_final(ids, timeout_s=60)     # {id: record}
 
-Used by tests/faults/ and bench/fault_drill.py; nothing here is mocked.
+Used by tests/faults/ and bench/fault_drill.py; nothing here is mocked. Its process helpers
+(``free_port``, ``wait_http_ok``, ``stop_process``) also serve the test fixtures.
 """
 
 from __future__ import annotations
@@ -35,6 +36,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ProcessExited(RuntimeError):
+    """The process a wait was watching exited first."""
+
+
+def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; raise :class:`ProcessExited` if ``process`` exits first,
+    ``TimeoutError`` when time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ProcessExited(f"process exited with {process.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
 
 
 @dataclass
@@ -134,20 +155,13 @@ class LiveStack:
 
     def stop_api(self) -> None:
         if self.api is not None:
-            _stop(self.api.process)
+            stop_process(self.api.process)
 
     def wait_http(self, url: str, timeout_s: float, proc: Proc | None = None) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if proc is not None and not proc.alive():
-                raise RuntimeError(f"{proc.name} exited:\n{proc.log()}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"{url} not up in {timeout_s} s")
+        try:
+            wait_http_ok(url, timeout_s, proc.process if proc is not None else None)
+        except ProcessExited:
+            raise RuntimeError(f"{proc.name} exited:\n{proc.log()}") from None
 
     # ------------------------------------------------------------------ workers
 
@@ -228,9 +242,9 @@ class LiveStack:
 
     def close(self) -> None:
         for proc in self.workers:
-            _stop(proc.process, 15)
+            stop_process(proc.process, 15)
         if self.api is not None:
-            _stop(self.api.process)
+            stop_process(self.api.process)
         self.stop_redis()
 
     def __enter__(self) -> LiveStack:
@@ -240,7 +254,8 @@ class LiveStack:
         self.close()
 
 
-def _stop(process: subprocess.Popen, timeout_s: float = 10) -> None:
+def stop_process(process: subprocess.Popen, timeout_s: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in time."""
     if process.poll() is None:
         process.terminate()
         try:

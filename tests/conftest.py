@@ -25,27 +25,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
+from bench.stack import free_port, stop_process, wait_http_ok  # noqa: F401 (re-exported to tests)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/15"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -123,32 +115,6 @@ class ApiServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def wait_http_ok(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    """Poll ``url`` until it answers 200; raise if ``process`` exits or time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
-
-
-def stop_process(process: subprocess.Popen, timeout_s: float = 10) -> None:
-    """SIGTERM, then SIGKILL if it does not exit in time."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def start_api_server(redis_url: str, output_dir: Path, log_path: Path, **settings: str) -> ApiServer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import redis
 
+from bench.stack import free_port
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 #: Fast beats so tests see state changes quickly; the TTL still covers a loaded CI machine.
@@ -31,12 +32,6 @@ TEST_WORKER_ENV = {
     "SVG2_LOG_LEVEL": "INFO",
     "PYTHONUNBUFFERED": "1",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
