@@ -12,7 +12,9 @@ from svg2core.ops.select import (
     select_from_logits,
     select_from_logits_reference,
     select_key_clusters_reference,
+    selection_in_id_order,
 )
+from svg2core.ops.select import select as select_mod
 from svg2core.state import Workspace
 
 
@@ -55,9 +57,29 @@ CONFIGS = [
 ]
 
 
+METHODS = [pytest.param(("sort", 4), id="sort"), pytest.param(("threshold", 4), id="threshold"),
+           pytest.param(("threshold", 1), id="threshold-1bit"), pytest.param(("threshold", 3), id="threshold-3bit")]
+
+
+def _run_select(method, logits, sizes, config, nv, ws=None):
+    kind, bits = method
+    old = select_mod.SELECT_METHOD, select_mod.SELECT_RADIX_BITS
+    select_mod.SELECT_METHOD, select_mod.SELECT_RADIX_BITS = kind, bits
+    try:
+        return select_from_logits(logits, sizes, config, nv, ws or Workspace())
+    finally:
+        select_mod.SELECT_METHOD, select_mod.SELECT_RADIX_BITS = old
+
+
+def _want(method, logits, sizes, config, nv):
+    want = select_from_logits_reference(logits, sizes, config, nv)
+    return want if method[0] == "sort" else selection_in_id_order(want[0], want[1], sizes)
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("ck", [13, 100], ids=lambda c: f"ck{c}")
-def test_selection_kernel_equals_reference(config, ck):
+def test_selection_kernel_equals_reference(config, ck, method):
     cq_c, ck_c, sizes, _ = _problem(ck=ck)
     sizes = _equal_rows(sizes)
     nv = int(sizes[0].sum())
@@ -65,10 +87,46 @@ def test_selection_kernel_equals_reference(config, ck):
     ws = Workspace()
     ws.buffer("sel.idx", (3, 5, ck), torch.int32, "cpu").fill_(-1)  # poison: every entry must be written
     ws.buffer("sel.cum", (3, 5, ck + 1), torch.int32, "cpu").fill_(-1)
-    got = select_from_logits(logits, sizes, config, nv, ws)
-    want = select_from_logits_reference(logits, sizes, config, nv)
+    got = _run_select(method, logits, sizes, config, nv, ws)
+    want = _want(method, logits, sizes, config, nv)
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_selection_kernel_on_ties_and_empty_clusters(config, method):
+    """Constant centroids (every logit of a size tied), one huge cluster, many empty ones: no NaN,
+    ties broken by lower id exactly as the reference."""
+    bh, cq, ck, d = 2, 3, 20, 64
+    cq_c = torch.ones(bh, cq, d)
+    ck_c = torch.ones(bh, ck, d)
+    sizes = torch.tensor([[3, 0, 3, 3, 0, 1, 1, 0, 3, 3, 2, 2, 0, 0, 1, 3, 3, 0, 2, 1],
+                          [30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4]], dtype=torch.int32)
+    sizes = _equal_rows(sizes)
+    nv = int(sizes[0].sum())
+    logits = cluster_logits_reference(cq_c, ck_c, sizes)
+    got = _run_select(method, logits, sizes, config, nv)
+    want = _want(method, logits, sizes, config, nv)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+    assert torch.all(got[1] >= 1)
+
+
+def test_id_order_layout_keeps_the_set_and_the_token_sums():
+    cq_c, ck_c, sizes, _ = _problem(bh=2, ck=30)
+    sizes = _equal_rows(sizes)
+    nv = int(sizes[0].sum())
+    sel_idx, sel_count, sel_cum = select_key_clusters_reference(cq_c, ck_c, sizes, SVG2Config(top_p=0.7), nv)
+    idx2, count2, cum2 = selection_in_id_order(sel_idx, sel_count, sizes)
+    assert torch.equal(count2, sel_count)
+    for r in range(2):
+        for i in range(5):
+            n = int(sel_count[r, i])
+            assert sorted(sel_idx[r, i, :n].tolist()) == idx2[r, i, :n].tolist()
+            assert sorted(idx2[r, i].tolist()) == list(range(30))
+            assert int(cum2[r, i, n]) == int(sel_cum[r, i, n])
+    assert torch.equal(_kept_tokens(idx2, count2, sizes), _kept_tokens(sel_idx, sel_count, sizes))
 
 
 def test_selection_respects_top_p_and_keeps_the_crossing_cluster():
@@ -112,9 +170,15 @@ def test_fixed_density_hits_target_within_one_cluster(target):
     sizes = _equal_rows(sizes)
     nv = int(sizes[0].sum())
     cfg = SVG2Config(mode="fixed_density", target_density=target)
-    sel_idx, sel_count, sel_cum = select_from_logits(cluster_logits_reference(cq_c, ck_c, sizes), sizes, cfg, nv,
-                                                     Workspace())
+    logits = cluster_logits_reference(cq_c, ck_c, sizes)
+    sel_idx, sel_count, sel_cum = select_from_logits(logits, sizes, cfg, nv, Workspace())
     kept = torch.gather(sel_cum, -1, sel_count.long()[..., None]).squeeze(-1)
-    last_size = kept - torch.gather(sel_cum, -1, (sel_count - 1).long()[..., None]).squeeze(-1)
+    assert torch.equal(kept.long(), _kept_tokens(sel_idx, sel_count, sizes))
+    # the crossing cluster is the least probable kept one (the kernel lists the kept set by id)
+    rank = torch.arange(50)
+    in_set = rank < sel_count[..., None]
+    kept_logit = torch.where(in_set, torch.gather(logits, -1, sel_idx.long()), float("inf"))
+    crossing = torch.gather(sel_idx, -1, kept_logit.argmin(-1, keepdim=True)).long()
+    last_size = torch.gather(sizes.long()[:, None, :].expand(-1, 5, -1), -1, crossing).squeeze(-1)
     assert torch.all(kept >= target * nv)
     assert torch.all(kept - last_size < target * nv)

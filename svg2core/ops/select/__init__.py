@@ -4,6 +4,7 @@ from svg2core.ops.select.reference import (
     cluster_logits_reference,
     select_from_logits_reference,
     select_key_clusters_reference,
+    selection_in_id_order,
     token_limits,
 )
 from svg2core.ops.select.select import cluster_logits, select_from_logits, select_key_clusters
@@ -15,5 +16,6 @@ __all__ = [
     "select_from_logits_reference",
     "select_key_clusters",
     "select_key_clusters_reference",
+    "selection_in_id_order",
     "token_limits",
 ]

@@ -96,3 +96,23 @@ def select_key_clusters_reference(
     """Scoring followed by selection; see :func:`select_from_logits_reference` for the outputs."""
     logits = cluster_logits_reference(q_centroids, k_centroids, k_sizes)
     return select_from_logits_reference(logits, k_sizes, config, num_video_tokens)
+
+
+def selection_in_id_order(sel_idx: torch.Tensor, sel_count: torch.Tensor,
+                          k_sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same selection laid out in cluster-id order (the threshold kernel's layout).
+
+    ``sel_idx[..., :sel_count]`` becomes the kept clusters in ascending id, followed by the other
+    clusters in ascending id; ``sel_cum`` is recomputed as the key-token prefix sums in that order.
+    The kept set and ``sel_count`` are unchanged.
+    """
+    bh, cq, ck = sel_idx.shape
+    rank = torch.arange(ck, device=sel_idx.device)
+    kept = torch.zeros(bh, cq, ck, dtype=torch.bool, device=sel_idx.device)
+    kept.scatter_(-1, sel_idx.long(), rank < sel_count[..., None].long())
+    # kept first, each group in ascending id: a stable sort of the "not kept" flags
+    order = torch.sort((~kept).to(torch.int8), dim=-1, stable=True).indices
+    tok = torch.gather(k_sizes.long()[:, None, :].expand(-1, cq, -1), -1, order)
+    sel_cum = torch.zeros(bh, cq, ck + 1, dtype=torch.int64, device=sel_idx.device)
+    sel_cum[..., 1:] = torch.cumsum(tok, -1)
+    return order.to(torch.int32), sel_count.clone(), sel_cum.to(torch.int32)

@@ -12,14 +12,20 @@ from svg2core.state import Workspace
 
 _LOGITS_BLOCK_Q = 32
 _LOGITS_BLOCK_K = 64
-SELECT_NUM_WARPS: int | None = None  # warps of the per-row sort + scan kernel; None = by row length
+SELECT_NUM_WARPS: int | None = None  # warps of the per-row selection kernel; None = by row length
+# "threshold": radix search for the rule's threshold (kept clusters in ascending id); "sort": bitonic
+# sort of the whole row (kept clusters in descending P, the reference's order). Same kept set.
+SELECT_METHOD = "threshold"
+SELECT_RADIX_BITS = 4  # key bits decided per step of the threshold search (2^bits candidates at once)
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _select_warps(block_row: int) -> int:
+def _select_warps(block_row: int, method: str) -> int:
+    if method == "threshold":
+        return 4 if block_row <= 256 else 8
     # The in-register bitonic sort of one row dominates; 16 warps were fastest for 1024-wide rows on
     # H100 (bench/bench_selection.py sweep: 0.92 ms vs 1.36 ms with 4 warps at 40 x 300 x 1000).
     return 4 if block_row <= 256 else 8 if block_row <= 512 else 16
@@ -51,8 +57,13 @@ def select_key_clusters(
 
 def select_from_logits(logits: torch.Tensor, k_sizes: torch.Tensor, config: SVG2Config,
                        num_video_tokens: int, workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton selection from ``(BH, Cq, Ck)`` logits (one sort + scan per row, in registers)."""
-    from svg2core.ops.select.triton_select import _select_kernel
+    """Triton selection from ``(BH, Cq, Ck)`` logits (one program per row, in registers).
+
+    :data:`SELECT_METHOD` ``"threshold"`` returns the reference's kept set and ``sel_count`` with the
+    kept clusters in ascending id (``select_from_logits_reference(...)`` put through
+    ``selection_in_id_order``); ``"sort"`` returns the reference's order.
+    """
+    from svg2core.ops.select.triton_select import _select_kernel, _select_threshold_kernel
 
     bh, cq, ck = logits.shape
     dev = logits.device
@@ -61,14 +72,21 @@ def select_from_logits(logits: torch.Tensor, k_sizes: torch.Tensor, config: SVG2
     sel_cum = workspace.buffer("sel.cum", (bh, cq, ck + 1), torch.int32, dev)
     min_tokens, max_tokens = token_limits(config, num_video_tokens)
     block_row = max(16, _next_pow2(ck))
-    _select_kernel[(cq, bh)](
-        logits, k_sizes, sel_idx, sel_count, sel_cum,
-        ck, float(config.top_p), min_tokens, max_tokens,
-        logits.stride(0), logits.stride(1), k_sizes.stride(0),
-        sel_idx.stride(0), sel_idx.stride(1), sel_count.stride(0), sel_cum.stride(0), sel_cum.stride(1),
-        FIXED=config.mode == "fixed_density", BLOCK_K=block_row,
-        num_warps=SELECT_NUM_WARPS or _select_warps(block_row),
-    )
+    args = (logits, k_sizes, sel_idx, sel_count, sel_cum,
+            ck, float(config.top_p), min_tokens, max_tokens,
+            logits.stride(0), logits.stride(1), k_sizes.stride(0),
+            sel_idx.stride(0), sel_idx.stride(1), sel_count.stride(0), sel_cum.stride(0), sel_cum.stride(1))
+    warps = SELECT_NUM_WARPS or _select_warps(block_row, SELECT_METHOD)
+    fixed = config.mode == "fixed_density"
+    if SELECT_METHOD == "threshold":
+        _select_threshold_kernel[(cq, bh)](
+            *args, FIXED=fixed, BLOCK_K=block_row, LOG_K=block_row.bit_length() - 1,
+            RADIX_BITS=SELECT_RADIX_BITS, num_warps=warps,
+        )
+    elif SELECT_METHOD == "sort":
+        _select_kernel[(cq, bh)](*args, FIXED=fixed, BLOCK_K=block_row, num_warps=warps)
+    else:
+        raise ValueError(f"SELECT_METHOD: must be 'threshold' or 'sort', got {SELECT_METHOD!r}")
     return sel_idx, sel_count, sel_cum
 
 

@@ -1,8 +1,9 @@
 """Triton kernels of cluster scoring and top-p / fixed-density selection.
 
-Two launches: ``_cluster_logits_kernel`` (a small tiled ``Cq Ck^T`` plus ``log|K_j|``) and
-``_select_kernel``, which per (b, h, query cluster) sorts one row of logits in registers, normalises,
-scans and writes the compact selection; no (BH, Cq, Ck) sort buffer and no host round trip.
+Two launches: ``_cluster_logits_kernel`` (a small tiled ``Cq Ck^T`` plus ``log|K_j|``) and one
+selection kernel per (b, h, query cluster) row, in registers, with no (BH, Cq, Ck) sort buffer and no
+host round trip: ``_select_threshold_kernel`` (default) finds the kept set by a radix search for the
+rule's threshold; ``_select_kernel`` sorts the whole row (bitonic) and scans it.
 """
 
 from __future__ import annotations
@@ -84,5 +85,86 @@ def _select_kernel(
     tl.store(sel_idx_ptr + pid_bh * stride_ibh + pid_q * stride_iq + offs, idx, mask=m)
     cum_row = sel_cum_ptr + pid_bh * stride_cbh + pid_q * stride_cq
     tl.store(cum_row + 1 + offs, cum_tok, mask=m)
+    tl.store(cum_row, 0)
+    tl.store(sel_count_ptr + pid_bh * stride_nbh + pid_q, count)
+
+
+@triton.jit
+def _select_threshold_kernel(
+    logits_ptr, ksize_ptr, sel_idx_ptr, sel_count_ptr, sel_cum_ptr,
+    CK, top_p, min_tokens, max_tokens,
+    stride_lbh, stride_lq, stride_sbh,
+    stride_ibh, stride_iq, stride_nbh, stride_cbh, stride_cq,
+    FIXED: tl.constexpr, BLOCK_K: tl.constexpr, LOG_K: tl.constexpr, RADIX_BITS: tl.constexpr,
+):
+    """The same kept set as ``_select_kernel`` without sorting: a radix search for the rule's threshold.
+
+    Every key cluster gets a distinct non-negative int64 key, ordered like the reference order
+    (logit descending, lower id first on ties): ``(ordered logit + 2^31) << LOG_K | (BLOCK_K-1-id)``.
+    With ``S(T) = {j: key_j >= T}`` (a prefix of that order), ``f(T) = rule(sum_S p, sum_S tok)`` is
+    monotone (true for large ``T``), so the number of prefixes that satisfy the rule,
+    ``R = |S(T_min)|`` with ``T_min`` the smallest ``T`` where ``f`` holds, follows from a search over
+    the key bits: ``RADIX_BITS`` bits per step, all ``2^RADIX_BITS`` candidates of a step evaluated at
+    once as one (BLOCK_K, 2^RADIX_BITS) masked reduction. ``count = min(1 + R, #non-empty)`` as in the
+    sorting kernel; the kept clusters are the ``count`` largest keys.
+
+    Output order (the only difference from the sorting kernel): ``sel_idx[:count]`` holds the kept
+    clusters in ascending id, the rest the others in ascending id; ``sel_cum`` is the token prefix sum
+    in that order. The attention does not depend on the order of the selected clusters.
+    """
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    offs = tl.arange(0, BLOCK_K)
+    m = offs < CK
+    row = logits_ptr + pid_bh * stride_lbh + pid_q * stride_lq
+    logit = tl.load(row + offs, mask=m, other=float("-inf"))
+    tok = tl.load(ksize_ptr + pid_bh * stride_sbh + offs, mask=m, other=0)
+    bits = logit.to(tl.int32, bitcast=True)
+    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
+    key = ((ordered.to(tl.int64) + 2147483648) << LOG_K) | (BLOCK_K - 1 - offs).to(tl.int64)
+    p = tl.exp(logit - tl.max(logit, axis=0))
+    p = tl.where(m, p, 0.0)
+    p = p / tl.sum(p, axis=0)
+
+    # g(T) = not f(T), true for small T. Whole set first: if the rule holds there, T_min = 0.
+    all_p = tl.sum(p, axis=0)
+    all_tok = tl.sum(tok, axis=0)
+    if FIXED:
+        f_all = all_tok < max_tokens
+    else:
+        f_all = ((all_p < top_p) | (all_tok < min_tokens)) & (all_tok < max_tokens)
+    NUM_CAND: tl.constexpr = 1 << RADIX_BITS
+    STEPS: tl.constexpr = (32 + LOG_K + RADIX_BITS - 1) // RADIX_BITS
+    digits = tl.arange(0, NUM_CAND).to(tl.int64)
+    t = tl.zeros([NUM_CAND], tl.int64)  # every entry holds T (the largest T found so far with g(T))
+    for step in tl.static_range(STEPS):
+        shift: tl.constexpr = RADIX_BITS * (STEPS - 1 - step)
+        cand = t + (digits << shift)
+        in_s = key[:, None] >= cand[None, :]  # (BLOCK_K, NUM_CAND)
+        s_tok = tl.sum(tl.where(in_s, tok[:, None], 0), axis=0)
+        if FIXED:
+            g = s_tok >= max_tokens
+        else:
+            s_p = tl.sum(tl.where(in_s, p[:, None], 0.0), axis=0)
+            g = ((s_p >= top_p) & (s_tok >= min_tokens)) | (s_tok >= max_tokens)
+        n_g = tl.maximum(tl.sum(g.to(tl.int32), axis=0), 1)  # g(T | 0 << shift) = g(T) holds
+        t = t + ((n_g - 1).to(tl.int64) << shift)
+    t_min = tl.where(f_all, 0, tl.max(t, axis=0) + 1)
+    # kept = the 1 + R largest keys, R = #{key >= t_min}, capped to the non-empty clusters (empty
+    # clusters have logit -inf, so they come after every non-empty one)
+    t_next = tl.max(tl.where(key < t_min, key, -1), axis=0)
+    kept = (key >= t_next) & (tok > 0)  # t_min == 0 (rule holds on every prefix): t_next = -1, all
+    kept_i = kept.to(tl.int32)
+    count = tl.sum(kept_i, axis=0)
+    n_kept_incl = tl.cumsum(kept_i, axis=0)
+    pos = tl.where(kept, n_kept_incl - 1, count + offs - n_kept_incl)
+    kept_tok = tl.where(kept, tok, 0)
+    cum_kept = tl.cumsum(kept_tok, axis=0)
+    cum_rest = tl.cumsum(tok - kept_tok, axis=0)
+    total_kept = tl.sum(kept_tok, axis=0)
+    cum = tl.where(kept, cum_kept, total_kept + cum_rest)
+    tl.store(sel_idx_ptr + pid_bh * stride_ibh + pid_q * stride_iq + pos, offs, mask=m)
+    cum_row = sel_cum_ptr + pid_bh * stride_cbh + pid_q * stride_cq
+    tl.store(cum_row + 1 + pos, cum, mask=m)
     tl.store(cum_row, 0)
     tl.store(sel_count_ptr + pid_bh * stride_nbh + pid_q, count)
