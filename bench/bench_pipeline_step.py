@@ -35,7 +35,9 @@ minus a warm one; the cold sparse forward also holds any recompilation), as is t
 dynamo compiled during the timed forwards (must be 0: no recompilation across steps). Before compiling,
 one eager dense forward and each density's cold eager sparse forward are kept; the first compiled
 forward of each is compared with them (``compiled_vs_eager`` in the results: max abs difference
-relative to the output's max abs). ``--no-compile`` runs everything eager.
+relative to the output's max abs). Each of them is followed by ``--reps`` warm eager forwards, timed
+(``eager_same_process``): the compile gain and the eager speedups measured in the same process, on the
+same card, with the same kernels. ``--no-compile`` runs everything eager.
 
 HunyuanVideo's text: real prompts are padded to 256 tokens and diffusers then passes a ``(B, 1, 1, N)``
 key mask, which takes SDPA off its fastest (unmasked cuDNN) path. The padded text tokens are never
@@ -194,6 +196,15 @@ def graphs_compiled() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+def eager_summary(times: dict[str, list[float]], densities) -> dict:
+    """Warm eager step times (the compiled run's references) and the eager per-step speedups."""
+    dense = statistics.median(times["dense"])
+    out: dict = {"step_seconds": times, "dense_step_seconds": dense}
+    for density in densities:
+        out[f"speedup_{density}"] = round(dense / statistics.median(times[f"sparse_{density}"]), 3)
+    return out
+
+
 def relative_difference(out: torch.Tensor, reference: torch.Tensor) -> float:
     """max |out - reference| / max |reference| (fp32 math)."""
     ref = reference.float()
@@ -276,13 +287,17 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
     with torch.inference_mode(), sdpa_ctx():
         compile_info = None
         if compile_backend is not None:
-            # Eager references (fresh sessions: the cold sparse forward is k-means from scratch).
+            # Eager references (fresh sessions: the cold sparse forward is k-means from scratch), then
+            # ``reps`` warm eager forwards of each: the eager step times of this process, for the compile gain.
             with svg2_session(model, dense_plan, num_inference_steps=100):
                 eager_dense = model(**kwargs)[0].clone()
+                eager_times = {"dense": timed_forwards(model, kwargs, reps, device)}
             eager_sparse = {}
             for density in densities:
                 with svg2_session(model, SparsityPlan(sparse_config(density, spec)), num_inference_steps=100):
                     eager_sparse[density] = model(**kwargs)[0].clone()
+                    eager_times[f"sparse_{density}"] = timed_forwards(model, kwargs, reps, device)
+            res["eager_same_process"] = eager_summary(eager_times, densities)
             torch._dynamo.reset()  # each model compiles static graphs of its own shapes
             graphs_before = graphs_compiled()
             model.compile_repeated_blocks(backend=compile_backend)
@@ -419,6 +434,23 @@ def write_markdown(path: str, results: dict) -> None:
                          f"(compile ~{c['dense_compile_seconds']:.1f} s, {c['graphs_first_dense_forward']} graphs); "
                          f"graphs compiled in the timed forwards: {r['graphs_compiled_in_timed_forwards']}; "
                          f"compiled vs eager (max abs diff / max abs): {diffs}")
+    eager = [r for r in results["models"] if r.get("eager_same_process")]
+    if eager:
+        lines += ["", "Compiled vs eager step in this process (eager: warm forwards before compiling, same "
+                  "modules and kernels; median):", "",
+                  "| model | step | eager | compiled | compile gain | eager speedup | compiled speedup |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in eager:
+            e = r["eager_same_process"]
+            dense = statistics.median(r["dense"]["step_seconds"])
+            lines.append(f"| {r['model']} | dense | {e['dense_step_seconds'] * 1e3:.0f} ms | {dense * 1e3:.0f} ms | "
+                         f"{e['dense_step_seconds'] / dense:.2f}x | | |")
+            for s in r["sparse"]:
+                d = s["target_density"]
+                es = statistics.median(e["step_seconds"][f"sparse_{d}"])
+                cs = statistics.median(s["step_seconds"])
+                lines.append(f"| {r['model']} | sparse {d:.2f} | {es * 1e3:.0f} ms | {cs * 1e3:.0f} ms | "
+                             f"{es / cs:.2f}x | {e[f'speedup_{d}']:.2f}x | {s['speedup']:.2f}x |")
     lines += ["", "Kernel time of one warm forward by category (seconds, torch.profiler):", ""]
     for r in results["models"]:
         lines.append(f"- {r['model']} dense: {r['dense']['kernel_profile']}")

@@ -49,10 +49,14 @@ def test_smoke_run_writes_consistent_results(tmp_path, mode):
             assert model["graphs_compiled_in_timed_forwards"] == 0  # and not again across steps
             assert compiled["graphs_cold_sparse_0.25"] == 0  # nor for the sparse runs
             assert all(diff < 1e-5 for diff in compiled["compiled_vs_eager"].values()), compiled
+            eager = model["eager_same_process"]  # warm eager steps timed before compiling
+            assert len(eager["step_seconds"]["dense"]) == len(eager["step_seconds"]["sparse_0.25"]) == 2
+            assert eager["speedup_0.25"] > 0 and eager["dense_step_seconds"] > 0
     assert results["models"][1]["text_tokens"] == 6 and results["models"][1]["text_mask"] == "packed, no mask"
     md = (tmp_path / "pipeline_step_cpu.md").read_text()
     assert "| smoke-wan |" in md
     assert ("regional torch.compile (aot_eager" in md) == (mode != ["--no-compile"])
+    assert ("| smoke-wan | sparse 0.25 |" in md) == (mode != ["--no-compile"])  # compile-gain table
 
 
 def test_inductor_compiled_steps_match_eager_without_recompiling(tmp_path):
