@@ -38,6 +38,10 @@ from worker.spec import DEFAULT_PRESETS, JobSpec, SparsitySettings, resolve_spar
 DEFAULT_REGISTRY_PATH = Path(__file__).with_name("models.yaml")
 MAX_SEED = 2**63 - 1
 
+#: Values of the registry option ``options.compile`` (worker/pipelines/loading.py): ``regional``
+#: torch.compiles the transformers' repeated blocks once at load; ``none`` runs them eager.
+COMPILE_MODES = ("regional", "none")
+
 
 class SpecError(ValueError):
     """A request field breaks a rule. ``param`` is the field path (``"size"``, ``"sparsity.top_p"``)."""
@@ -114,6 +118,7 @@ class ModelEntry(BaseModel):
             raise ValueError(f"model {self.name}: default_preset {self.default_preset!r} is not a preset")
         for preset in presets:
             resolve_sparsity(preset, presets)  # every preset must validate
+        self._check_options()
         # The defaults must themselves pass the limits (a bad registry fails at load, not per request).
         d = self.defaults
         try:
@@ -127,6 +132,19 @@ class ModelEntry(BaseModel):
         except SpecError as exc:
             raise ValueError(f"model {self.name}: {exc}") from exc
         return self
+
+    def _check_options(self) -> None:
+        """The worker options whose values are known here (torch-free): a bad value fails at registry
+        load, naming the model and the field, not when a worker loads the weights."""
+        mode = self.options.get("compile", "none")
+        if not isinstance(mode, str) or mode not in COMPILE_MODES:
+            raise ValueError(f"model {self.name}: options.compile must be one of {', '.join(COMPILE_MODES)}, "
+                             f"got {mode!r}")
+        backend = self.options.get("compile_backend", "inductor")
+        if not isinstance(backend, str) or not backend:
+            # Which backends exist is torch's to say (checked at load, worker/pipelines/loading.py).
+            raise ValueError(f"model {self.name}: options.compile_backend must be the name of a torch.compile "
+                             f"backend, got {backend!r}")
 
     def effective_presets(self) -> dict[str, dict[str, Any]]:
         """``DEFAULT_PRESETS`` with this model's per-preset overrides merged in (and its extra presets)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -76,6 +78,32 @@ def test_invalid_registry_files_are_rejected_with_the_reason(tmp_path, mutate, n
     mutate(data)
     with pytest.raises(ValueError, match=needle):
         load_registry(_write(tmp_path, data))
+
+
+@pytest.mark.parametrize("value", ["max", "Regional", True, False, None, 1])
+def test_unknown_compile_option_values_are_rejected_naming_model_and_field(tmp_path, value):
+    data = _bundled()
+    hunyuan = next(m for m in data["models"] if m["name"] == "hunyuanvideo")
+    hunyuan.setdefault("options", {})["compile"] = value
+    with pytest.raises(ValueError, match=r"model hunyuanvideo: options\.compile must be one of regional, none, "
+                                         rf"got {re.escape(repr(value))}"):
+        load_registry(_write(tmp_path, data))
+
+
+def test_compile_backend_must_be_a_name(tmp_path):
+    data = _bundled()
+    data["models"][0]["options"] = {"compile": "regional", "compile_backend": 3}
+    with pytest.raises(ValueError, match=r"model tiny: options\.compile_backend must be the name of a "
+                                         r"torch\.compile backend, got 3"):
+        load_registry(_write(tmp_path, data))
+
+
+def test_compile_option_values_load(tmp_path):
+    data = _bundled()
+    data["models"][0]["options"] = {"compile": "regional", "compile_backend": "aot_eager"}
+    data["models"][1]["options"] = {**data["models"][1].get("options", {}), "compile": "none"}
+    registry = load_registry(_write(tmp_path, data))
+    assert registry.models[0].options["compile"] == "regional" and registry.models[1].options["compile"] == "none"
 
 
 def test_registry_file_that_is_not_yaml_is_rejected(tmp_path):

@@ -31,7 +31,7 @@ from packaging.version import Version
 
 from svg2core.integration import SVG2Integration, apply_svg2
 from worker.pipelines.tiny import build_tiny_pipeline
-from worker.registry import ModelEntry
+from worker.registry import COMPILE_MODES, ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,6 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 #: pass silently, but a newer registry must not stop an older worker either).
 KNOWN_OPTIONS = frozenset({"flow_shift", "max_sequence_length", "enable_vae_tiling", "vae_dtype", "svg2",
                            "compile", "compile_backend"})
-
-#: Values of the registry option ``compile``.
-COMPILE_MODES = ("regional", "none")
 
 #: The tiny text encoder has no use for Wan's 512-token prompts; 64 bytes keeps a step cheap.
 TINY_MAX_SEQUENCE_LENGTH = 64
