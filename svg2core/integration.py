@@ -16,7 +16,9 @@ transformer; it stores no budget. A job's budget reaches the processors only thr
 :class:`SVG2Session` that :func:`svg2_session` attaches to the routers for the duration of the
 ``with`` block and detaches on exit, also on exceptions. The session owns everything of that job:
 the resolved plan, the step / CFG-branch counters, one fresh :class:`~svg2core.state.LayerState` per
-layer (so centroids never carry over to another job) and the accounting. Outside a session the
+layer (so centroids never carry over to another job) and the accounting. The scratch buffers of the
+sparse calls (:class:`~svg2core.state.Workspace`) belong to the integration, one set per loaded pipeline,
+shared by its jobs: they hold only the intermediates of the call in progress. Outside a session the
 processors run the stock dense attention.
 """
 
@@ -135,10 +137,6 @@ class SVG2Session:
         self.timing = timing
         self.accounting = AttentionAccounting(timing=timing)
         self.layer_states: dict[tuple[str, int], LayerState] = {}
-        # Scratch buffers of this job's calls (allocated by the first calls, reused by the rest). Not
-        # shared across jobs: buffers created under one job's torch.inference_mode are inference
-        # tensors, which a later job running outside inference mode could not write into.
-        self.workspace = Workspace()
         self.branches: dict[str, int] = {}
         self._branch_calls: dict[str, int] = {}
         self._calls = 0
@@ -213,7 +211,7 @@ class SVG2Session:
         # (B, N, H, D) -> (B, H, N, D) views; svg2 returns (B, H, N, D)
         out, density = svg2_attention(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.plan.config, state,
-            branch=branch, workspace=self.workspace, num_dense_tokens=num_dense_tokens,
+            branch=branch, workspace=self.integration.workspace, num_dense_tokens=num_dense_tokens,
             key_padding_mask=key_padding_mask, backend=backend,
         )
         return out.transpose(1, 2), density
@@ -257,6 +255,13 @@ class SVG2Integration:
         self.default_plan = default_plan
         self.estimate_savings = estimate_savings
         self.calibration = DenseAttentionCalibration()
+        # Scratch buffers of the sparse calls, one set per loaded pipeline: sized by the first calls of
+        # the first job, reused by every later call and job (no per-job allocation, stable addresses for
+        # CUDA graphs). They only ever hold intermediates of the call in progress, so sharing them across
+        # jobs carries nothing over; jobs run one at a time (one session at a time, below). The buffers are
+        # normal tensors even when allocated under torch.inference_mode (see Workspace), so jobs run under
+        # inference_mode and under no_grad can follow each other.
+        self.workspace = Workspace()
         self.routers: dict[str, SVG2Router] = {}
         self._originals: dict[str, list[tuple[torch.nn.Module, Any]]] = {}
         self.session: SVG2Session | None = None
@@ -295,6 +300,7 @@ class SVG2Integration:
             if getattr(router.transformer, ROUTER_ATTR, None) is router:
                 delattr(router.transformer, ROUTER_ATTR)
             del self.routers[tag]
+        self.workspace.clear()  # stock processors from now on: release the scratch memory
 
     @contextlib.contextmanager
     def session_for(self, budget, num_inference_steps: int, passes_per_step: int = 1,
@@ -316,9 +322,9 @@ class SVG2Integration:
             self.session = None
             session.active = False
             session._current = None
-            # Drop the job's centroids and buffers now; only the accounting outlives the job.
+            # Drop the job's centroids now; only the accounting outlives the job. The scratch buffers
+            # (the integration's workspace) stay for the next job: they hold nothing of this one.
             session.layer_states.clear()
-            session.workspace = None
 
 
 def _transformers(target: torch.nn.Module | Any) -> list[tuple[str, torch.nn.Module]]:

@@ -1,8 +1,8 @@
 """Per-layer state (cached k-means centroids) and the reusable buffer workspace.
 
-Neither object is global: a pipeline owns one :class:`Workspace` shared by its layers and one
-:class:`LayerState` per sparse layer, and resets the states between jobs so that no centroid of one
-request can steer another.
+Neither object is global: a pipeline owns one :class:`Workspace` shared by its layers and its jobs,
+and each job one :class:`LayerState` per sparse layer, dropped at the end of the job so that no
+centroid of one request can steer another.
 """
 
 from __future__ import annotations
@@ -73,6 +73,12 @@ class Workspace:
     first request and re-allocated only when a larger one (or another dtype/device) is asked for, so
     steady-state calls allocate nothing. Buffers hold only intermediates of one call: a call may
     overwrite anything a previous call left there. Not thread-safe: one workspace per stream.
+
+    Buffers and constants are always normal tensors, also when the first request comes under
+    ``torch.inference_mode`` (they are allocated with inference mode switched off): a normal tensor
+    can be written in place both inside inference mode and outside it (under ``no_grad``), whereas an
+    inference tensor could not be written by a later call made outside inference mode. So one workspace
+    can serve every job of a pipeline, whichever of the two modes each job runs under.
     """
 
     def __init__(self) -> None:
@@ -85,7 +91,8 @@ class Workspace:
         numel = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.device != torch.device(device) or buf.numel() < numel:
-            buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
+            with torch.inference_mode(False):  # a normal tensor (see the class docstring)
+                buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
             self._buffers[name] = buf
             self.allocations += 1
         return buf[:numel].view(shape)
@@ -98,7 +105,8 @@ class Workspace:
         """
         buf = self._constants.get(name)
         if buf is None:
-            buf = build()
+            with torch.inference_mode(False):  # a normal tensor (see the class docstring)
+                buf = build()
             self._constants[name] = buf
             self.allocations += 1
         return buf

@@ -267,3 +267,34 @@ def test_jobs_in_and_out_of_inference_mode_follow_each_other():
         with torch.no_grad():
             plain = forward(model, inputs, "cond")
     assert torch.equal(inference, plain)
+
+
+def test_scratch_workspace_is_one_per_pipeline_and_reused_by_later_jobs():
+    """The sparse calls' scratch buffers are allocated by the first job and reused by later jobs
+    (same buffers, nothing allocated), whether those run under inference_mode or no_grad; removing
+    svg2 releases them. (Reference backend: the Triton one takes the same Workspace, but minutes under
+    the CPU interpreter.)"""
+    model, inputs = tiny_wan(), wan_inputs()
+    integration = apply_svg2(model, backend="reference")
+    workspace = integration.workspace
+    plan = small_plan(mode="fixed_density", target_density=0.5)
+
+    def job(mode):
+        with svg2_session(model, plan, num_inference_steps=2) as session, mode():
+            outs = [forward(model, inputs, "cond") for _ in range(2)]
+        assert session.metrics()["sparse_calls"] == 4
+        return outs
+
+    first = job(torch.inference_mode)
+    allocations = workspace.allocations
+    buffers = {name: buf.data_ptr() for name, buf in workspace._buffers.items()}
+    assert allocations > 0 and buffers and workspace.nbytes() > 0
+    # Normal tensors, although the first job allocated them under inference_mode.
+    assert not any(buf.is_inference() for buf in [*workspace._buffers.values(), *workspace._constants.values()])
+    for mode in (torch.inference_mode, torch.no_grad, torch.inference_mode):
+        again = job(mode)
+        assert integration.workspace is workspace and workspace.allocations == allocations
+        assert {name: buf.data_ptr() for name, buf in workspace._buffers.items()} == buffers
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # nothing carried over
+    remove_svg2(model)
+    assert workspace.nbytes() == 0
