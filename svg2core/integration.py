@@ -121,10 +121,16 @@ class SVG2Session:
     is called without one, the call index modulo ``passes_per_step``. The step is the context's
     ``step_index`` when the pipeline provides it, else the number of earlier calls of the same branch
     in this job (shared by ``transformer`` and ``transformer_2``, which split the steps between them).
+
+    ``text_mask_all_valid``: the caller knows, on the host, that every text key of this job's calls is
+    valid (HunyuanVideo with a packed prompt, see :func:`svg2_session`): the joint-attention masks are
+    then dropped before the attention call, so dense calls take SDPA's unmasked path and sparse calls
+    get no ``key_padding_mask``. Decided per job, never per call: reading the mask per call would be a
+    host-device sync in the hot path (and break CUDA-graph capture).
     """
 
     def __init__(self, integration: SVG2Integration, plan: SparsityPlan, num_inference_steps: int,
-                 passes_per_step: int = 1, timing: bool = True) -> None:
+                 passes_per_step: int = 1, timing: bool = True, text_mask_all_valid: bool = False) -> None:
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps: must be an integer >= 1, got {num_inference_steps!r}")
         if not isinstance(passes_per_step, int) or passes_per_step < 1:
@@ -135,6 +141,9 @@ class SVG2Session:
         self.warmup_steps = plan.warmup_steps(num_inference_steps)
         self.passes_per_step = passes_per_step
         self.timing = timing
+        if not isinstance(text_mask_all_valid, bool):
+            raise ValueError(f"text_mask_all_valid: must be a bool, got {text_mask_all_valid!r}")
+        self.text_mask_all_valid = text_mask_all_valid
         self.accounting = AttentionAccounting(timing=timing)
         self.layer_states: dict[tuple[str, int], LayerState] = {}
         self.branches: dict[str, int] = {}
@@ -183,6 +192,9 @@ class SVG2Session:
             # Called outside a tracked transformer forward (e.g. a block run on its own): stock dense.
             return dense_attention(query, key, value, attn_mask, backend, parallel_config)
         current.record.calls += 1
+        if self.text_mask_all_valid:
+            # Every key is valid (the caller's per-job guarantee): no mask, SDPA's unmasked fast path.
+            attn_mask = key_padding_mask = None
         skey = shape_key(query)
         reason = self.dense_reason(layer, current.step)
         timer = self.accounting.start_timer(query.device, self.timing)
@@ -304,12 +316,13 @@ class SVG2Integration:
 
     @contextlib.contextmanager
     def session_for(self, budget, num_inference_steps: int, passes_per_step: int = 1,
-                    timing: bool = True) -> Iterator[SVG2Session]:
+                    timing: bool = True, text_mask_all_valid: bool = False) -> Iterator[SVG2Session]:
         if self.session is not None:
             raise RuntimeError("svg2: a session is already active on this pipeline (one job at a time)")
         if not self.routers:
             raise RuntimeError("svg2: the integration was removed")
-        session = SVG2Session(self, as_plan(budget), num_inference_steps, passes_per_step, timing)
+        session = SVG2Session(self, as_plan(budget), num_inference_steps, passes_per_step, timing,
+                              text_mask_all_valid)
         self.session = session
         session.active = True
         for router in self.routers.values():
@@ -394,7 +407,7 @@ def remove_svg2(target) -> None:
 
 
 def svg2_session(target, budget=None, *, num_inference_steps: int, passes_per_step: int = 1,
-                 timing: bool = True):
+                 timing: bool = True, text_mask_all_valid: bool = False):
     """Context manager that runs one job's transformer calls under ``budget``.
 
     Args:
@@ -406,6 +419,12 @@ def svg2_session(target, budget=None, *, num_inference_steps: int, passes_per_st
         passes_per_step: transformer calls per step when the caller sets no ``cache_context``
             (e.g. 2 for a CFG loop that calls the transformer directly, cond then uncond).
         timing: record CUDA events (wall-clock on CPU) per attention call and per forward.
+        text_mask_all_valid: every text token of every transformer call of this job is valid
+            (HunyuanVideo: the caller packed the prompt to its valid tokens and checked its mask once,
+            on the host, before denoising). The routed layers then drop the joint-attention mask:
+            dense calls run unmasked SDPA (cuDNN's fast path) and sparse calls get no key padding mask.
+            Only the caller can know this without a per-call device sync; a wrong True lets padded text
+            tokens be attended to. Default False: the masks are used as given.
 
     Yields:
         The :class:`SVG2Session`; its :meth:`~SVG2Session.metrics` is the job's accounting.
@@ -413,4 +432,4 @@ def svg2_session(target, budget=None, *, num_inference_steps: int, passes_per_st
     integration = _integration_of(target)
     if budget is None:
         budget = integration.default_plan or SparsityPlan(SVG2Config(mode="dense"))
-    return integration.session_for(budget, num_inference_steps, passes_per_step, timing)
+    return integration.session_for(budget, num_inference_steps, passes_per_step, timing, text_mask_all_valid)

@@ -10,6 +10,15 @@ The processor computes exactly what diffusers 0.42's ``HunyuanVideoAttnProcessor
 differs only in the attention call: svg2 treats the video tokens sparsely and the ``T`` trailing text
 tokens densely (``num_dense_tokens=T``, ``key_padding_mask`` = the text part of the mask). The token
 refiner's attention (text only) keeps its stock processor.
+
+All-valid text: diffusers builds the mask even when no text token is padded, and any mask takes SDPA
+off its unmasked (fastest cuDNN) path. Whether the mask is all True cannot be read here without a
+host-device sync per call (this code runs inside the compiled blocks and may be CUDA-graph captured),
+so the processor always passes the mask on, and the decision is made once per job on the host: the
+worker packs the prompt to its valid tokens before denoising (``worker.pipelines.run.pack_hunyuan_prompt``)
+and opens the session with ``text_mask_all_valid=True``, whose ``attend`` (outside the compiled graphs)
+then drops ``attn_mask`` and ``key_padding_mask``: dense calls run unmasked SDPA, sparse calls get no
+key padding mask.
 """
 
 from __future__ import annotations

@@ -178,3 +178,62 @@ def test_remove_after_first_block_cache_keeps_the_cache_working():
     first = forward(model, inputs, "cond")  # the cache's own hooks still run (would raise without context)
     assert torch.isfinite(first.float()).all()
     model.disable_cache()
+
+
+def _spy_masks(model) -> list:
+    """Record the (attn_mask, key_padding_mask) each routed HunyuanVideo layer hands to the router."""
+    router, seen = model._svg2_router, []
+    attend = router.attend
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["attn_mask"], kwargs.get("key_padding_mask")))
+        return attend(*args, **kwargs)
+
+    router.attend = spy
+    return seen
+
+
+@pytest.mark.parametrize("plan", [DENSE, small_plan(mode="fixed_density", target_density=0.5)], ids=["dense", "sparse"])
+def test_hunyuan_all_valid_text_drops_the_masks_only_when_the_session_says_so(plan, monkeypatch):
+    """With ``text_mask_all_valid`` (the caller packed the prompt: every text token valid) neither the
+    dense SDPA call nor svg2 gets a mask, and the output is the masked call's; without it, the masks
+    are used as given (no per-call check: that would be a device sync)."""
+    import svg2core.integration as integration_module
+
+    model = tiny_hunyuan()
+    inputs = hunyuan_inputs(text_valid=(6,), text_len=6)  # one prompt, all of its 6 tokens valid
+    apply_svg2(model, backend="reference")
+    seen = _spy_masks(model)
+    received = []  # what the attention functions finally got
+    dense_fn, sparse_fn = integration_module.dense_attention, integration_module.SVG2Session._sparse
+
+    def dense_spy(query, key, value, attn_mask, *rest):
+        received.append(("dense", attn_mask))
+        return dense_fn(query, key, value, attn_mask, *rest)
+
+    def sparse_spy(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask):
+        received.append(("sparse", key_padding_mask))
+        return sparse_fn(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask)
+
+    monkeypatch.setattr(integration_module, "dense_attention", dense_spy)
+    monkeypatch.setattr(integration_module.SVG2Session, "_sparse", sparse_spy)
+    outputs = {}
+    for all_valid in (False, True):
+        received.clear()
+        with svg2_session(model, plan, num_inference_steps=1, text_mask_all_valid=all_valid) as session:
+            outputs[all_valid] = forward(model, inputs)
+        kind = "dense" if plan.config.mode == "dense" else "sparse"
+        assert [k for k, _ in received] == [kind, kind]  # the dual- and the single-stream block
+        assert all((mask is None) == all_valid for _, mask in received)
+        assert session.metrics()["attention_calls"] == 2
+    # the processors always pass the pipeline's mask on; the session decides
+    assert len(seen) == 4 and all(m is not None and kpm is not None for m, kpm in seen)
+    torch.testing.assert_close(outputs[True], outputs[False], atol=1e-2, rtol=0)
+
+
+def test_text_mask_all_valid_must_be_a_bool():
+    model = tiny_hunyuan()
+    apply_svg2(model, backend="reference")
+    with pytest.raises(ValueError, match="text_mask_all_valid: must be a bool"):
+        with svg2_session(model, DENSE, num_inference_steps=1, text_mask_all_valid="yes"):
+            pass

@@ -84,3 +84,30 @@ def test_compiled_hunyuan_video_jobs_match_eager(registry):
         assert compiled.metrics["sparsity"]["sparse_calls"] == eager.metrics["sparsity"]["sparse_calls"]
     assert eager.metrics["sparsity"]["sparse_calls"] == 4 and eager.metrics["sparsity"]["mean_density_sparse"] < 1
     assert graphs[1] > graphs[0] and graphs[2] == graphs[1]  # compiled by the first job, not again
+
+
+def test_packed_hunyuan_prompts_of_new_lengths_recompile_once(registry):
+    """generate() packs each HunyuanVideo prompt to its valid tokens, so the text length changes from
+    job to job: the second length recompiles the blocks once (dynamic text length), later lengths
+    compile nothing, and the frames stay the eager pipeline's. (aot_eager: recompilation is dynamo's
+    business, and inductor's C++ builds of the dynamic graphs take two minutes on 2 CPU cores.)"""
+    from tiny_hunyuan import MAX_SEQUENCE_LENGTH, build_tiny_hunyuan_pipeline
+
+    from svg2core.integration import apply_svg2
+    from worker.pipelines.loading import compile_transformers
+    from worker.registry import build_job_spec
+
+    eager_pipe, compiled_pipe = build_tiny_hunyuan_pipeline(), build_tiny_hunyuan_pipeline()
+    for pipe in (eager_pipe, compiled_pipe):
+        apply_svg2(pipe)
+    compile_transformers(compiled_pipe, backend="aot_eager")
+    call_kwargs = {"max_sequence_length": MAX_SEQUENCE_LENGTH, "prompt_template": {"template": "{}", "crop_start": 0}}
+    graphs = [counters["stats"]["unique_graphs"]]
+    for prompt in ("a cat", "a red fox", "a small boat", "two owls"):  # 6, 10, 13, 9 valid tokens
+        spec, _ = build_job_spec(registry, prompt=prompt, model="hunyuanvideo", size="64x64", num_frames=5,
+                                 num_inference_steps=2, seed=3, sparsity="dense")
+        eager, compiled = (generate(pipe, spec, call_kwargs=call_kwargs) for pipe in (eager_pipe, compiled_pipe))
+        graphs.append(counters["stats"]["unique_graphs"])
+        np.testing.assert_allclose(compiled.frames, eager.frames, atol=1e-4)
+    new = [b - a for a, b in zip(graphs, graphs[1:], strict=False)]
+    assert new[0] > 0 and new[1] > 0 and new[2] == new[3] == 0, new

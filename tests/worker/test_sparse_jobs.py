@@ -169,3 +169,76 @@ def test_hunyuan_video_jobs_run_svg2_joint_attention(tiny_hunyuan, registry):
     s = tight.metrics["sparsity"]
     assert s["sparse_calls"] == 4 and 0 < s["mean_density_sparse"] < 1 and s["attention_flops_ratio"] < 1
     assert np.isfinite(tight.frames).all()
+
+
+#: A template without the system prompt, so that the tiny byte tokenizer leaves padding in 16 tokens.
+SHORT_TEMPLATE = {"template": "{}", "crop_start": 0}
+
+
+@pytest.mark.parametrize("sparsity", ["dense", {"preset": "fast", "max_density": 0.5, "num_q_clusters": 8,
+                                                "num_k_clusters": 16, "kmeans_iters_init": 5, **SPARSE_NOW}],
+                         ids=["dense", "sparse"])
+def test_hunyuan_prompt_is_packed_and_attention_runs_unmasked(tiny_hunyuan, registry, monkeypatch, sparsity):
+    """generate() encodes a HunyuanVideo prompt once per job, keeps its valid tokens only and runs the
+    job with text_mask_all_valid: the transformer gets 6 text tokens instead of 16 padded ones, no
+    attention call gets a mask, and the frames are the stock padded, masked call's."""
+    import torch
+    from tiny_hunyuan import MAX_SEQUENCE_LENGTH
+
+    import svg2core.integration as integration_module
+    from svg2core.integration import svg2_session
+    from worker.registry import build_job_spec
+
+    call_kwargs = {"max_sequence_length": MAX_SEQUENCE_LENGTH, "prompt_template": SHORT_TEMPLATE}
+    spec, _ = build_job_spec(registry, prompt="a cat", model="hunyuanvideo", size="64x64", num_frames=5,
+                             num_inference_steps=2, seed=3, sparsity=sparsity)
+    text_tokens, masks = [], []  # per transformer call; per attention call (dense mask or key padding mask)
+    hook = tiny_hunyuan.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: text_tokens.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True)
+    dense_fn, sparse_fn = integration_module.dense_attention, integration_module.SVG2Session._sparse
+
+    def dense_spy(query, key, value, attn_mask, *rest):
+        masks.append(attn_mask)
+        return dense_fn(query, key, value, attn_mask, *rest)
+
+    def sparse_spy(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask):
+        masks.append(key_padding_mask)
+        return sparse_fn(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask)
+
+    monkeypatch.setattr(integration_module, "dense_attention", dense_spy)
+    monkeypatch.setattr(integration_module.SVG2Session, "_sparse", sparse_spy)
+    try:
+        packed = generate(tiny_hunyuan, spec, call_kwargs=call_kwargs)
+        assert text_tokens == [6, 6] and len(masks) == 4 and all(m is None for m in masks)
+        text_tokens.clear(), masks.clear()
+        # The stock call: the pipeline encodes the prompt itself, padded to 16 tokens, masked.
+        with svg2_session(tiny_hunyuan, spec.sparsity, num_inference_steps=2), torch.inference_mode():
+            stock = tiny_hunyuan(prompt="a cat", height=64, width=64, num_frames=5, num_inference_steps=2,
+                                 guidance_scale=spec.guidance_scale, output_type="np",
+                                 generator=torch.Generator(device="cpu").manual_seed(3), **call_kwargs).frames[0]
+        assert text_tokens == [16, 16] and len(masks) == 4 and all(m is not None for m in masks)
+    finally:
+        hook.remove()
+    s = packed.metrics["sparsity"]
+    assert s["attention_calls"] == 4 and s["sparse_calls"] == (0 if sparsity == "dense" else 4)
+    np.testing.assert_allclose(packed.frames, stock, atol=1e-4)
+
+
+def test_hunyuan_prompt_packing_applies_only_where_it_is_exact(tiny_hunyuan, tiny_model):
+    from tiny_hunyuan import MAX_SEQUENCE_LENGTH
+
+    from worker.pipelines.run import pack_hunyuan_prompt
+
+    base = {"max_sequence_length": MAX_SEQUENCE_LENGTH, "prompt_template": SHORT_TEMPLATE}
+    kwargs = {"prompt": "a cat", **base}
+    assert pack_hunyuan_prompt(tiny_hunyuan, kwargs)
+    assert kwargs["prompt"] is None and kwargs["prompt_embeds"].shape[1] == 6
+    assert kwargs["prompt_attention_mask"].shape == (1, 6) and bool(kwargs["prompt_attention_mask"].all())
+    full = {"prompt": "a lighthouse at dusk", **base}  # 20 bytes: fills all 16 tokens, nothing to cut
+    assert pack_hunyuan_prompt(tiny_hunyuan, full) and full["prompt_embeds"].shape[1] == MAX_SEQUENCE_LENGTH
+    # not packed: a Wan pipeline, a true-CFG negative prompt (its mask stays padded), given embeddings
+    for pipe, other in ((tiny_model.pipeline, {"prompt": "a cat"}),
+                        (tiny_hunyuan, {"prompt": "a cat", "negative_prompt": "blur", "true_cfg_scale": 4.0, **base}),
+                        (tiny_hunyuan, {"prompt": None, "prompt_embeds": kwargs["prompt_embeds"], **base})):
+        before = dict(other)
+        assert not pack_hunyuan_prompt(pipe, other) and other == before
