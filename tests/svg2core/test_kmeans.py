@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from svg2core.ops.kmeans import (
+    AssignTile,
     batched_kmeans,
     init_centroids_strided,
     init_centroids_strided_reference,
@@ -15,7 +16,7 @@ from svg2core.ops.kmeans import (
     kmeans_update,
     kmeans_update_reference,
 )
-from svg2core.ops.permute import sort_by_cluster
+from svg2core.ops.permute import sort_by_cluster, sort_by_cluster_reference
 from svg2core.state import Workspace
 
 SHAPES = [  # B, H, N, D, C
@@ -126,3 +127,59 @@ def test_iterations_reduce_inertia():
         labels, _, _ = batched_kmeans(x, cent, iters, Workspace(), "q", "reference")
         inertia.append(_dist(x.reshape(1, 200, 64), cent, labels).sum())
     assert inertia[1] < inertia[0]
+
+
+@pytest.mark.parametrize("b,h,n,d,c", SHAPES)
+def test_assign_kernel_writes_block_histograms(b, h, n, d, c):
+    x = torch.randn(b, h, n, d).to(torch.bfloat16)
+    cent = torch.randn(b * h, c, d)
+    tile = AssignTile(block_n=16, block_c=16, num_warps=4, num_stages=1)
+    nb = -(-n // 16)
+    counts = torch.full((b * h, nb * c), -1, dtype=torch.int32)
+    labels = torch.empty(b * h, n, dtype=torch.int32)
+    kmeans_assign(x, cent, labels, tile=tile, block_counts=counts)
+    want = torch.stack([
+        torch.stack([torch.bincount(labels[r, i * 16:(i + 1) * 16].long(), minlength=c) for i in range(nb)])
+        for r in range(b * h)
+    ]).int().reshape(b * h, nb * c)
+    assert torch.equal(counts, want)
+    with pytest.raises(ValueError, match="block_counts"):
+        kmeans_assign(x, cent, labels, tile=tile, block_counts=counts[:, :-1])
+
+
+def test_update_prepares_the_next_assign():
+    """kmeans_update(workspace=...) leaves the same centroid copies the preparation kernel writes."""
+    b, h, n, d, c = 1, 2, 50, 64, 6
+    x = torch.randn(b, h, n, d).to(torch.bfloat16)
+    cent = torch.randn(b * h, c, d)
+    labels = torch.randint(0, c - 1, (b * h, n), dtype=torch.int32)  # last cluster empty
+    ws = Workspace()
+    kmeans_assign(x, cent, torch.empty_like(labels), workspace=ws)  # prepares the old centroids
+    perm, offsets = sort_by_cluster(labels, c, Workspace(), "t")
+    kmeans_update(x, perm, offsets, cent, workspace=ws)
+    got_lp = ws.buffer(f"kmeans.cent_lp.{x.dtype}", (b * h, c, d), x.dtype, "cpu").clone()
+    got_sq = ws.buffer("kmeans.cent_sq", (b * h, c), torch.float32, "cpu").clone()
+    fresh = Workspace()
+    kmeans_assign(x, cent, torch.empty_like(labels), workspace=fresh)
+    assert torch.equal(got_lp, fresh.buffer(f"kmeans.cent_lp.{x.dtype}", (b * h, c, d), x.dtype, "cpu"))
+    torch.testing.assert_close(got_sq, fresh.buffer("kmeans.cent_sq", (b * h, c), torch.float32, "cpu"),
+                               rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("iters", [0, 1, 3])
+def test_fused_counting_sort_path_equals_radix_sort_path(iters, monkeypatch):
+    import svg2core.ops.permute.permute as pm
+
+    x = torch.randn(1, 2, 300, 64).to(torch.bfloat16)
+    start = torch.empty(2, 40, 64)
+    init_centroids_strided(x, 40, start)
+    out = {}
+    for method in ("flat", "count"):
+        monkeypatch.setattr(pm, "SORT_METHOD", method)
+        cent = start.clone()
+        labels, perm, offsets = batched_kmeans(x, cent, iters, Workspace(), "k")
+        out[method] = (labels.clone(), perm.clone(), offsets.clone(), cent)
+    for a, bb in zip(out["flat"], out["count"], strict=True):
+        assert torch.equal(a, bb)
+    p_ref, o_ref = sort_by_cluster_reference(out["count"][0], 40)
+    assert torch.equal(out["count"][1], p_ref) and torch.equal(out["count"][2], o_ref)

@@ -47,3 +47,32 @@ def test_workspace_reuses_buffers_across_calls():
     assert ws.allocations == allocated  # same shape: nothing new
     small, _ = sort_by_cluster(torch.randint(0, 5, (2, 30), dtype=torch.int32), 5, ws, "q")
     assert small.data_ptr() == perm.data_ptr()  # a smaller shape fits in the same buffer
+
+
+@pytest.mark.parametrize("bh,n,c,block", [(2, 1000, 130, 16), (1, 300, 3, 64), (3, 17, 1, 16)],
+                         ids=["blocks>scan-tile,clusters>scan-tile", "few-clusters", "one-cluster"])
+def test_counting_sort_with_given_block_counts(bh, n, c, block):
+    """The scan over many blocks (more than one scan tile) and a caller-provided histogram."""
+    labels = torch.randint(0, max(1, c - 2), (bh, n), dtype=torch.int32)  # last clusters empty
+    nb = -(-n // block)
+    counts = torch.stack([
+        torch.stack([torch.bincount(labels[r, i * block:(i + 1) * block].long(), minlength=c) for i in range(nb)])
+        for r in range(bh)
+    ]).int().reshape(bh, nb * c)  # block-major: counts[r, blk * C + c]
+    ws = Workspace()
+    ws.buffer("q.perm", (bh, n), torch.int32, "cpu").fill_(-1)  # poison
+    ws.buffer("q.offsets", (bh, c + 1), torch.int32, "cpu").fill_(-1)
+    perm, offsets = sort_by_cluster(labels, c, ws, "q", method="count", count_block=block, block_counts=counts)
+    p_ref, o_ref = sort_by_cluster_reference(labels, c)
+    assert torch.equal(perm, p_ref) and torch.equal(offsets, o_ref)
+    own, _ = sort_by_cluster(labels, c, Workspace(), "q", method="count", count_block=block)
+    assert torch.equal(own, p_ref)
+
+
+def test_counting_sort_rejects_a_mis_sized_histogram():
+    labels = torch.zeros(1, 40, dtype=torch.int32)
+    with pytest.raises(ValueError, match="block_counts"):
+        sort_by_cluster(labels, 4, Workspace(), "q", method="count", count_block=16,
+                        block_counts=torch.zeros(1, 8, dtype=torch.int32))
+    with pytest.raises(ValueError, match="block_counts"):
+        sort_by_cluster(labels, 4, Workspace(), "q", method="flat", block_counts=torch.zeros(1, 12, dtype=torch.int32))

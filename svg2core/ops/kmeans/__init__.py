@@ -1,6 +1,12 @@
 """Batched k-means over (batch x heads): reference + Triton kernels + wrapper."""
 
-from svg2core.ops.kmeans.kmeans import batched_kmeans, init_centroids_strided, kmeans_assign, kmeans_update
+from svg2core.ops.kmeans.kmeans import (
+    AssignTile,
+    batched_kmeans,
+    init_centroids_strided,
+    kmeans_assign,
+    kmeans_update,
+)
 from svg2core.ops.kmeans.reference import (
     init_centroids_strided_reference,
     kmeans_assign_reference,
@@ -9,6 +15,7 @@ from svg2core.ops.kmeans.reference import (
 )
 
 __all__ = [
+    "AssignTile",
     "batched_kmeans",
     "init_centroids_strided",
     "init_centroids_strided_reference",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+import svg2core.ops.permute.permute as permute_mod
 from svg2core.ops.kmeans.reference import kmeans_assign_reference, kmeans_update_reference
 from svg2core.ops.permute import sort_by_cluster
 from svg2core.state import Workspace
@@ -33,6 +34,9 @@ class AssignTile:
 # Fastest of bench/bench_selection.py's sweep on H100 at the Wan 14B key shape (40 x 75,600 x 1000
 # clusters): 2.05 ms, 378 TFLOP/s (docs/benchmarks/bench_selection.md).
 ASSIGN_TILE = AssignTile()
+# Every update but the last of a call writes the next assign's low-precision centroids and norms
+# (one preparation launch less per extra iteration); False: a preparation launch per assign.
+FUSE_PREPARE = True
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -61,7 +65,8 @@ def init_centroids_strided(x: torch.Tensor, num_clusters: int, out: torch.Tensor
 
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
                   backend: str = "triton", workspace: Workspace | None = None,
-                  tile: AssignTile | None = None) -> torch.Tensor:
+                  tile: AssignTile | None = None, block_counts: torch.Tensor | None = None,
+                  prepared: bool = False) -> torch.Tensor:
     """Nearest centroid of every point, written into ``labels``.
 
     Args:
@@ -71,6 +76,11 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
         workspace: holds the low-precision copy of the centroids and their norms (a fresh one
             when None).
         tile: launch shape override (benchmarks).
+        block_counts: optional ``(B * H, cdiv(N, tile.block_n) * C)`` int32 output: the label
+            histogram of every block of ``tile.block_n`` tokens (block-major), for
+            ``sort_by_cluster(method="count", block_counts=..., count_block=tile.block_n)``.
+        prepared: the workspace's low-precision centroids and norms already hold ``centroids``
+            (written by ``kmeans_update(..., workspace=...)``): skip the preparation launch.
     """
     if backend == "reference":
         labels.copy_(kmeans_assign_reference(_as_bh(x), centroids))
@@ -82,26 +92,33 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     ws = Workspace() if workspace is None else workspace
     cent_lp = ws.buffer(f"kmeans.cent_lp.{x.dtype}", (bh, c, d), x.dtype, x.device)
     cent_sq = ws.buffer("kmeans.cent_sq", (bh, c), torch.float32, x.device)
-    _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
-        centroids, cent_lp, cent_sq, c,
-        centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-        D=d, BLOCK_C=32, num_warps=4,
-    )
+    if not prepared:
+        _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
+            centroids, cent_lp, cent_sq, c,
+            centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
+            D=d, BLOCK_C=32, num_warps=4,
+        )
     tile = tile or ASSIGN_TILE
     block_c = min(tile.block_c, max(16, triton_next_pow2(c)))
-    grid = (_cdiv(n, tile.block_n), bh)
-    _kmeans_assign_kernel[grid](
-        x, cent_lp, cent_sq, labels, n, c, h,
+    nb = _cdiv(n, tile.block_n)
+    if block_counts is not None and (tuple(block_counts.shape) != (bh, nb * c) or block_counts.dtype != torch.int32):
+        raise ValueError(f"block_counts: must be ({bh}, {nb * c}) int32 for {n} tokens in blocks of "
+                         f"{tile.block_n}, got {tuple(block_counts.shape)} {block_counts.dtype}")
+    _kmeans_assign_kernel[(nb, bh)](
+        x, cent_lp, cent_sq, labels, labels if block_counts is None else block_counts, n, c, h,
         x.stride(0), x.stride(1), x.stride(2),
         cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), labels.stride(0),
+        0 if block_counts is None else block_counts.stride(0),
         D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
+        HIST=block_counts is not None, C_POW2=max(16, triton_next_pow2(c)),
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
 
 
 def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor,
-                  labels: torch.Tensor | None = None, backend: str = "triton") -> torch.Tensor:
+                  labels: torch.Tensor | None = None, backend: str = "triton",
+                  workspace: Workspace | None = None) -> torch.Tensor:
     """Replace every non-empty cluster's centroid by the mean of its points, in place.
 
     Args:
@@ -109,6 +126,11 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         perm, offsets: ``(B * H, N)`` / ``(B * H, C + 1)`` int32 from :func:`sort_by_cluster`.
         centroids: ``(B * H, C, D)`` fp32, updated in place.
         labels: ``(B * H, N)`` int32, used by the reference backend only.
+        workspace: when given, the updated clusters' low-precision copies and squared norms are
+            also written into its assign buffers, so that the next ``kmeans_assign(...,
+            prepared=True)`` can skip its preparation launch. The workspace must already hold this
+            ``centroids``' prepared copy (from an assign of the same call): empty clusters are not
+            rewritten.
     """
     if backend == "reference":
         centroids.copy_(kmeans_update_reference(_as_bh(x), labels, centroids))
@@ -117,11 +139,17 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
 
     b, h, _, d = x.shape
     c = centroids.shape[1]
+    if workspace is not None:
+        cent_lp = workspace.buffer(f"kmeans.cent_lp.{x.dtype}", (b * h, c, d), x.dtype, x.device)
+        cent_sq = workspace.buffer("kmeans.cent_sq", (b * h, c), torch.float32, x.device)
+    else:
+        cent_lp, cent_sq = centroids, centroids  # unused (PREPARE=False)
     _kmeans_segment_mean_kernel[(c, b * h)](
-        x, perm, offsets, centroids, h,
+        x, perm, offsets, centroids, cent_lp, cent_sq, h,
         x.stride(0), x.stride(1), x.stride(2),
         perm.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
-        D=d, BLOCK_N=_SEGMENT_BLOCK_N, num_warps=4,
+        cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
+        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=workspace is not None, num_warps=4,
     )
     return centroids
 
@@ -144,13 +172,32 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
     b, h, n, _ = x.shape
     c = centroids.shape[1]
     labels = workspace.buffer(f"{name}.labels", (b * h, n), torch.int32, x.device)
-    kmeans_assign(x, centroids, labels, backend, workspace)
-    perm, offsets = sort_by_cluster(labels, c, workspace, name, backend)
+    if backend == "reference":
+        def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            kmeans_assign(x, centroids, labels, backend)
+            return sort_by_cluster(labels, c, workspace, name, backend)
+    else:
+        # Triton: the assign kernel writes the counting sort's block histograms (SORT_METHOD
+        # "count"), and every update but the last prepares the next assign's centroid copies.
+        fused = permute_mod.SORT_METHOD == "count"
+        tile = ASSIGN_TILE
+        counts = (workspace.buffer(f"{name}.block_counts", (b * h, _cdiv(n, tile.block_n) * c), torch.int32,
+                                   x.device) if fused else None)
+
+        def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            kmeans_assign(x, centroids, labels, backend, workspace, tile, block_counts=counts,
+                          prepared=not first and FUSE_PREPARE)
+            if fused:
+                return sort_by_cluster(labels, c, workspace, name, method="count", count_block=tile.block_n,
+                                       block_counts=counts)
+            return sort_by_cluster(labels, c, workspace, name)
+
+    perm, offsets = assign_and_sort(True)
     for it in range(iters):
         if it > 0:
-            kmeans_assign(x, centroids, labels, backend, workspace)
-            perm, offsets = sort_by_cluster(labels, c, workspace, name, backend)
-        kmeans_update(x, perm, offsets, centroids, labels, backend)
+            perm, offsets = assign_and_sort(False)
+        more = it < iters - 1 and backend != "reference" and FUSE_PREPARE
+        kmeans_update(x, perm, offsets, centroids, labels, backend, workspace if more else None)
     return labels, perm, offsets
 
 

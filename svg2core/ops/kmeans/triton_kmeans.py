@@ -32,12 +32,13 @@ def _prepare_centroids_kernel(
 
 @triton.jit
 def _kmeans_assign_kernel(
-    x_ptr, cent_ptr, cent_sq_ptr, labels_ptr,
+    x_ptr, cent_ptr, cent_sq_ptr, labels_ptr, counts_ptr,
     N, C, H,
     stride_xb, stride_xh, stride_xn,
     stride_cbh, stride_cc, stride_sbh,
-    stride_lbh,
+    stride_lbh, stride_nbh,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr,
+    HIST: tl.constexpr, C_POW2: tl.constexpr,
 ):
     """labels[bh, n] = argmin_c ||x[bh, n] - cent[bh, c]||^2, over tiles of BLOCK_C centroids.
 
@@ -45,6 +46,10 @@ def _kmeans_assign_kernel(
     norms, both from ``_prepare_centroids_kernel``. The (tokens x clusters) distance matrix only ever
     exists as one (BLOCK_N, BLOCK_C) tile in registers; a running (min, argmin) pair carries across
     tiles. Ties keep the lowest cluster id. Grid: (cdiv(N, BLOCK_N), B * H).
+
+    With ``HIST`` the program also writes its block's label histogram,
+    ``counts[bh, pid_n * C + c]`` (the first stage of the counting sort, blocks of BLOCK_N tokens),
+    from the labels still in registers.
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -76,21 +81,27 @@ def _kmeans_assign_kernel(
         best = tl.where(better, tile_min, best)
         best_idx = tl.where(better, tile_arg.to(tl.int32) + c0, best_idx)
     tl.store(labels_ptr + pid_bh * stride_lbh + offs_n, best_idx, mask=mask_n)
+    if HIST:
+        hist = tl.histogram(best_idx, C_POW2, mask=mask_n)
+        bins = tl.arange(0, C_POW2)
+        tl.store(counts_ptr + pid_bh * stride_nbh + pid_n * C + bins, hist, mask=bins < C)
 
 
 @triton.jit
 def _kmeans_segment_mean_kernel(
-    x_ptr, perm_ptr, offsets_ptr, cent_ptr,
+    x_ptr, perm_ptr, offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr,
     H,
     stride_xb, stride_xh, stride_xn,
     stride_pbh, stride_obh,
-    stride_cbh, stride_cc,
-    D: tl.constexpr, BLOCK_N: tl.constexpr,
+    stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, PREPARE: tl.constexpr,
 ):
     """cent[bh, c] = mean of x over the tokens perm[offsets[c]:offsets[c+1]]; empty clusters untouched.
 
     Tokens were stably sorted by label, so each cluster is one contiguous segment and one program
-    owns it: no atomics, and the result does not depend on scheduling.
+    owns it: no atomics, and the result does not depend on scheduling. With ``PREPARE`` the program
+    also writes what ``_prepare_centroids_kernel`` would for the new centroid (its low-precision copy
+    and squared norm), so the next assign needs no preparation launch.
     """
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -111,3 +122,7 @@ def _kmeans_segment_mean_kernel(
     if count > 0:
         mean = tl.sum(acc, axis=0) / count.to(tl.float32)
         tl.store(cent_ptr + pid_bh * stride_cbh + pid_c * stride_cc + offs_d, mean)
+        if PREPARE:
+            tl.store(cent_lp_ptr + pid_bh * stride_lbh + pid_c * stride_lc + offs_d,
+                     mean.to(cent_lp_ptr.dtype.element_ty))
+            tl.store(cent_sq_ptr + pid_bh * stride_sbh + pid_c, tl.sum(mean * mean, axis=0))

@@ -12,14 +12,16 @@ _GATHER_BLOCK_N = 64
 
 def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspace, name: str,
                     backend: str = "triton", method: str | None = None,
-                    count_block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    count_block: int | None = None,
+                    block_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Stable sort of tokens by cluster id, and cluster offsets, into workspace buffers.
 
     Device-only: a stable ``torch.sort`` then a ``searchsorted`` of the cluster ids ``0..C`` in the
     sorted labels (no bincount, no host synchronisation). ``method="rows"`` sorts each ``(b, h)`` row
     (a segmented sort); ``"flat"`` sorts one flat array of keys ``bh * C + label`` (one device-wide
     radix sort) and shifts the results back per row; ``"count"`` is a Triton counting sort (block
-    histograms, a cumsum, and a ranked scatter).
+    histograms, a per-cluster scan over the blocks, and a ranked scatter that also writes the
+    offsets): 3 launches, or 2 when the k-means assign kernel already wrote the block histograms.
 
     Args:
         labels: ``(BH, N)`` int32.
@@ -29,6 +31,8 @@ def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspac
         backend: ``"reference"`` returns freshly computed reference tensors instead.
         method: ``"rows"``, ``"flat"`` or ``"count"``; default :data:`SORT_METHOD`.
         count_block: tokens per block of the counting sort (a power of two; default: up to 2048).
+        block_counts: ``(BH, cdiv(N, count_block) * C)`` int32 block histograms already computed
+            (``kmeans_assign(..., block_counts=...)``, same ``count_block``); ``"count"`` only.
 
     Returns:
         ``perm (BH, N) int32`` and ``offsets (BH, C + 1) int32`` (see docs/ARCHITECTURE.md).
@@ -40,12 +44,14 @@ def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspac
     dev = labels.device
     perm = workspace.buffer(f"{name}.perm", (bh, n), torch.int32, dev)
     offsets = workspace.buffer(f"{name}.offsets", (bh, c + 1), torch.int32, dev)
-    sorted_keys = workspace.buffer(f"{name}.sorted_labels", (bh, n), torch.int32, dev)
-    order = workspace.buffer(f"{name}.sort_order", (bh, n), torch.int64, dev)
     method = method or SORT_METHOD
     if method == "count":
         block = count_block or min(_COUNT_BLOCK, max(16, 1 << (n - 1).bit_length()))
-        return _counting_sort(labels, c, workspace, name, perm, offsets, block)
+        return _counting_sort(labels, c, workspace, name, perm, offsets, block, block_counts)
+    if block_counts is not None:
+        raise ValueError(f"block_counts: only used by method 'count', got method {method!r}")
+    sorted_keys = workspace.buffer(f"{name}.sorted_labels", (bh, n), torch.int32, dev)
+    order = workspace.buffer(f"{name}.sort_order", (bh, n), torch.int64, dev)
     if method == "rows":
         torch.sort(labels, dim=-1, stable=True, out=(sorted_keys, order))
         perm.copy_(order)
@@ -76,36 +82,57 @@ def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspac
     return perm, offsets
 
 
-# bench/bench_selection.py sweep on H100 (ms, 12 x 32,760 / 40 x 75,600 labels, 1000 clusters):
-# rows 0.21 / 0.36, flat 0.24 / 0.32, count 0.17 / 0.47; "flat" has the lowest total.
-SORT_METHOD = "flat"
+# bench/bench_selection.py sweep on H100 (ms, 12 x 32,760 / 40 x 75,600 labels, 1000 clusters), v1
+# counting sort (cumsum over cluster-major block counts): rows 0.21 / 0.36, flat 0.24 / 0.32,
+# count 0.17 / 0.47. "count" is now the 2-3 launch version below, with the histogram fused into the
+# k-means assign kernel (docs/benchmarks/NOTES_selection.md).
+SORT_METHOD = "count"
 _COUNT_BLOCK = 2048
+_SCAN_BLOCK_B = 32
+_SCAN_BLOCK_C = 128
+
+
+def count_blocks(n: int, block: int) -> int:
+    """Blocks of the counting sort for ``n`` tokens."""
+    return triton_cdiv(n, block)
 
 
 def _counting_sort(labels: torch.Tensor, c: int, workspace: Workspace, name: str, perm: torch.Tensor,
-                   offsets: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stable counting sort: block histograms, one cumsum, an in-block ranked scatter (3 launches)."""
-    from svg2core.ops.permute.triton_permute import _block_histogram_kernel, _counting_scatter_kernel
+                   offsets: torch.Tensor, block: int,
+                   block_counts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable counting sort: block histograms (unless given), a per-cluster scan, a ranked scatter."""
+    from svg2core.ops.permute.triton_permute import (
+        _block_histogram_kernel,
+        _count_scan_kernel,
+        _counting_scatter_kernel,
+    )
 
     bh, n = labels.shape
     dev = labels.device
-    nb = triton_cdiv(n, block)
+    nb = count_blocks(n, block)
     c_pow2 = max(16, 1 << (c - 1).bit_length())
-    counts = workspace.buffer(f"{name}.block_counts", (bh, c * nb), torch.int32, dev)
-    starts = workspace.buffer(f"{name}.block_starts", (bh, c * nb), torch.int32, dev)
-    warps = 8 if c_pow2 <= 2048 else 16
-    _block_histogram_kernel[(nb, bh)](
-        labels, counts, n, c, nb, labels.stride(0), counts.stride(0),
-        BLOCK=block, C_POW2=c_pow2, num_warps=warps,
+    warps = 4 if block * c_pow2 <= 256 * 1024 else 8
+    if block_counts is None:
+        block_counts = workspace.buffer(f"{name}.block_counts", (bh, nb * c), torch.int32, dev)
+        _block_histogram_kernel[(nb, bh)](
+            labels, block_counts, n, c, labels.stride(0), block_counts.stride(0),
+            BLOCK=block, C_POW2=c_pow2, num_warps=warps,
+        )
+    elif tuple(block_counts.shape) != (bh, nb * c) or block_counts.dtype != torch.int32:
+        raise ValueError(f"block_counts: must be ({bh}, {nb * c}) int32 for {n} tokens in blocks of {block}, "
+                         f"got {tuple(block_counts.shape)} {block_counts.dtype}")
+    starts = workspace.buffer(f"{name}.block_starts", (bh, nb * c), torch.int32, dev)
+    totals = workspace.buffer(f"{name}.cluster_sizes", (bh, c), torch.int32, dev)
+    block_c = min(_SCAN_BLOCK_C, c_pow2)
+    _count_scan_kernel[(triton_cdiv(c, block_c), bh)](
+        block_counts, starts, totals, c, nb, block_counts.stride(0), starts.stride(0), totals.stride(0),
+        BLOCK_B=_SCAN_BLOCK_B, BLOCK_C=block_c, num_warps=4,
     )
-    torch.cumsum(counts, dim=1, out=starts)
-    starts.sub_(counts)  # exclusive: where each (cluster, block) segment begins
     _counting_scatter_kernel[(nb, bh)](
-        labels, starts, perm, n, c, nb, labels.stride(0), starts.stride(0), perm.stride(0),
+        labels, starts, totals, perm, offsets, n, c,
+        labels.stride(0), starts.stride(0), totals.stride(0), perm.stride(0), offsets.stride(0),
         BLOCK=block, C_POW2=c_pow2, num_warps=warps,
     )
-    offsets[:, :c].copy_(starts.view(bh, c, nb)[:, :, 0])
-    offsets[:, c].fill_(n)
     return perm, offsets
 
 

@@ -39,14 +39,15 @@ def _gather_kv_kernel(
 
 @triton.jit
 def _block_histogram_kernel(
-    labels_ptr, counts_ptr, N, C, NB,
+    labels_ptr, counts_ptr, N, C,
     stride_lbh, stride_cbh,
     BLOCK: tl.constexpr, C_POW2: tl.constexpr,
 ):
-    """counts[bh, c * NB + blk] = tokens of block ``blk`` with label ``c``; grid (NB, B * H).
+    """counts[bh, blk * C + c] = tokens of block ``blk`` with label ``c``; grid (NB, B * H).
 
-    Cluster-major layout, so one inclusive cumsum over a row gives every (cluster, block) segment's
-    end in the stably sorted order.
+    Block-major layout: one program writes one contiguous row of C counts. The k-means assign kernel
+    writes the same array itself when asked (``kmeans_assign(..., block_counts=...)``), which saves
+    this launch.
     """
     blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -55,23 +56,58 @@ def _block_histogram_kernel(
     lab = tl.load(labels_ptr + pid_bh * stride_lbh + offs, mask=m, other=0)
     hist = tl.histogram(lab, C_POW2, mask=m)
     bins = tl.arange(0, C_POW2)
-    tl.store(counts_ptr + pid_bh * stride_cbh + bins * NB + blk, hist, mask=bins < C)
+    tl.store(counts_ptr + pid_bh * stride_cbh + blk * C + bins, hist, mask=bins < C)
+
+
+@triton.jit
+def _count_scan_kernel(
+    counts_ptr, starts_ptr, totals_ptr, C, NB,
+    stride_cbh, stride_sbh, stride_tbh,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """Per cluster, the exclusive scan of the block counts over the blocks; grid (cdiv(C, BLOCK_C), B * H).
+
+    ``starts[bh, blk * C + c]`` = tokens of cluster ``c`` in blocks before ``blk``;
+    ``totals[bh, c]`` = the size of cluster ``c``. Tiles of (BLOCK_B blocks, BLOCK_C clusters) with a
+    running carry per cluster.
+    """
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mc = offs_c < C
+    carry = tl.zeros([BLOCK_C], tl.int32)
+    for b0 in range(0, NB, BLOCK_B):
+        offs_b = b0 + tl.arange(0, BLOCK_B)
+        m = (offs_b < NB)[:, None] & mc[None, :]
+        off = offs_b[:, None] * C + offs_c[None, :]
+        cnt = tl.load(counts_ptr + pid_bh * stride_cbh + off, mask=m, other=0)
+        incl = tl.cumsum(cnt, axis=0)
+        tl.store(starts_ptr + pid_bh * stride_sbh + off, incl - cnt + carry[None, :], mask=m)
+        carry += tl.sum(cnt, axis=0)
+    tl.store(totals_ptr + pid_bh * stride_tbh + offs_c, carry, mask=mc)
 
 
 @triton.jit
 def _counting_scatter_kernel(
-    labels_ptr, starts_ptr, perm_ptr, N, C, NB,
-    stride_lbh, stride_sbh, stride_pbh,
+    labels_ptr, starts_ptr, totals_ptr, perm_ptr, offsets_ptr, N, C,
+    stride_lbh, stride_sbh, stride_tbh, stride_pbh, stride_obh,
     BLOCK: tl.constexpr, C_POW2: tl.constexpr,
 ):
-    """perm[bh, starts[bh, c * NB + blk] + rank] = token, for every token of block ``blk``.
+    """perm[bh, offsets[c] + starts[bh, blk * C + c] + rank] = token, for every token of block ``blk``.
 
-    ``starts`` is the exclusive scan of the block histograms; ``rank`` is the token's position among
-    the block's tokens of the same label, in token order (an in-register sort of the packed keys
+    ``offsets`` (the exclusive scan of the cluster sizes ``totals``) is recomputed by every program
+    (C_POW2 values in registers) and written by block 0. ``rank`` is the token's position among the
+    block's tokens of the same label, in token order (an in-register sort of the packed keys
     ``label * BLOCK + local index``), which makes the whole sort stable. Grid (NB, B * H).
     """
     blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    bins = tl.arange(0, C_POW2)
+    tot = tl.load(totals_ptr + pid_bh * stride_tbh + bins, mask=bins < C, other=0)
+    cluster_start = tl.cumsum(tot, axis=0) - tot
+    if blk == 0:
+        tl.store(offsets_ptr + pid_bh * stride_obh + bins, cluster_start, mask=bins < C)
+        tl.store(offsets_ptr + pid_bh * stride_obh + C, N)
     local = tl.arange(0, BLOCK)
     offs = blk * BLOCK + local
     m = offs < N
@@ -85,5 +121,6 @@ def _counting_scatter_kernel(
     hist = tl.histogram(lab, C_POW2, mask=m)
     first = tl.cumsum(hist, axis=0) - hist  # sorted position of each label's first token in the block
     rank = local - tl.gather(first, lab_c, 0)
-    start = tl.load(starts_ptr + pid_bh * stride_sbh + lab_c * NB + blk, mask=valid, other=0)
+    start = tl.load(starts_ptr + pid_bh * stride_sbh + blk * C + lab_c, mask=valid, other=0)
+    start += tl.gather(cluster_start, lab_c, 0)
     tl.store(perm_ptr + pid_bh * stride_pbh + start + rank, blk * BLOCK + tok_s, mask=valid)
