@@ -89,7 +89,7 @@ def check_correctness(dev) -> dict:
     gap = (dist(labels) - dist(ref)).max().item()
     perm, off = sort_by_cluster(labels, c, ws, "q")
     p_ref, o_ref = sort_by_cluster_reference(labels, c)
-    # the fused path: the assign kernel's block histograms feed the counting sort
+    # the fused path (used for few clusters): the assign kernel's block histograms feed the counting sort
     tile = km.ASSIGN_TILE
     counts = torch.empty(b * h, -(-n // tile.block_n) * c, dtype=torch.int32, device=dev)
     lab_f = torch.empty_like(labels)
@@ -170,12 +170,13 @@ def check_cuda_graph(dev) -> dict:
 @contextlib.contextmanager
 def legacy_settings():
     """The v1 pipeline (radix sort "flat", bitonic-sort selection, a preparation launch per assign)."""
-    saved = pm.SORT_METHOD, sm.SELECT_METHOD, sm.SELECT_NUM_WARPS, km.FUSE_PREPARE
-    pm.SORT_METHOD, sm.SELECT_METHOD, sm.SELECT_NUM_WARPS, km.FUSE_PREPARE = "flat", "sort", None, False
+    saved = pm.SORT_METHOD, sm.SELECT_METHOD, sm.SELECT_NUM_WARPS, km.FUSE_PREPARE, km.FUSED_SORT_MAX_CLUSTERS
+    pm.SORT_METHOD, sm.SELECT_METHOD, sm.SELECT_NUM_WARPS, km.FUSE_PREPARE, km.FUSED_SORT_MAX_CLUSTERS = (
+        "flat", "sort", None, False, 0)
     try:
         yield
     finally:
-        pm.SORT_METHOD, sm.SELECT_METHOD, sm.SELECT_NUM_WARPS, km.FUSE_PREPARE = saved
+        pm.SORT_METHOD, sm.SELECT_METHOD, sm.SELECT_NUM_WARPS, km.FUSE_PREPARE, km.FUSED_SORT_MAX_CLUSTERS = saved
 
 
 def graph_ms(fn) -> float:
@@ -231,7 +232,7 @@ def time_shape(name, h, nv, t, cq, ck, dev, iters=2, legacy=True, stages=True) -
     res["overhead_graph_pct"] = 100 * res["selection_graph_ms"] / dense_ms
     if stages:  # per-stage breakdown (one iteration's pieces, graph-replayed: no launch gaps)
         tile = km.ASSIGN_TILE
-        fused = pm.SORT_METHOD == "count"
+        fused = ck <= km.FUSED_SORT_MAX_CLUSTERS
         counts = ws.buffer("k.block_counts", (bh, -(-nv // tile.block_n) * ck), torch.int32, dev) if fused else None
         lab = ws.buffer("k.labels", (bh, nv), torch.int32, dev)
         qlab = ws.buffer("q.labels", (bh, nv), torch.int32, dev)
@@ -287,8 +288,8 @@ def sweep(dev) -> dict:
         print("assign", tile, f"{ms:.3f} ms (without histogram {ms_plain:.3f}) {tflops:.0f} TFLOP/s equal={same}",
               flush=True)
         del counts
-    best = min((r for r in out["assign"] if "ms_with_histogram" in r and r["labels_equal"]),
-               key=lambda r: r["ms_with_histogram"], default=None)
+    best = min((r for r in out["assign"] if "ms_without" in r and r["labels_equal"]),
+               key=lambda r: r["ms_without"], default=None)
     if best is not None:
         km.ASSIGN_TILE = km.AssignTile(**best["tile"])
     tile = km.ASSIGN_TILE
@@ -302,7 +303,6 @@ def sweep(dev) -> dict:
             ms = graph_ms(lambda m=method, lab_=labels, hh_=hh: sort_by_cluster(lab_, ck, ws, f"s{hh_}", method=m))
             out["sort"].append({"bh": hh, "n": n, "method": method, "graph_ms": ms, "equal": ok})
             print("sort", hh, n, method, f"{ms:.3f} ms equal={ok}", flush=True)
-    total = {"flat": 0.0, "count": 0.0}
     for hh, n, c in ((*SWEEP_SMALL, ck), (*SWEEP_SMALL, cq // 3), (h, nv, ck), (h, nv, cq)):
         xs = x[:, :hh, :n]
         cs = xs[:, :, :: n // c][:, :, :c].float().reshape(hh, c, d).contiguous()
@@ -327,11 +327,13 @@ def sweep(dev) -> dict:
             ok, fused_ms = False, float("inf")
         row = {"bh": hh, "n": n, "clusters": c, "flat_graph_ms": graph_ms(flat), "count_fused_graph_ms": fused_ms,
                "equal": ok}
-        total["flat"] += row["flat_graph_ms"]
-        total["count"] += row["count_fused_graph_ms"] if ok else float("inf")
         out["assign_sort"].append(row)
         print("assign+sort", row, flush=True)
-    pm.SORT_METHOD = min(total, key=total.get)
+    # the largest cluster count that still gets the fused histogram: least total time over the rows
+    total = {m: sum(r["count_fused_graph_ms"] if r["clusters"] <= m and r["equal"] else r["flat_graph_ms"]
+                    for r in out["assign_sort"]) for m in (0, 128, 512, 1024)}
+    out["fused_sort_totals"] = {str(m): t_ for m, t_ in total.items()}
+    km.FUSED_SORT_MAX_CLUSTERS = min(total, key=total.get)
     # selection kernels on the 720p and 480p query x key cluster rows (uniform cluster sizes)
     cfg = SVG2Config()
     sel_total: dict = {}
@@ -342,7 +344,7 @@ def sweep(dev) -> dict:
         lg = cluster_logits(qc, cent[:hh], sizes, ws).clone()
         want = select_from_logits_reference(lg, sizes, cfg, n)
         want_kept = _kept_mask(want[0], want[1])
-        variants = [("sort", 16, 4)] + [("threshold", w, bits) for bits in (1, 2, 4) for w in (4, 8)]
+        variants = [("sort", 16, 4), ("threshold", 16, 4)] + [("threshold", w, bits) for bits in (1, 2, 4) for w in (4, 8)]
         for method, warps, bits in variants:
             sm.SELECT_METHOD, sm.SELECT_NUM_WARPS, sm.SELECT_RADIX_BITS = method, warps, bits
             try:
@@ -373,6 +375,7 @@ def sweep(dev) -> dict:
     best_sel = min(sel_total, key=sel_total.get)
     sm.SELECT_METHOD, sm.SELECT_NUM_WARPS, sm.SELECT_RADIX_BITS = best_sel
     out["chosen"] = {"assign_tile": km.ASSIGN_TILE.__dict__, "sort_method": pm.SORT_METHOD,
+                     "fused_sort_max_clusters": km.FUSED_SORT_MAX_CLUSTERS,
                      "select_method": sm.SELECT_METHOD, "select_num_warps": sm.SELECT_NUM_WARPS,
                      "select_radix_bits": sm.SELECT_RADIX_BITS}
     print("chosen", out["chosen"], flush=True)
@@ -382,13 +385,17 @@ def sweep(dev) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="docs/benchmarks")
-    ap.add_argument("--name", default="bench_selection", help="output file stem (<name>.json / <name>.md)")
+    ap.add_argument("--name", default="auto",
+                    help="output file stem (<name>.json / <name>.md); auto: bench_selection, "
+                         "bench_selection_h200 on an H200")
     ap.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
     ap.add_argument("--no-sweep", action="store_true", help="use the library's default launch settings")
     ap.add_argument("--no-legacy", action="store_true", help="skip the v1 pipeline timings")
     args = ap.parse_args()
     dev = torch.device("cuda")
     card = torch.cuda.get_device_name()
+    if args.name == "auto":
+        args.name = "bench_selection_h200" if "H200" in card else "bench_selection"
     t0 = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -168,14 +168,14 @@ def test_update_prepares_the_next_assign():
 
 @pytest.mark.parametrize("iters", [0, 1, 3])
 def test_fused_counting_sort_path_equals_radix_sort_path(iters, monkeypatch):
-    import svg2core.ops.permute.permute as pm
+    import svg2core.ops.kmeans.kmeans as km
 
     x = torch.randn(1, 2, 300, 64).to(torch.bfloat16)
     start = torch.empty(2, 40, 64)
     init_centroids_strided(x, 40, start)
     out = {}
-    for method in ("flat", "count"):
-        monkeypatch.setattr(pm, "SORT_METHOD", method)
+    for method, max_clusters in (("flat", 0), ("count", 1024)):
+        monkeypatch.setattr(km, "FUSED_SORT_MAX_CLUSTERS", max_clusters)
         cent = start.clone()
         labels, perm, offsets = batched_kmeans(x, cent, iters, Workspace(), "k")
         out[method] = (labels.clone(), perm.clone(), offsets.clone(), cent)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-import svg2core.ops.permute.permute as permute_mod
 from svg2core.ops.kmeans.reference import kmeans_assign_reference, kmeans_update_reference
 from svg2core.ops.permute import sort_by_cluster
 from svg2core.state import Workspace
@@ -34,6 +33,12 @@ class AssignTile:
 # Fastest of bench/bench_selection.py's sweep on H100 at the Wan 14B key shape (40 x 75,600 x 1000
 # clusters): 2.05 ms, 378 TFLOP/s (docs/benchmarks/bench_selection.md).
 ASSIGN_TILE = AssignTile()
+# Clusters up to which the assign kernel writes the counting sort's block histograms (the sort is then
+# a scan + a ranked scatter). The in-kernel histogram costs about linearly in the bins: H200
+# (docs/benchmarks/bench_selection_h200_run1.json), assign + sort, graph: 12 x 32,760 tokens, 100 clusters
+# 0.076 ms fused vs 0.136 ms with the radix sort; 1000 clusters 0.388 vs 0.349; 40 x 75,600 tokens,
+# 300 clusters 0.99 vs 0.91, 1000 clusters 2.70 vs 2.12. Above it: sort_by_cluster's default method.
+FUSED_SORT_MAX_CLUSTERS = 128
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
@@ -177,9 +182,9 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
             kmeans_assign(x, centroids, labels, backend)
             return sort_by_cluster(labels, c, workspace, name, backend)
     else:
-        # Triton: the assign kernel writes the counting sort's block histograms (SORT_METHOD
-        # "count"), and every update but the last prepares the next assign's centroid copies.
-        fused = permute_mod.SORT_METHOD == "count"
+        # Triton: with few clusters the assign kernel writes the counting sort's block histograms,
+        # and every update but the last prepares the next assign's centroid copies.
+        fused = c <= FUSED_SORT_MAX_CLUSTERS
         tile = ASSIGN_TILE
         counts = (workspace.buffer(f"{name}.block_counts", (b * h, _cdiv(n, tile.block_n) * c), torch.int32,
                                    x.device) if fused else None)

@@ -138,7 +138,7 @@ def _select_threshold_kernel(
     digits = tl.arange(0, NUM_CAND).to(tl.int64)
     t = tl.zeros([NUM_CAND], tl.int64)  # every entry holds T (the largest T found so far with g(T))
     for step in tl.static_range(STEPS):
-        shift: tl.constexpr = RADIX_BITS * (STEPS - 1 - step)
+        shift = RADIX_BITS * (STEPS - 1 - step)  # a constexpr (static_range)
         cand = t + (digits << shift)
         in_s = key[:, None] >= cand[None, :]  # (BLOCK_K, NUM_CAND)
         s_tok = tl.sum(tl.where(in_s, tok[:, None], 0), axis=0)

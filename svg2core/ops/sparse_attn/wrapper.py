@@ -35,10 +35,19 @@ class KernelConfig:
     # its tiles fill the SMs that the main launch's last wave leaves idle instead of forming a wave of
     # their own. Both launches write disjoint rows of ``out``; the call stays graph-capturable.
     tail_concurrent: bool = False
+    # "triton": the portable kernel for every tile. "gluon" (Hopper only): the warp-specialised kernel of
+    # gluon_kernel.py computes the 128-row video tiles (block_m must be 128); text-query tiles and the
+    # remainder tiles (tail_m) still run the Triton kernel.
+    impl: str = "triton"
+    gluon_stages: int = 2
 
     def __post_init__(self) -> None:
         if self.tail_m and not (16 <= self.tail_m < self.block_m and self.tail_m & (self.tail_m - 1) == 0):
             raise ValueError(f"tail_m: must be 0 or a power of two in [16, block_m={self.block_m}), got {self.tail_m}")
+        if self.impl not in ("triton", "gluon"):
+            raise ValueError(f"impl: must be 'triton' or 'gluon', got {self.impl!r}")
+        if self.impl == "gluon" and self.block_m != 128:
+            raise ValueError(f"impl: 'gluon' computes 128-row query tiles, so block_m must be 128, got {self.block_m}")
 
 
 # Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. The Hopper entry
@@ -192,23 +201,32 @@ def sparse_attention(
     num_text_tiles = triton.cdiv(t, cfg.block_m) if t else 0
     main_launch = ((num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles,
                    cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, False)
+    if cfg.impl == "gluon":
+        if not (q.is_cuda and torch.cuda.get_device_capability(dev)[0] == 9):
+            raise ValueError("config.impl: 'gluon' needs a Hopper GPU (compute capability 9.x)")
+        from .gluon_kernel import launch_gluon
+
+        def main_video_and_text():
+            launch_gluon(q, k, v, kp, vp, out, q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
+                         key_padding_mask is not None, h, nv, t, cq, ck, scale * _LOG2E, cfg)
+            if num_text_tiles:  # text queries: the Triton kernel's dense branch, only the text programs
+                launch((num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
+                       cfg.num_stages, False)
+    else:
+        def main_video_and_text():
+            launch(*main_launch)
     tail_launch = ((cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True)
     if not cfg.tail_m:
-        launch(*main_launch)
+        main_video_and_text()
     elif cfg.tail_concurrent and q.is_cuda:
         main = torch.cuda.current_stream(dev)
         side = torch.cuda.Stream(dev)  # taken from torch's stream pool: no stream is created per call
         side.wait_stream(main)  # the tail launch sees everything queued before this call
-        launch(*main_launch)
+        main_video_and_text()
         with torch.cuda.stream(side):
             launch(*tail_launch)
         main.wait_stream(side)  # the caller's stream sees both launches done
     else:
-        launch(*main_launch)
+        main_video_and_text()
         launch(*tail_launch)
-    return out
-    launch((num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles,
-           cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, False)
-    if cfg.tail_m:
-        launch((cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True)
     return out

@@ -1,0 +1,401 @@
+"""Hopper (sm_90) Gluon kernel of the variable-block sparse flash attention: warp-specialised.
+
+Same function as the video-query part of ``kernel.sparse_attn_fwd_kernel`` (see there for the layout
+tensors and the mapping of a program to a query tile), with FlashAttention-3's structure, which the
+Triton compiler does not produce from the plain loop (docs/benchmarks/NOTES_sparse_attn.md):
+
+- **three partitions of one warpgroup each** (12 warps per CTA): two consumer warpgroups, each owning
+  64 of the tile's 128 query rows, and one producer warpgroup;
+- the **producer** computes the kp rows of each key tile (segment lookup of ``_key_tile_rows``) and
+  gathers the K and V rows into a ring of shared-memory stages with ``cp.async``; each producer thread
+  arrives on the stage's "full" mbarrier when its copies have landed (``cp.async.mbarrier.arrive``);
+- each **consumer** waits on "full", issues the QK wgmma of tile t and the PV wgmma of tile t-1
+  back to back, runs the softmax of tile t while PV(t-1) is on the tensor cores, then releases the
+  stage of tile t-1 ("empty" mbarrier, one arrival per consumer). The two consumers are not
+  synchronised with each other beyond sharing the stages, so the warp schedulers overlap one's
+  softmax with the other's wgmma.
+
+Key tiles are BLOCK_N positions of the concatenated selected key ranges, then (T > 0) ceil(T / BLOCK_N)
+tiles of trailing text keys read from the original k / v (masked by the key padding mask). Only the
+last video tile and the text tiles are masked.
+
+Remainders of ``<= TAIL_M`` rows and the text-query tiles are not computed here: the wrapper runs the
+Triton kernel for them (``TAIL_ONLY`` launch and a text-only launch).
+
+There is no interpreter for Gluon: this kernel is checked on the GPU against the torch reference
+(bench/bench_sparse_attn.py, tests/svg2core/test_gluon_gpu.py); on the CPU only its compilation for
+sm_90 is tested.
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    async_copy,
+    fence_async_shared,
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+_NEG_BIG: gl.constexpr = gl.constexpr(-1.0e30)
+# cp.async into shared memory: ``async_copy_global_to_shared`` in Triton 3.6 (the GPU image's), renamed
+# ``async_load`` later (the old name then raises)
+_cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+# CTA (or, inside a partition, partition-wide) barrier: ``thread_barrier`` in 3.6, ``barrier`` later
+_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+
+
+@gluon.jit
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
+def _cumsum(x):
+    """Inclusive prefix sum of a 1D tensor (Triton 3.6's Gluon has no cumsum)."""
+    return gl.associative_scan(x, 0, _add)
+
+
+@gluon.constexpr_function
+def _wgmma_layout(n):
+    """Accumulator layout of a 64 x n wgmma over one warpgroup."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, int(n), 16])
+
+
+@gluon.constexpr_function
+def _copy_layout(head_dim):
+    """Rows x head_dim tile over 4 warps in 16-byte vectors (8 x 16-bit elements)."""
+    tpw_d = min(int(head_dim) // 8, 32)
+    return gl.BlockedLayout([1, 8], [32 // tpw_d, tpw_d], [4, 1], [1, 0])
+
+
+@gluon.constexpr_function
+def _log2(n):
+    return int(n).bit_length() - 1
+
+
+@gluon.jit
+def _segment_of(sel_cum_row, j0, cnt, pos, WINDOW: gl.constexpr):
+    """Largest j in [j0, min(j0 + WINDOW, cnt)) with ``sel_cum[j] <= pos``, given ``sel_cum[j0] <= pos``
+    (pos a tensor or a scalar; WINDOW a power of two): log2(WINDOW) dependent, L1-resident loads."""
+    lo = j0 + pos * 0
+    for i in gl.static_range(_log2(WINDOW)):
+        mid = lo + (WINDOW >> (i + 1))
+        v = gl.load(sel_cum_row + mid, mask=mid < cnt, other=2147483647)
+        lo = gl.where(v <= pos, mid, lo)
+    return lo
+
+
+@gluon.jit
+def _tile_map(QOFF, bh, CQ, tile, BLOCK_M: gl.constexpr, TAIL_M: gl.constexpr, CQ_BLOCK: gl.constexpr,
+              num_warps: gl.constexpr):
+    """(cluster, first sorted row, end row, active) of video tile ``tile`` of head ``bh``."""
+    lay: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+    offs_c = gl.arange(0, CQ_BLOCK, layout=lay)
+    c_ok = offs_c < CQ
+    qoff_bh = QOFF + bh * (CQ + 1)
+    c_lo = gl.load(qoff_bh + offs_c, mask=c_ok, other=0)
+    c_hi = gl.load(qoff_bh + offs_c + 1, mask=c_ok, other=0)
+    n_tiles = (c_hi - c_lo + BLOCK_M - 1 - TAIL_M) // BLOCK_M
+    cum_tiles = _cumsum(n_tiles)
+    cl = gl.sum((cum_tiles <= tile).to(gl.int32), 0)
+    active = cl < CQ
+    first_tile = gl.sum(gl.where(offs_c < cl, n_tiles, 0), 0)
+    q_start = gl.sum(gl.where(offs_c == cl, c_lo, 0), 0) + (tile - first_tile) * BLOCK_M
+    q_end = gl.sum(gl.where(offs_c == cl, c_hi, 0), 0)
+    q_end = gl.where(active, q_end, q_start)
+    return cl, q_start, q_end, active
+
+
+@gluon.jit
+def _producer(args):
+    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
+     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
+     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
+     has_kpm, dbg, DBGOUT, pid_lin, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
+    # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
+    NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
+    HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
+    CHUNK: gl.constexpr = 32  # rows per copy batch: 4 16-byte vectors per thread, few live addresses
+    cp_lay: gl.constexpr = _copy_layout(HEAD_DIM)
+    crow_lay: gl.constexpr = gl.SliceLayout(1, cp_lay)
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, cp_lay))
+    idx_lay: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # one key position per thread
+    m = gl.arange(0, BLOCK_N, layout=idx_lay)
+    mc = gl.arange(0, CHUNK, layout=crow_lay)
+    sel_cum_row = SELCUM + pair * (CK + 1)
+    sel_idx_row = SELIDX + pair * CK
+    k_off_bh = KOFF + bh * (CK + 1)
+    kp_head = KP + kp_base
+    vp_head = VP + kp_base
+    j0 = cnt * 0
+    # video key tiles: kp rows of positions t*BN .. t*BN+BN-1 of the concatenated selected ranges
+    if (dbg & 64) != 0:
+        dptr = DBGOUT + pid_lin * 24 + 16
+        gl.store(dptr + 0, n_video)
+        gl.store(dptr + 1, n_tiles)
+        gl.store(dptr + 2, total)
+        gl.store(dptr + 3, cnt)
+        gl.store(dptr + 4, q_start)
+        gl.store(dptr + 5, q_end)
+    for t in range(n_video):
+        s = t % NUM_STAGES
+        p0 = t * BLOCK_N
+        pos = p0 + m
+        # segment of each position: the last j in [j0, j0 + BN) with sel_cum[j] <= pos (a tile spans at most
+        # BN segments, every selected cluster being non-empty), by a branchless binary search over that
+        # window. No histogram / scan / cross-warp reduction here: in Triton 3.6 their scratch shared memory
+        # overlaps the buffer that passes the partitions' arguments (it clobbered them: a hang).
+        seg = _segment_of(sel_cum_row, j0, cnt, pos, BLOCK_N)
+        real = pos < total
+        cluster = gl.load(sel_idx_row + seg, mask=real, other=0)
+        rows = gl.load(k_off_bh + cluster, mask=real, other=0) + pos - gl.load(sel_cum_row + seg, mask=real, other=0)
+        # first segment of the next tile: the same search for position p0 + BN over a window of 2 * BN
+        j0 = _segment_of(sel_cum_row, j0, cnt, p0 + BLOCK_N, 2 * BLOCK_N)
+        if (dbg & 1) != 0:
+            rows = pos
+            real = pos < total
+        _barrier()  # the previous tile's chunks have read rows_smem
+        rows_smem.store(gl.where(real, rows, -1))
+        _barrier()
+        if (dbg & 8) == 0:
+            mbarrier.wait(empty_bars.index(s), ((t // NUM_STAGES) & 1) ^ 1)
+        for c in gl.static_range(BLOCK_N // CHUNK):
+            r = rows_smem.slice(c * CHUNK, CHUNK).load(crow_lay)
+            off = r[:, None] * HEAD_DIM + offs_d[None, :]
+            ok = (r >= 0)[:, None]
+            _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK), kp_head + off, mask=ok)
+            _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK), vp_head + off, mask=ok)
+        async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
+    # trailing text keys: rows Nv .. N-1 of the original k / v (zero-filled past T)
+    for t in range(n_video, n_tiles):
+        s = t % NUM_STAGES
+        mbarrier.wait(empty_bars.index(s), ((t // NUM_STAGES) & 1) ^ 1)
+        for c in gl.static_range(BLOCK_N // CHUNK):
+            cols = (t - n_video) * BLOCK_N + c * CHUNK + mc
+            ok = (cols < T)[:, None]
+            rows64 = (NV + cols).to(gl.int64)
+            _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK),
+                                  K + k_base + rows64[:, None] * stride_kn + offs_d[None, :], mask=ok)
+            _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK),
+                                  V + v_base + rows64[:, None] * stride_vn + offs_d[None, :], mask=ok)
+        async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
+    async_copy.commit_group()
+    async_copy.wait_group(0)
+
+
+@gluon.jit
+def _consumer(args, WG: gl.constexpr):
+    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
+     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
+     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
+     has_kpm, dbg, DBGOUT, pid_lin, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
+    # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
+    NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
+    HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
+    WG_M: gl.constexpr = 64
+    s_lay: gl.constexpr = _wgmma_layout(BLOCK_N)
+    o_lay: gl.constexpr = _wgmma_layout(HEAD_DIM)
+    p_lay: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_lay, k_width=2)
+    srow_lay: gl.constexpr = gl.SliceLayout(1, s_lay)
+    scol_lay: gl.constexpr = gl.SliceLayout(0, s_lay)
+    orow_lay: gl.constexpr = gl.SliceLayout(1, o_lay)
+    ocol_lay: gl.constexpr = gl.SliceLayout(0, o_lay)
+    dtype: gl.constexpr = OUT.dtype.element_ty
+
+    # this warpgroup's 64 query rows: gathered from q (token order) in 16-byte vectors into its half of q_smem
+    cp_lay: gl.constexpr = _copy_layout(HEAD_DIM)
+    srt_c = q_start + WG * WG_M + gl.arange(0, WG_M, layout=gl.SliceLayout(1, cp_lay))
+    ok_c = srt_c < q_end
+    tok_c = gl.load(QPERM + bh.to(gl.int64) * NV + srt_c, mask=ok_c, other=0).to(gl.int64)
+    offs_dc = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, cp_lay))
+    q = gl.load(Q + q_base + tok_c[:, None] * stride_qn + offs_dc[None, :], mask=ok_c[:, None], other=0.0)
+    q_wg = q_smem.index(WG)
+    q_wg.store(q)
+    fence_async_shared()
+    _barrier()
+
+    if (dbg & 64) != 0:
+        dptr = DBGOUT + pid_lin * 24 + WG * 8
+        gl.store(dptr + 0, n_video)
+        gl.store(dptr + 1, n_tiles)
+        gl.store(dptr + 2, total)
+        gl.store(dptr + 3, cnt)
+        gl.store(dptr + 4, q_start)
+        gl.store(dptr + 5, q_end)
+    o = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_lay)
+    m_i = gl.full([WG_M], _NEG_BIG, gl.float32, srow_lay)
+    l_i = gl.zeros([WG_M], gl.float32, srow_lay)
+    if n_tiles > 0:  # active tiles have n_video >= 1: every query cluster selects a non-empty key cluster
+        # tile 0: scores and probabilities only; its PV product is issued together with tile 1's scores
+        mbarrier.wait(full_bars.index(0), 0)
+        k0 = k_bufs.index(0)
+        s_acc = warpgroup_mma(q_wg, k0.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
+                              use_acc=False, is_async=True)
+        s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
+        cols = gl.arange(0, BLOCK_N, layout=scol_lay)
+        qk = gl.where((cols < total)[None, :], s_acc, float("-inf"))
+        m_i = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
+        p = gl.exp2(qk * qk_scale - m_i[:, None])
+        l_i = gl.sum(p, 1)
+        p_op = gl.convert_layout(p.to(dtype), p_lay)
+        # video key tiles: only the last can be partial (masked by a column bound, no branch)
+        for t in range(1, n_video):
+            o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                                               total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, dbg, s_lay, o_lay,
+                                               p_lay)
+        # trailing text keys (joint attention), masked by the key padding mask
+        for t in range(n_video, n_tiles):
+            c0 = (t - n_video) * BLOCK_N
+            o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                                               T - c0, KPM, b, T, c0, has_kpm, qk_scale, dbg, s_lay, o_lay, p_lay)
+        sl = (n_tiles - 1) % NUM_STAGES
+        v_last = v_bufs.index(sl)
+        o = warpgroup_mma(p_op, v_last, o, is_async=True)
+        o = warpgroup_mma_wait(0, deps=(o, ))
+        mbarrier.arrive(empty_bars.index(sl), count=1)
+    l_safe = gl.where(l_i > 0.0, l_i, 1.0)
+    out = o / gl.convert_layout(l_safe, orow_lay)[:, None]
+    srt = q_start + WG * WG_M + gl.arange(0, WG_M, layout=orow_lay)
+    row_ok = srt < q_end
+    tok = gl.load(QPERM + bh.to(gl.int64) * NV + srt, mask=row_ok, other=0).to(gl.int64)
+    offs_d = gl.arange(0, HEAD_DIM, layout=ocol_lay)
+    gl.store(OUT + o_base + tok[:, None] * stride_on + offs_d[None, :], out.to(dtype), mask=row_ok[:, None])
+
+
+@gluon.jit
+def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, col_limit, KPM, b, T, c0,
+                   use_kpm, qk_scale, dbg, s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
+    """Key tile t: QK(t) and PV(t-1) on the tensor cores, the softmax of tile t meanwhile, then release
+    tile t-1's stage. Columns >= col_limit are masked; with use_kpm != 0 also the padded text keys
+    (``KPM[b, c0 + col] == 0``)."""
+    NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
+    WG_M: gl.constexpr = 64
+    dtype: gl.constexpr = k_bufs.dtype
+    s = t % NUM_STAGES
+    sp = (t - 1) % NUM_STAGES
+    if (dbg & 4) == 0:
+        mbarrier.wait(full_bars.index(s), (t // NUM_STAGES) & 1)
+    k_t = k_bufs.index(s)
+    v_prev = v_bufs.index(sp)
+    # zeros made here rather than hoisted: a loop-invariant zero tensor would pin 64 registers per thread
+    s_acc = warpgroup_mma(q_wg, k_t.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
+                          use_acc=False, is_async=True)
+    o = warpgroup_mma(p_op, v_prev, o, is_async=True)
+    s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_lay))
+    ok = cols < col_limit
+    if use_kpm != 0:
+        ok = ok & (gl.load(KPM + b * T + c0 + cols, mask=ok, other=0) != 0)
+    qk = gl.where(ok[None, :], s_acc, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
+    p = gl.exp2(qk * qk_scale - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, 1)
+    o = warpgroup_mma_wait(0, deps=(o, ))
+    mbarrier.arrive(empty_bars.index(sp), count=1)
+    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
+    p_op = gl.convert_layout(p.to(dtype), p_lay)
+    return o, m_new, l_i, p_op
+
+
+@gluon.jit
+def _consumer_wg0(args):
+    _consumer(args, 0)
+
+
+@gluon.jit
+def _consumer_wg1(args):
+    _consumer(args, 1)
+
+
+@gluon.jit
+def sparse_attn_fwd_gluon(
+    Q, K, V, KP, VP, OUT,
+    QPERM, QOFF, KOFF, SELIDX, SELCNT, SELCUM, KPM,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    H, NV, T, CQ, CK,
+    qk_scale, HAS_KPM_I, DBG, DBGOUT,
+    HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
+    TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr,
+):
+    BLOCK_M: gl.constexpr = 128
+    tile = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    cl, q_start, q_end, active = _tile_map(QOFF, bh, CQ, tile, BLOCK_M, TAIL_M, CQ_BLOCK, gl.num_warps())
+    q_base = b.to(gl.int64) * stride_qb + h.to(gl.int64) * stride_qh
+    o_base = b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh
+    k_base = b.to(gl.int64) * stride_kb + h.to(gl.int64) * stride_kh
+    v_base = b.to(gl.int64) * stride_vb + h.to(gl.int64) * stride_vh
+    kp_base = bh.to(gl.int64) * NV * HEAD_DIM
+    pair = bh.to(gl.int64) * CQ + gl.where(active, cl, 0)
+    cnt = gl.load(SELCNT + pair)
+    total = gl.load(SELCUM + pair * (CK + 1) + cnt)
+    n_video = gl.cdiv(total, BLOCK_N)
+    n_tiles = n_video + gl.cdiv(T, BLOCK_N)
+    n_tiles = gl.where(active, n_tiles, 0)
+
+    dtype: gl.constexpr = Q.dtype.element_ty
+    q_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
+    kv_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    q_smem = gl.allocate_shared_memory(dtype, [2, 64, HEAD_DIM], q_lay)
+    k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
+    v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
+    rows_smem = gl.allocate_shared_memory(gl.int32, [BLOCK_N], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    full_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    empty_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NUM_STAGES):
+        mbarrier.init(full_bars.index(i), count=128)  # every producer thread arrives (cp.async.mbarrier.arrive)
+        mbarrier.init(empty_bars.index(i), count=2)  # one arrival per consumer warpgroup
+
+    args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
+            q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
+            kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
+            HAS_KPM_I, DBG, DBGOUT, tile + bh * gl.num_programs(0),
+            q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem)
+    gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
+                       [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+# Registers per thread: 12 warps share 64K registers (168 each at launch); setmaxnreg then gives the two
+# consumer warpgroups 232 and the producer 40 (232 * 256 + 40 * 128 = 168 * 384). Chosen from the sm_90
+# compile of bench/probes/compile_sm90.py: the fewest spills in the consumers' loop.
+_MAXNREG = 168
+_DBG_OUT = [None]
+_CONSUMER_REGS = 232
+_PRODUCER_REGS = 40
+
+
+def launch_gluon(q, k, v, kp, vp, out, q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm, has_kpm,
+                 h, nv, t, cq, ck, qk_scale, cfg) -> None:
+    """Launch the warp-specialised kernel over the 128-row video tiles (arguments checked by the wrapper)."""
+    import triton
+
+    from .kernel import max_video_tiles
+
+    bh = q_perm.shape[0]
+    grid = (max_video_tiles(nv, cq, 128), bh)
+    sparse_attn_fwd_gluon[grid](
+        q, k, v, kp, vp, out,
+        q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        h, nv, t, cq, ck,
+        qk_scale, int(has_kpm), int(__import__('os').environ.get('SVG2_GLUON_DBG', '0')), _DBG_OUT[0],
+        HEAD_DIM=q.shape[3], BLOCK_N=128, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
+        NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
+        num_warps=4, maxnreg=_MAXNREG,
+    )
