@@ -114,7 +114,7 @@ def _producer(args):
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg, DBGOUT, pid_lin, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
+     has_kpm, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -133,14 +133,6 @@ def _producer(args):
     vp_head = VP + kp_base
     j0 = cnt * 0
     # video key tiles: kp rows of positions t*BN .. t*BN+BN-1 of the concatenated selected ranges
-    if (dbg & 64) != 0:
-        dptr = DBGOUT + pid_lin * 24 + 16
-        gl.store(dptr + 0, n_video)
-        gl.store(dptr + 1, n_tiles)
-        gl.store(dptr + 2, total)
-        gl.store(dptr + 3, cnt)
-        gl.store(dptr + 4, q_start)
-        gl.store(dptr + 5, q_end)
     for t in range(n_video):
         s = t % NUM_STAGES
         p0 = t * BLOCK_N
@@ -155,14 +147,10 @@ def _producer(args):
         rows = gl.load(k_off_bh + cluster, mask=real, other=0) + pos - gl.load(sel_cum_row + seg, mask=real, other=0)
         # first segment of the next tile: the same search for position p0 + BN over a window of 2 * BN
         j0 = _segment_of(sel_cum_row, j0, cnt, p0 + BLOCK_N, 2 * BLOCK_N)
-        if (dbg & 1) != 0:
-            rows = pos
-            real = pos < total
         _barrier()  # the previous tile's chunks have read rows_smem
         rows_smem.store(gl.where(real, rows, -1))
         _barrier()
-        if (dbg & 8) == 0:
-            mbarrier.wait(empty_bars.index(s), ((t // NUM_STAGES) & 1) ^ 1)
+        mbarrier.wait(empty_bars.index(s), ((t // NUM_STAGES) & 1) ^ 1)
         for c in gl.static_range(BLOCK_N // CHUNK):
             r = rows_smem.slice(c * CHUNK, CHUNK).load(crow_lay)
             off = r[:, None] * HEAD_DIM + offs_d[None, :]
@@ -192,7 +180,7 @@ def _consumer(args, WG: gl.constexpr):
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg, DBGOUT, pid_lin, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
+     has_kpm, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -219,14 +207,6 @@ def _consumer(args, WG: gl.constexpr):
     fence_async_shared()
     _barrier()
 
-    if (dbg & 64) != 0:
-        dptr = DBGOUT + pid_lin * 24 + WG * 8
-        gl.store(dptr + 0, n_video)
-        gl.store(dptr + 1, n_tiles)
-        gl.store(dptr + 2, total)
-        gl.store(dptr + 3, cnt)
-        gl.store(dptr + 4, q_start)
-        gl.store(dptr + 5, q_end)
     o = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_lay)
     m_i = gl.full([WG_M], _NEG_BIG, gl.float32, srow_lay)
     l_i = gl.zeros([WG_M], gl.float32, srow_lay)
@@ -246,13 +226,13 @@ def _consumer(args, WG: gl.constexpr):
         # video key tiles: only the last can be partial (masked by a column bound, no branch)
         for t in range(1, n_video):
             o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                               total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, dbg, s_lay, o_lay,
+                                               total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, s_lay, o_lay,
                                                p_lay)
         # trailing text keys (joint attention), masked by the key padding mask
         for t in range(n_video, n_tiles):
             c0 = (t - n_video) * BLOCK_N
             o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                               T - c0, KPM, b, T, c0, has_kpm, qk_scale, dbg, s_lay, o_lay, p_lay)
+                                               T - c0, KPM, b, T, c0, has_kpm, qk_scale, s_lay, o_lay, p_lay)
         sl = (n_tiles - 1) % NUM_STAGES
         v_last = v_bufs.index(sl)
         o = warpgroup_mma(p_op, v_last, o, is_async=True)
@@ -269,7 +249,7 @@ def _consumer(args, WG: gl.constexpr):
 
 @gluon.jit
 def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, col_limit, KPM, b, T, c0,
-                   use_kpm, qk_scale, dbg, s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
+                   use_kpm, qk_scale, s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
     """Key tile t: QK(t) and PV(t-1) on the tensor cores, the softmax of tile t meanwhile, then release
     tile t-1's stage. Columns >= col_limit are masked; with use_kpm != 0 also the padded text keys
     (``KPM[b, c0 + col] == 0``)."""
@@ -279,8 +259,7 @@ def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_
     dtype: gl.constexpr = k_bufs.dtype
     s = t % NUM_STAGES
     sp = (t - 1) % NUM_STAGES
-    if (dbg & 4) == 0:
-        mbarrier.wait(full_bars.index(s), (t // NUM_STAGES) & 1)
+    mbarrier.wait(full_bars.index(s), (t // NUM_STAGES) & 1)
     k_t = k_bufs.index(s)
     v_prev = v_bufs.index(sp)
     # zeros made here rather than hoisted: a loop-invariant zero tensor would pin 64 registers per thread
@@ -323,7 +302,7 @@ def sparse_attn_fwd_gluon(
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     H, NV, T, CQ, CK,
-    qk_scale, HAS_KPM_I, DBG, DBGOUT,
+    qk_scale, HAS_KPM_I,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr,
@@ -362,7 +341,7 @@ def sparse_attn_fwd_gluon(
     args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
             q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
             kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-            HAS_KPM_I, DBG, DBGOUT, tile + bh * gl.num_programs(0),
+            HAS_KPM_I,
             q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
@@ -372,7 +351,6 @@ def sparse_attn_fwd_gluon(
 # consumer warpgroups 232 and the producer 40 (232 * 256 + 40 * 128 = 168 * 384). Chosen from the sm_90
 # compile of bench/probes/compile_sm90.py: the fewest spills in the consumers' loop.
 _MAXNREG = 168
-_DBG_OUT = [None]
 _CONSUMER_REGS = 232
 _PRODUCER_REGS = 40
 
@@ -394,7 +372,7 @@ def launch_gluon(q, k, v, kp, vp, out, q_perm, q_offsets, k_offsets, sel_idx, se
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         h, nv, t, cq, ck,
-        qk_scale, int(has_kpm), int(__import__('os').environ.get('SVG2_GLUON_DBG', '0')), _DBG_OUT[0],
+        qk_scale, int(has_kpm),
         HEAD_DIM=q.shape[3], BLOCK_N=128, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
         num_warps=4, maxnreg=_MAXNREG,

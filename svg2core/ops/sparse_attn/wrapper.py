@@ -35,17 +35,23 @@ class KernelConfig:
     # its tiles fill the SMs that the main launch's last wave leaves idle instead of forming a wave of
     # their own. Both launches write disjoint rows of ``out``; the call stays graph-capturable.
     tail_concurrent: bool = False
-    # "triton": the portable kernel for every tile. "gluon" (Hopper only): the warp-specialised kernel of
-    # gluon_kernel.py computes the 128-row video tiles (block_m must be 128); text-query tiles and the
-    # remainder tiles (tail_m) still run the Triton kernel.
+    # "triton": the portable kernel for every tile. "gluon" (Hopper only, EXPERIMENTAL): the warp-specialised
+    # kernel of gluon_kernel.py computes the 128-row video tiles (block_m must be 128); text-query tiles and
+    # the remainder tiles (tail_m) still run the Triton kernel. It is correct on the GPU for query tiles of
+    # at most 2 key tiles and hangs beyond (docs/benchmarks/NOTES_sparse_attn.md, v5), so it needs
+    # ``experimental=True`` and is for the probes in bench/probes/ only.
     impl: str = "triton"
     gluon_stages: int = 2
+    experimental: bool = False
 
     def __post_init__(self) -> None:
         if self.tail_m and not (16 <= self.tail_m < self.block_m and self.tail_m & (self.tail_m - 1) == 0):
             raise ValueError(f"tail_m: must be 0 or a power of two in [16, block_m={self.block_m}), got {self.tail_m}")
         if self.impl not in ("triton", "gluon"):
             raise ValueError(f"impl: must be 'triton' or 'gluon', got {self.impl!r}")
+        if self.impl == "gluon" and not self.experimental:
+            raise ValueError("impl: 'gluon' is experimental (it can hang the GPU, see NOTES_sparse_attn.md v5); "
+                             "set experimental=True to run it anyway")
         if self.impl == "gluon" and self.block_m != 128:
             raise ValueError(f"impl: 'gluon' computes 128-row query tiles, so block_m must be 128, got {self.block_m}")
 

@@ -1,0 +1,100 @@
+"""Compile the Gluon sparse-attention kernel for sm_90 without a GPU and report what the compiler made.
+
+    python bench/probes/compile_sm90.py [--dump DIR]
+
+Prints registers, spills, shared memory and counts of the instructions that matter (wgmma, cp.async,
+mbarrier, bar.sync), so a change can be read before it costs GPU time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+
+import svg2core.ops.sparse_attn.gluon_kernel as G
+from svg2core.ops.sparse_attn.gluon_kernel import sparse_attn_fwd_gluon
+
+
+def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PRODUCER_REGS,
+                   consumer_regs=G._CONSUMER_REGS, maxnreg=G._MAXNREG):
+    sig = {}
+    names = sparse_attn_fwd_gluon.arg_names
+    ptr = f"*{dtype}"
+    for n in names:
+        sig[n] = "i32"
+    for n in ("Q", "K", "V", "KP", "VP", "OUT"):
+        sig[n] = ptr
+    for n in ("QPERM", "QOFF", "KOFF", "SELIDX", "SELCNT", "SELCUM"):
+        sig[n] = "*i32"
+    sig["KPM"] = "*i8"
+    sig["qk_scale"] = "fp32"
+    consts = dict(HEAD_DIM=head_dim, BLOCK_N=128, CQ_BLOCK=512, TAIL_M=64,
+                  NUM_STAGES=num_stages, PRODUCER_REGS=producer_regs, CONSUMER_REGS=consumer_regs)
+    for k in consts:
+        sig[k] = "constexpr"
+    # 16-byte aligned pointers and strides divisible by 16, as the JIT would specialise them
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
+             if sig[n].startswith("*") or n in ("stride_qb", "stride_kb", "stride_vb", "stride_ob", "stride_qh", "stride_qn", "stride_kh", "stride_kn",
+                                                 "stride_vh", "stride_vn", "stride_oh", "stride_on")}
+    src = GluonASTSource(sparse_attn_fwd_gluon, sig, consts, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": 4, "maxnreg": maxnreg})
+
+
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+
+
+def resources(cubin: bytes) -> dict:
+    """Registers, spill stores/loads and shared memory per kernel, from cuobjdump -res-usage."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(BIN / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
+    return dict(zip(("regs", "stack", "static_shared", "local"), map(int, m.groups()), strict=True)) if m else {"raw": out}
+
+
+def sass(cubin: bytes) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
+
+
+def report(k) -> dict:
+    ptx = k.asm["ptx"]
+    counts = {pat: len(re.findall(pat, ptx)) for pat in (
+        r"wgmma\.mma_async", r"wgmma\.wait_group", r"cp\.async\.ca|cp\.async\.cg", r"cp\.async\.mbarrier\.arrive",
+        r"mbarrier\.try_wait", r"mbarrier\.arrive", r"bar\.sync", r"barrier\.sync", r"setmaxnreg", r"ld\.local|st\.local")}
+    meta = dict(shared=k.metadata.shared, **resources(k.asm["cubin"]))
+    return {**meta, **counts}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dump")
+    ap.add_argument("--stages", type=int, default=2)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--json", help="also write the report and the setmaxnreg values to this file")
+    a = ap.parse_args()
+    k = compile_kernel(head_dim=a.head_dim, num_stages=a.stages)
+    rep = report(k)
+    rep["setmaxnreg"] = re.findall(r"setmaxnreg\.(inc|dec)\S*\s+(\d+)", k.asm["ptx"])
+    rep["atom_shared"] = len(re.findall(r"atom\.shared", k.asm["ptx"]))
+    print(rep)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rep))
+    if a.dump:
+        d = Path(a.dump)
+        d.mkdir(parents=True, exist_ok=True)
+        for ext in ("ttgir", "ptx", "llir"):
+            (d / f"gluon.{ext}").write_text(k.asm[ext])
+        (d / "gluon.sass").write_text(sass(k.asm["cubin"]))

@@ -1,0 +1,63 @@
+"""The experimental warp-specialised Gluon kernel (svg2core/ops/sparse_attn/gluon_kernel.py).
+
+Gluon has no interpreter, so its numerics are checked on a GPU only (bench/probes/probe_gluon.py). Here:
+it compiles for sm_90 without a GPU (Triton's own ptxas, in a subprocess without TRITON_INTERPRET) into
+the structure it is written for (wgmma, cp.async tracked by mbarriers, register reallocation between the
+partitions), and the wrapper runs it only when asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from svg2core.ops.sparse_attn import KernelConfig, sparse_attention
+from svg2core.ops.sparse_attn import gluon_kernel as G
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_config_gates_the_experimental_kernel():
+    with pytest.raises(ValueError, match="impl: 'gluon' is experimental"):
+        KernelConfig(block_m=128, impl="gluon")
+    with pytest.raises(ValueError, match="block_m must be 128"):
+        KernelConfig(block_m=64, impl="gluon", experimental=True)
+    with pytest.raises(ValueError, match="impl: must be 'triton' or 'gluon'"):
+        KernelConfig(impl="cuda")
+    assert KernelConfig(block_m=128, block_n=128, impl="gluon", experimental=True).impl == "gluon"
+
+
+def test_gluon_impl_refuses_a_non_hopper_device():
+    q = torch.randn(1, 1, 8, 64, dtype=torch.bfloat16)
+    kp = q[0].clone()
+    ints = dict(q_perm=torch.arange(8, dtype=torch.int32)[None], q_offsets=torch.tensor([[0, 8]], dtype=torch.int32),
+                k_offsets=torch.tensor([[0, 8]], dtype=torch.int32), sel_idx=torch.zeros(1, 1, 1, dtype=torch.int32),
+                sel_count=torch.ones(1, 1, dtype=torch.int32), sel_cum=torch.tensor([[[0, 8]]], dtype=torch.int32))
+    cfg = KernelConfig(block_m=128, block_n=128, impl="gluon", experimental=True)
+    with pytest.raises(ValueError, match="needs a Hopper GPU"):
+        sparse_attention(q, q, q, kp, kp, **ints, config=cfg)
+
+
+@pytest.mark.parametrize("head_dim", [128, 64])
+def test_compiles_for_sm90_with_the_intended_structure(head_dim, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    out = tmp_path / "report.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "probes" / "compile_sm90.py"), "--head-dim", str(head_dim),
+                    "--json", str(out)], check=True, capture_output=True, env=env, timeout=300, cwd=ROOT)
+    r = json.loads(out.read_text())
+    assert r["regs"] <= G._MAXNREG  # 12 warps x 32 threads x 168 registers fit one SM
+    assert r["shared"] <= 227 * 1024
+    assert r[r"wgmma\.mma_async"] > 0 and r[r"cp\.async\.mbarrier\.arrive"] > 0
+    # the second consumer warpgroup gets CONSUMER_REGS, the producer PRODUCER_REGS (setmaxnreg)
+    assert ["inc", str(G._CONSUMER_REGS)] in r["setmaxnreg"]
+    assert ["dec", str(G._PRODUCER_REGS)] in r["setmaxnreg"]
+    # no shared-memory atomics (histograms) in the partitions: Triton 3.6 places their scratch over the
+    # partitions' argument buffer (gluon_kernel.py)
+    assert r["atom_shared"] == 0
