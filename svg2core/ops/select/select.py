@@ -13,10 +13,13 @@ from svg2core.state import Workspace
 _LOGITS_BLOCK_Q = 32
 _LOGITS_BLOCK_K = 64
 SELECT_NUM_WARPS: int | None = None  # warps of the per-row selection kernel; None = by row length
-# "threshold": radix search for the rule's threshold (kept clusters in ascending id); "sort": bitonic
-# sort of the whole row (kept clusters in descending P, the reference's order). Same kept set.
-SELECT_METHOD = "threshold"
-SELECT_RADIX_BITS = 4  # key bits decided per step of the threshold search (2^bits candidates at once)
+# "sort": bitonic sort of the whole row (kept clusters in descending P, the reference's order);
+# "threshold": radix search for the rule's threshold (kept clusters in ascending id). Same kept set.
+# H200, graph-replayed (docs/benchmarks/bench_selection_h200.json): 40 x 300 x 1000 rows sort 0.75 ms
+# (16 warps), threshold 0.78 ms at best (2 bits, 4 warps; 4 bits spill: 3.4-19 ms); 12 x 300 x 1000
+# rows 0.233 vs 0.237 ms. The sort stays the default.
+SELECT_METHOD = "sort"
+SELECT_RADIX_BITS = 2  # key bits decided per step of the threshold search (2^bits candidates at once)
 
 
 def _next_pow2(n: int) -> int:
@@ -24,8 +27,8 @@ def _next_pow2(n: int) -> int:
 
 
 def _select_warps(block_row: int, method: str) -> int:
-    if method == "threshold":
-        return 4 if block_row <= 256 else 8
+    if method == "threshold":  # fastest of the H200 sweep: 4 warps (8: 0.37 vs 0.24 ms at 12 x 300 x 1000)
+        return 4
     # The in-register bitonic sort of one row dominates; 16 warps were fastest for 1024-wide rows on
     # H100 (bench/bench_selection.py sweep: 0.92 ms vs 1.36 ms with 4 warps at 40 x 300 x 1000).
     return 4 if block_row <= 256 else 8 if block_row <= 512 else 16

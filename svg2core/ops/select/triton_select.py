@@ -2,8 +2,9 @@
 
 Two launches: ``_cluster_logits_kernel`` (a small tiled ``Cq Ck^T`` plus ``log|K_j|``) and one
 selection kernel per (b, h, query cluster) row, in registers, with no (BH, Cq, Ck) sort buffer and no
-host round trip: ``_select_threshold_kernel`` (default) finds the kept set by a radix search for the
-rule's threshold; ``_select_kernel`` sorts the whole row (bitonic) and scans it.
+host round trip: ``_select_kernel`` (default) sorts the whole row (bitonic) and scans it;
+``_select_threshold_kernel`` finds the same kept set by a radix search for the rule's threshold
+(measured no faster on H200: docs/benchmarks/NOTES_selection.md).
 """
 
 from __future__ import annotations
