@@ -27,7 +27,7 @@ shapes = {"tiny": (1, 700, 0, 4, 9), "tinytext": (1, 700, 40, 4, 9), "wan": (2, 
 h, nv, t, cq, ck = shapes[case]
 base = default_config(torch.device("cuda"), torch.bfloat16, 128)
 glu = replace(base, impl="gluon", experimental=True, tail_m=int(os.environ.get("TAIL_M", base.tail_m)),
-              gluon_stages=int(os.environ.get("STAGES", "2")),
+              gluon_stages=int(os.environ.get("STAGES", "2")), gluon_debug=int(os.environ.get("GDEBUG", "0")),
               tail_concurrent=os.environ.get("CONCURRENT", "1") == "1")
 n_video_tiles = None
 args, kpm, _ = B.make_case(h, nv, t, cq, ck, float(os.environ.get("DENS", "0.3")), torch.bfloat16, seed=1)

@@ -114,7 +114,8 @@ def _producer(args):
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
+    DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -145,6 +146,8 @@ def _producer(args):
         real = pos < total
         cluster = gl.load(sel_idx_row + seg, mask=real, other=0)
         rows = gl.load(k_off_bh + cluster, mask=real, other=0) + pos - gl.load(sel_cum_row + seg, mask=real, other=0)
+        if (DEBUG & 4) != 0:  # bisect hook: contiguous kp rows (wrong result)
+            rows = pos % NV
         # first segment of the next tile: the same search for position p0 + BN over a window of 2 * BN
         j0 = _segment_of(sel_cum_row, j0, cnt, p0 + BLOCK_N, 2 * BLOCK_N)
         _barrier()  # the previous tile's chunks have read rows_smem
@@ -180,7 +183,8 @@ def _consumer(args, WG: gl.constexpr):
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
+    DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -203,9 +207,10 @@ def _consumer(args, WG: gl.constexpr):
     offs_dc = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, cp_lay))
     q = gl.load(Q + q_base + tok_c[:, None] * stride_qn + offs_dc[None, :], mask=ok_c[:, None], other=0.0)
     q_wg = q_smem.index(WG)
-    q_wg.store(q)
-    fence_async_shared()
-    _barrier()
+    if (DEBUG & 2) == 0:  # bisect hook: 2 = leave q_smem unwritten (wrong result)
+        q_wg.store(q)
+        fence_async_shared()
+        _barrier()
 
     o = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_lay)
     m_i = gl.full([WG_M], _NEG_BIG, gl.float32, srow_lay)
@@ -226,13 +231,14 @@ def _consumer(args, WG: gl.constexpr):
         # video key tiles: only the last can be partial (masked by a column bound, no branch)
         for t in range(1, n_video):
             o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                               total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, s_lay, o_lay,
-                                               p_lay)
+                                               total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, DEBUG, s_lay,
+                                               o_lay, p_lay)
         # trailing text keys (joint attention), masked by the key padding mask
         for t in range(n_video, n_tiles):
             c0 = (t - n_video) * BLOCK_N
             o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                               T - c0, KPM, b, T, c0, has_kpm, qk_scale, s_lay, o_lay, p_lay)
+                                               T - c0, KPM, b, T, c0, has_kpm, qk_scale, DEBUG, s_lay, o_lay,
+                                               p_lay)
         sl = (n_tiles - 1) % NUM_STAGES
         v_last = v_bufs.index(sl)
         o = warpgroup_mma(p_op, v_last, o, is_async=True)
@@ -249,7 +255,7 @@ def _consumer(args, WG: gl.constexpr):
 
 @gluon.jit
 def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, col_limit, KPM, b, T, c0,
-                   use_kpm, qk_scale, s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
+                   use_kpm, qk_scale, DEBUG: gl.constexpr, s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
     """Key tile t: QK(t) and PV(t-1) on the tensor cores, the softmax of tile t meanwhile, then release
     tile t-1's stage. Columns >= col_limit are masked; with use_kpm != 0 also the padded text keys
     (``KPM[b, c0 + col] == 0``)."""
@@ -263,10 +269,14 @@ def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_
     k_t = k_bufs.index(s)
     v_prev = v_bufs.index(sp)
     # zeros made here rather than hoisted: a loop-invariant zero tensor would pin 64 registers per thread
-    s_acc = warpgroup_mma(q_wg, k_t.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
-                          use_acc=False, is_async=True)
-    o = warpgroup_mma(p_op, v_prev, o, is_async=True)
-    s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
+    if (DEBUG & 1) == 0:
+        s_acc = warpgroup_mma(q_wg, k_t.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
+                              use_acc=False, is_async=(DEBUG & 8) == 0)
+        o = warpgroup_mma(p_op, v_prev, o, is_async=(DEBUG & 8) == 0)
+        if (DEBUG & 8) == 0:
+            s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
+    else:  # bisect hook: 1 = no wgmma in the loop (wrong result)
+        s_acc = gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay)
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_lay))
     ok = cols < col_limit
     if use_kpm != 0:
@@ -276,7 +286,8 @@ def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_
     p = gl.exp2(qk * qk_scale - m_new[:, None])
     alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, 1)
-    o = warpgroup_mma_wait(0, deps=(o, ))
+    if (DEBUG & 9) == 0:
+        o = warpgroup_mma_wait(0, deps=(o, ))
     mbarrier.arrive(empty_bars.index(sp), count=1)
     o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
     p_op = gl.convert_layout(p.to(dtype), p_lay)
@@ -305,7 +316,7 @@ def sparse_attn_fwd_gluon(
     qk_scale, HAS_KPM_I,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, DEBUG: gl.constexpr = 0,
 ):
     BLOCK_M: gl.constexpr = 128
     tile = gl.program_id(0)
@@ -321,9 +332,10 @@ def sparse_attn_fwd_gluon(
     pair = bh.to(gl.int64) * CQ + gl.where(active, cl, 0)
     cnt = gl.load(SELCNT + pair)
     total = gl.load(SELCUM + pair * (CK + 1) + cnt)
-    n_video = gl.cdiv(total, BLOCK_N)
-    n_tiles = n_video + gl.cdiv(T, BLOCK_N)
-    n_tiles = gl.where(active, n_tiles, 0)
+    # surplus programs (past the last tile of their head) do nothing: both counts are 0, or the producer
+    # would fill stages for consumers that skip them and wait forever for their release (the v5 hang)
+    n_video = gl.where(active, gl.cdiv(total, BLOCK_N), 0)
+    n_tiles = gl.where(active, n_video + gl.cdiv(T, BLOCK_N), 0)
 
     dtype: gl.constexpr = Q.dtype.element_ty
     q_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
@@ -332,6 +344,8 @@ def sparse_attn_fwd_gluon(
     k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
     v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
     rows_smem = gl.allocate_shared_memory(gl.int32, [BLOCK_N], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    # constexprs do not pass through warp_specialize in Triton 3.6: DEBUG travels as this buffer's shape
+    dbg_smem = gl.allocate_shared_memory(gl.int8, [DEBUG + 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     full_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES):
@@ -341,7 +355,7 @@ def sparse_attn_fwd_gluon(
     args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
             q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
             kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-            HAS_KPM_I,
+            HAS_KPM_I, dbg_smem,
             q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
@@ -356,7 +370,7 @@ _PRODUCER_REGS = 40
 
 
 def launch_gluon(q, k, v, kp, vp, out, q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm, has_kpm,
-                 h, nv, t, cq, ck, qk_scale, cfg) -> None:
+                 h, nv, t, cq, ck, qk_scale, cfg, debug: int = 0) -> None:
     """Launch the warp-specialised kernel over the 128-row video tiles (arguments checked by the wrapper)."""
     import triton
 
@@ -374,6 +388,6 @@ def launch_gluon(q, k, v, kp, vp, out, q_perm, q_offsets, k_offsets, sel_idx, se
         h, nv, t, cq, ck,
         qk_scale, int(has_kpm),
         HEAD_DIM=q.shape[3], BLOCK_N=128, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
-        NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
+        NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS, DEBUG=debug,
         num_warps=4, maxnreg=_MAXNREG,
     )

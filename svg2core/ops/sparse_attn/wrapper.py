@@ -43,6 +43,9 @@ class KernelConfig:
     impl: str = "triton"
     gluon_stages: int = 2
     experimental: bool = False
+    # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
+    # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap)
+    gluon_debug: int = 0
 
     def __post_init__(self) -> None:
         if self.tail_m and not (16 <= self.tail_m < self.block_m and self.tail_m & (self.tail_m - 1) == 0):
@@ -214,7 +217,7 @@ def sparse_attention(
 
         def main_video_and_text():
             launch_gluon(q, k, v, kp, vp, out, q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
-                         key_padding_mask is not None, h, nv, t, cq, ck, scale * _LOG2E, cfg)
+                         key_padding_mask is not None, h, nv, t, cq, ck, scale * _LOG2E, cfg, cfg.gluon_debug)
             if num_text_tiles:  # text queries: the Triton kernel's dense branch, only the text programs
                 launch((num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
                        cfg.num_stages, False)
