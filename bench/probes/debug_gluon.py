@@ -26,7 +26,7 @@ shapes = {"tiny": (1, 700, 0, 4, 9), "tinytext": (1, 700, 40, 4, 9), "wan": (2, 
           "hunyuan": (2, 118800, 256, 400, 1000)}
 h, nv, t, cq, ck = shapes[case]
 base = default_config(torch.device("cuda"), torch.bfloat16, 128)
-glu = replace(base, impl="gluon", experimental=True, tail_m=int(os.environ.get("TAIL_M", base.tail_m)),
+glu = replace(base, impl="gluon", tail_m=int(os.environ.get("TAIL_M", base.tail_m)),
               gluon_stages=int(os.environ.get("STAGES", "2")), gluon_debug=int(os.environ.get("GDEBUG", "0")),
               tail_concurrent=os.environ.get("CONCURRENT", "1") == "1")
 n_video_tiles = None

@@ -43,8 +43,8 @@ def main() -> None:
     dev_name = torch.cuda.get_device_name()
     card = "h200" if "H200" in dev_name else "h100" if "H100" in dev_name else "gpu"
     dtype = torch.bfloat16
-    base = default_config(torch.device("cuda"), dtype, 128)
-    glu = replace(base, impl="gluon", gluon_stages=opts.stages, experimental=True)
+    base = replace(default_config(torch.device("cuda"), dtype, 128), impl="triton")
+    glu = replace(base, impl="gluon", gluon_stages=opts.stages)
     res = {"device": dev_name, "base": base.__dict__, "gluon": glu.__dict__, "correctness": [], "timings": []}
     path = os.path.join(opts.out, f"probe_gluon_{card}.json")
 

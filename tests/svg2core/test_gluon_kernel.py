@@ -1,9 +1,10 @@
-"""The experimental warp-specialised Gluon kernel (svg2core/ops/sparse_attn/gluon_kernel.py).
+"""The warp-specialised Gluon kernel (svg2core/ops/sparse_attn/gluon_kernel.py), Hopper's default.
 
-Gluon has no interpreter, so its numerics are checked on a GPU only (bench/probes/probe_gluon.py). Here:
-it compiles for sm_90 without a GPU (Triton's own ptxas, in a subprocess without TRITON_INTERPRET) into
-the structure it is written for (wgmma, cp.async tracked by mbarriers, register reallocation between the
-partitions), and the wrapper runs it only when asked for explicitly.
+Gluon has no interpreter, so its numerics are checked on a GPU only (bench/probes/probe_gluon.py and
+bench/bench_sparse_attn.py check it against the fp32 reference before timing). Here: the config rules,
+the Hopper-only guard, the per-architecture choice, and that it compiles for sm_90 without a GPU
+(Triton's own ptxas, in a subprocess without TRITON_INTERPRET) into the structure it is written for
+(wgmma, cp.async tracked by mbarriers, register reallocation between the partitions).
 """
 
 from __future__ import annotations
@@ -17,20 +18,30 @@ from pathlib import Path
 import pytest
 import torch
 
-from svg2core.ops.sparse_attn import KernelConfig, sparse_attention
+from svg2core.ops.sparse_attn import KernelConfig, default_config, sparse_attention
 from svg2core.ops.sparse_attn import gluon_kernel as G
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_config_gates_the_experimental_kernel():
-    with pytest.raises(ValueError, match="impl: 'gluon' is experimental"):
-        KernelConfig(block_m=128, impl="gluon")
+def test_config_rules():
     with pytest.raises(ValueError, match="block_m must be 128"):
-        KernelConfig(block_m=64, impl="gluon", experimental=True)
+        KernelConfig(block_m=64, impl="gluon")
     with pytest.raises(ValueError, match="impl: must be 'triton' or 'gluon'"):
         KernelConfig(impl="cuda")
-    assert KernelConfig(block_m=128, block_n=128, impl="gluon", experimental=True).impl == "gluon"
+    assert KernelConfig(block_m=128, block_n=128, impl="gluon").impl == "gluon"
+
+
+def test_gluon_is_the_hopper_default_for_head_dim_128_only(monkeypatch):
+    from svg2core.ops.sparse_attn import wrapper
+
+    monkeypatch.setattr(wrapper.torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    cuda = torch.device("cuda")
+    assert default_config(cuda, torch.bfloat16, 128).impl == "gluon"
+    assert default_config(cuda, torch.bfloat16, 64).impl == "triton"
+    monkeypatch.setattr(wrapper.torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert default_config(cuda, torch.bfloat16, 128).impl == "triton"
+    assert default_config(torch.device("cpu"), torch.bfloat16, 128).impl == "triton"
 
 
 def test_gluon_impl_refuses_a_non_hopper_device():
@@ -39,7 +50,7 @@ def test_gluon_impl_refuses_a_non_hopper_device():
     ints = dict(q_perm=torch.arange(8, dtype=torch.int32)[None], q_offsets=torch.tensor([[0, 8]], dtype=torch.int32),
                 k_offsets=torch.tensor([[0, 8]], dtype=torch.int32), sel_idx=torch.zeros(1, 1, 1, dtype=torch.int32),
                 sel_count=torch.ones(1, 1, dtype=torch.int32), sel_cum=torch.tensor([[[0, 8]]], dtype=torch.int32))
-    cfg = KernelConfig(block_m=128, block_n=128, impl="gluon", experimental=True)
+    cfg = KernelConfig(block_m=128, block_n=128, impl="gluon")
     with pytest.raises(ValueError, match="needs a Hopper GPU"):
         sparse_attention(q, q, q, kp, kp, **ints, config=cfg)
 

@@ -35,14 +35,11 @@ class KernelConfig:
     # its tiles fill the SMs that the main launch's last wave leaves idle instead of forming a wave of
     # their own. Both launches write disjoint rows of ``out``; the call stays graph-capturable.
     tail_concurrent: bool = False
-    # "triton": the portable kernel for every tile. "gluon" (Hopper only, EXPERIMENTAL): the warp-specialised
-    # kernel of gluon_kernel.py computes the 128-row video tiles (block_m must be 128); text-query tiles and
-    # the remainder tiles (tail_m) still run the Triton kernel. It is correct on the GPU for query tiles of
-    # at most 2 key tiles and hangs beyond (docs/benchmarks/NOTES_sparse_attn.md, v5), so it needs
-    # ``experimental=True`` and is for the probes in bench/probes/ only.
+    # "triton": the portable kernel for every tile. "gluon" (Hopper only): the warp-specialised kernel of
+    # gluon_kernel.py computes the 128-row video tiles (block_m must be 128); text-query tiles and the
+    # remainder tiles (tail_m) still run the Triton kernel (docs/benchmarks/NOTES_sparse_attn.md, v5).
     impl: str = "triton"
     gluon_stages: int = 2
-    experimental: bool = False
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
     # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap)
     gluon_debug: int = 0
@@ -52,18 +49,18 @@ class KernelConfig:
             raise ValueError(f"tail_m: must be 0 or a power of two in [16, block_m={self.block_m}), got {self.tail_m}")
         if self.impl not in ("triton", "gluon"):
             raise ValueError(f"impl: must be 'triton' or 'gluon', got {self.impl!r}")
-        if self.impl == "gluon" and not self.experimental:
-            raise ValueError("impl: 'gluon' is experimental (it can hang the GPU, see NOTES_sparse_attn.md v5); "
-                             "set experimental=True to run it anyway")
         if self.impl == "gluon" and self.block_m != 128:
             raise ValueError(f"impl: 'gluon' computes 128-row query tiles, so block_m must be 128, got {self.block_m}")
 
 
-# Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. The Hopper entry
-# is the fastest of the v4 sweeps (docs/benchmarks/sparse_attn_h200_v4_sweep*.json, NOTES_sparse_attn.md;
-# D=64 untimed); the others are untuned starting points that fit the shared memory of those parts.
+# Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. Hopper, D=128: the
+# warp-specialised Gluon kernel for the 128-row video tiles (v5: 1.03-1.25x the Triton kernel in one H200
+# run, docs/benchmarks/probe_gluon_h200_*.json) with the v4 Triton remainder / text launches. Hopper,
+# D=64: the v4 Triton kernel (the Gluon kernel compiles for D=64 but is not yet checked on a GPU there).
+# The others are untuned starting points that fit the shared memory of those parts.
 _CONFIGS: dict[tuple[int | None, torch.dtype | None, int | None], KernelConfig] = {
-    (9, None, 128): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, tail_m=64, tail_concurrent=True),
+    (9, None, 128): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, tail_m=64, tail_concurrent=True,
+                                 impl="gluon"),
     (9, None, 64): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, tail_m=64, tail_concurrent=True),
     (8, None, 128): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
     (8, None, 64): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
