@@ -1,0 +1,75 @@
+"""The Hopper default path of the sparse attention (Gluon kernel for D=128, Triton for the rest) against
+the torch reference, on a Hopper GPU only (skipped elsewhere, so not in CPU CI).
+
+    python -m pytest -q tests/svg2core/test_sparse_attn_hopper.py      # on an H100 / H200
+
+Cases chosen from what broke or is untested: many surplus programs with 3+ key tiles per query tile
+(the v5 hang: a producer waiting for consumers that had nothing to do), batch > 1 with text tokens and a
+padding mask, fp16, D=64 (Triton), and a CUDA-graph replay. A hang fails the test through pytest-timeout
+instead of blocking the run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+if not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9):
+    pytest.skip("needs a Hopper GPU (compute capability 9.x)", allow_module_level=True)
+
+from test_sparse_attn import make_inputs, rel_rms  # noqa: E402
+
+from svg2core.ops.sparse_attn import default_config, sparse_attention, sparse_attention_reference  # noqa: E402
+
+
+def _check(b, h, nv, t, d, cq, ck, dtype, density, seed, tol):
+    args, kpm = make_inputs(b, h, nv, t, d, cq, ck, dtype=dtype, density=density, seed=seed)
+    out = torch.full_like(args["q"], float("nan"))
+    sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out)
+    torch.cuda.synchronize()
+    assert not torch.isnan(out).any()
+    ref = sparse_attention_reference(**args, num_dense_tokens=t, key_padding_mask=kpm)
+    assert rel_rms(out, ref) < tol
+    return args, kpm
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_default_is_gluon_for_head_dim_128():
+    assert default_config(torch.device("cuda"), torch.bfloat16, 128).impl == "gluon"
+
+
+@pytest.mark.timeout(180, method="thread")
+@pytest.mark.parametrize("density", [0.05, 0.5, 1.0])
+def test_surplus_programs_and_many_key_tiles(density):
+    # 64 query clusters over 3000 tokens: the static grid has far more programs than tiles; up to 24 key tiles
+    _check(1, 2, 3000, 0, 128, 64, 40, torch.bfloat16, density, seed=1, tol=2e-2)
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_batch_two_with_text_and_padding_mask():
+    _check(2, 3, 2500, 77, 128, 20, 30, torch.bfloat16, 0.3, seed=2, tol=2e-2)
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_fp16_and_head_dim_64():
+    _check(1, 2, 2000, 0, 128, 16, 24, torch.float16, 0.4, seed=3, tol=5e-3)
+    _check(1, 2, 2000, 16, 64, 16, 24, torch.bfloat16, 0.4, seed=4, tol=2e-2)
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_cuda_graph_replay_equals_eager():
+    args, kpm = make_inputs(1, 2, 3000, 40, 128, 24, 32, dtype=torch.bfloat16, density=0.3, seed=5)
+    eager = sparse_attention(**args, num_dense_tokens=40, key_padding_mask=kpm).clone()
+    out = torch.empty_like(eager)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        sparse_attention(**args, num_dense_tokens=40, key_padding_mask=kpm, out=out)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sparse_attention(**args, num_dense_tokens=40, key_padding_mask=kpm, out=out)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
