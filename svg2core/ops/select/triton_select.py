@@ -14,6 +14,25 @@ import triton.language as tl
 
 
 @triton.jit
+def _ordered_bits(x):
+    """int32 image of fp32 values that orders like the floats (both selection kernels sort by it)."""
+    bits = x.to(tl.int32, bitcast=True)
+    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+@triton.jit
+def _keep_rule(cum_p, cum_tok, top_p, min_tokens, max_tokens, FIXED: tl.constexpr):
+    """Whether a prefix with probability ``cum_p`` and ``cum_tok`` tokens is below the budget (the
+    crossing cluster is then added on top): top-p with the min / max token caps, or the fixed-density
+    token cap."""
+    if FIXED:
+        rule = cum_tok < max_tokens
+    else:
+        rule = ((cum_p < top_p) | (cum_tok < min_tokens)) & (cum_tok < max_tokens)
+    return rule
+
+
+@triton.jit
 def _cluster_logits_kernel(
     cq_ptr, ck_ptr, ksize_ptr, logits_ptr,
     CQ, CK, scale,
@@ -62,9 +81,7 @@ def _select_kernel(
     m = offs < CK
     row = logits_ptr + pid_bh * stride_lbh + pid_q * stride_lq
     logit = tl.load(row + offs, mask=m, other=float("-inf"))
-    bits = logit.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
-    key = (ordered.to(tl.int64) << 32) | (BLOCK_K - 1 - offs).to(tl.int64)
+    key = (_ordered_bits(logit).to(tl.int64) << 32) | (BLOCK_K - 1 - offs).to(tl.int64)
     key = tl.sort(key, descending=True)
     low = key - ((key >> 32) << 32)  # the complemented cluster id, in [0, BLOCK_K)
     idx = (BLOCK_K - 1 - low).to(tl.int32)
@@ -76,10 +93,7 @@ def _select_kernel(
     p = p / tl.sum(p, axis=0)
     cum_p = tl.cumsum(p, axis=0)
     cum_tok = tl.cumsum(tok, axis=0)
-    if FIXED:
-        rule = cum_tok < max_tokens
-    else:
-        rule = ((cum_p < top_p) | (cum_tok < min_tokens)) & (cum_tok < max_tokens)
+    rule = _keep_rule(cum_p, cum_tok, top_p, min_tokens, max_tokens, FIXED)
     n_rule = tl.sum(rule.to(tl.int32), axis=0)
     n_nonempty = tl.sum((tok > 0).to(tl.int32), axis=0)
     count = tl.minimum(1 + n_rule, n_nonempty)
@@ -120,9 +134,7 @@ def _select_threshold_kernel(
     row = logits_ptr + pid_bh * stride_lbh + pid_q * stride_lq
     logit = tl.load(row + offs, mask=m, other=float("-inf"))
     tok = tl.load(ksize_ptr + pid_bh * stride_sbh + offs, mask=m, other=0)
-    bits = logit.to(tl.int32, bitcast=True)
-    ordered = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
-    key = ((ordered.to(tl.int64) + 2147483648) << LOG_K) | (BLOCK_K - 1 - offs).to(tl.int64)
+    key = ((_ordered_bits(logit).to(tl.int64) + 2147483648) << LOG_K) | (BLOCK_K - 1 - offs).to(tl.int64)
     p = tl.exp(logit - tl.max(logit, axis=0))
     p = tl.where(m, p, 0.0)
     p = p / tl.sum(p, axis=0)
@@ -130,10 +142,7 @@ def _select_threshold_kernel(
     # g(T) = not f(T), true for small T. Whole set first: if the rule holds there, T_min = 0.
     all_p = tl.sum(p, axis=0)
     all_tok = tl.sum(tok, axis=0)
-    if FIXED:
-        f_all = all_tok < max_tokens
-    else:
-        f_all = ((all_p < top_p) | (all_tok < min_tokens)) & (all_tok < max_tokens)
+    f_all = _keep_rule(all_p, all_tok, top_p, min_tokens, max_tokens, FIXED)
     NUM_CAND: tl.constexpr = 1 << RADIX_BITS
     STEPS: tl.constexpr = (32 + LOG_K + RADIX_BITS - 1) // RADIX_BITS
     digits = tl.arange(0, NUM_CAND).to(tl.int64)
