@@ -29,6 +29,7 @@ sm_90 is tested.
 
 from __future__ import annotations
 
+import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -369,25 +370,14 @@ _CONSUMER_REGS = 232
 _PRODUCER_REGS = 40
 
 
-def launch_gluon(q, k, v, kp, vp, out, q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm, has_kpm,
-                 h, nv, t, cq, ck, qk_scale, cfg, debug: int = 0) -> None:
-    """Launch the warp-specialised kernel over the 128-row video tiles (arguments checked by the wrapper)."""
-    import triton
-
-    from .kernel import max_video_tiles
-
-    bh = q_perm.shape[0]
-    grid = (max_video_tiles(nv, cq, 128), bh)
+def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has_kpm: bool, head_dim: int, cq: int,
+                 cfg) -> None:
+    """Launch the warp-specialised kernel over the 128-row video tiles. ``kernel_args``: the wrapper's
+    argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there)."""
     sparse_attn_fwd_gluon[grid](
-        q, k, v, kp, vp, out,
-        q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
-        q.stride(0), q.stride(1), q.stride(2),
-        k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2),
-        out.stride(0), out.stride(1), out.stride(2),
-        h, nv, t, cq, ck,
+        *kernel_args,
         qk_scale, int(has_kpm),
-        HEAD_DIM=q.shape[3], BLOCK_N=128, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
-        NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS, DEBUG=debug,
-        num_warps=4, maxnreg=_MAXNREG,
+        HEAD_DIM=head_dim, BLOCK_N=128, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
+        NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
+        DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

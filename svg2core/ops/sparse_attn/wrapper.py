@@ -187,15 +187,20 @@ def sparse_attention(
         raise ValueError(f"scale: must be a positive finite number, got {scale}")
     cfg = config or default_config(dev, q.dtype, d)
 
+    # the arguments both kernels (Triton and Gluon) take first, in the same order
+    kernel_args = (
+        q, k, v, kp, vp, out,
+        q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        h, nv, t, cq, ck,
+    )
+
     def launch(grid, num_text_tiles, block_m, block_n, num_warps, num_stages, tail_only):
         sparse_attn_fwd_kernel[grid](
-            q, k, v, kp, vp, out,
-            q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            out.stride(0), out.stride(1), out.stride(2),
-            h, nv, t, cq, ck, num_text_tiles,
+            *kernel_args, num_text_tiles,
             scale * _LOG2E,
             HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, CQ_BLOCK=triton.next_power_of_2(cq),
             HAS_KPM=key_padding_mask is not None, SKIP_KEY_INDEX=cfg.skip_key_index,
@@ -205,22 +210,21 @@ def sparse_attention(
 
     # text tiles, full query tiles and remainders > tail_m rows; then (tail_m > 0) the small remainders
     num_text_tiles = triton.cdiv(t, cfg.block_m) if t else 0
-    main_launch = ((num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles,
-                   cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, False)
     if cfg.impl == "gluon":
         if not (q.is_cuda and torch.cuda.get_device_capability(dev)[0] == 9):
             raise ValueError("config.impl: 'gluon' needs a Hopper GPU (compute capability 9.x)")
         from .gluon_kernel import launch_gluon
 
         def main_video_and_text():
-            launch_gluon(q, k, v, kp, vp, out, q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
-                         key_padding_mask is not None, h, nv, t, cq, ck, scale * _LOG2E, cfg, cfg.gluon_debug)
+            launch_gluon(kernel_args, (max_video_tiles(nv, cq, 128), bh), scale * _LOG2E,
+                         key_padding_mask is not None, d, cq, cfg)
             if num_text_tiles:  # text queries: the Triton kernel's dense branch, only the text programs
                 launch((num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
                        cfg.num_stages, False)
     else:
         def main_video_and_text():
-            launch(*main_launch)
+            launch((num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles, cfg.block_m,
+                   cfg.block_n, cfg.num_warps, cfg.num_stages, False)
     tail_launch = ((cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True)
     if not cfg.tail_m:
         main_video_and_text()
