@@ -152,6 +152,36 @@ def check_correctness(name, h, nv, t, cq, ck, dtype, cfg, results):
     return ok
 
 
+def dense_cudnn(h: int, n: int, dtype) -> tuple[float, float]:
+    """SDPA cuDNN dense attention of (1, h, n, 128) random inputs: (ms, TFLOP/s)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q, k, v = (torch.randn(1, h, n, 128, device="cuda", dtype=dtype) for _ in range(3))
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        dense_fn = partial(torch.nn.functional.scaled_dot_product_attention, q, k, v)
+        dense_fn()
+        ms = time_ms(dense_fn, reps=5 if n > 50000 else 20)
+    return ms, 4 * h * n * n * 128 / ms / 1e9
+
+
+def graph_replay_equals_eager(args, kpm, t: int, cfg) -> bool:
+    """Capture one sparse_attention call in a CUDA graph, replay it into a NaN-filled output, compare."""
+    eager = sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg).clone()
+    out = torch.empty_like(eager)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up outside the capture (compilation, stream pool)
+        sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg)
+    out.fill_(float("nan"))
+    g.replay()
+    torch.cuda.synchronize()
+    return bool(torch.equal(out, eager))
+
+
 def flex_case(h, n, density, dtype, seed):
     from torch.nn.attention.flex_attention import BlockMask
     nb = math.ceil(n / 128)
@@ -235,7 +265,6 @@ def main() -> None:
             ok &= check_correctness(name + " (timed config)", 2, nv, t, cq, ck, dtype, cfg_used, results)
     cfg_tiles = cfg_used or default_config(torch.device("cuda"), dtype, 128)
     tile_m, tile_n, tail_m = cfg_tiles.block_m, cfg_tiles.block_n, cfg_tiles.tail_m
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     flex = None
     if not opts.no_flex:
         from torch.nn.attention.flex_attention import flex_attention
@@ -243,14 +272,8 @@ def main() -> None:
     for name in models:
         h, nv, t, cq, ck = MODELS[name]
         n = nv + t
-        q, k, v = (torch.randn(1, h, n, 128, device="cuda", dtype=dtype) for _ in range(3))
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            dense_fn = partial(torch.nn.functional.scaled_dot_product_attention, q, k, v)
-            dense_fn()
-            dense_ms = time_ms(dense_fn, reps=5 if n > 50000 else 20)
-        dense_tf = 4 * h * n * n * 128 / dense_ms / 1e9
+        dense_ms, dense_tf = dense_cudnn(h, n, dtype)
         print(f"[dense] {name}: cuDNN {dense_ms:.2f} ms {dense_tf:.0f} TFLOP/s", flush=True)
-        del q, k, v
         for density in DENSITIES:
             args, kpm, st = make_case(h, nv, t, cq, ck, density, dtype, seed=3)
             fn = partial(sparse_attention, **args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg_used)
@@ -287,20 +310,7 @@ def main() -> None:
     h, nv, t, cq, ck = MODELS["hunyuan-720p"] if "hunyuan-720p" in models else MODELS[models[0]]
     h = 4
     args, kpm, st = make_case(h, nv, t, cq, ck, 0.15, dtype, seed=5)
-    out = torch.empty_like(args["q"])
-    eager = sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg_used).clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg_used)
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg_used)
-    out.fill_(float("nan"))
-    g.replay()
-    torch.cuda.synchronize()
-    same = bool(torch.equal(out, eager))
+    same = graph_replay_equals_eager(args, kpm, t, cfg_used)
     results["graph"] = {"shape": [1, h, nv + t, 128], "replay_equals_eager": same}
     print(f"[graph] captured and replayed: equal to eager = {same}", flush=True)
     save()
