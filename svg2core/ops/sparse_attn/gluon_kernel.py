@@ -115,7 +115,7 @@ def _producer(args):
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars) = args
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
@@ -159,6 +159,8 @@ def _producer(args):
             r = rows_smem.slice(c * CHUNK, CHUNK).load(crow_lay)
             off = r[:, None] * HEAD_DIM + offs_d[None, :]
             ok = (r >= 0)[:, None]
+            if (DEBUG & 16) != 0:  # bisect hook: no K/V copies (stale stages: wrong result)
+                ok = ok & (r < -1)[:, None]
             _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK), kp_head + off, mask=ok)
             _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK), vp_head + off, mask=ok)
         async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
@@ -184,7 +186,7 @@ def _consumer(args, WG: gl.constexpr):
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem) = args
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars) = args
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
@@ -219,9 +221,11 @@ def _consumer(args, WG: gl.constexpr):
     if n_tiles > 0:  # active tiles have n_video >= 1: every query cluster selects a non-empty key cluster
         # tile 0: scores and probabilities only; its PV product is issued together with tile 1's scores
         mbarrier.wait(full_bars.index(0), 0)
+        _turn_wait(turn_bars, WG, 0)
         k0 = k_bufs.index(0)
         s_acc = warpgroup_mma(q_wg, k0.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
                               use_acc=False, is_async=True)
+        _turn_pass(turn_bars, WG)
         s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
         cols = gl.arange(0, BLOCK_N, layout=scol_lay)
         qk = gl.where((cols < total)[None, :], s_acc, float("-inf"))
@@ -229,20 +233,28 @@ def _consumer(args, WG: gl.constexpr):
         p = gl.exp2(qk * qk_scale - m_i[:, None])
         l_i = gl.sum(p, 1)
         p_op = gl.convert_layout(p.to(dtype), p_lay)
-        # video key tiles: only the last can be partial (masked by a column bound, no branch)
-        for t in range(1, n_video):
+        # full video key tiles: no mask at all
+        for t in range(1, n_video - 1):
             o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                               total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, DEBUG, s_lay,
-                                               o_lay, p_lay)
+                                               turn_bars, WG, 0, KPM, b, T, 0, 0, qk_scale, False, DEBUG,
+                                               s_lay, o_lay, p_lay)
+        # the last video tile (when it is not tile 0), the only partial one: masked by a column bound. A loop
+        # of 0 or 1 trips rather than an ``if`` with tensor results, which made ptxas spill around the branch
+        for t in range(gl.maximum(n_video - 1, 1), n_video):
+            o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                                               turn_bars, WG, total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, True,
+                                               DEBUG, s_lay, o_lay, p_lay)
         # trailing text keys (joint attention), masked by the key padding mask
         for t in range(n_video, n_tiles):
             c0 = (t - n_video) * BLOCK_N
             o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                               T - c0, KPM, b, T, c0, has_kpm, qk_scale, DEBUG, s_lay, o_lay,
-                                               p_lay)
+                                               turn_bars, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale, True, DEBUG,
+                                               s_lay, o_lay, p_lay)
         sl = (n_tiles - 1) % NUM_STAGES
         v_last = v_bufs.index(sl)
+        _turn_wait(turn_bars, WG, n_tiles)
         o = warpgroup_mma(p_op, v_last, o, is_async=True)
+        _turn_pass(turn_bars, WG)
         o = warpgroup_mma_wait(0, deps=(o, ))
         mbarrier.arrive(empty_bars.index(sl), count=1)
     l_safe = gl.where(l_i > 0.0, l_i, 1.0)
@@ -255,11 +267,46 @@ def _consumer(args, WG: gl.constexpr):
 
 
 @gluon.jit
-def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, col_limit, KPM, b, T, c0,
-                   use_kpm, qk_scale, DEBUG: gl.constexpr, s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
+def _turn_wait(turn_bars, WG: gl.constexpr, k):
+    """Ping-pong (``turn_bars`` of 2 barriers): before its k-th wgmma issue (k = 0, 1, ...) a consumer waits
+    until the other one has issued its own k-th (WG 0) or k+1-th (WG 1) group, so the two consumers' matmuls
+    reach the tensor cores alternately and one's softmax runs under the other's matmuls (FA3's schedule).
+    WG 0's first wait passes at once (the parity of the phase before the first)."""
+    if turn_bars.type.shape[0] == 2:
+        mbarrier.wait(turn_bars.index(WG), (k & 1) ^ (1 - WG))
+
+
+@gluon.jit
+def _turn_pass(turn_bars, WG: gl.constexpr):
+    """Ping-pong: hand the tensor cores to the other consumer (after issuing this step's wgmma)."""
+    if turn_bars.type.shape[0] == 2:
+        mbarrier.arrive(turn_bars.index(1 - WG), count=1)
+
+
+@gluon.jit
+def _row_max(x):
+    """Row maxima of a 64 x N wgmma accumulator. A plain ``gl.max(x, 1)`` compiles to one dependent chain of
+    N/4 FMNMX per row, one row after the other (~250 cycles of latency per key tile, on the path from the QK
+    matmul to the exponentials); viewed as 64 x 4 x (N/32) x 8 (8: the columns that 4 lanes share), the in-thread
+    part becomes 8 independent chains of N/32 and a short tree."""
+    n: gl.constexpr = x.shape[1]
+    return gl.max(gl.max(gl.max(gl.reshape(x, [x.shape[0], 4, n // 32, 8]), 2), 1), 1)
+
+
+@gluon.jit
+def _row_sum(x):
+    """Row sums of a 64 x N wgmma accumulator, as independent in-thread chains (see ``_row_max``)."""
+    n: gl.constexpr = x.shape[1]
+    return gl.sum(gl.sum(gl.sum(gl.reshape(x, [x.shape[0], 4, n // 32, 8]), 2), 1), 1)
+
+
+@gluon.jit
+def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, turn_bars, WG: gl.constexpr,
+                   col_limit, KPM, b, T, c0, use_kpm, qk_scale, MASK: gl.constexpr, DEBUG: gl.constexpr,
+                   s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
     """Key tile t: QK(t) and PV(t-1) on the tensor cores, the softmax of tile t meanwhile, then release
-    tile t-1's stage. Columns >= col_limit are masked; with use_kpm != 0 also the padded text keys
-    (``KPM[b, c0 + col] == 0``)."""
+    tile t-1's stage. With MASK, columns >= col_limit are masked, and with use_kpm != 0 also the padded
+    text keys (``KPM[b, c0 + col] == 0``); full video tiles run without any mask."""
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     WG_M: gl.constexpr = 64
@@ -271,24 +318,34 @@ def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_
     v_prev = v_bufs.index(sp)
     # zeros made here rather than hoisted: a loop-invariant zero tensor would pin 64 registers per thread
     if (DEBUG & 1) == 0:
+        _turn_wait(turn_bars, WG, t)
         s_acc = warpgroup_mma(q_wg, k_t.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
                               use_acc=False, is_async=(DEBUG & 8) == 0)
         o = warpgroup_mma(p_op, v_prev, o, is_async=(DEBUG & 8) == 0)
+        _turn_pass(turn_bars, WG)
         if (DEBUG & 8) == 0:
             s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
     else:  # bisect hook: 1 = no wgmma in the loop (wrong result)
+        _turn_wait(turn_bars, WG, t)
+        _turn_pass(turn_bars, WG)
         s_acc = gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay)
-    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_lay))
-    ok = cols < col_limit
-    if use_kpm != 0:
-        ok = ok & (gl.load(KPM + b * T + c0 + cols, mask=ok, other=0) != 0)
-    qk = gl.where(ok[None, :], s_acc, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
+    if MASK:
+        cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_lay))
+        ok = cols < col_limit
+        if use_kpm != 0:
+            ok = ok & (gl.load(KPM + b * T + c0 + cols, mask=ok, other=0) != 0)
+        qk = gl.where(ok[None, :], s_acc, float("-inf"))
+    else:
+        qk = s_acc
+    m_new = gl.maximum(m_i, gl.convert_layout(_row_max(qk), m_i.type.layout) * qk_scale)
     p = gl.exp2(qk * qk_scale - m_new[:, None])
     alpha = gl.exp2(m_i - m_new)
-    l_i = l_i * alpha + gl.sum(p, 1)
+    l_i = l_i * alpha + gl.convert_layout(_row_sum(p), l_i.type.layout)
     if (DEBUG & 9) == 0:
-        o = warpgroup_mma_wait(0, deps=(o, ))
+        # p_op (the A operand of PV(t-1), in registers) is a dependency too: without it its registers count
+        # as free once the wgmma is issued, the new P is allocated into them, and ptxas must then wait for
+        # PV(t-1) before the softmax's first write there, i.e. before the exponentials (no overlap at all)
+        o, p_op = warpgroup_mma_wait(0, deps=(o, p_op))
     mbarrier.arrive(empty_bars.index(sp), count=1)
     o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
     p_op = gl.convert_layout(p.to(dtype), p_lay)
@@ -317,7 +374,7 @@ def sparse_attn_fwd_gluon(
     qk_scale, HAS_KPM_I,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, DEBUG: gl.constexpr = 0,
+    CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
 ):
     BLOCK_M: gl.constexpr = 128
     tile = gl.program_id(0)
@@ -352,12 +409,16 @@ def sparse_attn_fwd_gluon(
     for i in gl.static_range(NUM_STAGES):
         mbarrier.init(full_bars.index(i), count=128)  # every producer thread arrives (cp.async.mbarrier.arrive)
         mbarrier.init(empty_bars.index(i), count=2)  # one arrival per consumer warpgroup
+    # ping-pong turns of the two consumers (one arrival each); PINGPONG travels as the buffer's length
+    turn_bars = gl.allocate_shared_memory(gl.int64, [2 if PINGPONG else 1, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2 if PINGPONG else 1):
+        mbarrier.init(turn_bars.index(i), count=1)
 
     args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
             q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
             kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
             HAS_KPM_I, dbg_smem,
-            q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem)
+            q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
@@ -379,5 +440,6 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
         qk_scale, int(has_kpm),
         HEAD_DIM=head_dim, BLOCK_N=128, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
+        PINGPONG=cfg.gluon_pingpong,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

@@ -40,8 +40,10 @@ class KernelConfig:
     # remainder tiles (tail_m) still run the Triton kernel (docs/benchmarks/NOTES_sparse_attn.md, v5).
     impl: str = "triton"
     gluon_stages: int = 2
+    # FA3's ping-pong: the two consumer warpgroups take turns issuing their matmuls (mbarrier hand-off)
+    gluon_pingpong: bool = False
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
-    # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap)
+    # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap), 16 no K/V copies
     gluon_debug: int = 0
 
     def __post_init__(self) -> None:
@@ -60,7 +62,7 @@ class KernelConfig:
 # The others are untuned starting points that fit the shared memory of those parts.
 _CONFIGS: dict[tuple[int | None, torch.dtype | None, int | None], KernelConfig] = {
     (9, None, 128): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, tail_m=64, tail_concurrent=True,
-                                 impl="gluon"),
+                                 impl="gluon", gluon_stages=3),
     (9, None, 64): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, tail_m=64, tail_concurrent=True),
     (8, None, 128): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
     (8, None, 64): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),

@@ -1,0 +1,117 @@
+"""Ablations of the Gluon sparse-attention kernel (Hopper): which part of a key tile costs what, in one run.
+
+    python bench/probes/probe_gluon_ablate.py --out DIR [--variants name=field:value+field:value,...]
+
+Each variant is the Hopper default config with some fields replaced (``gluon_stages``, ``gluon_pingpong``,
+``gluon_debug``). Variants without bisect hooks (``gluon_debug == 0``) are first checked against the fp32
+reference (Wan 1.3B and HunyuanVideo shapes, 2 heads); the bisect hooks give wrong results by design and only
+tell where the time goes (1: no wgmma in the key loop, 4: contiguous key rows, 8: synchronous wgmma). Then
+every variant and SDPA cuDNN dense are timed, interleaved, on the shapes below. Writes
+DIR/probe_gluon_ablate_<card>.json and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import replace
+from functools import partial
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import bench_sparse_attn as B  # noqa: E402
+
+from svg2core.ops.sparse_attn import default_config, sparse_attention  # noqa: E402
+
+DEFAULT_VARIANTS = ("default=,stages3=gluon_stages:3,pingpong=gluon_pingpong:1,"
+                    "pingpong_stages3=gluon_pingpong:1+gluon_stages:3,"
+                    "no_wgmma=gluon_debug:1,contiguous_rows=gluon_debug:4,sync_wgmma=gluon_debug:8")
+CASES = (("wan1.3b-480p", 0.15), ("wan1.3b-480p", 0.25), ("wan14b-720p", 0.25), ("hunyuan-720p", 0.25))
+
+
+def parse_variants(text: str, base) -> dict:
+    out = {}
+    for item in text.split(","):
+        name, _, fields = item.partition("=")
+        kw = {}
+        for f in filter(None, fields.split("+")):
+            key, _, val = f.partition(":")
+            kw[key] = type(getattr(base, key))(int(val))
+        out[name] = replace(base, **kw)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--variants", default=DEFAULT_VARIANTS)
+    ap.add_argument("--cases", default=",".join(f"{m}@{d}" for m, d in CASES))
+    opts = ap.parse_args()
+    os.makedirs(opts.out, exist_ok=True)
+    dev_name = torch.cuda.get_device_name()
+    card = "h200" if "H200" in dev_name else "h100" if "H100" in dev_name else "gpu"
+    dtype = torch.bfloat16
+    base = default_config(torch.device("cuda"), dtype, 128)
+    variants = parse_variants(opts.variants, base)
+    res = {"device": dev_name, "variants": {k: v.__dict__ for k, v in variants.items()}, "correctness": [],
+           "timings": []}
+    path = os.path.join(opts.out, f"probe_gluon_ablate_{card}.json")
+
+    def save():
+        with open(path, "w") as f:
+            json.dump(res, f, indent=1)
+
+    ok_variants = {}
+    for name, cfg in variants.items():
+        if cfg.gluon_debug:
+            ok_variants[name] = cfg
+            continue
+        ok = B.check_correctness("wan1.3b-480p", 2, 32760, 0, 100, 500, dtype, cfg, res)
+        ok &= B.check_correctness("hunyuan-720p", 2, 118800, 256, 400, 1000, dtype, cfg, res)
+        res["correctness"][-1]["variant"] = res["correctness"][-2]["variant"] = name
+        if ok:
+            ok_variants[name] = cfg
+        else:
+            print(f"[skip] {name}: wrong results", flush=True)
+        save()
+    for case in opts.cases.split(","):
+        model, _, dens = case.partition("@")
+        density = float(dens)
+        h, nv, t, cq, ck = B.MODELS[model]
+        dense_ms, dense_tf = B.dense_cudnn(h, nv + t, dtype)
+        args, kpm, st = B.make_case(h, nv, t, cq, ck, density, dtype, seed=3)
+        row = {"model": model, "density": density, "dense_ms": dense_ms, "dense_tflops": dense_tf, "ms": {}}
+        for _rep in range(2):
+            for name, cfg in ok_variants.items():
+                fn = partial(sparse_attention, **args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg)
+                fn()
+                ms = B.time_ms(fn, reps=B.reps_for(dense_ms * density))
+                row["ms"].setdefault(name, []).append(ms)
+        row["x_cudnn"] = {name: 4 * st["pairs"] * 128 / min(v) / 1e9 / dense_tf for name, v in row["ms"].items()}
+        row.update(B.tile_waste(args, 128, 128, base.tail_m))
+        res["timings"].append(row)
+        print(f"[time] {model} d={density:.2f} dense {dense_ms:.2f} ms {dense_tf:.0f} TF | "
+              + " | ".join(f"{n} {min(v):.3f} ms {row['x_cudnn'][n]:.3f}x" for n, v in row["ms"].items()), flush=True)
+        save()
+        del args
+        torch.cuda.empty_cache()
+    lines = [f"# Gluon kernel ablation ({dev_name})", "",
+             "x cuDNN = effective throughput (computed pairs / time) over SDPA cuDNN dense of the same run; "
+             "debug variants compute wrong results (timing only).", "",
+             "| case | " + " | ".join(ok_variants) + " |", "|---|" + "---|" * len(ok_variants)]
+    for row in res["timings"]:
+        lines.append(f"| {row['model']} {row['density']:.2f} | "
+                     + " | ".join(f"{row['x_cudnn'][n]:.3f}" for n in ok_variants) + " |")
+    with open(os.path.join(opts.out, f"probe_gluon_ablate_{card}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
