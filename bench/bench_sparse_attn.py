@@ -84,6 +84,7 @@ def make_case(h, nv, t, cq, ck, density, dtype, seed, dev="cuda"):
     n_text_valid = int(t * 3 // 4) if t else 0
     pairs = (q_sizes * (sel_tokens + n_text_valid)).sum().item() + t * h * (nv + n_text_valid)
     stats = {
+        "k_perm": k_perm.int().contiguous(),  # for calls that read K/V in place (kp = vp = None)
         "pairs": pairs,
         "density_video": (q_sizes * sel_tokens).sum().item() / (h * nv * nv),
     }
@@ -132,10 +133,12 @@ def reps_for(ms_guess: float) -> int:
     return max(3, min(20, int(400 / max(ms_guess, 1e-3))))
 
 
-def check_correctness(name, h, nv, t, cq, ck, dtype, cfg, results):
-    args, kpm, _ = make_case(h, nv, t, cq, ck, 0.15, dtype, seed=1)
+def check_correctness(name, h, nv, t, cq, ck, dtype, cfg, results, kv_perm=False):
+    """The kernel vs the fp32 reference on two heads; kv_perm: K/V read in place (kp = vp = None)."""
+    args, kpm, st = make_case(h, nv, t, cq, ck, 0.15, dtype, seed=1)
     out = torch.full_like(args["q"], float("nan"))
-    sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg)
+    call = {**args, "kp": None, "vp": None, "k_perm": st["k_perm"]} if kv_perm else args
+    sparse_attention(**call, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg)
     torch.cuda.synchronize()
     n_nan = int(torch.isnan(out).sum())
     heads = [0, h - 1]
@@ -147,8 +150,9 @@ def check_correctness(name, h, nv, t, cq, ck, dtype, cfg, results):
     got = out[:, heads][:, :, rows].float()
     rel = ((got - ref).norm() / ref.norm()).item()
     ok = n_nan == 0 and rel < 1e-2
-    results["correctness"].append({"model": name, "dtype": str(dtype), "rel_err": rel, "nan": n_nan, "ok": ok})
-    print(f"[check] {name} {dtype}: rel err {rel:.2e}, NaN {n_nan} -> {'OK' if ok else 'FAIL'}", flush=True)
+    results["correctness"].append({"model": name, "dtype": str(dtype), "kv_perm": kv_perm, "rel_err": rel,
+                                   "nan": n_nan, "ok": ok})
+    print(f"[check] {name} {dtype}{' k_perm' if kv_perm else ''}: rel err {rel:.2e}, NaN {n_nan} -> {'OK' if ok else 'FAIL'}", flush=True)
     return ok
 
 

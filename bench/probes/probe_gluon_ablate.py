@@ -36,15 +36,26 @@ CASES = (("wan1.3b-480p", 0.15), ("wan1.3b-480p", 0.25), ("wan14b-720p", 0.25), 
 
 
 def parse_variants(text: str, base) -> dict:
+    """name=field:value+field:value,... -> {name: (config, kv_perm)}; the pseudo-field ``kv_perm:1`` calls
+    with kp = vp = None and k_perm (K/V read in place) instead of the gathered copies."""
     out = {}
     for item in text.split(","):
         name, _, fields = item.partition("=")
         kw = {}
+        kv_perm = False
         for f in filter(None, fields.split("+")):
             key, _, val = f.partition(":")
-            kw[key] = type(getattr(base, key))(int(val))
-        out[name] = replace(base, **kw)
+            if key == "kv_perm":
+                kv_perm = bool(int(val))
+                continue
+            kind = type(getattr(base, key))
+            kw[key] = val if kind is str else kind(int(val))
+        out[name] = (replace(base, **kw), kv_perm)
     return out
+
+
+def call_args(args: dict, st: dict, kv_perm: bool) -> dict:
+    return {**args, "kp": None, "vp": None, "k_perm": st["k_perm"]} if kv_perm else args
 
 
 def main() -> None:
@@ -59,8 +70,8 @@ def main() -> None:
     dtype = torch.bfloat16
     base = default_config(torch.device("cuda"), dtype, 128)
     variants = parse_variants(opts.variants, base)
-    res = {"device": dev_name, "variants": {k: v.__dict__ for k, v in variants.items()}, "correctness": [],
-           "timings": []}
+    res = {"device": dev_name, "variants": {k: {**v.__dict__, "kv_perm": p} for k, (v, p) in variants.items()},
+           "correctness": [], "timings": []}
     path = os.path.join(opts.out, f"probe_gluon_ablate_{card}.json")
 
     def save():
@@ -68,15 +79,15 @@ def main() -> None:
             json.dump(res, f, indent=1)
 
     ok_variants = {}
-    for name, cfg in variants.items():
+    for name, (cfg, kv_perm) in variants.items():
         if cfg.gluon_debug:
-            ok_variants[name] = cfg
+            ok_variants[name] = (cfg, kv_perm)
             continue
-        ok = B.check_correctness("wan1.3b-480p", 2, 32760, 0, 100, 500, dtype, cfg, res)
-        ok &= B.check_correctness("hunyuan-720p", 2, 118800, 256, 400, 1000, dtype, cfg, res)
+        ok = B.check_correctness("wan1.3b-480p", 2, 32760, 0, 100, 500, dtype, cfg, res, kv_perm=kv_perm)
+        ok &= B.check_correctness("hunyuan-720p", 2, 118800, 256, 400, 1000, dtype, cfg, res, kv_perm=kv_perm)
         res["correctness"][-1]["variant"] = res["correctness"][-2]["variant"] = name
         if ok:
-            ok_variants[name] = cfg
+            ok_variants[name] = (cfg, kv_perm)
         else:
             print(f"[skip] {name}: wrong results", flush=True)
         save()
@@ -88,8 +99,9 @@ def main() -> None:
         args, kpm, st = B.make_case(h, nv, t, cq, ck, density, dtype, seed=3)
         row = {"model": model, "density": density, "dense_ms": dense_ms, "dense_tflops": dense_tf, "ms": {}}
         for _rep in range(2):
-            for name, cfg in ok_variants.items():
-                fn = partial(sparse_attention, **args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg)
+            for name, (cfg, kv_perm) in ok_variants.items():
+                fn = partial(sparse_attention, **call_args(args, st, kv_perm), num_dense_tokens=t,
+                             key_padding_mask=kpm, config=cfg)
                 fn()
                 ms = B.time_ms(fn, reps=B.reps_for(dense_ms * density))
                 row["ms"].setdefault(name, []).append(ms)

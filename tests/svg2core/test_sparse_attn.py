@@ -63,12 +63,13 @@ def make_layout(bh: int, nv: int, cq: int, ck: int, *, density: float, gen: torc
     }
 
 
-def make_inputs(b, h, nv, t, d, cq, ck, *, dtype, density, seed, empty_clusters=False):
+def make_inputs(b, h, nv, t, d, cq, ck, *, dtype, density, seed, empty_clusters=False, return_perm=False):
     gen = torch.Generator().manual_seed(seed)
     n = nv + t
     q, k, v = (torch.randn(b, h, n, d, generator=gen).to(dtype) for _ in range(3))
     lay = make_layout(b * h, nv, cq, ck, density=density, gen=gen, empty_clusters=empty_clusters)
-    idx = lay.pop("k_perm")[..., None].expand(b * h, nv, d)
+    k_perm = lay.pop("k_perm")
+    idx = k_perm[..., None].expand(b * h, nv, d)
     kp = torch.gather(k[:, :, :nv].reshape(b * h, nv, d), 1, idx).contiguous()
     vp = torch.gather(v[:, :, :nv].reshape(b * h, nv, d), 1, idx).contiguous()
     kpm = None
@@ -76,7 +77,11 @@ def make_inputs(b, h, nv, t, d, cq, ck, *, dtype, density, seed, empty_clusters=
         kpm = torch.rand(b, t, generator=gen) < 0.7
         kpm[:, 0] = True
     args = dict(q=q, k=k, v=v, kp=kp, vp=vp, **lay)
-    return {key: x.to(DEVICE) for key, x in args.items()}, (kpm.to(DEVICE) if kpm is not None else None)
+    args = {key: x.to(DEVICE) for key, x in args.items()}
+    kpm = kpm.to(DEVICE) if kpm is not None else None
+    if return_perm:
+        return args, kpm, k_perm.int().contiguous().to(DEVICE)
+    return args, kpm
 
 
 def rel_rms(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -161,14 +166,47 @@ def test_kernel_matches_reference(case):
     torch.testing.assert_close(got.float(), ref, atol=2e-2, rtol=2e-2)
 
 
+KV_PERM_CASES = [c for c in KERNEL_CASES if c[0] in (
+    "ragged-empty-clusters-odd-n", "text-tokens-padding-mask", "batch2-text-bf16", "d128-bf16-text",
+    "tiny-key-clusters-span-whole-tile", "hopper-default-tiles")]
+
+
+@pytest.mark.parametrize("case", [c for _, c in KV_PERM_CASES], ids=[i for i, _ in KV_PERM_CASES])
+def test_kernel_reads_kv_in_place_through_k_perm(case):
+    # kp = vp = None: video K/V rows are read from k / v through k_perm, no gathered copy; same function
+    b, h, nv, t, d, cq, ck, density, dtype, cfg, empty = case
+    args, kpm, k_perm = make_inputs(b, h, nv, t, d, cq, ck, dtype=dtype, density=density, seed=nv + cq + 1,
+                                    empty_clusters=empty, return_perm=True)
+    out = torch.full_like(args["q"], float("nan"))
+    got = sparse_attention(**{**args, "kp": None, "vp": None}, k_perm=k_perm, num_dense_tokens=t,
+                           key_padding_mask=kpm, out=out, config=cfg)
+    assert not torch.isnan(got).any()
+    ref = sparse_attention_reference(**args, num_dense_tokens=t, key_padding_mask=kpm)
+    assert rel_rms(got, ref) < 1e-2
+    torch.testing.assert_close(got.float(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_kernel_k_perm_mode_rejects_bad_inputs_naming_the_field():
+    args, _, k_perm = make_inputs(1, 1, 20, 0, 64, 2, 3, dtype=torch.float16, density=0.5, seed=9, return_perm=True)
+    with pytest.raises(ValueError, match="k_perm: required"):
+        sparse_attention(**{**args, "kp": None, "vp": None}, config=SMALL)
+    with pytest.raises(ValueError, match="kp, vp"):
+        sparse_attention(**{**args, "vp": None}, k_perm=k_perm, config=SMALL)
+    with pytest.raises(ValueError, match="k_perm"):
+        sparse_attention(**{**args, "kp": None, "vp": None}, k_perm=k_perm.long(), config=SMALL)
+
+
 def test_kernel_with_text_and_no_padding_mask_and_strided_qkv():
     b, h, nv, t, d = 1, 2, 30, 5, 64
-    args, _ = make_inputs(b, h, nv, t, d, 3, 4, dtype=torch.float16, density=0.5, seed=7)
+    args, _, k_perm = make_inputs(b, h, nv, t, d, 3, 4, dtype=torch.float16, density=0.5, seed=7, return_perm=True)
     # (B, N, H, D) storage seen as (B, H, N, D), as diffusers processors produce it
     for key in ("q", "k", "v"):
         args[key] = args[key].transpose(1, 2).contiguous().transpose(1, 2)
     got = sparse_attention(**args, num_dense_tokens=t, config=SMALL)
     ref = sparse_attention_reference(**args, num_dense_tokens=t)
+    assert rel_rms(got, ref) < 1e-2
+    # the same with K/V read in place through k_perm (uses k's and v's strides)
+    got = sparse_attention(**{**args, "kp": None, "vp": None}, k_perm=k_perm, num_dense_tokens=t, config=SMALL)
     assert rel_rms(got, ref) < 1e-2
 
 

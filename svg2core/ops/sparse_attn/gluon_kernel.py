@@ -112,11 +112,12 @@ def _tile_map(QOFF, bh, CQ, tile, BLOCK_M: gl.constexpr, TAIL_M: gl.constexpr, C
 
 @gluon.jit
 def _producer(args):
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
+    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars) = args
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
+    KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2  # video K/V rows read from k / v through k_perm
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -149,6 +150,8 @@ def _producer(args):
         rows = gl.load(k_off_bh + cluster, mask=real, other=0) + pos - gl.load(sel_cum_row + seg, mask=real, other=0)
         if (DEBUG & 4) != 0:  # bisect hook: contiguous kp rows (wrong result)
             rows = pos % NV
+        if KV_PERM:  # the token of each cluster-ordered row: k / v are read in place
+            rows = gl.load(KPERM + bh.to(gl.int64) * NV + rows, mask=real, other=0)
         # first segment of the next tile: the same search for position p0 + BN over a window of 2 * BN
         j0 = _segment_of(sel_cum_row, j0, cnt, p0 + BLOCK_N, 2 * BLOCK_N)
         _barrier()  # the previous tile's chunks have read rows_smem
@@ -157,12 +160,19 @@ def _producer(args):
         mbarrier.wait(empty_bars.index(s), ((t // NUM_STAGES) & 1) ^ 1)
         for c in gl.static_range(BLOCK_N // CHUNK):
             r = rows_smem.slice(c * CHUNK, CHUNK).load(crow_lay)
-            off = r[:, None] * HEAD_DIM + offs_d[None, :]
             ok = (r >= 0)[:, None]
             if (DEBUG & 16) != 0:  # bisect hook: no K/V copies (stale stages: wrong result)
                 ok = ok & (r < -1)[:, None]
-            _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK), kp_head + off, mask=ok)
-            _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK), vp_head + off, mask=ok)
+            if KV_PERM:
+                r64 = r.to(gl.int64)[:, None]
+                _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK), K + k_base + r64 * stride_kn + offs_d[None, :],
+                          mask=ok)
+                _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK), V + v_base + r64 * stride_vn + offs_d[None, :],
+                          mask=ok)
+            else:
+                off = r[:, None] * HEAD_DIM + offs_d[None, :]
+                _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK), kp_head + off, mask=ok)
+                _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK), vp_head + off, mask=ok)
         async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
     # trailing text keys: rows Nv .. N-1 of the original k / v (zero-filled past T)
     for t in range(n_video, n_tiles):
@@ -183,7 +193,7 @@ def _producer(args):
 
 @gluon.jit
 def _consumer(args, WG: gl.constexpr):
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
+    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars) = args
@@ -365,7 +375,7 @@ def _consumer_wg1(args):
 @gluon.jit
 def sparse_attn_fwd_gluon(
     Q, K, V, KP, VP, OUT,
-    QPERM, QOFF, KOFF, SELIDX, SELCNT, SELCUM, KPM,
+    QPERM, QOFF, KOFF, SELIDX, SELCNT, SELCUM, KPM, KPERM,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -375,6 +385,7 @@ def sparse_attn_fwd_gluon(
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
+    KV_PERM: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     tile = gl.program_id(0)
@@ -403,7 +414,9 @@ def sparse_attn_fwd_gluon(
     v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
     rows_smem = gl.allocate_shared_memory(gl.int32, [BLOCK_N], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     # constexprs do not pass through warp_specialize in Triton 3.6: DEBUG travels as this buffer's shape
-    dbg_smem = gl.allocate_shared_memory(gl.int8, [DEBUG + 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    # (and KV_PERM as its second dimension)
+    dbg_smem = gl.allocate_shared_memory(gl.int8, [DEBUG + 1, 2 if KV_PERM else 1],
+                                         gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
     full_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES):
@@ -414,7 +427,7 @@ def sparse_attn_fwd_gluon(
     for i in gl.static_range(2 if PINGPONG else 1):
         mbarrier.init(turn_bars.index(i), count=1)
 
-    args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM,
+    args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
             q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
             kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
             HAS_KPM_I, dbg_smem,
@@ -432,7 +445,7 @@ _PRODUCER_REGS = 40
 
 
 def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has_kpm: bool, head_dim: int, cq: int,
-                 cfg) -> None:
+                 cfg, kv_perm: bool = False) -> None:
     """Launch the warp-specialised kernel over the 128-row video tiles. ``kernel_args``: the wrapper's
     argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there)."""
     sparse_attn_fwd_gluon[grid](
@@ -440,6 +453,6 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
         qk_scale, int(has_kpm),
         HEAD_DIM=head_dim, BLOCK_N=128, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
-        PINGPONG=cfg.gluon_pingpong,
+        PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

@@ -85,6 +85,35 @@ def _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, j0, cnt, p0, BLOCK_N: tl.
 
 
 @triton.jit
+def _video_kv(K, V, KP, VP, KPERM, k_base, v_base, kp_base, bh, NV, stride_kn, stride_vn, rows, offs_d, valid,
+              MASKED: tl.constexpr, TOKEN_ORDER: tl.constexpr, KV_PERM: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """K and V tiles of cluster-ordered video key rows ``rows`` (int64): from the gathered copies kp / vp, or
+    (KV_PERM) from k / v themselves through ``k_perm`` (no gathered copy). TOKEN_ORDER: the rows are
+    token positions (text queries attend to every video key, in any order). MASKED: rows with ``valid``
+    False read zeros (they may lie past the tensors)."""
+    if KV_PERM:
+        if TOKEN_ORDER:
+            tok = rows
+        else:
+            if MASKED:
+                tok = tl.load(KPERM + bh.to(tl.int64) * NV + rows, mask=valid, other=0).to(tl.int64)
+            else:
+                tok = tl.load(KPERM + bh.to(tl.int64) * NV + rows).to(tl.int64)
+        k_ptr = K + k_base + tok[:, None] * stride_kn + offs_d[None, :]
+        v_ptr = V + v_base + tok[:, None] * stride_vn + offs_d[None, :]
+    else:
+        k_ptr = KP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :]
+        v_ptr = VP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :]
+    if MASKED:
+        k = tl.load(k_ptr, mask=valid[:, None], other=0.0)
+        v = tl.load(v_ptr, mask=valid[:, None], other=0.0)
+    else:
+        k = tl.load(k_ptr)
+        v = tl.load(v_ptr)
+    return k, v
+
+
+@triton.jit
 def _dense_text_keys(acc, m_i, l_i, q, K, V, KPM, kv_base_k, kv_base_v, stride_kn, stride_vn, b, NV, T,
                      qk_scale, offs_d, HAS_KPM: tl.constexpr, BLOCK_N: tl.constexpr):
     """Attend to the T trailing text keys (original k/v rows Nv..N-1), skipping invalid ones."""
@@ -103,8 +132,9 @@ def _dense_text_keys(acc, m_i, l_i, q, K, V, KPM, kv_base_k, kv_base_v, stride_k
 
 @triton.jit
 def sparse_attn_fwd_kernel(
-    Q, K, V, KP, VP, OUT,  # q/k/v/out (B, H, N, D) strided, kp/vp (BH, Nv, D) contiguous
+    Q, K, V, KP, VP, OUT,  # q/k/v/out (B, H, N, D) strided, kp/vp (BH, Nv, D) contiguous (unread if KV_PERM)
     QPERM, QOFF, KOFF, SELIDX, SELCNT, SELCUM, KPM,  # int32 layout tensors, KPM (B, T) bool as int8
+    KPERM,  # (BH, Nv) int32: token of each cluster-ordered key row; read instead of kp / vp when KV_PERM
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
@@ -113,7 +143,7 @@ def sparse_attn_fwd_kernel(
     qk_scale,  # softmax scale * log2(e)
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CQ_BLOCK: tl.constexpr,
     HAS_KPM: tl.constexpr, SKIP_KEY_INDEX: tl.constexpr,
-    TAIL_M: tl.constexpr, TAIL_ONLY: tl.constexpr, MAIN_M: tl.constexpr,
+    TAIL_M: tl.constexpr, TAIL_ONLY: tl.constexpr, MAIN_M: tl.constexpr, KV_PERM: tl.constexpr = False,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -139,14 +169,14 @@ def sparse_attn_fwd_kernel(
         n_full = NV // BLOCK_N
         for t in range(0, n_full):
             rows = (t * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-            k = tl.load(KP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :])
-            v = tl.load(VP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :])
+            k, v = _video_kv(K, V, KP, VP, KPERM, k_base, v_base, kp_base, bh, NV, stride_kn, stride_vn, rows,
+                             offs_d, rows < NV, False, True, KV_PERM, HEAD_DIM)
             acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, qk_scale, rows < NV, False)
         if n_full * BLOCK_N < NV:
             rows = (n_full * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
             valid = rows < NV
-            k = tl.load(KP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)
-            v = tl.load(VP + kp_base + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)
+            k, v = _video_kv(K, V, KP, VP, KPERM, k_base, v_base, kp_base, bh, NV, stride_kn, stride_vn, rows,
+                             offs_d, valid, True, True, KV_PERM, HEAD_DIM)
             acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, qk_scale, valid, True)
         acc, m_i, l_i = _dense_text_keys(acc, m_i, l_i, q, K, V, KPM, k_base, v_base, stride_kn, stride_vn,
                                          b, NV, T, qk_scale, offs_d, HAS_KPM, BLOCK_N)
@@ -200,8 +230,8 @@ def sparse_attn_fwd_kernel(
                 if SKIP_KEY_INDEX:  # benchmark-only: contiguous rows, wrong result, measures the indexing cost
                     rows = pos % NV
                 rows64 = rows.to(tl.int64)
-                k = tl.load(KP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :])
-                v = tl.load(VP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :])
+                k, v = _video_kv(K, V, KP, VP, KPERM, k_base, v_base, kp_base, bh, NV, stride_kn, stride_vn,
+                                 rows64, offs_d, pos < total, False, False, KV_PERM, HEAD_DIM)
                 if not SKIP_KEY_INDEX:
                     rows, j_next = _key_tile_rows(sel_cum_row, sel_idx_row, k_off_bh, j_next, cnt,
                                                   (t + 1) * BLOCK_N, BLOCK_N)
@@ -210,8 +240,8 @@ def sparse_attn_fwd_kernel(
                 pos = n_full * BLOCK_N + tl.arange(0, BLOCK_N)
                 valid = pos < total
                 rows64 = rows.to(tl.int64)
-                k = tl.load(KP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)
-                v = tl.load(VP + kp_base + rows64[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)
+                k, v = _video_kv(K, V, KP, VP, KPERM, k_base, v_base, kp_base, bh, NV, stride_kn, stride_vn,
+                                 rows64, offs_d, valid, True, False, KV_PERM, HEAD_DIM)
                 acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, qk_scale, valid, True)
             acc, m_i, l_i = _dense_text_keys(acc, m_i, l_i, q, K, V, KPM, k_base, v_base, stride_kn, stride_vn,
                                              b, NV, T, qk_scale, offs_d, HAS_KPM, BLOCK_N)

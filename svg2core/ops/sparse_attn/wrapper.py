@@ -93,8 +93,8 @@ def sparse_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    kp: torch.Tensor,
-    vp: torch.Tensor,
+    kp: torch.Tensor | None,
+    vp: torch.Tensor | None,
     q_perm: torch.Tensor,
     q_offsets: torch.Tensor,
     k_offsets: torch.Tensor,
@@ -107,6 +107,7 @@ def sparse_attention(
     scale: float | None = None,
     out: torch.Tensor | None = None,
     config: KernelConfig | None = None,
+    k_perm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sparse attention of every query over its selected key clusters (plus trailing dense tokens).
 
@@ -120,7 +121,9 @@ def sparse_attention(
     Args:
         q, k, v: (B, H, N, D) bf16 or fp16, D in {64, 128}, last dim contiguous (any other strides).
             Only the trailing ``T`` text rows of ``k`` / ``v`` are read; video keys come from kp / vp.
-        kp, vp: (B*H, Nv, D) contiguous, video K / V rows in key-cluster order.
+        kp, vp: (B*H, Nv, D) contiguous, video K / V rows in key-cluster order; or both None and ``k_perm``
+            given: the kernels then read the video rows of ``k`` / ``v`` in place, through ``k_perm``
+            (no gathered copy: saves the gather's time and the two (B*H, Nv, D) buffers).
         q_perm: (B*H, Nv) int32, query tokens sorted by query cluster.
         q_offsets: (B*H, Cq + 1) int32; k_offsets: (B*H, Ck + 1) int32.
         sel_idx: (B*H, Cq, Ck) int32; sel_count: (B*H, Cq) int32; sel_cum: (B*H, Cq, Ck + 1) int32.
@@ -129,6 +132,8 @@ def sparse_attention(
         scale: softmax scale (> 0), default ``1 / sqrt(D)``.
         out: optional (B, H, N, D) output of q's dtype (last dim contiguous); every row is written.
         config: tile shape override (benchmarks); default from the per-architecture table.
+        k_perm: (B*H, Nv) int32, the video key tokens in key-cluster order (row r of kp is token
+            ``k_perm[bh, r]``); used only when kp / vp are None.
 
     Returns:
         out (B, H, N, D), rows in the original token order.
@@ -151,10 +156,21 @@ def sparse_attention(
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.stride(3) != 1:
             raise ValueError(f"{name}: last dim must be contiguous (stride 1), got stride {x.stride(3)}")
-    for name, x in (("kp", kp), ("vp", vp)):
-        _check(name, x, (bh, nv, d), q.dtype, dev)
-        if not x.is_contiguous():
-            raise ValueError(f"{name}: must be contiguous")
+    kv_perm = kp is None and vp is None
+    if kv_perm:
+        if k_perm is None:
+            raise ValueError("k_perm: required when kp and vp are None")
+        _check("k_perm", k_perm, (bh, nv), torch.int32, dev)
+        if not k_perm.is_contiguous():
+            raise ValueError("k_perm: must be contiguous")
+        kp, vp = k, v  # never read as kp / vp (KV_PERM)
+    elif kp is None or vp is None:
+        raise ValueError("kp, vp: give both, or neither (with k_perm)")
+    else:
+        for name, x in (("kp", kp), ("vp", vp)):
+            _check(name, x, (bh, nv, d), q.dtype, dev)
+            if not x.is_contiguous():
+                raise ValueError(f"{name}: must be contiguous")
     if q_offsets.dim() != 2 or k_offsets.dim() != 2:
         raise ValueError("q_offsets, k_offsets: expected 2 dims (B*H, C + 1)")
     cq = q_offsets.shape[1] - 1
@@ -193,6 +209,7 @@ def sparse_attention(
     kernel_args = (
         q, k, v, kp, vp, out,
         q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
+        k_perm if kv_perm else q_perm,  # never read without KV_PERM
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
@@ -206,7 +223,7 @@ def sparse_attention(
             scale * _LOG2E,
             HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, CQ_BLOCK=triton.next_power_of_2(cq),
             HAS_KPM=key_padding_mask is not None, SKIP_KEY_INDEX=cfg.skip_key_index,
-            TAIL_M=cfg.tail_m, TAIL_ONLY=tail_only, MAIN_M=cfg.block_m,
+            TAIL_M=cfg.tail_m, TAIL_ONLY=tail_only, MAIN_M=cfg.block_m, KV_PERM=kv_perm,
             num_warps=num_warps, num_stages=num_stages,
         )
 
@@ -219,7 +236,7 @@ def sparse_attention(
 
         def main_video_and_text():
             launch_gluon(kernel_args, (max_video_tiles(nv, cq, 128), bh), scale * _LOG2E,
-                         key_padding_mask is not None, d, cq, cfg)
+                         key_padding_mask is not None, d, cq, cfg, kv_perm)
             if num_text_tiles:  # text queries: the Triton kernel's dense branch, only the text programs
                 launch((num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
                        cfg.num_stages, False)
