@@ -451,7 +451,7 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
     sparse_attn_fwd_gluon[grid](
         *kernel_args,
         qk_scale, int(has_kpm),
-        HEAD_DIM=head_dim, BLOCK_N=128, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
+        HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
         PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,

@@ -40,6 +40,8 @@ class KernelConfig:
     # remainder tiles (tail_m) still run the Triton kernel (docs/benchmarks/NOTES_sparse_attn.md, v5).
     impl: str = "triton"
     gluon_stages: int = 2
+    # key rows per pipeline stage (and per QK / PV matmul) of the Gluon kernel: 128 or 64
+    gluon_block_n: int = 128
     # FA3's ping-pong: the two consumer warpgroups take turns issuing their matmuls (mbarrier hand-off)
     gluon_pingpong: bool = False
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
@@ -51,6 +53,8 @@ class KernelConfig:
             raise ValueError(f"tail_m: must be 0 or a power of two in [16, block_m={self.block_m}), got {self.tail_m}")
         if self.impl not in ("triton", "gluon"):
             raise ValueError(f"impl: must be 'triton' or 'gluon', got {self.impl!r}")
+        if self.gluon_block_n not in (64, 128):
+            raise ValueError(f"gluon_block_n: must be 64 or 128, got {self.gluon_block_n}")
         if self.impl == "gluon" and self.block_m != 128:
             raise ValueError(f"impl: 'gluon' computes 128-row query tiles, so block_m must be 128, got {self.block_m}")
 
