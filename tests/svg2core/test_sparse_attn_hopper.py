@@ -5,11 +5,14 @@ the torch reference, on a Hopper GPU only (skipped elsewhere, so not in CPU CI).
 
 Cases chosen from what broke or is untested: many surplus programs with 3+ key tiles per query tile
 (the v5 hang: a producer waiting for consumers that had nothing to do), batch > 1 with text tokens and a
-padding mask, fp16, D=64 (Triton), and a CUDA-graph replay. A hang fails the test through pytest-timeout
+padding mask, fp16, D=64 (Triton), remainder tiles that leave one consumer warpgroup idle (with and
+without the ping-pong hand-off), K/V read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
 instead of blocking the run.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,10 +25,12 @@ from test_sparse_attn import make_inputs, rel_rms  # noqa: E402
 from svg2core.ops.sparse_attn import default_config, sparse_attention, sparse_attention_reference  # noqa: E402
 
 
-def _check(b, h, nv, t, d, cq, ck, dtype, density, seed, tol):
-    args, kpm = make_inputs(b, h, nv, t, d, cq, ck, dtype=dtype, density=density, seed=seed)
+def _check(b, h, nv, t, d, cq, ck, dtype, density, seed, tol, config=None, kv_perm=False):
+    args, kpm, k_perm = make_inputs(b, h, nv, t, d, cq, ck, dtype=dtype, density=density, seed=seed,
+                                    return_perm=True)
     out = torch.full_like(args["q"], float("nan"))
-    sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out)
+    call = {**args, "kp": None, "vp": None, "k_perm": k_perm} if kv_perm else args
+    sparse_attention(**call, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=config)
     torch.cuda.synchronize()
     assert not torch.isnan(out).any()
     ref = sparse_attention_reference(**args, num_dense_tokens=t, key_padding_mask=kpm)
@@ -54,6 +59,23 @@ def test_batch_two_with_text_and_padding_mask():
 def test_fp16_and_head_dim_64():
     _check(1, 2, 2000, 0, 128, 16, 24, torch.float16, 0.4, seed=3, tol=5e-3)
     _check(1, 2, 2000, 16, 64, 16, 24, torch.bfloat16, 0.4, seed=4, tol=2e-2)
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_small_remainders_on_one_warpgroup_and_ping_pong():
+    # 300 query clusters over 6000 tokens: most tiles are a cluster's remainder of <= 64 rows, where the
+    # second consumer warpgroup only passes the stages on (tail_m=0 default); then the same with the
+    # ping-pong hand-off, which that idle warpgroup must keep passing
+    base = default_config(torch.device("cuda"), torch.bfloat16, 128)
+    assert base.tail_m == 0
+    _check(1, 2, 6000, 0, 128, 300, 40, torch.bfloat16, 0.3, seed=6, tol=2e-2)
+    _check(1, 2, 6000, 33, 128, 300, 40, torch.bfloat16, 0.3, seed=7, tol=2e-2,
+           config=replace(base, gluon_pingpong=True))
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_k_v_read_in_place_through_k_perm():
+    _check(2, 2, 2500, 77, 128, 40, 30, torch.bfloat16, 0.3, seed=8, tol=2e-2, kv_perm=True)
 
 
 @pytest.mark.timeout(180, method="thread")

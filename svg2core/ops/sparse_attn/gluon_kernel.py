@@ -19,12 +19,14 @@ Key tiles are BLOCK_N positions of the concatenated selected key ranges, then (T
 tiles of trailing text keys read from the original k / v (masked by the key padding mask). Only the
 last video tile and the text tiles are masked.
 
-Remainders of ``<= TAIL_M`` rows and the text-query tiles are not computed here: the wrapper runs the
-Triton kernel for them (``TAIL_ONLY`` launch and a text-only launch).
+With TAIL_M = 0 (the Hopper default) every video query tile runs here; a tile of <= 64 rows (a cluster's
+remainder) leaves warpgroup 1 idle (it only passes the stages on) and warpgroup 0 has the tensor cores to
+itself. With TAIL_M > 0, remainders of <= TAIL_M rows are left to the Triton kernel's ``TAIL_ONLY`` launch.
+The text-query tiles always run on the Triton kernel (a text-only launch).
 
 There is no interpreter for Gluon: this kernel is checked on the GPU against the torch reference
-(bench/bench_sparse_attn.py, tests/svg2core/test_gluon_gpu.py); on the CPU only its compilation for
-sm_90 is tested.
+(bench/bench_sparse_attn.py, bench/probes/probe_gluon*.py, tests/svg2core/test_sparse_attn_hopper.py); on
+the CPU only its compilation for sm_90 is tested.
 """
 
 from __future__ import annotations
@@ -212,68 +214,88 @@ def _consumer(args, WG: gl.constexpr):
     ocol_lay: gl.constexpr = gl.SliceLayout(0, o_lay)
     dtype: gl.constexpr = OUT.dtype.element_ty
 
-    # this warpgroup's 64 query rows: gathered from q (token order) in 16-byte vectors into its half of q_smem
-    cp_lay: gl.constexpr = _copy_layout(HEAD_DIM)
-    srt_c = q_start + WG * WG_M + gl.arange(0, WG_M, layout=gl.SliceLayout(1, cp_lay))
-    ok_c = srt_c < q_end
-    tok_c = gl.load(QPERM + bh.to(gl.int64) * NV + srt_c, mask=ok_c, other=0).to(gl.int64)
-    offs_dc = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, cp_lay))
-    q = gl.load(Q + q_base + tok_c[:, None] * stride_qn + offs_dc[None, :], mask=ok_c[:, None], other=0.0)
-    q_wg = q_smem.index(WG)
-    if (DEBUG & 2) == 0:  # bisect hook: 2 = leave q_smem unwritten (wrong result)
-        q_wg.store(q)
-        fence_async_shared()
-        _barrier()
+    # a remainder tile of <= 64 rows (TAIL_M = 0) leaves warpgroup 1 without rows: it then only passes the
+    # stages on (waits "full", arrives "empty"), and warpgroup 0 has the tensor cores to itself
+    if q_start + WG * 64 < q_end:
+        # this warpgroup's 64 query rows: gathered from q (token order) in 16-byte vectors into its half of q_smem
+        cp_lay: gl.constexpr = _copy_layout(HEAD_DIM)
+        srt_c = q_start + WG * WG_M + gl.arange(0, WG_M, layout=gl.SliceLayout(1, cp_lay))
+        ok_c = srt_c < q_end
+        tok_c = gl.load(QPERM + bh.to(gl.int64) * NV + srt_c, mask=ok_c, other=0).to(gl.int64)
+        offs_dc = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, cp_lay))
+        q = gl.load(Q + q_base + tok_c[:, None] * stride_qn + offs_dc[None, :], mask=ok_c[:, None], other=0.0)
+        q_wg = q_smem.index(WG)
+        if (DEBUG & 2) == 0:  # bisect hook: 2 = leave q_smem unwritten (wrong result)
+            q_wg.store(q)
+            fence_async_shared()
+            _barrier()
 
-    o = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_lay)
-    m_i = gl.full([WG_M], _NEG_BIG, gl.float32, srow_lay)
-    l_i = gl.zeros([WG_M], gl.float32, srow_lay)
-    if n_tiles > 0:  # active tiles have n_video >= 1: every query cluster selects a non-empty key cluster
-        # tile 0: scores and probabilities only; its PV product is issued together with tile 1's scores
-        mbarrier.wait(full_bars.index(0), 0)
-        _turn_wait(turn_bars, WG, 0)
-        k0 = k_bufs.index(0)
-        s_acc = warpgroup_mma(q_wg, k0.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
-                              use_acc=False, is_async=True)
+        o = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_lay)
+        m_i = gl.full([WG_M], _NEG_BIG, gl.float32, srow_lay)
+        l_i = gl.zeros([WG_M], gl.float32, srow_lay)
+        if n_tiles > 0:  # active tiles have n_video >= 1: every query cluster selects a non-empty key cluster
+            # tile 0: scores and probabilities only; its PV product is issued together with tile 1's scores
+            mbarrier.wait(full_bars.index(0), 0)
+            _turn_wait(turn_bars, WG, 0)
+            k0 = k_bufs.index(0)
+            s_acc = warpgroup_mma(q_wg, k0.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
+                                  use_acc=False, is_async=True)
+            _turn_pass(turn_bars, WG)
+            s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
+            cols = gl.arange(0, BLOCK_N, layout=scol_lay)
+            qk = gl.where((cols < total)[None, :], s_acc, float("-inf"))
+            m_i = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
+            p = gl.exp2(qk * qk_scale - m_i[:, None])
+            l_i = gl.sum(p, 1)
+            p_op = gl.convert_layout(p.to(dtype), p_lay)
+            # full video key tiles: no mask at all
+            for t in range(1, n_video - 1):
+                o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                                                   turn_bars, WG, 0, KPM, b, T, 0, 0, qk_scale, False, DEBUG,
+                                                   s_lay, o_lay, p_lay)
+            # the last video tile (when it is not tile 0), the only partial one: masked by a column bound. A loop
+            # of 0 or 1 trips rather than an ``if`` with tensor results, which made ptxas spill around the branch
+            for t in range(gl.maximum(n_video - 1, 1), n_video):
+                o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                                                   turn_bars, WG, total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, True,
+                                                   DEBUG, s_lay, o_lay, p_lay)
+            # trailing text keys (joint attention), masked by the key padding mask
+            for t in range(n_video, n_tiles):
+                c0 = (t - n_video) * BLOCK_N
+                o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                                                   turn_bars, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale, True, DEBUG,
+                                                   s_lay, o_lay, p_lay)
+            sl = (n_tiles - 1) % NUM_STAGES
+            v_last = v_bufs.index(sl)
+            _turn_wait(turn_bars, WG, n_tiles)
+            o = warpgroup_mma(p_op, v_last, o, is_async=True)
+            _turn_pass(turn_bars, WG)
+            o = warpgroup_mma_wait(0, deps=(o, ))
+            mbarrier.arrive(empty_bars.index(sl), count=1)
+        l_safe = gl.where(l_i > 0.0, l_i, 1.0)
+        out = o / gl.convert_layout(l_safe, orow_lay)[:, None]
+        srt = q_start + WG * WG_M + gl.arange(0, WG_M, layout=orow_lay)
+        row_ok = srt < q_end
+        tok = gl.load(QPERM + bh.to(gl.int64) * NV + srt, mask=row_ok, other=0).to(gl.int64)
+        offs_d = gl.arange(0, HEAD_DIM, layout=ocol_lay)
+        gl.store(OUT + o_base + tok[:, None] * stride_on + offs_d[None, :], out.to(dtype), mask=row_ok[:, None])
+    else:
+        _drain(n_tiles, full_bars, empty_bars, turn_bars, WG)
+
+
+@gluon.jit
+def _drain(n_tiles, full_bars, empty_bars, turn_bars, WG: gl.constexpr):
+    """A consumer without query rows: keeps the stage protocol (and the ping-pong turns) going."""
+    NUM_STAGES: gl.constexpr = full_bars.type.shape[0]
+    for t in range(n_tiles):
+        s = t % NUM_STAGES
+        mbarrier.wait(full_bars.index(s), (t // NUM_STAGES) & 1)
+        _turn_wait(turn_bars, WG, t)
         _turn_pass(turn_bars, WG)
-        s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
-        cols = gl.arange(0, BLOCK_N, layout=scol_lay)
-        qk = gl.where((cols < total)[None, :], s_acc, float("-inf"))
-        m_i = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
-        p = gl.exp2(qk * qk_scale - m_i[:, None])
-        l_i = gl.sum(p, 1)
-        p_op = gl.convert_layout(p.to(dtype), p_lay)
-        # full video key tiles: no mask at all
-        for t in range(1, n_video - 1):
-            o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                               turn_bars, WG, 0, KPM, b, T, 0, 0, qk_scale, False, DEBUG,
-                                               s_lay, o_lay, p_lay)
-        # the last video tile (when it is not tile 0), the only partial one: masked by a column bound. A loop
-        # of 0 or 1 trips rather than an ``if`` with tensor results, which made ptxas spill around the branch
-        for t in range(gl.maximum(n_video - 1, 1), n_video):
-            o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                               turn_bars, WG, total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, True,
-                                               DEBUG, s_lay, o_lay, p_lay)
-        # trailing text keys (joint attention), masked by the key padding mask
-        for t in range(n_video, n_tiles):
-            c0 = (t - n_video) * BLOCK_N
-            o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                               turn_bars, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale, True, DEBUG,
-                                               s_lay, o_lay, p_lay)
-        sl = (n_tiles - 1) % NUM_STAGES
-        v_last = v_bufs.index(sl)
+        mbarrier.arrive(empty_bars.index(s), count=1)
+    if n_tiles > 0:  # the final PV's turn
         _turn_wait(turn_bars, WG, n_tiles)
-        o = warpgroup_mma(p_op, v_last, o, is_async=True)
         _turn_pass(turn_bars, WG)
-        o = warpgroup_mma_wait(0, deps=(o, ))
-        mbarrier.arrive(empty_bars.index(sl), count=1)
-    l_safe = gl.where(l_i > 0.0, l_i, 1.0)
-    out = o / gl.convert_layout(l_safe, orow_lay)[:, None]
-    srt = q_start + WG * WG_M + gl.arange(0, WG_M, layout=orow_lay)
-    row_ok = srt < q_end
-    tok = gl.load(QPERM + bh.to(gl.int64) * NV + srt, mask=row_ok, other=0).to(gl.int64)
-    offs_d = gl.arange(0, HEAD_DIM, layout=ocol_lay)
-    gl.store(OUT + o_base + tok[:, None] * stride_on + offs_d[None, :], out.to(dtype), mask=row_ok[:, None])
 
 
 @gluon.jit

@@ -60,13 +60,13 @@ class KernelConfig:
 
 
 # Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. Hopper, D=128: the
-# warp-specialised Gluon kernel for the 128-row video tiles (v5: 1.03-1.25x the Triton kernel in one H200
-# run, docs/benchmarks/probe_gluon_h200_*.json) with the v4 Triton remainder / text launches. Hopper,
-# D=64: the v4 Triton kernel (the Gluon kernel compiles for D=64 but is not yet checked on a GPU there).
-# The others are untuned starting points that fit the shared memory of those parts.
+# warp-specialised Gluon kernel (v6, docs/benchmarks/NOTES_sparse_attn.md) for every video query tile,
+# remainders included (tail_m=0: a remainder of <= 64 rows runs on warpgroup 0 alone, 1-6% faster than the
+# v4 Triton remainder launch in one H200 run, probe_gluon_ablate_h200_notail.json); the Triton kernel only
+# for the text-query tiles. Hopper, D=64: the v4 Triton kernel (the Gluon kernel compiles for D=64 but is
+# not yet checked on a GPU there). The others are untuned starting points that fit those parts' shared memory.
 _CONFIGS: dict[tuple[int | None, torch.dtype | None, int | None], KernelConfig] = {
-    (9, None, 128): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, tail_m=64, tail_concurrent=True,
-                                 impl="gluon", gluon_stages=3),
+    (9, None, 128): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, impl="gluon", gluon_stages=3),
     (9, None, 64): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, tail_m=64, tail_concurrent=True),
     (8, None, 128): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=2),
     (8, None, 64): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
