@@ -31,7 +31,7 @@ class AssignTile:
 
 
 # Fastest of bench/bench_selection.py's sweep on H100 at the Wan 14B key shape (40 x 75,600 x 1000
-# clusters): 2.05 ms, 378 TFLOP/s (docs/benchmarks/bench_selection.md).
+# clusters): 2.05 ms, 378 TFLOP/s (docs/benchmarks/bench_selection_h100_v1.md).
 ASSIGN_TILE = AssignTile()
 # Clusters up to which the assign kernel writes the counting sort's block histograms (the sort is then
 # a scan + a ranked scatter). The in-kernel histogram costs about linearly in the bins: H200
