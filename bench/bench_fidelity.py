@@ -81,9 +81,14 @@ def rope_3d(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, dim=-1)
 
 
-def make_qkv(seed: int, gain: float = 1.3):
-    """(1, H, N, D) fp16 q, k, v and per-head names."""
-    feats, pos = make_video_features(seed)
+def make_qkv(seed: int, gain: float = 1.3, feats: torch.Tensor | None = None):
+    """(1, H, N, D) fp16 q, k, v and the (N, 3) grid positions.
+
+    ``feats``: ``(N, feat_dim)`` token features to project instead of ``make_video_features(seed)``'s
+    (same positions and per-head projections; used by bench_kmeans_iters.py to simulate denoising).
+    """
+    clean, pos = make_video_features(seed)
+    feats = clean if feats is None else feats
     g = torch.Generator().manual_seed(seed + 1)
     fd = feats.shape[1]
     axes_slices = {"t": slice(0, 16), "y": slice(16, 40), "x": slice(40, 64)}
