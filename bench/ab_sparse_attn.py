@@ -142,7 +142,7 @@ def main() -> None:
             dense = partial(torch.nn.functional.scaled_dot_product_attention, q, k, v)
             dense()
             ms = B.time_ms(dense, reps=10 if nv < 50000 else 4)
-        res["dense"][model] = {"ms": ms, "tflops": 4 * h * (nv + t) ** 2 * 128 / ms / 1e9}
+        res["dense"][model] = {"ms": ms, "tflops": B.tflops(h * (nv + t) ** 2, ms)}
         print(f"[dense] {model} {ms:.2f} ms {res['dense'][model]['tflops']:.0f} TFLOP/s", flush=True)
         del q, k, v
         for density in densities:
@@ -158,7 +158,7 @@ def main() -> None:
                 call = partial(fn, **args, key_padding_mask=kpm, config=cfg)
                 call()
                 ms = B.time_ms(call, reps=B.reps_for(res["dense"][model]["ms"] * density))
-                tf = 4 * st["pairs"] * 128 / ms / 1e9
+                tf = B.tflops(st["pairs"], ms)
                 fill = B.tile_waste(args, cfg.block_m, cfg.block_n, cfg.tail_m if fn is sparse_attention else 0)
                 row["times"][f"{model}@{density}"] = {
                     "ms": ms, "tflops": tf, "ratio": tf / res["dense"][model]["tflops"],

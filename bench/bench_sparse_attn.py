@@ -133,11 +133,21 @@ def reps_for(ms_guess: float) -> int:
     return max(3, min(20, int(400 / max(ms_guess, 1e-3))))
 
 
+def tflops(pairs: float, ms: float, head_dim: int = 128) -> float:
+    """Attention TFLOP/s of ``pairs`` query-key pairs computed in ``ms`` (QK and PV: 4 FLOPs per pair and dim)."""
+    return 4 * pairs * head_dim / ms / 1e9
+
+
+def call_args(args: dict, st: dict, kv_perm: bool) -> dict:
+    """make_case's arguments, or (kv_perm) the same call reading K/V in place: kp = vp = None and k_perm."""
+    return {**args, "kp": None, "vp": None, "k_perm": st["k_perm"]} if kv_perm else args
+
+
 def check_correctness(name, h, nv, t, cq, ck, dtype, cfg, results, kv_perm=False):
     """The kernel vs the fp32 reference on two heads; kv_perm: K/V read in place (kp = vp = None)."""
     args, kpm, st = make_case(h, nv, t, cq, ck, 0.15, dtype, seed=1)
     out = torch.full_like(args["q"], float("nan"))
-    call = {**args, "kp": None, "vp": None, "k_perm": st["k_perm"]} if kv_perm else args
+    call = call_args(args, st, kv_perm)
     sparse_attention(**call, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg)
     torch.cuda.synchronize()
     n_nan = int(torch.isnan(out).sum())
@@ -165,7 +175,7 @@ def dense_cudnn(h: int, n: int, dtype) -> tuple[float, float]:
         dense_fn = partial(torch.nn.functional.scaled_dot_product_attention, q, k, v)
         dense_fn()
         ms = time_ms(dense_fn, reps=5 if n > 50000 else 20)
-    return ms, 4 * h * n * n * 128 / ms / 1e9
+    return ms, tflops(h * n * n, ms)
 
 
 def graph_replay_equals_eager(args, kpm, t: int, cfg) -> bool:
@@ -245,7 +255,7 @@ def main() -> None:
                 torch.cuda.synchronize()
                 compile_s = time.time() - t0
                 ms = time_ms(partial(sparse_attention, **args, config=cfg), reps=10)
-                tf = 4 * st["pairs"] * 128 / ms / 1e9
+                tf = tflops(st["pairs"], ms)
                 row = {"config": cfg.__dict__, "ms": ms, "tflops": tf, "compile_s": compile_s,
                        **tile_waste(args, cfg.block_m, cfg.block_n, cfg.tail_m)}
             except Exception as e:  # a config that does not compile/fit is recorded, not fatal
@@ -283,7 +293,7 @@ def main() -> None:
             fn = partial(sparse_attention, **args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg_used)
             fn()
             ms = time_ms(fn, reps=reps_for(dense_ms * density))
-            tf = 4 * st["pairs"] * 128 / ms / 1e9
+            tf = tflops(st["pairs"], ms)
             row = {"model": name, "density_target": density, "density_video": st["density_video"], "ms": ms,
                    "tflops": tf, "dense_cudnn_ms": dense_ms, "dense_cudnn_tflops": dense_tf,
                    "ratio_vs_cudnn": tf / dense_tf, "speedup_vs_cudnn": dense_ms / ms,
@@ -298,7 +308,7 @@ def main() -> None:
                     torch.cuda.synchronize()
                     fcomp = time.time() - t0
                     fms = time_ms(partial(flex, q, k, v, block_mask=bm), reps=reps_for(dense_ms * density))
-                    row.update(flex_ms=fms, flex_tflops=4 * fpairs * 128 / fms / 1e9, flex_first_call_s=fcomp)
+                    row.update(flex_ms=fms, flex_tflops=tflops(fpairs, fms), flex_first_call_s=fcomp)
                     del q, k, v, bm
                 except Exception as e:
                     row["flex_error"] = repr(e)[:300]

@@ -81,7 +81,7 @@ def main() -> None:
                     row.setdefault(f"{label}_ms", []).append(ms)
             for label in ("triton", "gluon"):
                 ms = min(row[f"{label}_ms"])
-                tf = 4 * st["pairs"] * 128 / ms / 1e9
+                tf = B.tflops(st["pairs"], ms)
                 row[f"{label}_tflops"] = tf
                 row[f"{label}_x_cudnn"] = tf / dense_tf
             row.update(B.tile_waste(args, 128, 128, base.tail_m))

@@ -54,9 +54,6 @@ def parse_variants(text: str, base) -> dict:
     return out
 
 
-def call_args(args: dict, st: dict, kv_perm: bool) -> dict:
-    return {**args, "kp": None, "vp": None, "k_perm": st["k_perm"]} if kv_perm else args
-
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -100,12 +97,12 @@ def main() -> None:
         row = {"model": model, "density": density, "dense_ms": dense_ms, "dense_tflops": dense_tf, "ms": {}}
         for _rep in range(2):
             for name, (cfg, kv_perm) in ok_variants.items():
-                fn = partial(sparse_attention, **call_args(args, st, kv_perm), num_dense_tokens=t,
+                fn = partial(sparse_attention, **B.call_args(args, st, kv_perm), num_dense_tokens=t,
                              key_padding_mask=kpm, config=cfg)
                 fn()
                 ms = B.time_ms(fn, reps=B.reps_for(dense_ms * density))
                 row["ms"].setdefault(name, []).append(ms)
-        row["x_cudnn"] = {name: 4 * st["pairs"] * 128 / min(v) / 1e9 / dense_tf for name, v in row["ms"].items()}
+        row["x_cudnn"] = {name: B.tflops(st["pairs"], min(v)) / dense_tf for name, v in row["ms"].items()}
         row.update(B.tile_waste(args, 128, 128, base.tail_m))
         res["timings"].append(row)
         print(f"[time] {model} d={density:.2f} dense {dense_ms:.2f} ms {dense_tf:.0f} TF | "
