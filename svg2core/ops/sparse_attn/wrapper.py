@@ -36,8 +36,9 @@ class KernelConfig:
     # their own. Both launches write disjoint rows of ``out``; the call stays graph-capturable.
     tail_concurrent: bool = False
     # "triton": the portable kernel for every tile. "gluon" (Hopper only): the warp-specialised kernel of
-    # gluon_kernel.py computes the 128-row video tiles (block_m must be 128); text-query tiles and the
-    # remainder tiles (tail_m) still run the Triton kernel (docs/benchmarks/NOTES_sparse_attn.md, v5).
+    # gluon_kernel.py computes the 128-row video tiles (block_m must be 128), remainders included when
+    # tail_m == 0 (else remainders of <= tail_m rows run the Triton kernel); text-query tiles always run the
+    # Triton kernel (docs/benchmarks/NOTES_sparse_attn.md, v5 and v6).
     impl: str = "triton"
     gluon_stages: int = 2
     # key rows per pipeline stage (and per QK / PV matmul) of the Gluon kernel: 128 or 64
@@ -118,9 +119,9 @@ def sparse_attention(
     Exact attention under the mask of ``svg2core.ops.sparse_attn.reference`` (see there and
     docs/ARCHITECTURE.md for the layout tensors). No host-device synchronisation and no allocation
     except ``out`` when it is not given: the call can be captured in a CUDA graph (run it once
-    before capture so the kernels are compiled). With the Hopper default the small remainder tiles run
-    in a second launch on a stream from torch's pool, forked from and joined back to the current
-    stream, so the result is ready on the caller's stream as usual.
+    before capture so the kernels are compiled). With ``tail_concurrent`` (the Hopper D=64 default) the
+    small remainder tiles run in a second launch on a stream from torch's pool, forked from and joined
+    back to the current stream, so the result is ready on the caller's stream as usual.
 
     Args:
         q, k, v: (B, H, N, D) bf16 or fp16, D in {64, 128}, last dim contiguous (any other strides).
