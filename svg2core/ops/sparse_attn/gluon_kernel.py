@@ -374,9 +374,9 @@ def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_
     alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.convert_layout(_row_sum(p), l_i.type.layout)
     if (DEBUG & 9) == 0:
-        # p_op (the A operand of PV(t-1), in registers) is a dependency too: without it its registers count
-        # as free once the wgmma is issued, the new P is allocated into them, and ptxas must then wait for
-        # PV(t-1) before the softmax's first write there, i.e. before the exponentials (no overlap at all)
+        # p_op (the A operand of PV(t-1), in registers) stays a dependency until here. ptxas nevertheless
+        # places this wait right after the row max, before the exponentials, whatever the source order
+        # (SASS, NOTES_sparse_attn.md v6): the softmax overlaps the other warpgroup's matmuls, not this PV.
         o, p_op = warpgroup_mma_wait(0, deps=(o, p_op))
     mbarrier.arrive(empty_bars.index(sp), count=1)
     o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
