@@ -24,7 +24,8 @@ from svg2core.ops.sparse_attn.gluon_kernel import sparse_attn_fwd_gluon
 
 
 def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PRODUCER_REGS,
-                   consumer_regs=G._CONSUMER_REGS, maxnreg=G._MAXNREG, debug=0, pingpong=False, kv_perm=False, block_n=128):
+                   consumer_regs=G._CONSUMER_REGS, maxnreg=G._MAXNREG, debug=0, pingpong=False, kv_perm=False, block_n=128,
+                   pin_wait=False):
     sig = {}
     names = sparse_attn_fwd_gluon.arg_names
     ptr = f"*{dtype}"
@@ -37,7 +38,7 @@ def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PR
     sig["KPM"] = "*i8"
     sig["qk_scale"] = "fp32"
     consts = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, CQ_BLOCK=512, TAIL_M=64,
-                  NUM_STAGES=num_stages, PRODUCER_REGS=producer_regs, CONSUMER_REGS=consumer_regs, PINGPONG=pingpong, DEBUG=debug, KV_PERM=kv_perm)
+                  NUM_STAGES=num_stages, PRODUCER_REGS=producer_regs, CONSUMER_REGS=consumer_regs, PINGPONG=pingpong, DEBUG=debug, KV_PERM=kv_perm, PIN_WAIT=pin_wait)
     for k in consts:
         sig[k] = "constexpr"
     # 16-byte aligned pointers and strides divisible by 16, as the JIT would specialise them
@@ -69,6 +70,27 @@ def sass(cubin: bytes) -> str:
         return subprocess.run([str(BIN / "cuobjdump"), "-sass", f.name], capture_output=True, text=True).stdout
 
 
+def pv_wait_placement(sass_text: str) -> list[dict]:
+    """For each consumer key-tile step in the SASS (from the wait for QK, ``DEPBAR.LE gsb0, 0x1``, to the next
+    wgmma or branch): how many exponentials (MUFU.EX2) ptxas scheduled before and after the wait for PV
+    (``DEPBAR.LE gsb0, 0x0``). All before = the softmax overlaps this warpgroup's own PV matmul."""
+    ins = [ln.split(";")[0].split("*/")[-1].strip() for ln in sass_text.splitlines() if re.search(r"/\*[0-9a-f]{4,}\*/", ln)]
+    steps, i = [], 0
+    while i < len(ins):
+        if "DEPBAR.LE gsb0, 0x1" in ins[i]:
+            j = i + 1
+            while j < len(ins) and "DEPBAR.LE gsb0, 0x0" not in ins[j]:
+                j += 1
+            k = j + 1
+            while k < len(ins) and "HGMMA" not in ins[k] and " BRA " not in f" {ins[k]} ":
+                k += 1
+            steps.append({"ex2_before_wait": sum("MUFU.EX2" in x for x in ins[i:j]),
+                          "ex2_after_wait": sum("MUFU.EX2" in x for x in ins[j:k])})
+            i = j
+        i += 1
+    return steps
+
+
 def report(k) -> dict:
     ptx = k.asm["ptx"]
     counts = {pat: len(re.findall(pat, ptx)) for pat in (
@@ -86,12 +108,15 @@ if __name__ == "__main__":
     ap.add_argument("--pingpong", action="store_true")
     ap.add_argument("--kv-perm", action="store_true")
     ap.add_argument("--block-n", type=int, default=128)
+    ap.add_argument("--pin-wait", action="store_true", help="pin the PV wait after the softmax (gluon_pin_wait)")
     ap.add_argument("--json", help="also write the report and the setmaxnreg values to this file")
     a = ap.parse_args()
-    k = compile_kernel(head_dim=a.head_dim, num_stages=a.stages, pingpong=a.pingpong, kv_perm=a.kv_perm, block_n=a.block_n)
+    k = compile_kernel(head_dim=a.head_dim, num_stages=a.stages, pingpong=a.pingpong, kv_perm=a.kv_perm, block_n=a.block_n,
+                       pin_wait=a.pin_wait)
     rep = report(k)
     rep["setmaxnreg"] = re.findall(r"setmaxnreg\.(inc|dec)\S*\s+(\d+)", k.asm["ptx"])
     rep["atom_shared"] = len(re.findall(r"atom\.shared", k.asm["ptx"]))
+    rep["pv_wait"] = pv_wait_placement(sass(k.asm["cubin"]))
     print(rep)
     if a.json:
         Path(a.json).write_text(json.dumps(rep))

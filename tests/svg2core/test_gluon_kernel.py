@@ -72,3 +72,17 @@ def test_compiles_for_sm90_with_the_intended_structure(head_dim, tmp_path):
     # no shared-memory atomics (histograms) in the partitions: Triton 3.6 places their scratch over the
     # partitions' argument buffer (gluon_kernel.py)
     assert r["atom_shared"] == 0
+
+
+def test_pinned_pv_wait_follows_every_exponential(tmp_path):
+    # gluon_pin_wait's mechanism rests on ptxas keeping a wgmma wait after an earlier shared-memory store:
+    # check it in the SASS, so a compiler update that breaks it shows here rather than only as lost time
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    out = tmp_path / "report.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "probes" / "compile_sm90.py"), "--stages", "3", "--pin-wait",
+                    "--json", str(out)], check=True, capture_output=True, env=env, timeout=300, cwd=ROOT)
+    steps = json.loads(out.read_text())["pv_wait"]
+    assert len(steps) >= 2  # a full-tile and a masked step per consumer warpgroup at least
+    for step in steps:
+        assert step["ex2_before_wait"] >= 64 and step["ex2_after_wait"] == 0, steps

@@ -6,7 +6,8 @@ the torch reference, on a Hopper GPU only (skipped elsewhere, so not in CPU CI).
 Cases chosen from what broke or is untested: many surplus programs with 3+ key tiles per query tile
 (the v5 hang: a producer waiting for consumers that had nothing to do), batch > 1 with text tokens and a
 padding mask, fp16, D=64 (Triton), remainder tiles that leave one consumer warpgroup idle (with and
-without the ping-pong hand-off), K/V read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
+without the ping-pong hand-off), the PV wait pinned after the softmax, K/V read
+in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
 instead of blocking the run.
 """
 
@@ -25,9 +26,9 @@ from test_sparse_attn import make_inputs, rel_rms  # noqa: E402
 from svg2core.ops.sparse_attn import default_config, sparse_attention, sparse_attention_reference  # noqa: E402
 
 
-def _check(b, h, nv, t, d, cq, ck, dtype, density, seed, tol, config=None, kv_perm=False):
+def _check(b, h, nv, t, d, cq, ck, dtype, density, seed, tol, config=None, kv_perm=False, empty_clusters=False):
     args, kpm, k_perm = make_inputs(b, h, nv, t, d, cq, ck, dtype=dtype, density=density, seed=seed,
-                                    return_perm=True)
+                                    return_perm=True, empty_clusters=empty_clusters)
     out = torch.full_like(args["q"], float("nan"))
     call = {**args, "kp": None, "vp": None, "k_perm": k_perm} if kv_perm else args
     sparse_attention(**call, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=config)
@@ -71,6 +72,14 @@ def test_small_remainders_on_one_warpgroup_and_ping_pong():
     _check(1, 2, 6000, 0, 128, 300, 40, torch.bfloat16, 0.3, seed=6, tol=2e-2)
     _check(1, 2, 6000, 33, 128, 300, 40, torch.bfloat16, 0.3, seed=7, tol=2e-2,
            config=replace(base, gluon_pingpong=True))
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_pv_wait_pinned_after_the_softmax():
+    # gluon_pin_wait: the row sums' shared-memory store before each PV wait (same function, another schedule)
+    cfg = replace(default_config(torch.device("cuda"), torch.bfloat16, 128), gluon_pin_wait=True)
+    _check(1, 2, 6000, 33, 128, 300, 40, torch.bfloat16, 0.3, seed=9, tol=2e-2, config=cfg)
+    _check(1, 2, 3000, 0, 128, 64, 40, torch.bfloat16, 1.0, seed=11, tol=2e-2, config=cfg, empty_clusters=True)
 
 
 @pytest.mark.timeout(180, method="thread")

@@ -117,7 +117,7 @@ def _producer(args):
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars) = args
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem) = args
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2  # video K/V rows read from k / v through k_perm
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
@@ -198,7 +198,7 @@ def _consumer(args, WG: gl.constexpr):
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars) = args
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem) = args
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
@@ -251,19 +251,19 @@ def _consumer(args, WG: gl.constexpr):
             # full video key tiles: no mask at all
             for t in range(1, n_video - 1):
                 o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                                   turn_bars, WG, 0, KPM, b, T, 0, 0, qk_scale, False, DEBUG,
+                                                   turn_bars, pin_smem, WG, 0, KPM, b, T, 0, 0, qk_scale, False, DEBUG,
                                                    s_lay, o_lay, p_lay)
             # the last video tile (when it is not tile 0), the only partial one: masked by a column bound. A loop
             # of 0 or 1 trips rather than an ``if`` with tensor results, which made ptxas spill around the branch
             for t in range(gl.maximum(n_video - 1, 1), n_video):
                 o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                                   turn_bars, WG, total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, True,
+                                                   turn_bars, pin_smem, WG, total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, True,
                                                    DEBUG, s_lay, o_lay, p_lay)
             # trailing text keys (joint attention), masked by the key padding mask
             for t in range(n_video, n_tiles):
                 c0 = (t - n_video) * BLOCK_N
                 o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                                   turn_bars, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale, True, DEBUG,
+                                                   turn_bars, pin_smem, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale, True, DEBUG,
                                                    s_lay, o_lay, p_lay)
             sl = (n_tiles - 1) % NUM_STAGES
             v_last = v_bufs.index(sl)
@@ -333,7 +333,7 @@ def _row_sum(x):
 
 
 @gluon.jit
-def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, turn_bars, WG: gl.constexpr,
+def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, turn_bars, pin_smem, WG: gl.constexpr,
                    col_limit, KPM, b, T, c0, use_kpm, qk_scale, MASK: gl.constexpr, DEBUG: gl.constexpr,
                    s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
     """Key tile t: QK(t) and PV(t-1) on the tensor cores, the softmax of tile t meanwhile, then release
@@ -375,8 +375,13 @@ def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_
     l_i = l_i * alpha + gl.convert_layout(_row_sum(p), l_i.type.layout)
     if (DEBUG & 9) == 0:
         # p_op (the A operand of PV(t-1), in registers) stays a dependency until here. ptxas nevertheless
-        # places this wait right after the row max, before the exponentials, whatever the source order
-        # (SASS, NOTES_sparse_attn.md v6): the softmax overlaps the other warpgroup's matmuls, not this PV.
+        # schedules this wait freely among register-only instructions: by default it lands right after the row
+        # max, before the exponentials (SASS, NOTES_sparse_attn.md v6), so the softmax overlaps the other
+        # warpgroup's matmuls, not this PV. A shared-memory store stays before it, and the row sums need every
+        # exponential: with PIN_WAIT, storing them (nobody reads them) keeps the wait after the whole softmax.
+        # Measured within noise of the default on an H100 (NOTES_sparse_attn.md v7), so off by default.
+        if pin_smem.type.shape[0] == 2 * WG_M:
+            pin_smem.slice(WG * WG_M, WG_M).store(l_i)
         o, p_op = warpgroup_mma_wait(0, deps=(o, p_op))
     mbarrier.arrive(empty_bars.index(sp), count=1)
     o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
@@ -407,7 +412,7 @@ def sparse_attn_fwd_gluon(
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
-    KV_PERM: gl.constexpr = False,
+    KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     tile = gl.program_id(0)
@@ -448,12 +453,14 @@ def sparse_attn_fwd_gluon(
     turn_bars = gl.allocate_shared_memory(gl.int64, [2 if PINGPONG else 1, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2 if PINGPONG else 1):
         mbarrier.init(turn_bars.index(i), count=1)
+    # the row sums' store that orders each PV wait after the softmax; PIN_WAIT travels as the buffer's length
+    pin_smem = gl.allocate_shared_memory(gl.float32, [128 if PIN_WAIT else 2], gl.SwizzledSharedLayout(1, 1, 1, [0]))
 
     args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
             q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
             kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
             HAS_KPM_I, dbg_smem,
-            q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars)
+            q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
@@ -475,6 +482,6 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
         qk_scale, int(has_kpm),
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
-        PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm,
+        PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

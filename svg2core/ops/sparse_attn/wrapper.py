@@ -45,6 +45,10 @@ class KernelConfig:
     gluon_block_n: int = 128
     # FA3's ping-pong: the two consumer warpgroups take turns issuing their matmuls (mbarrier hand-off)
     gluon_pingpong: bool = False
+    # store each tile's row sums to shared memory before the PV wait, which keeps ptxas from hoisting that wait
+    # above the exponentials, so a warpgroup's softmax overlaps its own PV matmul. Measured within noise of
+    # the unpinned wait on an H100 (NOTES_sparse_attn.md v7): off by default
+    gluon_pin_wait: bool = False
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
     # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap), 16 no K/V copies
     gluon_debug: int = 0
