@@ -126,7 +126,7 @@ def svg2_attention(
 
         out = sparse_attention(
             q, k, v, kp, vp, q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum,
-            num_dense_tokens=t, key_padding_mask=key_padding_mask if t > 0 else None, scale=scale,
+            num_dense_tokens=t, key_padding_mask=key_padding_mask if t > 0 else None, scale=scale, workspace=ws,
         )
     return out, density
 

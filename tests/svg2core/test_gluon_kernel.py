@@ -29,6 +29,8 @@ def test_config_rules():
         KernelConfig(block_m=64, impl="gluon")
     with pytest.raises(ValueError, match="impl: must be 'triton' or 'gluon'"):
         KernelConfig(impl="cuda")
+    with pytest.raises(ValueError, match="gluon_tile_tables: must be 'auto', 'on' or 'off'"):
+        KernelConfig(gluon_tile_tables=True)
     assert KernelConfig(block_m=128, block_n=128, impl="gluon").impl == "gluon"
 
 
@@ -55,13 +57,13 @@ def test_gluon_impl_refuses_a_non_hopper_device():
         sparse_attention(q, q, q, kp, kp, **ints, config=cfg)
 
 
-@pytest.mark.parametrize("head_dim", [128, 64])
-def test_compiles_for_sm90_with_the_intended_structure(head_dim, tmp_path):
+@pytest.mark.parametrize("head_dim,flags", [(128, []), (64, []), (128, ["--tile-tables"])])
+def test_compiles_for_sm90_with_the_intended_structure(head_dim, flags, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     out = tmp_path / "report.json"
     subprocess.run([sys.executable, str(ROOT / "bench" / "probes" / "compile_sm90.py"), "--head-dim", str(head_dim),
-                    "--json", str(out)], check=True, capture_output=True, env=env, timeout=300, cwd=ROOT)
+                    *flags, "--json", str(out)], check=True, capture_output=True, env=env, timeout=300, cwd=ROOT)
     r = json.loads(out.read_text())
     assert r["regs"] <= G._MAXNREG  # 12 warps x 32 threads x 168 registers fit one SM
     assert r["shared"] <= 227 * 1024

@@ -6,8 +6,8 @@ the torch reference, on a Hopper GPU only (skipped elsewhere, so not in CPU CI).
 Cases chosen from what broke or is untested: many surplus programs with 3+ key tiles per query tile
 (the v5 hang: a producer waiting for consumers that had nothing to do), batch > 1 with text tokens and a
 padding mask, fp16, D=64 (Triton), remainder tiles that leave one consumer warpgroup idle (with and
-without the ping-pong hand-off), the PV wait pinned after the softmax, K/V read
-in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
+without the ping-pong hand-off), the PV wait pinned after the softmax, the key-tile tables, K/V
+read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
 instead of blocking the run.
 """
 
@@ -24,6 +24,7 @@ if not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 from test_sparse_attn import make_inputs, rel_rms  # noqa: E402
 
 from svg2core.ops.sparse_attn import default_config, sparse_attention, sparse_attention_reference  # noqa: E402
+from svg2core.state import Workspace  # noqa: E402
 
 
 def _check(b, h, nv, t, d, cq, ck, dtype, density, seed, tol, config=None, kv_perm=False, empty_clusters=False):
@@ -83,23 +84,42 @@ def test_pv_wait_pinned_after_the_softmax():
 
 
 @pytest.mark.timeout(180, method="thread")
+def test_key_tile_tables():
+    # gluon_tile_tables: the producer reads each tile's segment window and the segments' row bases from the
+    # tables of tables.py; tiles spanning many segments (300 key clusters), few, empty clusters, text keys
+    # with a padding mask, batch 2, K/V read in place
+    cfg = replace(default_config(torch.device("cuda"), torch.bfloat16, 128), gluon_tile_tables="on")
+    _check(1, 2, 6000, 0, 128, 40, 300, torch.bfloat16, 0.3, seed=13, tol=2e-2, config=cfg)
+    _check(2, 3, 2500, 77, 128, 20, 7, torch.bfloat16, 0.3, seed=14, tol=2e-2, config=cfg)
+    _check(1, 2, 3000, 0, 128, 64, 40, torch.bfloat16, 1.0, seed=15, tol=2e-2, config=cfg, empty_clusters=True)
+    _check(2, 2, 2500, 77, 128, 40, 30, torch.bfloat16, 0.3, seed=16, tol=2e-2, config=cfg, kv_perm=True)
+    off = replace(cfg, gluon_tile_tables="off")
+    _check(1, 2, 6000, 0, 128, 40, 300, torch.bfloat16, 0.3, seed=13, tol=2e-2, config=off)
+
+
+@pytest.mark.timeout(180, method="thread")
 def test_k_v_read_in_place_through_k_perm():
     _check(2, 2, 2500, 77, 128, 40, 30, torch.bfloat16, 0.3, seed=8, tol=2e-2, kv_perm=True)
 
 
 @pytest.mark.timeout(180, method="thread")
-def test_cuda_graph_replay_equals_eager():
-    args, kpm = make_inputs(1, 2, 3000, 40, 128, 24, 32, dtype=torch.bfloat16, density=0.3, seed=5)
-    eager = sparse_attention(**args, num_dense_tokens=40, key_padding_mask=kpm).clone()
+@pytest.mark.parametrize("t", [40, 0])
+def test_cuda_graph_replay_equals_eager(t):
+    # t=0: the default builds the key-tile tables (gluon_tile_tables="auto"), in the workspace's buffers
+    args, kpm = make_inputs(1, 2, 3000, t, 128, 24, 32, dtype=torch.bfloat16, density=0.3, seed=5)
+    ws = Workspace()
+    eager = sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, workspace=ws).clone()
     out = torch.empty_like(eager)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        sparse_attention(**args, num_dense_tokens=40, key_padding_mask=kpm, out=out)
+        sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, workspace=ws)
     torch.cuda.current_stream().wait_stream(side)
+    allocations = ws.allocations
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        sparse_attention(**args, num_dense_tokens=40, key_padding_mask=kpm, out=out)
+        sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, out=out, workspace=ws)
+    assert ws.allocations == allocations  # nothing allocated during capture
     out.fill_(float("nan"))
     graph.replay()
     torch.cuda.synchronize()

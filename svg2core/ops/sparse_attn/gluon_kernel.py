@@ -6,8 +6,9 @@ Triton compiler does not produce from the plain loop (docs/benchmarks/NOTES_spar
 
 - **three partitions of one warpgroup each** (12 warps per CTA): two consumer warpgroups, each owning
   64 of the tile's 128 query rows, and one producer warpgroup;
-- the **producer** computes the kp rows of each key tile (segment lookup of ``_key_tile_rows``) and
-  gathers the K and V rows into a ring of shared-memory stages with ``cp.async``; each producer thread
+- the **producer** computes the kp rows of each key tile (a segment search over ``sel_cum``: from the previous
+  tile's segment, or with TILE_SEG inside the tile's window of tables.py's ``tile_seg``, rows from its
+  ``seg_base``) and gathers the K and V rows into a ring of shared-memory stages with ``cp.async``; each producer thread
   arrives on the stage's "full" mbarrier when its copies have landed (``cp.async.mbarrier.arrive``);
 - each **consumer** waits on "full", issues the QK wgmma of tile t and the PV wgmma of tile t-1
   back to back, runs the softmax of tile t while PV(t-1) is on the tensor cores, then releases the
@@ -117,7 +118,8 @@ def _producer(args):
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem) = args
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem) = args
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2  # video K/V rows read from k / v through k_perm
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
@@ -136,26 +138,37 @@ def _producer(args):
     k_off_bh = KOFF + bh * (CK + 1)
     kp_head = KP + kp_base
     vp_head = VP + kp_base
+    TILE_SEG: gl.constexpr = tseg_smem.type.shape[0] == 2  # the key-tile tables (tables.py) are given
+    tseg_row = TILESEG + pair * TILE_STRIDE
+    sbase_row = SEGBASE + pair * CK
     j0 = cnt * 0
     # video key tiles: kp rows of positions t*BN .. t*BN+BN-1 of the concatenated selected ranges
     for t in range(n_video):
         s = t % NUM_STAGES
         p0 = t * BLOCK_N
         pos = p0 + m
-        # segment of each position: the last j in [j0, j0 + BN) with sel_cum[j] <= pos (a tile spans at most
-        # BN segments, every selected cluster being non-empty), by a branchless binary search over that
-        # window. No histogram / scan / cross-warp reduction here: in Triton 3.6 their scratch shared memory
-        # overlaps the buffer that passes the partitions' arguments (it clobbered them: a hang).
-        seg = _segment_of(sel_cum_row, j0, cnt, pos, BLOCK_N)
         real = pos < total
-        cluster = gl.load(sel_idx_row + seg, mask=real, other=0)
-        rows = gl.load(k_off_bh + cluster, mask=real, other=0) + pos - gl.load(sel_cum_row + seg, mask=real, other=0)
+        # segment of each position: the last j in a window of segments with sel_cum[j] <= pos, by a branchless
+        # binary search (a tile spans at most BN segments, every selected cluster being non-empty). No
+        # histogram / scan / cross-warp reduction here: in Triton 3.6 their scratch shared memory overlaps
+        # the buffer that passes the partitions' arguments (it clobbered them: a hang).
+        if TILE_SEG:
+            # the tile's segments are tile_seg[t] .. tile_seg[t + 1]: a short window (the search steps wider
+            # than it load nothing), known without the previous tile's search; one load gives the row
+            seg = _segment_of(sel_cum_row, gl.load(tseg_row + t), gl.load(tseg_row + t + 1) + 1, pos, BLOCK_N)
+            rows = gl.load(sbase_row + seg, mask=real, other=0) + pos
+        else:
+            # the window starts at the tile's first segment j0, found by the previous tile's search
+            seg = _segment_of(sel_cum_row, j0, cnt, pos, BLOCK_N)
+            cluster = gl.load(sel_idx_row + seg, mask=real, other=0)
+            rows = (gl.load(k_off_bh + cluster, mask=real, other=0) + pos
+                    - gl.load(sel_cum_row + seg, mask=real, other=0))
         if (DEBUG & 4) != 0:  # bisect hook: contiguous kp rows (wrong result)
             rows = pos % NV
         if KV_PERM:  # the token of each cluster-ordered row: k / v are read in place
             rows = gl.load(KPERM + bh.to(gl.int64) * NV + rows, mask=real, other=0)
-        # first segment of the next tile: the same search for position p0 + BN over a window of 2 * BN
-        j0 = _segment_of(sel_cum_row, j0, cnt, p0 + BLOCK_N, 2 * BLOCK_N)
+        if not TILE_SEG:  # first segment of the next tile: the same search for p0 + BN over a window of 2 * BN
+            j0 = _segment_of(sel_cum_row, j0, cnt, p0 + BLOCK_N, 2 * BLOCK_N)
         _barrier()  # the previous tile's chunks have read rows_smem
         rows_smem.store(gl.where(real, rows, -1))
         _barrier()
@@ -198,7 +211,8 @@ def _consumer(args, WG: gl.constexpr):
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem) = args
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem) = args
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
@@ -408,11 +422,11 @@ def sparse_attn_fwd_gluon(
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     H, NV, T, CQ, CK,
-    qk_scale, HAS_KPM_I,
+    qk_scale, HAS_KPM_I, SEGBASE, TILESEG, TILE_STRIDE,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
-    KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False,
+    KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False, TILE_SEG: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     tile = gl.program_id(0)
@@ -455,12 +469,15 @@ def sparse_attn_fwd_gluon(
         mbarrier.init(turn_bars.index(i), count=1)
     # the row sums' store that orders each PV wait after the softmax; PIN_WAIT travels as the buffer's length
     pin_smem = gl.allocate_shared_memory(gl.float32, [128 if PIN_WAIT else 2], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    # TILE_SEG travels as this buffer's length
+    tseg_smem = gl.allocate_shared_memory(gl.int8, [2 if TILE_SEG else 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
 
     args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
             q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
             kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
             HAS_KPM_I, dbg_smem,
-            q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem)
+            q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
+            SEGBASE, TILESEG, TILE_STRIDE, tseg_smem)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
@@ -474,14 +491,16 @@ _PRODUCER_REGS = 40
 
 
 def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has_kpm: bool, head_dim: int, cq: int,
-                 cfg, kv_perm: bool = False) -> None:
+                 cfg, kv_perm: bool = False, tables: tuple | None = None) -> None:
     """Launch the warp-specialised kernel over the 128-row video tiles. ``kernel_args``: the wrapper's
-    argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there)."""
+    argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there).
+    ``tables``: ``(seg_base, tile_seg)`` of tables.py for ``cfg.gluon_block_n`` (``cfg.gluon_tile_tables``)."""
+    seg_base, tile_seg = tables if tables is not None else (kernel_args[6], kernel_args[6])  # never read without
     sparse_attn_fwd_gluon[grid](
         *kernel_args,
-        qk_scale, int(has_kpm),
+        qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0,
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
-        PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait,
+        PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

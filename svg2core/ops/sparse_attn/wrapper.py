@@ -8,7 +8,10 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from svg2core.state import Workspace
+
 from .kernel import max_video_tiles, sparse_attn_fwd_kernel
+from .tables import key_tile_tables, max_key_tiles
 
 _LOG2E = 1.4426950408889634
 
@@ -49,6 +52,12 @@ class KernelConfig:
     # above the exponentials, so a warpgroup's softmax overlaps its own PV matmul. Measured within noise of
     # the unpinned wait on an H100 (NOTES_sparse_attn.md v7): off by default
     gluon_pin_wait: bool = False
+    # the producer looks up each key tile's segment window and each segment's kp row base in two small tables
+    # built per call (tables.py: one extra launch) instead of searching on from the previous tile's segment:
+    # "on", "off", or "auto" = on without trailing dense tokens. H100, two interleaved runs
+    # (NOTES_sparse_attn.md v7): 4-7% faster at the Wan shapes (no text tokens), ~3% slower at HunyuanVideo's
+    # (256 text tokens; not understood yet)
+    gluon_tile_tables: str = "auto"
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
     # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap), 16 no K/V copies
     gluon_debug: int = 0
@@ -60,12 +69,15 @@ class KernelConfig:
             raise ValueError(f"impl: must be 'triton' or 'gluon', got {self.impl!r}")
         if self.gluon_block_n not in (64, 128):
             raise ValueError(f"gluon_block_n: must be 64 or 128, got {self.gluon_block_n}")
+        if self.gluon_tile_tables not in ("auto", "on", "off"):
+            raise ValueError(f"gluon_tile_tables: must be 'auto', 'on' or 'off', got {self.gluon_tile_tables!r}")
         if self.impl == "gluon" and self.block_m != 128:
             raise ValueError(f"impl: 'gluon' computes 128-row query tiles, so block_m must be 128, got {self.block_m}")
 
 
 # Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. Hopper, D=128: the
-# warp-specialised Gluon kernel (v6, docs/benchmarks/NOTES_sparse_attn.md) for every video query tile,
+# warp-specialised Gluon kernel (v7, docs/benchmarks/NOTES_sparse_attn.md; key-tile tables without text
+# tokens) for every video query tile,
 # remainders included (tail_m=0: a remainder of <= 64 rows runs on warpgroup 0 alone, 1-6% faster than the
 # v4 Triton remainder launch in one H200 run, probe_gluon_ablate_h200_notail.json); the Triton kernel only
 # for the text-query tiles. Hopper, D=64: the v4 Triton kernel (the Gluon kernel compiles for D=64 but is
@@ -117,6 +129,7 @@ def sparse_attention(
     out: torch.Tensor | None = None,
     config: KernelConfig | None = None,
     k_perm: torch.Tensor | None = None,
+    workspace: Workspace | None = None,
 ) -> torch.Tensor:
     """Sparse attention of every query over its selected key clusters (plus trailing dense tokens).
 
@@ -143,6 +156,8 @@ def sparse_attention(
         config: tile shape override (benchmarks); default from the per-architecture table.
         k_perm: (B*H, Nv) int32, the video key tokens in key-cluster order (row r of kp is token
             ``k_perm[bh, r]``); used only when kp / vp are None.
+        workspace: holds the per-call key-tile tables of ``config.gluon_tile_tables`` (a fresh allocation
+            when None: pass one in steady state and under CUDA graphs).
 
     Returns:
         out (B, H, N, D), rows in the original token order.
@@ -244,8 +259,18 @@ def sparse_attention(
         from .gluon_kernel import launch_gluon
 
         def main_video_and_text():
+            tables = None
+            if cfg.gluon_tile_tables == "on" or (cfg.gluon_tile_tables == "auto" and t == 0):
+                width = max_key_tiles(nv, cfg.gluon_block_n) + 1
+                if workspace is not None:
+                    tables = (workspace.buffer("sparse_attn.seg_base", (bh * cq, ck), torch.int32, dev),
+                              workspace.buffer("sparse_attn.tile_seg", (bh * cq, width), torch.int32, dev))
+                else:
+                    tables = (torch.empty(bh * cq, ck, dtype=torch.int32, device=dev),
+                              torch.empty(bh * cq, width, dtype=torch.int32, device=dev))
+                key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, cfg.gluon_block_n, *tables)
             launch_gluon(kernel_args, (max_video_tiles(nv, cq, 128), bh), scale * _LOG2E,
-                         key_padding_mask is not None, d, cq, cfg, kv_perm)
+                         key_padding_mask is not None, d, cq, cfg, kv_perm, tables)
             if num_text_tiles:  # text queries: the Triton kernel's dense branch, only the text programs
                 launch((num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
                        cfg.num_stages, False)
