@@ -215,7 +215,7 @@ CATEGORIES = (  # first match wins; kernel names of svg2core.ops and of SDPA / c
     # inductor's generated kernels (--compile) are named after the fused ops ("triton_poi_fused_select_..."):
     # matched first so that an op name in them is not taken for an svg2 kernel
     ("compiled_fused", ("triton_poi_", "triton_red_", "triton_per_", "triton_tem_")),
-    ("svg2_attention_kernel", ("sparse_attn",)),
+    ("svg2_attention_kernel", ("sparse_attn", "key_tile_tables")),
     ("svg2_kmeans", ("kmeans",)),
     ("svg2_select", ("cluster_logits", "_select")),
     ("svg2_permute", ("gather_kv", "histogram", "counting_scatter", "sort", "cumsum", "scan")),
