@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--variants", default=DEFAULT_VARIANTS)
     ap.add_argument("--cases", default=",".join(f"{m}@{d}" for m, d in CASES))
+    ap.add_argument("--reps", type=int, default=2,
+                    help="timed rounds per case; each round starts at the next variant (order effects cancel)")
     opts = ap.parse_args()
     os.makedirs(opts.out, exist_ok=True)
     dev_name = torch.cuda.get_device_name()
@@ -95,8 +97,10 @@ def main() -> None:
         dense_ms, dense_tf = B.dense_cudnn(h, nv + t, dtype)
         args, kpm, st = B.make_case(h, nv, t, cq, ck, density, dtype, seed=3)
         row = {"model": model, "density": density, "dense_ms": dense_ms, "dense_tflops": dense_tf, "ms": {}}
-        for _rep in range(2):
-            for name, (cfg, kv_perm) in ok_variants.items():
+        names = list(ok_variants)
+        for rep in range(opts.reps):
+            for name in names[rep % len(names):] + names[:rep % len(names)]:
+                cfg, kv_perm = ok_variants[name]
                 fn = partial(sparse_attention, **B.call_args(args, st, kv_perm), num_dense_tokens=t,
                              key_padding_mask=kpm, config=cfg)
                 fn()
@@ -111,7 +115,8 @@ def main() -> None:
         del args
         torch.cuda.empty_cache()
     lines = [f"# Gluon kernel ablation ({dev_name})", "",
-             "x cuDNN = effective throughput (computed pairs / time) over SDPA cuDNN dense of the same run; "
+             f"x cuDNN = effective throughput (computed pairs / best of {opts.reps} interleaved rounds) over SDPA "
+             "cuDNN dense of the same run; "
              "debug variants compute wrong results (timing only).", "",
              "| case | " + " | ".join(ok_variants) + " |", "|---|" + "---|" * len(ok_variants)]
     for row in res["timings"]:
