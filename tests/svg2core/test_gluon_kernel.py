@@ -57,7 +57,7 @@ def test_gluon_impl_refuses_a_non_hopper_device():
         sparse_attention(q, q, q, kp, kp, **ints, config=cfg)
 
 
-@pytest.mark.parametrize("head_dim,flags", [(128, []), (64, []), (128, ["--tile-tables"])])
+@pytest.mark.parametrize("head_dim,flags", [(128, []), (64, []), (128, ["--tile-tables"]), (128, ["--tma-kv"])])
 def test_compiles_for_sm90_with_the_intended_structure(head_dim, flags, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")

@@ -39,6 +39,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     async_copy,
     fence_async_shared,
     mbarrier,
+    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
@@ -49,6 +50,9 @@ _NEG_BIG: gl.constexpr = gl.constexpr(-1.0e30)
 _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 # CTA (or, inside a partition, partition-wide) barrier: ``thread_barrier`` in 3.6, ``barrier`` later
 _barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+# TMA tile load: ``async_copy_global_to_shared`` in Triton 3.6, ``async_load`` later (the old name then raises)
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+_CHUNK: gl.constexpr = gl.constexpr(32)  # key rows per copy batch of the producer (and per TMA box)
 
 
 @gluon.jit
@@ -119,14 +123,14 @@ def _producer(args):
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem) = args
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC) = args
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2  # video K/V rows read from k / v through k_perm
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
-    CHUNK: gl.constexpr = 32  # rows per copy batch: 4 16-byte vectors per thread, few live addresses
+    CHUNK: gl.constexpr = _CHUNK  # rows per copy batch: 4 16-byte vectors per thread, few live addresses
     cp_lay: gl.constexpr = _copy_layout(HEAD_DIM)
     crow_lay: gl.constexpr = gl.SliceLayout(1, cp_lay)
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, cp_lay))
@@ -138,7 +142,8 @@ def _producer(args):
     k_off_bh = KOFF + bh * (CK + 1)
     kp_head = KP + kp_base
     vp_head = VP + kp_base
-    TILE_SEG: gl.constexpr = tseg_smem.type.shape[0] == 2  # the key-tile tables (tables.py) are given
+    TILE_SEG: gl.constexpr = tseg_smem.type.shape[0] >= 2  # the key-tile tables (tables.py) are given
+    TMA_KV: gl.constexpr = tseg_smem.type.shape[0] == 4  # chunks inside one segment go by TMA (KDESC / VDESC)
     tseg_row = TILESEG + pair * TILE_STRIDE
     sbase_row = SEGBASE + pair * CK
     j0 = cnt * 0
@@ -152,10 +157,14 @@ def _producer(args):
         # binary search (a tile spans at most BN segments, every selected cluster being non-empty). No
         # histogram / scan / cross-warp reduction here: in Triton 3.6 their scratch shared memory overlaps
         # the buffer that passes the partitions' arguments (it clobbered them: a hang).
+        j_lo = j0
+        j_hi = j0
         if TILE_SEG:
             # the tile's segments are tile_seg[t] .. tile_seg[t + 1]: a short window (the search steps wider
             # than it load nothing), known without the previous tile's search; one load gives the row
-            seg = _segment_of(sel_cum_row, gl.load(tseg_row + t), gl.load(tseg_row + t + 1) + 1, pos, BLOCK_N)
+            j_lo = gl.load(tseg_row + t)
+            j_hi = gl.load(tseg_row + t + 1)
+            seg = _segment_of(sel_cum_row, j_lo, j_hi + 1, pos, BLOCK_N)
             rows = gl.load(sbase_row + seg, mask=real, other=0) + pos
         else:
             # the window starts at the tile's first segment j0, found by the previous tile's search
@@ -174,36 +183,87 @@ def _producer(args):
         _barrier()
         mbarrier.wait(empty_bars.index(s), ((t // NUM_STAGES) & 1) ^ 1)
         for c in gl.static_range(BLOCK_N // CHUNK):
-            r = rows_smem.slice(c * CHUNK, CHUNK).load(crow_lay)
-            ok = (r >= 0)[:, None]
-            if (DEBUG & 16) != 0:  # bisect hook: no K/V copies (stale stages: wrong result)
-                ok = ok & (r < -1)[:, None]
-            if KV_PERM:
-                r64 = r.to(gl.int64)[:, None]
-                _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK), K + k_base + r64 * stride_kn + offs_d[None, :],
-                          mask=ok)
-                _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK), V + v_base + r64 * stride_vn + offs_d[None, :],
-                          mask=ok)
-            else:
-                off = r[:, None] * HEAD_DIM + offs_d[None, :]
-                _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK), kp_head + off, mask=ok)
-                _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK), vp_head + off, mask=ok)
+            by_tma = False
+            if TMA_KV:
+                # a chunk of CHUNK positions inside one selected segment (and inside the keys) is CHUNK
+                # consecutive kp rows: TMA boxes of CHUNK x 64 (one expect-tx arrival on "full"); any other
+                # chunk goes by cp.async below (one plain arrival instead, so "full" always counts
+                # 128 + BLOCK_N // CHUNK arrivals per tile)
+                q0 = p0 + c * CHUNK
+                jc = _segment_of(sel_cum_row, j_lo, j_hi + 1, q0, BLOCK_N)
+                seg_end = gl.load(sel_cum_row + jc + 1)
+                by_tma = (q0 + CHUNK <= seg_end) & (q0 + CHUNK <= total)
+                mbarrier.expect(full_bars.index(s), 2 * CHUNK * HEAD_DIM * 2, pred=by_tma)
+                mbarrier.arrive(full_bars.index(s), count=1, pred=(q0 + CHUNK > seg_end) | (q0 + CHUNK > total))
+                if by_tma:
+                    krow = (bh * NV + gl.load(sbase_row + jc) + q0).to(gl.int32)
+                    for h in gl.static_range(HEAD_DIM // 64):
+                        _tma_load(KDESC, [krow, h * 64], full_bars.index(s), _tma_box(k_bufs.index(s), h, c))
+                        _tma_load(VDESC, [krow, h * 64], full_bars.index(s), _tma_box(v_bufs.index(s), h, c))
+            if not by_tma:
+                _copy_chunk(rows_smem, k_bufs.index(s), v_bufs.index(s), c, K, V, k_base, v_base, stride_kn,
+                            stride_vn, kp_head, vp_head, offs_d, crow_lay, KV_PERM, DEBUG)
         async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
     # trailing text keys: rows Nv .. N-1 of the original k / v (zero-filled past T)
     for t in range(n_video, n_tiles):
         s = t % NUM_STAGES
         mbarrier.wait(empty_bars.index(s), ((t // NUM_STAGES) & 1) ^ 1)
+        if TMA_KV:  # the arrivals the video tiles' chunks make
+            mbarrier.arrive(full_bars.index(s), count=BLOCK_N // CHUNK)
         for c in gl.static_range(BLOCK_N // CHUNK):
             cols = (t - n_video) * BLOCK_N + c * CHUNK + mc
             ok = (cols < T)[:, None]
             rows64 = (NV + cols).to(gl.int64)
             _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK),
-                                  K + k_base + rows64[:, None] * stride_kn + offs_d[None, :], mask=ok)
+                      K + k_base + rows64[:, None] * stride_kn + offs_d[None, :], mask=ok)
             _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK),
-                                  V + v_base + rows64[:, None] * stride_vn + offs_d[None, :], mask=ok)
+                      V + v_base + rows64[:, None] * stride_vn + offs_d[None, :], mask=ok)
         async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
     async_copy.commit_group()
     async_copy.wait_group(0)
+
+
+@gluon.jit
+def _copy_chunk(rows_smem, k_stage, v_stage, c: gl.constexpr, K, V, k_base, v_base, stride_kn, stride_vn, kp_head,
+                vp_head, offs_d, crow_lay: gl.constexpr, KV_PERM: gl.constexpr, DEBUG: gl.constexpr):
+    """cp.async of chunk c (rows c*CHUNK ..) of a video key tile from the kp rows in ``rows_smem`` (-1: zero-filled;
+    with KV_PERM, token rows of k / v)."""
+    CHUNK: gl.constexpr = _CHUNK
+    HEAD_DIM: gl.constexpr = k_stage.type.shape[1]
+    r = rows_smem.slice(c * CHUNK, CHUNK).load(crow_lay)
+    ok = (r >= 0)[:, None]
+    if (DEBUG & 16) != 0:  # bisect hook: no K/V copies (stale stages: wrong result)
+        ok = ok & (r < -1)[:, None]
+    if KV_PERM:
+        r64 = r.to(gl.int64)[:, None]
+        _cp_async(k_stage.slice(c * CHUNK, CHUNK), K + k_base + r64 * stride_kn + offs_d[None, :], mask=ok)
+        _cp_async(v_stage.slice(c * CHUNK, CHUNK), V + v_base + r64 * stride_vn + offs_d[None, :], mask=ok)
+    else:
+        off = r[:, None] * HEAD_DIM + offs_d[None, :]
+        _cp_async(k_stage.slice(c * CHUNK, CHUNK), kp_head + off, mask=ok)
+        _cp_async(v_stage.slice(c * CHUNK, CHUNK), vp_head + off, mask=ok)
+
+
+@gluon.constexpr_function
+def _tma_layout():
+    """The 128-byte swizzle of the K / V stages (NVMMASharedLayout.get_default_for of a 16-bit [BN, D] tile), for
+    one CHUNK x 64 box."""
+    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+
+
+@gluon.jit
+def _tma_box(stage, h: gl.constexpr, c: gl.constexpr):
+    """Rows c*CHUNK .. of columns 64h .. 64h+63 of a [BN, D] stage as a CHUNK x 64 view: the stage holds D / 64 column
+    blocks of BN rows x 128 bytes (128-byte swizzle), so it is viewed as [D/64 * BN/CHUNK, CHUNK, 64]."""
+    CHUNK: gl.constexpr = _CHUNK
+    BLOCK_N: gl.constexpr = stage.type.shape[0]
+    HEAD_DIM: gl.constexpr = stage.type.shape[1]
+    shape: gl.constexpr = [HEAD_DIM // 64 * (BLOCK_N // CHUNK), CHUNK, 64]
+    if hasattr(stage, "reinterpret"):  # Triton 3.9 (the CI's); ``_reinterpret`` in 3.6 (the GPU image's)
+        boxes = stage.reinterpret(stage.dtype, shape, _tma_layout())
+    else:
+        boxes = stage._reinterpret(stage.dtype, shape, _tma_layout())
+    return boxes.index(h * (BLOCK_N // CHUNK) + c)
 
 
 @gluon.jit
@@ -212,7 +272,7 @@ def _consumer(args, WG: gl.constexpr):
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem) = args
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC) = args
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
@@ -422,11 +482,12 @@ def sparse_attn_fwd_gluon(
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     H, NV, T, CQ, CK,
-    qk_scale, HAS_KPM_I, SEGBASE, TILESEG, TILE_STRIDE,
+    qk_scale, HAS_KPM_I, SEGBASE, TILESEG, TILE_STRIDE, KDESC, VDESC,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
     KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False, TILE_SEG: gl.constexpr = False,
+    TMA_KV: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     tile = gl.program_id(0)
@@ -461,7 +522,8 @@ def sparse_attn_fwd_gluon(
     full_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES):
-        mbarrier.init(full_bars.index(i), count=128)  # every producer thread arrives (cp.async.mbarrier.arrive)
+        # every producer thread arrives (cp.async.mbarrier.arrive); with TMA_KV also one arrival per chunk
+        mbarrier.init(full_bars.index(i), count=128 + (BLOCK_N // _CHUNK if TMA_KV else 0))
         mbarrier.init(empty_bars.index(i), count=2)  # one arrival per consumer warpgroup
     # ping-pong turns of the two consumers (one arrival each); PINGPONG travels as the buffer's length
     turn_bars = gl.allocate_shared_memory(gl.int64, [2 if PINGPONG else 1, 1], mbarrier.MBarrierLayout())
@@ -469,15 +531,16 @@ def sparse_attn_fwd_gluon(
         mbarrier.init(turn_bars.index(i), count=1)
     # the row sums' store that orders each PV wait after the softmax; PIN_WAIT travels as the buffer's length
     pin_smem = gl.allocate_shared_memory(gl.float32, [128 if PIN_WAIT else 2], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    # TILE_SEG travels as this buffer's length
-    tseg_smem = gl.allocate_shared_memory(gl.int8, [2 if TILE_SEG else 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    # TILE_SEG and TMA_KV travel as this buffer's length: 1, 2 (tables) or 4 (tables and TMA)
+    tseg_smem = gl.allocate_shared_memory(gl.int8, [4 if TMA_KV else 2 if TILE_SEG else 1],
+                                          gl.SwizzledSharedLayout(1, 1, 1, [0]))
 
     args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
             q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
             kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
             HAS_KPM_I, dbg_smem,
             q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-            SEGBASE, TILESEG, TILE_STRIDE, tseg_smem)
+            SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
@@ -496,11 +559,20 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
     argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there).
     ``tables``: ``(seg_base, tile_seg)`` of tables.py for ``cfg.gluon_block_n`` (``cfg.gluon_tile_tables``)."""
     seg_base, tile_seg = tables if tables is not None else (kernel_args[6], kernel_args[6])  # never read without
+    kp, vp = kernel_args[3], kernel_args[4]
+    kdesc, vdesc = kp, vp  # never read without TMA_KV
+    tma_kv = cfg.gluon_tma_kv and tables is not None and not kv_perm
+    if tma_kv:
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+        rows = kp.shape[0] * kp.shape[1]
+        kdesc, vdesc = (TensorDescriptor(x.view(rows, head_dim), [rows, head_dim], [head_dim, 1], [int(_CHUNK), 64],
+                                         _tma_layout()) for x in (kp, vp))
     sparse_attn_fwd_gluon[grid](
         *kernel_args,
-        qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0,
+        qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0, kdesc, vdesc,
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
-        PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
+        PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None, TMA_KV=tma_kv,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

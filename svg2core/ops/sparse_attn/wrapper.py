@@ -58,6 +58,10 @@ class KernelConfig:
     # (NOTES_sparse_attn.md v7): 4-7% faster at the Wan shapes (no text tokens), ~3% slower at HunyuanVideo's
     # (256 text tokens; not understood yet)
     gluon_tile_tables: str = "auto"
+    # with the tables: the 32-key chunks of a tile that lie inside one selected segment are loaded by TMA
+    # (32 x 64 boxes) instead of cp.async; the other chunks, the text tiles and in-place K/V keep cp.async.
+    # EXPERIMENTAL: compiles for sm_90 (tests/svg2core/test_gluon_kernel.py) but has not run on a GPU yet
+    gluon_tma_kv: bool = False
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
     # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap), 16 no K/V copies
     gluon_debug: int = 0
