@@ -36,8 +36,8 @@ def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PR
     for n in ("QPERM", "QOFF", "KOFF", "SELIDX", "SELCNT", "SELCUM", "KPERM", "SEGBASE", "TILESEG"):
         sig[n] = "*i32"
     sig["KPM"] = "*i8"
-    # TMA descriptors of kp / vp (32 x 64 boxes), or plain pointers (never read) without TMA_KV
-    desc = f"tensordesc<{dtype}[32,64],{G._tma_layout()!r}>" if tma_kv else ptr
+    # TMA descriptors of kp / vp (32 x D boxes), or plain pointers (never read) without TMA_KV
+    desc = f"tensordesc<{dtype}[32,{head_dim}],{G._tma_layout(head_dim)!r}>" if tma_kv else ptr
     sig["KDESC"] = sig["VDESC"] = desc
     sig["qk_scale"] = "fp32"
     consts = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, CQ_BLOCK=512, TAIL_M=64,

@@ -182,24 +182,33 @@ def _producer(args):
         rows_smem.store(gl.where(real, rows, -1))
         _barrier()
         mbarrier.wait(empty_bars.index(s), ((t // NUM_STAGES) & 1) ^ 1)
+        if TMA_KV:
+            # per chunk (bits / bytes c of two scalars): does a segment boundary sel_cum[j], j in (j_lo, j_hi],
+            # fall strictly inside it, and how many boundaries lie at or before its first position (its segment is
+            # then j_lo + that count). Independent loads, one per boundary of the tile (usually 1-3)
+            straddle = j_lo * 0
+            before = j_lo * 0
+            for j in range(j_lo + 1, j_hi + 1):
+                bnd = gl.load(sel_cum_row + j) - p0
+                for c in gl.static_range(BLOCK_N // CHUNK):
+                    straddle |= ((bnd > c * CHUNK) & (bnd < c * CHUNK + CHUNK)).to(gl.int32) << c
+                    before += (bnd <= c * CHUNK).to(gl.int32) << (8 * c)
         for c in gl.static_range(BLOCK_N // CHUNK):
             by_tma = False
             if TMA_KV:
                 # a chunk of CHUNK positions inside one selected segment (and inside the keys) is CHUNK
-                # consecutive kp rows: TMA boxes of CHUNK x 64 (one expect-tx arrival on "full"); any other
+                # consecutive kp rows: one TMA box of CHUNK x D each for K and V (one expect-tx arrival on "full"); any other
                 # chunk goes by cp.async below (one plain arrival instead, so "full" always counts
                 # 128 + BLOCK_N // CHUNK arrivals per tile)
                 q0 = p0 + c * CHUNK
-                jc = _segment_of(sel_cum_row, j_lo, j_hi + 1, q0, BLOCK_N)
-                seg_end = gl.load(sel_cum_row + jc + 1)
-                by_tma = (q0 + CHUNK <= seg_end) & (q0 + CHUNK <= total)
+                by_tma = (((straddle >> c) & 1) == 0) & (q0 + CHUNK <= total)
                 mbarrier.expect(full_bars.index(s), 2 * CHUNK * HEAD_DIM * 2, pred=by_tma)
-                mbarrier.arrive(full_bars.index(s), count=1, pred=(q0 + CHUNK > seg_end) | (q0 + CHUNK > total))
+                mbarrier.arrive(full_bars.index(s), count=1, pred=(((straddle >> c) & 1) != 0) | (q0 + CHUNK > total))
                 if by_tma:
+                    jc = j_lo + ((before >> (8 * c)) & 255)
                     krow = (bh * NV + gl.load(sbase_row + jc) + q0).to(gl.int32)
-                    for h in gl.static_range(HEAD_DIM // 64):
-                        _tma_load(KDESC, [krow, h * 64], full_bars.index(s), _tma_box(k_bufs.index(s), h, c))
-                        _tma_load(VDESC, [krow, h * 64], full_bars.index(s), _tma_box(v_bufs.index(s), h, c))
+                    _tma_load(KDESC, [krow, 0], full_bars.index(s), k_bufs.index(s).slice(c * CHUNK, CHUNK))
+                    _tma_load(VDESC, [krow, 0], full_bars.index(s), v_bufs.index(s).slice(c * CHUNK, CHUNK))
             if not by_tma:
                 _copy_chunk(rows_smem, k_bufs.index(s), v_bufs.index(s), c, K, V, k_base, v_base, stride_kn,
                             stride_vn, kp_head, vp_head, offs_d, crow_lay, KV_PERM, DEBUG)
@@ -245,25 +254,10 @@ def _copy_chunk(rows_smem, k_stage, v_stage, c: gl.constexpr, K, V, k_base, v_ba
 
 
 @gluon.constexpr_function
-def _tma_layout():
-    """The 128-byte swizzle of the K / V stages (NVMMASharedLayout.get_default_for of a 16-bit [BN, D] tile), for
-    one CHUNK x 64 box."""
-    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-
-
-@gluon.jit
-def _tma_box(stage, h: gl.constexpr, c: gl.constexpr):
-    """Rows c*CHUNK .. of columns 64h .. 64h+63 of a [BN, D] stage as a CHUNK x 64 view: the stage holds D / 64 column
-    blocks of BN rows x 128 bytes (128-byte swizzle), so it is viewed as [D/64 * BN/CHUNK, CHUNK, 64]."""
-    CHUNK: gl.constexpr = _CHUNK
-    BLOCK_N: gl.constexpr = stage.type.shape[0]
-    HEAD_DIM: gl.constexpr = stage.type.shape[1]
-    shape: gl.constexpr = [HEAD_DIM // 64 * (BLOCK_N // CHUNK), CHUNK, 64]
-    if hasattr(stage, "reinterpret"):  # Triton 3.9 (the CI's); ``_reinterpret`` in 3.6 (the GPU image's)
-        boxes = stage.reinterpret(stage.dtype, shape, _tma_layout())
-    else:
-        boxes = stage._reinterpret(stage.dtype, shape, _tma_layout())
-    return boxes.index(h * (BLOCK_N // CHUNK) + c)
+def _tma_layout(head_dim):
+    """Shared layout of a CHUNK x D box of a K / V stage: the stages' own (NVMMASharedLayout.get_default_for of a
+    16-bit [BN, D] tile, 128-byte swizzle; Triton splits a D=128 box into two 64-column TMA messages)."""
+    return gl.NVMMASharedLayout.get_default_for([int(_CHUNK), int(head_dim)], gl.bfloat16)
 
 
 @gluon.jit
@@ -566,8 +560,8 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
         from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
         rows = kp.shape[0] * kp.shape[1]
-        kdesc, vdesc = (TensorDescriptor(x.view(rows, head_dim), [rows, head_dim], [head_dim, 1], [int(_CHUNK), 64],
-                                         _tma_layout()) for x in (kp, vp))
+        kdesc, vdesc = (TensorDescriptor(x.view(rows, head_dim), [rows, head_dim], [head_dim, 1],
+                                         [int(_CHUNK), head_dim], _tma_layout(head_dim)) for x in (kp, vp))
     sparse_attn_fwd_gluon[grid](
         *kernel_args,
         qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0, kdesc, vdesc,
