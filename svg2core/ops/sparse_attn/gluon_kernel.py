@@ -194,7 +194,7 @@ def _producer(args):
                     straddle |= ((bnd > c * CHUNK) & (bnd < c * CHUNK + CHUNK)).to(gl.int32) << c
                     before += (bnd <= c * CHUNK).to(gl.int32) << (8 * c)
         for c in gl.static_range(BLOCK_N // CHUNK):
-            by_tma = False
+            by_cp = True
             if TMA_KV:
                 # a chunk of CHUNK positions inside one selected segment (and inside the keys) is CHUNK
                 # consecutive kp rows: one TMA box of CHUNK x D each for K and V (one expect-tx arrival on "full"); any other
@@ -202,14 +202,15 @@ def _producer(args):
                 # 128 + BLOCK_N // CHUNK arrivals per tile)
                 q0 = p0 + c * CHUNK
                 by_tma = (((straddle >> c) & 1) == 0) & (q0 + CHUNK <= total)
+                by_cp = (((straddle >> c) & 1) != 0) | (q0 + CHUNK > total)
                 mbarrier.expect(full_bars.index(s), 2 * CHUNK * HEAD_DIM * 2, pred=by_tma)
-                mbarrier.arrive(full_bars.index(s), count=1, pred=(((straddle >> c) & 1) != 0) | (q0 + CHUNK > total))
+                mbarrier.arrive(full_bars.index(s), count=1, pred=by_cp)
                 if by_tma:
                     jc = j_lo + ((before >> (8 * c)) & 255)
                     krow = (bh * NV + gl.load(sbase_row + jc) + q0).to(gl.int32)
                     _tma_load(KDESC, [krow, 0], full_bars.index(s), k_bufs.index(s).slice(c * CHUNK, CHUNK))
                     _tma_load(VDESC, [krow, 0], full_bars.index(s), v_bufs.index(s).slice(c * CHUNK, CHUNK))
-            if not by_tma:
+            if by_cp:
                 _copy_chunk(rows_smem, k_bufs.index(s), v_bufs.index(s), c, K, V, k_base, v_base, stride_kn,
                             stride_vn, kp_head, vp_head, offs_d, crow_lay, KV_PERM, DEBUG)
         async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
