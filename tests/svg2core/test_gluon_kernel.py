@@ -57,14 +57,19 @@ def test_gluon_impl_refuses_a_non_hopper_device():
         sparse_attention(q, q, q, kp, kp, **ints, config=cfg)
 
 
-@pytest.mark.parametrize("head_dim,flags", [(128, []), (64, []), (128, ["--tile-tables"]), (128, ["--tma-kv"])])
-def test_compiles_for_sm90_with_the_intended_structure(head_dim, flags, tmp_path):
+def _compile_report(tmp_path, *flags: str) -> dict:
+    """bench/probes/compile_sm90.py's report of an sm_90 compile with ``flags`` (outside the interpreter)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     out = tmp_path / "report.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "probes" / "compile_sm90.py"), "--head-dim", str(head_dim),
-                    *flags, "--json", str(out)], check=True, capture_output=True, env=env, timeout=300, cwd=ROOT)
-    r = json.loads(out.read_text())
+    subprocess.run([sys.executable, str(ROOT / "bench" / "probes" / "compile_sm90.py"), *flags, "--json", str(out)],
+                   check=True, capture_output=True, env=env, timeout=300, cwd=ROOT)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("head_dim,flags", [(128, []), (64, []), (128, ["--tile-tables"]), (128, ["--tma-kv"])])
+def test_compiles_for_sm90_with_the_intended_structure(head_dim, flags, tmp_path):
+    r = _compile_report(tmp_path, "--head-dim", str(head_dim), *flags)
     assert r["regs"] <= G._MAXNREG  # 12 warps x 32 threads x 168 registers fit one SM
     assert r["shared"] <= 227 * 1024
     assert r[r"wgmma\.mma_async"] > 0 and r[r"cp\.async\.mbarrier\.arrive"] > 0
@@ -79,12 +84,7 @@ def test_compiles_for_sm90_with_the_intended_structure(head_dim, flags, tmp_path
 def test_pinned_pv_wait_follows_every_exponential(tmp_path):
     # gluon_pin_wait's mechanism rests on ptxas keeping a wgmma wait after an earlier shared-memory store:
     # check it in the SASS, so a compiler update that breaks it shows here rather than only as lost time
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
-    out = tmp_path / "report.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "probes" / "compile_sm90.py"), "--stages", "3", "--pin-wait",
-                    "--json", str(out)], check=True, capture_output=True, env=env, timeout=300, cwd=ROOT)
-    steps = json.loads(out.read_text())["pv_wait"]
+    steps = _compile_report(tmp_path, "--stages", "3", "--pin-wait")["pv_wait"]
     assert len(steps) >= 2  # a full-tile and a masked step per consumer warpgroup at least
     for step in steps:
         assert step["ex2_before_wait"] >= 64 and step["ex2_after_wait"] == 0, steps

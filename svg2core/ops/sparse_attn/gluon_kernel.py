@@ -8,8 +8,9 @@ Triton compiler does not produce from the plain loop (docs/benchmarks/NOTES_spar
   64 of the tile's 128 query rows, and one producer warpgroup;
 - the **producer** computes the kp rows of each key tile (a segment search over ``sel_cum``: from the previous
   tile's segment, or with TILE_SEG inside the tile's window of tables.py's ``tile_seg``, rows from its
-  ``seg_base``) and gathers the K and V rows into a ring of shared-memory stages with ``cp.async``; each producer thread
-  arrives on the stage's "full" mbarrier when its copies have landed (``cp.async.mbarrier.arrive``);
+  ``seg_base``) and gathers the K and V rows into a ring of shared-memory stages with ``cp.async`` (with
+  TMA_KV, chunks inside one segment by TMA); each producer thread arrives on the stage's "full" mbarrier
+  when its copies have landed (``cp.async.mbarrier.arrive``);
 - each **consumer** waits on "full", issues the QK wgmma of tile t and the PV wgmma of tile t-1
   back to back, runs the softmax of tile t while PV(t-1) is on the tensor cores, then releases the
   stage of tile t-1 ("empty" mbarrier, one arrival per consumer). The two consumers are not
@@ -157,8 +158,6 @@ def _producer(args):
         # binary search (a tile spans at most BN segments, every selected cluster being non-empty). No
         # histogram / scan / cross-warp reduction here: in Triton 3.6 their scratch shared memory overlaps
         # the buffer that passes the partitions' arguments (it clobbered them: a hang).
-        j_lo = j0
-        j_hi = j0
         if TILE_SEG:
             # the tile's segments are tile_seg[t] .. tile_seg[t + 1]: a short window (the search steps wider
             # than it load nothing), known without the previous tile's search; one load gives the row
@@ -197,12 +196,12 @@ def _producer(args):
             by_cp = True
             if TMA_KV:
                 # a chunk of CHUNK positions inside one selected segment (and inside the keys) is CHUNK
-                # consecutive kp rows: one TMA box of CHUNK x D each for K and V (one expect-tx arrival on "full"); any other
-                # chunk goes by cp.async below (one plain arrival instead, so "full" always counts
-                # 128 + BLOCK_N // CHUNK arrivals per tile)
+                # consecutive kp rows: one TMA box of CHUNK x D each for K and V (one expect-tx arrival on
+                # "full"); any other chunk goes by cp.async below (one plain arrival instead, so "full" always
+                # counts 128 + BLOCK_N // CHUNK arrivals per tile)
                 q0 = p0 + c * CHUNK
                 by_tma = (((straddle >> c) & 1) == 0) & (q0 + CHUNK <= total)
-                by_cp = (((straddle >> c) & 1) != 0) | (q0 + CHUNK > total)
+                by_cp = ~by_tma
                 mbarrier.expect(full_bars.index(s), 2 * CHUNK * HEAD_DIM * 2, pred=by_tma)
                 mbarrier.arrive(full_bars.index(s), count=1, pred=by_cp)
                 if by_tma:
@@ -320,20 +319,20 @@ def _consumer(args, WG: gl.constexpr):
             # full video key tiles: no mask at all
             for t in range(1, n_video - 1):
                 o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                                   turn_bars, pin_smem, WG, 0, KPM, b, T, 0, 0, qk_scale, False, DEBUG,
-                                                   s_lay, o_lay, p_lay)
+                                                   turn_bars, pin_smem, WG, 0, KPM, b, T, 0, 0, qk_scale, False,
+                                                   DEBUG, s_lay, o_lay, p_lay)
             # the last video tile (when it is not tile 0), the only partial one: masked by a column bound. A loop
             # of 0 or 1 trips rather than an ``if`` with tensor results, which made ptxas spill around the branch
             for t in range(gl.maximum(n_video - 1, 1), n_video):
                 o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                                   turn_bars, pin_smem, WG, total - t * BLOCK_N, KPM, b, T, 0, 0, qk_scale, True,
-                                                   DEBUG, s_lay, o_lay, p_lay)
+                                                   turn_bars, pin_smem, WG, total - t * BLOCK_N, KPM, b, T, 0, 0,
+                                                   qk_scale, True, DEBUG, s_lay, o_lay, p_lay)
             # trailing text keys (joint attention), masked by the key padding mask
             for t in range(n_video, n_tiles):
                 c0 = (t - n_video) * BLOCK_N
                 o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                                   turn_bars, pin_smem, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale, True, DEBUG,
-                                                   s_lay, o_lay, p_lay)
+                                                   turn_bars, pin_smem, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale,
+                                                   True, DEBUG, s_lay, o_lay, p_lay)
             sl = (n_tiles - 1) % NUM_STAGES
             v_last = v_bufs.index(sl)
             _turn_wait(turn_bars, WG, n_tiles)
@@ -402,9 +401,9 @@ def _row_sum(x):
 
 
 @gluon.jit
-def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, turn_bars, pin_smem, WG: gl.constexpr,
-                   col_limit, KPM, b, T, c0, use_kpm, qk_scale, MASK: gl.constexpr, DEBUG: gl.constexpr,
-                   s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
+def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, turn_bars, pin_smem,
+                   WG: gl.constexpr, col_limit, KPM, b, T, c0, use_kpm, qk_scale, MASK: gl.constexpr,
+                   DEBUG: gl.constexpr, s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
     """Key tile t: QK(t) and PV(t-1) on the tensor cores, the softmax of tile t meanwhile, then release
     tile t-1's stage. With MASK, columns >= col_limit are masked, and with use_kpm != 0 also the padded
     text keys (``KPM[b, c0 + col] == 0``); full video tiles run without any mask."""
@@ -568,6 +567,7 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
         qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0, kdesc, vdesc,
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
-        PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None, TMA_KV=tma_kv,
+        PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
+        TMA_KV=tma_kv,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

@@ -43,7 +43,8 @@ def _key_tile_tables_kernel(SELIDX, SELCNT, SELCUM, KOFF, SEGBASE, TILESEG, CQ, 
         j = j0 + tl.arange(0, CK_BLOCK)
         ok = j < cnt
         cl = tl.load(SELIDX + pair * CK + j, mask=ok, other=0)
-        base = tl.load(KOFF + bh.to(tl.int64) * (CK + 1) + cl, mask=ok, other=0) - tl.load(cum_row + j, mask=ok, other=0)
+        base = (tl.load(KOFF + bh.to(tl.int64) * (CK + 1) + cl, mask=ok, other=0)
+                - tl.load(cum_row + j, mask=ok, other=0))
         tl.store(SEGBASE + pair * CK + j, base, mask=ok)
     # tile_seg: largest j < cnt with sel_cum[j] <= min(t * BLOCK_N, total - 1), by a branch-free binary search
     # over [0, cnt) (SEARCH_STEPS = log2 of a power of two >= CK)

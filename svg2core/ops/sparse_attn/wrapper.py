@@ -59,7 +59,8 @@ class KernelConfig:
     # (256 text tokens; not understood yet)
     gluon_tile_tables: str = "auto"
     # with the tables: the 32-key chunks of a tile that lie inside one selected segment are loaded by TMA
-    # (32 x 64 boxes) instead of cp.async; the other chunks, the text tiles and in-place K/V keep cp.async.
+    # (one 32 x D box each for K and V) instead of cp.async; the other chunks, the text tiles and in-place
+    # K/V keep cp.async.
     # EXPERIMENTAL: compiles for sm_90 (tests/svg2core/test_gluon_kernel.py) but has not run on a GPU yet
     gluon_tma_kv: bool = False
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
@@ -81,10 +82,9 @@ class KernelConfig:
 
 # Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. Hopper, D=128: the
 # warp-specialised Gluon kernel (v7, docs/benchmarks/NOTES_sparse_attn.md; key-tile tables without text
-# tokens) for every video query tile,
-# remainders included (tail_m=0: a remainder of <= 64 rows runs on warpgroup 0 alone, 1-6% faster than the
-# v4 Triton remainder launch in one H200 run, probe_gluon_ablate_h200_notail.json); the Triton kernel only
-# for the text-query tiles. Hopper, D=64: the v4 Triton kernel (the Gluon kernel compiles for D=64 but is
+# tokens) for every video query tile, remainders included (tail_m=0: a remainder of <= 64 rows runs on
+# warpgroup 0 alone, 1-6% faster than the v4 Triton remainder launch in one H200 run,
+# probe_gluon_ablate_h200_notail.json); the Triton kernel only for the text-query tiles. Hopper, D=64: the v4 Triton kernel (the Gluon kernel compiles for D=64 but is
 # not yet checked on a GPU there). The others are untuned starting points that fit those parts' shared memory.
 _CONFIGS: dict[tuple[int | None, torch.dtype | None, int | None], KernelConfig] = {
     (9, None, 128): KernelConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, impl="gluon", gluon_stages=3),
@@ -265,13 +265,10 @@ def sparse_attention(
         def main_video_and_text():
             tables = None
             if cfg.gluon_tile_tables == "on" or (cfg.gluon_tile_tables == "auto" and t == 0):
-                width = max_key_tiles(nv, cfg.gluon_block_n) + 1
-                if workspace is not None:
-                    tables = (workspace.buffer("sparse_attn.seg_base", (bh * cq, ck), torch.int32, dev),
-                              workspace.buffer("sparse_attn.tile_seg", (bh * cq, width), torch.int32, dev))
-                else:
-                    tables = (torch.empty(bh * cq, ck, dtype=torch.int32, device=dev),
-                              torch.empty(bh * cq, width, dtype=torch.int32, device=dev))
+                ws = workspace if workspace is not None else Workspace()
+                tables = (ws.buffer("sparse_attn.seg_base", (bh * cq, ck), torch.int32, dev),
+                          ws.buffer("sparse_attn.tile_seg", (bh * cq, max_key_tiles(nv, cfg.gluon_block_n) + 1),
+                                    torch.int32, dev))
                 key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, cfg.gluon_block_n, *tables)
             launch_gluon(kernel_args, (max_video_tiles(nv, cq, 128), bh), scale * _LOG2E,
                          key_padding_mask is not None, d, cq, cfg, kv_perm, tables)
