@@ -91,6 +91,21 @@ def make_case(h, nv, t, cq, ck, density, dtype, seed, dev="cuda"):
     return args, kpm, stats
 
 
+def selection_in_key_order(args: dict) -> dict:
+    """The same call with each query cluster's selected key clusters listed by cluster id (ascending) instead of
+    by score: the same set, so the same result, but every program then walks its keys through kp in address
+    order (the L2 experiment of NOTES_sparse_attn v8)."""
+    sel_idx, sel_count, sel_cum = args["sel_idx"], args["sel_count"], args["sel_cum"]
+    ck = sel_idx.shape[-1]
+    valid = torch.arange(ck, device=sel_idx.device) < sel_count[..., None].long()
+    idx = torch.where(valid, sel_idx.long(), ck).sort(dim=-1).values
+    k_sizes = (args["k_offsets"][:, 1:] - args["k_offsets"][:, :-1]).long()  # (H, Ck)
+    tok = torch.gather(k_sizes[:, None, :].expand(-1, idx.shape[1], -1), 2, idx.clamp(max=ck - 1)) * valid
+    cum = torch.zeros_like(sel_cum, dtype=torch.long)
+    cum[..., 1:] = tok.cumsum(-1)
+    return {**args, "sel_idx": torch.where(valid, idx, 0).int(), "sel_cum": cum.int()}
+
+
 def padded_query_rows(q_sizes: torch.Tensor, block_m: int, tail_m: int = 0) -> torch.Tensor:
     """Computed query rows per cluster: BLOCK_M tiles, except a remainder of 1..tail_m rows in one tail_m tile."""
     full = torch.floor(q_sizes / block_m)
@@ -143,9 +158,12 @@ def call_args(args: dict, st: dict, kv_perm: bool) -> dict:
     return {**args, "kp": None, "vp": None, "k_perm": st["k_perm"]} if kv_perm else args
 
 
-def check_correctness(name, h, nv, t, cq, ck, dtype, cfg, results, kv_perm=False):
-    """The kernel vs the fp32 reference on two heads; kv_perm: K/V read in place (kp = vp = None)."""
+def check_correctness(name, h, nv, t, cq, ck, dtype, cfg, results, kv_perm=False, key_order=False):
+    """The kernel vs the fp32 reference on two heads; kv_perm: K/V read in place (kp = vp = None); key_order:
+    the selected key clusters listed by id."""
     args, kpm, st = make_case(h, nv, t, cq, ck, 0.15, dtype, seed=1)
+    if key_order:
+        args = selection_in_key_order(args)
     out = torch.full_like(args["q"], float("nan"))
     call = call_args(args, st, kv_perm)
     sparse_attention(**call, num_dense_tokens=t, key_padding_mask=kpm, out=out, config=cfg)
@@ -160,7 +178,8 @@ def check_correctness(name, h, nv, t, cq, ck, dtype, cfg, results, kv_perm=False
     got = out[:, heads][:, :, rows].float()
     rel = ((got - ref).norm() / ref.norm()).item()
     ok = n_nan == 0 and rel < 1e-2
-    results["correctness"].append({"model": name, "dtype": str(dtype), "kv_perm": kv_perm, "rel_err": rel,
+    results["correctness"].append({"model": name, "dtype": str(dtype), "kv_perm": kv_perm, "key_order": key_order,
+                                   "rel_err": rel,
                                    "nan": n_nan, "ok": ok})
     print(f"[check] {name} {dtype}{' k_perm' if kv_perm else ''}: rel err {rel:.2e}, NaN {n_nan} -> {'OK' if ok else 'FAIL'}", flush=True)
     return ok

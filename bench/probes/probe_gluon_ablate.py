@@ -36,21 +36,25 @@ CASES = (("wan1.3b-480p", 0.15), ("wan1.3b-480p", 0.25), ("wan14b-720p", 0.25), 
 
 
 def parse_variants(text: str, base) -> dict:
-    """name=field:value+field:value,... -> {name: (config, kv_perm)}; the pseudo-field ``kv_perm:1`` calls
-    with kp = vp = None and k_perm (K/V read in place) instead of the gathered copies."""
+    """name=field:value+field:value,... -> {name: (config, kv_perm, key_order)}; the pseudo-field ``kv_perm:1``
+    calls with kp = vp = None and k_perm (K/V read in place) instead of the gathered copies, ``key_order:1``
+    with each query cluster's selected key clusters listed by id instead of by score (same set)."""
     out = {}
     for item in text.split(","):
         name, _, fields = item.partition("=")
         kw = {}
-        kv_perm = False
+        kv_perm = key_order = False
         for f in filter(None, fields.split("+")):
             key, _, val = f.partition(":")
             if key == "kv_perm":
                 kv_perm = bool(int(val))
                 continue
+            if key == "key_order":
+                key_order = bool(int(val))
+                continue
             kind = type(getattr(base, key))
             kw[key] = val if kind is str else kind(int(val))
-        out[name] = (replace(base, **kw), kv_perm)
+        out[name] = (replace(base, **kw), kv_perm, key_order)
     return out
 
 
@@ -69,7 +73,8 @@ def main() -> None:
     dtype = torch.bfloat16
     base = default_config(torch.device("cuda"), dtype, 128)
     variants = parse_variants(opts.variants, base)
-    res = {"device": dev_name, "variants": {k: {**v.__dict__, "kv_perm": p} for k, (v, p) in variants.items()},
+    res = {"device": dev_name,
+           "variants": {k: {**v.__dict__, "kv_perm": p, "key_order": o} for k, (v, p, o) in variants.items()},
            "correctness": [], "timings": []}
     path = os.path.join(opts.out, f"probe_gluon_ablate_{card}.json")
 
@@ -78,15 +83,16 @@ def main() -> None:
             json.dump(res, f, indent=1)
 
     ok_variants = {}
-    for name, (cfg, kv_perm) in variants.items():
+    for name, (cfg, kv_perm, key_order) in variants.items():
         if cfg.gluon_debug:
-            ok_variants[name] = (cfg, kv_perm)
+            ok_variants[name] = (cfg, kv_perm, key_order)
             continue
-        ok = B.check_correctness("wan1.3b-480p", 2, 32760, 0, 100, 500, dtype, cfg, res, kv_perm=kv_perm)
-        ok &= B.check_correctness("hunyuan-720p", 2, 118800, 256, 400, 1000, dtype, cfg, res, kv_perm=kv_perm)
+        kw = dict(kv_perm=kv_perm, key_order=key_order)
+        ok = B.check_correctness("wan1.3b-480p", 2, 32760, 0, 100, 500, dtype, cfg, res, **kw)
+        ok &= B.check_correctness("hunyuan-720p", 2, 118800, 256, 400, 1000, dtype, cfg, res, **kw)
         res["correctness"][-1]["variant"] = res["correctness"][-2]["variant"] = name
         if ok:
-            ok_variants[name] = (cfg, kv_perm)
+            ok_variants[name] = (cfg, kv_perm, key_order)
         else:
             print(f"[skip] {name}: wrong results", flush=True)
         save()
@@ -96,12 +102,14 @@ def main() -> None:
         h, nv, t, cq, ck = B.MODELS[model]
         dense_ms, dense_tf = B.dense_cudnn(h, nv + t, dtype)
         args, kpm, st = B.make_case(h, nv, t, cq, ck, density, dtype, seed=3)
+        args_by_id = B.selection_in_key_order(args) if any(v[2] for v in ok_variants.values()) else None
         row = {"model": model, "density": density, "dense_ms": dense_ms, "dense_tflops": dense_tf, "ms": {}}
         names = list(ok_variants)
         for rep in range(opts.reps):
             for name in names[rep % len(names):] + names[:rep % len(names)]:
-                cfg, kv_perm = ok_variants[name]
-                fn = partial(sparse_attention, **B.call_args(args, st, kv_perm), num_dense_tokens=t,
+                cfg, kv_perm, key_order = ok_variants[name]
+                fn = partial(sparse_attention, **B.call_args(args_by_id if key_order else args, st, kv_perm),
+                             num_dense_tokens=t,
                              key_padding_mask=kpm, config=cfg)
                 fn()
                 ms = B.time_ms(fn, reps=B.reps_for(dense_ms * density))
@@ -112,7 +120,7 @@ def main() -> None:
         print(f"[time] {model} d={density:.2f} dense {dense_ms:.2f} ms {dense_tf:.0f} TF | "
               + " | ".join(f"{n} {min(v):.3f} ms {row['x_cudnn'][n]:.3f}x" for n, v in row["ms"].items()), flush=True)
         save()
-        del args
+        del args, args_by_id
         torch.cuda.empty_cache()
     lines = [f"# Gluon kernel ablation ({dev_name})", "",
              f"x cuDNN = effective throughput (computed pairs / best of {opts.reps} interleaved rounds) over SDPA "

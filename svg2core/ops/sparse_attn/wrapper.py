@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import triton
@@ -38,6 +39,9 @@ class KernelConfig:
     # its tiles fill the SMs that the main launch's last wave leaves idle instead of forming a wave of
     # their own. Both launches write disjoint rows of ``out``; the call stays graph-capturable.
     tail_concurrent: bool = False
+    # (gluon) the text-query tiles' launch runs on a side stream, issued before the video tiles, so its few long
+    # programs (a dense pass over every key each) overlap the video tiles rather than trailing them
+    text_concurrent: bool = True
     # "triton": the portable kernel for every tile. "gluon" (Hopper only): the warp-specialised kernel of
     # gluon_kernel.py computes the 128-row video tiles (block_m must be 128), remainders included when
     # tail_m == 0 (else remainders of <= tail_m rows run the Triton kernel); text-query tiles always run the
@@ -141,8 +145,9 @@ def sparse_attention(
     docs/ARCHITECTURE.md for the layout tensors). No host-device synchronisation and no allocation
     except ``out`` when it is not given: the call can be captured in a CUDA graph (run it once
     before capture so the kernels are compiled). With ``tail_concurrent`` (the Hopper D=64 default) the
-    small remainder tiles run in a second launch on a stream from torch's pool, forked from and joined
-    back to the current stream, so the result is ready on the caller's stream as usual.
+    small remainder tiles, and with ``text_concurrent`` (Gluon, the Hopper D=128 default) the text-query
+    tiles, run in a second launch on a stream from torch's pool, forked from and joined back to the
+    current stream, so the result is ready on the caller's stream as usual.
 
     Args:
         q, k, v: (B, H, N, D) bf16 or fp16, D in {64, 128}, last dim contiguous (any other strides).
@@ -255,14 +260,15 @@ def sparse_attention(
             num_warps=num_warps, num_stages=num_stages,
         )
 
-    # text tiles, full query tiles and remainders > tail_m rows; then (tail_m > 0) the small remainders
+    # text tiles, full query tiles and remainders > tail_m rows; then (tail_m > 0) the small remainders.
+    # jobs: (launch, on the side stream?) in issue order
     num_text_tiles = triton.cdiv(t, cfg.block_m) if t else 0
     if cfg.impl == "gluon":
         if not (q.is_cuda and torch.cuda.get_device_capability(dev)[0] == 9):
             raise ValueError("config.impl: 'gluon' needs a Hopper GPU (compute capability 9.x)")
         from .gluon_kernel import launch_gluon
 
-        def main_video_and_text():
+        def video_tiles():
             tables = None
             if cfg.gluon_tile_tables == "on" or (cfg.gluon_tile_tables == "auto" and t == 0):
                 ws = workspace if workspace is not None else Workspace()
@@ -272,25 +278,31 @@ def sparse_attention(
                 key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, cfg.gluon_block_n, *tables)
             launch_gluon(kernel_args, (max_video_tiles(nv, cq, 128), bh), scale * _LOG2E,
                          key_padding_mask is not None, d, cq, cfg, kv_perm, tables)
-            if num_text_tiles:  # text queries: the Triton kernel's dense branch, only the text programs
-                launch((num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
-                       cfg.num_stages, False)
+
+        jobs = [(video_tiles, False)]
+        if num_text_tiles:
+            # text queries: the Triton kernel's dense branch, only the text programs. Each is a dense pass over
+            # every key, far longer than a video tile: issued first on the side stream, they run beside the video
+            # tiles instead of as a tail of a few busy SMs after them
+            jobs.insert(0, (partial(launch, (num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n,
+                                    cfg.num_warps, cfg.num_stages, False), cfg.text_concurrent))
     else:
-        def main_video_and_text():
-            launch((num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles, cfg.block_m,
-                   cfg.block_n, cfg.num_warps, cfg.num_stages, False)
-    tail_launch = ((cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True)
-    if not cfg.tail_m:
-        main_video_and_text()
-    elif cfg.tail_concurrent and q.is_cuda:
+        jobs = [(partial(launch, (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles,
+                         cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, False), False)]
+    if cfg.tail_m:
+        jobs.append((partial(launch, (cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True),
+                     cfg.tail_concurrent))
+    main = side = None
+    if q.is_cuda and any(concurrent for _, concurrent in jobs):
         main = torch.cuda.current_stream(dev)
         side = torch.cuda.Stream(dev)  # taken from torch's stream pool: no stream is created per call
-        side.wait_stream(main)  # the tail launch sees everything queued before this call
-        main_video_and_text()
-        with torch.cuda.stream(side):
-            launch(*tail_launch)
-        main.wait_stream(side)  # the caller's stream sees both launches done
-    else:
-        main_video_and_text()
-        launch(*tail_launch)
+        side.wait_stream(main)  # the side launches see everything queued before this call
+    for job, concurrent in jobs:
+        if concurrent and side is not None:
+            with torch.cuda.stream(side):
+                job()
+        else:
+            job()
+    if side is not None:
+        main.wait_stream(side)  # the caller's stream sees every launch done
     return out
