@@ -64,3 +64,31 @@ def test_reference_follows_the_per_position_definition():
             if t * block_n < total:
                 last = min(t * block_n + block_n, total) - 1
                 assert int(tile_seg[pair, t]) <= rows[last][0] <= int(tile_seg[pair, t + 1])
+
+
+@pytest.mark.parametrize("bh,nv,cq,block_m,tail_m,empty", [
+    (2, 300, 5, 16, 0, False),     # several tiles per cluster
+    (3, 257, 9, 32, 8, True),      # empty query clusters, remainders of <= 8 rows left out
+    (1, 40, 6, 128, 0, False),     # every cluster under one tile
+])
+def test_query_tile_list_matches_reference(bh, nv, cq, block_m, tail_m, empty):
+    from svg2core.ops.sparse_attn.kernel import max_video_tiles
+    from svg2core.ops.sparse_attn.tables import query_tile_list, query_tile_list_reference
+
+    lay = make_layout(bh, nv, cq, 4, density=0.5, gen=torch.Generator().manual_seed(5), empty_clusters=empty)
+    q_off = lay["q_offsets"].to(DEVICE)
+    tph = max_video_tiles(nv, cq, block_m)
+    ref = query_tile_list_reference(q_off, block_m, tail_m, tph)
+    items = torch.full((bh * tph, 4), -7, dtype=torch.int32, device=DEVICE)
+    query_tile_list(q_off, block_m, tail_m, items)
+    assert torch.equal(items, ref)
+    # the reference covers every query row exactly once (remainders of <= tail_m rows excepted)
+    for b in range(bh):
+        rows = []
+        for c, lo, hi, h in ref[b * tph:(b + 1) * tph].tolist():
+            assert h == b
+            if c >= 0:
+                rows += list(range(lo, min(lo + block_m, hi)))
+        sizes = (q_off[b, 1:] - q_off[b, :-1]).tolist()
+        left_out = sum(s % block_m for s in sizes if 0 < s % block_m <= tail_m)
+        assert len(rows) == len(set(rows)) == nv - left_out

@@ -7,7 +7,7 @@ Cases chosen from what broke or is untested: many surplus programs with 3+ key t
 (the v5 hang: a producer waiting for consumers that had nothing to do), batch > 1 with text tokens and a
 padding mask, fp16, D=64 (Triton), remainder tiles that leave one consumer warpgroup idle (with and
 without the ping-pong hand-off), the PV wait pinned after the softmax, the key-tile tables, TMA key chunks
-(experimental), K/V read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
+(experimental), the persistent kernel, K/V read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
 instead of blocking the run.
 """
 
@@ -111,6 +111,23 @@ def test_tma_key_chunks():
 
 
 @pytest.mark.timeout(180, method="thread")
+def test_persistent_work_list():
+    # gluon_persistent: one program per SM takes the query tiles from a shared counter; the stage ring and the
+    # item ring run on across items. Many surplus work-list entries and key tiles, remainders that leave one
+    # warpgroup idle, text keys with a padding mask and batch 2, the tables on and off, empty clusters, K/V
+    # read in place, more tiles than programs by far, and a CUDA graph replayed twice (the counter is reset)
+    cfg = replace(default_config(torch.device("cuda"), torch.bfloat16, 128), gluon_persistent=True)
+    _check(1, 2, 3000, 0, 128, 64, 40, torch.bfloat16, 0.05, seed=22, tol=2e-2, config=cfg)
+    _check(1, 2, 3000, 0, 128, 64, 40, torch.bfloat16, 1.0, seed=23, tol=2e-2, config=cfg, empty_clusters=True)
+    _check(1, 2, 6000, 33, 128, 300, 40, torch.bfloat16, 0.3, seed=24, tol=2e-2, config=cfg)
+    _check(2, 3, 2500, 77, 128, 20, 30, torch.bfloat16, 0.3, seed=25, tol=2e-2,
+           config=replace(cfg, gluon_tile_tables="on"))
+    _check(2, 2, 2500, 77, 128, 40, 30, torch.bfloat16, 0.3, seed=26, tol=2e-2, config=cfg, kv_perm=True)
+    _check(1, 16, 20000, 0, 128, 100, 200, torch.bfloat16, 0.2, seed=27, tol=2e-2, config=cfg)
+    _check_graph_replay(0, seed=28, config=cfg)
+
+
+@pytest.mark.timeout(180, method="thread")
 def test_k_v_read_in_place_through_k_perm():
     _check(2, 2, 2500, 77, 128, 40, 30, torch.bfloat16, 0.3, seed=8, tol=2e-2, kv_perm=True)
 
@@ -140,7 +157,8 @@ def _check_graph_replay(t, seed, config=None):
     with torch.cuda.graph(graph):
         sparse_attention(**args, **call, out=out)
     assert ws.allocations == allocations  # nothing allocated during capture
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, eager)
+    for _ in range(2):  # a second replay finds the call's per-call state (e.g. a work counter) reset
+        out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager)

@@ -120,11 +120,101 @@ def _tile_map(QOFF, bh, CQ, tile, BLOCK_M: gl.constexpr, TAIL_M: gl.constexpr, C
 
 @gluon.jit
 def _producer(args):
+    """The producer partition: one work item (a grid program), or with PERSISTENT the items it takes from the
+    shared counter, each announced to the consumers through this CTA's item ring."""
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC) = args
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
+    HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
+    PERSISTENT: gl.constexpr = item_full.type.shape[0] == 2
+    if PERSISTENT:
+        ring = ITEMRING + gl.program_id(0) * 2
+        g = n_items * 0  # key tiles of the items done so far: the stage ring's running count
+        i = n_items * 0  # items done so far: the item ring's running count
+        w = gl.atomic_add(COUNTER, 1, sem="relaxed")
+        while w < n_items:
+            cl = gl.load(ITEMS + w * 4)
+            if cl >= 0:  # an entry past its head's last tile is skipped here: the consumers never see it
+                it = _item_of(args, w, cl, HEAD_DIM, BLOCK_N)
+                _announce(ring, i, w, item_full, item_empty)
+                _produce_item(args, it, g)
+                g += it[11]
+                i += 1
+            w = gl.atomic_add(COUNTER, 1, sem="relaxed")
+        _announce(ring, i, -1, item_full, item_empty)  # no more items
+    else:
+        _produce_item(args, (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles,
+                             q_start, q_end), 0)
+    async_copy.commit_group()
+    async_copy.wait_group(0)
+
+
+@gluon.jit
+def _item_values(bh, cl, active, q_start, q_end, H, NV, T, CQ, CK, SELCNT, SELCUM, stride_qb, stride_qh, stride_kb,
+                 stride_kh, stride_vb, stride_vh, stride_ob, stride_oh, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr):
+    """What a work item (video query tile ``q_start .. min(q_start + 128, q_end)`` of cluster ``cl`` of head
+    ``bh``) needs: (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start,
+    q_end). An inactive item (a grid program past its head's last tile) has no key tiles."""
+    b = bh // H
+    h = bh % H
+    q_base = b.to(gl.int64) * stride_qb + h.to(gl.int64) * stride_qh
+    o_base = b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh
+    k_base = b.to(gl.int64) * stride_kb + h.to(gl.int64) * stride_kh
+    v_base = b.to(gl.int64) * stride_vb + h.to(gl.int64) * stride_vh
+    kp_base = bh.to(gl.int64) * NV * HEAD_DIM
+    pair = bh.to(gl.int64) * CQ + gl.where(active, cl, 0)
+    cnt = gl.load(SELCNT + pair)
+    total = gl.load(SELCUM + pair * (CK + 1) + cnt)
+    # surplus programs (past the last tile of their head) do nothing: both counts are 0, or the producer
+    # would fill stages for consumers that skip them and wait forever for their release (the v5 hang)
+    n_video = gl.where(active, gl.cdiv(total, BLOCK_N), 0)
+    n_tiles = gl.where(active, n_video + gl.cdiv(T, BLOCK_N), 0)
+    q_end = gl.where(active, q_end, q_start)
+    return bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end
+
+
+@gluon.jit
+def _item_of(args, w, cl, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr):
+    """``_item_values`` of entry w of the work list (``cl``: its cluster, already loaded, >= 0)."""
+    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
+     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
+     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
+    e = ITEMS + w * 4
+    return _item_values(gl.load(e + 3), cl, cl >= 0, gl.load(e + 1), gl.load(e + 2), H, NV, T, CQ, CK, SELCNT,
+                        SELCUM, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_ob,
+                        stride_oh, HEAD_DIM, BLOCK_N)
+
+
+@gluon.jit
+def _announce(ring, i, w, item_full, item_empty):
+    """Put item w (-1: none left) into slot i % 2 of this CTA's item ring for the two consumers."""
+    slot = i % 2
+    mbarrier.wait(item_empty.index(slot), ((i // 2) & 1) ^ 1)
+    gl.store(ring + slot, w)
+    _barrier()
+    mbarrier.arrive(item_full.index(slot), count=1)
+
+
+@gluon.jit
+def _produce_item(args, it, g):
+    """K / V stages of one work item: its key tiles are the stage ring's tiles g, g + 1, ..."""
+    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
+     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
+     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
+    (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2  # video K/V rows read from k / v through k_perm
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
@@ -150,7 +240,7 @@ def _producer(args):
     j0 = cnt * 0
     # video key tiles: kp rows of positions t*BN .. t*BN+BN-1 of the concatenated selected ranges
     for t in range(n_video):
-        s = t % NUM_STAGES
+        s = (g + t) % NUM_STAGES
         p0 = t * BLOCK_N
         pos = p0 + m
         real = pos < total
@@ -180,7 +270,7 @@ def _producer(args):
         _barrier()  # the previous tile's chunks have read rows_smem
         rows_smem.store(gl.where(real, rows, -1))
         _barrier()
-        mbarrier.wait(empty_bars.index(s), ((t // NUM_STAGES) & 1) ^ 1)
+        mbarrier.wait(empty_bars.index(s), (((g + t) // NUM_STAGES) & 1) ^ 1)
         if TMA_KV:
             # per chunk (bits / bytes c of two scalars): does a segment boundary sel_cum[j], j in (j_lo, j_hi],
             # fall strictly inside it, and how many boundaries lie at or before its first position (its segment is
@@ -215,8 +305,8 @@ def _producer(args):
         async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
     # trailing text keys: rows Nv .. N-1 of the original k / v (zero-filled past T)
     for t in range(n_video, n_tiles):
-        s = t % NUM_STAGES
-        mbarrier.wait(empty_bars.index(s), ((t // NUM_STAGES) & 1) ^ 1)
+        s = (g + t) % NUM_STAGES
+        mbarrier.wait(empty_bars.index(s), (((g + t) // NUM_STAGES) & 1) ^ 1)
         if TMA_KV:  # the arrivals the video tiles' chunks make
             mbarrier.arrive(full_bars.index(s), count=BLOCK_N // CHUNK)
         for c in gl.static_range(BLOCK_N // CHUNK):
@@ -228,8 +318,6 @@ def _producer(args):
             _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK),
                       V + v_base + rows64[:, None] * stride_vn + offs_d[None, :], mask=ok)
         async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
-    async_copy.commit_group()
-    async_copy.wait_group(0)
 
 
 @gluon.jit
@@ -262,11 +350,56 @@ def _tma_layout(head_dim):
 
 @gluon.jit
 def _consumer(args, WG: gl.constexpr):
+    """A consumer partition (query rows WG * 64 .. WG * 64 + 63 of each tile): one work item, or with PERSISTENT
+    every item the producer announces in this CTA's item ring until it announces -1."""
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC) = args
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
+    HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
+    PERSISTENT: gl.constexpr = item_full.type.shape[0] == 2
+    if PERSISTENT:
+        ring = ITEMRING + gl.program_id(0) * 2
+        g = n_items * 0
+        i = n_items * 0
+        w = _receive(ring, i, item_full, item_empty)
+        while w >= 0:
+            it = _item_of(args, w, gl.load(ITEMS + w * 4), HEAD_DIM, BLOCK_N)
+            _consumer_item(args, it, g, WG)
+            g += it[11]
+            i += 1
+            w = _receive(ring, i, item_full, item_empty)
+    else:
+        _consumer_item(args, (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles,
+                              q_start, q_end), 0, WG)
+
+
+@gluon.jit
+def _receive(ring, i, item_full, item_empty):
+    """The item in slot i % 2 of this CTA's item ring (-1: none left); frees the slot."""
+    slot = i % 2
+    mbarrier.wait(item_full.index(slot), (i // 2) & 1)
+    w = gl.load(ring + slot, volatile=True)
+    _barrier()  # every thread of the warpgroup has read the slot before it is released
+    mbarrier.arrive(item_empty.index(slot), count=1)
+    return w
+
+
+@gluon.jit
+def _consumer_item(args, it, g, WG: gl.constexpr):
+    """One work item's 64 query rows of this warpgroup; its key tiles are the stage ring's tiles g, g + 1, ..."""
+    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
+     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
+     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
+     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
+    (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
@@ -303,9 +436,9 @@ def _consumer(args, WG: gl.constexpr):
         l_i = gl.zeros([WG_M], gl.float32, srow_lay)
         if n_tiles > 0:  # active tiles have n_video >= 1: every query cluster selects a non-empty key cluster
             # tile 0: scores and probabilities only; its PV product is issued together with tile 1's scores
-            mbarrier.wait(full_bars.index(0), 0)
+            mbarrier.wait(full_bars.index(g % NUM_STAGES), (g // NUM_STAGES) & 1)
             _turn_wait(turn_bars, WG, 0)
-            k0 = k_bufs.index(0)
+            k0 = k_bufs.index(g % NUM_STAGES)
             s_acc = warpgroup_mma(q_wg, k0.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
                                   use_acc=False, is_async=True)
             _turn_pass(turn_bars, WG)
@@ -318,22 +451,22 @@ def _consumer(args, WG: gl.constexpr):
             p_op = gl.convert_layout(p.to(dtype), p_lay)
             # full video key tiles: no mask at all
             for t in range(1, n_video - 1):
-                o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
                                                    turn_bars, pin_smem, WG, 0, KPM, b, T, 0, 0, qk_scale, False,
                                                    DEBUG, s_lay, o_lay, p_lay)
             # the last video tile (when it is not tile 0), the only partial one: masked by a column bound. A loop
             # of 0 or 1 trips rather than an ``if`` with tensor results, which made ptxas spill around the branch
             for t in range(gl.maximum(n_video - 1, 1), n_video):
-                o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
                                                    turn_bars, pin_smem, WG, total - t * BLOCK_N, KPM, b, T, 0, 0,
                                                    qk_scale, True, DEBUG, s_lay, o_lay, p_lay)
             # trailing text keys (joint attention), masked by the key padding mask
             for t in range(n_video, n_tiles):
                 c0 = (t - n_video) * BLOCK_N
-                o, m_i, l_i, p_op = _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
                                                    turn_bars, pin_smem, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale,
                                                    True, DEBUG, s_lay, o_lay, p_lay)
-            sl = (n_tiles - 1) % NUM_STAGES
+            sl = (g + n_tiles - 1) % NUM_STAGES
             v_last = v_bufs.index(sl)
             _turn_wait(turn_bars, WG, n_tiles)
             o = warpgroup_mma(p_op, v_last, o, is_async=True)
@@ -348,16 +481,16 @@ def _consumer(args, WG: gl.constexpr):
         offs_d = gl.arange(0, HEAD_DIM, layout=ocol_lay)
         gl.store(OUT + o_base + tok[:, None] * stride_on + offs_d[None, :], out.to(dtype), mask=row_ok[:, None])
     else:
-        _drain(n_tiles, full_bars, empty_bars, turn_bars, WG)
+        _drain(n_tiles, g, full_bars, empty_bars, turn_bars, WG)
 
 
 @gluon.jit
-def _drain(n_tiles, full_bars, empty_bars, turn_bars, WG: gl.constexpr):
+def _drain(n_tiles, g, full_bars, empty_bars, turn_bars, WG: gl.constexpr):
     """A consumer without query rows: keeps the stage protocol (and the ping-pong turns) going."""
     NUM_STAGES: gl.constexpr = full_bars.type.shape[0]
     for t in range(n_tiles):
-        s = t % NUM_STAGES
-        mbarrier.wait(full_bars.index(s), (t // NUM_STAGES) & 1)
+        s = (g + t) % NUM_STAGES
+        mbarrier.wait(full_bars.index(s), ((g + t) // NUM_STAGES) & 1)
         _turn_wait(turn_bars, WG, t)
         _turn_pass(turn_bars, WG)
         mbarrier.arrive(empty_bars.index(s), count=1)
@@ -453,8 +586,24 @@ def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_
         o, p_op = warpgroup_mma_wait(0, deps=(o, p_op))
     mbarrier.arrive(empty_bars.index(sp), count=1)
     o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
-    p_op = gl.convert_layout(p.to(dtype), p_lay)
+    if (DEBUG & 32) == 0:
+        p_op = gl.convert_layout(_pack_p(p, dtype), p_lay)
+    else:  # comparison hook: the plain cast (correct result; 32 PRMT more per step)
+        p_op = gl.convert_layout(p.to(dtype), p_lay)
     return o, m_new, l_i, p_op
+
+
+@gluon.jit
+def _pack_p(p, dtype: gl.constexpr):
+    """``p.to(dtype)`` as one paired conversion per two scores (``cvt.rn.bf16x2.f32``). From the plain cast the
+    PTX converts each score alone and packs the halves with ``mov.b32 {lo, hi}``; ptxas then fuses the pairs in
+    the opposite order and swaps the halves back with a PRMT per register (32 per step)."""
+    if dtype == gl.bfloat16:
+        return gl.inline_asm_elementwise("cvt.rn.bf16x2.f32 $0, $2, $1;", "=r,r,r", [p], dtype=gl.bfloat16,
+                                         is_pure=True, pack=2)
+    else:
+        return gl.inline_asm_elementwise("cvt.rn.f16x2.f32 $0, $2, $1;", "=r,r,r", [p], dtype=gl.float16,
+                                         is_pure=True, pack=2)
 
 
 @gluon.jit
@@ -476,31 +625,22 @@ def sparse_attn_fwd_gluon(
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     H, NV, T, CQ, CK,
-    qk_scale, HAS_KPM_I, SEGBASE, TILESEG, TILE_STRIDE, KDESC, VDESC,
+    qk_scale, HAS_KPM_I, SEGBASE, TILESEG, TILE_STRIDE, KDESC, VDESC, ITEMS, ITEMRING, COUNTER, n_items,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
     KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False, TILE_SEG: gl.constexpr = False,
-    TMA_KV: gl.constexpr = False,
+    TMA_KV: gl.constexpr = False, PERSISTENT: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
+    # one program per (video query tile, head); with PERSISTENT one per SM, taking work items (entries of
+    # tables.query_tile_list) from the counter COUNTER until n_items are taken (the values below then go unused)
     tile = gl.program_id(0)
     bh = gl.program_id(1)
-    b = bh // H
-    h = bh % H
     cl, q_start, q_end, active = _tile_map(QOFF, bh, CQ, tile, BLOCK_M, TAIL_M, CQ_BLOCK, gl.num_warps())
-    q_base = b.to(gl.int64) * stride_qb + h.to(gl.int64) * stride_qh
-    o_base = b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh
-    k_base = b.to(gl.int64) * stride_kb + h.to(gl.int64) * stride_kh
-    v_base = b.to(gl.int64) * stride_vb + h.to(gl.int64) * stride_vh
-    kp_base = bh.to(gl.int64) * NV * HEAD_DIM
-    pair = bh.to(gl.int64) * CQ + gl.where(active, cl, 0)
-    cnt = gl.load(SELCNT + pair)
-    total = gl.load(SELCUM + pair * (CK + 1) + cnt)
-    # surplus programs (past the last tile of their head) do nothing: both counts are 0, or the producer
-    # would fill stages for consumers that skip them and wait forever for their release (the v5 hang)
-    n_video = gl.where(active, gl.cdiv(total, BLOCK_N), 0)
-    n_tiles = gl.where(active, n_video + gl.cdiv(T, BLOCK_N), 0)
+    (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start,
+     q_end) = _item_values(bh, cl, active, q_start, q_end, H, NV, T, CQ, CK, SELCNT, SELCUM, stride_qb, stride_qh,
+                           stride_kb, stride_kh, stride_vb, stride_vh, stride_ob, stride_oh, HEAD_DIM, BLOCK_N)
 
     dtype: gl.constexpr = Q.dtype.element_ty
     q_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
@@ -528,13 +668,22 @@ def sparse_attn_fwd_gluon(
     # TILE_SEG and TMA_KV travel as this buffer's length: 1, 2 (tables) or 4 (tables and TMA)
     tseg_smem = gl.allocate_shared_memory(gl.int8, [4 if TMA_KV else 2 if TILE_SEG else 1],
                                           gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    # PERSISTENT: the item ring's two slots (in ITEMRING, global) are handed over by these barriers; PERSISTENT
+    # travels as their length
+    item_full = gl.allocate_shared_memory(gl.int64, [2 if PERSISTENT else 1, 1], mbarrier.MBarrierLayout())
+    item_empty = gl.allocate_shared_memory(gl.int64, [2 if PERSISTENT else 1, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2 if PERSISTENT else 1):
+        mbarrier.init(item_full.index(i), count=1)  # the producer
+        mbarrier.init(item_empty.index(i), count=2)  # both consumers
 
     args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
             q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
             kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
             HAS_KPM_I, dbg_smem,
             q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-            SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC)
+            SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+            ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
+            stride_vh, stride_ob, stride_oh, item_full, item_empty)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
@@ -548,10 +697,13 @@ _PRODUCER_REGS = 40
 
 
 def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has_kpm: bool, head_dim: int, cq: int,
-                 cfg, kv_perm: bool = False, tables: tuple | None = None) -> None:
+                 cfg, kv_perm: bool = False, tables: tuple | None = None, work: tuple | None = None) -> None:
     """Launch the warp-specialised kernel over the 128-row video tiles. ``kernel_args``: the wrapper's
     argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there).
-    ``tables``: ``(seg_base, tile_seg)`` of tables.py for ``cfg.gluon_block_n`` (``cfg.gluon_tile_tables``)."""
+    ``tables``: ``(seg_base, tile_seg)`` of tables.py for ``cfg.gluon_block_n`` (``cfg.gluon_tile_tables``).
+    ``work`` (persistent kernel, ``cfg.gluon_persistent``): ``(items, ring, counter)``, the work list of
+    ``tables.query_tile_list``, int32 ``(grid[0] * 2,)`` and a zeroed int32 ``(1,)``; ``grid`` is then
+    ``(programs, 1)``."""
     seg_base, tile_seg = tables if tables is not None else (kernel_args[6], kernel_args[6])  # never read without
     kp, vp = kernel_args[3], kernel_args[4]
     kdesc, vdesc = kp, vp  # never read without TMA_KV
@@ -562,12 +714,14 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
         rows = kp.shape[0] * kp.shape[1]
         kdesc, vdesc = (TensorDescriptor(x.view(rows, head_dim), [rows, head_dim], [head_dim, 1],
                                          [int(_CHUNK), head_dim], _tma_layout(head_dim)) for x in (kp, vp))
+    items, ring, counter = work if work is not None else (seg_base, seg_base, seg_base)  # never read without
     sparse_attn_fwd_gluon[grid](
         *kernel_args,
         qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0, kdesc, vdesc,
+        items, ring, counter, items.shape[0] if work is not None else 0,
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
         PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
-        TMA_KV=tma_kv,
+        TMA_KV=tma_kv, PERSISTENT=work is not None,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

@@ -13,6 +13,11 @@ concatenate into ``total = sel_cum[pair, cnt]`` key positions, visited in tiles 
 
 Entries past ``cnt`` / ``n_tiles`` are left unwritten (never read). One launch of ``(Cq, B*H)`` programs;
 no host synchronisation.
+
+For the persistent Gluon kernel, ``query_tile_list`` writes its work list: entry ``bh * tiles_per_head + i`` is
+``(cluster, first sorted row, end row, bh)`` of video query tile ``i`` of head ``bh`` (the mapping of
+``kernel._tile_map``: a cluster's tiles in order, clusters in order), or ``(-1, 0, 0, bh)`` past the head's last
+tile. One launch of ``(B*H,)`` programs.
 """
 
 from __future__ import annotations
@@ -95,3 +100,54 @@ def key_tile_tables_reference(sel_idx: torch.Tensor, sel_count: torch.Tensor, se
     tile_seg = ((starts[:, None, :] <= pos[:, :, None]).sum(-1) - 1).clamp_min(0)
     tile_valid = t[None, :] <= n_tiles[:, None]
     return seg_base, torch.where(tile_valid, tile_seg, 0).int(), seg_valid, tile_valid
+
+
+@triton.jit
+def _query_tile_list_kernel(QOFF, ITEMS, CQ, TILES_PER_HEAD, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr,
+                            CQ_BLOCK: tl.constexpr, T_BLOCK: tl.constexpr):
+    bh = tl.program_id(0)
+    c = tl.arange(0, CQ_BLOCK)
+    ok = c < CQ
+    row = QOFF + bh.to(tl.int64) * (CQ + 1)
+    lo = tl.load(row + c, mask=ok, other=0)
+    hi = tl.load(row + c + 1, mask=ok, other=0)
+    n_tiles = tl.where(ok, (hi - lo + BLOCK_M - 1 - TAIL_M) // BLOCK_M, 0)
+    first = tl.cumsum(n_tiles, 0) - n_tiles
+    items = ITEMS + bh.to(tl.int64) * TILES_PER_HEAD * 4
+    # every cluster writes its own tiles: k-th tile of cluster c at first[c] + k
+    for k in range(0, tl.max(n_tiles, 0)):
+        w = ok & (k < n_tiles)
+        e = items + (first + k) * 4
+        tl.store(e, c, mask=w)
+        tl.store(e + 1, lo + k * BLOCK_M, mask=w)
+        tl.store(e + 2, hi, mask=w)
+        tl.store(e + 3, bh + c * 0, mask=w)
+    # the rest of the head's entries: inactive
+    for t0 in range(tl.sum(n_tiles, 0), TILES_PER_HEAD, T_BLOCK):
+        t = t0 + tl.arange(0, T_BLOCK)
+        w = t < TILES_PER_HEAD
+        e = items + t * 4
+        tl.store(e, t * 0 - 1, mask=w)
+        tl.store(e + 1, t * 0, mask=w)
+        tl.store(e + 2, t * 0, mask=w)
+        tl.store(e + 3, bh + t * 0, mask=w)
+
+
+def query_tile_list(q_offsets: torch.Tensor, block_m: int, tail_m: int, items: torch.Tensor) -> None:
+    """Fill ``items`` ``(B*H * tiles_per_head, 4)`` int32 (contiguous; ``tiles_per_head >=`` the number of tiles
+    of any head, e.g. ``kernel.max_video_tiles``) with the video query tiles of every head (see the module doc).
+    A cluster's remainder of ``<= tail_m`` rows gets no tile (it runs elsewhere)."""
+    bh, cq1 = q_offsets.shape
+    _query_tile_list_kernel[(bh,)](q_offsets, items, cq1 - 1, items.shape[0] // bh, BLOCK_M=block_m, TAIL_M=tail_m,
+                                   CQ_BLOCK=triton.next_power_of_2(cq1 - 1), T_BLOCK=128, num_warps=4)
+
+
+def query_tile_list_reference(q_offsets: torch.Tensor, block_m: int, tail_m: int, tiles_per_head: int) -> torch.Tensor:
+    """Torch reference of ``query_tile_list``: ``(B*H * tiles_per_head, 4)`` int32."""
+    out = []
+    for bh, row in enumerate(q_offsets.long().cpu().tolist()):
+        entries = [(c, lo + k * block_m, hi, bh) for c, (lo, hi) in enumerate(zip(row[:-1], row[1:], strict=True))
+                   for k in range((hi - lo + block_m - 1 - tail_m) // block_m)]
+        assert len(entries) <= tiles_per_head, "tiles_per_head too small"
+        out += entries + [(-1, 0, 0, bh)] * (tiles_per_head - len(entries))
+    return torch.tensor(out, dtype=torch.int32, device=q_offsets.device).reshape(-1, 4)

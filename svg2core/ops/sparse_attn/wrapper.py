@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import triton
@@ -12,7 +12,7 @@ import triton
 from svg2core.state import Workspace
 
 from .kernel import max_video_tiles, sparse_attn_fwd_kernel
-from .tables import key_tile_tables, max_key_tiles
+from .tables import key_tile_tables, max_key_tiles, query_tile_list
 
 _LOG2E = 1.4426950408889634
 
@@ -67,8 +67,13 @@ class KernelConfig:
     # K/V keep cp.async.
     # EXPERIMENTAL: compiles for sm_90 (tests/svg2core/test_gluon_kernel.py) but has not run on a GPU yet
     gluon_tma_kv: bool = False
+    # one program per SM, each taking the video query tiles from a shared counter (a work list built per call by
+    # tables.query_tile_list, one extra launch), so the producer loads the next tile's first key stages while
+    # the consumers finish the current one, and no CTA is launched per tile. Not with gluon_pingpong
+    gluon_persistent: bool = False
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
-    # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap), 16 no K/V copies
+    # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap), 16 no K/V copies;
+    # 32 (correct result, for timing comparisons) converts P with a plain cast instead of paired conversions
     gluon_debug: int = 0
 
     def __post_init__(self) -> None:
@@ -80,6 +85,8 @@ class KernelConfig:
             raise ValueError(f"gluon_block_n: must be 64 or 128, got {self.gluon_block_n}")
         if self.gluon_tile_tables not in ("auto", "on", "off"):
             raise ValueError(f"gluon_tile_tables: must be 'auto', 'on' or 'off', got {self.gluon_tile_tables!r}")
+        if self.gluon_persistent and self.gluon_pingpong:
+            raise ValueError("gluon_persistent: not available with gluon_pingpong (its turns count per tile)")
         if self.impl == "gluon" and self.block_m != 128:
             raise ValueError(f"impl: 'gluon' computes 128-row query tiles, so block_m must be 128, got {self.block_m}")
 
@@ -97,6 +104,11 @@ _CONFIGS: dict[tuple[int | None, torch.dtype | None, int | None], KernelConfig] 
     (8, None, 64): KernelConfig(block_m=64, block_n=64, num_warps=4, num_stages=3),
 }
 _DEFAULT_CONFIG = KernelConfig()
+
+
+@functools.cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def default_config(device: torch.device, dtype: torch.dtype, head_dim: int) -> KernelConfig:
@@ -276,21 +288,32 @@ def sparse_attention(
                           ws.buffer("sparse_attn.tile_seg", (bh * cq, max_key_tiles(nv, cfg.gluon_block_n) + 1),
                                     torch.int32, dev))
                 key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, cfg.gluon_block_n, *tables)
-            launch_gluon(kernel_args, (max_video_tiles(nv, cq, 128), bh), scale * _LOG2E,
-                         key_padding_mask is not None, d, cq, cfg, kv_perm, tables)
+            tiles_per_head = max_video_tiles(nv, cq, 128)
+            grid, work = (tiles_per_head, bh), None
+            if cfg.gluon_persistent:
+                ws = workspace if workspace is not None else Workspace()
+                programs = min(_num_sms(dev), tiles_per_head * bh)
+                work = (ws.buffer("sparse_attn.items", (bh * tiles_per_head, 4), torch.int32, dev),
+                        ws.buffer("sparse_attn.item_ring", (programs * 2,), torch.int32, dev),
+                        ws.buffer("sparse_attn.item_counter", (1,), torch.int32, dev))
+                query_tile_list(q_offsets, 128, cfg.tail_m, work[0])
+                work[2].zero_()
+                grid = (programs, 1)
+            launch_gluon(kernel_args, grid, scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm, tables,
+                         work)
 
         jobs = [(video_tiles, False)]
         if num_text_tiles:
             # text queries: the Triton kernel's dense branch, only the text programs. Each is a dense pass over
             # every key, far longer than a video tile: issued first on the side stream, they run beside the video
             # tiles instead of as a tail of a few busy SMs after them
-            jobs.insert(0, (partial(launch, (num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n,
+            jobs.insert(0, (functools.partial(launch, (num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n,
                                     cfg.num_warps, cfg.num_stages, False), cfg.text_concurrent))
     else:
-        jobs = [(partial(launch, (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles,
+        jobs = [(functools.partial(launch, (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles,
                          cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, False), False)]
     if cfg.tail_m:
-        jobs.append((partial(launch, (cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True),
+        jobs.append((functools.partial(launch, (cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True),
                      cfg.tail_concurrent))
     main = side = None
     if q.is_cuda and any(concurrent for _, concurrent in jobs):
