@@ -128,19 +128,28 @@ def tile_waste(args, block_m: int, block_n: int, tail_m: int = 0) -> dict:
             "tile_fill": real / (padded_q * padded_k).sum().item()}
 
 
-def time_ms(fn, reps: int = 10, warmup: int = 2) -> float:
+def time_ms(fn, reps: int = 10, warmup: int = 2, busy_ms: float = 200.0) -> float:
+    """Median time of one call, from ``reps`` calls queued back to back (an event between consecutive calls, one
+    synchronisation at the end), after ``warmup`` calls and about ``busy_ms`` of further calls that keep the GPU
+    busy: no idle gaps between timed calls, so the clocks are those of a loaded GPU (a host synchronisation after
+    every call left the GPU idle between calls; kernels of 1-5 ms then varied by up to ~10% between runs)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn()
+    b.record()
+    torch.cuda.synchronize()
+    for _ in range(int(busy_ms / max(a.elapsed_time(b), 1e-3))):
         fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(reps + 1)]
+    events[0].record()
+    for e in events[1:]:
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    times = sorted(x.elapsed_time(y) for x, y in zip(events, events[1:], strict=False))
     return times[len(times) // 2]
 
 

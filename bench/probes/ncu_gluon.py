@@ -1,7 +1,7 @@
 """One Gluon sparse-attention call at a benchmark shape, for Nsight Compute (Hopper).
 
     ncu --clock-control none -k regex:sparse_attn_fwd_gluon -c 1 -s 1 --section ... \
-        python bench/probes/ncu_gluon.py [--model wan1.3b-480p] [--density 0.15] [--debug 0]
+        python bench/probes/ncu_gluon.py [--model wan1.3b-480p] [--density 0.15] [--debug 0] [--key-order]
 
 Runs the call twice (the first compiles; ``-s 1`` skips it) and prints the time of a third.
 """
@@ -28,13 +28,19 @@ ap.add_argument("--model", default="wan1.3b-480p")
 ap.add_argument("--density", type=float, default=0.15)
 ap.add_argument("--debug", type=int, default=0)
 ap.add_argument("--stages", type=int, default=0)
+ap.add_argument("--key-order", action="store_true", help="selected key clusters listed by id (B.selection_in_key_order)")
+ap.add_argument("--persistent", action="store_true", help="gluon_persistent")
+ap.add_argument("--tables", default="", help="gluon_tile_tables: auto / on / off (default: the config's)")
 opts = ap.parse_args()
 h, nv, t, cq, ck = B.MODELS[opts.model]
 cfg = default_config(torch.device("cuda"), torch.bfloat16, 128)
-cfg = replace(cfg, gluon_debug=opts.debug, gluon_stages=opts.stages or cfg.gluon_stages)
+cfg = replace(cfg, gluon_debug=opts.debug, gluon_stages=opts.stages or cfg.gluon_stages,
+              gluon_tile_tables=opts.tables or cfg.gluon_tile_tables, gluon_persistent=opts.persistent)
 args, kpm, st = B.make_case(h, nv, t, cq, ck, opts.density, torch.bfloat16, seed=3)
+if opts.key_order:
+    args = B.selection_in_key_order(args)
 for _ in range(3):
     sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg)
 torch.cuda.synchronize()
 print("pairs", st["pairs"], "ms", B.time_ms(lambda: sparse_attention(**args, num_dense_tokens=t, key_padding_mask=kpm,
-                                                                   config=cfg), reps=3, warmup=0))
+                                                                   config=cfg), reps=3, warmup=0, busy_ms=0))
