@@ -33,9 +33,10 @@ def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PR
         sig[n] = "i32"
     for n in ("Q", "K", "V", "KP", "VP", "OUT"):
         sig[n] = ptr
-    for n in ("QPERM", "QOFF", "KOFF", "SELIDX", "SELCNT", "SELCUM", "KPERM", "SEGBASE", "TILESEG", "ITEMS", "ITEMRING",
+    for n in ("QPERM", "QOFF", "KOFF", "SELIDX", "SELCNT", "SELCUM", "KPERM", "SEGBASE", "TILESEG", "ITEMRING",
               "COUNTER"):
         sig[n] = "*i32"
+    sig["ITEMS"] = "*i64"
     sig["KPM"] = "*i8"
     # TMA descriptors of kp / vp (32 x D boxes), or plain pointers (never read) without TMA_KV
     desc = f"tensordesc<{dtype}[32,{head_dim}],{G._tma_layout(head_dim)!r}>" if tma_kv else ptr

@@ -66,29 +66,40 @@ def test_reference_follows_the_per_position_definition():
                 assert int(tile_seg[pair, t]) <= rows[last][0] <= int(tile_seg[pair, t + 1])
 
 
-@pytest.mark.parametrize("bh,nv,cq,block_m,tail_m,empty", [
-    (2, 300, 5, 16, 0, False),     # several tiles per cluster
-    (3, 257, 9, 32, 8, True),      # empty query clusters, remainders of <= 8 rows left out
-    (1, 40, 6, 128, 0, False),     # every cluster under one tile
+@pytest.mark.parametrize("bh,heads,nv,cq,block_m,tail_m,empty", [
+    (2, 2, 300, 5, 16, 0, False),     # several tiles per cluster
+    (6, 3, 257, 9, 32, 8, True),      # batch 2: empty query clusters, remainders of <= 8 rows left out
+    (1, 1, 40, 6, 128, 0, False),     # every cluster under one tile
 ])
-def test_query_tile_list_matches_reference(bh, nv, cq, block_m, tail_m, empty):
+def test_query_tile_list_matches_reference(bh, heads, nv, cq, block_m, tail_m, empty):
     from svg2core.ops.sparse_attn.kernel import max_video_tiles
     from svg2core.ops.sparse_attn.tables import query_tile_list, query_tile_list_reference
 
     lay = make_layout(bh, nv, cq, 4, density=0.5, gen=torch.Generator().manual_seed(5), empty_clusters=empty)
-    q_off = lay["q_offsets"].to(DEVICE)
+    q_off, cnt, cum = (lay[k].to(DEVICE) for k in ("q_offsets", "sel_count", "sel_cum"))
+    strides = (9000, 700, 8000, 600, 7000, 500, 6000, 400)  # (b, h) strides of q, k, v, out
     tph = max_video_tiles(nv, cq, block_m)
-    ref = query_tile_list_reference(q_off, block_m, tail_m, tph)
-    items = torch.full((bh * tph, 4), -7, dtype=torch.int32, device=DEVICE)
-    query_tile_list(q_off, block_m, tail_m, items)
-    assert torch.equal(items, ref)
-    # the reference covers every query row exactly once (remainders of <= tail_m rows excepted)
-    for b in range(bh):
+    ref = query_tile_list_reference(q_off, cnt, cum, heads, strides, block_m, tail_m, tph)
+    items = torch.full((bh * tph, 12), -7, dtype=torch.int64, device=DEVICE)
+    query_tile_list(q_off, cnt, cum, heads, strides, block_m, tail_m, items)
+    active = ref[:, 0] >= 0
+    assert torch.equal(items[:, 0], ref[:, 0])
+    assert torch.equal(items[active, :11], ref[active, :11])
+    # the reference covers every query row exactly once (remainders of <= tail_m rows excepted), and its fields
+    # follow the layout: pair = bh * Cq + cluster, cnt / total from the selection, (b, h) offsets from the strides
+    for x in range(bh):
         rows = []
-        for c, lo, hi, h in ref[b * tph:(b + 1) * tph].tolist():
-            assert h == b
-            if c >= 0:
-                rows += list(range(lo, min(lo + block_m, hi)))
-        sizes = (q_off[b, 1:] - q_off[b, :-1]).tolist()
+        for pair, lo, hi, h, n, total, qb, kb, vb, ob, bb, _ in ref[x * tph:(x + 1) * tph].tolist():
+            if pair < 0:
+                continue
+            c = pair - x * cq
+            assert h == x and 0 <= c < cq and (lo, hi)[1] == int(q_off[x, c + 1])
+            assert n == int(cnt[x, c]) and total == int(cum[x, c, n])
+            b, hh = divmod(x, heads)
+            assert bb == b
+            assert (qb, kb, vb, ob) == (b * 9000 + hh * 700, b * 8000 + hh * 600, b * 7000 + hh * 500,
+                                        b * 6000 + hh * 400)
+            rows += list(range(lo, min(lo + block_m, hi)))
+        sizes = (q_off[x, 1:] - q_off[x, :-1]).tolist()
         left_out = sum(s % block_m for s in sizes if 0 < s % block_m <= tail_m)
         assert len(rows) == len(set(rows)) == nv - left_out

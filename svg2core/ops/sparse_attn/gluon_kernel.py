@@ -138,9 +138,8 @@ def _producer(args):
         i = n_items * 0  # items done so far: the item ring's running count
         w = gl.atomic_add(COUNTER, 1, sem="relaxed")
         while w < n_items:
-            cl = gl.load(ITEMS + w * 4)
-            if cl >= 0:  # an entry past its head's last tile is skipped here: the consumers never see it
-                it = _item_of(args, w, cl, HEAD_DIM, BLOCK_N)
+            if gl.load(ITEMS + w.to(gl.int64) * 12) >= 0:  # an entry past its head's last tile is skipped here: the
+                it = _item_of(ITEMS, w, NV, T, HEAD_DIM, BLOCK_N)  # consumers never see it
                 _announce(ring, i, w, item_full, item_empty)
                 _produce_item(args, it, g)
                 g += it[11]
@@ -179,19 +178,19 @@ def _item_values(bh, cl, active, q_start, q_end, H, NV, T, CQ, CK, SELCNT, SELCU
 
 
 @gluon.jit
-def _item_of(args, w, cl, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr):
-    """``_item_values`` of entry w of the work list (``cl``: its cluster, already loaded, >= 0)."""
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
-     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
-     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
-     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
-    e = ITEMS + w * 4
-    return _item_values(gl.load(e + 3), cl, cl >= 0, gl.load(e + 1), gl.load(e + 2), H, NV, T, CQ, CK, SELCNT,
-                        SELCUM, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_ob,
-                        stride_oh, HEAD_DIM, BLOCK_N)
+def _item_of(ITEMS, w, NV, T, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr):
+    """``_item_values`` of entry w of the work list (tables.query_tile_list, ``pair >= 0``), read from the entry."""
+    e = ITEMS + w.to(gl.int64) * 12
+    pair = gl.load(e)
+    bh = gl.load(e + 3).to(gl.int32)
+    total = gl.load(e + 5).to(gl.int32)
+    n_video = gl.cdiv(total, BLOCK_N)
+    # the (b, h) offsets are multiples of 8 elements (the wrapper only runs the persistent kernel then): 16-byte
+    # aligned rows, which cp.async and the vector loads and stores need
+    return (bh, gl.load(e + 10).to(gl.int32), gl.multiple_of(gl.load(e + 6), 8), gl.multiple_of(gl.load(e + 7), 8),
+            gl.multiple_of(gl.load(e + 8), 8), gl.multiple_of(gl.load(e + 9), 8), bh.to(gl.int64) * NV * HEAD_DIM, pair,
+            gl.load(e + 4).to(gl.int32), total, n_video, n_video + gl.cdiv(T, BLOCK_N), gl.load(e + 1).to(gl.int32),
+            gl.load(e + 2).to(gl.int32))
 
 
 @gluon.jit
@@ -368,7 +367,7 @@ def _consumer(args, WG: gl.constexpr):
         i = n_items * 0
         w = _receive(ring, i, item_full, item_empty)
         while w >= 0:
-            it = _item_of(args, w, gl.load(ITEMS + w * 4), HEAD_DIM, BLOCK_N)
+            it = _item_of(ITEMS, w, NV, T, HEAD_DIM, BLOCK_N)
             _consumer_item(args, it, g, WG)
             g += it[11]
             i += 1

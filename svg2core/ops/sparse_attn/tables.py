@@ -14,10 +14,11 @@ concatenate into ``total = sel_cum[pair, cnt]`` key positions, visited in tiles 
 Entries past ``cnt`` / ``n_tiles`` are left unwritten (never read). One launch of ``(Cq, B*H)`` programs;
 no host synchronisation.
 
-For the persistent Gluon kernel, ``query_tile_list`` writes its work list: entry ``bh * tiles_per_head + i`` is
-``(cluster, first sorted row, end row, bh)`` of video query tile ``i`` of head ``bh`` (the mapping of
-``kernel._tile_map``: a cluster's tiles in order, clusters in order), or ``(-1, 0, 0, bh)`` past the head's last
-tile. One launch of ``(B*H,)`` programs.
+For the persistent Gluon kernel, ``query_tile_list`` writes its work list: entry ``bh * tiles_per_head + i``
+describes video query tile ``i`` of head ``bh`` (the mapping of ``kernel._tile_map``: a cluster's tiles in
+order, clusters in order) with everything the kernel's partitions need per tile (``ITEM_FIELDS``), so they keep
+no size or stride arguments live across tiles; ``pair = -1`` past the head's last tile. One launch of
+``(B*H,)`` programs.
 """
 
 from __future__ import annotations
@@ -102,9 +103,14 @@ def key_tile_tables_reference(sel_idx: torch.Tensor, sel_count: torch.Tensor, se
     return seg_base, torch.where(tile_valid, tile_seg, 0).int(), seg_valid, tile_valid
 
 
+# fields of a work-list entry (int64 each)
+ITEM_FIELDS = ("pair", "q_start", "q_end", "bh", "cnt", "total", "q_base", "k_base", "v_base", "o_base", "b", "pad")
+
+
 @triton.jit
-def _query_tile_list_kernel(QOFF, ITEMS, CQ, TILES_PER_HEAD, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr,
-                            CQ_BLOCK: tl.constexpr, T_BLOCK: tl.constexpr):
+def _query_tile_list_kernel(QOFF, SELCNT, SELCUM, ITEMS, H, CQ, CK, TILES_PER_HEAD,
+                            stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_ob, stride_oh,
+                            BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr, CQ_BLOCK: tl.constexpr, T_BLOCK: tl.constexpr):
     bh = tl.program_id(0)
     c = tl.arange(0, CQ_BLOCK)
     ok = c < CQ
@@ -113,41 +119,69 @@ def _query_tile_list_kernel(QOFF, ITEMS, CQ, TILES_PER_HEAD, BLOCK_M: tl.constex
     hi = tl.load(row + c + 1, mask=ok, other=0)
     n_tiles = tl.where(ok, (hi - lo + BLOCK_M - 1 - TAIL_M) // BLOCK_M, 0)
     first = tl.cumsum(n_tiles, 0) - n_tiles
-    items = ITEMS + bh.to(tl.int64) * TILES_PER_HEAD * 4
+    pair = bh.to(tl.int64) * CQ + c
+    cnt = tl.load(SELCNT + pair, mask=ok, other=0)
+    total = tl.load(SELCUM + pair * (CK + 1) + cnt, mask=ok, other=0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    items = ITEMS + bh.to(tl.int64) * TILES_PER_HEAD * 12
     # every cluster writes its own tiles: k-th tile of cluster c at first[c] + k
     for k in range(0, tl.max(n_tiles, 0)):
         w = ok & (k < n_tiles)
-        e = items + (first + k) * 4
-        tl.store(e, c, mask=w)
+        e = items + (first + k) * 12
+        tl.store(e, pair, mask=w)
         tl.store(e + 1, lo + k * BLOCK_M, mask=w)
         tl.store(e + 2, hi, mask=w)
         tl.store(e + 3, bh + c * 0, mask=w)
-    # the rest of the head's entries: inactive
+        tl.store(e + 4, cnt, mask=w)
+        tl.store(e + 5, total, mask=w)
+        tl.store(e + 6, b * stride_qb + h * stride_qh + c * 0, mask=w)
+        tl.store(e + 7, b * stride_kb + h * stride_kh + c * 0, mask=w)
+        tl.store(e + 8, b * stride_vb + h * stride_vh + c * 0, mask=w)
+        tl.store(e + 9, b * stride_ob + h * stride_oh + c * 0, mask=w)
+        tl.store(e + 10, b + c * 0, mask=w)
+    # the rest of the head's entries: inactive (pair -1)
     for t0 in range(tl.sum(n_tiles, 0), TILES_PER_HEAD, T_BLOCK):
         t = t0 + tl.arange(0, T_BLOCK)
         w = t < TILES_PER_HEAD
-        e = items + t * 4
-        tl.store(e, t * 0 - 1, mask=w)
-        tl.store(e + 1, t * 0, mask=w)
-        tl.store(e + 2, t * 0, mask=w)
-        tl.store(e + 3, bh + t * 0, mask=w)
+        tl.store(items + t * 12, t * 0 - 1, mask=w)
 
 
-def query_tile_list(q_offsets: torch.Tensor, block_m: int, tail_m: int, items: torch.Tensor) -> None:
-    """Fill ``items`` ``(B*H * tiles_per_head, 4)`` int32 (contiguous; ``tiles_per_head >=`` the number of tiles
-    of any head, e.g. ``kernel.max_video_tiles``) with the video query tiles of every head (see the module doc).
-    A cluster's remainder of ``<= tail_m`` rows gets no tile (it runs elsewhere)."""
+def query_tile_list(q_offsets: torch.Tensor, sel_count: torch.Tensor, sel_cum: torch.Tensor, heads: int,
+                    strides: tuple[int, ...], block_m: int, tail_m: int, items: torch.Tensor) -> None:
+    """Fill ``items`` ``(B*H * tiles_per_head, 12)`` int64 (contiguous; ``tiles_per_head >=`` the number of tiles
+    of any head, e.g. ``kernel.max_video_tiles``) with the video query tiles of every head, fields ``ITEM_FIELDS``:
+    ``pair = bh * Cq + cluster`` (-1: no tile), the tile's first sorted row and its cluster's end row, ``bh``, the
+    pair's ``sel_count`` and selected key tokens, the (b, h) offsets of q, k, v and out from ``strides`` =
+    (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1)),
+    and ``b``. Only ``pair`` is written for the entries past a head's last tile. A cluster's remainder of ``<= tail_m``
+    rows gets no tile (it runs elsewhere)."""
     bh, cq1 = q_offsets.shape
-    _query_tile_list_kernel[(bh,)](q_offsets, items, cq1 - 1, items.shape[0] // bh, BLOCK_M=block_m, TAIL_M=tail_m,
+    _query_tile_list_kernel[(bh,)](q_offsets, sel_count, sel_cum, items, heads, cq1 - 1, sel_cum.shape[-1] - 1,
+                                   items.shape[0] // bh, *strides, BLOCK_M=block_m, TAIL_M=tail_m,
                                    CQ_BLOCK=triton.next_power_of_2(cq1 - 1), T_BLOCK=128, num_warps=4)
 
 
-def query_tile_list_reference(q_offsets: torch.Tensor, block_m: int, tail_m: int, tiles_per_head: int) -> torch.Tensor:
-    """Torch reference of ``query_tile_list``: ``(B*H * tiles_per_head, 4)`` int32."""
+def query_tile_list_reference(q_offsets: torch.Tensor, sel_count: torch.Tensor, sel_cum: torch.Tensor, heads: int,
+                              strides: tuple[int, ...], block_m: int, tail_m: int, tiles_per_head: int
+                              ) -> torch.Tensor:
+    """Torch reference of ``query_tile_list``: ``(B*H * tiles_per_head, 12)`` int64; the fields after ``pair`` of
+    an entry with ``pair == -1`` are zero here and unspecified there."""
+    sqb, sqh, skb, skh, svb, svh, sob, soh = strides
+    cq = q_offsets.shape[1] - 1
+    cnt_all = sel_count.long().reshape(-1).tolist()
+    cum_all = sel_cum.long().reshape(-1, sel_cum.shape[-1])
     out = []
     for bh, row in enumerate(q_offsets.long().cpu().tolist()):
-        entries = [(c, lo + k * block_m, hi, bh) for c, (lo, hi) in enumerate(zip(row[:-1], row[1:], strict=True))
-                   for k in range((hi - lo + block_m - 1 - tail_m) // block_m)]
+        b, h = divmod(bh, heads)
+        entries = []
+        for c, (lo, hi) in enumerate(zip(row[:-1], row[1:], strict=True)):
+            pair = bh * cq + c
+            cnt = cnt_all[pair]
+            total = int(cum_all[pair, cnt])
+            entries += [(pair, lo + k * block_m, hi, bh, cnt, total, b * sqb + h * sqh, b * skb + h * skh,
+                         b * svb + h * svh, b * sob + h * soh, b, 0)
+                        for k in range((hi - lo + block_m - 1 - tail_m) // block_m)]
         assert len(entries) <= tiles_per_head, "tiles_per_head too small"
-        out += entries + [(-1, 0, 0, bh)] * (tiles_per_head - len(entries))
-    return torch.tensor(out, dtype=torch.int32, device=q_offsets.device).reshape(-1, 4)
+        out += entries + [(-1,) + (0,) * 11] * (tiles_per_head - len(entries))
+    return torch.tensor(out, dtype=torch.int64, device=q_offsets.device).reshape(-1, 12)

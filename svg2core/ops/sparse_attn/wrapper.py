@@ -290,13 +290,16 @@ def sparse_attention(
                 key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, cfg.gluon_block_n, *tables)
             tiles_per_head = max_video_tiles(nv, cq, 128)
             grid, work = (tiles_per_head, bh), None
-            if cfg.gluon_persistent:
+            bh_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
+                          out.stride(1))
+            # the persistent kernel reads the (b, h) offsets from its work list and assumes them 16-byte aligned
+            if cfg.gluon_persistent and all(x % 8 == 0 for x in bh_strides):
                 ws = workspace if workspace is not None else Workspace()
                 programs = min(_num_sms(dev), tiles_per_head * bh)
-                work = (ws.buffer("sparse_attn.items", (bh * tiles_per_head, 4), torch.int32, dev),
+                work = (ws.buffer("sparse_attn.items", (bh * tiles_per_head, 12), torch.int64, dev),
                         ws.buffer("sparse_attn.item_ring", (programs * 2,), torch.int32, dev),
                         ws.buffer("sparse_attn.item_counter", (1,), torch.int32, dev))
-                query_tile_list(q_offsets, 128, cfg.tail_m, work[0])
+                query_tile_list(q_offsets, sel_count, sel_cum, h, bh_strides, 128, cfg.tail_m, work[0])
                 work[2].zero_()
                 grid = (programs, 1)
             launch_gluon(kernel_args, grid, scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm, tables,
