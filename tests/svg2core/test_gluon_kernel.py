@@ -69,7 +69,7 @@ def _compile_report(tmp_path, *flags: str) -> dict:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("head_dim,flags", [(128, []), (64, []), (128, ["--tile-tables"]), (128, ["--tma-kv"]),
+@pytest.mark.parametrize("head_dim,flags", [(128, []), (64, []), (128, ["--tile-tables"]),
                                             (128, ["--tile-tables", "--persistent"])])
 def test_compiles_for_sm90_with_the_intended_structure(head_dim, flags, tmp_path):
     r = _compile_report(tmp_path, "--head-dim", str(head_dim), *flags)

@@ -8,8 +8,8 @@ Triton compiler does not produce from the plain loop (docs/benchmarks/NOTES_spar
   64 of the tile's 128 query rows, and one producer warpgroup;
 - the **producer** computes the kp rows of each key tile (a segment search over ``sel_cum``: from the previous
   tile's segment, or with TILE_SEG inside the tile's window of tables.py's ``tile_seg``, rows from its
-  ``seg_base``) and gathers the K and V rows into a ring of shared-memory stages with ``cp.async`` (with
-  TMA_KV, chunks inside one segment by TMA); each producer thread arrives on the stage's "full" mbarrier
+  ``seg_base``) and gathers the K and V rows into a ring of shared-memory stages with ``cp.async`` (TMA for the
+  chunks inside one segment was tried and measured slower, NOTES_sparse_attn.md v8); each producer thread arrives on the stage's "full" mbarrier
   when its copies have landed (``cp.async.mbarrier.arrive``);
 - each **consumer** waits on "full", issues the QK wgmma of tile t and the PV wgmma of tile t-1
   back to back, runs the softmax of tile t while PV(t-1) is on the tensor cores, then releases the
@@ -40,7 +40,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     async_copy,
     fence_async_shared,
     mbarrier,
-    tma,
     warpgroup_mma,
     warpgroup_mma_wait,
 )
@@ -51,9 +50,7 @@ _NEG_BIG: gl.constexpr = gl.constexpr(-1.0e30)
 _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 # CTA (or, inside a partition, partition-wide) barrier: ``thread_barrier`` in 3.6, ``barrier`` later
 _barrier = getattr(gl, "barrier", None) or gl.thread_barrier
-# TMA tile load: ``async_copy_global_to_shared`` in Triton 3.6, ``async_load`` later (the old name then raises)
-_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
-_CHUNK: gl.constexpr = gl.constexpr(32)  # key rows per copy batch of the producer (and per TMA box)
+_CHUNK: gl.constexpr = gl.constexpr(32)  # key rows per copy batch of the producer
 
 
 @gluon.jit
@@ -126,7 +123,7 @@ def _producer(args):
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
      stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -210,7 +207,7 @@ def _produce_item(args, it, g):
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
      stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
@@ -233,7 +230,6 @@ def _produce_item(args, it, g):
     kp_head = KP + kp_base
     vp_head = VP + kp_base
     TILE_SEG: gl.constexpr = tseg_smem.type.shape[0] >= 2  # the key-tile tables (tables.py) are given
-    TMA_KV: gl.constexpr = tseg_smem.type.shape[0] == 4  # chunks inside one segment go by TMA (KDESC / VDESC)
     tseg_row = TILESEG + pair * TILE_STRIDE
     sbase_row = SEGBASE + pair * CK
     j0 = cnt * 0
@@ -270,44 +266,14 @@ def _produce_item(args, it, g):
         rows_smem.store(gl.where(real, rows, -1))
         _barrier()
         mbarrier.wait(empty_bars.index(s), (((g + t) // NUM_STAGES) & 1) ^ 1)
-        if TMA_KV:
-            # per chunk (bits / bytes c of two scalars): does a segment boundary sel_cum[j], j in (j_lo, j_hi],
-            # fall strictly inside it, and how many boundaries lie at or before its first position (its segment is
-            # then j_lo + that count). Independent loads, one per boundary of the tile (usually 1-3)
-            straddle = j_lo * 0
-            before = j_lo * 0
-            for j in range(j_lo + 1, j_hi + 1):
-                bnd = gl.load(sel_cum_row + j) - p0
-                for c in gl.static_range(BLOCK_N // CHUNK):
-                    straddle |= ((bnd > c * CHUNK) & (bnd < c * CHUNK + CHUNK)).to(gl.int32) << c
-                    before += (bnd <= c * CHUNK).to(gl.int32) << (8 * c)
         for c in gl.static_range(BLOCK_N // CHUNK):
-            by_cp = True
-            if TMA_KV:
-                # a chunk of CHUNK positions inside one selected segment (and inside the keys) is CHUNK
-                # consecutive kp rows: one TMA box of CHUNK x D each for K and V (one expect-tx arrival on
-                # "full"); any other chunk goes by cp.async below (one plain arrival instead, so "full" always
-                # counts 128 + BLOCK_N // CHUNK arrivals per tile)
-                q0 = p0 + c * CHUNK
-                by_tma = (((straddle >> c) & 1) == 0) & (q0 + CHUNK <= total)
-                by_cp = ~by_tma
-                mbarrier.expect(full_bars.index(s), 2 * CHUNK * HEAD_DIM * 2, pred=by_tma)
-                mbarrier.arrive(full_bars.index(s), count=1, pred=by_cp)
-                if by_tma:
-                    jc = j_lo + ((before >> (8 * c)) & 255)
-                    krow = (bh * NV + gl.load(sbase_row + jc) + q0).to(gl.int32)
-                    _tma_load(KDESC, [krow, 0], full_bars.index(s), k_bufs.index(s).slice(c * CHUNK, CHUNK))
-                    _tma_load(VDESC, [krow, 0], full_bars.index(s), v_bufs.index(s).slice(c * CHUNK, CHUNK))
-            if by_cp:
-                _copy_chunk(rows_smem, k_bufs.index(s), v_bufs.index(s), c, K, V, k_base, v_base, stride_kn,
-                            stride_vn, kp_head, vp_head, offs_d, crow_lay, KV_PERM, DEBUG)
+            _copy_chunk(rows_smem, k_bufs.index(s), v_bufs.index(s), c, K, V, k_base, v_base, stride_kn, stride_vn,
+                        kp_head, vp_head, offs_d, crow_lay, KV_PERM, DEBUG)
         async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
     # trailing text keys: rows Nv .. N-1 of the original k / v (zero-filled past T)
     for t in range(n_video, n_tiles):
         s = (g + t) % NUM_STAGES
         mbarrier.wait(empty_bars.index(s), (((g + t) // NUM_STAGES) & 1) ^ 1)
-        if TMA_KV:  # the arrivals the video tiles' chunks make
-            mbarrier.arrive(full_bars.index(s), count=BLOCK_N // CHUNK)
         for c in gl.static_range(BLOCK_N // CHUNK):
             cols = (t - n_video) * BLOCK_N + c * CHUNK + mc
             ok = (cols < T)[:, None]
@@ -340,13 +306,6 @@ def _copy_chunk(rows_smem, k_stage, v_stage, c: gl.constexpr, K, V, k_base, v_ba
         _cp_async(v_stage.slice(c * CHUNK, CHUNK), vp_head + off, mask=ok)
 
 
-@gluon.constexpr_function
-def _tma_layout(head_dim):
-    """Shared layout of a CHUNK x D box of a K / V stage: the stages' own (NVMMASharedLayout.get_default_for of a
-    16-bit [BN, D] tile, 128-byte swizzle; Triton splits a D=128 box into two 64-column TMA messages)."""
-    return gl.NVMMASharedLayout.get_default_for([int(_CHUNK), int(head_dim)], gl.bfloat16)
-
-
 @gluon.jit
 def _consumer(args, WG: gl.constexpr):
     """A consumer partition (query rows WG * 64 .. WG * 64 + 63 of each tile): one work item, or with PERSISTENT
@@ -355,7 +314,7 @@ def _consumer(args, WG: gl.constexpr):
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
      stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -395,7 +354,7 @@ def _consumer_item(args, it, g, WG: gl.constexpr):
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
      stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
@@ -624,12 +583,12 @@ def sparse_attn_fwd_gluon(
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     H, NV, T, CQ, CK,
-    qk_scale, HAS_KPM_I, SEGBASE, TILESEG, TILE_STRIDE, KDESC, VDESC, ITEMS, ITEMRING, COUNTER, n_items,
+    qk_scale, HAS_KPM_I, SEGBASE, TILESEG, TILE_STRIDE, ITEMS, ITEMRING, COUNTER, n_items,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
     KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False, TILE_SEG: gl.constexpr = False,
-    TMA_KV: gl.constexpr = False, PERSISTENT: gl.constexpr = False,
+    PERSISTENT: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     # one program per (video query tile, head); with PERSISTENT one per SM, taking work items (entries of
@@ -655,8 +614,7 @@ def sparse_attn_fwd_gluon(
     full_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES):
-        # every producer thread arrives (cp.async.mbarrier.arrive); with TMA_KV also one arrival per chunk
-        mbarrier.init(full_bars.index(i), count=128 + (BLOCK_N // _CHUNK if TMA_KV else 0))
+        mbarrier.init(full_bars.index(i), count=128)  # every producer thread arrives (cp.async.mbarrier.arrive)
         mbarrier.init(empty_bars.index(i), count=2)  # one arrival per consumer warpgroup
     # ping-pong turns of the two consumers (one arrival each); PINGPONG travels as the buffer's length
     turn_bars = gl.allocate_shared_memory(gl.int64, [2 if PINGPONG else 1, 1], mbarrier.MBarrierLayout())
@@ -664,8 +622,8 @@ def sparse_attn_fwd_gluon(
         mbarrier.init(turn_bars.index(i), count=1)
     # the row sums' store that orders each PV wait after the softmax; PIN_WAIT travels as the buffer's length
     pin_smem = gl.allocate_shared_memory(gl.float32, [128 if PIN_WAIT else 2], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    # TILE_SEG and TMA_KV travel as this buffer's length: 1, 2 (tables) or 4 (tables and TMA)
-    tseg_smem = gl.allocate_shared_memory(gl.int8, [4 if TMA_KV else 2 if TILE_SEG else 1],
+    # TILE_SEG travels as this buffer's length: 2 with the tables, else 1
+    tseg_smem = gl.allocate_shared_memory(gl.int8, [2 if TILE_SEG else 1],
                                           gl.SwizzledSharedLayout(1, 1, 1, [0]))
     # PERSISTENT: the item ring's two slots (in ITEMRING, global) are handed over by these barriers; PERSISTENT
     # travels as their length
@@ -680,7 +638,7 @@ def sparse_attn_fwd_gluon(
             kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
             HAS_KPM_I, dbg_smem,
             q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-            SEGBASE, TILESEG, TILE_STRIDE, tseg_smem, KDESC, VDESC,
+            SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
             ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
             stride_vh, stride_ob, stride_oh, item_full, item_empty)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
@@ -704,23 +662,14 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
     ``tables.query_tile_list``, int32 ``(grid[0] * 2,)`` and a zeroed int32 ``(1,)``; ``grid`` is then
     ``(programs, 1)``."""
     seg_base, tile_seg = tables if tables is not None else (kernel_args[6], kernel_args[6])  # never read without
-    kp, vp = kernel_args[3], kernel_args[4]
-    kdesc, vdesc = kp, vp  # never read without TMA_KV
-    tma_kv = cfg.gluon_tma_kv and tables is not None and not kv_perm
-    if tma_kv:
-        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-        rows = kp.shape[0] * kp.shape[1]
-        kdesc, vdesc = (TensorDescriptor(x.view(rows, head_dim), [rows, head_dim], [head_dim, 1],
-                                         [int(_CHUNK), head_dim], _tma_layout(head_dim)) for x in (kp, vp))
     items, ring, counter = work if work is not None else (seg_base, seg_base, seg_base)  # never read without
     sparse_attn_fwd_gluon[grid](
         *kernel_args,
-        qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0, kdesc, vdesc,
+        qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0,
         items, ring, counter, items.shape[0] if work is not None else 0,
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
         PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
-        TMA_KV=tma_kv, PERSISTENT=work is not None,
+        PERSISTENT=work is not None,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

@@ -62,11 +62,6 @@ class KernelConfig:
     # (NOTES_sparse_attn.md v7): 4-7% faster at the Wan shapes (no text tokens), ~3% slower at HunyuanVideo's
     # (256 text tokens; not understood yet)
     gluon_tile_tables: str = "auto"
-    # with the tables: the 32-key chunks of a tile that lie inside one selected segment are loaded by TMA
-    # (one 32 x D box each for K and V) instead of cp.async; the other chunks, the text tiles and in-place
-    # K/V keep cp.async.
-    # EXPERIMENTAL: compiles for sm_90 (tests/svg2core/test_gluon_kernel.py) but has not run on a GPU yet
-    gluon_tma_kv: bool = False
     # one program per SM, each taking the video query tiles from a shared counter (a work list built per call by
     # tables.query_tile_list, one extra launch), so the producer loads the next tile's first key stages while
     # the consumers finish the current one, and no CTA is launched per tile. Not with gluon_pingpong
