@@ -20,6 +20,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_sparse_attn import time_ms  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 import svg2core.ops.permute.permute as pm  # noqa: E402
@@ -58,20 +61,9 @@ SWEEP_SMALL = (12, 32760)  # heads, tokens of the second sweep shape (Wan 1.3B 4
 
 
 def bench_ms(fn, warmup=3, rep=10) -> float:
-    """Median of ``rep`` event-timed runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(rep):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    times.sort()
-    return times[len(times) // 2]
+    """Median of ``rep`` event-timed runs queued back to back after warm-up (``bench_sparse_attn.time_ms``: no
+    idle gaps between timed runs; until session 5 every run was followed by a host synchronisation)."""
+    return time_ms(fn, reps=rep, warmup=warmup)
 
 
 def check_correctness(dev) -> dict:
