@@ -116,9 +116,10 @@ def _tile_map(QOFF, bh, CQ, tile, BLOCK_M: gl.constexpr, TAIL_M: gl.constexpr, C
 
 
 @gluon.jit
-def _producer(args):
-    """The producer partition: one work item (a grid program), or with PERSISTENT the items it takes from the
-    shared counter, each announced to the consumers through this CTA's item ring."""
+def _dispatch_fields(args):
+    """What the partitions' dispatch (one item, or the persistent loop) reads of the arguments: the work list, the
+    item ring and its counter, Nv, T, the K stages (for their constexpr shape), the item barriers, and the grid
+    program's own item (the per-item tuple of ``_item_values``)."""
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
      kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
@@ -126,6 +127,15 @@ def _producer(args):
      SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
      stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
+    return (ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, item_full, item_empty,
+            (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end))
+
+
+@gluon.jit
+def _producer(args):
+    """The producer partition: one work item (a grid program), or with PERSISTENT the items it takes from the
+    shared counter, each announced to the consumers through this CTA's item ring."""
+    ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, item_full, item_empty, own = _dispatch_fields(args)
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
     PERSISTENT: gl.constexpr = item_full.type.shape[0] == 2
@@ -144,8 +154,7 @@ def _producer(args):
             w = gl.atomic_add(COUNTER, 1, sem="relaxed")
         _announce(ring, i, -1, item_full, item_empty)  # no more items
     else:
-        _produce_item(args, (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles,
-                             q_start, q_end), 0)
+        _produce_item(args, own, 0)
     async_copy.commit_group()
     async_copy.wait_group(0)
 
@@ -310,13 +319,7 @@ def _copy_chunk(rows_smem, k_stage, v_stage, c: gl.constexpr, K, V, k_base, v_ba
 def _consumer(args, WG: gl.constexpr):
     """A consumer partition (query rows WG * 64 .. WG * 64 + 63 of each tile): one work item, or with PERSISTENT
     every item the producer announces in this CTA's item ring until it announces -1."""
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
-     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
-     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
-     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
+    ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, item_full, item_empty, own = _dispatch_fields(args)
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
     PERSISTENT: gl.constexpr = item_full.type.shape[0] == 2
@@ -332,8 +335,7 @@ def _consumer(args, WG: gl.constexpr):
             i += 1
             w = _receive(ring, i, item_full, item_empty)
     else:
-        _consumer_item(args, (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles,
-                              q_start, q_end), 0, WG)
+        _consumer_item(args, own, 0, WG)
 
 
 @gluon.jit
