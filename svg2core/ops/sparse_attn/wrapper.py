@@ -305,14 +305,16 @@ def sparse_attention(
             # text queries: the Triton kernel's dense branch, only the text programs. Each is a dense pass over
             # every key, far longer than a video tile: issued first on the side stream, they run beside the video
             # tiles instead of as a tail of a few busy SMs after them
-            jobs.insert(0, (functools.partial(launch, (num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n,
-                                    cfg.num_warps, cfg.num_stages, False), cfg.text_concurrent))
+            text = functools.partial(launch, (num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n,
+                                     cfg.num_warps, cfg.num_stages, False)
+            jobs.insert(0, (text, cfg.text_concurrent))
     else:
-        jobs = [(functools.partial(launch, (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh), num_text_tiles,
-                         cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages, False), False)]
+        grid = (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh)
+        jobs = [(functools.partial(launch, grid, num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
+                                   cfg.num_stages, False), False)]
     if cfg.tail_m:
-        jobs.append((functools.partial(launch, (cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True),
-                     cfg.tail_concurrent))
+        tail = functools.partial(launch, (cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True)
+        jobs.append((tail, cfg.tail_concurrent))
     main = side = None
     if q.is_cuda and any(concurrent for _, concurrent in jobs):
         main = torch.cuda.current_stream(dev)
