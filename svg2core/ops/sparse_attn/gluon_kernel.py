@@ -8,9 +8,9 @@ Triton compiler does not produce from the plain loop (docs/benchmarks/NOTES_spar
   64 of the tile's 128 query rows, and one producer warpgroup;
 - the **producer** computes the kp rows of each key tile (a segment search over ``sel_cum``: from the previous
   tile's segment, or with TILE_SEG inside the tile's window of tables.py's ``tile_seg``, rows from its
-  ``seg_base``) and gathers the K and V rows into a ring of shared-memory stages with ``cp.async`` (TMA for the
-  chunks inside one segment was tried and measured slower, NOTES_sparse_attn.md v8); each producer thread arrives on the stage's "full" mbarrier
-  when its copies have landed (``cp.async.mbarrier.arrive``);
+  ``seg_base``) and gathers the K and V rows into a ring of shared-memory stages with ``cp.async`` (TMA for
+  the chunks inside one segment was tried and measured slower, NOTES_sparse_attn.md v8); each producer thread
+  arrives on the stage's "full" mbarrier when its copies have landed (``cp.async.mbarrier.arrive``);
 - each **consumer** waits on "full", issues the QK wgmma of tile t and the PV wgmma of tile t-1
   back to back, runs the softmax of tile t while PV(t-1) is on the tensor cores, then releases the
   stage of tile t-1 ("empty" mbarrier, one arrival per consumer). The two consumers are not
@@ -25,6 +25,11 @@ With TAIL_M = 0 (the Hopper default) every video query tile runs here; a tile of
 remainder) leaves warpgroup 1 idle (it only passes the stages on) and warpgroup 0 has the tensor cores to
 itself. With TAIL_M > 0, remainders of <= TAIL_M rows are left to the Triton kernel's ``TAIL_ONLY`` launch.
 The text-query tiles always run on the Triton kernel (a text-only launch).
+
+With PERSISTENT (``KernelConfig.gluon_persistent``, off: measured 4-7% slower, NOTES_sparse_attn.md v8) there is
+one program per SM: its producer takes tiles from an atomic counter over the work list of
+``tables.query_tile_list`` and announces each to the consumers through a two-slot item ring (mbarriers); the
+stage ring's count runs on across tiles.
 
 There is no interpreter for Gluon: this kernel is checked on the GPU against the torch reference
 (bench/bench_sparse_attn.py, bench/probes/probe_gluon*.py, tests/svg2core/test_sparse_attn_hopper.py); on
