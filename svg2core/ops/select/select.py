@@ -102,7 +102,7 @@ def cluster_logits(q_centroids: torch.Tensor, k_centroids: torch.Tensor, k_sizes
     ck = k_centroids.shape[1]
     logits = workspace.buffer("sel.logits", (bh, cq, ck), torch.float32, q_centroids.device)
     block_k = min(_LOGITS_BLOCK_K, max(16, _next_pow2(ck)))
-    _cluster_logits_kernel[((cq + _LOGITS_BLOCK_Q - 1) // _LOGITS_BLOCK_Q, bh)](
+    _cluster_logits_kernel[((cq + _LOGITS_BLOCK_Q - 1) // _LOGITS_BLOCK_Q, (ck + block_k - 1) // block_k, bh)](
         q_centroids, k_centroids, k_sizes, logits, cq, ck, 1.0 / math.sqrt(d),
         q_centroids.stride(0), q_centroids.stride(1), k_centroids.stride(0), k_centroids.stride(1),
         k_sizes.stride(0), logits.stride(0), logits.stride(1),
