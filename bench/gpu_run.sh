@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The standard GPU checks and benchmarks in one call of a fresh GPU machine (the device tool's image: torch and
+# Triton present, no network). Carry the wheels the image lacks in .whl/ (pip download --no-deps -d .whl pytest
+# pytest-timeout iniconfig pluggy redis diffusers safetensors) and name what to run:
+#
+#   bash bench/gpu_run.sh OUT tests attn selection     # Hopper tests, then bench_sparse_attn and bench_selection
+#   bash bench/gpu_run.sh OUT pipeline                  # bench_pipeline_step (compiled, ~3 min on an H100)
+#
+# Steps: tests (tests/svg2core/test_sparse_attn_hopper.py), attn (bench_sparse_attn.py), selection
+# (bench_selection.py --no-sweep), pipeline (bench_pipeline_step.py --compile). Results go to OUT/<step>/.
+set -uo pipefail
+out=${1:?usage: bash bench/gpu_run.sh OUT STEP...}
+shift
+cd "$(dirname "$0")/.."
+if compgen -G ".whl/*.whl" > /dev/null; then
+  pip install -q --no-deps --target /tmp/site .whl/*.whl 2>&1 | grep -v -i "warning" || true
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+status=0
+for step in "$@"; do
+  mkdir -p "$out/$step"
+  echo "=== $step"
+  log="$out/$step/log.txt"
+  case $step in
+    tests) python -m pytest -q tests/svg2core/test_sparse_attn_hopper.py -p no:cacheprovider > "$log" 2>&1 ;;
+    attn) python bench/bench_sparse_attn.py --out "$out/$step" > "$log" 2>&1 ;;
+    selection) python bench/bench_selection.py --out "$out/$step" --no-sweep > "$log" 2>&1 ;;
+    pipeline) python bench/bench_pipeline_step.py --compile --out "$out/$step" > "$log" 2>&1 ;;
+    *) echo "unknown step: $step" > "$log"; false ;;
+  esac
+  rc=$?
+  [ $rc -eq 0 ] || status=1
+  # the step's summary: table rows and checks, else the end of its log
+  grep -E "^\| |dense cuDNN|correctness|graph|passed|failed" "$log" || tail -20 "$log"
+  echo "=== $step: exit $rc"
+done
+exit $status
