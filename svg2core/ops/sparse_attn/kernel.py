@@ -41,6 +41,14 @@ _NEG_BIG = tl.constexpr(-1.0e30)
 
 
 @triton.jit
+def query_tiles(c_lo, c_hi, BLOCK_M: tl.constexpr, TAIL_M: tl.constexpr):
+    """Video query tiles of the clusters with sorted rows ``c_lo .. c_hi``: ceil(size / BLOCK_M), except that a
+    remainder of <= TAIL_M rows is left to the TAIL_ONLY launch (TAIL_M == 0: every remainder is a padded
+    BLOCK_M tile). The work list of tables.query_tile_list follows the same rule."""
+    return (c_hi - c_lo + BLOCK_M - 1 - TAIL_M) // BLOCK_M
+
+
+@triton.jit
 def _attend_tile(acc, m_i, l_i, q, k, v, qk_scale, col_valid, MASKED: tl.constexpr):
     """One online-softmax step: q (BM, D), k and v (BN, D); m_i, l_i in the log2 domain."""
     qk = tl.dot(q, tl.trans(k))  # (BM, BN) fp32, unscaled
@@ -201,9 +209,7 @@ def sparse_attn_fwd_kernel(
             c_ok = offs_c < CQ
             c_lo = tl.load(qoff_bh + offs_c, mask=c_ok, other=0)
             c_hi = tl.load(qoff_bh + offs_c + 1, mask=c_ok, other=0)
-            # tiles per query cluster: ceil(size / BM), except that a remainder of <= TAIL_M rows is left
-            # to the TAIL_ONLY launch (TAIL_M == 0: every remainder is a padded BLOCK_M tile here)
-            n_tiles = (c_hi - c_lo + BLOCK_M - 1 - TAIL_M) // BLOCK_M  # (CQ_BLOCK,)
+            n_tiles = query_tiles(c_lo, c_hi, BLOCK_M, TAIL_M)  # (CQ_BLOCK,)
             cum_tiles = tl.cumsum(n_tiles, 0)
             cl = tl.sum((cum_tiles <= tile).to(tl.int32), 0)  # query cluster of this tile
             active = cl < CQ

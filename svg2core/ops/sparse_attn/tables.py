@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .kernel import query_tiles
+
 
 def max_key_tiles(nv: int, block_n: int) -> int:
     """Upper bound of ``n_tiles`` over all pairs (the selected ranges are disjoint video keys): the
@@ -117,7 +119,7 @@ def _query_tile_list_kernel(QOFF, SELCNT, SELCUM, ITEMS, H, CQ, CK, TILES_PER_HE
     row = QOFF + bh.to(tl.int64) * (CQ + 1)
     lo = tl.load(row + c, mask=ok, other=0)
     hi = tl.load(row + c + 1, mask=ok, other=0)
-    n_tiles = tl.where(ok, (hi - lo + BLOCK_M - 1 - TAIL_M) // BLOCK_M, 0)
+    n_tiles = tl.where(ok, query_tiles(lo, hi, BLOCK_M, TAIL_M), 0)
     first = tl.cumsum(n_tiles, 0) - n_tiles
     pair = bh.to(tl.int64) * CQ + c
     cnt = tl.load(SELCNT + pair, mask=ok, other=0)

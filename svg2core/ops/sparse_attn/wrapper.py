@@ -276,9 +276,9 @@ def sparse_attention(
         from .gluon_kernel import launch_gluon
 
         def video_tiles():
+            ws = workspace if workspace is not None else Workspace()  # allocates only on a buffer request
             tables = None
             if cfg.gluon_tile_tables == "on" or (cfg.gluon_tile_tables == "auto" and t == 0):
-                ws = workspace if workspace is not None else Workspace()
                 tables = (ws.buffer("sparse_attn.seg_base", (bh * cq, ck), torch.int32, dev),
                           ws.buffer("sparse_attn.tile_seg", (bh * cq, max_key_tiles(nv, cfg.gluon_block_n) + 1),
                                     torch.int32, dev))
@@ -286,10 +286,9 @@ def sparse_attention(
             tiles_per_head = max_video_tiles(nv, cq, 128)
             grid, work = (tiles_per_head, bh), None
             bh_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
-                          out.stride(1))
+                          out.stride(1)) if cfg.gluon_persistent else ()
             # the persistent kernel reads the (b, h) offsets from its work list and assumes them 16-byte aligned
             if cfg.gluon_persistent and all(x % 8 == 0 for x in bh_strides):
-                ws = workspace if workspace is not None else Workspace()
                 programs = min(_num_sms(dev), tiles_per_head * bh)
                 work = (ws.buffer("sparse_attn.items", (bh * tiles_per_head, 12), torch.int64, dev),
                         ws.buffer("sparse_attn.item_ring", (programs * 2,), torch.int32, dev),
