@@ -55,11 +55,26 @@ def clusters(bh: int, nv: int, c: int, gen: torch.Generator, dev) -> tuple[torch
     return perm, offsets
 
 
-def make_case(h, nv, t, cq, ck, density, dtype, seed, dev="cuda"):
+def uniform_clusters(bh: int, nv: int, size: int, gen: torch.Generator, dev) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query clusters of exactly ``size`` tokens each (the last one takes the rest), tokens in random order."""
+    c = -(-nv // size)
+    perm = torch.rand(bh, nv, device=dev, generator=gen).argsort(dim=1)
+    offsets = (torch.arange(c + 1, device=dev) * size).clamp(max=nv).expand(bh, c + 1).contiguous()
+    return perm, offsets
+
+
+def make_case(h, nv, t, cq, ck, density, dtype, seed, dev="cuda", q_cluster_size=None):
+    """A synthetic call: random q/k/v, gamma-sized clusters (or, with ``q_cluster_size``, query clusters of that
+    many tokens each, ``cq`` ignored), and per query cluster a random order of key clusters kept up to
+    ``density``."""
     gen = torch.Generator(device=dev).manual_seed(seed)
     n = nv + t
     q, k, v = (torch.randn(1, h, n, 128, device=dev, dtype=dtype, generator=gen) for _ in range(3))
-    q_perm, q_off = clusters(h, nv, cq, gen, dev)
+    if q_cluster_size:
+        q_perm, q_off = uniform_clusters(h, nv, q_cluster_size, gen, dev)
+        cq = q_off.shape[1] - 1
+    else:
+        q_perm, q_off = clusters(h, nv, cq, gen, dev)
     k_perm, k_off = clusters(h, nv, ck, gen, dev)
     k_sizes = k_off[:, 1:] - k_off[:, :-1]
     scores = torch.rand(h, cq, ck, device=dev, generator=gen).masked_fill(k_sizes[:, None, :] == 0, -1.0)

@@ -11,7 +11,9 @@ eager call has sized the workspace and created the layer state).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -104,31 +106,76 @@ def svg2_attention(
         iters = config.kmeans_iters
     q_cent = entry.q.view(b * h, cq, d)
     k_cent = entry.k.view(b * h, ck, d)
-    q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend)
-    k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend)
-    q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32, q.device))
-    k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32, q.device))
-
-    # 2. Cluster scoring and selection.
-    sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend)
-    density = selection_density(q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask)
-
-    # 3. Permutation of K and V into cluster-contiguous order.
-    kp, vp = gather_kv(k, v, k_perm, ws, backend)
+    plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend)
+    sel_idx, sel_count, sel_cum = plan.sel_idx, plan.sel_count, plan.sel_cum
+    density = selection_density(plan.q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask)
 
     # 4. Attention over the selected (query cluster, key cluster) blocks, output in token order.
     if backend == "reference":
         out = masked_dense_attention_reference(
-            q, k, v, q_labels, k_labels, sel_idx, sel_count, t, key_padding_mask, scale
+            q, k, v, plan.q_labels, plan.k_labels, sel_idx, sel_count, t, key_padding_mask, scale
         )
     else:
         from svg2core.ops.sparse_attn import sparse_attention
 
         out = sparse_attention(
-            q, k, v, kp, vp, q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum,
+            q, k, v, plan.kp, plan.vp, plan.q_perm, plan.q_offsets, plan.k_offsets, sel_idx, sel_count, sel_cum,
             num_dense_tokens=t, key_padding_mask=key_padding_mask if t > 0 else None, scale=scale, workspace=ws,
         )
     return out, density
+
+
+class Plan(NamedTuple):
+    """What the selection stages hand to the attention kernel (docs/ARCHITECTURE.md): the clusterings of the
+    video queries and keys (labels, stable permutation, offsets, sizes; ``(B*H, ...)`` int32), the selected key
+    clusters per query cluster, and the keys/values in cluster-contiguous order (``kp``, ``vp``)."""
+
+    q_labels: torch.Tensor
+    q_perm: torch.Tensor
+    q_offsets: torch.Tensor
+    q_sizes: torch.Tensor
+    k_labels: torch.Tensor
+    k_perm: torch.Tensor
+    k_offsets: torch.Tensor
+    k_sizes: torch.Tensor
+    sel_idx: torch.Tensor
+    sel_count: torch.Tensor
+    sel_cum: torch.Tensor
+    kp: torch.Tensor
+    vp: torch.Tensor
+
+
+def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Tensor, q_cent: torch.Tensor,
+                       k_cent: torch.Tensor, iters: int, config: SVG2Config, ws: Workspace, backend: str = "triton",
+                       concurrent: bool = True) -> Plan:
+    """Stages 1-3 of a call: k-means of the video queries and keys (``iters`` iterations, in place on the
+    ``(B*H, C, D)`` fp32 centroids), cluster scoring and selection, and the gather of K and V into
+    cluster-contiguous order (``v``: the full ``(B, H, N, D)`` values; its first ``Nv`` tokens are gathered).
+
+    With ``concurrent`` (Triton backend, CUDA), the query k-means runs on a side stream (forked from and joined
+    back to the caller's, so graph-capturable) while the key k-means and the K/V gather run on the caller's
+    stream: the two chains are independent until the scoring, and at 480p each launch of one chain leaves SMs
+    idle (docs/benchmarks/NOTES_selection.md).
+    """
+    b, h, nv, _ = q_video.shape
+    cq, ck = q_cent.shape[1], k_cent.shape[1]
+    dev = q_video.device
+    side = main = None
+    if concurrent and backend == "triton" and q_video.is_cuda:
+        main = torch.cuda.current_stream(dev)
+        side = torch.cuda.Stream(dev)  # from torch's stream pool: no stream is created per call
+        side.wait_stream(main)  # the side stream sees everything queued before this call
+    with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+        q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend)
+        q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32, dev))
+    k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend)
+    k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32, dev))
+    kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend)
+    if side is not None:
+        main.wait_stream(side)  # the scoring reads the query centroids
+    sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend)
+    return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,
+                sel_idx, sel_count, sel_cum, kp, vp)
 
 
 def selection_density(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_cum: torch.Tensor, b: int, h: int,

@@ -71,7 +71,7 @@ def init_centroids_strided(x: torch.Tensor, num_clusters: int, out: torch.Tensor
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
                   backend: str = "triton", workspace: Workspace | None = None,
                   tile: AssignTile | None = None, block_counts: torch.Tensor | None = None,
-                  prepared: bool = False) -> torch.Tensor:
+                  prepared: bool = False, name: str = "kmeans") -> torch.Tensor:
     """Nearest centroid of every point, written into ``labels``.
 
     Args:
@@ -86,6 +86,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
             ``sort_by_cluster(method="count", block_counts=..., count_block=tile.block_n)``.
         prepared: the workspace's low-precision centroids and norms already hold ``centroids``
             (written by ``kmeans_update(..., workspace=...)``): skip the preparation launch.
+        name: prefix of the workspace buffers (clusterings that may run concurrently need their own).
     """
     if backend == "reference":
         labels.copy_(kmeans_assign_reference(_as_bh(x), centroids))
@@ -95,8 +96,8 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     b, h, n, d = x.shape
     bh, c, _ = centroids.shape
     ws = Workspace() if workspace is None else workspace
-    cent_lp = ws.buffer(f"kmeans.cent_lp.{x.dtype}", (bh, c, d), x.dtype, x.device)
-    cent_sq = ws.buffer("kmeans.cent_sq", (bh, c), torch.float32, x.device)
+    cent_lp = ws.buffer(f"{name}.cent_lp.{x.dtype}", (bh, c, d), x.dtype, x.device)
+    cent_sq = ws.buffer(f"{name}.cent_sq", (bh, c), torch.float32, x.device)
     if not prepared:
         _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
             centroids, cent_lp, cent_sq, c,
@@ -123,7 +124,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
 
 def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor,
                   labels: torch.Tensor | None = None, backend: str = "triton",
-                  workspace: Workspace | None = None) -> torch.Tensor:
+                  workspace: Workspace | None = None, name: str = "kmeans") -> torch.Tensor:
     """Replace every non-empty cluster's centroid by the mean of its points, in place.
 
     Args:
@@ -136,6 +137,7 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
             prepared=True)`` can skip its preparation launch. The workspace must already hold this
             ``centroids``' prepared copy (from an assign of the same call): empty clusters are not
             rewritten.
+        name: the workspace buffers' prefix, as given to that assign.
     """
     if backend == "reference":
         centroids.copy_(kmeans_update_reference(_as_bh(x), labels, centroids))
@@ -145,8 +147,8 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
     b, h, _, d = x.shape
     c = centroids.shape[1]
     if workspace is not None:
-        cent_lp = workspace.buffer(f"kmeans.cent_lp.{x.dtype}", (b * h, c, d), x.dtype, x.device)
-        cent_sq = workspace.buffer("kmeans.cent_sq", (b * h, c), torch.float32, x.device)
+        cent_lp = workspace.buffer(f"{name}.cent_lp.{x.dtype}", (b * h, c, d), x.dtype, x.device)
+        cent_sq = workspace.buffer(f"{name}.cent_sq", (b * h, c), torch.float32, x.device)
     else:
         cent_lp, cent_sq = centroids, centroids  # unused (PREPARE=False)
     _kmeans_segment_mean_kernel[(c, b * h)](
@@ -191,7 +193,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
 
         def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
             kmeans_assign(x, centroids, labels, backend, workspace, tile, block_counts=counts,
-                          prepared=not first and FUSE_PREPARE)
+                          prepared=not first and FUSE_PREPARE, name=name)
             if fused:
                 return sort_by_cluster(labels, c, workspace, name, method="count", count_block=tile.block_n,
                                        block_counts=counts)
@@ -202,7 +204,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         if it > 0:
             perm, offsets = assign_and_sort(False)
         more = it < iters - 1 and backend != "reference" and FUSE_PREPARE
-        kmeans_update(x, perm, offsets, centroids, labels, backend, workspace if more else None)
+        kmeans_update(x, perm, offsets, centroids, labels, backend, workspace if more else None, name=name)
     return labels, perm, offsets
 
 
