@@ -153,9 +153,9 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     cluster-contiguous order (``v``: the full ``(B, H, N, D)`` values; its first ``Nv`` tokens are gathered).
 
     With ``concurrent`` (Triton backend, CUDA), the query k-means runs on a side stream (forked from and joined
-    back to the caller's, so graph-capturable) while the key k-means and the K/V gather run on the caller's
-    stream: the two chains are independent until the scoring, and at 480p each launch of one chain leaves SMs
-    idle (docs/benchmarks/NOTES_selection.md).
+    back to the caller's, so graph-capturable) beside the key k-means on the caller's stream: the two chains are
+    independent until the scoring, and at 480p each launch of one chain leaves SMs idle. The K/V gather then
+    runs on the side stream beside the scoring and selection (docs/benchmarks/NOTES_selection.md).
     """
     b, h, nv, _ = q_video.shape
     cq, ck = q_cent.shape[1], k_cent.shape[1]
@@ -165,15 +165,20 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         main = torch.cuda.current_stream(dev)
         side = torch.cuda.Stream(dev)  # from torch's stream pool: no stream is created per call
         side.wait_stream(main)  # the side stream sees everything queued before this call
-    with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+    on_side = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
+    with on_side:
         q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend)
         q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32, dev))
     k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend)
     k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32, dev))
-    kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend)
     if side is not None:
         main.wait_stream(side)  # the scoring reads the query centroids
+        side.wait_stream(main)  # the gather reads the key permutation
+    with on_side:  # the K/V gather (memory-bound) beside the scoring and selection
+        kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend)
     sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend)
+    if side is not None:
+        main.wait_stream(side)  # the caller's stream sees kp / vp
     return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,
                 sel_idx, sel_count, sel_cum, kp, vp)
 

@@ -9,7 +9,7 @@ density), so every query tile visits about ``density x tokens`` keys. From the t
 
 - ``us_per_key_tile_128``: time per (128-row query tile x 128-key tile) at S = 128;
 - ``cost_64_vs_128``: the time of a 64-row tile over that of a 128-row tile with the same keys (1.0: a remainder
-  tile costs a full tile, so splitting its keys between the two warpgroups could halve it; 0.5: nothing to gain).
+  tile costs a full tile; 0.5: it costs what its rows do).
 
 Correctness first (S = 64 and 192 against the fp32 reference on two heads). Writes DIR/probe_tile_cost_<card>.json
 and a markdown table.
@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import replace
 
 import torch
 
@@ -30,6 +29,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import bench_sparse_attn as B  # noqa: E402
+from probe_gluon_ablate import parse_variants  # noqa: E402
 
 from svg2core.ops.sparse_attn import default_config, sparse_attention, sparse_attention_reference  # noqa: E402
 
@@ -43,14 +43,17 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=76800)
     ap.add_argument("--key-clusters", type=int, default=1000)
     ap.add_argument("--density", type=float, default=0.25)
+    ap.add_argument("--variants", default="", help="name=field:value+field:value,... (KernelConfig fields)")
     opts = ap.parse_args()
     os.makedirs(opts.out, exist_ok=True)
     dev = torch.cuda.get_device_name()
     card = "h200" if "H200" in dev else "h100" if "H100" in dev else dev.replace(" ", "_").lower()
     h, nv, ck, dens = opts.heads, opts.tokens, opts.key_clusters, opts.density
     cfg = default_config(torch.device("cuda"), torch.bfloat16, 128)
-    # the default, and remainder tiles split by key tiles between the two warpgroups (gluon_ksplit)
-    variants = {"default": cfg, "ksplit": replace(cfg, gluon_ksplit=True)}
+    # the default config, and any variants of it to compare in the same run (--variants, as probe_gluon_ablate's).
+    # Session 6 compared gluon_ksplit here (a <= 64-row tile split by key tiles between the two warpgroups, commit
+    # 3144b6a): slower, removed (docs/benchmarks/probe_tile_cost_h100.md, NOTES_sparse_attn.md v9)
+    variants = {"default": cfg, **{k: c for k, (c, _, _) in parse_variants(opts.variants, cfg).items()}}
     res = {"device": dev, "heads": h, "tokens": nv, "key_clusters": ck, "density": dens, "config": cfg.__dict__,
            "variants": list(variants), "correctness": [], "rows": []}
 
@@ -84,7 +87,7 @@ def main() -> None:
         half = ((rem > 0) & (rem <= 64)).double()
         full = full + ((rem > 64).double())
         row = {"size": s, "ms": ms, "x_cudnn": B.tflops(st["pairs"], ms) / dense_tf, "ms_variants": ms_v,
-               "x_cudnn_ksplit": B.tflops(st["pairs"], ms_v["ksplit"]) / dense_tf,
+               "x_cudnn_variants": {k: B.tflops(st["pairs"], v) / dense_tf for k, v in ms_v.items()},
                "full_tile_key_tiles": (full * key_tiles).sum().item(),
                "half_tile_key_tiles": (half * key_tiles).sum().item(),
                "tflops": B.tflops(st["pairs"], ms)}
@@ -97,7 +100,8 @@ def main() -> None:
     res["us_per_key_tile_128"] = t128 * 1e3
     res["us_per_key_tile_64"] = t64 * 1e3
     res["cost_64_vs_128"] = t64 / t128
-    res["cost_64_vs_128_ksplit"] = by[64]["ms_variants"]["ksplit"] / by[64]["half_tile_key_tiles"] / t128
+    res["cost_64_vs_128_variants"] = {k: by[64]["ms_variants"][k] / by[64]["half_tile_key_tiles"] / t128
+                                      for k in variants}
     for r in res["rows"]:  # the mixed sizes predicted from the two
         r["predicted_ms"] = r["full_tile_key_tiles"] * t128 + r["half_tile_key_tiles"] * t64
     path = os.path.join(opts.out, f"probe_tile_cost_{card}")
@@ -105,13 +109,16 @@ def main() -> None:
         json.dump(res, f, indent=1)
     lines = [f"# Query-tile cost by cluster size ({dev}; {h} x {nv} tokens, {ck} key clusters, density {dens})", "",
              f"cuDNN dense {dense_ms:.2f} ms. 128-row tile x 128 keys: {t128 * 1e3:.3f} us of the whole GPU; "
-             f"64-row tile: {t64 * 1e3:.3f} us = **{t64 / t128:.2f}** of a 128-row tile; split by key tiles between "
-             f"the two warpgroups (gluon_ksplit): **{res['cost_64_vs_128_ksplit']:.2f}**.", "",
-             "| cluster size | ms | x cuDNN | TFLOP/s | predicted ms (from S=64, 128) | ksplit ms | ksplit x cuDNN |",
-             "|---|---|---|---|---|---|---|"]
+             f"64-row tile: {t64 * 1e3:.3f} us = **{t64 / t128:.2f}** of a 128-row tile"
+             + "".join(f"; {k}: {v:.2f}" for k, v in res["cost_64_vs_128_variants"].items() if k != "default")
+             + ".", "",
+             "| cluster size | ms | x cuDNN | TFLOP/s | predicted ms (from S=64, 128) |"
+             + "".join(f" {k} ms | {k} x cuDNN |" for k in variants if k != "default"),
+             "|---|---|---|---|---|" + "---|---|" * (len(variants) - 1)]
     for r in res["rows"]:
-        lines.append(f"| {r['size']} | {r['ms']:.2f} | {r['x_cudnn']:.3f} | {r['tflops']:.0f} | {r['predicted_ms']:.2f} | "
-                     f"{r['ms_variants']['ksplit']:.2f} | {r['x_cudnn_ksplit']:.3f} |")
+        lines.append(f"| {r['size']} | {r['ms']:.2f} | {r['x_cudnn']:.3f} | {r['tflops']:.0f} | {r['predicted_ms']:.2f} |"
+                     + "".join(f" {r['ms_variants'][k]:.2f} | {r['x_cudnn_variants'][k]:.3f} |"
+                               for k in variants if k != "default"))
     with open(path + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -115,24 +115,6 @@ def test_persistent_work_list():
 
 
 @pytest.mark.timeout(180, method="thread")
-def test_remainders_split_by_key_tiles():
-    # gluon_ksplit: a tile of <= 64 rows is shared by both warpgroups, which take its key tiles alternately and
-    # merge their softmax states. Mostly remainder tiles (300 query clusters over 6000 tokens) with odd and even
-    # key-tile counts; one key tile only (nothing to merge: 5% of 3000 keys); text keys with a padding mask and
-    # batch 2 (text tiles split too); every tile one cluster of <= 64 rows (1000 clusters); fp16; the tables off;
-    # K/V read in place; a CUDA graph
-    cfg = replace(default_config(torch.device("cuda"), torch.bfloat16, 128), gluon_ksplit=True)
-    _check(1, 2, 6000, 0, 128, 300, 40, torch.bfloat16, 0.3, seed=31, tol=2e-2, config=cfg)
-    _check(1, 2, 3000, 0, 128, 64, 40, torch.bfloat16, 0.05, seed=32, tol=2e-2, config=cfg)
-    _check(2, 3, 2500, 77, 128, 60, 30, torch.bfloat16, 0.3, seed=33, tol=2e-2, config=cfg)
-    _check(1, 2, 6000, 0, 128, 1000, 40, torch.bfloat16, 0.5, seed=34, tol=2e-2, config=cfg)
-    _check(1, 2, 6000, 33, 128, 300, 40, torch.float16, 0.3, seed=35, tol=5e-3, config=cfg)
-    _check(1, 2, 6000, 0, 128, 300, 40, torch.bfloat16, 0.3, seed=36, tol=2e-2,
-           config=replace(cfg, gluon_tile_tables="off"), kv_perm=True)
-    _check_graph_replay(40, seed=37, config=cfg)
-
-
-@pytest.mark.timeout(180, method="thread")
 def test_k_v_read_in_place_through_k_perm():
     _check(2, 2, 2500, 77, 128, 40, 30, torch.bfloat16, 0.3, seed=8, tol=2e-2, kv_perm=True)
 

@@ -131,7 +131,7 @@ def _dispatch_fields(args):
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
      SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty, merge_bars) = args
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     return (ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, item_full, item_empty,
             (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end))
 
@@ -223,7 +223,7 @@ def _produce_item(args, it, g):
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
      SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty, merge_bars) = args
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2  # video K/V rows read from k / v through k_perm
@@ -355,23 +355,6 @@ def _receive(ring, i, item_full, item_empty):
 
 
 @gluon.jit
-def _consumer_item(args, it, g, WG: gl.constexpr):
-    """One work item of this warpgroup; its key tiles are the stage ring's tiles g, g + 1, ... With KSPLIT
-    (``KernelConfig.gluon_ksplit``) a tile of at most 64 rows is split by key tiles between the two warpgroups
-    (``_consumer_split``); otherwise each warpgroup computes its own 64 rows (``_consumer_rows``)."""
-    merge_bars = args[-1]
-    q_start = it[12]
-    q_end = it[13]
-    if merge_bars.type.shape[0] == 2:  # KSPLIT travels as the merge barriers' length
-        if (q_end - q_start <= 64) & (q_end > q_start):
-            _consumer_split(args, it, g, WG)
-        else:
-            _consumer_rows(args, it, g, WG)
-    else:
-        _consumer_rows(args, it, g, WG)
-
-
-@gluon.jit
 def _load_q_rows(Q, QPERM, q_smem, q_base, stride_qn, bh, NV, row0, q_end, WG: gl.constexpr, DEBUG: gl.constexpr):
     """Query rows row0 .. row0 + 63 (sorted positions, < q_end) gathered from q (token order) in 16-byte vectors
     into q_smem.index(WG); returns that buffer."""
@@ -409,125 +392,7 @@ def _store_rows(OUT, QPERM, o, l_i, o_base, stride_on, bh, NV, row0, q_end):
 
 
 @gluon.jit
-def _consumer_split(args, it, g, WG: gl.constexpr):
-    """A tile of at most 64 rows (a cluster's remainder) with KSPLIT. Both warpgroups hold the same 64 query rows
-    and take the key tiles alternately (WG 0 the even ones, WG 1 the odd ones), each with its own online softmax,
-    so the remainder uses both instead of leaving WG 1 idle (a 64-row tile cost 0.69 of a 128-row one:
-    docs/benchmarks/probe_tile_cost_h100.md). Each step is synchronous within its warpgroup (QK, softmax, PV,
-    release): the other warpgroup's step fills the tensor cores meanwhile, and at most two stages are held, so
-    the producer keeps one ahead. A warpgroup passes the other's tiles on (waits "full", arrives "empty") to keep
-    the stage protocol. At the end WG 1 writes its (o, m, l) into the stage of its last tile (no other reader or
-    writer is left there) and arrives on the merge barrier; WG 0 merges the two softmax states and stores."""
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
-     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
-     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
-     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty, merge_bars) = args
-    (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
-    DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1
-    NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
-    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
-    HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
-    WG_M: gl.constexpr = 64
-    s_lay: gl.constexpr = _wgmma_layout(BLOCK_N)
-    o_lay: gl.constexpr = _wgmma_layout(HEAD_DIM)
-    srow_lay: gl.constexpr = gl.SliceLayout(1, s_lay)
-    q_wg = _load_q_rows(Q, QPERM, q_smem, q_base, stride_qn, bh, NV, q_start, q_end, WG, DEBUG)
-    o = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_lay)
-    m_i = gl.full([WG_M], _NEG_BIG, gl.float32, srow_lay)
-    l_i = gl.zeros([WG_M], gl.float32, srow_lay)
-    for pr in range(n_tiles // 2):
-        if WG == 0:
-            o, m_i, l_i = _split_step(g, 2 * pr, o, m_i, l_i, q_wg, k_bufs, v_bufs, full_bars, empty_bars, total,
-                                      n_video, KPM, b, T, has_kpm, qk_scale)
-            _pass_stage(g + 2 * pr + 1, full_bars, empty_bars)
-        else:
-            _pass_stage(g + 2 * pr, full_bars, empty_bars)
-            o, m_i, l_i = _split_step(g, 2 * pr + 1, o, m_i, l_i, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
-                                      total, n_video, KPM, b, T, has_kpm, qk_scale)
-    for t in range(2 * (n_tiles // 2), n_tiles):  # an odd count's last tile: WG 0's
-        if WG == 0:
-            o, m_i, l_i = _split_step(g, t, o, m_i, l_i, q_wg, k_bufs, v_bufs, full_bars, empty_bars, total,
-                                      n_video, KPM, b, T, has_kpm, qk_scale)
-        else:
-            _pass_stage(g + t, full_bars, empty_bars)
-    # WG 1's last tile is local tile 2 * (n_tiles // 2) - 1: its stage is free once WG 1 has released it
-    s1 = (g + 2 * (n_tiles // 2) - 1) % NUM_STAGES
-    flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    o_buf = k_bufs.index(s1)._reinterpret(gl.float32, [WG_M, HEAD_DIM], flat)
-    ml_buf = v_bufs.index(s1)._reinterpret(gl.float32, [2 * WG_M], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    if WG == 1:
-        if n_tiles >= 2:
-            o_buf.store(o)
-            ml_buf.slice(0, WG_M).store(m_i)
-            ml_buf.slice(WG_M, WG_M).store(l_i)
-            _barrier()  # every thread's stores before the arrival
-            mbarrier.arrive(merge_bars.index(0), count=1)
-    else:
-        if n_tiles >= 2:
-            mbarrier.wait(merge_bars.index(0), 0)
-            m_1 = ml_buf.slice(0, WG_M).load(srow_lay)
-            l_1 = ml_buf.slice(WG_M, WG_M).load(srow_lay)
-            m_new = gl.maximum(m_i, m_1)
-            a_0 = gl.exp2(m_i - m_new)
-            a_1 = gl.exp2(m_1 - m_new)
-            l_i = l_i * a_0 + l_1 * a_1
-            o_1 = o_buf.load(o_lay)
-            o = (o * gl.convert_layout(a_0, gl.SliceLayout(1, o_lay))[:, None]
-                 + o_1 * gl.convert_layout(a_1, gl.SliceLayout(1, o_lay))[:, None])
-        _store_rows(OUT, QPERM, o, l_i, o_base, stride_on, bh, NV, q_start, q_end)
-
-
-@gluon.jit
-def _pass_stage(t, full_bars, empty_bars):
-    """Key tile t (stage-ring count) belongs to the other warpgroup: wait until it is loaded, then release it from
-    this side (a release before the wait could complete the stage's previous round early)."""
-    NUM_STAGES: gl.constexpr = full_bars.type.shape[0]
-    s = t % NUM_STAGES
-    mbarrier.wait(full_bars.index(s), (t // NUM_STAGES) & 1)
-    mbarrier.arrive(empty_bars.index(s), count=1)
-
-
-@gluon.jit
-def _split_step(g, t, o, m_i, l_i, q_wg, k_bufs, v_bufs, full_bars, empty_bars, total, n_video, KPM, b, T, has_kpm,
-                qk_scale):
-    """Local key tile t of a split tile (stage-ring tile g + t), start to end in this warpgroup: QK, masked online
-    softmax (video columns below ``total``; text columns below T and valid in the key padding mask), PV, release."""
-    NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
-    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
-    HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
-    WG_M: gl.constexpr = 64
-    dtype: gl.constexpr = k_bufs.dtype
-    s_lay: gl.constexpr = _wgmma_layout(BLOCK_N)
-    o_lay: gl.constexpr = _wgmma_layout(HEAD_DIM)
-    p_lay: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_lay, k_width=2)
-    s = (g + t) % NUM_STAGES
-    mbarrier.wait(full_bars.index(s), ((g + t) // NUM_STAGES) & 1)
-    s_acc = warpgroup_mma(q_wg, k_bufs.index(s).permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
-                          use_acc=False, is_async=True)
-    s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
-    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_lay))
-    is_text = t >= n_video
-    c0 = (t - n_video) * BLOCK_N
-    ok = cols < gl.where(is_text, T - c0, total - t * BLOCK_N)
-    ok = ok & (gl.load(KPM + b * T + c0 + cols, mask=ok & is_text & (has_kpm != 0), other=1) != 0)
-    qk = gl.where(ok[None, :], s_acc, float("-inf"))
-    m_new = gl.maximum(m_i, gl.convert_layout(_row_max(qk), m_i.type.layout) * qk_scale)
-    p = gl.exp2(qk * qk_scale - m_new[:, None])
-    alpha = gl.exp2(m_i - m_new)
-    l_i = l_i * alpha + gl.convert_layout(_row_sum(p), l_i.type.layout)
-    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
-    p_op = gl.convert_layout(_pack_p(p, dtype), p_lay)
-    o = warpgroup_mma(p_op, v_bufs.index(s), o, is_async=True)
-    o, p_op = warpgroup_mma_wait(0, deps=(o, p_op))
-    mbarrier.arrive(empty_bars.index(s), count=1)
-    return o, m_new, l_i
-
-
-@gluon.jit
-def _consumer_rows(args, it, g, WG: gl.constexpr):
+def _consumer_item(args, it, g, WG: gl.constexpr):
     """One work item's 64 query rows of this warpgroup; its key tiles are the stage ring's tiles g, g + 1, ..."""
     (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
      q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
@@ -535,7 +400,7 @@ def _consumer_rows(args, it, g, WG: gl.constexpr):
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
      SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty, merge_bars) = args
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
@@ -749,7 +614,7 @@ def sparse_attn_fwd_gluon(
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
     KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False, TILE_SEG: gl.constexpr = False,
-    PERSISTENT: gl.constexpr = False, KSPLIT: gl.constexpr = False,
+    PERSISTENT: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     # one program per (video query tile, head); with PERSISTENT one per SM, taking work items (entries of
@@ -793,10 +658,6 @@ def sparse_attn_fwd_gluon(
     for i in gl.static_range(2 if PERSISTENT else 1):
         mbarrier.init(item_full.index(i), count=1)  # the producer
         mbarrier.init(item_empty.index(i), count=2)  # both consumers
-    # KSPLIT: WG 1 hands its softmax state of a split tile to WG 0 (one arrival); KSPLIT travels as the length
-    merge_bars = gl.allocate_shared_memory(gl.int64, [2 if KSPLIT else 1, 1], mbarrier.MBarrierLayout())
-    if KSPLIT:
-        mbarrier.init(merge_bars.index(0), count=1)
 
     args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
             q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
@@ -805,7 +666,7 @@ def sparse_attn_fwd_gluon(
             q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
             SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
             ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-            stride_vh, stride_ob, stride_oh, item_full, item_empty, merge_bars)
+            stride_vh, stride_ob, stride_oh, item_full, item_empty)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
@@ -835,6 +696,6 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
         PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
-        PERSISTENT=work is not None, KSPLIT=cfg.gluon_ksplit,
+        PERSISTENT=work is not None,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

@@ -66,11 +66,6 @@ class KernelConfig:
     # tables.query_tile_list, one extra launch), so the producer loads the next tile's first key stages while
     # the consumers finish the current one, and no CTA is launched per tile. Not with gluon_pingpong
     gluon_persistent: bool = False
-    # a video tile of <= 64 rows (a query cluster's remainder) is split by key tiles between the two consumer
-    # warpgroups (each its own online softmax, merged at the end) instead of leaving one of them idle: a 64-row
-    # tile otherwise costs 0.69 of a 128-row one (probe_tile_cost_h100.md). Needs gluon_block_n = 128 (the
-    # merge goes through a stage's shared memory); not with gluon_pingpong or gluon_persistent
-    gluon_ksplit: bool = False
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
     # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap), 16 no K/V copies;
     # 32 (correct result, for timing comparisons) converts P with a plain cast instead of paired conversions
@@ -85,8 +80,6 @@ class KernelConfig:
             raise ValueError(f"gluon_block_n: must be 64 or 128, got {self.gluon_block_n}")
         if self.gluon_tile_tables not in ("auto", "on", "off"):
             raise ValueError(f"gluon_tile_tables: must be 'auto', 'on' or 'off', got {self.gluon_tile_tables!r}")
-        if self.gluon_ksplit and (self.gluon_pingpong or self.gluon_persistent or self.gluon_block_n != 128):
-            raise ValueError("gluon_ksplit: needs gluon_block_n = 128, and not gluon_pingpong or gluon_persistent")
         if self.gluon_persistent and self.gluon_pingpong:
             raise ValueError("gluon_persistent: not available with gluon_pingpong (its turns count per tile)")
         if self.impl == "gluon" and self.block_m != 128:
