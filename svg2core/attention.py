@@ -91,7 +91,7 @@ def svg2_attention(
     cq, ck = min(config.num_q_clusters, nv), min(config.num_k_clusters, nv)
     q_video, k_video = q[:, :, :nv], k[:, :, :nv]
 
-    # 1. k-means of queries and keys (video tokens only), in place on the branch's cached centroids.
+    # The branch's cached centroids: the warm start of the k-means (a cold start on a first call or a shape change).
     entry = state.get(branch)
     if entry is None or not entry.matches(b, h, cq, ck, d, q.device):
         entry = BranchCentroids(
@@ -106,6 +106,8 @@ def svg2_attention(
         iters = config.kmeans_iters
     q_cent = entry.q.view(b * h, cq, d)
     k_cent = entry.k.view(b * h, ck, d)
+    # 1-3. k-means of queries and keys (video tokens only, in place on those centroids), cluster scoring and
+    # selection, K and V gathered into cluster-contiguous order.
     plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend)
     sel_idx, sel_count, sel_cum = plan.sel_idx, plan.sel_count, plan.sel_cum
     density = selection_density(plan.q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask)
@@ -165,8 +167,10 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         main = torch.cuda.current_stream(dev)
         side = torch.cuda.Stream(dev)  # from torch's stream pool: no stream is created per call
         side.wait_stream(main)  # the side stream sees everything queued before this call
-    on_side = torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
-    with on_side:
+    def on_side():
+        return torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
+
+    with on_side():
         q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend)
         q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32, dev))
     k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend)
@@ -174,7 +178,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     if side is not None:
         main.wait_stream(side)  # the scoring reads the query centroids
         side.wait_stream(main)  # the gather reads the key permutation
-    with on_side:  # the K/V gather (memory-bound) beside the scoring and selection
+    with on_side():  # the K/V gather (memory-bound) beside the scoring and selection
         kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend)
     sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend)
     if side is not None:
