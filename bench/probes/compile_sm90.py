@@ -53,22 +53,6 @@ def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PR
                           options={"num_warps": 4, "maxnreg": maxnreg})
 
 
-def compile_assign(head_dim=128, dtype="bf16", block_c=64, block_n=128, maxnreg=0):
-    """The k-means assign kernel of svg2core/ops/kmeans/gluon_assign.py for sm_90."""
-    from svg2core.ops.kmeans.gluon_assign import kmeans_assign_gluon_kernel as kern
-
-    names = kern.arg_names
-    sig = {n: "i32" for n in names}
-    sig.update(x_ptr=f"*{dtype}", cent_ptr=f"*{dtype}", cent_sq_ptr="*fp32", labels_ptr="*i32")
-    consts = dict(D=head_dim, BLOCK_N=block_n, BLOCK_C=block_c)
-    for k in consts:
-        sig[k] = "constexpr"
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
-             if sig[n].startswith("*") or n in ("stride_xb", "stride_xh", "stride_xn", "stride_cbh", "stride_cc")}
-    return triton.compile(GluonASTSource(kern, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": block_n // 16, **({"maxnreg": maxnreg} if maxnreg else {})})
-
-
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 
 
@@ -114,8 +98,7 @@ def report(k) -> dict:
     ptx = k.asm["ptx"]
     counts = {pat: len(re.findall(pat, ptx)) for pat in (
         r"wgmma\.mma_async", r"wgmma\.wait_group", r"cp\.async\.ca|cp\.async\.cg", r"cp\.async\.mbarrier\.arrive",
-        r"mbarrier\.try_wait", r"mbarrier\.arrive", r"bar\.sync", r"barrier\.sync", r"setmaxnreg", r"ld\.local|st\.local",
-        r"wgmma\.wait_group\.sync\.aligned 1")}
+        r"mbarrier\.try_wait", r"mbarrier\.arrive", r"bar\.sync", r"barrier\.sync", r"setmaxnreg", r"ld\.local|st\.local")}
     meta = dict(shared=k.metadata.shared, **resources(k.asm["cubin"]))
     return {**meta, **counts}
 
@@ -131,17 +114,8 @@ if __name__ == "__main__":
     ap.add_argument("--tile-tables", action="store_true", help="the producer reads tables.py's key-tile tables")
     ap.add_argument("--pin-wait", action="store_true", help="pin the PV wait after the softmax (gluon_pin_wait)")
     ap.add_argument("--persistent", action="store_true", help="one program per SM over a work list")
-    ap.add_argument("--kernel", default="attention", choices=("attention", "assign"),
-                    help="assign: the k-means assign kernel of svg2core/ops/kmeans/gluon_assign.py")
-    ap.add_argument("--block-c", type=int, default=64, help="(assign) centroids per tile")
     ap.add_argument("--json", help="also write the report and the setmaxnreg values to this file")
     a = ap.parse_args()
-    if a.kernel == "assign":
-        rep = report(compile_assign(head_dim=a.head_dim, block_c=a.block_c))
-        print(rep)
-        if a.json:
-            Path(a.json).write_text(json.dumps(rep))
-        raise SystemExit(0)
     k = compile_kernel(head_dim=a.head_dim, num_stages=a.stages, pingpong=a.pingpong, kv_perm=a.kv_perm, block_n=a.block_n,
                        pin_wait=a.pin_wait, tile_tables=a.tile_tables,
                        persistent=a.persistent)

@@ -39,10 +39,6 @@ ASSIGN_TILE = AssignTile()
 # 0.076 ms fused vs 0.136 ms with the radix sort; 1000 clusters 0.388 vs 0.349; 40 x 75,600 tokens,
 # 300 clusters 0.99 vs 0.91, 1000 clusters 2.70 vs 2.12. Above it: sort_by_cluster's default method.
 FUSED_SORT_MAX_CLUSTERS = 128
-# Hopper: assigns without the block histogram (more clusters than FUSED_SORT_MAX_CLUSTERS, bf16/fp16, head_dim 64
-# or 128) run the Gluon kernel of gluon_assign.py, whose next centroid tile's matmul overlaps this tile's argmin.
-# Off until measured against the Triton kernel on an H100 (bench/probes/probe_assign.py).
-GLUON_ASSIGN = False
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
@@ -84,8 +80,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
         labels: ``(B * H, N)`` int32 output.
         workspace: holds the low-precision copy of the centroids and their norms (a fresh one
             when None).
-        tile: launch shape of the Triton kernel (benchmarks, and the block size of ``block_counts``); None: the
-            default (``ASSIGN_TILE``, or on Hopper with ``GLUON_ASSIGN`` and no ``block_counts`` the Gluon kernel).
+        tile: launch shape override (benchmarks); None: ``ASSIGN_TILE``.
         block_counts: optional ``(B * H, cdiv(N, tile.block_n) * C)`` int32 output: the label
             histogram of every block of ``tile.block_n`` tokens (block-major), for
             ``sort_by_cluster(method="count", block_counts=..., count_block=tile.block_n)``.
@@ -109,15 +104,6 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
             centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
             D=d, BLOCK_C=32, num_warps=4,
         )
-    if tile is None and block_counts is None and _gluon_assign_applies(x):
-        from svg2core.ops.kmeans.gluon_assign import kmeans_assign_gluon_kernel
-
-        kmeans_assign_gluon_kernel[(_cdiv(n, 128), bh)](
-            x, cent_lp, cent_sq, labels, n, c, h, x.stride(0), x.stride(1), x.stride(2),
-            cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), labels.stride(0),
-            D=d, BLOCK_N=128, BLOCK_C=64, num_warps=8,
-        )
-        return labels
     tile = tile or ASSIGN_TILE
     block_c = min(tile.block_c, max(16, triton_next_pow2(c)))
     nb = _cdiv(n, tile.block_n)
@@ -134,12 +120,6 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
-
-
-def _gluon_assign_applies(x: torch.Tensor) -> bool:
-    """Whether ``kmeans_assign`` takes the Gluon kernel for these points (see ``GLUON_ASSIGN``)."""
-    return (GLUON_ASSIGN and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and x.shape[-1] in (64, 128)
-            and torch.cuda.get_device_capability(x.device)[0] == 9)
 
 
 def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor,
@@ -212,8 +192,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
                                    x.device) if fused else None)
 
         def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
-            # the fused histogram counts blocks of tile.block_n tokens; without it the library's default kernel
-            kmeans_assign(x, centroids, labels, backend, workspace, tile if fused else None, block_counts=counts,
+            kmeans_assign(x, centroids, labels, backend, workspace, tile, block_counts=counts,
                           prepared=not first and FUSE_PREPARE, name=name)
             if fused:
                 return sort_by_cluster(labels, c, workspace, name, method="count", count_block=tile.block_n,
