@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import svg2core.ops.kmeans.kmeans as km
 from svg2core.ops.kmeans import (
     AssignTile,
     batched_kmeans,
@@ -32,9 +33,16 @@ def _dist(x: torch.Tensor, cent: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return ((x.float() - chosen) ** 2).sum(-1)
 
 
+@pytest.fixture(params=[False, True], ids=["pair-argmin", "packed-argmin"])
+def packed(request, monkeypatch):
+    """Both argmins of the assign kernel: (value, index) pairs, and packed (distance bits | id) int32 keys."""
+    monkeypatch.setattr(km, "ASSIGN_PACKED_ARGMIN", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("b,h,n,d,c", SHAPES)
-def test_assign_kernel_picks_a_nearest_centroid(b, h, n, d, c, dtype):
+def test_assign_kernel_picks_a_nearest_centroid(b, h, n, d, c, dtype, packed):
     x = torch.randn(b, h, n, d).to(dtype)
     cent = torch.randn(b * h, c, d)
     labels = torch.full((b * h, n), -7, dtype=torch.int32)
@@ -46,6 +54,18 @@ def test_assign_kernel_picks_a_nearest_centroid(b, h, n, d, c, dtype):
     gap = _dist(xr, cent, labels) - _dist(xr, cent, ref)
     assert gap.max() <= 1e-2 * _dist(xr, cent, ref).mean()
     assert (labels == ref).float().mean() > 0.9
+
+
+def test_packed_argmin_breaks_ties_to_the_lower_id(monkeypatch):
+    # duplicated centroids: the same distance to both copies, so the lower id must win, as in the reference
+    monkeypatch.setattr(km, "ASSIGN_PACKED_ARGMIN", True)
+    x = torch.randn(1, 2, 40, 64).to(torch.bfloat16)
+    base = torch.randn(2, 6, 64)
+    cent = torch.cat([base, base], dim=1)  # centroid j and j + 6 are equal
+    labels = torch.empty(2, 40, dtype=torch.int32)
+    kmeans_assign(x, cent, labels)
+    assert labels.max() < 6
+    assert torch.equal(labels, kmeans_assign_reference(x.reshape(2, 40, 64), cent))
 
 
 def test_assign_kernel_reads_strided_views():
@@ -130,7 +150,7 @@ def test_iterations_reduce_inertia():
 
 
 @pytest.mark.parametrize("b,h,n,d,c", SHAPES)
-def test_assign_kernel_writes_block_histograms(b, h, n, d, c):
+def test_assign_kernel_writes_block_histograms(b, h, n, d, c, packed):
     x = torch.randn(b, h, n, d).to(torch.bfloat16)
     cent = torch.randn(b * h, c, d)
     tile = AssignTile(block_n=16, block_c=16, num_warps=4, num_stages=1)

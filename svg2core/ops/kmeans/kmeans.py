@@ -39,6 +39,10 @@ ASSIGN_TILE = AssignTile()
 # 0.076 ms fused vs 0.136 ms with the radix sort; 1000 clusters 0.388 vs 0.349; 40 x 75,600 tokens,
 # 300 clusters 0.99 vs 0.91, 1000 clusters 2.70 vs 2.12. Above it: sort_by_cluster's default method.
 FUSED_SORT_MAX_CLUSTERS = 128
+# The assign's argmin on packed (distance bits, centroid id) int32 keys (triton_kmeans._kmeans_assign_kernel,
+# PACKED): fewer instructions per distance in the epilogue that serialises with each tile's dot. Off until timed
+# against the (value, index) argmin on an H100 (bash bench/gpu_run.sh OUT assign).
+ASSIGN_PACKED_ARGMIN = False
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
@@ -116,7 +120,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
         cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), labels.stride(0),
         0 if block_counts is None else block_counts.stride(0),
         D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
-        HIST=block_counts is not None, C_POW2=max(16, triton_next_pow2(c)),
+        HIST=block_counts is not None, C_POW2=max(16, triton_next_pow2(c)), PACKED=ASSIGN_PACKED_ARGMIN,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels

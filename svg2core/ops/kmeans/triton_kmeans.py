@@ -38,7 +38,7 @@ def _kmeans_assign_kernel(
     stride_cbh, stride_cc, stride_sbh,
     stride_lbh, stride_nbh,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr,
-    HIST: tl.constexpr, C_POW2: tl.constexpr,
+    HIST: tl.constexpr, C_POW2: tl.constexpr, PACKED: tl.constexpr = False,
 ):
     """labels[bh, n] = argmin_c ||x[bh, n] - cent[bh, c]||^2, over tiles of BLOCK_C centroids.
 
@@ -46,6 +46,13 @@ def _kmeans_assign_kernel(
     norms, both from ``_prepare_centroids_kernel``. The (tokens x clusters) distance matrix only ever
     exists as one (BLOCK_N, BLOCK_C) tile in registers; a running (min, argmin) pair carries across
     tiles. Ties keep the lowest cluster id. Grid: (cdiv(N, BLOCK_N), B * H).
+
+    With ``PACKED`` the argmin runs on one int32 key per distance instead of a (value, index) pair: the distance
+    plus the block's largest ``||x||^2``, ``||c||^2 - 2 x.c + max_rows ||x||^2 >= ||x - c||^2 >= 0`` (up to
+    rounding, so its float bits order like the floats; one FFMA), with its low ``log2(C_POW2)`` mantissa bits
+    replaced by the centroid id. One integer min per distance instead of compares and two selects; distances
+    within ``2^log2(C_POW2)`` units in the last place of each other count as ties (to the lower id), far below
+    the bf16 rounding of the dot's operands.
 
     With ``HIST`` the program also writes its block's label histogram,
     ``counts[bh, pid_n * C + c]`` (the first stage of the counting sort, blocks of BLOCK_N tokens),
@@ -64,6 +71,13 @@ def _kmeans_assign_kernel(
     )
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_N], tl.int32)
+    IDX_MASK: tl.constexpr = C_POW2 - 1
+    if PACKED:
+        # one bias for the block: the largest ||x||^2 of its rows keeps every row's c_sq - 2 x.c + bias >= 0
+        # (up to rounding) with one FFMA per distance
+        xf = x.to(tl.float32)
+        bias = tl.max(tl.sum(xf * xf, axis=1), axis=0)
+        best_key = tl.full([BLOCK_N], 0x7FFFFFFF, tl.int32)
     cent_base = cent_ptr + pid_bh * stride_cbh
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -74,12 +88,20 @@ def _kmeans_assign_kernel(
             dot = tl.dot(x, tl.trans(cent), input_precision="ieee")
         else:
             dot = tl.dot(x, tl.trans(cent))  # (BLOCK_N, BLOCK_C) fp32 accumulate
-        # ||x||^2 is the same for every centroid of a row: leave it out of the argmin.
-        dist = cent_sq[None, :] - 2.0 * dot
-        tile_min, tile_arg = tl.min(dist, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        better = tile_min < best
-        best = tl.where(better, tile_min, best)
-        best_idx = tl.where(better, tile_arg.to(tl.int32) + c0, best_idx)
+        if PACKED:
+            # padded centroids: cent_sq = inf, so their key is above every finite distance's
+            dist = (cent_sq + bias)[None, :] - 2.0 * dot
+            key = (dist.to(tl.int32, bitcast=True) & ~IDX_MASK) | offs_c[None, :]
+            best_key = tl.minimum(best_key, tl.min(key, axis=1))
+        else:
+            # ||x||^2 is the same for every centroid of a row: leave it out of the argmin.
+            dist = cent_sq[None, :] - 2.0 * dot
+            tile_min, tile_arg = tl.min(dist, axis=1, return_indices=True, return_indices_tie_break_left=True)
+            better = tile_min < best
+            best = tl.where(better, tile_min, best)
+            best_idx = tl.where(better, tile_arg.to(tl.int32) + c0, best_idx)
+    if PACKED:
+        best_idx = best_key & IDX_MASK
     tl.store(labels_ptr + pid_bh * stride_lbh + offs_n, best_idx, mask=mask_n)
     if HIST:
         hist = tl.histogram(best_idx, C_POW2, mask=mask_n)
