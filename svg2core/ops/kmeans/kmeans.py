@@ -72,6 +72,14 @@ def init_centroids_strided(x: torch.Tensor, num_clusters: int, out: torch.Tensor
     return out
 
 
+def _prepared_centroids(ws: Workspace, name: str, bh: int, c: int, d: int, x: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The workspace buffers of clustering ``name`` that the assign reads and the update prepares: the centroids in
+    the points' dtype ``(BH, C, D)`` (the dot operand) and their fp32 squared norms ``(BH, C)``."""
+    return (ws.buffer(f"{name}.cent_lp.{x.dtype}", (bh, c, d), x.dtype, x.device),
+            ws.buffer(f"{name}.cent_sq", (bh, c), torch.float32, x.device))
+
+
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
                   backend: str = "triton", workspace: Workspace | None = None,
                   tile: AssignTile | None = None, block_counts: torch.Tensor | None = None,
@@ -100,8 +108,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     b, h, n, d = x.shape
     bh, c, _ = centroids.shape
     ws = Workspace() if workspace is None else workspace
-    cent_lp = ws.buffer(f"{name}.cent_lp.{x.dtype}", (bh, c, d), x.dtype, x.device)
-    cent_sq = ws.buffer(f"{name}.cent_sq", (bh, c), torch.float32, x.device)
+    cent_lp, cent_sq = _prepared_centroids(ws, name, bh, c, d, x)
     if not prepared:
         _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
             centroids, cent_lp, cent_sq, c,
@@ -151,8 +158,7 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
     b, h, _, d = x.shape
     c = centroids.shape[1]
     if workspace is not None:
-        cent_lp = workspace.buffer(f"{name}.cent_lp.{x.dtype}", (b * h, c, d), x.dtype, x.device)
-        cent_sq = workspace.buffer(f"{name}.cent_sq", (b * h, c), torch.float32, x.device)
+        cent_lp, cent_sq = _prepared_centroids(workspace, name, b * h, c, d, x)
     else:
         cent_lp, cent_sq = centroids, centroids  # unused (PREPARE=False)
     _kmeans_segment_mean_kernel[(c, b * h)](
