@@ -33,16 +33,19 @@ class AssignTile:
 # Fastest of bench/bench_selection.py's sweep on H100 at the Wan 14B key shape (40 x 75,600 x 1000
 # clusters): 2.05 ms, 378 TFLOP/s (docs/benchmarks/bench_selection_h100_v1.md).
 ASSIGN_TILE = AssignTile()
-# Clusters up to which the assign kernel writes the counting sort's block histograms (the sort is then
-# a scan + a ranked scatter). The in-kernel histogram costs about linearly in the bins: H200
-# (docs/benchmarks/bench_selection_h200_run1.json), assign + sort, graph: 12 x 32,760 tokens, 100 clusters
-# 0.076 ms fused vs 0.136 ms with the radix sort; 1000 clusters 0.388 vs 0.349; 40 x 75,600 tokens,
-# 300 clusters 0.99 vs 0.91, 1000 clusters 2.70 vs 2.12. Above it: sort_by_cluster's default method.
-FUSED_SORT_MAX_CLUSTERS = 128
+# Clusters up to which the assign kernel writes the counting sort's block histograms (the sort is then a scan + a
+# ranked scatter); above it, sort_by_cluster's default method (a radix sort). Every cluster count the config allows:
+# with the histogram counted by atomic increments and the scatter ranking by a scan, assign + sort beat assign +
+# radix sort at every shape measured (H100, graph, docs/benchmarks/probe_sort_h100.md): 12 x 32,760 tokens, 100
+# clusters 0.073 vs 0.131 ms, 500 0.156 vs 0.215, 1000 0.261 vs 0.311; 40 x 75,600 tokens, 300 clusters 0.743 vs
+# 0.875, 1000 1.821 vs 1.909. (The tl.histogram version of the counting sort lost above ~300 clusters: 2.34 ms at
+# 40 x 75,600 x 1000; this was 128 until then.)
+FUSED_SORT_MAX_CLUSTERS = 8192
 # The assign's argmin on packed (distance bits, centroid id) int32 keys (triton_kmeans._kmeans_assign_kernel,
-# PACKED): fewer instructions per distance in the epilogue that serialises with each tile's dot. Off until timed
-# against the (value, index) argmin on an H100 (bash bench/gpu_run.sh OUT assign).
-ASSIGN_PACKED_ARGMIN = False
+# PACKED): fewer instructions per distance in the epilogue that serialises with each tile's dot. H100, against the
+# (value, index) argmin in one run (docs/benchmarks/probe_assign_packed_h100.md): the assign 8-15% faster (Wan 14B
+# keys, 1000 clusters 1.93 -> 1.68 ms), labels equal but for near-ties (99.94-99.98% of tokens).
+ASSIGN_PACKED_ARGMIN = True
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True

@@ -56,7 +56,10 @@ def _kmeans_assign_kernel(
 
     With ``HIST`` the program also writes its block's label histogram,
     ``counts[bh, pid_n * C + c]`` (the first stage of the counting sort, blocks of BLOCK_N tokens),
-    from the labels still in registers.
+    from the labels still in registers: one atomic increment per token into the block's own row of counts
+    (zeroed first; rows of different programs never overlap, so programs never contend). ``tl.histogram`` here
+    cost time in proportion to the bins (H100, 40 x 75,600 tokens, 1000 clusters: assign + sort 2.34 ms with it,
+    1.82 ms with the increments; docs/benchmarks/probe_sort_h100.md).
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -104,9 +107,11 @@ def _kmeans_assign_kernel(
         best_idx = best_key & IDX_MASK
     tl.store(labels_ptr + pid_bh * stride_lbh + offs_n, best_idx, mask=mask_n)
     if HIST:
-        hist = tl.histogram(best_idx, C_POW2, mask=mask_n)
+        row = counts_ptr + pid_bh * stride_nbh + pid_n * C
         bins = tl.arange(0, C_POW2)
-        tl.store(counts_ptr + pid_bh * stride_nbh + pid_n * C + bins, hist, mask=bins < C)
+        tl.store(row + bins, tl.zeros([C_POW2], tl.int32), mask=bins < C)
+        tl.debug_barrier()  # bar.sync: the zeros are visible to every thread of the program before its increments
+        tl.atomic_add(row + best_idx, tl.full([BLOCK_N], 1, tl.int32), mask=mask_n, sem="relaxed")
 
 
 @triton.jit

@@ -88,6 +88,13 @@ def _count_scan_kernel(
 
 
 @triton.jit
+def _run_start(lab_a, start_a, lab_b, start_b):
+    """Combine of an inclusive scan over sorted labels: the position where the current label's run starts (for
+    sorted labels, equal labels at both ends of two adjacent ranges mean the right range is one run)."""
+    return lab_b, tl.where(lab_a == lab_b, start_a, start_b)
+
+
+@triton.jit
 def _counting_scatter_kernel(
     labels_ptr, starts_ptr, totals_ptr, perm_ptr, offsets_ptr, N, C,
     stride_lbh, stride_sbh, stride_tbh, stride_pbh, stride_obh,
@@ -98,7 +105,9 @@ def _counting_scatter_kernel(
     ``offsets`` (the exclusive scan of the cluster sizes ``totals``) is recomputed by every program
     (C_POW2 values in registers) and written by block 0. ``rank`` is the token's position among the
     block's tokens of the same label, in token order (an in-register sort of the packed keys
-    ``label * BLOCK + local index``), which makes the whole sort stable. Grid (NB, B * H).
+    ``label * BLOCK + local index``), which makes the whole sort stable: the sorted position minus that of the
+    label's first token in the block, found by a scan over the sorted labels for the start of each run (a
+    histogram of the block's labels did the same at a cost that grows with the bins). Grid (NB, B * H).
     """
     blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -118,9 +127,8 @@ def _counting_scatter_kernel(
     tok_s = key % BLOCK
     valid = lab_s < C
     lab_c = tl.minimum(lab_s, C_POW2 - 1)
-    hist = tl.histogram(lab, C_POW2, mask=m)
-    first = tl.cumsum(hist, axis=0) - hist  # sorted position of each label's first token in the block
-    rank = local - tl.gather(first, lab_c, 0)
+    _, run_start = tl.associative_scan((lab_s, local), 0, _run_start)
+    rank = local - run_start
     start = tl.load(starts_ptr + pid_bh * stride_sbh + blk * C + lab_c, mask=valid, other=0)
     start += tl.gather(cluster_start, lab_c, 0)
     tl.store(perm_ptr + pid_bh * stride_pbh + start + rank, blk * BLOCK + tok_s, mask=valid)
