@@ -121,57 +121,6 @@ def _tile_map(QOFF, bh, CQ, tile, BLOCK_M: gl.constexpr, TAIL_M: gl.constexpr, C
 
 
 @gluon.jit
-def _pair_map(QOFF, bh, CQ, tile, CQ_BLOCK: gl.constexpr, num_warps: gl.constexpr):
-    """PAIR: video tile ``tile`` of head ``bh`` when a cluster's remainder of <= 64 rows shares a program with another
-    cluster's. The head's 128-row tiles (those with more than 64 rows) come first; after them program p runs the
-    remainders number 2p (warpgroup 0, item A) and 2p + 1 (warpgroup 1, item B) of the head, in cluster order.
-    Returns (clA, q_startA, q_endA, activeA, clB, q_startB, q_endB, activeB)."""
-    lay: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-    offs_c = gl.arange(0, CQ_BLOCK, layout=lay)
-    c_ok = offs_c < CQ
-    qoff_bh = QOFF + bh * (CQ + 1)
-    c_lo = gl.load(qoff_bh + offs_c, mask=c_ok, other=0)
-    c_hi = gl.load(qoff_bh + offs_c + 1, mask=c_ok, other=0)
-    n_big = (c_hi - c_lo + 63) // 128  # 128-row tiles with more than 64 rows (the last may be partial)
-    small = ((c_hi - c_lo) > n_big * 128).to(gl.int32)  # a remainder of 1..64 rows
-    cum_big = _cumsum(n_big)
-    all_big = gl.sum(n_big, 0)
-    # a 128-row tile
-    cl = gl.sum((cum_big <= tile).to(gl.int32), 0)
-    first_tile = gl.sum(gl.where(offs_c < cl, n_big, 0), 0)
-    q_start = gl.sum(gl.where(offs_c == cl, c_lo, 0), 0) + (tile - first_tile) * 128
-    q_end = gl.sum(gl.where(offs_c == cl, c_hi, 0), 0)
-    # or a pair of remainders
-    cum_small = _cumsum(small)
-    r = (tile - all_big) * 2
-    clA = gl.sum((cum_small <= r).to(gl.int32), 0)
-    clB = gl.sum((cum_small <= r + 1).to(gl.int32), 0)
-    q_startA = gl.sum(gl.where(offs_c == clA, c_lo + n_big * 128, 0), 0)
-    q_endA = gl.sum(gl.where(offs_c == clA, c_hi, 0), 0)
-    q_startB = gl.sum(gl.where(offs_c == clB, c_lo + n_big * 128, 0), 0)
-    q_endB = gl.sum(gl.where(offs_c == clB, c_hi, 0), 0)
-    is_pair = tile >= all_big
-    clA = gl.where(is_pair, clA, cl)
-    q_startA = gl.where(is_pair, q_startA, q_start)
-    q_endA = gl.where(is_pair, q_endA, q_end)
-    activeA = clA < CQ
-    activeB = is_pair & (clB < CQ)
-    return (clA, q_startA, gl.where(activeA, q_endA, q_startA), activeA, clB, q_startB,
-            gl.where(activeB, q_endB, q_startB), activeB)
-
-
-@gluon.jit
-def _stage_of(g, t, both, WG: gl.constexpr, PAIR: gl.constexpr):
-    """Stage-ring index of key tile t of warpgroup WG's item: g + t, or with PAIR, where two items share the ring,
-    their first ``both`` tiles alternate (A, B, A, B, ...) and then the longer item's tiles follow one after the
-    other (``both`` = 0 for a single item: g + t)."""
-    if PAIR:
-        return g + gl.where(t < both, 2 * t + WG, both + t)
-    else:
-        return g + t
-
-
-@gluon.jit
 def _dispatch_fields(args):
     """What the partitions' dispatch (one item, or the persistent loop) reads of the arguments: the work list, the
     item ring and its counter, Nv, T, the K stages (for their constexpr shape), the item barriers, and the grid
@@ -182,8 +131,7 @@ def _dispatch_fields(args):
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
      SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty,
-     pairB, cntB, totalB, n_videoB, n_tilesB, q_startB, q_endB, paired, pair_smem) = args
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     return (ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, item_full, item_empty,
             (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end))
 
@@ -210,8 +158,6 @@ def _producer(args):
                 i += 1
             w = gl.atomic_add(COUNTER, 1, sem="relaxed")
         _announce(ring, i, -1, item_full, item_empty)  # no more items
-    elif args[-1].type.shape[0] == 2 and args[-2] != 0:  # PAIR, and the program runs two remainders
-        _produce_pair(args, 0)
     else:
         _produce_item(args, own, 0)
     async_copy.commit_group()
@@ -277,104 +223,11 @@ def _produce_item(args, it, g):
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
      SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty,
-     pairB, cntB, totalB, n_videoB, n_tilesB, q_startB, q_endB, paired, pair_smem) = args
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2  # video K/V rows read from k / v through k_perm
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
-    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
-    idx_lay: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # one key position per thread
-    m = gl.arange(0, BLOCK_N, layout=idx_lay)
-    sel_cum_row = SELCUM + pair * (CK + 1)
-    sel_idx_row = SELIDX + pair * CK
-    k_off_bh = KOFF + bh * (CK + 1)
-    TILE_SEG: gl.constexpr = tseg_smem.type.shape[0] >= 2  # the key-tile tables (tables.py) are given
-    j0 = cnt * 0
-    # video key tiles: kp rows of positions t*BN .. t*BN+BN-1 of the concatenated selected ranges
-    for t in range(n_video):
-        pos = t * BLOCK_N + m
-        real = pos < total
-        # segment of each position: the last j in a window of segments with sel_cum[j] <= pos, by a branchless
-        # binary search (a tile spans at most BN segments, every selected cluster being non-empty). No
-        # histogram / scan / cross-warp reduction here: in Triton 3.6 their scratch shared memory overlaps
-        # the buffer that passes the partitions' arguments (it clobbered them: a hang).
-        if TILE_SEG:
-            rows = _tabled_rows(TILESEG, TILE_STRIDE, SEGBASE, sel_cum_row, pair, CK, t, pos, real, BLOCK_N)
-        else:
-            # the window starts at the tile's first segment j0, found by the previous tile's search
-            seg = _segment_of(sel_cum_row, j0, cnt, pos, BLOCK_N)
-            cluster = gl.load(sel_idx_row + seg, mask=real, other=0)
-            rows = (gl.load(k_off_bh + cluster, mask=real, other=0) + pos
-                    - gl.load(sel_cum_row + seg, mask=real, other=0))
-            # first segment of the next tile: the same search for p0 + BN over a window of 2 * BN
-            j0 = _segment_of(sel_cum_row, j0, cnt, t * BLOCK_N + BLOCK_N, 2 * BLOCK_N)
-        _fill_video_stage(args, rows, real, g + t, bh, k_base, v_base, kp_base, DEBUG, KV_PERM)
-    # trailing text keys: rows Nv .. N-1 of the original k / v (zero-filled past T)
-    for t in range(n_video, n_tiles):
-        _fill_text_stage(args, t - n_video, g + t, k_base, v_base)
-
-
-@gluon.jit
-def _produce_pair(args, g):
-    """PAIR: the K / V stages of two items that share the ring (warpgroup 0's A, the program's own item, and
-    warpgroup 1's B): their first min(n_tiles, n_tilesB) key tiles alternate, A first, then the longer one's rest
-    (``_stage_of``). Needs the key-tile tables (each tile's rows come without the previous tile's search) and no
-    text keys (T = 0: every key tile a video tile; with a text branch in this loop the 40-register producer spilled
-    ~100 instructions per tile in the sm_90 compile)."""
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
-     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
-     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
-     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty,
-     pairB, cntB, totalB, n_videoB, n_tilesB, q_startB, q_endB, paired, pair_smem) = args
-    DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1
-    KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2
-    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
-    idx_lay: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
-    m = gl.arange(0, BLOCK_N, layout=idx_lay)
-    both = gl.minimum(n_tiles, n_tilesB)
-    b_longer = n_tilesB > n_tiles
-    for u in range(n_tiles + n_tilesB):
-        alternate = u < 2 * both
-        on_b = gl.where(alternate, (u % 2) == 1, b_longer)
-        t = gl.where(alternate, u // 2, u - both)
-        it_pair = gl.where(on_b, pairB, pair)
-        it_total = gl.where(on_b, totalB, total)
-        pos = t * BLOCK_N + m
-        real = pos < it_total
-        rows = _tabled_rows(TILESEG, TILE_STRIDE, SEGBASE, SELCUM + it_pair * (CK + 1), it_pair, CK, t, pos, real,
-                            BLOCK_N)
-        _fill_video_stage(args, rows, real, g + u, bh, k_base, v_base, kp_base, DEBUG, KV_PERM)
-
-
-@gluon.jit
-def _tabled_rows(TILESEG, TILE_STRIDE, SEGBASE, sel_cum_row, pair, CK, t, pos, real, BLOCK_N: gl.constexpr):
-    """kp rows of key positions ``pos`` of tile t of ``pair`` from the key-tile tables (tables.py): the tile's
-    segments are tile_seg[t] .. tile_seg[t + 1], a short window (the search steps wider than it load nothing), known
-    without the previous tile's search; one load of seg_base gives each row."""
-    tseg_row = TILESEG + pair * TILE_STRIDE
-    j_lo = gl.load(tseg_row + t)
-    j_hi = gl.load(tseg_row + t + 1)
-    seg = _segment_of(sel_cum_row, j_lo, j_hi + 1, pos, BLOCK_N)
-    return gl.load(SEGBASE + pair * CK + seg, mask=real, other=0) + pos
-
-
-@gluon.jit
-def _fill_video_stage(args, rows, real, i, bh, k_base, v_base, kp_base, DEBUG: gl.constexpr, KV_PERM: gl.constexpr):
-    """Stage ring tile i (a running index) gets the K / V rows ``rows`` (kp rows; token rows of head ``bh``'s k / v
-    with KV_PERM) where ``real``, zeros elsewhere: wait for the stage to be free, cp.async in chunks, arrive on
-    "full" as they land. The item's offsets are passed (a persistent program's items differ from its own)."""
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
-     q_base, _k_base, _v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
-     _kp_base, pair, _bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
-     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty,
-     pairB, cntB, totalB, n_videoB, n_tilesB, q_startB, q_endB, paired, pair_smem) = args
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
@@ -382,51 +235,68 @@ def _fill_video_stage(args, rows, real, i, bh, k_base, v_base, kp_base, DEBUG: g
     cp_lay: gl.constexpr = _copy_layout(HEAD_DIM)
     crow_lay: gl.constexpr = gl.SliceLayout(1, cp_lay)
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, cp_lay))
-    s = i % NUM_STAGES
-    if (DEBUG & 4) != 0:  # bisect hook: contiguous kp rows (wrong result)
-        rows = (i * BLOCK_N + gl.arange(0, BLOCK_N, layout=rows.type.layout)) % NV
-    if KV_PERM:  # the token of each cluster-ordered row: k / v are read in place
-        rows = gl.load(KPERM + bh.to(gl.int64) * NV + rows, mask=real, other=0)
-    _barrier()  # the previous tile's chunks have read rows_smem
-    rows_smem.store(gl.where(real, rows, -1))
-    _barrier()
-    mbarrier.wait(empty_bars.index(s), ((i // NUM_STAGES) & 1) ^ 1)
-    for c in gl.static_range(BLOCK_N // CHUNK):
-        _copy_chunk(rows_smem, k_bufs.index(s), v_bufs.index(s), c, K, V, k_base, v_base, stride_kn, stride_vn,
-                    KP + kp_base, VP + kp_base, offs_d, crow_lay, KV_PERM, DEBUG)
-    async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
-
-
-@gluon.jit
-def _fill_text_stage(args, tt, i, k_base, v_base):
-    """Stage ring tile i gets text key tile tt: rows Nv + tt*BN .. of the original k / v (zero-filled past T)."""
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
-     q_base, _k_base, _v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
-     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
-     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty,
-     pairB, cntB, totalB, n_videoB, n_tilesB, q_startB, q_endB, paired, pair_smem) = args
-    NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
-    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
-    HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
-    CHUNK: gl.constexpr = _CHUNK
-    cp_lay: gl.constexpr = _copy_layout(HEAD_DIM)
-    crow_lay: gl.constexpr = gl.SliceLayout(1, cp_lay)
-    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, cp_lay))
+    idx_lay: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # one key position per thread
+    m = gl.arange(0, BLOCK_N, layout=idx_lay)
     mc = gl.arange(0, CHUNK, layout=crow_lay)
-    s = i % NUM_STAGES
-    mbarrier.wait(empty_bars.index(s), ((i // NUM_STAGES) & 1) ^ 1)
-    for c in gl.static_range(BLOCK_N // CHUNK):
-        cols = tt * BLOCK_N + c * CHUNK + mc
-        ok = (cols < T)[:, None]
-        rows64 = (NV + cols).to(gl.int64)
-        _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK),
-                  K + k_base + rows64[:, None] * stride_kn + offs_d[None, :], mask=ok)
-        _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK),
-                  V + v_base + rows64[:, None] * stride_vn + offs_d[None, :], mask=ok)
-    async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
+    sel_cum_row = SELCUM + pair * (CK + 1)
+    sel_idx_row = SELIDX + pair * CK
+    k_off_bh = KOFF + bh * (CK + 1)
+    kp_head = KP + kp_base
+    vp_head = VP + kp_base
+    TILE_SEG: gl.constexpr = tseg_smem.type.shape[0] >= 2  # the key-tile tables (tables.py) are given
+    tseg_row = TILESEG + pair * TILE_STRIDE
+    sbase_row = SEGBASE + pair * CK
+    j0 = cnt * 0
+    # video key tiles: kp rows of positions t*BN .. t*BN+BN-1 of the concatenated selected ranges
+    for t in range(n_video):
+        s = (g + t) % NUM_STAGES
+        p0 = t * BLOCK_N
+        pos = p0 + m
+        real = pos < total
+        # segment of each position: the last j in a window of segments with sel_cum[j] <= pos, by a branchless
+        # binary search (a tile spans at most BN segments, every selected cluster being non-empty). No
+        # histogram / scan / cross-warp reduction here: in Triton 3.6 their scratch shared memory overlaps
+        # the buffer that passes the partitions' arguments (it clobbered them: a hang).
+        if TILE_SEG:
+            # the tile's segments are tile_seg[t] .. tile_seg[t + 1]: a short window (the search steps wider
+            # than it load nothing), known without the previous tile's search; one load gives the row
+            j_lo = gl.load(tseg_row + t)
+            j_hi = gl.load(tseg_row + t + 1)
+            seg = _segment_of(sel_cum_row, j_lo, j_hi + 1, pos, BLOCK_N)
+            rows = gl.load(sbase_row + seg, mask=real, other=0) + pos
+        else:
+            # the window starts at the tile's first segment j0, found by the previous tile's search
+            seg = _segment_of(sel_cum_row, j0, cnt, pos, BLOCK_N)
+            cluster = gl.load(sel_idx_row + seg, mask=real, other=0)
+            rows = (gl.load(k_off_bh + cluster, mask=real, other=0) + pos
+                    - gl.load(sel_cum_row + seg, mask=real, other=0))
+        if (DEBUG & 4) != 0:  # bisect hook: contiguous kp rows (wrong result)
+            rows = pos % NV
+        if KV_PERM:  # the token of each cluster-ordered row: k / v are read in place
+            rows = gl.load(KPERM + bh.to(gl.int64) * NV + rows, mask=real, other=0)
+        if not TILE_SEG:  # first segment of the next tile: the same search for p0 + BN over a window of 2 * BN
+            j0 = _segment_of(sel_cum_row, j0, cnt, p0 + BLOCK_N, 2 * BLOCK_N)
+        _barrier()  # the previous tile's chunks have read rows_smem
+        rows_smem.store(gl.where(real, rows, -1))
+        _barrier()
+        mbarrier.wait(empty_bars.index(s), (((g + t) // NUM_STAGES) & 1) ^ 1)
+        for c in gl.static_range(BLOCK_N // CHUNK):
+            _copy_chunk(rows_smem, k_bufs.index(s), v_bufs.index(s), c, K, V, k_base, v_base, stride_kn, stride_vn,
+                        kp_head, vp_head, offs_d, crow_lay, KV_PERM, DEBUG)
+        async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
+    # trailing text keys: rows Nv .. N-1 of the original k / v (zero-filled past T)
+    for t in range(n_video, n_tiles):
+        s = (g + t) % NUM_STAGES
+        mbarrier.wait(empty_bars.index(s), (((g + t) // NUM_STAGES) & 1) ^ 1)
+        for c in gl.static_range(BLOCK_N // CHUNK):
+            cols = (t - n_video) * BLOCK_N + c * CHUNK + mc
+            ok = (cols < T)[:, None]
+            rows64 = (NV + cols).to(gl.int64)
+            _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK),
+                      K + k_base + rows64[:, None] * stride_kn + offs_d[None, :], mask=ok)
+            _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK),
+                      V + v_base + rows64[:, None] * stride_vn + offs_d[None, :], mask=ok)
+        async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
 
 
 @gluon.jit
@@ -530,31 +400,14 @@ def _consumer_item(args, it, g, WG: gl.constexpr):
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
      SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty,
-     pairB, cntB, totalB, n_videoB, n_tilesB, q_startB, q_endB, paired, pair_smem) = args
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
-    PAIR: gl.constexpr = pair_smem.type.shape[0] == 2
     WG_M: gl.constexpr = 64
-    row0 = q_start + WG * WG_M
-    both = n_tiles * 0  # key tiles that alternate with the other warpgroup's item in the stage ring (PAIR)
-    if PAIR:
-        # a pair of remainders: warpgroup 1 runs item B from row 0 of its own range; both take their key tiles
-        # from the shared ring (_pair_stage) and release each stage alone (two arrivals)
-        if WG == 1:
-            row0 = gl.where(paired != 0, q_startB, row0)
-            q_end = gl.where(paired != 0, q_endB, q_end)
-            total = gl.where(paired != 0, totalB, total)
-            n_video = gl.where(paired != 0, n_videoB, n_video)
-            n_tilesA = n_tiles
-            n_tiles = gl.where(paired != 0, n_tilesB, n_tiles)
-            both = gl.where(paired != 0, gl.minimum(n_tilesA, n_tiles), 0)
-        else:
-            both = gl.where(paired != 0, gl.minimum(n_tiles, n_tilesB), 0)
     s_lay: gl.constexpr = _wgmma_layout(BLOCK_N)
     o_lay: gl.constexpr = _wgmma_layout(HEAD_DIM)
     p_lay: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_lay, k_width=2)
@@ -564,19 +417,18 @@ def _consumer_item(args, it, g, WG: gl.constexpr):
 
     # a remainder tile of <= 64 rows (TAIL_M = 0) leaves warpgroup 1 without rows: it then only passes the
     # stages on (waits "full", arrives "empty"), and warpgroup 0 has the tensor cores to itself
-    if row0 < q_end:
+    if q_start + WG * 64 < q_end:
         # this warpgroup's 64 query rows, into its half of q_smem
-        q_wg = _load_q_rows(Q, QPERM, q_smem, q_base, stride_qn, bh, NV, row0, q_end, WG, DEBUG)
+        q_wg = _load_q_rows(Q, QPERM, q_smem, q_base, stride_qn, bh, NV, q_start + WG * WG_M, q_end, WG, DEBUG)
 
         o = gl.zeros([WG_M, HEAD_DIM], gl.float32, o_lay)
         m_i = gl.full([WG_M], _NEG_BIG, gl.float32, srow_lay)
         l_i = gl.zeros([WG_M], gl.float32, srow_lay)
         if n_tiles > 0:  # active tiles have n_video >= 1: every query cluster selects a non-empty key cluster
             # tile 0: scores and probabilities only; its PV product is issued together with tile 1's scores
-            i0 = _stage_of(g, 0, both, WG, PAIR)
-            mbarrier.wait(full_bars.index(i0 % NUM_STAGES), (i0 // NUM_STAGES) & 1)
+            mbarrier.wait(full_bars.index(g % NUM_STAGES), (g // NUM_STAGES) & 1)
             _turn_wait(turn_bars, WG, 0)
-            k0 = k_bufs.index(i0 % NUM_STAGES)
+            k0 = k_bufs.index(g % NUM_STAGES)
             s_acc = warpgroup_mma(q_wg, k0.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
                                   use_acc=False, is_async=True)
             _turn_pass(turn_bars, WG)
@@ -589,34 +441,29 @@ def _consumer_item(args, it, g, WG: gl.constexpr):
             p_op = gl.convert_layout(p.to(dtype), p_lay)
             # full video key tiles: no mask at all
             for t in range(1, n_video - 1):
-                o, m_i, l_i, p_op = _consumer_step(_stage_of(g, t, both, WG, PAIR), _stage_of(g, t - 1, both, WG, PAIR),
-                                                   paired, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars,
-                                                   empty_bars, turn_bars, pin_smem, WG, 0, KPM, b, T, 0, 0, qk_scale,
-                                                   False, DEBUG, PAIR, s_lay, o_lay, p_lay)
+                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                                                   turn_bars, pin_smem, WG, 0, KPM, b, T, 0, 0, qk_scale, False,
+                                                   DEBUG, s_lay, o_lay, p_lay)
             # the last video tile (when it is not tile 0), the only partial one: masked by a column bound. A loop
             # of 0 or 1 trips rather than an ``if`` with tensor results, which made ptxas spill around the branch
             for t in range(gl.maximum(n_video - 1, 1), n_video):
-                o, m_i, l_i, p_op = _consumer_step(_stage_of(g, t, both, WG, PAIR), _stage_of(g, t - 1, both, WG, PAIR),
-                                                   paired, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars,
-                                                   empty_bars, turn_bars, pin_smem, WG, total - t * BLOCK_N, KPM, b, T,
-                                                   0, 0, qk_scale, True, DEBUG, PAIR, s_lay, o_lay, p_lay)
+                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                                                   turn_bars, pin_smem, WG, total - t * BLOCK_N, KPM, b, T, 0, 0,
+                                                   qk_scale, True, DEBUG, s_lay, o_lay, p_lay)
             # trailing text keys (joint attention), masked by the key padding mask
             for t in range(n_video, n_tiles):
                 c0 = (t - n_video) * BLOCK_N
-                o, m_i, l_i, p_op = _consumer_step(_stage_of(g, t, both, WG, PAIR), _stage_of(g, t - 1, both, WG, PAIR),
-                                                   paired, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars,
-                                                   empty_bars, turn_bars, pin_smem, WG, T - c0, KPM, b, T, c0, has_kpm,
-                                                   qk_scale, True, DEBUG, PAIR, s_lay, o_lay, p_lay)
-            sl = _stage_of(g, n_tiles - 1, both, WG, PAIR) % NUM_STAGES
+                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
+                                                   turn_bars, pin_smem, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale,
+                                                   True, DEBUG, s_lay, o_lay, p_lay)
+            sl = (g + n_tiles - 1) % NUM_STAGES
             v_last = v_bufs.index(sl)
             _turn_wait(turn_bars, WG, n_tiles)
             o = warpgroup_mma(p_op, v_last, o, is_async=True)
             _turn_pass(turn_bars, WG)
             o = warpgroup_mma_wait(0, deps=(o, ))
             mbarrier.arrive(empty_bars.index(sl), count=1)
-            if PAIR:
-                mbarrier.arrive(empty_bars.index(sl), count=1, pred=paired != 0)  # the stage was this warpgroup's alone
-        _store_rows(OUT, QPERM, o, l_i, o_base, stride_on, bh, NV, row0, q_end)
+        _store_rows(OUT, QPERM, o, l_i, o_base, stride_on, bh, NV, q_start + WG * WG_M, q_end)
     else:
         _drain(n_tiles, g, full_bars, empty_bars, turn_bars, WG)
 
@@ -671,20 +518,18 @@ def _row_sum(x):
 
 
 @gluon.jit
-def _consumer_step(t, tp, paired, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, turn_bars, pin_smem,
+def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, turn_bars, pin_smem,
                    WG: gl.constexpr, col_limit, KPM, b, T, c0, use_kpm, qk_scale, MASK: gl.constexpr,
-                   DEBUG: gl.constexpr, PAIR: gl.constexpr, s_lay: gl.constexpr, o_lay: gl.constexpr,
-                   p_lay: gl.constexpr):
-    """Key tile in stage-ring tile t (a running index; tp: the previous key tile's): QK(t) and PV(tp) on the tensor
-    cores, the softmax of tile t meanwhile, then release tp's stage (with PAIR and ``paired``, alone: both arrivals).
-    With MASK, columns >= col_limit are masked, and with use_kpm != 0 also the padded text keys
-    (``KPM[b, c0 + col] == 0``); full video tiles run without any mask."""
+                   DEBUG: gl.constexpr, s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
+    """Key tile t: QK(t) and PV(t-1) on the tensor cores, the softmax of tile t meanwhile, then release
+    tile t-1's stage. With MASK, columns >= col_limit are masked, and with use_kpm != 0 also the padded
+    text keys (``KPM[b, c0 + col] == 0``); full video tiles run without any mask."""
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     WG_M: gl.constexpr = 64
     dtype: gl.constexpr = k_bufs.dtype
     s = t % NUM_STAGES
-    sp = tp % NUM_STAGES
+    sp = (t - 1) % NUM_STAGES
     mbarrier.wait(full_bars.index(s), (t // NUM_STAGES) & 1)
     k_t = k_bufs.index(s)
     v_prev = v_bufs.index(sp)
@@ -724,8 +569,6 @@ def _consumer_step(t, tp, paired, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_
             pin_smem.slice(WG * WG_M, WG_M).store(l_i)
         o, p_op = warpgroup_mma_wait(0, deps=(o, p_op))
     mbarrier.arrive(empty_bars.index(sp), count=1)
-    if PAIR:
-        mbarrier.arrive(empty_bars.index(sp), count=1, pred=paired != 0)
     o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
     if (DEBUG & 32) == 0:
         p_op = gl.convert_layout(_pack_p(p, dtype), p_lay)
@@ -771,28 +614,17 @@ def sparse_attn_fwd_gluon(
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
     KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False, TILE_SEG: gl.constexpr = False,
-    PERSISTENT: gl.constexpr = False, PAIR: gl.constexpr = False,
+    PERSISTENT: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     # one program per (video query tile, head); with PERSISTENT one per SM, taking work items (entries of
     # tables.query_tile_list) from the counter COUNTER until n_items are taken (the values below then go unused)
     tile = gl.program_id(0)
     bh = gl.program_id(1)
-    if PAIR:  # a 128-row tile, or two clusters' remainders of <= 64 rows (A on warpgroup 0, B on warpgroup 1)
-        cl, q_start, q_end, active, clB, q_startB, q_endB, activeB = _pair_map(QOFF, bh, CQ, tile, CQ_BLOCK,
-                                                                               gl.num_warps())
-    else:
-        cl, q_start, q_end, active = _tile_map(QOFF, bh, CQ, tile, BLOCK_M, TAIL_M, CQ_BLOCK, gl.num_warps())
-        clB, q_startB, q_endB, activeB = cl, q_start, q_end, active & False
+    cl, q_start, q_end, active = _tile_map(QOFF, bh, CQ, tile, BLOCK_M, TAIL_M, CQ_BLOCK, gl.num_warps())
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start,
      q_end) = _item_values(bh, cl, active, q_start, q_end, H, NV, T, CQ, CK, SELCNT, SELCUM, stride_qb, stride_qh,
                            stride_kb, stride_kh, stride_vb, stride_vh, stride_ob, stride_oh, HEAD_DIM, BLOCK_N)
-    # item B of a pair (PAIR; ``paired`` = 0 otherwise, and these fields go unused)
-    (_, _, _, _, _, _, _, pairB, cntB, totalB, n_videoB, n_tilesB, q_startB,
-     q_endB) = _item_values(bh, clB, activeB, q_startB, q_endB, H, NV, T, CQ, CK, SELCNT, SELCUM, stride_qb,
-                            stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_ob, stride_oh, HEAD_DIM,
-                            BLOCK_N)
-    paired = activeB.to(gl.int32)
 
     dtype: gl.constexpr = Q.dtype.element_ty
     q_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
@@ -821,8 +653,6 @@ def sparse_attn_fwd_gluon(
                                           gl.SwizzledSharedLayout(1, 1, 1, [0]))
     # PERSISTENT: the item ring's two slots (in ITEMRING, global) are handed over by these barriers; PERSISTENT
     # travels as their length
-    # PAIR travels as this buffer's length
-    pair_smem = gl.allocate_shared_memory(gl.int8, [2 if PAIR else 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     item_full = gl.allocate_shared_memory(gl.int64, [2 if PERSISTENT else 1, 1], mbarrier.MBarrierLayout())
     item_empty = gl.allocate_shared_memory(gl.int64, [2 if PERSISTENT else 1, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2 if PERSISTENT else 1):
@@ -836,8 +666,7 @@ def sparse_attn_fwd_gluon(
             q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
             SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
             ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-            stride_vh, stride_ob, stride_oh, item_full, item_empty,
-            pairB, cntB, totalB, n_videoB, n_tilesB, q_startB, q_endB, paired, pair_smem)
+            stride_vh, stride_ob, stride_oh, item_full, item_empty)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
@@ -851,15 +680,13 @@ _PRODUCER_REGS = 40
 
 
 def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has_kpm: bool, head_dim: int, cq: int,
-                 cfg, kv_perm: bool = False, tables: tuple | None = None, work: tuple | None = None,
-                 pair_tails: bool = False) -> None:
+                 cfg, kv_perm: bool = False, tables: tuple | None = None, work: tuple | None = None) -> None:
     """Launch the warp-specialised kernel over the 128-row video tiles. ``kernel_args``: the wrapper's
     argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there).
     ``tables``: ``(seg_base, tile_seg)`` of tables.py for ``cfg.gluon_block_n`` (``cfg.gluon_tile_tables``).
     ``work`` (persistent kernel, ``cfg.gluon_persistent``): ``(items, ring, counter)``, the work list of
     ``tables.query_tile_list``, int32 ``(grid[0] * 2,)`` and a zeroed int32 ``(1,)``; ``grid`` is then
-    ``(programs, 1)``. ``pair_tails``: two remainders per program (``cfg.gluon_pair_tails``, needs ``tables`` and no
-    text keys)."""
+    ``(programs, 1)``."""
     seg_base, tile_seg = tables if tables is not None else (kernel_args[6], kernel_args[6])  # never read without
     items, ring, counter = work if work is not None else (seg_base, seg_base, seg_base)  # never read without
     sparse_attn_fwd_gluon[grid](
@@ -869,6 +696,6 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
         PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
-        PERSISTENT=work is not None, PAIR=pair_tails,
+        PERSISTENT=work is not None,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

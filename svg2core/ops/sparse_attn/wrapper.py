@@ -66,11 +66,6 @@ class KernelConfig:
     # tables.query_tile_list, one extra launch), so the producer loads the next tile's first key stages while
     # the consumers finish the current one, and no CTA is launched per tile. Not with gluon_pingpong
     gluon_persistent: bool = False
-    # two query clusters' remainders of <= 64 rows share one program, one per consumer warpgroup, each with its own
-    # key tiles in the shared stage ring (instead of one remainder per program with warpgroup 1 idle: 0.69 of a
-    # full tile's time for half its rows, NOTES_sparse_attn.md v9). Uses the key-tile tables; only without trailing
-    # dense tokens (else the remainders run one per program). Not with gluon_pingpong, gluon_persistent or tail_m
-    gluon_pair_tails: bool = False
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
     # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap), 16 no K/V copies;
     # 32 (correct result, for timing comparisons) converts P with a plain cast instead of paired conversions
@@ -87,8 +82,6 @@ class KernelConfig:
             raise ValueError(f"gluon_tile_tables: must be 'auto', 'on' or 'off', got {self.gluon_tile_tables!r}")
         if self.gluon_persistent and self.gluon_pingpong:
             raise ValueError("gluon_persistent: not available with gluon_pingpong (its turns count per tile)")
-        if self.gluon_pair_tails and (self.gluon_pingpong or self.gluon_persistent or self.tail_m):
-            raise ValueError("gluon_pair_tails: not available with gluon_pingpong, gluon_persistent or tail_m > 0")
         if self.impl == "gluon" and self.block_m != 128:
             raise ValueError(f"impl: 'gluon' computes 128-row query tiles, so block_m must be 128, got {self.block_m}")
 
@@ -285,8 +278,7 @@ def sparse_attention(
         def video_tiles():
             ws = workspace if workspace is not None else Workspace()  # allocates only on a buffer request
             tables = None
-            pair_tails = cfg.gluon_pair_tails and t == 0  # the paired producer handles video keys only
-            if cfg.gluon_tile_tables == "on" or pair_tails or (cfg.gluon_tile_tables == "auto" and t == 0):
+            if cfg.gluon_tile_tables == "on" or (cfg.gluon_tile_tables == "auto" and t == 0):
                 tables = (ws.buffer("sparse_attn.seg_base", (bh * cq, ck), torch.int32, dev),
                           ws.buffer("sparse_attn.tile_seg", (bh * cq, max_key_tiles(nv, cfg.gluon_block_n) + 1),
                                     torch.int32, dev))
@@ -305,7 +297,7 @@ def sparse_attention(
                 work[2].zero_()
                 grid = (programs, 1)
             launch_gluon(kernel_args, grid, scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm, tables,
-                         work, pair_tails)
+                         work)
 
         jobs = [(video_tiles, False)]
         if num_text_tiles:
