@@ -1,0 +1,132 @@
+"""Launch shapes of the k-means assign kernel with the packed-key argmin, in one run (GPU).
+
+    python bench/probes/probe_assign_tiles.py --out DIR [--no-selection]
+
+The packed argmin (kmeans.ASSIGN_PACKED_ARGMIN, on since session 7) changed the kernel's registers: the sm_90
+compile of bench/probes/sass_assign.py gives 255 per thread at the default 256 tokens x 64 centroids, 8 warps (one
+CTA per SM) but 127 at 128 x 64, 8 warps (two). So the tile chosen for the (value, index) argmin is timed again:
+1. every tile of TILES on each shape of SHAPES, with the block histograms the counting sort uses (as
+   batched_kmeans runs it), labels checked against the default tile's (equal: the same argmin, other blocking);
+2. unless --no-selection, the whole selection (bench_selection.time_shape, graph replay) with the default tile
+   and with the tile of least total assign time, against cuDNN dense.
+
+Writes DIR/probe_assign_tiles_<card>.json and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import bench_selection as S  # noqa: E402
+
+import svg2core.ops.kmeans.kmeans as km  # noqa: E402
+from svg2core.state import Workspace  # noqa: E402
+
+TILES = (km.AssignTile(256, 64, 8, 2), km.AssignTile(128, 64, 8, 2), km.AssignTile(128, 64, 8, 3),
+         km.AssignTile(128, 64, 4, 2), km.AssignTile(64, 64, 4, 2), km.AssignTile(128, 128, 8, 2))
+SHAPES = (  # name, heads, tokens, clusters
+    ("wan1.3b-480p Q 100", 12, 32760, 100),
+    ("wan1.3b-480p K 500", 12, 32760, 500),
+    ("wan1.3b-480p K 1000", 12, 32760, 1000),
+    ("wan14b-720p Q 300", 40, 75600, 300),
+    ("wan14b-720p K 1000", 40, 75600, 1000),
+    ("hunyuan-720p K 1000", 24, 118800, 1000),
+)
+SELECTION = (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan1.3b-480p", 12, 32760, 0, 300, 1000),
+             ("wan14b-720p", 40, 75600, 0, 300, 1000))
+
+
+def tile_name(t: km.AssignTile) -> str:
+    return f"{t.block_n}x{t.block_c}/{t.num_warps}w/{t.num_stages}s"
+
+
+def shape_case(name, h, n, c, dev) -> dict:
+    torch.manual_seed(5)
+    x = torch.randn(1, h, n, 128, device=dev, dtype=torch.bfloat16)
+    cent = x[:, :, :: n // c][:, :, :c].float().reshape(h, c, 128).contiguous() + 0.01
+    ws = Workspace()
+    row = {"shape": name, "heads": h, "tokens": n, "clusters": c, "ms": {}, "labels_equal": {}}
+    ref = None
+    for tile in TILES:
+        lab = torch.full((h, n), -1, dtype=torch.int32, device=dev)
+        counts = torch.empty(h, -(-n // tile.block_n) * c, dtype=torch.int32, device=dev)
+
+        def run(tile=tile, lab=lab, counts=counts):
+            km.kmeans_assign(x, cent, lab, workspace=ws, tile=tile, block_counts=counts)
+
+        run()
+        if ref is None:
+            ref = lab.clone()
+        row["labels_equal"][tile_name(tile)] = (lab == ref).float().mean().item()
+        row["ms"][tile_name(tile)] = S.graph_ms(run)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--no-selection", action="store_true")
+    opts = ap.parse_args()
+    os.makedirs(opts.out, exist_ok=True)
+    dev = torch.device("cuda")
+    card_name = torch.cuda.get_device_name()
+    card = "h200" if "H200" in card_name else "h100" if "H100" in card_name else card_name.replace(" ", "_").lower()
+    res = {"device": card_name, "default_tile": tile_name(km.ASSIGN_TILE), "assign": [], "selection": []}
+    path = os.path.join(opts.out, f"probe_assign_tiles_{card}")
+
+    def save():
+        with open(path + ".json", "w") as f:
+            json.dump(res, f, indent=1)
+
+    for shape in SHAPES:
+        res["assign"].append(shape_case(*shape, dev))
+        save()
+        torch.cuda.empty_cache()
+    ok = [t for t in TILES if all(r["labels_equal"][tile_name(t)] > 0.998 for r in res["assign"])]
+    best = min(ok, key=lambda t: sum(r["ms"][tile_name(t)] for r in res["assign"]))
+    res["best_tile"] = tile_name(best)
+    default = km.ASSIGN_TILE
+    if not opts.no_selection:
+        for name, h, nv, t, cq, ck in SELECTION:
+            for tile in (default, best):
+                km.ASSIGN_TILE = tile
+                r = S.time_shape(name, h, nv, t, cq, ck, dev, legacy=False, stages=False)
+                r["tile"] = tile_name(tile)
+                res["selection"].append(r)
+                save()
+                print(json.dumps(r), flush=True)
+                torch.cuda.empty_cache()
+        km.ASSIGN_TILE = default
+    names = [tile_name(t) for t in TILES]
+    lines = [f"# k-means assign launch shapes, packed-key argmin ({card_name})", "",
+             "Assign with the counting sort's block histograms, CUDA-graph replay, ms (labels: share equal to the "
+             f"first tile's, near-ties of the packed keys may differ); fastest in total: {res['best_tile']}.", "",
+             "| shape | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for r in res["assign"]:
+        lines.append(f"| {r['shape']} ({r['heads']}x{r['tokens']}) | "
+                     + " | ".join(f"{r['ms'][n]:.3f}" + ("" if r["labels_equal"][n] > 0.998 else " (labels differ)")
+                                  for n in names) + " |")
+    if res["selection"]:
+        lines += ["", "Selection (2 warm iterations on Q and K + scoring + selection + K/V gather, CUDA-graph replay):",
+                  "", "| shape | Cq/Ck | dense ms | tile | ms | % |", "|---|---|---|---|---|---|"]
+        for r in res["selection"]:
+            lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['dense_sdpa_cudnn_ms']:.1f} | {r['tile']} | "
+                         f"{r['selection_graph_ms']:.3f} | {r['overhead_graph_pct']:.1f}% |")
+    save()
+    with open(path + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
