@@ -15,6 +15,7 @@ from svg2core.ops.select import (
     selection_in_id_order,
 )
 from svg2core.ops.select import select as select_mod
+from svg2core.ops.select.reference import selection_order
 from svg2core.state import Workspace
 
 
@@ -88,6 +89,34 @@ def test_selection_kernel_equals_reference(config, ck, method):
     ws.buffer("sel.idx", (3, 5, ck), torch.int32, "cpu").fill_(-1)  # poison: every entry must be written
     ws.buffer("sel.cum", (3, 5, ck + 1), torch.int32, "cpu").fill_(-1)
     got = _run_select(method, logits, sizes, config, nv, ws)
+    want = _want(method, logits, sizes, config, nv)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_selection_order_breaks_near_ties_by_id():
+    # 13 clusters (C_POW2 16): logits whose order-preserving bits differ only in their low 4 bits count as tied
+    row = torch.full((13,), -40.0)
+    row[3], row[7] = 2.0, torch.nextafter(torch.tensor(2.0), torch.tensor(3.0))  # 7 is larger by one ulp
+    row[5] = -1.5
+    row[9] = -1.5 + 2 ** -20 * 100  # ~100 ulps above: no longer tied with 5 (more than 4 bits apart)
+    row[11] = float("-inf")
+    order = selection_order(row[None]).flatten().tolist()
+    assert order[:4] == [3, 7, 9, 5]
+    assert order[-1] == 11
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_selection_kernels_order_near_ties_like_the_reference(method):
+    # every logit of a row within a few ulps of the others: the order (and so the kept prefix) is by id
+    bh, cq, ck = 2, 4, 100
+    base = torch.randn(bh, cq, 1).expand(bh, cq, ck).contiguous()
+    bits = base.view(torch.int32) + torch.randint(0, 100, (bh, cq, ck), dtype=torch.int32)
+    logits = bits.view(torch.float32)
+    sizes = _equal_rows(torch.randint(1, 9, (bh, ck), dtype=torch.int32))
+    nv = int(sizes[0].sum())
+    config = SVG2Config(top_p=0.5)
+    got = _run_select(method, logits, sizes, config, nv)
     want = _want(method, logits, sizes, config, nv)
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g, w)

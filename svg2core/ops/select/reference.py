@@ -1,7 +1,8 @@
 """Plain torch reference of cluster scoring and top-p / fixed-density key-cluster selection.
 
 The rule (docs/ARCHITECTURE.md, "Selection rule"): per (b, h, query cluster i), key clusters are
-ordered by ``P_ij`` descending (ties: lower cluster id first), where ``S = Cq Ck^T / sqrt(D)`` and
+ordered by ``P_ij`` descending (ties, and logits equal to within ``log2(C_POW2)`` low bits: lower cluster id first,
+:func:`selection_order`), where ``S = Cq Ck^T / sqrt(D)`` and
 ``P_ij = |K_j| exp(S_ij) / sum_j |K_j| exp(S_ij)``. With ``cumP`` / ``cumTok`` the probability and key
 tokens of the clusters *before* ``j``, cluster ``j`` is kept iff it is non-empty and
 
@@ -50,6 +51,18 @@ def cluster_logits_reference(q_centroids: torch.Tensor, k_centroids: torch.Tenso
     return s + log_size[:, None, :]
 
 
+def selection_order(logits: torch.Tensor) -> torch.Tensor:
+    """Per row of ``(..., Ck)`` logits, the cluster ids in the selection order: logit descending, lower id first
+    among logits whose order-preserving int32 images agree but for their low ``log2(C_POW2)`` bits, ``C_POW2 =
+    max(16, next_pow2(Ck))`` (a relative spread of ~2^-13 at 1000 clusters; the kernels sort one int32 key per
+    cluster, these bits holding the id)."""
+    ck = logits.shape[-1]
+    block = max(16, 1 << (ck - 1).bit_length())
+    bits = logits.float().contiguous().view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return torch.sort(ordered & -block, dim=-1, descending=True, stable=True).indices
+
+
 def select_from_logits_reference(
     logits: torch.Tensor, k_sizes: torch.Tensor, config: SVG2Config, num_video_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,12 +75,12 @@ def select_from_logits_reference(
         num_video_tokens: ``Nv`` (sum of every row of ``k_sizes``).
 
     Returns:
-        ``sel_idx (BH, Cq, Ck) int32`` (key clusters in descending ``P``; the first ``sel_count`` are
-        kept), ``sel_count (BH, Cq) int32``, ``sel_cum (BH, Cq, Ck + 1) int32`` (key tokens of the first
-        ``j`` clusters of ``sel_idx``).
+        ``sel_idx (BH, Cq, Ck) int32`` (key clusters in :func:`selection_order`, descending ``P``; the first
+        ``sel_count`` are kept), ``sel_count (BH, Cq) int32``, ``sel_cum (BH, Cq, Ck + 1) int32`` (key tokens of
+        the first ``j`` clusters of ``sel_idx``).
     """
     bh, cq, ck = logits.shape
-    order = torch.sort(logits, dim=-1, descending=True, stable=True).indices  # (BH, Cq, Ck)
+    order = selection_order(logits)  # (BH, Cq, Ck)
     sorted_logits = torch.gather(logits, -1, order)
     p = torch.exp(sorted_logits - sorted_logits.amax(-1, keepdim=True))
     p = p / p.sum(-1, keepdim=True)

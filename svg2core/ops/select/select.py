@@ -13,7 +13,9 @@ from svg2core.state import Workspace
 _LOGITS_BLOCK_Q = 32
 _LOGITS_BLOCK_K = 64
 SELECT_NUM_WARPS: int | None = None  # warps of the per-row selection kernel; None = by row length
-# "sort": bitonic sort of the whole row (kept clusters in descending P, the reference's order);
+# "sort": bitonic sort of the whole row (kept clusters in descending P, the reference's order), on one int32 key per
+# cluster since session 7 (the logit's order bits above the id; an int64 key before): H100, graph, the select stage
+# at 40 x 300 x 1000 rows 1.215 -> 0.960 ms, 12 x 300 x 1000 0.385 -> 0.308 (bench_selection_h100.md);
 # "threshold": radix search for the rule's threshold (kept clusters in ascending id). Same kept set.
 # H200, graph-replayed (docs/benchmarks/bench_selection_h200.json): 40 x 300 x 1000 rows sort 0.75 ms
 # (16 warps), threshold 0.78 ms at best (2 bits, 4 warps; 4 bits spill: 3.4-19 ms); 12 x 300 x 1000
@@ -83,8 +85,7 @@ def select_from_logits(logits: torch.Tensor, k_sizes: torch.Tensor, config: SVG2
     fixed = config.mode == "fixed_density"
     if SELECT_METHOD == "threshold":
         _select_threshold_kernel[(cq, bh)](
-            *args, FIXED=fixed, BLOCK_K=block_row, LOG_K=block_row.bit_length() - 1,
-            RADIX_BITS=SELECT_RADIX_BITS, num_warps=warps,
+            *args, FIXED=fixed, BLOCK_K=block_row, RADIX_BITS=SELECT_RADIX_BITS, num_warps=warps,
         )
     elif SELECT_METHOD == "sort":
         _select_kernel[(cq, bh)](*args, FIXED=fixed, BLOCK_K=block_row, num_warps=warps)

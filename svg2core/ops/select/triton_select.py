@@ -21,6 +21,14 @@ def _ordered_bits(x):
 
 
 @triton.jit
+def _order_key(logit, offs, BLOCK_K: tl.constexpr):
+    """int32 key of the selection order (reference.selection_order): the logit's order-preserving bits with their
+    low log2(BLOCK_K) bits replaced by the complemented cluster id, so that one descending integer sort gives
+    "logit descending, lower id first among logits equal to within those bits"."""
+    return (_ordered_bits(logit) & -BLOCK_K) | (BLOCK_K - 1 - offs)
+
+
+@triton.jit
 def _keep_rule(cum_p, cum_tok, top_p, min_tokens, max_tokens, FIXED: tl.constexpr):
     """Whether a prefix with probability ``cum_p`` and ``cum_tok`` tokens is below the budget (the
     crossing cluster is then added on top): top-p with the min / max token caps, or the fixed-density
@@ -71,8 +79,9 @@ def _select_kernel(
 ):
     """One (query cluster, bh) row per program: sort key clusters by logit, scan, count the kept prefix.
 
-    The sort key packs the logit (as an order-preserving int32) above the complemented cluster id,
-    so one descending integer sort gives "logit descending, lower id first on ties".
+    The int32 sort key (``_order_key``) packs the logit's order-preserving bits above the complemented cluster
+    id: one descending integer sort gives the reference's order (an int64 key with the full logit sorted twice the
+    data).
     With ``incl`` the inclusive sums, cluster ``j >= 1`` is kept iff the rule holds on ``incl[j-1]``
     and it is non-empty; both are prefixes of the order, so the count is
     ``min(1 + #{j: rule(incl[j])}, #non-empty)``.
@@ -83,10 +92,8 @@ def _select_kernel(
     m = offs < CK
     row = logits_ptr + pid_bh * stride_lbh + pid_q * stride_lq
     logit = tl.load(row + offs, mask=m, other=float("-inf"))
-    key = (_ordered_bits(logit).to(tl.int64) << 32) | (BLOCK_K - 1 - offs).to(tl.int64)
-    key = tl.sort(key, descending=True)
-    low = key - ((key >> 32) << 32)  # the complemented cluster id, in [0, BLOCK_K)
-    idx = (BLOCK_K - 1 - low).to(tl.int32)
+    key = tl.sort(_order_key(logit, offs, BLOCK_K), descending=True)
+    idx = BLOCK_K - 1 - (key & (BLOCK_K - 1))
     valid = idx < CK
     sorted_logit = tl.load(row + idx, mask=valid, other=float("-inf"))
     tok = tl.load(ksize_ptr + pid_bh * stride_sbh + idx, mask=valid, other=0)
@@ -112,12 +119,12 @@ def _select_threshold_kernel(
     CK, top_p, min_tokens, max_tokens,
     stride_lbh, stride_lq, stride_sbh,
     stride_ibh, stride_iq, stride_nbh, stride_cbh, stride_cq,
-    FIXED: tl.constexpr, BLOCK_K: tl.constexpr, LOG_K: tl.constexpr, RADIX_BITS: tl.constexpr,
+    FIXED: tl.constexpr, BLOCK_K: tl.constexpr, RADIX_BITS: tl.constexpr,
 ):
     """The same kept set as ``_select_kernel`` without sorting: a radix search for the rule's threshold.
 
-    Every key cluster gets a distinct non-negative int64 key, ordered like the reference order
-    (logit descending, lower id first on ties): ``(ordered logit + 2^31) << LOG_K | (BLOCK_K-1-id)``.
+    Every key cluster gets a distinct non-negative int64 key, ordered like the reference order:
+    ``_order_key + 2^31``.
     With ``S(T) = {j: key_j >= T}`` (a prefix of that order), ``f(T) = rule(sum_S p, sum_S tok)`` is
     monotone (true for large ``T``), so the number of prefixes that satisfy the rule,
     ``R = |S(T_min)|`` with ``T_min`` the smallest ``T`` where ``f`` holds, follows from a search over
@@ -136,7 +143,7 @@ def _select_threshold_kernel(
     row = logits_ptr + pid_bh * stride_lbh + pid_q * stride_lq
     logit = tl.load(row + offs, mask=m, other=float("-inf"))
     tok = tl.load(ksize_ptr + pid_bh * stride_sbh + offs, mask=m, other=0)
-    key = ((_ordered_bits(logit).to(tl.int64) + 2147483648) << LOG_K) | (BLOCK_K - 1 - offs).to(tl.int64)
+    key = _order_key(logit, offs, BLOCK_K).to(tl.int64) + 2147483648
     p = tl.exp(logit - tl.max(logit, axis=0))
     p = tl.where(m, p, 0.0)
     p = p / tl.sum(p, axis=0)
@@ -146,7 +153,7 @@ def _select_threshold_kernel(
     all_tok = tl.sum(tok, axis=0)
     f_all = _keep_rule(all_p, all_tok, top_p, min_tokens, max_tokens, FIXED)
     NUM_CAND: tl.constexpr = 1 << RADIX_BITS
-    STEPS: tl.constexpr = (32 + LOG_K + RADIX_BITS - 1) // RADIX_BITS
+    STEPS: tl.constexpr = (32 + RADIX_BITS - 1) // RADIX_BITS
     digits = tl.arange(0, NUM_CAND).to(tl.int64)
     t = tl.zeros([NUM_CAND], tl.int64)  # every entry holds T (the largest T found so far with g(T))
     for step in tl.static_range(STEPS):
