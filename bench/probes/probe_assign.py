@@ -16,7 +16,6 @@ Writes DIR/probe_assign_<card>.json and a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,16 +28,17 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import bench_selection as S  # noqa: E402
 from bench_sparse_attn import time_ms  # noqa: E402
+from probe_io import ProbeResults, kmeans_shapes, probe_args  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
-SHAPES = (  # name, heads, tokens, clusters
-    ("wan1.3b-480p K 500", 12, 32760, 500),
-    ("wan1.3b-480p K 1000", 12, 32760, 1000),
-    ("wan14b-720p Q 300", 40, 75600, 300),
-    ("wan14b-720p K 1000", 40, 75600, 1000),
-    ("hunyuan-720p K 1000", 24, 118800, 1000),
+SHAPES = kmeans_shapes(
+    "wan1.3b-480p K 500",
+    "wan1.3b-480p K 1000",
+    "wan14b-720p Q 300",
+    "wan14b-720p K 1000",
+    "hunyuan-720p K 1000",
 )
 SELECTION = (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan1.3b-480p", 12, 32760, 0, 300, 1000),
              ("wan14b-720p", 40, 75600, 0, 300, 1000))
@@ -51,6 +51,7 @@ def assign_case(name, h, n, c, dev, res):
     ws = Workspace()
     lab_t = torch.empty(h, n, dtype=torch.int32, device=dev)
     lab_g = torch.empty_like(lab_t)
+    default = km.ASSIGN_PACKED_ARGMIN
     km.ASSIGN_PACKED_ARGMIN = False
     km.kmeans_assign(x, cent, lab_t, workspace=ws)
     ms_t = time_ms(lambda: km.kmeans_assign(x, cent, lab_t, workspace=ws), reps=20)
@@ -58,7 +59,7 @@ def assign_case(name, h, n, c, dev, res):
     lab_g.fill_(-1)
     km.kmeans_assign(x, cent, lab_g, workspace=ws)
     ms_g = time_ms(lambda: km.kmeans_assign(x, cent, lab_g, workspace=ws), reps=20)
-    km.ASSIGN_PACKED_ARGMIN = False
+    km.ASSIGN_PACKED_ARGMIN = default
     same = (lab_t == lab_g).float().mean().item()
     valid = bool(((lab_g >= 0) & (lab_g < c)).all().item())
     xs = x[0, :2].float()  # two heads: fp32 distances of both kernels' choices
@@ -74,20 +75,10 @@ def assign_case(name, h, n, c, dev, res):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--no-selection", action="store_true")
-    opts = ap.parse_args()
-    os.makedirs(opts.out, exist_ok=True)
+    opts = probe_args()
     dev = torch.device("cuda")
-    card_name = torch.cuda.get_device_name()
-    card = "h200" if "H200" in card_name else "h100" if "H100" in card_name else card_name.replace(" ", "_").lower()
-    res = {"device": card_name, "assign": [], "selection": []}
-    path = os.path.join(opts.out, f"probe_assign_packed_{card}")
-
-    def save():
-        with open(path + ".json", "w") as f:
-            json.dump(res, f, indent=1)
+    out = ProbeResults(opts.out, "probe_assign_packed", assign=[], selection=[])
+    res, save, card_name = out.data, out.save, out.device
 
     for shape in SHAPES:
         assign_case(*shape, dev, res)
@@ -95,6 +86,7 @@ def main() -> None:
     if not all(r["ok"] for r in res["assign"]):
         print("the packed argmin disagrees with the pair argmin: no selection timing", flush=True)
     elif not opts.no_selection:
+        default = km.ASSIGN_PACKED_ARGMIN
         for name, h, nv, t, cq, ck in SELECTION:
             for flag in (False, True):
                 km.ASSIGN_PACKED_ARGMIN = flag
@@ -104,7 +96,7 @@ def main() -> None:
                 save()
                 print(json.dumps(r), flush=True)
                 torch.cuda.empty_cache()
-        km.ASSIGN_PACKED_ARGMIN = False
+        km.ASSIGN_PACKED_ARGMIN = default
     lines = [f"# k-means assign: (value, index) argmin vs packed int32 keys ({card_name})", "",
              "| shape | labels equal | max gap / mean dist | pair ms | packed ms | pair TFLOP/s | packed TFLOP/s |",
              "|---|---|---|---|---|---|---|"]
@@ -120,10 +112,7 @@ def main() -> None:
             lines.append(f"| {a['shape']} | {a['Cq']}/{a['Ck']} | {a['dense_sdpa_cudnn_ms']:.1f} | "
                          f"{a['selection_graph_ms']:.3f} | {a['overhead_graph_pct']:.1f}% | {b['selection_graph_ms']:.3f} | "
                          f"{100 * b['selection_graph_ms'] / a['dense_sdpa_cudnn_ms']:.1f}% |")
-    save()
-    with open(path + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    out.finish(lines)
 
 
 if __name__ == "__main__":

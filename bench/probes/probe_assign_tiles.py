@@ -15,7 +15,6 @@ Writes DIR/probe_assign_tiles_<card>.json and a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -27,19 +26,20 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import bench_selection as S  # noqa: E402
+from probe_io import ProbeResults, kmeans_shapes, probe_args  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
 TILES = (km.AssignTile(256, 64, 8, 2), km.AssignTile(128, 64, 8, 2), km.AssignTile(128, 64, 8, 3),
          km.AssignTile(128, 64, 4, 2), km.AssignTile(64, 64, 4, 2), km.AssignTile(128, 128, 8, 2))
-SHAPES = (  # name, heads, tokens, clusters
-    ("wan1.3b-480p Q 100", 12, 32760, 100),
-    ("wan1.3b-480p K 500", 12, 32760, 500),
-    ("wan1.3b-480p K 1000", 12, 32760, 1000),
-    ("wan14b-720p Q 300", 40, 75600, 300),
-    ("wan14b-720p K 1000", 40, 75600, 1000),
-    ("hunyuan-720p K 1000", 24, 118800, 1000),
+SHAPES = kmeans_shapes(
+    "wan1.3b-480p Q 100",
+    "wan1.3b-480p K 500",
+    "wan1.3b-480p K 1000",
+    "wan14b-720p Q 300",
+    "wan14b-720p K 1000",
+    "hunyuan-720p K 1000",
 )
 SELECTION = (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan1.3b-480p", 12, 32760, 0, 300, 1000),
              ("wan14b-720p", 40, 75600, 0, 300, 1000))
@@ -73,20 +73,10 @@ def shape_case(name, h, n, c, dev) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--no-selection", action="store_true")
-    opts = ap.parse_args()
-    os.makedirs(opts.out, exist_ok=True)
+    opts = probe_args()
     dev = torch.device("cuda")
-    card_name = torch.cuda.get_device_name()
-    card = "h200" if "H200" in card_name else "h100" if "H100" in card_name else card_name.replace(" ", "_").lower()
-    res = {"device": card_name, "default_tile": tile_name(km.ASSIGN_TILE), "assign": [], "selection": []}
-    path = os.path.join(opts.out, f"probe_assign_tiles_{card}")
-
-    def save():
-        with open(path + ".json", "w") as f:
-            json.dump(res, f, indent=1)
+    out = ProbeResults(opts.out, "probe_assign_tiles", default_tile=tile_name(km.ASSIGN_TILE), assign=[], selection=[])
+    res, save, card_name = out.data, out.save, out.device
 
     for shape in SHAPES:
         res["assign"].append(shape_case(*shape, dev))
@@ -122,10 +112,7 @@ def main() -> None:
         for r in res["selection"]:
             lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['dense_sdpa_cudnn_ms']:.1f} | {r['tile']} | "
                          f"{r['selection_graph_ms']:.3f} | {r['overhead_graph_pct']:.1f}% |")
-    save()
-    with open(path + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    out.finish(lines)
 
 
 if __name__ == "__main__":
