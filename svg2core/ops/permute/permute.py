@@ -85,9 +85,9 @@ def sort_by_cluster(labels: torch.Tensor, num_clusters: int, workspace: Workspac
 # bench/bench_selection.py sweep on H100 (ms, 12 x 32,760 / 40 x 75,600 labels, 1000 clusters), v1
 # counting sort (cumsum over cluster-major block counts): rows 0.21 / 0.36, flat 0.24 / 0.32,
 # count 0.17 / 0.47. Graph-replayed on H200 with the current counting sort (block 2048): rows
-# 0.088 / 0.282, flat 0.073 / 0.232, count 0.081 / 0.320. "flat" stays the default; batched_kmeans
-# uses the counting sort with the assign kernel's histograms for small cluster counts
-# (kmeans.FUSED_SORT_MAX_CLUSTERS).
+# 0.088 / 0.282, flat 0.073 / 0.232, count 0.081 / 0.320 (then with tl.histogram in the scatter's ranking; a scan
+# since session 7). "flat" stays the default of a standalone sort; batched_kmeans uses the counting sort with the
+# assign kernel's block counts at every cluster count (kmeans.FUSED_SORT_MAX_CLUSTERS).
 SORT_METHOD = "flat"
 _COUNT_BLOCK = 2048
 _SCAN_BLOCK_B = 32
