@@ -8,9 +8,11 @@
 #   bash bench/gpu_run.sh OUT assign                    # the assign's two argmins (bench/probes/probe_assign.py)
 #   bash bench/gpu_run.sh OUT sort                      # the sort stage's variants, the gather's start (probe_sort.py)
 #   bash bench/gpu_run.sh OUT tiles                     # the assign's launch shapes (probe_assign_tiles.py)
+#   bash bench/gpu_run.sh OUT update                    # the update's launch shapes (probe_update.py)
 #
 # Steps: tests (tests/svg2core/test_sparse_attn_hopper.py), attn (bench_sparse_attn.py), selection
-# (bench_selection.py --no-sweep), pipeline (bench_pipeline_step.py --compile), assign (bench/probes/probe_assign.py), sort (bench/probes/probe_sort.py), tiles (bench/probes/probe_assign_tiles.py).
+# (bench_selection.py --no-sweep), pipeline (bench_pipeline_step.py --compile), assign (bench/probes/probe_assign.py), sort (bench/probes/probe_sort.py), tiles (bench/probes/probe_assign_tiles.py),
+# update (bench/probes/probe_update.py).
 # Results go to OUT/<step>/.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_run.sh OUT STEP...}
@@ -35,6 +37,7 @@ for step in "$@"; do
     assign) python bench/probes/probe_assign.py --out "$out/$step" > "$log" 2>&1 ;;
     sort) python bench/probes/probe_sort.py --out "$out/$step" > "$log" 2>&1 ;;
     tiles) python bench/probes/probe_assign_tiles.py --out "$out/$step" > "$log" 2>&1 ;;
+    update) python bench/probes/probe_update.py --out "$out/$step" > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
   esac
   rc=$?

@@ -17,7 +17,8 @@ from svg2core.ops.kmeans.reference import kmeans_assign_reference, kmeans_update
 from svg2core.ops.permute import sort_by_cluster
 from svg2core.state import Workspace
 
-_SEGMENT_BLOCK_N = 32
+_SEGMENT_BLOCK_N = 32  # rows per step of the segment-mean (update) kernel, and its warps
+_SEGMENT_WARPS = 4
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         x.stride(0), x.stride(1), x.stride(2),
         perm.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
         cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=workspace is not None, num_warps=4,
+        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=workspace is not None, num_warps=_SEGMENT_WARPS,
     )
     return centroids
 
