@@ -6,7 +6,7 @@
 #   bash bench/gpu_run.sh OUT tests attn selection     # Hopper tests, then bench_sparse_attn and bench_selection
 #   bash bench/gpu_run.sh OUT pipeline                  # bench_pipeline_step (compiled, ~3 min on an H100)
 #   bash bench/gpu_run.sh OUT assign                    # the assign's two argmins (bench/probes/probe_assign.py)
-#   bash bench/gpu_run.sh OUT sort                      # the sort stage's variants, the gather's start (probe_sort.py)
+#   bash bench/gpu_run.sh OUT sort                      # radix vs counting sort in k-means (probe_sort.py)
 #   bash bench/gpu_run.sh OUT tiles                     # the assign's launch shapes (probe_assign_tiles.py)
 #   bash bench/gpu_run.sh OUT update                    # the update's launch shapes (probe_update.py)
 #
