@@ -33,13 +33,7 @@ from probe_io import ProbeResults, kmeans_shapes, probe_args  # noqa: E402
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
-SHAPES = kmeans_shapes(
-    "wan1.3b-480p K 500",
-    "wan1.3b-480p K 1000",
-    "wan14b-720p Q 300",
-    "wan14b-720p K 1000",
-    "hunyuan-720p K 1000",
-)
+SHAPES = kmeans_shapes()  # every k-means problem of the benchmark models
 SELECTION = (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan1.3b-480p", 12, 32760, 0, 300, 1000),
              ("wan14b-720p", 40, 75600, 0, 300, 1000))
 

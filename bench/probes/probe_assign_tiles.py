@@ -33,14 +33,7 @@ from svg2core.state import Workspace  # noqa: E402
 
 TILES = (km.AssignTile(256, 64, 8, 2), km.AssignTile(128, 64, 8, 2), km.AssignTile(128, 64, 8, 3),
          km.AssignTile(128, 64, 4, 2), km.AssignTile(64, 64, 4, 2), km.AssignTile(128, 128, 8, 2))
-SHAPES = kmeans_shapes(
-    "wan1.3b-480p Q 100",
-    "wan1.3b-480p K 500",
-    "wan1.3b-480p K 1000",
-    "wan14b-720p Q 300",
-    "wan14b-720p K 1000",
-    "hunyuan-720p K 1000",
-)
+SHAPES = kmeans_shapes()  # every k-means problem of the benchmark models
 SELECTION = (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan1.3b-480p", 12, 32760, 0, 300, 1000),
              ("wan14b-720p", 40, 75600, 0, 300, 1000))
 

@@ -39,15 +39,7 @@ from svg2core import SVG2Config, Workspace  # noqa: E402
 from svg2core.attention import cluster_and_select  # noqa: E402
 from svg2core.ops.kmeans import batched_kmeans  # noqa: E402
 
-SORT_SHAPES = kmeans_shapes(
-    "wan1.3b-480p Q 100",
-    "wan1.3b-480p Q 300",
-    "wan1.3b-480p K 500",
-    "wan1.3b-480p K 1000",
-    "wan14b-720p Q 300",
-    "wan14b-720p K 1000",
-    "hunyuan-720p K 1000",
-)
+SORT_SHAPES = kmeans_shapes()  # every k-means problem of the benchmark models
 SELECTION = (("wan1.3b-480p", 12, 32760, 100, 500), ("wan1.3b-480p", 12, 32760, 300, 1000),
              ("wan14b-720p", 40, 75600, 300, 1000), ("hunyuan-720p", 24, 118800, 300, 1000))
 
