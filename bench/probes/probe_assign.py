@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import bench_selection as S  # noqa: E402
 from bench_sparse_attn import time_ms  # noqa: E402
-from probe_io import ProbeResults, kmeans_shapes, probe_args  # noqa: E402
+from probe_io import ProbeResults, kmeans_shapes, probe_args, selection_ab_lines  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
@@ -99,13 +99,7 @@ def main() -> None:
                      f"{r['max_gap'] / r['mean_dist']:.1e} | {r['pair_ms']:.3f} | {r['packed_ms']:.3f} | "
                      f"{r['pair_tflops']:.0f} | {r['packed_tflops']:.0f} |")
     if res["selection"]:
-        lines += ["", "Selection (2 warm iterations on Q and K + scoring + selection + K/V gather, CUDA-graph replay):",
-                  "", "| shape | Cq/Ck | dense ms | pair argmin ms | % | packed argmin ms | % |", "|---|---|---|---|---|---|---|"]
-        sel = res["selection"]
-        for a, b in zip(sel[::2], sel[1::2], strict=True):
-            lines.append(f"| {a['shape']} | {a['Cq']}/{a['Ck']} | {a['dense_sdpa_cudnn_ms']:.1f} | "
-                         f"{a['selection_graph_ms']:.3f} | {a['overhead_graph_pct']:.1f}% | {b['selection_graph_ms']:.3f} | "
-                         f"{100 * b['selection_graph_ms'] / a['dense_sdpa_cudnn_ms']:.1f}% |")
+        lines += selection_ab_lines(res["selection"], "pair argmin", "packed argmin")
     out.finish(lines)
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import bench_selection as S  # noqa: E402
-from probe_io import ProbeResults, kmeans_shapes, probe_args  # noqa: E402
+from probe_io import ProbeResults, kmeans_shapes, probe_args, selection_ab_lines  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
@@ -106,14 +106,7 @@ def main() -> None:
                      f"{r['max_gap'] / r['mean_dist']:.1e} | {r['counts_equal']} | {r['triton_ms']:.3f} | "
                      f"{r['gluon_ms']:.3f} | {r['triton_tflops']:.0f} | {r['gluon_tflops']:.0f} |")
     if out.data["selection"]:
-        lines += ["", "Selection (2 warm iterations on Q and K + scoring + selection + K/V gather, CUDA-graph replay):",
-                  "", "| shape | Cq/Ck | dense ms | Triton assign ms | % | Gluon assign ms | % |",
-                  "|---|---|---|---|---|---|---|"]
-        sel = out.data["selection"]
-        for a, b in zip(sel[::2], sel[1::2], strict=True):
-            lines.append(f"| {a['shape']} | {a['Cq']}/{a['Ck']} | {a['dense_sdpa_cudnn_ms']:.1f} | "
-                         f"{a['selection_graph_ms']:.3f} | {a['overhead_graph_pct']:.1f}% | "
-                         f"{b['selection_graph_ms']:.3f} | {100 * b['selection_graph_ms'] / a['dense_sdpa_cudnn_ms']:.1f}% |")
+        lines += selection_ab_lines(out.data["selection"], "Triton assign", "Gluon assign")
     out.finish(lines)
 
 

@@ -61,3 +61,16 @@ class ProbeResults:
         with open(self.path + ".md", "w") as f:
             f.write("\n".join(lines) + "\n")
         print("\n".join(lines))
+
+
+def selection_ab_lines(rows: list[dict], off: str, on: str) -> list[str]:
+    """Markdown table of whole-selection timings (bench_selection.time_shape rows) measured in pairs, a variant off
+    then on: ``rows[0::2]`` off, ``rows[1::2]`` on, the percentages of the first row's dense time."""
+    lines = ["", "Selection (2 warm iterations on Q and K + scoring + selection + K/V gather, CUDA-graph replay):", "",
+             f"| shape | Cq/Ck | dense ms | {off} ms | % | {on} ms | % |", "|---|---|---|---|---|---|---|"]
+    for a, b in zip(rows[::2], rows[1::2], strict=True):
+        dense = a["dense_sdpa_cudnn_ms"]
+        lines.append(f"| {a['shape']} | {a['Cq']}/{a['Ck']} | {dense:.1f} | {a['selection_graph_ms']:.3f} | "
+                     f"{100 * a['selection_graph_ms'] / dense:.1f}% | {b['selection_graph_ms']:.3f} | "
+                     f"{100 * b['selection_graph_ms'] / dense:.1f}% |")
+    return lines

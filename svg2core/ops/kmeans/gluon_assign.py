@@ -38,23 +38,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-_barrier = getattr(gl, "barrier", None) or gl.thread_barrier  # ``thread_barrier`` in Triton 3.6
-# cp.async into shared memory: ``async_copy_global_to_shared`` in Triton 3.6, ``async_load`` later
-_cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+from svg2core.ops.gluon_hopper import barrier as _barrier
+from svg2core.ops.gluon_hopper import copy_layout as _load_layout
+from svg2core.ops.gluon_hopper import cp_async as _cp_async
+from svg2core.ops.gluon_hopper import wgmma_layout as _acc_layout
+
 _NBUF: gl.constexpr = gl.constexpr(3)
-
-
-@gluon.constexpr_function
-def _acc_layout(block_c):
-    """Accumulator layout of a 64 x block_c wgmma over one warpgroup."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, int(block_c), 16])
-
-
-@gluon.constexpr_function
-def _load_layout(d):
-    """Rows x d tiles over 4 warps in 16-byte vectors (8 x 16-bit elements)."""
-    tpw_d = min(int(d) // 8, 32)
-    return gl.BlockedLayout([1, 8], [32 // tpw_d, tpw_d], [4, 1], [1, 0])
 
 
 @gluon.jit

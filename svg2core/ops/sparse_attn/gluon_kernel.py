@@ -49,12 +49,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from svg2core.ops.gluon_hopper import barrier as _barrier
+from svg2core.ops.gluon_hopper import copy_layout as _copy_layout
+from svg2core.ops.gluon_hopper import cp_async as _cp_async
+from svg2core.ops.gluon_hopper import wgmma_layout as _wgmma_layout
+
 _NEG_BIG: gl.constexpr = gl.constexpr(-1.0e30)
-# cp.async into shared memory: ``async_copy_global_to_shared`` in Triton 3.6 (the GPU image's), renamed
-# ``async_load`` later (the old name then raises)
-_cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
-# CTA (or, inside a partition, partition-wide) barrier: ``thread_barrier`` in 3.6, ``barrier`` later
-_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 _CHUNK: gl.constexpr = gl.constexpr(32)  # key rows per copy batch of the producer
 
 
@@ -67,19 +67,6 @@ def _add(a, b):
 def _cumsum(x):
     """Inclusive prefix sum of a 1D tensor (Triton 3.6's Gluon has no cumsum)."""
     return gl.associative_scan(x, 0, _add)
-
-
-@gluon.constexpr_function
-def _wgmma_layout(n):
-    """Accumulator layout of a 64 x n wgmma over one warpgroup."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, int(n), 16])
-
-
-@gluon.constexpr_function
-def _copy_layout(head_dim):
-    """Rows x head_dim tile over 4 warps in 16-byte vectors (8 x 16-bit elements)."""
-    tpw_d = min(int(head_dim) // 8, 32)
-    return gl.BlockedLayout([1, 8], [32 // tpw_d, tpw_d], [4, 1], [1, 0])
 
 
 @gluon.constexpr_function
