@@ -48,10 +48,12 @@ _NBUF: gl.constexpr = gl.constexpr(3)
 
 @gluon.jit
 def _load_tile(c_smem, ready, cent_base, stride_cc, C, t, crow, offs_d, BLOCK_C: gl.constexpr):
-    """cp.async of centroid tile t (rows t*BLOCK_C .., zero past C) into ring buffer t % 3; every thread arrives on
-    the buffer's barrier once its copies have landed."""
+    """cp.async of centroid tile t (rows t*BLOCK_C .., zero past C) into ring buffer t % 3, once every warp has
+    waited for the matmul that last read it; every thread arrives on the buffer's barrier once its copies have
+    landed."""
     rows = t * BLOCK_C + crow
     buf = t % _NBUF
+    _barrier()  # every warp is past its wait for the matmul that last read this buffer
     _cp_async(c_smem.index(buf), cent_base + rows[:, None] * stride_cc + offs_d[None, :], mask=(rows < C)[:, None])
     async_copy.mbarrier_arrive(ready.index(buf), increment_count=False)
 
