@@ -127,31 +127,29 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
             D=d, BLOCK_C=32, num_warps=4,
         )
     tile = tile or ASSIGN_TILE
-    block_c = min(tile.block_c, max(16, triton_next_pow2(c)))
+    c_pow2 = max(16, triton_next_pow2(c))
+    block_c = min(tile.block_c, c_pow2)
     nb = _cdiv(n, tile.block_n)
     if block_counts is not None and (tuple(block_counts.shape) != (bh, nb * c) or block_counts.dtype != torch.int32):
         raise ValueError(f"block_counts: must be ({bh}, {nb * c}) int32 for {n} tokens in blocks of "
                          f"{tile.block_n}, got {tuple(block_counts.shape)} {block_counts.dtype}")
+    # the arguments both assign kernels (Triton and Gluon) take, in the same order
+    args = (x, cent_lp, cent_sq, labels, labels if block_counts is None else block_counts, n, c, h,
+            x.stride(0), x.stride(1), x.stride(2), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
+            labels.stride(0), 0 if block_counts is None else block_counts.stride(0))
     if _gluon_assign_applies(x):
         from svg2core.ops.kmeans.gluon_assign import kmeans_assign_gluon_kernel
 
         if block_counts is not None:
             block_counts.zero_()  # programs of 64 tokens add into blocks of tile.block_n
         kmeans_assign_gluon_kernel[(_cdiv(n, 64), bh)](
-            x, cent_lp, cent_sq, labels, labels if block_counts is None else block_counts, n, c, h,
-            x.stride(0), x.stride(1), x.stride(2), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-            labels.stride(0), 0 if block_counts is None else block_counts.stride(0),
-            D=d, BLOCK_N=64, BLOCK_C=64, C_POW2=max(16, triton_next_pow2(c)), HIST=block_counts is not None,
+            *args, D=d, BLOCK_N=64, BLOCK_C=64, C_POW2=c_pow2, HIST=block_counts is not None,
             COUNT_BLOCK=tile.block_n, num_warps=4,
         )
         return labels
     _kmeans_assign_kernel[(nb, bh)](
-        x, cent_lp, cent_sq, labels, labels if block_counts is None else block_counts, n, c, h,
-        x.stride(0), x.stride(1), x.stride(2),
-        cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), labels.stride(0),
-        0 if block_counts is None else block_counts.stride(0),
-        D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
-        HIST=block_counts is not None, C_POW2=max(16, triton_next_pow2(c)), PACKED=ASSIGN_PACKED_ARGMIN,
+        *args, D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
+        HIST=block_counts is not None, C_POW2=c_pow2, PACKED=ASSIGN_PACKED_ARGMIN,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
