@@ -8,7 +8,8 @@ CTA per SM) but 127 at 128 x 64, 8 warps (two). So the tile chosen for the (valu
 1. every tile of TILES on each shape of SHAPES, with the block histograms the counting sort uses (as
    batched_kmeans runs it), labels checked against the default tile's (equal: the same argmin, other blocking);
 2. unless --no-selection, the whole selection (bench_selection.time_shape, graph replay) with the default tile
-   and with the tile of least total assign time, against cuDNN dense.
+   and with the tile of least total assign time, against cuDNN dense (both columns the default when it is the
+   fastest).
 
 Writes DIR/probe_assign_tiles_<card>.json and a markdown table.
 """
@@ -26,16 +27,14 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import bench_selection as S  # noqa: E402
-from probe_io import ProbeResults, kmeans_shapes, probe_args  # noqa: E402
+import probe_io as P  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
 TILES = (km.AssignTile(256, 64, 8, 2), km.AssignTile(128, 64, 8, 2), km.AssignTile(128, 64, 8, 3),
          km.AssignTile(128, 64, 4, 2), km.AssignTile(64, 64, 4, 2), km.AssignTile(128, 128, 8, 2))
-SHAPES = kmeans_shapes()  # every k-means problem of the benchmark models
-SELECTION = (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan1.3b-480p", 12, 32760, 0, 300, 1000),
-             ("wan14b-720p", 40, 75600, 0, 300, 1000))
+SHAPES = P.kmeans_shapes()  # every k-means problem of the benchmark models
 
 
 def tile_name(t: km.AssignTile) -> str:
@@ -43,9 +42,7 @@ def tile_name(t: km.AssignTile) -> str:
 
 
 def shape_case(name, h, n, c, dev) -> dict:
-    torch.manual_seed(5)
-    x = torch.randn(1, h, n, 128, device=dev, dtype=torch.bfloat16)
-    cent = x[:, :, :: n // c][:, :, :c].float().reshape(h, c, 128).contiguous() + 0.01
+    x, cent = P.kmeans_problem(h, n, c, dev)
     ws = Workspace()
     row = {"shape": name, "heads": h, "tokens": n, "clusters": c, "ms": {}, "labels_equal": {}}
     ref = None
@@ -66,30 +63,17 @@ def shape_case(name, h, n, c, dev) -> dict:
 
 
 def main() -> None:
-    opts = probe_args()
+    opts = P.probe_args()
     dev = torch.device("cuda")
-    out = ProbeResults(opts.out, "probe_assign_tiles", default_tile=tile_name(km.ASSIGN_TILE), assign=[], selection=[])
-    res, save, card_name = out.data, out.save, out.device
-
-    for shape in SHAPES:
-        res["assign"].append(shape_case(*shape, dev))
-        save()
-        torch.cuda.empty_cache()
+    out = P.ProbeResults(opts.out, "probe_assign_tiles", default_tile=tile_name(km.ASSIGN_TILE), assign=[], selection=[])
+    res, card_name = out.data, out.device
+    P.run_shapes(out, "assign", shape_case, SHAPES, dev)
     ok = [t for t in TILES if all(r["labels_equal"][tile_name(t)] > 0.998 for r in res["assign"])]
     best = min(ok, key=lambda t: sum(r["ms"][tile_name(t)] for r in res["assign"]))
     res["best_tile"] = tile_name(best)
     default = km.ASSIGN_TILE
     if not opts.no_selection:
-        for name, h, nv, t, cq, ck in SELECTION:
-            for tile in (default, best):
-                km.ASSIGN_TILE = tile
-                r = S.time_shape(name, h, nv, t, cq, ck, dev, legacy=False, stages=False)
-                r["tile"] = tile_name(tile)
-                res["selection"].append(r)
-                save()
-                print(json.dumps(r), flush=True)
-                torch.cuda.empty_cache()
-        km.ASSIGN_TILE = default
+        P.time_selection_ab(out, lambda on: P.setting(km, "ASSIGN_TILE", best if on else default), dev)
     names = [tile_name(t) for t in TILES]
     lines = [f"# k-means assign launch shapes, packed-key argmin ({card_name})", "",
              "Assign with the counting sort's block histograms, CUDA-graph replay, ms (labels: share equal to the "
@@ -100,11 +84,7 @@ def main() -> None:
                      + " | ".join(f"{r['ms'][n]:.3f}" + ("" if r["labels_equal"][n] > 0.998 else " (labels differ)")
                                   for n in names) + " |")
     if res["selection"]:
-        lines += ["", "Selection (2 warm iterations on Q and K + scoring + selection + K/V gather, CUDA-graph replay):",
-                  "", "| shape | Cq/Ck | dense ms | tile | ms | % |", "|---|---|---|---|---|---|"]
-        for r in res["selection"]:
-            lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['dense_sdpa_cudnn_ms']:.1f} | {r['tile']} | "
-                         f"{r['selection_graph_ms']:.3f} | {r['overhead_graph_pct']:.1f}% |")
+        lines += P.selection_ab_lines(res["selection"], f"default tile {tile_name(default)}", f"fastest {res['best_tile']}")
     out.finish(lines)
 
 

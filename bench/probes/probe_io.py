@@ -1,9 +1,11 @@
-"""What the GPU probes share: their command line (--out DIR, --no-selection) and their results, one JSON file and
-one markdown table named after the probe and the card (``<stem>_h100.json`` / ``.md``)."""
+"""What the GPU probes share: their command line (--out DIR, --no-selection), their results (one JSON file and one
+markdown table named after the probe and the card, ``<stem>_h100.json`` / ``.md``), the k-means problems of the
+benchmark models, and the A/B timing of the whole selection with a library setting off and on."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 
@@ -24,6 +26,64 @@ KMEANS_SHAPES = {
 def kmeans_shapes(*names: str) -> tuple[tuple[str, int, int, int], ...]:
     """(name, heads, tokens, clusters) of the named KMEANS_SHAPES (all of them when none is named)."""
     return tuple((n, *KMEANS_SHAPES[n]) for n in (names or KMEANS_SHAPES))
+
+
+# whole-selection shapes of the A/B runs: name, heads, video tokens, text tokens, Cq, Ck
+SELECTION_SHAPES = (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan1.3b-480p", 12, 32760, 0, 300, 1000),
+                    ("wan14b-720p", 40, 75600, 0, 300, 1000))
+
+
+def kmeans_problem(h: int, n: int, c: int, dev, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random bf16 points ``(1, h, n, 128)`` and fp32 centroids ``(h, c, 128)`` taken from evenly strided points."""
+    torch.manual_seed(seed)
+    x = torch.randn(1, h, n, 128, device=dev, dtype=torch.bfloat16)
+    return x, x[:, :, :: n // c][:, :, :c].float().reshape(h, c, 128).contiguous() + 0.01
+
+
+def label_agreement(x: torch.Tensor, cent: torch.Tensor, ref: torch.Tensor, got: torch.Tensor) -> dict:
+    """How two assigns' labels ``(h, n)`` agree: the share equal, whether ``got``'s are valid ids, and over two heads
+    the largest fp32 distance gap between the two choices against the mean distance (near-ties may flip)."""
+    c = cent.shape[1]
+    valid = bool(((got >= 0) & (got < c)).all().item())
+    d = torch.cdist(x[0, :2].float(), cent[:2]) ** 2
+    gap = (torch.gather(d, 2, got[:2, :, None].long().clamp(0, c - 1)) - torch.gather(d, 2, ref[:2, :, None].long()))
+    return {"labels_equal": (ref == got).float().mean().item(), "labels_valid": valid,
+            "max_gap": gap.abs().max().item(), "mean_dist": d.mean().item()}
+
+
+@contextlib.contextmanager
+def setting(obj, name: str, value):
+    """``obj.name = value`` for the duration (a module-level knob of the library), then the value it had."""
+    saved = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, saved)
+
+
+def run_shapes(out: ProbeResults, key: str, case, shapes, dev) -> None:
+    """``out.data[key]`` gets ``case(*shape, dev)`` of every shape, saved after each."""
+    for shape in shapes:
+        out.data[key].append(case(*shape, dev))
+        out.save()
+        torch.cuda.empty_cache()
+
+
+def time_selection_ab(out: ProbeResults, switch, dev, shapes=SELECTION_SHAPES) -> None:
+    """The whole selection (bench_selection.time_shape, CUDA-graph replay) of every shape, with ``switch(False)`` and
+    then ``switch(True)`` in force (a context manager each), into ``out.data["selection"]``."""
+    import bench_selection as S
+
+    for name, h, nv, t, cq, ck in shapes:
+        for on in (False, True):
+            with switch(on):
+                r = S.time_shape(name, h, nv, t, cq, ck, dev, legacy=False, stages=False)
+            r["variant_on"] = on
+            out.data["selection"].append(r)
+            out.save()
+            print(json.dumps(r), flush=True)
+            torch.cuda.empty_cache()
 
 
 def card_tag(device_name: str) -> str:

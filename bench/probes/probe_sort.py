@@ -6,7 +6,7 @@
    models: ``flat`` (assign, then torch's radix sort of ``bh * C + label`` keys, searchsorted for the offsets) and
    ``count`` (the assign counts each block's labels by atomic increments, then a scan and a scatter that ranks by a
    scan over the block's sorted labels). perm and offsets are checked against ``flat``'s.
-2. Unless --no-selection: the whole selection (cluster_and_select: 2 warm k-means iterations on Q and K, scoring,
+2. Unless --no-selection: the whole selection (bench_selection.time_shape: 2 warm k-means iterations on Q and K, scoring,
    selection, K/V gather; CUDA-graph replay) with the library's counting sort and with the radix sort for every
    cluster count, against cuDNN dense.
 
@@ -19,39 +19,26 @@ Writes DIR/probe_sort_<card>.json and a markdown table.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import bench_selection as S  # noqa: E402
-from probe_io import ProbeResults, kmeans_shapes, probe_args  # noqa: E402
+import probe_io as P  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
-from svg2core import SVG2Config, Workspace  # noqa: E402
-from svg2core.attention import cluster_and_select  # noqa: E402
+from svg2core import Workspace  # noqa: E402
 from svg2core.ops.kmeans import batched_kmeans  # noqa: E402
 
-SORT_SHAPES = kmeans_shapes()  # every k-means problem of the benchmark models
-SELECTION = (("wan1.3b-480p", 12, 32760, 100, 500), ("wan1.3b-480p", 12, 32760, 300, 1000),
-             ("wan14b-720p", 40, 75600, 300, 1000), ("hunyuan-720p", 24, 118800, 300, 1000))
-
-
-@contextlib.contextmanager
-def fused_sort_max(clusters: int):
-    saved = km.FUSED_SORT_MAX_CLUSTERS
-    km.FUSED_SORT_MAX_CLUSTERS = clusters
-    try:
-        yield
-    finally:
-        km.FUSED_SORT_MAX_CLUSTERS = saved
+SORT_SHAPES = P.kmeans_shapes()  # every k-means problem of the benchmark models
+# the benchmark's selection shapes and HunyuanVideo's video tokens (text tokens left out: the sort does not see them)
+SELECTION = P.SELECTION_SHAPES + (("hunyuan-720p", 24, 118800, 0, 300, 1000),)
 
 
 VARIANTS = {"flat": 0, "count": 1 << 20}  # batched_kmeans' counting sort up to these cluster counts
@@ -65,7 +52,7 @@ def sort_case(name, h, n, c, dev) -> dict:
     row = {"shape": name, "heads": h, "tokens": n, "clusters": c}
     ref = None
     for variant, fused_max in VARIANTS.items():
-        with fused_sort_max(fused_max):
+        with P.setting(km, "FUSED_SORT_MAX_CLUSTERS", fused_max):
             ws = Workspace()
             cent = start.clone()
 
@@ -81,42 +68,15 @@ def sort_case(name, h, n, c, dev) -> dict:
     return row
 
 
-def selection_case(name, h, nv, cq, ck, dev) -> dict:
-    torch.manual_seed(2)
-    q, k, v = (torch.randn(1, h, nv, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
-    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
-        dense = S.bench_ms(lambda: F.scaled_dot_product_attention(q, k, v), warmup=2, rep=5)
-    cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck)
-    q_start = q[:, :, :: nv // cq][:, :, :cq].float().reshape(h, cq, 128).contiguous()
-    k_start = k[:, :, :: nv // ck][:, :, :ck].float().reshape(h, ck, 128).contiguous()
-    batched_kmeans(q, q_start, 5, Workspace(), "q")
-    batched_kmeans(k, k_start, 5, Workspace(), "k")
-    row = {"shape": name, "heads": h, "tokens": nv, "Cq": cq, "Ck": ck, "dense_ms": dense}
-    for variant, fused_max in VARIANTS.items():
-        with fused_sort_max(fused_max):
-            ws = Workspace()
-            qc, kc = q_start.clone(), k_start.clone()
-            row[f"{variant}_ms"] = S.graph_ms(lambda ws=ws, qc=qc, kc=kc: cluster_and_select(q, k, v, qc, kc, 2, cfg, ws))
-            row[f"{variant}_pct"] = 100 * row[f"{variant}_ms"] / dense
-    print(json.dumps(row), flush=True)
-    return row
-
-
 def main() -> None:
-    opts = probe_args()
+    opts = P.probe_args()
     dev = torch.device("cuda")
-    out = ProbeResults(opts.out, "probe_sort", sort=[], selection=[])
-    res, save, card_name = out.data, out.save, out.device
-
-    for shape in SORT_SHAPES:
-        res["sort"].append(sort_case(*shape, dev))
-        save()
-        torch.cuda.empty_cache()
+    out = P.ProbeResults(opts.out, "probe_sort", sort=[], selection=[])
+    res, card_name = out.data, out.device
+    P.run_shapes(out, "sort", sort_case, SORT_SHAPES, dev)
     if not opts.no_selection:
-        for shape in SELECTION:
-            res["selection"].append(selection_case(*shape, dev))
-            save()
-            torch.cuda.empty_cache()
+        P.time_selection_ab(out, lambda on: P.setting(km, "FUSED_SORT_MAX_CLUSTERS", VARIANTS["count" if on else "flat"]),
+                          dev, SELECTION)
     lines = [f"# k-means sort stage and K/V gather order ({card_name})", "",
              "Assign + sort (CUDA-graph replay, ms; `=`: perm and offsets equal to flat's):", "",
              "| shape | flat | count |", "|---|---|---|"]
@@ -124,12 +84,7 @@ def main() -> None:
         cells = [f"{r[f'{v}_ms']:.3f}{'' if r[f'{v}_equal'] else ' (DIFFERS)'}" for v in VARIANTS]
         lines.append(f"| {r['shape']} ({r['heads']}x{r['tokens']}) | " + " | ".join(cells) + " |")
     if res["selection"]:
-        lines += ["", "Selection, 2 warm iterations (CUDA-graph replay, ms and % of cuDNN dense):", "",
-                  "| shape | Cq/Ck | dense ms | radix sort | counting sort (default) |", "|---|---|---|---|---|"]
-        for r in res["selection"]:
-            lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['dense_ms']:.1f} | "
-                         + " | ".join(f"{r[f'{v}_ms']:.3f} ({r[f'{v}_pct']:.1f}%)" for v in VARIANTS)
-                         + " |")
+        lines += P.selection_ab_lines(res["selection"], "radix sort", "counting sort (default)")
     out.finish(lines)
 
 

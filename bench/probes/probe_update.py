@@ -22,13 +22,13 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import bench_selection as S  # noqa: E402
-from probe_io import ProbeResults, kmeans_shapes, probe_args  # noqa: E402
+import probe_io as P  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core.ops.kmeans import batched_kmeans  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
-SHAPES = kmeans_shapes("wan1.3b-480p Q 100", "wan1.3b-480p K 500", "wan14b-720p Q 300", "wan14b-720p K 1000",
+SHAPES = P.kmeans_shapes("wan1.3b-480p Q 100", "wan1.3b-480p K 500", "wan14b-720p Q 300", "wan14b-720p K 1000",
                        "hunyuan-720p K 1000")
 LAUNCHES = ((32, 4), (16, 4), (64, 4), (32, 2), (16, 2), (64, 8))  # (rows per step, warps); the first the default
 
@@ -41,32 +41,27 @@ def shape_case(name, h, n, c, dev) -> dict:
     _, perm, off = batched_kmeans(x, cent, 3, ws, "k")
     row = {"shape": name, "heads": h, "tokens": n, "clusters": c, "ms": {}, "max_abs_diff": {}}
     ref = None
-    default = km._SEGMENT_BLOCK_N, km._SEGMENT_WARPS
     for block_n, warps in LAUNCHES:
-        km._SEGMENT_BLOCK_N, km._SEGMENT_WARPS = block_n, warps
         out = cent.clone()
 
         def run(out=out):
             km.kmeans_update(x, perm, off, out)
 
-        run()
-        ref = out.clone() if ref is None else ref
-        key = f"{block_n} rows/{warps}w"
-        row["max_abs_diff"][key] = (out - ref).abs().max().item()
-        row["ms"][key] = S.graph_ms(run)
-    km._SEGMENT_BLOCK_N, km._SEGMENT_WARPS = default
+        with P.setting(km, "_SEGMENT_BLOCK_N", block_n), P.setting(km, "_SEGMENT_WARPS", warps):
+            run()
+            ref = out.clone() if ref is None else ref
+            key = f"{block_n} rows/{warps}w"
+            row["max_abs_diff"][key] = (out - ref).abs().max().item()
+            row["ms"][key] = S.graph_ms(run)
     print(json.dumps(row), flush=True)
     return row
 
 
 def main() -> None:
-    opts = probe_args()
+    opts = P.probe_args()
     dev = torch.device("cuda")
-    out = ProbeResults(opts.out, "probe_update", update=[])
-    for shape in SHAPES:
-        out.data["update"].append(shape_case(*shape, dev))
-        out.save()
-        torch.cuda.empty_cache()
+    out = P.ProbeResults(opts.out, "probe_update", update=[])
+    P.run_shapes(out, "update", shape_case, SHAPES, dev)
     keys = [f"{b} rows/{w}w" for b, w in LAUNCHES]
     lines = [f"# k-means update launch shapes ({out.device})", "",
              "Segment-mean update after 3 warm iterations, CUDA-graph replay, ms (max |centroid difference| from the "
