@@ -30,7 +30,7 @@ ap.add_argument("--debug", type=int, default=0)
 ap.add_argument("--stages", type=int, default=0)
 ap.add_argument("--key-order", action="store_true", help="selected key clusters listed by id (B.selection_in_key_order)")
 ap.add_argument("--persistent", action="store_true", help="gluon_persistent")
-ap.add_argument("--tables", default="", help="gluon_tile_tables: auto / on / off (default: the config's)")
+ap.add_argument("--tables", default="", help="gluon_tile_tables: on / off (default: the config's)")
 opts = ap.parse_args()
 h, nv, t, cq, ck = B.MODELS[opts.model]
 cfg = default_config(torch.device("cuda"), torch.bfloat16, 128)

@@ -56,12 +56,14 @@ class KernelConfig:
     # above the exponentials, so a warpgroup's softmax overlaps its own PV matmul. Measured within noise of
     # the unpinned wait on an H100 (NOTES_sparse_attn.md v7): off by default
     gluon_pin_wait: bool = False
+    # FlashAttention-4's lazy O rescale: a row keeps its running max until some row of its warp grows by more
+    # than 2^8, so the 64 FMUL per thread of the O rescale are skipped (a warp-uniform branch) in most key tiles
+    gluon_lazy_rescale: bool = False
     # the producer looks up each key tile's segment window and each segment's kp row base in two small tables
     # built per call (tables.py: one extra launch) instead of searching on from the previous tile's segment:
-    # "on", "off", or "auto" = on without trailing dense tokens. H100, two interleaved runs
-    # (NOTES_sparse_attn.md v7): 4-7% faster at the Wan shapes (no text tokens), ~3% slower at HunyuanVideo's
-    # (256 text tokens; not understood yet)
-    gluon_tile_tables: str = "auto"
+    # "on" or "off". H100 (NOTES_sparse_attn.md v7, v11): 4-7% faster at the Wan shapes, 8-10% at HunyuanVideo's
+    # (with its text tokens and padding mask, once the mask flag stopped being compiled as a constant)
+    gluon_tile_tables: str = "on"
     # one program per SM, each taking the video query tiles from a shared counter (a work list built per call by
     # tables.query_tile_list, one extra launch), so the producer loads the next tile's first key stages while
     # the consumers finish the current one, and no CTA is launched per tile. Not with gluon_pingpong
@@ -78,8 +80,8 @@ class KernelConfig:
             raise ValueError(f"impl: must be 'triton' or 'gluon', got {self.impl!r}")
         if self.gluon_block_n not in (64, 128):
             raise ValueError(f"gluon_block_n: must be 64 or 128, got {self.gluon_block_n}")
-        if self.gluon_tile_tables not in ("auto", "on", "off"):
-            raise ValueError(f"gluon_tile_tables: must be 'auto', 'on' or 'off', got {self.gluon_tile_tables!r}")
+        if self.gluon_tile_tables not in ("on", "off"):
+            raise ValueError(f"gluon_tile_tables: must be 'on' or 'off', got {self.gluon_tile_tables!r}")
         if self.gluon_persistent and self.gluon_pingpong:
             raise ValueError("gluon_persistent: not available with gluon_pingpong (its turns count per tile)")
         if self.impl == "gluon" and self.block_m != 128:
@@ -278,7 +280,7 @@ def sparse_attention(
         def video_tiles():
             ws = workspace if workspace is not None else Workspace()  # allocates only on a buffer request
             tables = None
-            if cfg.gluon_tile_tables == "on" or (cfg.gluon_tile_tables == "auto" and t == 0):
+            if cfg.gluon_tile_tables == "on":
                 tables = (ws.buffer("sparse_attn.seg_base", (bh * cq, ck), torch.int32, dev),
                           ws.buffer("sparse_attn.tile_seg", (bh * cq, max_key_tiles(nv, cfg.gluon_block_n) + 1),
                                     torch.int32, dev))

@@ -1,0 +1,97 @@
+"""Do the token layout and the data of q / k / v change the selection's cost? diffusers hands the attention
+processors ``(B, N, H, D)`` tensors, which svg2 receives as ``(B, H, N, D)`` views (token stride H * D);
+bench_selection times contiguous ``(B, H, N, D)`` tensors of i.i.d. normal values, whose k-means labels are
+scattered. Video tokens are not: neighbouring tokens tend to share a cluster ("runs": runs of 64 consecutive
+tokens near one of C random centres, plus noise). This probe times the whole selection (CUDA-graph replay and
+eager) and its key-side stages on each layout and data, in one run.
+
+    python bench/probes/probe_layout.py --out DIR
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
+import bench_selection as S  # noqa: E402
+import probe_io as P  # noqa: E402
+
+import svg2core.ops.kmeans.kmeans as km  # noqa: E402
+from svg2core import SVG2Config  # noqa: E402
+from svg2core.attention import cluster_and_select  # noqa: E402
+from svg2core.ops.kmeans import batched_kmeans, kmeans_assign, kmeans_update  # noqa: E402
+from svg2core.ops.permute import gather_kv, sort_by_cluster  # noqa: E402
+from svg2core.state import Workspace  # noqa: E402
+
+SHAPES = (("wan1.3b-480p", 12, 32760, 100, 500), ("wan14b-720p", 40, 75600, 300, 1000),
+          ("hunyuan-720p", 24, 118800, 400, 1000))
+
+
+def make_data(h, nv, d, layout, data, dev, gen) -> torch.Tensor:
+    x = torch.randn(1, nv, h, d, device=dev, generator=gen)  # (B, N, H, D)
+    if data == "runs":  # runs of 64 consecutive tokens near one of 512 centres
+        centres = 3.0 * torch.randn(512, h, d, device=dev, generator=gen)
+        pick = torch.randint(0, 512, (nv // 64 + 1,), device=dev, generator=gen).repeat_interleave(64)[:nv]
+        x = x + centres[pick][None]
+    x = x.to(torch.bfloat16)
+    # bnhd: what a diffusers processor passes, (B, N, H, D) storage seen as (B, H, N, D)
+    return x.transpose(1, 2).contiguous() if layout == "bhnd" else x.transpose(1, 2)
+
+
+def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
+    d = 128
+    gen = torch.Generator(device=dev).manual_seed(3)
+    q, k, v = (make_data(h, nv, d, layout, data, dev, gen) for _ in range(3))
+    cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck)
+    ws = Workspace()
+    q_start = q[:, :, :: nv // cq][:, :, :cq].float().reshape(h, cq, d).contiguous()
+    k_start = k[:, :, :: nv // ck][:, :, :ck].float().reshape(h, ck, d).contiguous()
+    batched_kmeans(q, q_start, 5, ws, "q")
+    batched_kmeans(k, k_start, 5, ws, "k")
+    q_cent, k_cent = q_start.clone(), k_start.clone()
+
+    def selection():
+        cluster_and_select(q, k, v, q_cent, k_cent, 2, cfg, ws)
+
+    res = {"shape": name, "layout": layout, "data": data, "heads": h, "video_tokens": nv, "Cq": cq, "Ck": ck,
+           "selection_graph_ms": S.graph_ms(selection), "selection_ms": S.bench_ms(selection)}
+    lab = ws.buffer("k.labels", (h, nv), torch.int32, dev)
+    tile = km.ASSIGN_TILE
+    counts = ws.buffer("k.block_counts", (h, -(-nv // tile.block_n) * ck), torch.int32, dev)
+    res["assign_k_ms"] = S.graph_ms(lambda: kmeans_assign(k, k_cent, lab, workspace=ws, block_counts=counts))
+    perm, off = sort_by_cluster(lab, ck, ws, "k")
+    res["update_k_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent))
+    res["gather_kv_ms"] = S.graph_ms(lambda: gather_kv(k, v, perm, ws))
+    return res
+
+
+def main() -> None:
+    args = P.probe_args()
+    dev = torch.device("cuda")
+    out = P.ProbeResults(args.out, "probe_layout", rows=[])
+    for name, h, nv, cq, ck in SHAPES:
+        for layout, data in (("bhnd", "randn"), ("bnhd", "randn"), ("bhnd", "runs")):
+            out.data["rows"].append(time_layout(name, h, nv, cq, ck, layout, dev, data))
+            out.save()
+            print(out.data["rows"][-1], flush=True)
+            torch.cuda.empty_cache()
+    lines = [f"# Selection cost by token layout ({out.device})", "",
+             "bhnd: contiguous (B, H, N, D); bnhd: (B, N, H, D) storage as a (B, H, N, D) view (what diffusers "
+             "processors pass). ms, CUDA-graph replay unless marked eager.", "",
+             "| shape | layout | data | selection | selection eager | assign K | update K | gather K/V |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in out.data["rows"]:
+        lines.append(f"| {r['shape']} | {r['layout']} | {r['data']} | {r['selection_graph_ms']:.3f} | {r['selection_ms']:.3f} | "
+                     f"{r['assign_k_ms']:.3f} | {r['update_k_ms']:.3f} | {r['gather_kv_ms']:.3f} |")
+    out.finish(lines)
+
+
+if __name__ == "__main__":
+    main()
