@@ -100,16 +100,6 @@ def test_pinned_pv_wait_follows_every_exponential(tmp_path):
         assert step["ex2_before_wait"] >= 64 and step["ex2_after_wait"] == 0, steps
 
 
-def test_lazy_rescale_compiles_to_warp_votes_without_spills(tmp_path):
-    # gluon_lazy_rescale: one warp vote per consumer key-tile step (six step bodies: full, last and text tiles of
-    # two warpgroups) and the O rescale's asm blocks as uniform branches, within the same register budget
-    r = _compile_report(tmp_path, "--stages", "3", "--tile-tables", "--lazy-rescale")
-    base = _compile_report(tmp_path, "--stages", "3", "--tile-tables")
-    assert base["vote_any"] == 0 and r["vote_any"] >= 6
-    assert r["local"] == 0 and r["regs"] <= G._MAXNREG
-    assert r[r"wgmma\.mma_async"] == base[r"wgmma\.mma_async"]
-
-
 def test_gluon_assign_compiles_with_overlapped_matmuls(tmp_path):
     # gluon_assign.py (kmeans.GLUON_ASSIGN, off until timed on a GPU): no spills, few enough registers for three
     # programs of 4 warps per SM, and the matmuls pipelined (a wait that leaves one group in flight); ptxas

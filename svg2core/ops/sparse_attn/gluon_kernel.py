@@ -390,7 +390,6 @@ def _consumer_item(args, it, g, WG: gl.constexpr):
      stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
-    LAZY: gl.constexpr = dbg_smem.type.shape[2] == 2  # the O rescale only when a row max grew by > 2^8
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
     BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
@@ -431,19 +430,19 @@ def _consumer_item(args, it, g, WG: gl.constexpr):
             for t in range(1, n_video - 1):
                 o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
                                                    turn_bars, pin_smem, WG, 0, KPM, b, T, 0, 0, qk_scale, False,
-                                                   DEBUG, LAZY, s_lay, o_lay, p_lay)
+                                                   DEBUG, s_lay, o_lay, p_lay)
             # the last video tile (when it is not tile 0), the only partial one: masked by a column bound. A loop
             # of 0 or 1 trips rather than an ``if`` with tensor results, which made ptxas spill around the branch
             for t in range(gl.maximum(n_video - 1, 1), n_video):
                 o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
                                                    turn_bars, pin_smem, WG, total - t * BLOCK_N, KPM, b, T, 0, 0,
-                                                   qk_scale, True, DEBUG, LAZY, s_lay, o_lay, p_lay)
+                                                   qk_scale, True, DEBUG, s_lay, o_lay, p_lay)
             # trailing text keys (joint attention), masked by the key padding mask
             for t in range(n_video, n_tiles):
                 c0 = (t - n_video) * BLOCK_N
                 o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
                                                    turn_bars, pin_smem, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale,
-                                                   True, DEBUG, LAZY, s_lay, o_lay, p_lay)
+                                                   True, DEBUG, s_lay, o_lay, p_lay)
             sl = (g + n_tiles - 1) % NUM_STAGES
             v_last = v_bufs.index(sl)
             _turn_wait(turn_bars, WG, n_tiles)
@@ -508,8 +507,7 @@ def _row_sum(x):
 @gluon.jit
 def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, turn_bars, pin_smem,
                    WG: gl.constexpr, col_limit, KPM, b, T, c0, use_kpm, qk_scale, MASK: gl.constexpr,
-                   DEBUG: gl.constexpr, LAZY: gl.constexpr, s_lay: gl.constexpr, o_lay: gl.constexpr,
-                   p_lay: gl.constexpr):
+                   DEBUG: gl.constexpr, s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
     """Key tile t: QK(t) and PV(t-1) on the tensor cores, the softmax of tile t meanwhile, then release
     tile t-1's stage. With MASK, columns >= col_limit are masked, and with use_kpm != 0 also the padded
     text keys (``KPM[b, c0 + col] == 0``); full video tiles run without any mask."""
@@ -544,13 +542,6 @@ def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_
     else:
         qk = s_acc
     m_new = gl.maximum(m_i, gl.convert_layout(_row_max(qk), m_i.type.layout) * qk_scale)
-    if LAZY:
-        # FlashAttention-4's lazy rescale: a row keeps its running max (its probabilities then reach at most
-        # 2^8, exact after the final division by l) unless some row of the warp grew by more than 8 (log2 units);
-        # then every row of that warp moves to its new max. ``grow`` is the same in all lanes of a warp, so the
-        # O rescale below is a warp-uniform branch that skips its 64 FMUL per thread in most key tiles.
-        grow = _warp_any((m_new > m_i + _LAZY_THRESHOLD).to(gl.int32))
-        m_new = gl.where(grow != 0, m_new, m_i)
     p = gl.exp2(qk * qk_scale - m_new[:, None])
     alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.convert_layout(_row_sum(p), l_i.type.layout)
@@ -565,46 +556,12 @@ def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_
             pin_smem.slice(WG * WG_M, WG_M).store(l_i)
         o, p_op = warpgroup_mma_wait(0, deps=(o, p_op))
     mbarrier.arrive(empty_bars.index(sp), count=1)
-    if LAZY:
-        o = _rescale_if(o, gl.convert_layout(alpha, gl.SliceLayout(1, o_lay)),
-                        gl.convert_layout(grow, gl.SliceLayout(1, o_lay)))
-    else:
-        o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
+    o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
     if (DEBUG & 32) == 0:
         p_op = gl.convert_layout(_pack_p(p, dtype), p_lay)
     else:  # comparison hook: the plain cast (correct result; 32 PRMT more per step)
         p_op = gl.convert_layout(p.to(dtype), p_lay)
     return o, m_new, l_i, p_op
-
-
-_LAZY_THRESHOLD: gl.constexpr = gl.constexpr(8.0)
-# _rescale_if's asm block: 16 accumulator elements ($0-$15, tied to the inputs $16-$31), their rows' alpha
-# ($32-$47) and the warp's flag ($48; one per element, all equal)
-_RESCALE_ASM: gl.constexpr = gl.constexpr(
-    "{ .reg .pred p; setp.ne.s32 p, $48, 0; @!p bra.uni SKIP${:uid}; "
-    + " ".join(f"mul.f32 ${i}, ${i}, ${32 + i};" for i in range(16)) + " SKIP${:uid}: }")
-_RESCALE_CONSTRAINTS: gl.constexpr = gl.constexpr(",".join(["=r"] * 16 + [str(i) for i in range(16)] + ["r"] * 32))
-
-
-@gluon.jit
-def _warp_any(flag):
-    """Per element: 1 if ``flag`` is non-zero for any row that a lane of this warp holds, else 0 (a
-    ``vote.sync.any`` over the warp; the result is the same in all its lanes). ``flag``: int32 of a row slice of
-    the wgmma accumulator layout, two rows per thread."""
-    return gl.inline_asm_elementwise(
-        "{ .reg .pred p, q; setp.ne.s32 p, $2, 0; setp.ne.s32 q, $3, 0; or.pred p, p, q; "
-        "vote.sync.any.pred p, p, 0xffffffff; selp.s32 $0, 1, 0, p; selp.s32 $1, 1, 0, p; }",
-        "=r,=r,r,r", [flag], dtype=gl.int32, is_pure=True, pack=2)
-
-
-@gluon.jit
-def _rescale_if(o, alpha, grow):
-    """``o * alpha[:, None]`` where ``grow`` (warp-uniform, ``_warp_any``) is set, else ``o`` unchanged, by a
-    uniform branch around the multiplies: 16 elements per asm block, four blocks per thread."""
-    a = gl.broadcast(o, alpha[:, None])[1]
-    g = gl.broadcast(o, grow[:, None])[1]
-    return gl.inline_asm_elementwise(_RESCALE_ASM, _RESCALE_CONSTRAINTS, [o, a, g], dtype=gl.float32, is_pure=True,
-                                     pack=16)
 
 
 @gluon.jit
@@ -647,7 +604,7 @@ def sparse_attn_fwd_gluon(
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
     KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False, TILE_SEG: gl.constexpr = False,
-    PERSISTENT: gl.constexpr = False, LAZY_RESCALE: gl.constexpr = False,
+    PERSISTENT: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     # one program per (video query tile, head); with PERSISTENT one per SM, taking work items (entries of
@@ -667,9 +624,9 @@ def sparse_attn_fwd_gluon(
     v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
     rows_smem = gl.allocate_shared_memory(gl.int32, [BLOCK_N], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     # constexprs do not pass through warp_specialize in Triton 3.6: DEBUG travels as this buffer's shape
-    # (KV_PERM as its second dimension, LAZY_RESCALE as its third)
-    dbg_smem = gl.allocate_shared_memory(gl.int8, [DEBUG + 1, 2 if KV_PERM else 1, 2 if LAZY_RESCALE else 1],
-                                         gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+    # (and KV_PERM as its second dimension)
+    dbg_smem = gl.allocate_shared_memory(gl.int8, [DEBUG + 1, 2 if KV_PERM else 1],
+                                         gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
     full_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES):
@@ -729,6 +686,6 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
         PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
-        PERSISTENT=work is not None, LAZY_RESCALE=cfg.gluon_lazy_rescale,
+        PERSISTENT=work is not None,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

@@ -56,9 +56,6 @@ class KernelConfig:
     # above the exponentials, so a warpgroup's softmax overlaps its own PV matmul. Measured within noise of
     # the unpinned wait on an H100 (NOTES_sparse_attn.md v7): off by default
     gluon_pin_wait: bool = False
-    # FlashAttention-4's lazy O rescale: a row keeps its running max until some row of its warp grows by more
-    # than 2^8, so the 64 FMUL per thread of the O rescale are skipped (a warp-uniform branch) in most key tiles
-    gluon_lazy_rescale: bool = False
     # the producer looks up each key tile's segment window and each segment's kp row base in two small tables
     # built per call (tables.py: one extra launch) instead of searching on from the previous tile's segment:
     # "on" or "off". H100 (NOTES_sparse_attn.md v7, v11): 4-7% faster at the Wan shapes, 8-10% at HunyuanVideo's
