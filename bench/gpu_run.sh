@@ -9,13 +9,11 @@
 #   bash bench/gpu_run.sh OUT sort                      # radix vs counting sort in k-means (probe_sort.py)
 #   bash bench/gpu_run.sh OUT tiles                     # the assign's launch shapes (probe_assign_tiles.py)
 #   bash bench/gpu_run.sh OUT update                    # the update's launch shapes (probe_update.py)
-#   bash bench/gpu_run.sh OUT gassign                   # the Gluon assign against the Triton one (probe_assign_gluon.py)
 #   bash bench/gpu_run.sh OUT layout                    # selection on (B,H,N,D) vs diffusers' (B,N,H,D) views (probe_layout.py)
 #
 # Steps: tests (tests/svg2core/test_sparse_attn_hopper.py), attn (bench_sparse_attn.py), selection
 # (bench_selection.py --no-sweep), pipeline (bench_pipeline_step.py --compile), assign (bench/probes/probe_assign.py), sort (bench/probes/probe_sort.py), tiles (bench/probes/probe_assign_tiles.py),
-# update (bench/probes/probe_update.py), gassign (bench/probes/probe_assign_gluon.py),
-# layout (bench/probes/probe_layout.py).
+# update (bench/probes/probe_update.py), layout (bench/probes/probe_layout.py).
 # Results go to OUT/<step>/.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_run.sh OUT STEP...}
@@ -41,7 +39,6 @@ for step in "$@"; do
     sort) python bench/probes/probe_sort.py --out "$out/$step" > "$log" 2>&1 ;;
     tiles) python bench/probes/probe_assign_tiles.py --out "$out/$step" > "$log" 2>&1 ;;
     update) python bench/probes/probe_update.py --out "$out/$step" > "$log" 2>&1 ;;
-    gassign) python bench/probes/probe_assign_gluon.py --out "$out/$step" > "$log" 2>&1 ;;
     layout) python bench/probes/probe_layout.py --out "$out/$step" > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
   esac

@@ -1,4 +1,4 @@
-"""What the Hopper (sm_90) Gluon kernels share: shims over the Gluon API of the Triton versions in use, and the
+"""Helpers for the Hopper (sm_90) Gluon kernels: shims over the Gluon API of the Triton versions in use, and the
 register layouts of a warpgroup's matmul accumulator and of its 16-byte row copies."""
 
 from __future__ import annotations

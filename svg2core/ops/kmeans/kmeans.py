@@ -47,11 +47,6 @@ FUSED_SORT_MAX_CLUSTERS = 8192
 # (value, index) argmin in one run (docs/benchmarks/probe_assign_packed_h100.md): the assign 8-15% faster (Wan 14B
 # keys, 1000 clusters 1.93 -> 1.68 ms), labels equal but for near-ties (99.94-99.98% of tokens).
 ASSIGN_PACKED_ARGMIN = True
-# Hopper: the assign runs the Gluon kernel of gluon_assign.py (packed keys; each centroid tile's matmul overlaps the
-# previous tile's argmin; 64 tokens and 164 registers per program, three per SM) instead of the Triton kernel (one
-# 8-warp program per SM at its default tile, each tile's dot waited for before its argmin). Compiled and checked
-# for sm_90 on the CPU only: off until checked and timed on a GPU (bench/probes/probe_assign_gluon.py).
-GLUON_ASSIGN = False
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
@@ -102,8 +97,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
         workspace: holds the low-precision copy of the centroids and their norms (a fresh one
             when None).
         tile: launch shape of the Triton kernel (benchmarks), and the block size of ``block_counts``; None:
-            ``ASSIGN_TILE``. With ``GLUON_ASSIGN`` on Hopper the Gluon kernel runs instead (the same argmin but for
-            near-ties, the same block counts).
+            ``ASSIGN_TILE``.
         block_counts: optional ``(B * H, cdiv(N, tile.block_n) * C)`` int32 output: the label
             histogram of every block of ``tile.block_n`` tokens (block-major), for
             ``sort_by_cluster(method="count", block_counts=..., count_block=tile.block_n)``.
@@ -133,33 +127,15 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     if block_counts is not None and (tuple(block_counts.shape) != (bh, nb * c) or block_counts.dtype != torch.int32):
         raise ValueError(f"block_counts: must be ({bh}, {nb * c}) int32 for {n} tokens in blocks of "
                          f"{tile.block_n}, got {tuple(block_counts.shape)} {block_counts.dtype}")
-    # the arguments both assign kernels (Triton and Gluon) take, in the same order
     args = (x, cent_lp, cent_sq, labels, labels if block_counts is None else block_counts, n, c, h,
             x.stride(0), x.stride(1), x.stride(2), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
             labels.stride(0), 0 if block_counts is None else block_counts.stride(0))
-    if _gluon_assign_applies(x):
-        from svg2core.ops.kmeans.gluon_assign import kmeans_assign_gluon_kernel
-
-        if block_counts is not None:
-            block_counts.zero_()  # programs of 64 tokens add into blocks of tile.block_n
-        kmeans_assign_gluon_kernel[(_cdiv(n, 64), bh)](
-            *args, D=d, BLOCK_N=64, BLOCK_C=64, C_POW2=c_pow2, HIST=block_counts is not None,
-            COUNT_BLOCK=tile.block_n, num_warps=4,
-        )
-        return labels
     _kmeans_assign_kernel[(nb, bh)](
         *args, D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
         HIST=block_counts is not None, C_POW2=c_pow2, PACKED=ASSIGN_PACKED_ARGMIN,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
-
-
-def _gluon_assign_applies(x: torch.Tensor) -> bool:
-    """Whether ``kmeans_assign`` runs the Gluon kernel for these points (``GLUON_ASSIGN``, Hopper, bf16 / fp16,
-    head dim 64 or 128)."""
-    return (GLUON_ASSIGN and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and x.shape[-1] in (64, 128)
-            and torch.cuda.get_device_capability(x.device)[0] == 9)
 
 
 def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor,
