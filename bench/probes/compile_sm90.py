@@ -25,7 +25,7 @@ from svg2core.ops.sparse_attn.gluon_kernel import sparse_attn_fwd_gluon
 
 def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PRODUCER_REGS,
                    consumer_regs=G._CONSUMER_REGS, maxnreg=G._MAXNREG, debug=0, pingpong=False, kv_perm=False, block_n=128,
-                   pin_wait=False, tile_tables=False, persistent=False, has_kpm_one=False, write_lse=False):
+                   pin_wait=False, tile_tables=False, persistent=False, has_kpm_one=False):
     sig = {}
     names = sparse_attn_fwd_gluon.arg_names
     ptr = f"*{dtype}"
@@ -37,12 +37,11 @@ def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PR
               "COUNTER"):
         sig[n] = "*i32"
     sig["ITEMS"] = "*i64"
-    sig["LSE"] = "*fp32"
     sig["KPM"] = "*i8"
     sig["qk_scale"] = "fp32"
     consts = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, CQ_BLOCK=512, TAIL_M=64,
                   NUM_STAGES=num_stages, PRODUCER_REGS=producer_regs, CONSUMER_REGS=consumer_regs, PINGPONG=pingpong, DEBUG=debug, KV_PERM=kv_perm, PIN_WAIT=pin_wait,
-                  TILE_SEG=tile_tables, PERSISTENT=persistent, WRITE_LSE=write_lse)
+                  TILE_SEG=tile_tables, PERSISTENT=persistent)
     if has_kpm_one:  # what the JIT compiles for a call with a key padding mask: the int argument 1 specialised
         consts["HAS_KPM_I"] = 1
     for k in consts:
@@ -117,13 +116,12 @@ if __name__ == "__main__":
     ap.add_argument("--tile-tables", action="store_true", help="the producer reads tables.py's key-tile tables")
     ap.add_argument("--pin-wait", action="store_true", help="pin the PV wait after the softmax (gluon_pin_wait)")
     ap.add_argument("--persistent", action="store_true", help="one program per SM over a work list")
-    ap.add_argument("--lse", action="store_true", help="write each row's log2-sum-exp (the key split's halves)")
     ap.add_argument("--kpm", action="store_true", help="HAS_KPM_I specialised to 1, as for a call with a key padding mask")
     ap.add_argument("--json", help="also write the report and the setmaxnreg values to this file")
     a = ap.parse_args()
     k = compile_kernel(head_dim=a.head_dim, num_stages=a.stages, pingpong=a.pingpong, kv_perm=a.kv_perm, block_n=a.block_n,
                        pin_wait=a.pin_wait, tile_tables=a.tile_tables,
-                       persistent=a.persistent, has_kpm_one=a.kpm, write_lse=a.lse)
+                       persistent=a.persistent, has_kpm_one=a.kpm)
     rep = report(k)
     rep["setmaxnreg"] = re.findall(r"setmaxnreg\.(inc|dec)\S*\s+(\d+)", k.asm["ptx"])
     rep["atom_shared"] = len(re.findall(r"atom\.shared", k.asm["ptx"]))

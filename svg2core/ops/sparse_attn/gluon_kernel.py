@@ -118,7 +118,7 @@ def _dispatch_fields(args):
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
      SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty, LSE) = args
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     return (ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, item_full, item_empty,
             (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end))
 
@@ -210,7 +210,7 @@ def _produce_item(args, it, g):
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
      SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty, LSE) = args
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2  # video K/V rows read from k / v through k_perm
@@ -362,10 +362,8 @@ def _load_q_rows(Q, QPERM, q_smem, q_base, stride_qn, bh, NV, row0, q_end, WG: g
 
 
 @gluon.jit
-def _store_rows(OUT, QPERM, o, l_i, o_base, stride_on, bh, NV, row0, q_end, m_i, LSE, WRITE_LSE: gl.constexpr):
-    """o / l of query rows row0 .. row0 + 63 (sorted positions, < q_end) stored at their tokens' rows of out; with
-    WRITE_LSE also their log2-sum-exp ``m + log2(l)`` (-inf for a row without keys) at ``LSE[bh, token]`` (the
-    key split of key_split.py merges two such partial results)."""
+def _store_rows(OUT, QPERM, o, l_i, o_base, stride_on, bh, NV, row0, q_end):
+    """o / l of query rows row0 .. row0 + 63 (sorted positions, < q_end) stored at their tokens' rows of out."""
     WG_M: gl.constexpr = 64
     HEAD_DIM: gl.constexpr = o.shape[1]
     o_lay: gl.constexpr = _wgmma_layout(HEAD_DIM)
@@ -378,13 +376,6 @@ def _store_rows(OUT, QPERM, o, l_i, o_base, stride_on, bh, NV, row0, q_end, m_i,
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_lay))
     gl.store(OUT + o_base + tok[:, None] * stride_on + offs_d[None, :], out.to(OUT.dtype.element_ty),
              mask=row_ok[:, None])
-    if WRITE_LSE:
-        srow_lay: gl.constexpr = l_i.type.layout
-        srt_s = row0 + gl.arange(0, WG_M, layout=srow_lay)
-        ok_s = srt_s < q_end
-        tok_s = gl.load(QPERM + bh.to(gl.int64) * NV + srt_s, mask=ok_s, other=0).to(gl.int64)
-        lse = gl.where(l_i > 0.0, m_i + gl.log2(gl.where(l_i > 0.0, l_i, 1.0)), float("-inf"))
-        gl.store(LSE + bh.to(gl.int64) * NV + tok_s, lse, mask=ok_s)
 
 
 @gluon.jit
@@ -396,7 +387,7 @@ def _consumer_item(args, it, g, WG: gl.constexpr):
      has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
      SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
      ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty, LSE) = args
+     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
@@ -459,8 +450,7 @@ def _consumer_item(args, it, g, WG: gl.constexpr):
             _turn_pass(turn_bars, WG)
             o = warpgroup_mma_wait(0, deps=(o, ))
             mbarrier.arrive(empty_bars.index(sl), count=1)
-        _store_rows(OUT, QPERM, o, l_i, o_base, stride_on, bh, NV, q_start + WG * WG_M, q_end, m_i, LSE,
-                    dbg_smem.type.shape[2] == 2)
+        _store_rows(OUT, QPERM, o, l_i, o_base, stride_on, bh, NV, q_start + WG * WG_M, q_end)
     else:
         _drain(n_tiles, g, full_bars, empty_bars, turn_bars, WG)
 
@@ -609,12 +599,12 @@ def sparse_attn_fwd_gluon(
     stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
     H, NV, T, CQ, CK,
-    qk_scale, HAS_KPM_I, SEGBASE, TILESEG, TILE_STRIDE, ITEMS, ITEMRING, COUNTER, n_items, LSE,
+    qk_scale, HAS_KPM_I, SEGBASE, TILESEG, TILE_STRIDE, ITEMS, ITEMRING, COUNTER, n_items,
     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, CQ_BLOCK: gl.constexpr,
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
     KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False, TILE_SEG: gl.constexpr = False,
-    PERSISTENT: gl.constexpr = False, WRITE_LSE: gl.constexpr = False,
+    PERSISTENT: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     # one program per (video query tile, head); with PERSISTENT one per SM, taking work items (entries of
@@ -634,9 +624,9 @@ def sparse_attn_fwd_gluon(
     v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
     rows_smem = gl.allocate_shared_memory(gl.int32, [BLOCK_N], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     # constexprs do not pass through warp_specialize in Triton 3.6: DEBUG travels as this buffer's shape
-    # (KV_PERM as its second dimension, WRITE_LSE as its third)
-    dbg_smem = gl.allocate_shared_memory(gl.int8, [DEBUG + 1, 2 if KV_PERM else 1, 2 if WRITE_LSE else 1],
-                                         gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]))
+    # (and KV_PERM as its second dimension)
+    dbg_smem = gl.allocate_shared_memory(gl.int8, [DEBUG + 1, 2 if KV_PERM else 1],
+                                         gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
     full_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES):
@@ -666,7 +656,7 @@ def sparse_attn_fwd_gluon(
             q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
             SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
             ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-            stride_vh, stride_ob, stride_oh, item_full, item_empty, LSE)
+            stride_vh, stride_ob, stride_oh, item_full, item_empty)
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
@@ -680,23 +670,22 @@ _PRODUCER_REGS = 40
 
 
 def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has_kpm: bool, head_dim: int, cq: int,
-                 cfg, kv_perm: bool = False, tables: tuple | None = None, work: tuple | None = None,
-                 lse=None) -> None:
+                 cfg, kv_perm: bool = False, tables: tuple | None = None, work: tuple | None = None) -> None:
     """Launch the warp-specialised kernel over the 128-row video tiles. ``kernel_args``: the wrapper's
     argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there).
     ``tables``: ``(seg_base, tile_seg)`` of tables.py for ``cfg.gluon_block_n`` (``cfg.gluon_tile_tables``).
     ``work`` (persistent kernel, ``cfg.gluon_persistent``): ``(items, ring, counter)``, the work list of
     ``tables.query_tile_list``, int32 ``(grid[0] * 2,)`` and a zeroed int32 ``(1,)``; ``grid`` is then
-    ``(programs, 1)``. ``lse``: fp32 ``(B*H, Nv)``, written with every video row's log2-sum-exp (key_split.py)."""
+    ``(programs, 1)``."""
     seg_base, tile_seg = tables if tables is not None else (kernel_args[6], kernel_args[6])  # never read without
     items, ring, counter = work if work is not None else (seg_base, seg_base, seg_base)  # never read without
     sparse_attn_fwd_gluon[grid](
         *kernel_args,
         qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0,
-        items, ring, counter, items.shape[0] if work is not None else 0, lse if lse is not None else tile_seg,
+        items, ring, counter, items.shape[0] if work is not None else 0,
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
         PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
-        PERSISTENT=work is not None, WRITE_LSE=lse is not None,
+        PERSISTENT=work is not None,
         DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

@@ -12,7 +12,6 @@ import triton
 from svg2core.state import Workspace
 
 from .kernel import max_video_tiles, sparse_attn_fwd_kernel
-from .key_split import merge_halves, split_selection
 from .tables import key_tile_tables, max_key_tiles, query_tile_list
 
 _LOG2E = 1.4426950408889634
@@ -66,11 +65,6 @@ class KernelConfig:
     # tables.query_tile_list, one extra launch), so the producer loads the next tile's first key stages while
     # the consumers finish the current one, and no CTA is launched per tile. Not with gluon_pingpong
     gluon_persistent: bool = False
-    # split each head's video keys in two halves run as two launches, merged by their rows' log2-sum-exp
-    # (key_split.py), so a launch's working set is half a head's K and V: "on", "off", or "auto" = on when a head's
-    # K + V exceeds KEY_SPLIT_AUTO_BYTES (more than an H100's L2). Needs the key-tile tables; not with
-    # gluon_persistent. A head of 118,800 tokens ran ~9% slower per pair than one of 59,400 (NOTES_sparse_attn v11)
-    gluon_key_split: str = "off"
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
     # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap), 16 no K/V copies;
     # 32 (correct result, for timing comparisons) converts P with a plain cast instead of paired conversions
@@ -85,8 +79,6 @@ class KernelConfig:
             raise ValueError(f"gluon_block_n: must be 64 or 128, got {self.gluon_block_n}")
         if self.gluon_tile_tables not in ("on", "off"):
             raise ValueError(f"gluon_tile_tables: must be 'on' or 'off', got {self.gluon_tile_tables!r}")
-        if self.gluon_key_split not in ("auto", "on", "off"):
-            raise ValueError(f"gluon_key_split: must be 'auto', 'on' or 'off', got {self.gluon_key_split!r}")
         if self.gluon_persistent and self.gluon_pingpong:
             raise ValueError("gluon_persistent: not available with gluon_pingpong (its turns count per tile)")
         if self.impl == "gluon" and self.block_m != 128:
@@ -120,19 +112,6 @@ def default_config(device: torch.device, dtype: torch.dtype, head_dim: int) -> K
         if key in _CONFIGS:
             return _CONFIGS[key]
     return _DEFAULT_CONFIG
-
-
-#: gluon_key_split="auto" splits a head's keys when its K + V is larger than this (an H100 has 50 MB of L2, an H200
-#: 60 MB; a head's 39 MB at Wan 2.1 14B 720p stays whole, HunyuanVideo 720p's 61 MB is split)
-KEY_SPLIT_AUTO_BYTES = 48 * 2**20
-
-
-def key_split_applies(cfg: KernelConfig, nv: int, head_dim: int, elem_bytes: int) -> bool:
-    """Whether the Gluon path splits each head's keys in two (``cfg.gluon_key_split``, key_split.py)."""
-    if cfg.impl != "gluon" or cfg.gluon_tile_tables != "on" or cfg.gluon_persistent or nv < 2:
-        return False
-    return cfg.gluon_key_split == "on" or (cfg.gluon_key_split == "auto"
-                                           and 2 * nv * head_dim * elem_bytes > KEY_SPLIT_AUTO_BYTES)
 
 
 def _check(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | tuple, device) -> None:
@@ -265,21 +244,17 @@ def sparse_attention(
         raise ValueError(f"scale: must be a positive finite number, got {scale}")
     cfg = config or default_config(dev, q.dtype, d)
 
-    def args_for(out_, sel_, t_):
-        """The arguments both kernels (Triton and Gluon) take first, in the same order, for output ``out_``, the
-        selection ``sel_ = (sel_idx, sel_count, sel_cum)`` and ``t_`` text tokens."""
-        return (
-            q, k, v, kp, vp, out_,
-            q_perm, q_offsets, k_offsets, *sel_, kpm,
-            k_perm if kv_perm else q_perm,  # never read without KV_PERM
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            out_.stride(0), out_.stride(1), out_.stride(2),
-            h, nv, t_, cq, ck,
-        )
-
-    kernel_args = args_for(out, (sel_idx, sel_count, sel_cum), t)
+    # the arguments both kernels (Triton and Gluon) take first, in the same order
+    kernel_args = (
+        q, k, v, kp, vp, out,
+        q_perm, q_offsets, k_offsets, sel_idx, sel_count, sel_cum, kpm,
+        k_perm if kv_perm else q_perm,  # never read without KV_PERM
+        q.stride(0), q.stride(1), q.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        h, nv, t, cq, ck,
+    )
 
     def launch(grid, num_text_tiles, block_m, block_n, num_warps, num_stages, tail_only):
         sparse_attn_fwd_kernel[grid](
@@ -299,21 +274,14 @@ def sparse_attention(
             raise ValueError("config.impl: 'gluon' needs a Hopper GPU (compute capability 9.x)")
         from .gluon_kernel import launch_gluon
 
-        def tables_for(sel_, tag=""):
-            tables_ = (ws.buffer(f"sparse_attn.seg_base{tag}", (bh * cq, ck), torch.int32, dev),
-                       ws.buffer(f"sparse_attn.tile_seg{tag}", (bh * cq, max_key_tiles(nv, cfg.gluon_block_n) + 1),
-                                 torch.int32, dev))
-            key_tile_tables(*sel_, k_offsets, cfg.gluon_block_n, *tables_)
-            return tables_
-
-        ws = workspace if workspace is not None else Workspace()  # allocates only on a buffer request
-
         def video_tiles():
-            if key_split_applies(cfg, nv, d, q.element_size()):
-                return video_tiles_split()
+            ws = workspace if workspace is not None else Workspace()  # allocates only on a buffer request
             tables = None
             if cfg.gluon_tile_tables == "on":
-                tables = tables_for((sel_idx, sel_count, sel_cum))
+                tables = (ws.buffer("sparse_attn.seg_base", (bh * cq, ck), torch.int32, dev),
+                          ws.buffer("sparse_attn.tile_seg", (bh * cq, max_key_tiles(nv, cfg.gluon_block_n) + 1),
+                                    torch.int32, dev))
+                key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, cfg.gluon_block_n, *tables)
             tiles_per_head = max_video_tiles(nv, cq, 128)
             grid, work = (tiles_per_head, bh), None
             bh_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
@@ -329,23 +297,6 @@ def sparse_attention(
                 grid = (programs, 1)
             launch_gluon(kernel_args, grid, scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm, tables,
                          work)
-
-        def video_tiles_split():
-            # key_split.py: the selection in two halves of the keys, one launch each (the second with the text
-            # keys), each row's log2-sum-exp, then the merge into out
-            halves = tuple((ws.buffer(f"sparse_attn.split.sel_idx{i}", (bh, cq, ck), torch.int32, dev),
-                            ws.buffer(f"sparse_attn.split.sel_count{i}", (bh, cq), torch.int32, dev),
-                            ws.buffer(f"sparse_attn.split.sel_cum{i}", (bh, cq, ck + 1), torch.int32, dev))
-                           for i in (0, 1))
-            split_selection(sel_idx, sel_count, sel_cum, k_offsets, nv, halves)
-            out0 = ws.buffer("sparse_attn.split.out0", (b, h, nv, d), q.dtype, dev)
-            lse = [ws.buffer(f"sparse_attn.split.lse{i}", (bh, nv), torch.float32, dev) for i in (0, 1)]
-            grid = (max_video_tiles(nv, cq, 128), bh)
-            launch_gluon(args_for(out0, halves[0], 0), grid, scale * _LOG2E, False, d, cq, cfg, kv_perm,
-                         tables_for(halves[0], ".split0"), None, lse[0])
-            launch_gluon(args_for(out, halves[1], t), grid, scale * _LOG2E, key_padding_mask is not None, d, cq, cfg,
-                         kv_perm, tables_for(halves[1], ".split1"), None, lse[1])
-            merge_halves(out0, lse[0], out, lse[1], nv)
 
         jobs = [(video_tiles, False)]
         if num_text_tiles:
