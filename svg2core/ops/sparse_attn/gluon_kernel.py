@@ -112,15 +112,9 @@ def _dispatch_fields(args):
     """What the partitions' dispatch (one item, or the persistent loop) reads of the arguments: the work list, the
     item ring and its counter, Nv, T, the K stages (for their constexpr shape), the item barriers, and the grid
     program's own item (the per-item tuple of ``_item_values``)."""
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
-     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
-     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
-     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
-    return (ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, item_full, item_empty,
-            (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end))
+    mem, scalars, bufs, tables, dispatch, own = args
+    ITEMS, ITEMRING, COUNTER, n_items, item_full, item_empty = dispatch
+    return ITEMS, ITEMRING, COUNTER, n_items, scalars[4], scalars[5], bufs[2], item_full, item_empty, own
 
 
 @gluon.jit
@@ -204,13 +198,11 @@ def _announce(ring, i, w, item_full, item_empty):
 @gluon.jit
 def _produce_item(args, it, g):
     """K / V stages of one work item: its key tiles are the stage ring's tiles g, g + 1, ..."""
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
-     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
-     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
-     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
+    mem, scalars, bufs, tables, dispatch, own = args
+    Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM = mem
+    stride_qn, stride_kn, stride_vn, stride_on, NV, T, CK, qk_scale, has_kpm = scalars
+    dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem, tseg_smem = bufs
+    SEGBASE, TILESEG, TILE_STRIDE = tables
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2  # video K/V rows read from k / v through k_perm
@@ -381,13 +373,11 @@ def _store_rows(OUT, QPERM, o, l_i, o_base, stride_on, bh, NV, row0, q_end):
 @gluon.jit
 def _consumer_item(args, it, g, WG: gl.constexpr):
     """One work item's 64 query rows of this warpgroup; its key tiles are the stage ring's tiles g, g + 1, ..."""
-    (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
-     q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
-     kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-     has_kpm, dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-     SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
-     ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-     stride_vh, stride_ob, stride_oh, item_full, item_empty) = args
+    mem, scalars, bufs, tables, dispatch, own = args
+    Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM = mem
+    stride_qn, stride_kn, stride_vn, stride_on, NV, T, CK, qk_scale, has_kpm = scalars
+    dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem, tseg_smem = bufs
+    SEGBASE, TILESEG, TILE_STRIDE = tables
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
@@ -649,14 +639,13 @@ def sparse_attn_fwd_gluon(
         mbarrier.init(item_full.index(i), count=1)  # the producer
         mbarrier.init(item_empty.index(i), count=2)  # both consumers
 
-    args = (Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM,
-            q_base, k_base, v_base, o_base, stride_qn, stride_kn, stride_vn, stride_on,
-            kp_base, pair, bh, b, NV, T, CK, cnt, total, n_video, n_tiles, q_start, q_end, qk_scale,
-            HAS_KPM_I, dbg_smem,
-            q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem,
-            SEGBASE, TILESEG, TILE_STRIDE, tseg_smem,
-            ITEMS, ITEMRING, COUNTER, n_items, H, CQ, SELCNT, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb,
-            stride_vh, stride_ob, stride_oh, item_full, item_empty)
+    # what the partitions read, by group (one tuple: constexprs do not pass through warp_specialize in Triton 3.6)
+    args = ((Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM),
+            (stride_qn, stride_kn, stride_vn, stride_on, NV, T, CK, qk_scale, HAS_KPM_I),
+            (dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem, tseg_smem),
+            (SEGBASE, TILESEG, TILE_STRIDE),
+            (ITEMS, ITEMRING, COUNTER, n_items, item_full, item_empty),
+            (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end))
     gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
                        [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
