@@ -86,8 +86,8 @@ class KernelConfig:
 
 
 # Keyed by (compute capability major, dtype, head_dim); ``None`` entries are wildcards. Hopper, D=128: the
-# warp-specialised Gluon kernel (v7, docs/benchmarks/NOTES_sparse_attn.md; key-tile tables without text
-# tokens) for every video query tile, remainders included (tail_m=0: a remainder of <= 64 rows runs on
+# warp-specialised Gluon kernel (v7, docs/benchmarks/NOTES_sparse_attn.md; key-tile tables on, v11) for every
+# video query tile, remainders included (tail_m=0: a remainder of <= 64 rows runs on
 # warpgroup 0 alone, 1-6% faster than the v4 Triton remainder launch in one H200 run,
 # probe_gluon_ablate_h200_notail.json); the Triton kernel only for the text-query tiles. Hopper, D=64: the v4 Triton kernel (the Gluon kernel compiles for D=64 but is
 # not yet checked on a GPU there). The others are untuned starting points that fit those parts' shared memory.
