@@ -25,7 +25,7 @@ from svg2core.ops.sparse_attn.gluon_kernel import sparse_attn_fwd_gluon
 
 def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PRODUCER_REGS,
                    consumer_regs=G._CONSUMER_REGS, maxnreg=G._MAXNREG, debug=0, pingpong=False, kv_perm=False, block_n=128,
-                   pin_wait=False, tile_tables=False, persistent=False, has_kpm_one=False):
+                   pin_wait=False, tile_tables=False, persistent=False, has_kpm_one=False, divisible=()):
     sig = {}
     names = sparse_attn_fwd_gluon.arg_names
     ptr = f"*{dtype}"
@@ -49,7 +49,8 @@ def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PR
     # 16-byte aligned pointers and strides divisible by 16, as the JIT would specialise them
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names
              if sig[n].startswith("*") or n in ("stride_qb", "stride_kb", "stride_vb", "stride_ob", "stride_qh", "stride_qn", "stride_kh", "stride_kn",
-                                                 "stride_vh", "stride_vn", "stride_oh", "stride_on")}
+                                                 "stride_vh", "stride_vn", "stride_oh", "stride_on")
+             or n in divisible}
     src = GluonASTSource(sparse_attn_fwd_gluon, sig, consts, attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": 4, "maxnreg": maxnreg})
@@ -116,12 +117,15 @@ if __name__ == "__main__":
     ap.add_argument("--tile-tables", action="store_true", help="the producer reads tables.py's key-tile tables")
     ap.add_argument("--pin-wait", action="store_true", help="pin the PV wait after the softmax (gluon_pin_wait)")
     ap.add_argument("--persistent", action="store_true", help="one program per SM over a work list")
+    ap.add_argument("--divisible", default="", help="int arguments the JIT would see divisible by 16, comma-separated "
+                    "(e.g. NV,T at HunyuanVideo's 118,800 + 256 tokens)")
     ap.add_argument("--kpm", action="store_true", help="HAS_KPM_I specialised to 1, as for a call with a key padding mask")
     ap.add_argument("--json", help="also write the report and the setmaxnreg values to this file")
     a = ap.parse_args()
     k = compile_kernel(head_dim=a.head_dim, num_stages=a.stages, pingpong=a.pingpong, kv_perm=a.kv_perm, block_n=a.block_n,
                        pin_wait=a.pin_wait, tile_tables=a.tile_tables,
-                       persistent=a.persistent, has_kpm_one=a.kpm)
+                       persistent=a.persistent, has_kpm_one=a.kpm,
+                       divisible=tuple(filter(None, a.divisible.split(","))))
     rep = report(k)
     rep["setmaxnreg"] = re.findall(r"setmaxnreg\.(inc|dec)\S*\s+(\d+)", k.asm["ptx"])
     rep["atom_shared"] = len(re.findall(r"atom\.shared", k.asm["ptx"]))
