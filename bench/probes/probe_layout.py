@@ -28,6 +28,7 @@ from svg2core import SVG2Config  # noqa: E402
 from svg2core.attention import cluster_and_select  # noqa: E402
 from svg2core.ops.kmeans import batched_kmeans, kmeans_assign, kmeans_update  # noqa: E402
 from svg2core.ops.permute import gather_kv, sort_by_cluster  # noqa: E402
+from svg2core.ops.select import select_key_clusters  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
 SHAPES = (("wan1.3b-480p", 12, 32760, 100, 500), ("wan14b-720p", 40, 75600, 300, 1000),
@@ -69,6 +70,20 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     perm, off = sort_by_cluster(lab, ck, ws, "k")
     res["update_k_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent))
     res["gather_kv_ms"] = S.graph_ms(lambda: gather_kv(k, v, perm, ws))
+    res["sort_k_ms"] = S.graph_ms(lambda: sort_by_cluster(lab, ck, ws, "k", method="count", count_block=tile.block_n,
+                                                          block_counts=counts))
+    # the query chain's stages, the selection, and how uneven the clusters are (the update runs one program per
+    # cluster, so its time follows the largest)
+    qlab = ws.buffer("q.labels", (h, nv), torch.int32, dev)
+    qcounts = ws.buffer("q.block_counts", (h, -(-nv // tile.block_n) * cq), torch.int32, dev)
+    res["assign_q_ms"] = S.graph_ms(lambda: kmeans_assign(q, q_cent, qlab, workspace=ws, block_counts=qcounts))
+    qperm, qoff = sort_by_cluster(qlab, cq, ws, "q")
+    res["update_q_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent))
+    k_sizes = (off[:, 1:] - off[:, :-1]).contiguous()
+    res["select_ms"] = S.graph_ms(lambda: select_key_clusters(q_cent, k_cent, k_sizes, cfg, nv, ws))
+    for tag, o in (("q", qoff), ("k", off)):
+        sz = (o[:, 1:] - o[:, :-1]).float()
+        res[f"{tag}_largest_over_mean"] = float((sz.max(1).values / sz.mean(1)).mean())
     return res
 
 
@@ -85,11 +100,14 @@ def main() -> None:
     lines = [f"# Selection cost by token layout ({out.device})", "",
              "bhnd: contiguous (B, H, N, D); bnhd: (B, N, H, D) storage as a (B, H, N, D) view (what diffusers "
              "processors pass). ms, CUDA-graph replay unless marked eager.", "",
-             "| shape | layout | data | selection | selection eager | assign K | update K | gather K/V |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| shape | layout | data | selection | selection eager | assign K | sort K | update K | gather K/V | "
+             "assign Q | update Q | select | largest cluster / mean (Q, K) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out.data["rows"]:
         lines.append(f"| {r['shape']} | {r['layout']} | {r['data']} | {r['selection_graph_ms']:.3f} | {r['selection_ms']:.3f} | "
-                     f"{r['assign_k_ms']:.3f} | {r['update_k_ms']:.3f} | {r['gather_kv_ms']:.3f} |")
+                     f"{r['assign_k_ms']:.3f} | {r['sort_k_ms']:.3f} | {r['update_k_ms']:.3f} | {r['gather_kv_ms']:.3f} | "
+                     f"{r['assign_q_ms']:.3f} | {r['update_q_ms']:.3f} | {r['select_ms']:.3f} | "
+                     f"{r['q_largest_over_mean']:.1f}, {r['k_largest_over_mean']:.1f} |")
     out.finish(lines)
 
 
