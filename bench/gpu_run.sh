@@ -9,11 +9,13 @@
 #   bash bench/gpu_run.sh OUT sort                      # radix vs counting sort in k-means (probe_sort.py)
 #   bash bench/gpu_run.sh OUT tiles                     # the assign's launch shapes (probe_assign_tiles.py)
 #   bash bench/gpu_run.sh OUT update                    # the update's launch shapes (probe_update.py)
-#   bash bench/gpu_run.sh OUT layout                    # selection on (B,H,N,D) vs diffusers' (B,N,H,D) views (probe_layout.py)
+#   bash bench/gpu_run.sh OUT layout                    # selection stages by token layout and data (probe_layout.py)
+#   bash bench/gpu_run.sh OUT text                      # what HunyuanVideo's text tokens cost (probe_text_cost.py)
 #
 # Steps: tests (tests/svg2core/test_sparse_attn_hopper.py), attn (bench_sparse_attn.py), selection
 # (bench_selection.py --no-sweep), pipeline (bench_pipeline_step.py --compile), assign (bench/probes/probe_assign.py), sort (bench/probes/probe_sort.py), tiles (bench/probes/probe_assign_tiles.py),
-# update (bench/probes/probe_update.py), layout (bench/probes/probe_layout.py).
+# update (bench/probes/probe_update.py), layout (bench/probes/probe_layout.py),
+# text (bench/probes/probe_text_cost.py).
 # Results go to OUT/<step>/.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_run.sh OUT STEP...}
@@ -40,6 +42,7 @@ for step in "$@"; do
     tiles) python bench/probes/probe_assign_tiles.py --out "$out/$step" > "$log" 2>&1 ;;
     update) python bench/probes/probe_update.py --out "$out/$step" > "$log" 2>&1 ;;
     layout) python bench/probes/probe_layout.py --out "$out/$step" > "$log" 2>&1 ;;
+    text) python bench/probes/probe_text_cost.py --out "$out/$step" > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
   esac
   rc=$?

@@ -293,3 +293,18 @@ def test_config_and_scale_are_validated():
     args, _ = make_inputs(1, 1, 20, 0, 64, 2, 3, dtype=torch.float16, density=0.5, seed=9)
     with pytest.raises(ValueError, match="scale"):
         sparse_attention(**args, scale=-0.1, config=SMALL)
+
+
+def test_sdpa_text_queries_match_the_reference():
+    # wrapper._text_queries_sdpa (KernelConfig.text_query_impl="sdpa" on the Gluon path): the text-query rows are
+    # dense attention over every valid key, with or without a padding mask
+    from svg2core.ops.sparse_attn.wrapper import _text_queries_sdpa
+
+    b, h, nv, t, d = 2, 2, 40, 7, 64
+    args, kpm = make_inputs(b, h, nv, t, d, 4, 6, dtype=torch.float32, density=0.4, seed=21)
+    for mask in (kpm, None):
+        out = torch.zeros_like(args["q"])
+        _text_queries_sdpa(args["q"], args["k"], args["v"], out, nv, mask, 1 / math.sqrt(d))
+        ref = sparse_attention_reference(**args, num_dense_tokens=t, key_padding_mask=mask)
+        torch.testing.assert_close(out[:, :, nv:], ref[:, :, nv:].to(out.dtype), atol=1e-5, rtol=1e-5)
+        assert not out[:, :, :nv].any()  # video rows untouched

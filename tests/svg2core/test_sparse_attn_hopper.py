@@ -6,7 +6,7 @@ the torch reference, on a Hopper GPU only (skipped elsewhere, so not in CPU CI).
 Cases chosen from what broke or is untested: many surplus programs with 3+ key tiles per query tile
 (the v5 hang: a producer waiting for consumers that had nothing to do), batch > 1 with text tokens and a
 padding mask, fp16, D=64 (Triton), remainder tiles that leave one consumer warpgroup idle (with and
-without the ping-pong hand-off), the PV wait pinned after the softmax, the key-tile tables, the persistent kernel, K/V read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
+without the ping-pong hand-off), the PV wait pinned after the softmax, the key-tile tables, text queries through SDPA, the persistent kernel, K/V read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
 instead of blocking the run.
 """
 
@@ -95,6 +95,19 @@ def test_key_tile_tables():
     _check(2, 2, 2500, 77, 128, 40, 30, torch.bfloat16, 0.3, seed=16, tol=2e-2, config=cfg, kv_perm=True)
     off = replace(cfg, gluon_tile_tables="off")
     _check(1, 2, 6000, 0, 128, 40, 300, torch.bfloat16, 0.3, seed=13, tol=2e-2, config=off)
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_text_queries_through_sdpa():
+    # text_query_impl="sdpa": the text-query rows from torch's SDPA over the original k / v (padding mask as a
+    # boolean mask), on the side stream beside the video tiles; with and without a mask, batch 2, and a CUDA graph
+    cfg = replace(default_config(torch.device("cuda"), torch.bfloat16, 128), text_query_impl="sdpa")
+    _check(2, 3, 2500, 77, 128, 20, 30, torch.bfloat16, 0.3, seed=51, tol=2e-2, config=cfg)
+    args, _ = _check(1, 2, 3000, 256, 128, 64, 40, torch.bfloat16, 0.3, seed=52, tol=2e-2, config=cfg)
+    out = sparse_attention(**args, num_dense_tokens=256, key_padding_mask=None, config=cfg)
+    ref = sparse_attention_reference(**args, num_dense_tokens=256, key_padding_mask=None, query_chunk=2048)
+    assert rel_rms(out, ref) < 2e-2
+    _check_graph_replay(40, seed=53, config=cfg)
 
 
 @pytest.mark.timeout(180, method="thread")

@@ -42,10 +42,15 @@ class KernelConfig:
     # (gluon) the text-query tiles' launch runs on a side stream, issued before the video tiles, so its few long
     # programs (a dense pass over every key each) overlap the video tiles rather than trailing them
     text_concurrent: bool = True
+    # (gluon) what computes the text-query rows, a dense pass over every key: "triton" (one program per 128 text
+    # queries and head: 48 long programs at HunyuanVideo, 1.97 ms alone on an H100 and 2-5 ms inside the call,
+    # NOTES_sparse_attn.md v11) or "sdpa" (torch's scaled_dot_product_attention over the original k / v, the
+    # padding mask as a boolean mask: its own kernels' split of the work)
+    text_query_impl: str = "triton"
     # "triton": the portable kernel for every tile. "gluon" (Hopper only): the warp-specialised kernel of
     # gluon_kernel.py computes the 128-row video tiles (block_m must be 128), remainders included when
-    # tail_m == 0 (else remainders of <= tail_m rows run the Triton kernel); text-query tiles always run the
-    # Triton kernel (docs/benchmarks/NOTES_sparse_attn.md, v5 and v6).
+    # tail_m == 0 (else remainders of <= tail_m rows run the Triton kernel); text-query rows run the Triton kernel
+    # or SDPA (text_query_impl; docs/benchmarks/NOTES_sparse_attn.md, v5, v6 and v11).
     impl: str = "triton"
     gluon_stages: int = 2
     # key rows per pipeline stage (and per QK / PV matmul) of the Gluon kernel: 128 or 64
@@ -77,6 +82,8 @@ class KernelConfig:
             raise ValueError(f"impl: must be 'triton' or 'gluon', got {self.impl!r}")
         if self.gluon_block_n not in (64, 128):
             raise ValueError(f"gluon_block_n: must be 64 or 128, got {self.gluon_block_n}")
+        if self.text_query_impl not in ("triton", "sdpa"):
+            raise ValueError(f"text_query_impl: must be 'triton' or 'sdpa', got {self.text_query_impl!r}")
         if self.gluon_tile_tables not in ("on", "off"):
             raise ValueError(f"gluon_tile_tables: must be 'on' or 'off', got {self.gluon_tile_tables!r}")
         if self.gluon_persistent and self.gluon_pingpong:
@@ -112,6 +119,18 @@ def default_config(device: torch.device, dtype: torch.dtype, head_dim: int) -> K
         if key in _CONFIGS:
             return _CONFIGS[key]
     return _DEFAULT_CONFIG
+
+
+def _text_queries_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, nv: int,
+                       key_padding_mask: torch.Tensor | None, scale: float) -> None:
+    """The text-query rows of ``out`` (rows ``nv ..``): dense attention over every key of ``k`` / ``v`` in token
+    order (video keys always valid, text keys by ``key_padding_mask``), through torch's SDPA."""
+    mask = None
+    if key_padding_mask is not None:
+        b = q.shape[0]
+        video = torch.ones(b, nv, dtype=torch.bool, device=q.device)
+        mask = torch.cat([video, key_padding_mask], dim=1)[:, None, None, :]
+    out[:, :, nv:] = torch.nn.functional.scaled_dot_product_attention(q[:, :, nv:], k, v, attn_mask=mask, scale=scale)
 
 
 def _check(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | tuple, device) -> None:
@@ -305,6 +324,8 @@ def sparse_attention(
             # tiles instead of as a tail of a few busy SMs after them
             text = functools.partial(launch, (num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n,
                                      cfg.num_warps, cfg.num_stages, False)
+            if cfg.text_query_impl == "sdpa":
+                text = functools.partial(_text_queries_sdpa, q, k, v, out, nv, key_padding_mask, scale)
             jobs.insert(0, (text, cfg.text_concurrent))
     else:
         grid = (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh)
