@@ -37,10 +37,13 @@ SHAPES = (("wan1.3b-480p", 12, 32760, 100, 500), ("wan14b-720p", 40, 75600, 300,
 
 def make_data(h, nv, d, layout, data, dev, gen) -> torch.Tensor:
     x = torch.randn(1, nv, h, d, device=dev, generator=gen)  # (B, N, H, D)
-    if data == "runs":  # runs of 64 consecutive tokens near one of 512 centres
+    if data in ("runs", "skewed"):  # runs of 64 consecutive tokens near one of 512 centres
         centres = 3.0 * torch.randn(512, h, d, device=dev, generator=gen)
         pick = torch.randint(0, 512, (nv // 64 + 1,), device=dev, generator=gen).repeat_interleave(64)[:nv]
         x = x + centres[pick][None]
+    if data == "skewed":  # and 40% of the tokens in one tight "background" cluster
+        bg = torch.rand(nv, device=dev, generator=gen) < 0.4
+        x[:, bg] = 5.0 + 0.2 * torch.randn(1, int(bg.sum()), h, d, device=dev, generator=gen)
     x = x.to(torch.bfloat16)
     # bnhd: what a diffusers processor passes, (B, N, H, D) storage seen as (B, H, N, D)
     return x.transpose(1, 2).contiguous() if layout == "bhnd" else x.transpose(1, 2)
@@ -81,6 +84,11 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     res["update_q_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent))
     k_sizes = (off[:, 1:] - off[:, :-1]).contiguous()
     res["select_ms"] = S.graph_ms(lambda: select_key_clusters(q_cent, k_cent, k_sizes, cfg, nv, ws))
+    # the update in parts (kmeans.UPDATE_PARTS, one more launch): the largest cluster no longer alone sets its time
+    with P.setting(km, "UPDATE_PARTS", 4):
+        res["update_k_parts4_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent))
+        res["update_q_parts4_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent))
+        res["selection_parts4_graph_ms"] = S.graph_ms(selection)
     for tag, o in (("q", qoff), ("k", off)):
         sz = (o[:, 1:] - o[:, :-1]).float()
         res[f"{tag}_largest_over_mean"] = float((sz.max(1).values / sz.mean(1)).mean())
@@ -92,7 +100,7 @@ def main() -> None:
     dev = torch.device("cuda")
     out = P.ProbeResults(args.out, "probe_layout", rows=[])
     for name, h, nv, cq, ck in SHAPES:
-        for layout, data in (("bhnd", "randn"), ("bnhd", "randn"), ("bhnd", "runs")):
+        for layout, data in (("bhnd", "randn"), ("bnhd", "randn"), ("bhnd", "runs"), ("bhnd", "skewed")):
             out.data["rows"].append(time_layout(name, h, nv, cq, ck, layout, dev, data))
             out.save()
             print(out.data["rows"][-1], flush=True)
@@ -101,13 +109,15 @@ def main() -> None:
              "bhnd: contiguous (B, H, N, D); bnhd: (B, N, H, D) storage as a (B, H, N, D) view (what diffusers "
              "processors pass). ms, CUDA-graph replay unless marked eager.", "",
              "| shape | layout | data | selection | selection eager | assign K | sort K | update K | gather K/V | "
-             "assign Q | update Q | select | largest cluster / mean (Q, K) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "assign Q | update Q | select | largest cluster / mean (Q, K) | update K, Q in 4 parts | selection, "
+             "update in 4 parts |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out.data["rows"]:
         lines.append(f"| {r['shape']} | {r['layout']} | {r['data']} | {r['selection_graph_ms']:.3f} | {r['selection_ms']:.3f} | "
                      f"{r['assign_k_ms']:.3f} | {r['sort_k_ms']:.3f} | {r['update_k_ms']:.3f} | {r['gather_kv_ms']:.3f} | "
                      f"{r['assign_q_ms']:.3f} | {r['update_q_ms']:.3f} | {r['select_ms']:.3f} | "
-                     f"{r['q_largest_over_mean']:.1f}, {r['k_largest_over_mean']:.1f} |")
+                     f"{r['q_largest_over_mean']:.1f}, {r['k_largest_over_mean']:.1f} | "
+                     f"{r['update_k_parts4_ms']:.3f}, {r['update_q_parts4_ms']:.3f} | {r['selection_parts4_graph_ms']:.3f} |")
     out.finish(lines)
 
 

@@ -92,6 +92,40 @@ def test_segment_mean_kernel_equals_reference(b, h, n, d, c, dtype):
     assert torch.equal(got[:, c - 2:], cent[:, c - 2:])  # empty clusters keep their centroid
 
 
+@pytest.mark.parametrize("parts", [2, 4])
+def test_segment_mean_in_parts_equals_reference(parts, monkeypatch):
+    # UPDATE_PARTS > 1: a cluster of n tokens is summed by min(parts, cdiv(n, min_rows)) programs and the parts are
+    # added by a second launch; uneven clusters (one holding most tokens, small ones summed whole, empty ones),
+    # and the prepared copies for the next assign
+    import svg2core.ops.kmeans.kmeans as km
+
+    monkeypatch.setattr(km, "UPDATE_PARTS", parts)
+    monkeypatch.setattr(km, "UPDATE_MIN_ROWS", 16)
+    b, h, n, d, c = 2, 2, 301, 64, 9
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(b, h, n, d, generator=gen).to(torch.bfloat16)
+    big = torch.rand(b * h, n, generator=gen) < 0.7
+    labels = torch.where(big, 0, torch.randint(1, c - 2, (b * h, n), generator=gen)).int()  # 7, 8 empty
+    cent = torch.randn(b * h, c, d, generator=gen)
+    perm, offsets = sort_by_cluster(labels, c, Workspace(), "t")
+    ws = Workspace()
+    kmeans_assign(x, cent, torch.empty_like(labels), workspace=ws)  # prepares the old centroids
+    got = cent.clone()
+    kmeans_update(x, perm, offsets, got, workspace=ws)
+    want = kmeans_update_reference(x.reshape(b * h, n, d), labels, cent)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[:, c - 2:], cent[:, c - 2:])  # empty clusters keep their centroid
+    fresh = Workspace()
+    kmeans_assign(x, got, torch.empty_like(labels), workspace=fresh)
+    lp = f"kmeans.cent_lp.{x.dtype}"
+    assert torch.equal(ws.buffer(lp, (b * h, c, d), x.dtype, "cpu"), fresh.buffer(lp, (b * h, c, d), x.dtype, "cpu"))
+    # the same centroids as one program per cluster, up to the order of the additions
+    monkeypatch.setattr(km, "UPDATE_PARTS", 1)
+    whole = cent.clone()
+    kmeans_update(x, perm, offsets, whole)
+    torch.testing.assert_close(got, whole, rtol=1e-6, atol=1e-6)
+
+
 def test_batched_kmeans_matches_reference_iterations():
     b, h, n, d, c = 1, 2, 48, 64, 4
     # well separated blobs: no near-ties, so low-precision dots cannot change an assignment

@@ -19,6 +19,12 @@ from svg2core.state import Workspace
 
 _SEGMENT_BLOCK_N = 32  # rows per step of the segment-mean (update) kernel, and its warps
 _SEGMENT_WARPS = 4
+# The update's programs per cluster: a cluster of n tokens is summed by min(UPDATE_PARTS, cdiv(n, UPDATE_MIN_ROWS))
+# programs, then one more launch adds the parts of the clusters that had several. With 1 (one program per cluster,
+# one launch) the largest cluster's loop sets the update's time, which real, uneven clusters may make long (NOTES_
+# selection.md, session 8). Not yet timed on a GPU: 1 until bench/probes/probe_layout.py shows the difference.
+UPDATE_PARTS = 1
+UPDATE_MIN_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
     if backend == "reference":
         centroids.copy_(kmeans_update_reference(_as_bh(x), labels, centroids))
         return centroids
-    from svg2core.ops.kmeans.triton_kmeans import _kmeans_segment_mean_kernel
+    from svg2core.ops.kmeans.triton_kmeans import _kmeans_part_mean_kernel, _kmeans_segment_mean_kernel
 
     b, h, _, d = x.shape
     c = centroids.shape[1]
@@ -166,13 +172,27 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         cent_lp, cent_sq = _prepared_centroids(workspace, name, b * h, c, d, x)
     else:
         cent_lp, cent_sq = centroids, centroids  # unused (PREPARE=False)
-    _kmeans_segment_mean_kernel[(c, b * h)](
-        x, perm, offsets, centroids, cent_lp, cent_sq, h,
+    parts = UPDATE_PARTS
+    if parts > 1:  # the parts' sums: (B*H, C, parts, D) fp32
+        ws = workspace if workspace is not None else Workspace()
+        part = ws.buffer(f"{name}.update_parts", (b * h, c, parts, d), torch.float32, x.device)
+    else:
+        part = centroids  # never written
+    _kmeans_segment_mean_kernel[(c, parts, b * h)](
+        x, perm, offsets, centroids, cent_lp, cent_sq, part, h,
         x.stride(0), x.stride(1), x.stride(2),
         perm.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
         cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=workspace is not None, num_warps=_SEGMENT_WARPS,
+        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=workspace is not None, PARTS=parts, MIN_ROWS=UPDATE_MIN_ROWS,
+        num_warps=_SEGMENT_WARPS,
     )
+    if parts > 1:
+        _kmeans_part_mean_kernel[(c, b * h)](
+            offsets, centroids, cent_lp, cent_sq, part,
+            offsets.stride(0), centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1),
+            cent_sq.stride(0), D=d, PREPARE=workspace is not None, PARTS=parts, MIN_ROWS=UPDATE_MIN_ROWS,
+            num_warps=_SEGMENT_WARPS,
+        )
     return centroids
 
 

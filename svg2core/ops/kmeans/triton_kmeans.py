@@ -115,41 +115,92 @@ def _kmeans_assign_kernel(
 
 
 @triton.jit
+def _store_centroid(mean, cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c, offs_d, stride_cbh, stride_cc,
+                    stride_lbh, stride_lc, stride_sbh, PREPARE: tl.constexpr):
+    """The new centroid, and with ``PREPARE`` its low-precision copy and squared norm for the next assign."""
+    tl.store(cent_ptr + pid_bh * stride_cbh + pid_c * stride_cc + offs_d, mean)
+    if PREPARE:
+        tl.store(cent_lp_ptr + pid_bh * stride_lbh + pid_c * stride_lc + offs_d, mean.to(cent_lp_ptr.dtype.element_ty))
+        tl.store(cent_sq_ptr + pid_bh * stride_sbh + pid_c, tl.sum(mean * mean, axis=0))
+
+
+@triton.jit
+def _update_parts(count, PARTS: tl.constexpr, MIN_ROWS: tl.constexpr):
+    """Programs that share a cluster of ``count`` tokens: one per MIN_ROWS of them, at most PARTS (at least 1)."""
+    return tl.minimum(tl.maximum(tl.cdiv(count, MIN_ROWS), 1), PARTS)
+
+
+@triton.jit
 def _kmeans_segment_mean_kernel(
-    x_ptr, perm_ptr, offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr,
+    x_ptr, perm_ptr, offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, part_ptr,
     H,
     stride_xb, stride_xh, stride_xn,
     stride_pbh, stride_obh,
     stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, PREPARE: tl.constexpr,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, PREPARE: tl.constexpr, PARTS: tl.constexpr, MIN_ROWS: tl.constexpr,
 ):
     """cent[bh, c] = mean of x over the tokens perm[offsets[c]:offsets[c+1]]; empty clusters untouched.
 
-    Tokens were stably sorted by label, so each cluster is one contiguous segment and one program
-    owns it: no atomics, and the result does not depend on scheduling. With ``PREPARE`` the program
-    also writes what ``_prepare_centroids_kernel`` would for the new centroid (its low-precision copy
-    and squared norm), so the next assign needs no preparation launch.
+    Tokens were stably sorted by label, so each cluster is one contiguous segment: no atomics, and the result does
+    not depend on scheduling. Grid ``(C, PARTS, B*H)``: a cluster of ``count`` tokens is summed by
+    ``_update_parts(count)`` programs over equal consecutive parts of its segment (the others exit), so the largest
+    cluster no longer sets the launch's time alone. A one-part cluster's program writes its centroid; the parts of
+    a larger one write their sums to ``part[bh, c, p]`` (fp32, ``(B*H, C, PARTS, D)``) and
+    ``_kmeans_part_mean_kernel`` adds them in order. With ``PREPARE`` the program that writes a centroid also
+    writes what ``_prepare_centroids_kernel`` would (its low-precision copy and squared norm), so the next assign
+    needs no preparation launch.
     """
     pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_p = tl.program_id(1)
+    pid_bh = tl.program_id(2)
     b = pid_bh // H
     h = pid_bh % H
     start = tl.load(offsets_ptr + pid_bh * stride_obh + pid_c)
     end = tl.load(offsets_ptr + pid_bh * stride_obh + pid_c + 1)
-    offs_d = tl.arange(0, D)
-    x_base = x_ptr + b * stride_xb + h * stride_xh
-    acc = tl.zeros([BLOCK_N, D], tl.float32)
-    for s in range(start, end, BLOCK_N):
-        idx = s + tl.arange(0, BLOCK_N)
-        m = idx < end
-        tok = tl.load(perm_ptr + pid_bh * stride_pbh + idx, mask=m, other=0)
-        rows = tl.load(x_base + tok[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=m[:, None], other=0.0)
-        acc += rows.to(tl.float32)
     count = end - start
-    if count > 0:
-        mean = tl.sum(acc, axis=0) / count.to(tl.float32)
-        tl.store(cent_ptr + pid_bh * stride_cbh + pid_c * stride_cc + offs_d, mean)
-        if PREPARE:
-            tl.store(cent_lp_ptr + pid_bh * stride_lbh + pid_c * stride_lc + offs_d,
-                     mean.to(cent_lp_ptr.dtype.element_ty))
-            tl.store(cent_sq_ptr + pid_bh * stride_sbh + pid_c, tl.sum(mean * mean, axis=0))
+    parts = _update_parts(count, PARTS, MIN_ROWS)
+    if pid_p < parts:
+        size = tl.cdiv(count, parts)
+        lo = start + pid_p * size
+        hi = tl.minimum(end, lo + size)
+        offs_d = tl.arange(0, D)
+        x_base = x_ptr + b * stride_xb + h * stride_xh
+        acc = tl.zeros([BLOCK_N, D], tl.float32)
+        for s in range(lo, hi, BLOCK_N):
+            idx = s + tl.arange(0, BLOCK_N)
+            m = idx < hi
+            tok = tl.load(perm_ptr + pid_bh * stride_pbh + idx, mask=m, other=0)
+            rows = tl.load(x_base + tok[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=m[:, None],
+                           other=0.0)
+            acc += rows.to(tl.float32)
+        total = tl.sum(acc, axis=0)
+        if parts == 1:
+            if count > 0:
+                _store_centroid(total / count.to(tl.float32), cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c,
+                                offs_d, stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, PREPARE)
+        else:
+            tl.store(part_ptr + ((pid_bh.to(tl.int64) * tl.num_programs(0) + pid_c) * PARTS + pid_p) * D + offs_d,
+                     total)
+
+
+@triton.jit
+def _kmeans_part_mean_kernel(
+    offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, part_ptr,
+    stride_obh, stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
+    D: tl.constexpr, PREPARE: tl.constexpr, PARTS: tl.constexpr, MIN_ROWS: tl.constexpr,
+):
+    """Grid ``(C, B*H)``: the centroid of every cluster that ``_kmeans_segment_mean_kernel`` summed in more than one
+    part, from its parts' sums added in order (deterministic)."""
+    pid_c = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    start = tl.load(offsets_ptr + pid_bh * stride_obh + pid_c)
+    count = tl.load(offsets_ptr + pid_bh * stride_obh + pid_c + 1) - start
+    parts = _update_parts(count, PARTS, MIN_ROWS)
+    if parts > 1:
+        offs_d = tl.arange(0, D)
+        row = part_ptr + (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_c) * PARTS * D
+        total = tl.zeros([D], tl.float32)
+        for p in tl.static_range(PARTS):
+            total += tl.load(row + p * D + offs_d, mask=offs_d < tl.where(p < parts, D, 0), other=0.0)
+        _store_centroid(total / count.to(tl.float32), cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c, offs_d,
+                        stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, PREPARE)
