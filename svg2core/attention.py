@@ -16,9 +16,9 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from svg2core.config import SVG2Config
+from svg2core.ops.dense import dense_attention, valid_key_mask
 from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
 from svg2core.ops.permute import gather_kv
 from svg2core.ops.select import select_key_clusters
@@ -200,22 +200,6 @@ def selection_density(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_cum: t
     return (pairs / ((nv + t) * (nv + tv))).float()
 
 
-def _key_mask(b: int, nv: int, t: int, key_padding_mask: torch.Tensor | None, device) -> torch.Tensor | None:
-    """``(B, N)`` bool valid-key mask (video keys always valid), or None when every key is valid."""
-    if key_padding_mask is None or t == 0:
-        return None
-    return torch.cat([torch.ones(b, nv, dtype=torch.bool, device=device), key_padding_mask.bool()], dim=1)
-
-
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_dense_tokens: int,
-                    key_padding_mask: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """Plain SDPA over all tokens; invalid text keys masked out."""
-    b, _, n, _ = q.shape
-    keys = _key_mask(b, n - num_dense_tokens, num_dense_tokens, key_padding_mask, q.device)
-    mask = None if keys is None else keys[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-
-
 def masked_dense_attention_reference(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q_labels: torch.Tensor, k_labels: torch.Tensor, sel_idx: torch.Tensor, sel_count: torch.Tensor,
@@ -231,7 +215,7 @@ def masked_dense_attention_reference(
     t = num_dense_tokens
     nv = n - t
     cq, ck = sel_idx.shape[1], sel_idx.shape[2]
-    keys = _key_mask(b, nv, t, key_padding_mask, q.device)
+    keys = valid_key_mask(b, nv, t, key_padding_mask, q.device)
     out = torch.empty_like(q)
     rank = torch.arange(ck, device=q.device)
     for bi in range(b):

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from svg2core.ops.dense import dense_attention
 from svg2core.state import Workspace
 
 from .kernel import max_video_tiles, sparse_attn_fwd_kernel
@@ -119,18 +120,6 @@ def default_config(device: torch.device, dtype: torch.dtype, head_dim: int) -> K
         if key in _CONFIGS:
             return _CONFIGS[key]
     return _DEFAULT_CONFIG
-
-
-def _text_queries_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, nv: int,
-                       key_padding_mask: torch.Tensor | None, scale: float) -> None:
-    """The text-query rows of ``out`` (rows ``nv ..``): dense attention over every key of ``k`` / ``v`` in token
-    order (video keys always valid, text keys by ``key_padding_mask``), through torch's SDPA."""
-    mask = None
-    if key_padding_mask is not None:
-        b = q.shape[0]
-        video = torch.ones(b, nv, dtype=torch.bool, device=q.device)
-        mask = torch.cat([video, key_padding_mask], dim=1)[:, None, None, :]
-    out[:, :, nv:] = torch.nn.functional.scaled_dot_product_attention(q[:, :, nv:], k, v, attn_mask=mask, scale=scale)
 
 
 def _check(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | tuple, device) -> None:
@@ -322,10 +311,12 @@ def sparse_attention(
             # text queries: the Triton kernel's dense branch, only the text programs. Each is a dense pass over
             # every key, far longer than a video tile: issued first on the side stream, they run beside the video
             # tiles instead of as a tail of a few busy SMs after them
-            text = functools.partial(launch, (num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n,
-                                     cfg.num_warps, cfg.num_stages, False)
             if cfg.text_query_impl == "sdpa":
-                text = functools.partial(_text_queries_sdpa, q, k, v, out, nv, key_padding_mask, scale)
+                def text():  # the text-query rows: dense attention over every key, through torch's SDPA
+                    out[:, :, nv:] = dense_attention(q[:, :, nv:], k, v, t, key_padding_mask, scale)
+            else:
+                text = functools.partial(launch, (num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n,
+                                         cfg.num_warps, cfg.num_stages, False)
             jobs.insert(0, (text, cfg.text_concurrent))
     else:
         grid = (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh)
