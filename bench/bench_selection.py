@@ -239,7 +239,7 @@ def time_shape(name, h, nv, t, cq, ck, dev, iters=2, legacy=True, stages=True) -
         res["assign_q_ms"] = graph_ms(lambda: kmeans_assign(qv, q_cent, qlab, workspace=ws))
         res["sort_k_ms"] = graph_ms(sort_k)
         perm, off = sort_k()
-        res["update_k_ms"] = graph_ms(lambda: kmeans_update(kv, perm, off, k_cent))
+        res["update_k_ms"] = graph_ms(lambda: kmeans_update(kv, perm, off, k_cent, workspace=ws, name="k"))
         sizes = (off[:, 1:] - off[:, :-1]).contiguous()
         res["select_ms"] = graph_ms(lambda: select_key_clusters(q_cent, k_cent, sizes, cfg, nv, ws))
         res["gather_kv_ms"] = graph_ms(lambda: gather_kv(k, v, perm, ws))

@@ -71,7 +71,7 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     counts = ws.buffer("k.block_counts", (h, -(-nv // tile.block_n) * ck), torch.int32, dev)
     res["assign_k_ms"] = S.graph_ms(lambda: kmeans_assign(k, k_cent, lab, workspace=ws, block_counts=counts))
     perm, off = sort_by_cluster(lab, ck, ws, "k")
-    res["update_k_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent))
+    res["update_k_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, workspace=ws, name="k"))
     res["gather_kv_ms"] = S.graph_ms(lambda: gather_kv(k, v, perm, ws))
     res["sort_k_ms"] = S.graph_ms(lambda: sort_by_cluster(lab, ck, ws, "k", method="count", count_block=tile.block_n,
                                                           block_counts=counts))
@@ -81,14 +81,16 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     qcounts = ws.buffer("q.block_counts", (h, -(-nv // tile.block_n) * cq), torch.int32, dev)
     res["assign_q_ms"] = S.graph_ms(lambda: kmeans_assign(q, q_cent, qlab, workspace=ws, block_counts=qcounts))
     qperm, qoff = sort_by_cluster(qlab, cq, ws, "q")
-    res["update_q_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent))
+    res["update_q_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, workspace=ws, name="q"))
     k_sizes = (off[:, 1:] - off[:, :-1]).contiguous()
     res["select_ms"] = S.graph_ms(lambda: select_key_clusters(q_cent, k_cent, k_sizes, cfg, nv, ws))
-    # the update in parts (kmeans.UPDATE_PARTS, one more launch): the largest cluster no longer alone sets its time
-    with P.setting(km, "UPDATE_PARTS", 4):
-        res["update_k_parts4_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent))
-        res["update_q_parts4_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent))
-        res["selection_parts4_graph_ms"] = S.graph_ms(selection)
+    # the update in one program per cluster (kmeans.UPDATE_PARTS = 1, the default until session 9) against the
+    # default's parts: in one part the largest cluster alone sets the update's time
+    res["update_parts"] = km.UPDATE_PARTS
+    with P.setting(km, "UPDATE_PARTS", 1):
+        res["update_k_parts1_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, workspace=ws, name="k"))
+        res["update_q_parts1_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, workspace=ws, name="q"))
+        res["selection_parts1_graph_ms"] = S.graph_ms(selection)
     for tag, o in (("q", qoff), ("k", off)):
         sz = (o[:, 1:] - o[:, :-1]).float()
         res[f"{tag}_largest_over_mean"] = float((sz.max(1).values / sz.mean(1)).mean())
@@ -107,17 +109,18 @@ def main() -> None:
             torch.cuda.empty_cache()
     lines = [f"# Selection cost by token layout ({out.device})", "",
              "bhnd: contiguous (B, H, N, D); bnhd: (B, N, H, D) storage as a (B, H, N, D) view (what diffusers "
-             "processors pass). ms, CUDA-graph replay unless marked eager.", "",
+             "processors pass). ms, CUDA-graph replay unless marked eager. The update runs in up to "
+             f"{km.UPDATE_PARTS} parts per cluster (kmeans.UPDATE_PARTS) except in the \"1 part\" columns.", "",
              "| shape | layout | data | selection | selection eager | assign K | sort K | update K | gather K/V | "
-             "assign Q | update Q | select | largest cluster / mean (Q, K) | update K, Q in 4 parts | selection, "
-             "update in 4 parts |",
+             "assign Q | update Q | select | largest cluster / mean (Q, K) | update K, Q in 1 part | selection, "
+             "update in 1 part |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out.data["rows"]:
         lines.append(f"| {r['shape']} | {r['layout']} | {r['data']} | {r['selection_graph_ms']:.3f} | {r['selection_ms']:.3f} | "
                      f"{r['assign_k_ms']:.3f} | {r['sort_k_ms']:.3f} | {r['update_k_ms']:.3f} | {r['gather_kv_ms']:.3f} | "
                      f"{r['assign_q_ms']:.3f} | {r['update_q_ms']:.3f} | {r['select_ms']:.3f} | "
                      f"{r['q_largest_over_mean']:.1f}, {r['k_largest_over_mean']:.1f} | "
-                     f"{r['update_k_parts4_ms']:.3f}, {r['update_q_parts4_ms']:.3f} | {r['selection_parts4_graph_ms']:.3f} |")
+                     f"{r['update_k_parts1_ms']:.3f}, {r['update_q_parts1_ms']:.3f} | {r['selection_parts1_graph_ms']:.3f} |")
     out.finish(lines)
 
 

@@ -1,7 +1,8 @@
 """What the 256 trailing text tokens of HunyuanVideo cost the sparse attention call (H100, 24 x 118,800 + 256,
 25% density), on one synthetic layout: the same video queries, keys and selection with and without the text
-tokens, the text-query launch (Triton, dense over every key) skipped or alone or replaced by torch's SDPA
-(``text_query_impl="sdpa"``), and the key padding mask dropped.
+tokens, the text-query launch (Triton, dense over every key) skipped or alone, and the key padding mask dropped.
+(Session 9 also timed torch's SDPA for the text-query rows, a config field since removed: docs/benchmarks/
+probe_text_cost_h200.md, NOTES_sparse_attn.md v12.)
 Timing only: the variants that skip a launch compute a wrong result by design.
 
     python bench/probes/probe_text_cost.py --out DIR
@@ -54,11 +55,7 @@ def main() -> None:
         "text, tables on, text-query launch skipped": (args, t, kpm, on, True, False),
         "text, tables on, text-query launch on the main stream": (args, t, kpm, replace(on, text_concurrent=False),
                                                                    False, False),
-        "text, tables on, text queries by SDPA": (args, t, kpm, replace(on, text_query_impl="sdpa"), False, False),
-        "text, tables on, no padding mask, text queries by SDPA": (args, t, None, replace(on, text_query_impl="sdpa"),
-                                                                    False, False),
         "text-query launch alone": (args, t, kpm, on, False, True),
-        "text queries by SDPA alone": (args, t, kpm, replace(on, text_query_impl="sdpa"), False, True),
     }
     real_triton, real_gluon = W.sparse_attn_fwd_kernel, G.launch_gluon
     ms: dict[str, list[float]] = {}
@@ -75,8 +72,7 @@ def main() -> None:
     ref = min(ms["no text, tables on"])
     lines = [f"# What the text tokens cost (HunyuanVideo 720p, 25%, {out.device})", "",
              "One synthetic layout (24 x 118,800 video tokens, 400 / 1000 clusters) with and without its 256 text "
-             "tokens (192 valid); ms = best of 3 interleaved rounds. Variants that skip a launch are timing only. \"SDPA\": "
-             "text_query_impl=\"sdpa\" (the text-query rows from torch's SDPA instead of the Triton launch).", "",
+             "tokens (192 valid); ms = best of 3 interleaved rounds. Variants that skip a launch are timing only.", "",
              "| variant | ms | vs no text, tables on |", "|---|---|---|"]
     for name in names:
         best = min(ms[name])

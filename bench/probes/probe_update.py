@@ -45,7 +45,7 @@ def shape_case(name, h, n, c, dev) -> dict:
         out = cent.clone()
 
         def run(out=out):
-            km.kmeans_update(x, perm, off, out)
+            km.kmeans_update(x, perm, off, out, workspace=ws, name="k")
 
         with P.setting(km, "_SEGMENT_BLOCK_N", block_n), P.setting(km, "_SEGMENT_WARPS", warps):
             run()

@@ -1,5 +1,5 @@
-"""Dense attention with trailing text tokens (torch only, no Triton): the dense mode of ``svg2_attention``, the
-reference's key mask, and the Gluon path's text-query rows (``KernelConfig.text_query_impl="sdpa"``)."""
+"""Dense attention with trailing text tokens (torch only, no Triton): the dense mode of ``svg2_attention`` and the
+reference's key mask."""
 
 from __future__ import annotations
 

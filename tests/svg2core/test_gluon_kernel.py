@@ -29,8 +29,6 @@ def test_config_rules():
         KernelConfig(block_m=64, impl="gluon")
     with pytest.raises(ValueError, match="impl: must be 'triton' or 'gluon'"):
         KernelConfig(impl="cuda")
-    with pytest.raises(ValueError, match="text_query_impl: must be 'triton' or 'sdpa'"):
-        KernelConfig(text_query_impl="flash")
     with pytest.raises(ValueError, match="gluon_tile_tables: must be 'on' or 'off'"):
         KernelConfig(gluon_tile_tables=True)
     with pytest.raises(ValueError, match="gluon_persistent: not available with gluon_pingpong"):

@@ -94,9 +94,9 @@ def test_segment_mean_kernel_equals_reference(b, h, n, d, c, dtype):
 
 @pytest.mark.parametrize("parts", [2, 4])
 def test_segment_mean_in_parts_equals_reference(parts, monkeypatch):
-    # UPDATE_PARTS > 1: a cluster of n tokens is summed by min(parts, cdiv(n, min_rows)) programs and the parts are
-    # added by a second launch; uneven clusters (one holding most tokens, small ones summed whole, empty ones),
-    # and the prepared copies for the next assign
+    # UPDATE_PARTS > 1: a cluster of n tokens is summed by min(parts, cdiv(n, min_rows)) programs and the last of
+    # them to take a ticket adds the parts; uneven clusters (one holding most tokens, small ones summed whole, empty
+    # ones), the prepared copies for the next assign, and the tickets back at zero for the next launch
     import svg2core.ops.kmeans.kmeans as km
 
     monkeypatch.setattr(km, "UPDATE_PARTS", parts)
@@ -111,10 +111,15 @@ def test_segment_mean_in_parts_equals_reference(parts, monkeypatch):
     ws = Workspace()
     kmeans_assign(x, cent, torch.empty_like(labels), workspace=ws)  # prepares the old centroids
     got = cent.clone()
-    kmeans_update(x, perm, offsets, got, workspace=ws)
+    kmeans_update(x, perm, offsets, got, workspace=ws, prepare=True)
     want = kmeans_update_reference(x.reshape(b * h, n, d), labels, cent)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert torch.equal(got[:, c - 2:], cent[:, c - 2:])  # empty clusters keep their centroid
+    ticket = ws.constant(f"kmeans.update_ticket:{b * h}x{c}:cpu", lambda: None)
+    assert ticket is not None and not ticket.any()
+    again = cent.clone()  # a second launch with the same workspace (tickets reused) gives the same centroids
+    kmeans_update(x, perm, offsets, again, workspace=ws, prepare=True)
+    assert torch.equal(again, got)
     fresh = Workspace()
     kmeans_assign(x, got, torch.empty_like(labels), workspace=fresh)
     lp = f"kmeans.cent_lp.{x.dtype}"
@@ -124,6 +129,33 @@ def test_segment_mean_in_parts_equals_reference(parts, monkeypatch):
     whole = cent.clone()
     kmeans_update(x, perm, offsets, whole)
     torch.testing.assert_close(got, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_batched_kmeans_updates_in_parts_from_the_callers_workspace(monkeypatch):
+    # every update of a call, the last included, takes its part sums and tickets from the caller's workspace: a
+    # second call of the same shape allocates nothing (the sparse path must run inside a CUDA graph)
+    import svg2core.ops.kmeans.kmeans as km
+
+    monkeypatch.setattr(km, "UPDATE_PARTS", 4)
+    monkeypatch.setattr(km, "UPDATE_MIN_ROWS", 16)
+    b, h, n, d, c = 1, 2, 200, 64, 3
+    gen = torch.Generator().manual_seed(6)
+    # well separated blobs of uneven sizes (no near-ties for the low-precision dots), each summed in several parts
+    centers = torch.randn(b * h, c, d, generator=gen) * 10
+    which = torch.tensor([0] * 120 + [1] * 50 + [2] * 30)[torch.randperm(n, generator=gen)]
+    x = (centers[:, which] + 0.1 * torch.randn(b * h, n, d, generator=gen)).reshape(b, h, n, d).to(torch.bfloat16)
+    ws = Workspace()
+    cent = centers + torch.randn(b * h, c, d, generator=gen)  # one start near each blob
+    batched_kmeans(x, cent, 2, ws, "q")
+    allocations = ws.allocations
+    assert ws.buffer("q.update_parts", (b * h, c, 4, d), torch.float32, "cpu") is not None
+    assert ws.allocations == allocations  # the parts buffer is the call's own
+    start = cent.clone()
+    labels, _, _ = batched_kmeans(x, cent, 2, ws, "q")
+    assert ws.allocations == allocations
+    ref_labels, ref_cent = kmeans_reference(x.reshape(b * h, n, d), start, 2)
+    assert torch.equal(labels, ref_labels)
+    torch.testing.assert_close(cent, ref_cent, rtol=1e-5, atol=1e-5)
 
 
 def test_batched_kmeans_matches_reference_iterations():
@@ -202,7 +234,7 @@ def test_assign_kernel_writes_block_histograms(b, h, n, d, c, packed):
 
 
 def test_update_prepares_the_next_assign():
-    """kmeans_update(workspace=...) leaves the same centroid copies the preparation kernel writes."""
+    """kmeans_update(prepare=True) leaves the same centroid copies the preparation kernel writes."""
     b, h, n, d, c = 1, 2, 50, 64, 6
     x = torch.randn(b, h, n, d).to(torch.bfloat16)
     cent = torch.randn(b * h, c, d)
@@ -210,7 +242,7 @@ def test_update_prepares_the_next_assign():
     ws = Workspace()
     kmeans_assign(x, cent, torch.empty_like(labels), workspace=ws)  # prepares the old centroids
     perm, offsets = sort_by_cluster(labels, c, Workspace(), "t")
-    kmeans_update(x, perm, offsets, cent, workspace=ws)
+    kmeans_update(x, perm, offsets, cent, workspace=ws, prepare=True)
     got_lp = ws.buffer(f"kmeans.cent_lp.{x.dtype}", (b * h, c, d), x.dtype, "cpu").clone()
     got_sq = ws.buffer("kmeans.cent_sq", (b * h, c), torch.float32, "cpu").clone()
     fresh = Workspace()

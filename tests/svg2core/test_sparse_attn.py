@@ -295,16 +295,3 @@ def test_config_and_scale_are_validated():
         sparse_attention(**args, scale=-0.1, config=SMALL)
 
 
-def test_sdpa_text_queries_match_the_reference():
-    # ops.dense.dense_attention over the text queries only (KernelConfig.text_query_impl="sdpa" on the Gluon path):
-    # the text-query rows are dense attention over every valid key, with or without a padding mask
-    from svg2core.ops.dense import dense_attention
-
-    b, h, nv, t, d = 2, 2, 40, 7, 64
-    args, kpm = make_inputs(b, h, nv, t, d, 4, 6, dtype=torch.float32, density=0.4, seed=21)
-    for mask in (kpm, None):
-        out = torch.zeros_like(args["q"])
-        out[:, :, nv:] = dense_attention(args["q"][:, :, nv:], args["k"], args["v"], t, mask, 1 / math.sqrt(d))
-        ref = sparse_attention_reference(**args, num_dense_tokens=t, key_padding_mask=mask)
-        torch.testing.assert_close(out[:, :, nv:], ref[:, :, nv:].to(out.dtype), atol=1e-5, rtol=1e-5)
-        assert not out[:, :, :nv].any()  # video rows untouched

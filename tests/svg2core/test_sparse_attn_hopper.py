@@ -98,19 +98,6 @@ def test_key_tile_tables():
 
 
 @pytest.mark.timeout(180, method="thread")
-def test_text_queries_through_sdpa():
-    # text_query_impl="sdpa": the text-query rows from torch's SDPA over the original k / v (padding mask as a
-    # boolean mask), on the side stream beside the video tiles; with and without a mask, batch 2, and a CUDA graph
-    cfg = replace(default_config(torch.device("cuda"), torch.bfloat16, 128), text_query_impl="sdpa")
-    _check(2, 3, 2500, 77, 128, 20, 30, torch.bfloat16, 0.3, seed=51, tol=2e-2, config=cfg)
-    args, _ = _check(1, 2, 3000, 256, 128, 64, 40, torch.bfloat16, 0.3, seed=52, tol=2e-2, config=cfg)
-    out = sparse_attention(**args, num_dense_tokens=256, key_padding_mask=None, config=cfg)
-    ref = sparse_attention_reference(**args, num_dense_tokens=256, key_padding_mask=None, query_chunk=2048)
-    assert rel_rms(out, ref) < 2e-2
-    _check_graph_replay(40, seed=53, config=cfg)
-
-
-@pytest.mark.timeout(180, method="thread")
 def test_persistent_work_list():
     # gluon_persistent: one program per SM takes the query tiles from a shared counter; the stage ring and the
     # item ring run on across items. Many surplus work-list entries and key tiles, remainders that leave one

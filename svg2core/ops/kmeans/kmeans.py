@@ -20,10 +20,11 @@ from svg2core.state import Workspace
 _SEGMENT_BLOCK_N = 32  # rows per step of the segment-mean (update) kernel, and its warps
 _SEGMENT_WARPS = 4
 # The update's programs per cluster: a cluster of n tokens is summed by min(UPDATE_PARTS, cdiv(n, UPDATE_MIN_ROWS))
-# programs, then one more launch adds the parts of the clusters that had several. With 1 (one program per cluster,
-# one launch) the largest cluster's loop sets the update's time, which real, uneven clusters may make long (NOTES_
-# selection.md, session 8). Not yet timed on a GPU: 1 until bench/probes/probe_layout.py shows the difference.
-UPDATE_PARTS = 1
+# programs, and the last of them to finish adds the parts in order. With 1 (one program per cluster) the largest
+# cluster's loop sets the update's time, which uneven clusters make long: H200, bench/probes/probe_layout.py
+# (docs/benchmarks/probe_layout_h200.md, NOTES_selection.md session 9): 480p "runs" data, the query update 0.207 ms
+# in one part against 0.079 in 4, the whole selection 0.870 -> 0.705 ms; skewed data 2.11 -> 1.00 ms.
+UPDATE_PARTS = 4
 UPDATE_MIN_ROWS = 256
 
 
@@ -108,7 +109,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
             histogram of every block of ``tile.block_n`` tokens (block-major), for
             ``sort_by_cluster(method="count", block_counts=..., count_block=tile.block_n)``.
         prepared: the workspace's low-precision centroids and norms already hold ``centroids``
-            (written by ``kmeans_update(..., workspace=...)``): skip the preparation launch.
+            (written by ``kmeans_update(..., prepare=True)``): skip the preparation launch.
         name: prefix of the workspace buffers (clusterings that may run concurrently need their own).
     """
     if backend == "reference":
@@ -146,7 +147,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
 
 def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor,
                   labels: torch.Tensor | None = None, backend: str = "triton",
-                  workspace: Workspace | None = None, name: str = "kmeans") -> torch.Tensor:
+                  workspace: Workspace | None = None, name: str = "kmeans", prepare: bool = False) -> torch.Tensor:
     """Replace every non-empty cluster's centroid by the mean of its points, in place.
 
     Args:
@@ -154,45 +155,43 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         perm, offsets: ``(B * H, N)`` / ``(B * H, C + 1)`` int32 from :func:`sort_by_cluster`.
         centroids: ``(B * H, C, D)`` fp32, updated in place.
         labels: ``(B * H, N)`` int32, used by the reference backend only.
-        workspace: when given, the updated clusters' low-precision copies and squared norms are
-            also written into its assign buffers, so that the next ``kmeans_assign(...,
-            prepared=True)`` can skip its preparation launch. The workspace must already hold this
-            ``centroids``' prepared copy (from an assign of the same call): empty clusters are not
-            rewritten.
-        name: the workspace buffers' prefix, as given to that assign.
+        workspace: the buffers of the update in parts (UPDATE_PARTS > 1); a new one per call when None
+            (allocations: pass the caller's on the hot path).
+        name: the workspace buffers' prefix, as given to the assign.
+        prepare: also write the updated clusters' low-precision copies and squared norms into the
+            workspace's assign buffers, so that the next ``kmeans_assign(..., prepared=True)`` can skip
+            its preparation launch. The workspace must already hold this ``centroids``' prepared copy
+            (from an assign of the same call): empty clusters are not rewritten.
     """
     if backend == "reference":
         centroids.copy_(kmeans_update_reference(_as_bh(x), labels, centroids))
         return centroids
-    from svg2core.ops.kmeans.triton_kmeans import _kmeans_part_mean_kernel, _kmeans_segment_mean_kernel
+    from svg2core.ops.kmeans.triton_kmeans import _kmeans_segment_mean_kernel
 
     b, h, _, d = x.shape
     c = centroids.shape[1]
-    if workspace is not None:
-        cent_lp, cent_sq = _prepared_centroids(workspace, name, b * h, c, d, x)
+    if prepare and workspace is None:
+        raise ValueError("prepare: needs the workspace that holds the assign's prepared centroids")
+    ws = workspace if workspace is not None else Workspace()
+    if prepare:
+        cent_lp, cent_sq = _prepared_centroids(ws, name, b * h, c, d, x)
     else:
         cent_lp, cent_sq = centroids, centroids  # unused (PREPARE=False)
     parts = UPDATE_PARTS
-    if parts > 1:  # the parts' sums: (B*H, C, parts, D) fp32
-        ws = workspace if workspace is not None else Workspace()
+    if parts > 1:  # the parts' sums, (B*H, C, parts, D) fp32, and a ticket per cluster (zero between launches)
         part = ws.buffer(f"{name}.update_parts", (b * h, c, parts, d), torch.float32, x.device)
+        ticket = ws.constant(f"{name}.update_ticket:{b * h}x{c}:{x.device}",
+                             lambda: torch.zeros(b * h, c, dtype=torch.int32, device=x.device))
     else:
-        part = centroids  # never written
+        part = ticket = centroids  # never touched
     _kmeans_segment_mean_kernel[(c, parts, b * h)](
-        x, perm, offsets, centroids, cent_lp, cent_sq, part, h,
+        x, perm, offsets, centroids, cent_lp, cent_sq, part, ticket, h,
         x.stride(0), x.stride(1), x.stride(2),
         perm.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
         cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=workspace is not None, PARTS=parts, MIN_ROWS=UPDATE_MIN_ROWS,
+        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=prepare, PARTS=parts, MIN_ROWS=UPDATE_MIN_ROWS,
         num_warps=_SEGMENT_WARPS,
     )
-    if parts > 1:
-        _kmeans_part_mean_kernel[(c, b * h)](
-            offsets, centroids, cent_lp, cent_sq, part,
-            offsets.stride(0), centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1),
-            cent_sq.stride(0), D=d, PREPARE=workspace is not None, PARTS=parts, MIN_ROWS=UPDATE_MIN_ROWS,
-            num_warps=_SEGMENT_WARPS,
-        )
     return centroids
 
 
@@ -239,7 +238,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         if it > 0:
             perm, offsets = assign_and_sort(False)
         more = it < iters - 1 and backend != "reference" and FUSE_PREPARE
-        kmeans_update(x, perm, offsets, centroids, labels, backend, workspace if more else None, name=name)
+        kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name, prepare=more)
     return labels, perm, offsets
 
 

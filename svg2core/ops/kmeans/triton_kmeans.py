@@ -132,7 +132,7 @@ def _update_parts(count, PARTS: tl.constexpr, MIN_ROWS: tl.constexpr):
 
 @triton.jit
 def _kmeans_segment_mean_kernel(
-    x_ptr, perm_ptr, offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, part_ptr,
+    x_ptr, perm_ptr, offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, part_ptr, ticket_ptr,
     H,
     stride_xb, stride_xh, stride_xn,
     stride_pbh, stride_obh,
@@ -141,14 +141,15 @@ def _kmeans_segment_mean_kernel(
 ):
     """cent[bh, c] = mean of x over the tokens perm[offsets[c]:offsets[c+1]]; empty clusters untouched.
 
-    Tokens were stably sorted by label, so each cluster is one contiguous segment: no atomics, and the result does
-    not depend on scheduling. Grid ``(C, PARTS, B*H)``: a cluster of ``count`` tokens is summed by
+    Tokens were stably sorted by label, so each cluster is one contiguous segment: no atomics on the sums, and the
+    result does not depend on scheduling. Grid ``(C, PARTS, B*H)``: a cluster of ``count`` tokens is summed by
     ``_update_parts(count)`` programs over equal consecutive parts of its segment (the others exit), so the largest
-    cluster no longer sets the launch's time alone. A one-part cluster's program writes its centroid; the parts of
-    a larger one write their sums to ``part[bh, c, p]`` (fp32, ``(B*H, C, PARTS, D)``) and
-    ``_kmeans_part_mean_kernel`` adds them in order. With ``PREPARE`` the program that writes a centroid also
-    writes what ``_prepare_centroids_kernel`` would (its low-precision copy and squared norm), so the next assign
-    needs no preparation launch.
+    cluster no longer sets the launch's time alone. A one-part cluster's program writes its centroid. The parts of
+    a larger one write their sums to ``part[bh, c, p]`` (fp32, ``(B*H, C, PARTS, D)``) and take a ticket
+    (``ticket[bh, c]``, int32, zero between launches); the part that draws the last ticket adds every part in order
+    (deterministic: the same order whichever finishes last), writes the centroid and puts the ticket back to zero.
+    With ``PREPARE`` the program that writes a centroid also writes what ``_prepare_centroids_kernel`` would (its
+    low-precision copy and squared norm), so the next assign needs no preparation launch.
     """
     pid_c = tl.program_id(0)
     pid_p = tl.program_id(1)
@@ -179,28 +180,16 @@ def _kmeans_segment_mean_kernel(
                 _store_centroid(total / count.to(tl.float32), cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c,
                                 offs_d, stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, PREPARE)
         else:
-            tl.store(part_ptr + ((pid_bh.to(tl.int64) * tl.num_programs(0) + pid_c) * PARTS + pid_p) * D + offs_d,
-                     total)
-
-
-@triton.jit
-def _kmeans_part_mean_kernel(
-    offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, part_ptr,
-    stride_obh, stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
-    D: tl.constexpr, PREPARE: tl.constexpr, PARTS: tl.constexpr, MIN_ROWS: tl.constexpr,
-):
-    """Grid ``(C, B*H)``: the centroid of every cluster that ``_kmeans_segment_mean_kernel`` summed in more than one
-    part, from its parts' sums added in order (deterministic)."""
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    start = tl.load(offsets_ptr + pid_bh * stride_obh + pid_c)
-    count = tl.load(offsets_ptr + pid_bh * stride_obh + pid_c + 1) - start
-    parts = _update_parts(count, PARTS, MIN_ROWS)
-    if parts > 1:
-        offs_d = tl.arange(0, D)
-        row = part_ptr + (pid_bh.to(tl.int64) * tl.num_programs(0) + pid_c) * PARTS * D
-        total = tl.zeros([D], tl.float32)
-        for p in tl.static_range(PARTS):
-            total += tl.load(row + p * D + offs_d, mask=offs_d < tl.where(p < parts, D, 0), other=0.0)
-        _store_centroid(total / count.to(tl.float32), cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c, offs_d,
-                        stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, PREPARE)
+            cell = pid_bh.to(tl.int64) * tl.num_programs(0) + pid_c
+            row = part_ptr + cell * PARTS * D
+            tl.store(row + pid_p * D + offs_d, total)
+            tl.debug_barrier()  # bar.sync: every thread's share of the part is written before the ticket's release
+            drawn = tl.atomic_add(ticket_ptr + cell, 1, sem="acq_rel")
+            if drawn == parts - 1:  # the last part to finish: every other part's sum is visible (acquire)
+                total = tl.zeros([D], tl.float32)
+                for p in tl.static_range(PARTS):
+                    total += tl.load(row + p * D + offs_d, mask=offs_d < tl.where(p < parts, D, 0), other=0.0,
+                                     cache_modifier=".cg")
+                _store_centroid(total / count.to(tl.float32), cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c,
+                                offs_d, stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, PREPARE)
+                tl.store(ticket_ptr + cell, 0)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from svg2core.ops.dense import dense_attention
 from svg2core.state import Workspace
 
 from .kernel import max_video_tiles, sparse_attn_fwd_kernel
@@ -43,15 +42,10 @@ class KernelConfig:
     # (gluon) the text-query tiles' launch runs on a side stream, issued before the video tiles, so its few long
     # programs (a dense pass over every key each) overlap the video tiles rather than trailing them
     text_concurrent: bool = True
-    # (gluon) what computes the text-query rows, a dense pass over every key: "triton" (one program per 128 text
-    # queries and head: 48 long programs at HunyuanVideo, 1.97 ms alone on an H100 and 2-5 ms inside the call,
-    # NOTES_sparse_attn.md v11) or "sdpa" (torch's scaled_dot_product_attention over the original k / v, the
-    # padding mask as a boolean mask: its own kernels' split of the work)
-    text_query_impl: str = "triton"
     # "triton": the portable kernel for every tile. "gluon" (Hopper only): the warp-specialised kernel of
     # gluon_kernel.py computes the 128-row video tiles (block_m must be 128), remainders included when
     # tail_m == 0 (else remainders of <= tail_m rows run the Triton kernel); text-query rows run the Triton kernel
-    # or SDPA (text_query_impl; docs/benchmarks/NOTES_sparse_attn.md, v5, v6 and v11).
+    # (docs/benchmarks/NOTES_sparse_attn.md, v5, v6; v12 for torch's SDPA in its place, measured slower).
     impl: str = "triton"
     gluon_stages: int = 2
     # key rows per pipeline stage (and per QK / PV matmul) of the Gluon kernel: 128 or 64
@@ -83,8 +77,6 @@ class KernelConfig:
             raise ValueError(f"impl: must be 'triton' or 'gluon', got {self.impl!r}")
         if self.gluon_block_n not in (64, 128):
             raise ValueError(f"gluon_block_n: must be 64 or 128, got {self.gluon_block_n}")
-        if self.text_query_impl not in ("triton", "sdpa"):
-            raise ValueError(f"text_query_impl: must be 'triton' or 'sdpa', got {self.text_query_impl!r}")
         if self.gluon_tile_tables not in ("on", "off"):
             raise ValueError(f"gluon_tile_tables: must be 'on' or 'off', got {self.gluon_tile_tables!r}")
         if self.gluon_persistent and self.gluon_pingpong:
@@ -311,12 +303,8 @@ def sparse_attention(
             # text queries: the Triton kernel's dense branch, only the text programs. Each is a dense pass over
             # every key, far longer than a video tile: issued first on the side stream, they run beside the video
             # tiles instead of as a tail of a few busy SMs after them
-            if cfg.text_query_impl == "sdpa":
-                def text():  # the text-query rows: dense attention over every key, through torch's SDPA
-                    out[:, :, nv:] = dense_attention(q[:, :, nv:], k, v, t, key_padding_mask, scale)
-            else:
-                text = functools.partial(launch, (num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n,
-                                         cfg.num_warps, cfg.num_stages, False)
+            text = functools.partial(launch, (num_text_tiles, bh), num_text_tiles, cfg.block_m, cfg.block_n,
+                                     cfg.num_warps, cfg.num_stages, False)
             jobs.insert(0, (text, cfg.text_concurrent))
     else:
         grid = (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh)
