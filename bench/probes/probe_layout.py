@@ -71,7 +71,7 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     counts = ws.buffer("k.block_counts", (h, -(-nv // tile.block_n) * ck), torch.int32, dev)
     res["assign_k_ms"] = S.graph_ms(lambda: kmeans_assign(k, k_cent, lab, workspace=ws, block_counts=counts))
     perm, off = sort_by_cluster(lab, ck, ws, "k")
-    res["update_k_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, workspace=ws, name="k"))
+    res["update_k_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, lab, workspace=ws, name="k"))
     res["gather_kv_ms"] = S.graph_ms(lambda: gather_kv(k, v, perm, ws))
     res["sort_k_ms"] = S.graph_ms(lambda: sort_by_cluster(lab, ck, ws, "k", method="count", count_block=tile.block_n,
                                                           block_counts=counts))
@@ -81,15 +81,15 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     qcounts = ws.buffer("q.block_counts", (h, -(-nv // tile.block_n) * cq), torch.int32, dev)
     res["assign_q_ms"] = S.graph_ms(lambda: kmeans_assign(q, q_cent, qlab, workspace=ws, block_counts=qcounts))
     qperm, qoff = sort_by_cluster(qlab, cq, ws, "q")
-    res["update_q_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, workspace=ws, name="q"))
+    res["update_q_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, qlab, workspace=ws, name="q"))
     k_sizes = (off[:, 1:] - off[:, :-1]).contiguous()
     res["select_ms"] = S.graph_ms(lambda: select_key_clusters(q_cent, k_cent, k_sizes, cfg, nv, ws))
-    # the update in one program per cluster (kmeans.UPDATE_PARTS = 1, the default until session 9) against the
-    # default's parts: in one part the largest cluster alone sets the update's time
-    res["update_parts"] = km.UPDATE_PARTS
-    with P.setting(km, "UPDATE_PARTS", 1):
-        res["update_k_parts1_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, workspace=ws, name="k"))
-        res["update_q_parts1_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, workspace=ws, name="q"))
+    # the update in one program per cluster (kmeans.UPDATE_CHUNK = 0, the default until session 9) against the
+    # default's pieces: in one program per cluster the largest cluster alone sets the update's time
+    res["update_chunk"] = km.UPDATE_CHUNK
+    with P.setting(km, "UPDATE_CHUNK", 0):
+        res["update_k_parts1_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, lab, workspace=ws, name="k"))
+        res["update_q_parts1_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, qlab, workspace=ws, name="q"))
         res["selection_parts1_graph_ms"] = S.graph_ms(selection)
     for tag, o in (("q", qoff), ("k", off)):
         sz = (o[:, 1:] - o[:, :-1]).float()
@@ -109,8 +109,9 @@ def main() -> None:
             torch.cuda.empty_cache()
     lines = [f"# Selection cost by token layout ({out.device})", "",
              "bhnd: contiguous (B, H, N, D); bnhd: (B, N, H, D) storage as a (B, H, N, D) view (what diffusers "
-             "processors pass). ms, CUDA-graph replay unless marked eager. The update runs in up to "
-             f"{km.UPDATE_PARTS} parts per cluster (kmeans.UPDATE_PARTS) except in the \"1 part\" columns.", "",
+             "processors pass). ms, CUDA-graph replay unless marked eager. The update sums clusters in pieces "
+             f"between cuts every {km.UPDATE_CHUNK} sorted tokens (kmeans.UPDATE_CHUNK) except in the \"1 part\" columns "
+             "(one program per cluster).", "",
              "| shape | layout | data | selection | selection eager | assign K | sort K | update K | gather K/V | "
              "assign Q | update Q | select | largest cluster / mean (Q, K) | update K, Q in 1 part | selection, "
              "update in 1 part |",

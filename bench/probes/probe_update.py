@@ -38,14 +38,14 @@ def shape_case(name, h, n, c, dev) -> dict:
     x = torch.randn(1, h, n, 128, device=dev, dtype=torch.bfloat16)
     cent = x[:, :, :: n // c][:, :, :c].float().reshape(h, c, 128).contiguous()
     ws = Workspace()
-    _, perm, off = batched_kmeans(x, cent, 3, ws, "k")
+    labels, perm, off = batched_kmeans(x, cent, 3, ws, "k")
     row = {"shape": name, "heads": h, "tokens": n, "clusters": c, "ms": {}, "max_abs_diff": {}}
     ref = None
     for block_n, warps in LAUNCHES:
         out = cent.clone()
 
         def run(out=out):
-            km.kmeans_update(x, perm, off, out, workspace=ws, name="k")
+            km.kmeans_update(x, perm, off, out, labels, workspace=ws, name="k")
 
         with P.setting(km, "_SEGMENT_BLOCK_N", block_n), P.setting(km, "_SEGMENT_WARPS", warps):
             run()

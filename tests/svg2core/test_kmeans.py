@@ -86,21 +86,21 @@ def test_segment_mean_kernel_equals_reference(b, h, n, d, c, dtype):
     cent = torch.randn(b * h, c, d)
     perm, offsets = sort_by_cluster(labels, c, Workspace(), "t")
     got = cent.clone()
-    kmeans_update(x, perm, offsets, got)
+    kmeans_update(x, perm, offsets, got, labels)
     want = kmeans_update_reference(x.reshape(b * h, n, d), labels, cent)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert torch.equal(got[:, c - 2:], cent[:, c - 2:])  # empty clusters keep their centroid
 
 
-@pytest.mark.parametrize("parts", [2, 4])
-def test_segment_mean_in_parts_equals_reference(parts, monkeypatch):
-    # UPDATE_PARTS > 1: a cluster of n tokens is summed by min(parts, cdiv(n, min_rows)) programs and the last of
-    # them to take a ticket adds the parts; uneven clusters (one holding most tokens, small ones summed whole, empty
-    # ones), the prepared copies for the next assign, and the tickets back at zero for the next launch
+@pytest.mark.parametrize("chunk", [16, 64])
+def test_segment_mean_in_pieces_equals_reference(chunk, monkeypatch):
+    # UPDATE_CHUNK = R: clusters are summed in pieces between cuts of the sorted order every R tokens, and the last
+    # piece of a cluster to take a ticket adds them; uneven clusters (one holding most tokens over many cuts, small
+    # ones within one piece or across one cut, empty ones), the prepared copies for the next assign, and the
+    # tickets back at zero for the next launch
     import svg2core.ops.kmeans.kmeans as km
 
-    monkeypatch.setattr(km, "UPDATE_PARTS", parts)
-    monkeypatch.setattr(km, "UPDATE_MIN_ROWS", 16)
+    monkeypatch.setattr(km, "UPDATE_CHUNK", chunk)
     b, h, n, d, c = 2, 2, 301, 64, 9
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(b, h, n, d, generator=gen).to(torch.bfloat16)
@@ -111,21 +111,21 @@ def test_segment_mean_in_parts_equals_reference(parts, monkeypatch):
     ws = Workspace()
     kmeans_assign(x, cent, torch.empty_like(labels), workspace=ws)  # prepares the old centroids
     got = cent.clone()
-    kmeans_update(x, perm, offsets, got, workspace=ws, prepare=True)
+    kmeans_update(x, perm, offsets, got, labels, workspace=ws, prepare=True)
     want = kmeans_update_reference(x.reshape(b * h, n, d), labels, cent)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert torch.equal(got[:, c - 2:], cent[:, c - 2:])  # empty clusters keep their centroid
     ticket = ws.constant(f"kmeans.update_ticket:{b * h}x{c}:cpu", lambda: None)
     assert ticket is not None and not ticket.any()
     again = cent.clone()  # a second launch with the same workspace (tickets reused) gives the same centroids
-    kmeans_update(x, perm, offsets, again, workspace=ws, prepare=True)
+    kmeans_update(x, perm, offsets, again, labels, workspace=ws, prepare=True)
     assert torch.equal(again, got)
     fresh = Workspace()
     kmeans_assign(x, got, torch.empty_like(labels), workspace=fresh)
     lp = f"kmeans.cent_lp.{x.dtype}"
     assert torch.equal(ws.buffer(lp, (b * h, c, d), x.dtype, "cpu"), fresh.buffer(lp, (b * h, c, d), x.dtype, "cpu"))
     # the same centroids as one program per cluster, up to the order of the additions
-    monkeypatch.setattr(km, "UPDATE_PARTS", 1)
+    monkeypatch.setattr(km, "UPDATE_CHUNK", 0)
     whole = cent.clone()
     kmeans_update(x, perm, offsets, whole)
     torch.testing.assert_close(got, whole, rtol=1e-6, atol=1e-6)
@@ -136,8 +136,7 @@ def test_batched_kmeans_updates_in_parts_from_the_callers_workspace(monkeypatch)
     # second call of the same shape allocates nothing (the sparse path must run inside a CUDA graph)
     import svg2core.ops.kmeans.kmeans as km
 
-    monkeypatch.setattr(km, "UPDATE_PARTS", 4)
-    monkeypatch.setattr(km, "UPDATE_MIN_ROWS", 16)
+    monkeypatch.setattr(km, "UPDATE_CHUNK", 16)
     b, h, n, d, c = 1, 2, 200, 64, 3
     gen = torch.Generator().manual_seed(6)
     # well separated blobs of uneven sizes (no near-ties for the low-precision dots), each summed in several parts
@@ -148,7 +147,7 @@ def test_batched_kmeans_updates_in_parts_from_the_callers_workspace(monkeypatch)
     cent = centers + torch.randn(b * h, c, d, generator=gen)  # one start near each blob
     batched_kmeans(x, cent, 2, ws, "q")
     allocations = ws.allocations
-    assert ws.buffer("q.update_parts", (b * h, c, 4, d), torch.float32, "cpu") is not None
+    assert ws.buffer("q.update_parts", (b * h, c + 12, d), torch.float32, "cpu") is not None
     assert ws.allocations == allocations  # the parts buffer is the call's own
     start = cent.clone()
     labels, _, _ = batched_kmeans(x, cent, 2, ws, "q")

@@ -19,13 +19,12 @@ from svg2core.state import Workspace
 
 _SEGMENT_BLOCK_N = 32  # rows per step of the segment-mean (update) kernel, and its warps
 _SEGMENT_WARPS = 4
-# The update's programs per cluster: a cluster of n tokens is summed by min(UPDATE_PARTS, cdiv(n, UPDATE_MIN_ROWS))
-# programs, and the last of them to finish adds the parts in order. With 1 (one program per cluster) the largest
-# cluster's loop sets the update's time, which uneven clusters make long: H200, bench/probes/probe_layout.py
-# (docs/benchmarks/probe_layout_h200.md, NOTES_selection.md session 9): 480p "runs" data, the query update 0.207 ms
-# in one part against 0.079 in 4, the whole selection 0.870 -> 0.705 ms; skewed data 2.11 -> 1.00 ms.
-UPDATE_PARTS = 4
-UPDATE_MIN_ROWS = 256
+# The update sums a cluster in pieces between cuts of the sorted order every UPDATE_CHUNK tokens, one program per
+# piece, and the last piece of a cluster to finish adds them in order; 0: one program per cluster, whose loop over the
+# largest cluster then sets the update's time, which uneven clusters make long. H200 (docs/benchmarks/NOTES_selection.md
+# v5, probe_layout_h200*.md): on clustered data ("runs") the 480p selection 0.870 ms with one program per cluster,
+# 0.692 with 4 parts per cluster (session 9's first split); skewed clusters 2.11 -> 0.99 ms.
+UPDATE_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -154,8 +153,9 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         x: ``(B, H, N, D)`` points.
         perm, offsets: ``(B * H, N)`` / ``(B * H, C + 1)`` int32 from :func:`sort_by_cluster`.
         centroids: ``(B * H, C, D)`` fp32, updated in place.
-        labels: ``(B * H, N)`` int32, used by the reference backend only.
-        workspace: the buffers of the update in parts (UPDATE_PARTS > 1); a new one per call when None
+        labels: ``(B * H, N)`` int32, the labels ``perm`` sorts (the Triton update in pieces reads the cluster of
+            each cut from them).
+        workspace: the buffers of the update in pieces (UPDATE_CHUNK > 0); a new one per call when None
             (allocations: pass the caller's on the hot path).
         name: the workspace buffers' prefix, as given to the assign.
         prepare: also write the updated clusters' low-precision copies and squared norms into the
@@ -177,19 +177,25 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         cent_lp, cent_sq = _prepared_centroids(ws, name, b * h, c, d, x)
     else:
         cent_lp, cent_sq = centroids, centroids  # unused (PREPARE=False)
-    parts = UPDATE_PARTS
-    if parts > 1:  # the parts' sums, (B*H, C, parts, D) fp32, and a ticket per cluster (zero between launches)
-        part = ws.buffer(f"{name}.update_parts", (b * h, c, parts, d), torch.float32, x.device)
+    chunk = UPDATE_CHUNK
+    n = perm.shape[1]
+    cuts = _cdiv(n, chunk) - 1 if chunk else 0  # cuts of the sorted order, each a possible piece start
+    if cuts > 0:  # the pieces' sums, (B*H, C + cuts, D) fp32, and a ticket per cluster (zero between launches)
+        if labels is None:
+            raise ValueError("labels: the update in pieces (UPDATE_CHUNK > 0) reads the cluster of each cut")
+        part = ws.buffer(f"{name}.update_parts", (b * h, c + cuts, d), torch.float32, x.device)
         ticket = ws.constant(f"{name}.update_ticket:{b * h}x{c}:{x.device}",
                              lambda: torch.zeros(b * h, c, dtype=torch.int32, device=x.device))
     else:
+        chunk = 0
         part = ticket = centroids  # never touched
-    _kmeans_segment_mean_kernel[(c, parts, b * h)](
-        x, perm, offsets, centroids, cent_lp, cent_sq, part, ticket, h,
+    lab = labels if labels is not None else perm  # read only with cuts
+    _kmeans_segment_mean_kernel[(c + cuts, b * h)](
+        x, perm, lab, offsets, centroids, cent_lp, cent_sq, part, ticket, c + cuts, c, h,
         x.stride(0), x.stride(1), x.stride(2),
-        perm.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
+        perm.stride(0), lab.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
         cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=prepare, PARTS=parts, MIN_ROWS=UPDATE_MIN_ROWS,
+        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=prepare, CHUNK=chunk,
         num_warps=_SEGMENT_WARPS,
     )
     return centroids

@@ -125,45 +125,59 @@ def _store_centroid(mean, cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c, off
 
 
 @triton.jit
-def _update_parts(count, PARTS: tl.constexpr, MIN_ROWS: tl.constexpr):
-    """Programs that share a cluster of ``count`` tokens: one per MIN_ROWS of them, at most PARTS (at least 1)."""
-    return tl.minimum(tl.maximum(tl.cdiv(count, MIN_ROWS), 1), PARTS)
-
-
-@triton.jit
 def _kmeans_segment_mean_kernel(
-    x_ptr, perm_ptr, offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, part_ptr, ticket_ptr,
-    H,
+    x_ptr, perm_ptr, labels_ptr, offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, part_ptr, ticket_ptr,
+    SLOTS, C, H,
     stride_xb, stride_xh, stride_xn,
-    stride_pbh, stride_obh,
+    stride_pbh, stride_labh, stride_obh,
     stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, PREPARE: tl.constexpr, PARTS: tl.constexpr, MIN_ROWS: tl.constexpr,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, PREPARE: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """cent[bh, c] = mean of x over the tokens perm[offsets[c]:offsets[c+1]]; empty clusters untouched.
 
-    Tokens were stably sorted by label, so each cluster is one contiguous segment: no atomics on the sums, and the
-    result does not depend on scheduling. Grid ``(C, PARTS, B*H)``: a cluster of ``count`` tokens is summed by
-    ``_update_parts(count)`` programs over equal consecutive parts of its segment (the others exit), so the largest
-    cluster no longer sets the launch's time alone. A one-part cluster's program writes its centroid. The parts of
-    a larger one write their sums to ``part[bh, c, p]`` (fp32, ``(B*H, C, PARTS, D)``) and take a ticket
-    (``ticket[bh, c]``, int32, zero between launches); the part that draws the last ticket adds every part in order
-    (deterministic: the same order whichever finishes last), writes the centroid and puts the ticket back to zero.
+    Tokens were stably sorted by label, so each cluster is one contiguous segment of the sorted order: no atomics on
+    the sums, and the result does not depend on scheduling. With ``CHUNK = 0`` the grid is ``(C, B*H)``, one
+    program per cluster, and the largest cluster's loop sets the launch's time.
+
+    With ``CHUNK = R > 0`` the sorted order is also cut every R tokens, and a cluster is summed in pieces between the
+    cuts it contains, so no program sums more than R tokens however uneven the clusters. Grid
+    ``(C + cdiv(N, R) - 1, B*H)``: program c < C sums cluster c's first piece (up to the first cut after its start);
+    program C + j - 1 sums the piece that starts at cut j * R, when that cut falls strictly inside a cluster
+    (``labels[perm[j * R]]`` names it), and exits otherwise. A one-piece cluster's program writes its centroid. The
+    pieces of a longer one write their sums to ``part[bh, slot]`` (fp32, ``(B*H, C + cdiv(N, R) - 1, D)``: slot c
+    for the first piece, C + j - 1 for the piece at cut j; ``SLOTS = C + cdiv(N, R) - 1``) and take a ticket (``ticket[bh, c]``, int32, zero between
+    launches); the piece that draws the last ticket adds every piece in order (deterministic: the same order whoever
+    finishes last), writes the centroid and puts the ticket back to zero.
     With ``PREPARE`` the program that writes a centroid also writes what ``_prepare_centroids_kernel`` would (its
     low-precision copy and squared norm), so the next assign needs no preparation launch.
     """
-    pid_c = tl.program_id(0)
-    pid_p = tl.program_id(1)
-    pid_bh = tl.program_id(2)
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
-    start = tl.load(offsets_ptr + pid_bh * stride_obh + pid_c)
-    end = tl.load(offsets_ptr + pid_bh * stride_obh + pid_c + 1)
-    count = end - start
-    parts = _update_parts(count, PARTS, MIN_ROWS)
-    if pid_p < parts:
-        size = tl.cdiv(count, parts)
-        lo = start + pid_p * size
-        hi = tl.minimum(end, lo + size)
+    if pid < C:  # cluster pid's first piece
+        c = pid
+        start = tl.load(offsets_ptr + pid_bh * stride_obh + c)
+        end = tl.load(offsets_ptr + pid_bh * stride_obh + c + 1)
+        lo = start
+        active = end > start
+    else:  # the piece at cut j (j >= 1), if the cut is inside a cluster
+        j = pid - C + 1
+        lo = j * CHUNK
+        tok0 = tl.load(perm_ptr + pid_bh * stride_pbh + lo)
+        c = tl.load(labels_ptr + pid_bh * stride_labh + tok0)
+        start = tl.load(offsets_ptr + pid_bh * stride_obh + c)
+        end = tl.load(offsets_ptr + pid_bh * stride_obh + c + 1)
+        active = start < lo
+    if active:
+        if CHUNK > 0:
+            hi = tl.minimum(end, (lo // CHUNK + 1) * CHUNK)
+            first = start // CHUNK
+            last = (end - 1) // CHUNK
+        else:
+            hi = end
+            first = 0
+            last = 0
         offs_d = tl.arange(0, D)
         x_base = x_ptr + b * stride_xb + h * stride_xh
         acc = tl.zeros([BLOCK_N, D], tl.float32)
@@ -175,21 +189,20 @@ def _kmeans_segment_mean_kernel(
                            other=0.0)
             acc += rows.to(tl.float32)
         total = tl.sum(acc, axis=0)
-        if parts == 1:
-            if count > 0:
-                _store_centroid(total / count.to(tl.float32), cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c,
-                                offs_d, stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, PREPARE)
+        count = (end - start).to(tl.float32)
+        if last == first:  # one piece: the whole cluster
+            _store_centroid(total / count, cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, c, offs_d, stride_cbh,
+                            stride_cc, stride_lbh, stride_lc, stride_sbh, PREPARE)
         else:
-            cell = pid_bh.to(tl.int64) * tl.num_programs(0) + pid_c
-            row = part_ptr + cell * PARTS * D
-            tl.store(row + pid_p * D + offs_d, total)
-            tl.debug_barrier()  # bar.sync: every thread's share of the part is written before the ticket's release
-            drawn = tl.atomic_add(ticket_ptr + cell, 1, sem="acq_rel")
-            if drawn == parts - 1:  # the last part to finish: every other part's sum is visible (acquire)
-                total = tl.zeros([D], tl.float32)
-                for p in tl.static_range(PARTS):
-                    total += tl.load(row + p * D + offs_d, mask=offs_d < tl.where(p < parts, D, 0), other=0.0,
-                                     cache_modifier=".cg")
-                _store_centroid(total / count.to(tl.float32), cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c,
-                                offs_d, stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, PREPARE)
-                tl.store(ticket_ptr + cell, 0)
+            row = part_ptr + pid_bh.to(tl.int64) * SLOTS * D
+            tl.store(row + pid * D + offs_d, total)
+            tl.debug_barrier()  # bar.sync: every thread's share of the piece is written before the ticket's release
+            cell = ticket_ptr + pid_bh * C + c
+            drawn = tl.atomic_add(cell, 1, sem="acq_rel")
+            if drawn == last - first:  # the last piece to finish: every other piece is visible (acquire)
+                total = tl.load(row + c * D + offs_d, cache_modifier=".cg")
+                for cut in range(first + 1, last + 1):
+                    total += tl.load(row + (C + cut - 1) * D + offs_d, cache_modifier=".cg")
+                _store_centroid(total / count, cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, c, offs_d, stride_cbh,
+                                stride_cc, stride_lbh, stride_lc, stride_sbh, PREPARE)
+                tl.store(cell, 0)
