@@ -61,6 +61,14 @@ class KernelConfig:
     # "on" or "off". H100 (NOTES_sparse_attn.md v7, v11): 4-7% faster at the Wan shapes, 8-10% at HunyuanVideo's
     # (with its text tokens and padding mask, once the mask flag stopped being compiled as a constant)
     gluon_tile_tables: str = "on"
+    # (gluon, tail_m=64) the remainders of <= 64 rows run on the Gluon kernel in CTAs of one consumer warpgroup and
+    # one producer (64-key stages, 3 of them: two CTAs share an SM, each with its own producer) instead of the Triton
+    # kernel's remainder launch. v9 measured a remainder on one warpgroup of the 128-row CTA (tail_m=0) at 0.69 of a
+    # full tile's time; this aims at ~0.55-0.6 (NOTES_sparse_attn.md v12). Not yet timed: off
+    gluon_tail_solo: bool = False
+    # pipeline stages of those CTAs: 3 (115 KB of shared memory with the 1 KB per CTA the driver keeps, just two per
+    # SM: the sm_90 compile of bench/probes/compile_sm90.py --solo) or 2 (83 KB)
+    gluon_tail_stages: int = 3
     # one program per SM, each taking the video query tiles from a shared counter (a work list built per call by
     # tables.query_tile_list, one extra launch), so the producer loads the next tile's first key stages while
     # the consumers finish the current one, and no CTA is launched per tile. Not with gluon_pingpong
@@ -81,6 +89,11 @@ class KernelConfig:
             raise ValueError(f"gluon_tile_tables: must be 'on' or 'off', got {self.gluon_tile_tables!r}")
         if self.gluon_persistent and self.gluon_pingpong:
             raise ValueError("gluon_persistent: not available with gluon_pingpong (its turns count per tile)")
+        if self.gluon_tail_stages not in (2, 3):
+            raise ValueError(f"gluon_tail_stages: must be 2 or 3, got {self.gluon_tail_stages}")
+        if self.gluon_tail_solo and not (self.impl == "gluon" and self.tail_m == 64):
+            raise ValueError(f"gluon_tail_solo: needs impl='gluon' and tail_m=64, got impl={self.impl!r}, "
+                             f"tail_m={self.tail_m}")
         if self.impl == "gluon" and self.block_m != 128:
             raise ValueError(f"impl: 'gluon' computes 128-row query tiles, so block_m must be 128, got {self.block_m}")
 
@@ -311,7 +324,22 @@ def sparse_attention(
         jobs = [(functools.partial(launch, grid, num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
                                    cfg.num_stages, False), False)]
     if cfg.tail_m:
-        tail = functools.partial(launch, (cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages, True)
+        if cfg.gluon_tail_solo:
+            from .gluon_kernel import _SOLO_BLOCK_N, launch_gluon
+
+            def tail():  # the remainders on the Gluon kernel's one-warpgroup CTAs, with their own 64-key tables
+                tables = None
+                if cfg.gluon_tile_tables == "on":
+                    ws = workspace if workspace is not None else Workspace()
+                    tables = (ws.buffer("sparse_attn.seg_base_solo", (bh * cq, ck), torch.int32, dev),
+                              ws.buffer("sparse_attn.tile_seg_solo", (bh * cq, max_key_tiles(nv, _SOLO_BLOCK_N) + 1),
+                                        torch.int32, dev))
+                    key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, _SOLO_BLOCK_N, *tables)
+                launch_gluon(kernel_args, (cq, bh), scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm,
+                             tables, None, solo=True)
+        else:
+            tail = functools.partial(launch, (cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages,
+                                     True)
         jobs.append((tail, cfg.tail_concurrent))
     main = side = None
     if q.is_cuda and any(concurrent for _, concurrent in jobs):
