@@ -22,8 +22,8 @@ _SEGMENT_WARPS = 4
 # The update sums a cluster in pieces between cuts of the sorted order every UPDATE_CHUNK tokens, one program per
 # piece, and the last piece of a cluster to finish adds them in order; 0: one program per cluster, whose loop over the
 # largest cluster then sets the update's time, which uneven clusters make long. H200 (docs/benchmarks/NOTES_selection.md
-# v5, probe_layout_h200*.md): on clustered data ("runs") the 480p selection 0.870 ms with one program per cluster,
-# 0.692 with 4 parts per cluster (session 9's first split); skewed clusters 2.11 -> 0.99 ms.
+# v5, probe_layout_h200.md): the 480p selection on clustered data ("runs") 0.869 ms with one program per cluster,
+# 0.693 in pieces; on skewed clusters 2.09 -> 0.69 ms; on i.i.d. data 0.670 -> 0.691 (the price).
 UPDATE_CHUNK = 256
 
 

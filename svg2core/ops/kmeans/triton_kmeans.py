@@ -144,10 +144,10 @@ def _kmeans_segment_mean_kernel(
     ``(C + cdiv(N, R) - 1, B*H)``: program c < C sums cluster c's first piece (up to the first cut after its start);
     program C + j - 1 sums the piece that starts at cut j * R, when that cut falls strictly inside a cluster
     (``labels[perm[j * R]]`` names it), and exits otherwise. A one-piece cluster's program writes its centroid. The
-    pieces of a longer one write their sums to ``part[bh, slot]`` (fp32, ``(B*H, C + cdiv(N, R) - 1, D)``: slot c
-    for the first piece, C + j - 1 for the piece at cut j; ``SLOTS = C + cdiv(N, R) - 1``) and take a ticket (``ticket[bh, c]``, int32, zero between
-    launches); the piece that draws the last ticket adds every piece in order (deterministic: the same order whoever
-    finishes last), writes the centroid and puts the ticket back to zero.
+    pieces of a longer one write their sums to ``part[bh, slot]`` (fp32, ``(B*H, SLOTS, D)``, ``SLOTS = C +
+    cdiv(N, R) - 1``: slot c for the first piece, C + j - 1 for the piece at cut j) and take a ticket
+    (``ticket[bh, c]``, int32, zero between launches); the piece that draws the last ticket adds every piece in order
+    (deterministic: the same order whoever finishes last), writes the centroid and puts the ticket back to zero.
     With ``PREPARE`` the program that writes a centroid also writes what ``_prepare_centroids_kernel`` would (its
     low-precision copy and squared norm), so the next assign needs no preparation launch.
     """
