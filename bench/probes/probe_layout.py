@@ -91,6 +91,11 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
         res["update_k_parts1_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, lab, workspace=ws, name="k"))
         res["update_q_parts1_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, qlab, workspace=ws, name="q"))
         res["selection_parts1_graph_ms"] = S.graph_ms(selection)
+    # twice the default's cut spacing: fewer clusters straddle a cut (the ticket path), longer pieces
+    with P.setting(km, "UPDATE_CHUNK", 2 * km.UPDATE_CHUNK):
+        res["update_k_chunk2x_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, lab, workspace=ws, name="k"))
+        res["update_q_chunk2x_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, qlab, workspace=ws, name="q"))
+        res["selection_chunk2x_graph_ms"] = S.graph_ms(selection)
     for tag, o in (("q", qoff), ("k", off)):
         sz = (o[:, 1:] - o[:, :-1]).float()
         res[f"{tag}_largest_over_mean"] = float((sz.max(1).values / sz.mean(1)).mean())
@@ -114,14 +119,17 @@ def main() -> None:
              "(one program per cluster).", "",
              "| shape | layout | data | selection | selection eager | assign K | sort K | update K | gather K/V | "
              "assign Q | update Q | select | largest cluster / mean (Q, K) | update K, Q in 1 part | selection, "
-             "update in 1 part |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"update in 1 part | update K, Q, cuts every {2 * km.UPDATE_CHUNK} | selection, cuts every "
+             f"{2 * km.UPDATE_CHUNK} |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out.data["rows"]:
         lines.append(f"| {r['shape']} | {r['layout']} | {r['data']} | {r['selection_graph_ms']:.3f} | {r['selection_ms']:.3f} | "
                      f"{r['assign_k_ms']:.3f} | {r['sort_k_ms']:.3f} | {r['update_k_ms']:.3f} | {r['gather_kv_ms']:.3f} | "
                      f"{r['assign_q_ms']:.3f} | {r['update_q_ms']:.3f} | {r['select_ms']:.3f} | "
                      f"{r['q_largest_over_mean']:.1f}, {r['k_largest_over_mean']:.1f} | "
-                     f"{r['update_k_parts1_ms']:.3f}, {r['update_q_parts1_ms']:.3f} | {r['selection_parts1_graph_ms']:.3f} |")
+                     f"{r['update_k_parts1_ms']:.3f}, {r['update_q_parts1_ms']:.3f} | {r['selection_parts1_graph_ms']:.3f} | "
+                     f"{r['update_k_chunk2x_ms']:.3f}, {r['update_q_chunk2x_ms']:.3f} | "
+                     f"{r['selection_chunk2x_graph_ms']:.3f} |")
     out.finish(lines)
 
 
