@@ -224,8 +224,30 @@ CATEGORIES = (  # first match wins; kernel names of svg2core.ops and of SDPA / c
 )
 
 
+def category_of(kernel_name: str) -> str:
+    name = kernel_name.lower()
+    return next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other")
+
+
+SELECTION_CATEGORIES = ("svg2_kmeans", "svg2_select", "svg2_permute")
+
+
+def union_seconds(intervals) -> float:
+    """Length of the union of ``(start, end)`` intervals in microseconds, in seconds: the time during which at least
+    one of them runs (kernels that overlap on two streams count once)."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total / 1e6
+
+
 def kernel_profile(model, kwargs, device) -> dict:
-    """GPU kernel time of one forward by category (torch.profiler), seconds."""
+    """GPU kernel time of one forward by category (torch.profiler), seconds: the sum of the kernels' durations per
+    category, and ``svg2_selection_span``, the time during which at least one selection kernel (k-means, scoring,
+    permutation) runs. The selection's two chains run on two streams, so their kernels can overlap and the sum of
+    their durations can exceed the time they occupy."""
     if device.type != "cuda":
         return {}
     from torch.profiler import ProfilerActivity, profile
@@ -238,10 +260,13 @@ def kernel_profile(model, kwargs, device) -> dict:
         t = getattr(evt, "self_device_time_total", 0) or 0
         if t <= 0:
             continue
-        name = evt.key.lower()
-        cat = next((c for c, keys in CATEGORIES if any(k in name for k in keys)), "other")
+        cat = category_of(evt.key)
         totals[cat] = totals.get(cat, 0.0) + t / 1e6
     totals["total"] = sum(totals.values())
+    spans = [(e.time_range.start, e.time_range.end) for e in prof.events()
+             if str(getattr(e, "device_type", "")).endswith("CUDA") and category_of(e.name) in SELECTION_CATEGORIES]
+    if spans:
+        totals["svg2_selection_span"] = union_seconds(spans)
     return {k: round(v, 5) for k, v in totals.items()}
 
 

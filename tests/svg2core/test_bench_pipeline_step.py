@@ -99,3 +99,13 @@ def test_packed_hunyuan_prompt_gives_the_padded_masked_output():
     for plan in ("dense", "sparse"):
         torch.testing.assert_close(outputs[True, plan], outputs[False, plan], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(outputs[True, "dense"], outputs[True, "sparse"], atol=1e-4)  # sparse really ran
+
+
+def test_union_of_kernel_intervals_counts_overlap_once():
+    bench = _bench_module()
+    union_seconds, category_of = bench.union_seconds, bench.category_of
+    # two streams: [0, 10] and [5, 12] overlap, [20, 25] stands alone, [21, 22] lies inside it
+    assert union_seconds([(0, 10), (20, 25), (5, 12), (21, 22)]) == pytest.approx(17e-6)
+    assert union_seconds([]) == 0.0
+    assert category_of("_kmeans_assign_kernel") == "svg2_kmeans"
+    assert category_of("triton_poi_fused_select_0") == "compiled_fused"
