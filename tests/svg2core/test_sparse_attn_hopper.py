@@ -6,7 +6,7 @@ the torch reference, on a Hopper GPU only (skipped elsewhere, so not in CPU CI).
 Cases chosen from what broke or is untested: many surplus programs with 3+ key tiles per query tile
 (the v5 hang: a producer waiting for consumers that had nothing to do), batch > 1 with text tokens and a
 padding mask, fp16, D=64 (Triton), remainder tiles that leave one consumer warpgroup idle (with and
-without the ping-pong hand-off), the PV wait pinned after the softmax, the key-tile tables, text queries through SDPA, the persistent kernel, K/V read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
+without the ping-pong hand-off), the PV wait pinned after the softmax, the key-tile tables, remainders on one-warpgroup CTAs, the persistent kernel, K/V read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
 instead of blocking the run.
 """
 
@@ -91,6 +91,36 @@ def test_small_remainders_on_solo_ctas(stages):
     _check(1, 2, 6000, 33, 128, 300, 40, torch.bfloat16, 0.05, seed=65, tol=2e-2,
            config=replace(cfg, gluon_tile_tables="off", tail_concurrent=False))
     _check_graph_replay(33, seed=66, config=cfg)
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_solo_remainder_ctas_share_an_sm(monkeypatch):
+    # the premise of gluon_tail_solo: two of its CTAs are resident on one SM (the driver's own occupancy
+    # calculation for the compiled kernel: its registers, its shared memory and 8 warps per CTA)
+    import ctypes
+
+    from svg2core.ops.sparse_attn import gluon_kernel as G
+
+    compiled = []
+    real = G.launch_gluon
+
+    def recording(*args, **kwargs):
+        k = real(*args, **kwargs)
+        if kwargs.get("solo"):
+            compiled.append(k)
+        return k
+
+    monkeypatch.setattr(G, "launch_gluon", recording)
+    cfg = replace(default_config(torch.device("cuda"), torch.bfloat16, 128), tail_m=64, gluon_tail_solo=True)
+    _check(1, 2, 3000, 0, 128, 64, 40, torch.bfloat16, 0.3, seed=67, tol=2e-2, config=cfg)
+    (kernel,) = compiled
+    kernel._init_handles()
+    blocks = ctypes.c_int()
+    rc = ctypes.CDLL("libcuda.so.1").cuOccupancyMaxActiveBlocksPerMultiprocessor(
+        ctypes.byref(blocks), ctypes.c_void_p(kernel.function), ctypes.c_int(8 * 32),
+        ctypes.c_size_t(kernel.metadata.shared))
+    assert rc == 0
+    assert blocks.value == 2, (blocks.value, kernel.n_regs, kernel.metadata.shared)
 
 
 @pytest.mark.timeout(180, method="thread")

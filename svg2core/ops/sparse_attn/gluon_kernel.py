@@ -690,17 +690,18 @@ _SOLO_STAGES = 3  # the compile probe's default; a launch takes cfg.gluon_tail_s
 
 def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has_kpm: bool, head_dim: int, cq: int,
                  cfg, kv_perm: bool = False, tables: tuple | None = None, work: tuple | None = None,
-                 solo: bool = False) -> None:
+                 solo: bool = False):
     """Launch the warp-specialised kernel over the 128-row video tiles. ``kernel_args``: the wrapper's
     argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there).
     ``tables``: ``(seg_base, tile_seg)`` of tables.py for ``cfg.gluon_block_n`` (``cfg.gluon_tile_tables``).
     ``work`` (persistent kernel, ``cfg.gluon_persistent``): ``(items, ring, counter)``, the work list of
     ``tables.query_tile_list``, int32 ``(grid[0] * 2,)`` and a zeroed int32 ``(1,)``; ``grid`` is then
     ``(programs, 1)``. ``solo``: the remainder launch (``cfg.gluon_tail_solo``): grid ``(Cq, B*H)``, the remainders of
-    <= ``cfg.tail_m`` rows on CTAs of one consumer warpgroup; ``tables`` then for ``_SOLO_BLOCK_N``."""
+    <= ``cfg.tail_m`` rows on CTAs of one consumer warpgroup; ``tables`` then for ``_SOLO_BLOCK_N``. Returns the
+    compiled kernel (its registers and shared memory, for occupancy checks)."""
     seg_base, tile_seg = tables if tables is not None else (kernel_args[6], kernel_args[6])  # never read without
     items, ring, counter = work if work is not None else (seg_base, seg_base, seg_base)  # never read without
-    sparse_attn_fwd_gluon[grid](
+    return sparse_attn_fwd_gluon[grid](
         *kernel_args,
         qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0,
         items, ring, counter, items.shape[0] if work is not None else 0,
