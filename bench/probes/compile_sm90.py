@@ -21,13 +21,14 @@ from triton.experimental.gluon._runtime import GluonASTSource
 
 import svg2core.ops.sparse_attn.gluon_kernel as G
 from svg2core.ops.sparse_attn.gluon_kernel import sparse_attn_fwd_gluon
+from svg2core.ops.sparse_attn.wrapper import KernelConfig
 
 
 def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PRODUCER_REGS,
                    consumer_regs=G._CONSUMER_REGS, maxnreg=G._MAXNREG, debug=0, pingpong=False, kv_perm=False, block_n=128,
                    pin_wait=False, tile_tables=False, persistent=False, has_kpm_one=False, divisible=(), solo=False):
     if solo:  # the remainder launch of gluon_tail_solo (one consumer warpgroup, launch_gluon(solo=True))
-        block_n, num_stages, maxnreg = G._SOLO_BLOCK_N, G._SOLO_STAGES, G._SOLO_MAXNREG
+        block_n, num_stages, maxnreg = G._SOLO_BLOCK_N, KernelConfig().gluon_tail_stages, G._SOLO_MAXNREG
     sig = {}
     names = sparse_attn_fwd_gluon.arg_names
     ptr = f"*{dtype}"

@@ -86,16 +86,15 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     res["select_ms"] = S.graph_ms(lambda: select_key_clusters(q_cent, k_cent, k_sizes, cfg, nv, ws))
     # the update in one program per cluster (kmeans.UPDATE_CHUNK = 0, the default until session 9) against the
     # default's pieces: in one program per cluster the largest cluster alone sets the update's time
+    # and twice the default's cut spacing: fewer clusters straddle a cut (the ticket path), longer pieces
     res["update_chunk"] = km.UPDATE_CHUNK
-    with P.setting(km, "UPDATE_CHUNK", 0):
-        res["update_k_parts1_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, lab, workspace=ws, name="k"))
-        res["update_q_parts1_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, qlab, workspace=ws, name="q"))
-        res["selection_parts1_graph_ms"] = S.graph_ms(selection)
-    # twice the default's cut spacing: fewer clusters straddle a cut (the ticket path), longer pieces
-    with P.setting(km, "UPDATE_CHUNK", 2 * km.UPDATE_CHUNK):
-        res["update_k_chunk2x_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, lab, workspace=ws, name="k"))
-        res["update_q_chunk2x_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, qlab, workspace=ws, name="q"))
-        res["selection_chunk2x_graph_ms"] = S.graph_ms(selection)
+    for tag, chunk in (("parts1", 0), ("chunk2x", 2 * km.UPDATE_CHUNK)):
+        with P.setting(km, "UPDATE_CHUNK", chunk):
+            res[f"update_k_{tag}_ms"] = S.graph_ms(lambda: kmeans_update(k, perm, off, k_cent, lab, workspace=ws,
+                                                                         name="k"))
+            res[f"update_q_{tag}_ms"] = S.graph_ms(lambda: kmeans_update(q, qperm, qoff, q_cent, qlab, workspace=ws,
+                                                                         name="q"))
+            res[f"selection_{tag}_graph_ms"] = S.graph_ms(selection)
     for tag, o in (("q", qoff), ("k", off)):
         sz = (o[:, 1:] - o[:, :-1]).float()
         res[f"{tag}_largest_over_mean"] = float((sz.max(1).values / sz.mean(1)).mean())

@@ -685,7 +685,6 @@ _PRODUCER_REGS = 40
 # setmaxnreg then gives the consumer 216 (216 * 128 + 40 * 128 = 128 * 256).
 _SOLO_MAXNREG = 128
 _SOLO_BLOCK_N = 64
-_SOLO_STAGES = 3  # the compile probe's default; a launch takes cfg.gluon_tail_stages
 
 
 def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has_kpm: bool, head_dim: int, cq: int,

@@ -285,16 +285,28 @@ def sparse_attention(
     if cfg.impl == "gluon":
         if not (q.is_cuda and torch.cuda.get_device_capability(dev)[0] == 9):
             raise ValueError("config.impl: 'gluon' needs a Hopper GPU (compute capability 9.x)")
-        from .gluon_kernel import launch_gluon
+        from .gluon_kernel import _SOLO_BLOCK_N, launch_gluon
+
+        ws = workspace if workspace is not None else Workspace()  # allocates only on a buffer request
+
+        def tables_for(block_n, suffix=""):
+            """The key-tile tables of ``cfg.gluon_tile_tables`` for key tiles of block_n rows (None when off), built
+            on the current stream into the buffers named with ``suffix`` (one set per launch that runs
+            concurrently)."""
+            if cfg.gluon_tile_tables != "on":
+                return None
+            tables = (ws.buffer(f"sparse_attn.seg_base{suffix}", (bh * cq, ck), torch.int32, dev),
+                      ws.buffer(f"sparse_attn.tile_seg{suffix}", (bh * cq, max_key_tiles(nv, block_n) + 1),
+                                torch.int32, dev))
+            key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, block_n, *tables)
+            return tables
+
+        def gluon(grid, tables, work=None, solo=False):
+            launch_gluon(kernel_args, grid, scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm, tables,
+                         work, solo=solo)
 
         def video_tiles():
-            ws = workspace if workspace is not None else Workspace()  # allocates only on a buffer request
-            tables = None
-            if cfg.gluon_tile_tables == "on":
-                tables = (ws.buffer("sparse_attn.seg_base", (bh * cq, ck), torch.int32, dev),
-                          ws.buffer("sparse_attn.tile_seg", (bh * cq, max_key_tiles(nv, cfg.gluon_block_n) + 1),
-                                    torch.int32, dev))
-                key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, cfg.gluon_block_n, *tables)
+            tables = tables_for(cfg.gluon_block_n)
             tiles_per_head = max_video_tiles(nv, cq, 128)
             grid, work = (tiles_per_head, bh), None
             bh_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
@@ -308,8 +320,7 @@ def sparse_attention(
                 query_tile_list(q_offsets, sel_count, sel_cum, h, bh_strides, 128, cfg.tail_m, work[0])
                 work[2].zero_()
                 grid = (programs, 1)
-            launch_gluon(kernel_args, grid, scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm, tables,
-                         work)
+            gluon(grid, tables, work)
 
         jobs = [(video_tiles, False)]
         if num_text_tiles:
@@ -324,19 +335,9 @@ def sparse_attention(
         jobs = [(functools.partial(launch, grid, num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
                                    cfg.num_stages, False), False)]
     if cfg.tail_m:
-        if cfg.gluon_tail_solo:
-            from .gluon_kernel import _SOLO_BLOCK_N, launch_gluon
-
+        if cfg.gluon_tail_solo:  # (validated: impl == "gluon")
             def tail():  # the remainders on the Gluon kernel's one-warpgroup CTAs, with their own 64-key tables
-                tables = None
-                if cfg.gluon_tile_tables == "on":
-                    ws = workspace if workspace is not None else Workspace()
-                    tables = (ws.buffer("sparse_attn.seg_base_solo", (bh * cq, ck), torch.int32, dev),
-                              ws.buffer("sparse_attn.tile_seg_solo", (bh * cq, max_key_tiles(nv, _SOLO_BLOCK_N) + 1),
-                                        torch.int32, dev))
-                    key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, _SOLO_BLOCK_N, *tables)
-                launch_gluon(kernel_args, (cq, bh), scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm,
-                             tables, None, solo=True)
+                gluon((cq, bh), tables_for(_SOLO_BLOCK_N, "_solo"), solo=True)
         else:
             tail = functools.partial(launch, (cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages,
                                      True)
