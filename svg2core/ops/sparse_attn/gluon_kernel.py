@@ -76,29 +76,6 @@ def _log2(n):
     return int(n).bit_length() - 1
 
 
-@gluon.constexpr_function
-def _pow2_ceil(n):
-    return 1 << (int(n) - 1).bit_length()
-
-
-@gluon.constexpr_function
-def _part_a(n):
-    """Keys of a stage's first matmul: the largest power of two <= n (a register tensor's dimension must be one)."""
-    return 1 << (int(n).bit_length() - 1)
-
-
-@gluon.constexpr_function
-def _part_b(n):
-    """Keys of a stage's second matmul: the rest of n after ``_part_a`` (0: one matmul). 192 = 128 + 64."""
-    return int(n) - (1 << (int(n).bit_length() - 1))
-
-
-@gluon.constexpr_function
-def _stage_n(a_rows, part_len):
-    """Keys per stage from the first part's buffer rows and ``part_smem``'s length (the second part's keys + 1)."""
-    return int(a_rows) + int(part_len) - 1
-
-
 @gluon.jit
 def _segment_of(sel_cum_row, j0, cnt, pos, WINDOW: gl.constexpr):
     """Largest j in [j0, min(j0 + WINDOW, cnt)) with ``sel_cum[j] <= pos``, given ``sel_cum[j0] <= pos``
@@ -148,20 +125,19 @@ def _remainder_of(QOFF, bh, CQ, cl, BLOCK_M: gl.constexpr, TAIL_M: gl.constexpr)
 @gluon.jit
 def _dispatch_fields(args):
     """What the partitions' dispatch (one item, or the persistent loop) reads of the arguments: the work list, the
-    item ring and its counter, Nv, T, the K stages and ``part_smem`` (for the constexpr stage shape), the item barriers, and the grid
+    item ring and its counter, Nv, T, the K stages (for their constexpr shape), the item barriers, and the grid
     program's own item (the per-item tuple of ``_item_values``)."""
     mem, scalars, bufs, tables, dispatch, own = args
     ITEMS, ITEMRING, COUNTER, n_items, item_full, item_empty = dispatch
-    return (ITEMS, ITEMRING, COUNTER, n_items, scalars[4], scalars[5], bufs[2], bufs[12], item_full, item_empty,
-            own)
+    return ITEMS, ITEMRING, COUNTER, n_items, scalars[4], scalars[5], bufs[2], item_full, item_empty, own
 
 
 @gluon.jit
 def _producer(args):
     """The producer partition: one work item (a grid program), or with PERSISTENT the items it takes from the
     shared counter, each announced to the consumers through this CTA's item ring."""
-    ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, part_smem, item_full, item_empty, own = _dispatch_fields(args)
-    BLOCK_N: gl.constexpr = _stage_n(k_bufs.type.shape[1], part_smem.type.shape[0])
+    ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, item_full, item_empty, own = _dispatch_fields(args)
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
     PERSISTENT: gl.constexpr = item_full.type.shape[0] == 2
     if PERSISTENT:
@@ -240,23 +216,21 @@ def _produce_item(args, it, g):
     mem, scalars, bufs, tables, dispatch, own = args
     Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM = mem
     stride_qn, stride_kn, stride_vn, stride_on, NV, T, CK, qk_scale, has_kpm = scalars
-    (dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem, tseg_smem, kb_bufs, vb_bufs,
-     part_smem) = bufs
+    dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem, tseg_smem = bufs
     SEGBASE, TILESEG, TILE_STRIDE = tables
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     KV_PERM: gl.constexpr = dbg_smem.type.shape[1] == 2  # video K/V rows read from k / v through k_perm
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
-    BLOCK_N: gl.constexpr = _stage_n(k_bufs.type.shape[1], part_smem.type.shape[0])
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
     CHUNK: gl.constexpr = _CHUNK  # rows per copy batch: 4 16-byte vectors per thread, few live addresses
     cp_lay: gl.constexpr = _copy_layout(HEAD_DIM)
     crow_lay: gl.constexpr = gl.SliceLayout(1, cp_lay)
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, cp_lay))
     idx_lay: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # one key position per thread
-    BN_P2: gl.constexpr = _pow2_ceil(BLOCK_N)  # positions are computed over the next power of two (192: 256)
-    m = gl.arange(0, BN_P2, layout=idx_lay)
+    m = gl.arange(0, BLOCK_N, layout=idx_lay)
     mc = gl.arange(0, CHUNK, layout=crow_lay)
     sel_cum_row = SELCUM + pair * (CK + 1)
     sel_idx_row = SELIDX + pair * CK
@@ -273,8 +247,6 @@ def _produce_item(args, it, g):
         p0 = t * BLOCK_N
         pos = p0 + m
         real = pos < total
-        if BN_P2 != BLOCK_N:
-            real = real & (m < BLOCK_N)
         # segment of each position: the last j in a window of segments with sel_cum[j] <= pos, by a branchless
         # binary search (a tile spans at most BN segments, every selected cluster being non-empty). No
         # histogram / scan / cross-warp reduction here: in Triton 3.6 their scratch shared memory overlaps
@@ -284,11 +256,11 @@ def _produce_item(args, it, g):
             # than it load nothing), known without the previous tile's search; one load gives the row
             j_lo = gl.load(tseg_row + t)
             j_hi = gl.load(tseg_row + t + 1)
-            seg = _segment_of(sel_cum_row, j_lo, j_hi + 1, pos, BN_P2)
+            seg = _segment_of(sel_cum_row, j_lo, j_hi + 1, pos, BLOCK_N)
             rows = gl.load(sbase_row + seg, mask=real, other=0) + pos
         else:
             # the window starts at the tile's first segment j0, found by the previous tile's search
-            seg = _segment_of(sel_cum_row, j0, cnt, pos, BN_P2)
+            seg = _segment_of(sel_cum_row, j0, cnt, pos, BLOCK_N)
             cluster = gl.load(sel_idx_row + seg, mask=real, other=0)
             rows = (gl.load(k_off_bh + cluster, mask=real, other=0) + pos
                     - gl.load(sel_cum_row + seg, mask=real, other=0))
@@ -297,14 +269,13 @@ def _produce_item(args, it, g):
         if KV_PERM:  # the token of each cluster-ordered row: k / v are read in place
             rows = gl.load(KPERM + bh.to(gl.int64) * NV + rows, mask=real, other=0)
         if not TILE_SEG:  # first segment of the next tile: the same search for p0 + BN over a window of 2 * BN
-            j0 = _segment_of(sel_cum_row, j0, cnt, p0 + BLOCK_N, 2 * BN_P2)
+            j0 = _segment_of(sel_cum_row, j0, cnt, p0 + BLOCK_N, 2 * BLOCK_N)
         _barrier()  # the previous tile's chunks have read rows_smem
         rows_smem.store(gl.where(real, rows, -1))
         _barrier()
         mbarrier.wait(empty_bars.index(s), (((g + t) // NUM_STAGES) & 1) ^ 1)
         for c in gl.static_range(BLOCK_N // CHUNK):
-            _copy_chunk(rows_smem, _chunk_of(k_bufs, kb_bufs, s, c * CHUNK, CHUNK),
-                        _chunk_of(v_bufs, vb_bufs, s, c * CHUNK, CHUNK), c, K, V, k_base, v_base, stride_kn, stride_vn,
+            _copy_chunk(rows_smem, k_bufs.index(s), v_bufs.index(s), c, K, V, k_base, v_base, stride_kn, stride_vn,
                         kp_head, vp_head, offs_d, crow_lay, KV_PERM, DEBUG)
         async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
     # trailing text keys: rows Nv .. N-1 of the original k / v (zero-filled past T)
@@ -315,51 +286,40 @@ def _produce_item(args, it, g):
             cols = (t - n_video) * BLOCK_N + c * CHUNK + mc
             ok = (cols < T)[:, None]
             rows64 = (NV + cols).to(gl.int64)
-            _cp_async(_chunk_of(k_bufs, kb_bufs, s, c * CHUNK, CHUNK),
+            _cp_async(k_bufs.index(s).slice(c * CHUNK, CHUNK),
                       K + k_base + rows64[:, None] * stride_kn + offs_d[None, :], mask=ok)
-            _cp_async(_chunk_of(v_bufs, vb_bufs, s, c * CHUNK, CHUNK),
+            _cp_async(v_bufs.index(s).slice(c * CHUNK, CHUNK),
                       V + v_base + rows64[:, None] * stride_vn + offs_d[None, :], mask=ok)
         async_copy.mbarrier_arrive(full_bars.index(s), increment_count=False)
 
 
 @gluon.jit
-def _chunk_of(bufs_a, bufs_b, s, row0: gl.constexpr, rows: gl.constexpr):
-    """Rows row0 .. row0 + rows - 1 of stage s: in the first part's buffers, or past them in the second part's."""
-    A: gl.constexpr = bufs_a.type.shape[1]
-    if row0 < A:
-        dst = bufs_a.index(s).slice(row0, rows)
-    else:
-        dst = bufs_b.index(s).slice(row0 - A, rows)
-    return dst
-
-
-@gluon.jit
-def _copy_chunk(rows_smem, k_dst, v_dst, c: gl.constexpr, K, V, k_base, v_base, stride_kn, stride_vn, kp_head,
+def _copy_chunk(rows_smem, k_stage, v_stage, c: gl.constexpr, K, V, k_base, v_base, stride_kn, stride_vn, kp_head,
                 vp_head, offs_d, crow_lay: gl.constexpr, KV_PERM: gl.constexpr, DEBUG: gl.constexpr):
-    """cp.async of chunk c (rows c*CHUNK ..) of a video key tile into ``k_dst`` / ``v_dst`` (``_chunk_of``) from the
-    kp rows in ``rows_smem`` (-1: zero-filled; with KV_PERM, token rows of k / v)."""
+    """cp.async of chunk c (rows c*CHUNK ..) of a video key tile from the kp rows in ``rows_smem`` (-1: zero-filled;
+    with KV_PERM, token rows of k / v)."""
     CHUNK: gl.constexpr = _CHUNK
-    HEAD_DIM: gl.constexpr = k_dst.type.shape[1]
+    HEAD_DIM: gl.constexpr = k_stage.type.shape[1]
     r = rows_smem.slice(c * CHUNK, CHUNK).load(crow_lay)
     ok = (r >= 0)[:, None]
     if (DEBUG & 16) != 0:  # bisect hook: no K/V copies (stale stages: wrong result)
         ok = ok & (r < -1)[:, None]
     if KV_PERM:
         r64 = r.to(gl.int64)[:, None]
-        _cp_async(k_dst, K + k_base + r64 * stride_kn + offs_d[None, :], mask=ok)
-        _cp_async(v_dst, V + v_base + r64 * stride_vn + offs_d[None, :], mask=ok)
+        _cp_async(k_stage.slice(c * CHUNK, CHUNK), K + k_base + r64 * stride_kn + offs_d[None, :], mask=ok)
+        _cp_async(v_stage.slice(c * CHUNK, CHUNK), V + v_base + r64 * stride_vn + offs_d[None, :], mask=ok)
     else:
         off = r[:, None] * HEAD_DIM + offs_d[None, :]
-        _cp_async(k_dst, kp_head + off, mask=ok)
-        _cp_async(v_dst, vp_head + off, mask=ok)
+        _cp_async(k_stage.slice(c * CHUNK, CHUNK), kp_head + off, mask=ok)
+        _cp_async(v_stage.slice(c * CHUNK, CHUNK), vp_head + off, mask=ok)
 
 
 @gluon.jit
 def _consumer(args, WG: gl.constexpr):
     """A consumer partition (query rows WG * 64 .. WG * 64 + 63 of each tile): one work item, or with PERSISTENT
     every item the producer announces in this CTA's item ring until it announces -1."""
-    ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, part_smem, item_full, item_empty, own = _dispatch_fields(args)
-    BLOCK_N: gl.constexpr = _stage_n(k_bufs.type.shape[1], part_smem.type.shape[0])
+    ITEMS, ITEMRING, COUNTER, n_items, NV, T, k_bufs, item_full, item_empty, own = _dispatch_fields(args)
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
     PERSISTENT: gl.constexpr = item_full.type.shape[0] == 2
     if PERSISTENT:
@@ -431,22 +391,20 @@ def _consumer_item(args, it, g, WG: gl.constexpr):
     mem, scalars, bufs, tables, dispatch, own = args
     Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM = mem
     stride_qn, stride_kn, stride_vn, stride_on, NV, T, CK, qk_scale, has_kpm = scalars
-    (dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem, tseg_smem, kb_bufs, vb_bufs,
-     part_smem) = bufs
+    dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem, tseg_smem = bufs
     SEGBASE, TILESEG, TILE_STRIDE = tables
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end) = it
     DEBUG: gl.constexpr = dbg_smem.type.shape[0] - 1  # bisect hooks (wrong results), 0 normally
     # constexprs do not pass through warp_specialize's arguments in Triton 3.6: read them off the buffers
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
-    BLOCK_N: gl.constexpr = _stage_n(k_bufs.type.shape[1], part_smem.type.shape[0])
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     HEAD_DIM: gl.constexpr = k_bufs.type.shape[2]
     WG_M: gl.constexpr = 64
-    # a stage of 192 keys is two matmuls of 128 and 64 (a register tensor's dimensions are powers of two)
-    s_lay: gl.constexpr = _wgmma_layout(_part_a(BLOCK_N))
-    sb_lay: gl.constexpr = _wgmma_layout(_part_b_width(BLOCK_N))
+    s_lay: gl.constexpr = _wgmma_layout(BLOCK_N)
     o_lay: gl.constexpr = _wgmma_layout(HEAD_DIM)
     p_lay: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_lay, k_width=2)
     srow_lay: gl.constexpr = gl.SliceLayout(1, s_lay)
+    scol_lay: gl.constexpr = gl.SliceLayout(0, s_lay)
     dtype: gl.constexpr = OUT.dtype.element_ty
 
     # a remainder tile of <= 64 rows (TAIL_M = 0) leaves warpgroup 1 without rows: it then only passes the
@@ -462,32 +420,38 @@ def _consumer_item(args, it, g, WG: gl.constexpr):
             # tile 0: scores and probabilities only; its PV product is issued together with tile 1's scores
             mbarrier.wait(full_bars.index(g % NUM_STAGES), (g // NUM_STAGES) & 1)
             _turn_wait(turn_bars, WG, 0)
-            s_acc = _qk(q_wg, k_bufs.index(g % NUM_STAGES), kb_bufs.index(g % NUM_STAGES), s_lay, sb_lay, True)
+            k0 = k_bufs.index(g % NUM_STAGES)
+            s_acc = warpgroup_mma(q_wg, k0.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
+                                  use_acc=False, is_async=True)
             _turn_pass(turn_bars, WG)
-            s_acc = _wait(0, s_acc)
-            qk = _masked(s_acc, total, KPM, b, T, 0, 0)
-            m_i, p, alpha, l_i = _softmax(qk, m_i, l_i, qk_scale)
-            p_op = _p_operands(p, dtype, p_lay, 0)
+            s_acc = warpgroup_mma_wait(0, deps=(s_acc, ))
+            cols = gl.arange(0, BLOCK_N, layout=scol_lay)
+            qk = gl.where((cols < total)[None, :], s_acc, float("-inf"))
+            m_i = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
+            p = gl.exp2(qk * qk_scale - m_i[:, None])
+            l_i = gl.sum(p, 1)
+            p_op = gl.convert_layout(p.to(dtype), p_lay)
             # full video key tiles: no mask at all
             for t in range(1, n_video - 1):
-                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, kb_bufs, vb_bufs, full_bars, empty_bars,
+                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
                                                    turn_bars, pin_smem, WG, 0, KPM, b, T, 0, 0, qk_scale, False,
-                                                   DEBUG, s_lay, sb_lay, o_lay, p_lay)
+                                                   DEBUG, s_lay, o_lay, p_lay)
             # the last video tile (when it is not tile 0), the only partial one: masked by a column bound. A loop
             # of 0 or 1 trips rather than an ``if`` with tensor results, which made ptxas spill around the branch
             for t in range(gl.maximum(n_video - 1, 1), n_video):
-                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, kb_bufs, vb_bufs, full_bars, empty_bars,
+                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
                                                    turn_bars, pin_smem, WG, total - t * BLOCK_N, KPM, b, T, 0, 0,
-                                                   qk_scale, True, DEBUG, s_lay, sb_lay, o_lay, p_lay)
+                                                   qk_scale, True, DEBUG, s_lay, o_lay, p_lay)
             # trailing text keys (joint attention), masked by the key padding mask
             for t in range(n_video, n_tiles):
                 c0 = (t - n_video) * BLOCK_N
-                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, kb_bufs, vb_bufs, full_bars, empty_bars,
+                o, m_i, l_i, p_op = _consumer_step(g + t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars,
                                                    turn_bars, pin_smem, WG, T - c0, KPM, b, T, c0, has_kpm, qk_scale,
-                                                   True, DEBUG, s_lay, sb_lay, o_lay, p_lay)
+                                                   True, DEBUG, s_lay, o_lay, p_lay)
             sl = (g + n_tiles - 1) % NUM_STAGES
+            v_last = v_bufs.index(sl)
             _turn_wait(turn_bars, WG, n_tiles)
-            o = _pv(p_op, v_bufs.index(sl), vb_bufs.index(sl), o, True)
+            o = warpgroup_mma(p_op, v_last, o, is_async=True)
             _turn_pass(turn_bars, WG)
             o = warpgroup_mma_wait(0, deps=(o, ))
             mbarrier.arrive(empty_bars.index(sl), count=1)
@@ -546,37 +510,46 @@ def _row_sum(x):
 
 
 @gluon.jit
-def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, kb_bufs, vb_bufs, full_bars, empty_bars, turn_bars, pin_smem,
+def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, full_bars, empty_bars, turn_bars, pin_smem,
                    WG: gl.constexpr, col_limit, KPM, b, T, c0, use_kpm, qk_scale, MASK: gl.constexpr,
-                   DEBUG: gl.constexpr, s_lay: gl.constexpr, sb_lay: gl.constexpr, o_lay: gl.constexpr,
-                   p_lay: gl.constexpr):
+                   DEBUG: gl.constexpr, s_lay: gl.constexpr, o_lay: gl.constexpr, p_lay: gl.constexpr):
     """Key tile t: QK(t) and PV(t-1) on the tensor cores, the softmax of tile t meanwhile, then release
     tile t-1's stage. With MASK, columns >= col_limit are masked, and with use_kpm != 0 also the padded
-    text keys (``KPM[b, c0 + col] == 0``); full video tiles run without any mask. Scores and probabilities are
-    tuples of one part per matmul of the stage (``_qk``)."""
+    text keys (``KPM[b, c0 + col] == 0``); full video tiles run without any mask."""
     NUM_STAGES: gl.constexpr = k_bufs.type.shape[0]
+    BLOCK_N: gl.constexpr = k_bufs.type.shape[1]
     WG_M: gl.constexpr = 64
     dtype: gl.constexpr = k_bufs.dtype
     s = t % NUM_STAGES
     sp = (t - 1) % NUM_STAGES
     mbarrier.wait(full_bars.index(s), (t // NUM_STAGES) & 1)
     k_t = k_bufs.index(s)
+    v_prev = v_bufs.index(sp)
+    # zeros made here rather than hoisted: a loop-invariant zero tensor would pin 64 registers per thread
     if (DEBUG & 1) == 0:
         _turn_wait(turn_bars, WG, t)
-        s_acc = _qk(q_wg, k_t, kb_bufs.index(s), s_lay, sb_lay, (DEBUG & 8) == 0)
-        o = _pv(p_op, v_bufs.index(sp), vb_bufs.index(sp), o, (DEBUG & 8) == 0)
+        s_acc = warpgroup_mma(q_wg, k_t.permute((1, 0)), gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay),
+                              use_acc=False, is_async=(DEBUG & 8) == 0)
+        o = warpgroup_mma(p_op, v_prev, o, is_async=(DEBUG & 8) == 0)
         _turn_pass(turn_bars, WG)
         if (DEBUG & 8) == 0:
-            s_acc = _wait(len(s_acc), s_acc)  # the QK parts are done, PV's (as many) still run
+            s_acc = warpgroup_mma_wait(1, deps=(s_acc, ))
     else:  # bisect hook: 1 = no wgmma in the loop (wrong result)
         _turn_wait(turn_bars, WG, t)
         _turn_pass(turn_bars, WG)
-        s_acc = _qk_zeros(len(p_op), s_lay, sb_lay)
+        s_acc = gl.zeros([WG_M, BLOCK_N], gl.float32, s_lay)
     if MASK:
-        qk = _masked(s_acc, col_limit, KPM, b, T, c0, use_kpm)
+        cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_lay))
+        ok = cols < col_limit
+        if use_kpm != 0:
+            ok = ok & (gl.load(KPM + b * T + c0 + cols, mask=ok, other=0) != 0)
+        qk = gl.where(ok[None, :], s_acc, float("-inf"))
     else:
         qk = s_acc
-    m_new, p, alpha, l_i = _softmax(qk, m_i, l_i, qk_scale)
+    m_new = gl.maximum(m_i, gl.convert_layout(_row_max(qk), m_i.type.layout) * qk_scale)
+    p = gl.exp2(qk * qk_scale - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.convert_layout(_row_sum(p), l_i.type.layout)
     if (DEBUG & 9) == 0:
         # p_op (the A operand of PV(t-1), in registers) stays a dependency until here. ptxas nevertheless
         # schedules this wait freely among register-only instructions: by default it lands right after the row
@@ -586,136 +559,14 @@ def _consumer_step(t, o, m_i, l_i, p_op, q_wg, k_bufs, v_bufs, kb_bufs, vb_bufs,
         # Measured within noise of the default on an H100 (NOTES_sparse_attn.md v7), so off by default.
         if pin_smem.type.shape[0] == 2 * WG_M:
             pin_smem.slice(WG * WG_M, WG_M).store(l_i)
-        if len(p_op) == 1:
-            o, pa = warpgroup_mma_wait(0, deps=(o, p_op[0]))
-        else:
-            o, pa, pb = warpgroup_mma_wait(0, deps=(o, p_op[0], p_op[1]))
+        o, p_op = warpgroup_mma_wait(0, deps=(o, p_op))
     mbarrier.arrive(empty_bars.index(sp), count=1)
     o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_lay))[:, None]
-    return o, m_new, l_i, _p_operands(p, dtype, p_lay, DEBUG & 32)
-
-
-@gluon.constexpr_function
-def _part_b_width(n):
-    """The second matmul's accumulator width for its layout (a valid one when there is no second matmul)."""
-    return max(_part_b(n), 8)
-
-
-@gluon.jit
-def _wait(num_outstanding: gl.constexpr, parts):
-    """``warpgroup_mma_wait`` on a tuple of accumulators, returning a tuple (of one, too)."""
-    if len(parts) == 1:
-        r = (warpgroup_mma_wait(num_outstanding, deps=parts), )
-    else:
-        r = warpgroup_mma_wait(num_outstanding, deps=parts)
-    return r
-
-
-@gluon.jit
-def _qk(q_wg, k_t, kb_t, s_lay: gl.constexpr, sb_lay: gl.constexpr, ASYNC: gl.constexpr):
-    """The scores of one stage's keys, as a tuple of accumulators: one 64 x BLOCK_N matmul over ``k_t``, or for a
-    stage in two parts (192 keys: 128 + 64) one over each of ``k_t`` and ``kb_t`` (async: a wgmma group each)."""
-    N_A: gl.constexpr = k_t.type.shape[0]
-    N_B: gl.constexpr = kb_t.type.shape[0]
-    # zeros made here rather than hoisted: a loop-invariant zero tensor would pin 64 registers per thread
-    acc_a = warpgroup_mma(q_wg, k_t.permute((1, 0)), gl.zeros([64, N_A], gl.float32, s_lay), use_acc=False,
-                          is_async=ASYNC)
-    if _has_part_b(N_A, N_B, sb_lay.instr_shape[1]):
-        acc = (acc_a, warpgroup_mma(q_wg, kb_t.permute((1, 0)), gl.zeros([64, N_B], gl.float32, sb_lay),
-                                    use_acc=False, is_async=ASYNC))
-    else:
-        acc = (acc_a, )
-    return acc
-
-
-@gluon.constexpr_function
-def _has_part_b(a_rows, b_rows, b_width):
-    """Whether a stage has a second part: the second buffer is not the first (given twice) but of the second
-    accumulator's width."""
-    return int(b_rows) == int(b_width) and int(b_rows) != int(a_rows)
-
-
-@gluon.jit
-def _qk_zeros(n_parts: gl.constexpr, s_lay: gl.constexpr, sb_lay: gl.constexpr):
-    """Zero scores shaped as ``_qk``'s (the bisect hook without matmuls)."""
-    N_A: gl.constexpr = s_lay.instr_shape[1]
-    N_B: gl.constexpr = sb_lay.instr_shape[1]
-    a = gl.zeros([64, N_A], gl.float32, s_lay)
-    if n_parts == 1:
-        acc = (a, )
-    else:
-        acc = (a, gl.zeros([64, N_B], gl.float32, sb_lay))
-    return acc
-
-
-@gluon.jit
-def _pv(p_op, v_t, vb_t, o, ASYNC: gl.constexpr):
-    """o += P V for one stage: one matmul per part of ``p_op`` (over ``v_t``, then ``vb_t``)."""
-    o = warpgroup_mma(p_op[0], v_t, o, is_async=ASYNC)
-    if len(p_op) == 2:
-        o = warpgroup_mma(p_op[1], vb_t, o, is_async=ASYNC)
-    return o
-
-
-@gluon.jit
-def _masked(s_acc, col_limit, KPM, b, T, c0, use_kpm):
-    """Scores with columns >= col_limit, and with use_kpm != 0 the padded text keys (``KPM[b, c0 + col] == 0``), set
-    to -inf (each part's columns follow the previous part's)."""
-    qk_a = _masked_part(s_acc[0], 0, col_limit, KPM, b, T, c0, use_kpm)
-    if len(s_acc) == 1:
-        qk = (qk_a, )
-    else:
-        qk = (qk_a, _masked_part(s_acc[1], s_acc[0].shape[1], col_limit, KPM, b, T, c0, use_kpm))
-    return qk
-
-
-@gluon.jit
-def _masked_part(x, first, col_limit, KPM, b, T, c0, use_kpm):
-    cols = first + gl.arange(0, x.shape[1], layout=gl.SliceLayout(0, x.type.layout))
-    ok = cols < col_limit
-    if use_kpm != 0:
-        ok = ok & (gl.load(KPM + b * T + c0 + cols, mask=ok, other=0) != 0)
-    return gl.where(ok[None, :], x, float("-inf"))
-
-
-@gluon.jit
-def _softmax(qk, m_i, l_i, qk_scale):
-    """Online softmax over one stage's score parts: (new row max, probability parts, rescale factor, row sums)."""
-    row_lay: gl.constexpr = m_i.type.layout
-    m_tile = gl.convert_layout(_row_max(qk[0]), row_lay)
-    if len(qk) == 2:
-        m_tile = gl.maximum(m_tile, gl.convert_layout(_row_max(qk[1]), row_lay))
-    m_new = gl.maximum(m_i, m_tile * qk_scale)
-    p_a = gl.exp2(qk[0] * qk_scale - m_new[:, None])
-    alpha = gl.exp2(m_i - m_new)
-    l_i = l_i * alpha + gl.convert_layout(_row_sum(p_a), row_lay)
-    if len(qk) == 1:
-        p = (p_a, )
-    else:
-        m_b = gl.convert_layout(m_new, gl.SliceLayout(1, qk[1].type.layout))
-        p_b = gl.exp2(qk[1] * qk_scale - m_b[:, None])
-        l_i = l_i + gl.convert_layout(_row_sum(p_b), row_lay)
-        p = (p_a, p_b)
-    return m_new, p, alpha, l_i
-
-
-@gluon.jit
-def _p_operands(p, dtype: gl.constexpr, p_lay: gl.constexpr, PLAIN: gl.constexpr):
-    """The probability parts as the register A operands of the PV matmuls (PLAIN: the plain cast, a comparison
-    hook with 32 PRMT more per step; else ``_pack_p``)."""
-    if PLAIN:
-        pa = gl.convert_layout(p[0].to(dtype), p_lay)
-    else:
-        pa = gl.convert_layout(_pack_p(p[0], dtype), p_lay)
-    if len(p) == 1:
-        ops = (pa, )
-    else:
-        if PLAIN:
-            pb = gl.convert_layout(p[1].to(dtype), p_lay)
-        else:
-            pb = gl.convert_layout(_pack_p(p[1], dtype), p_lay)
-        ops = (pa, pb)
-    return ops
+    if (DEBUG & 32) == 0:
+        p_op = gl.convert_layout(_pack_p(p, dtype), p_lay)
+    else:  # comparison hook: the plain cast (correct result; 32 PRMT more per step)
+        p_op = gl.convert_layout(p.to(dtype), p_lay)
+    return o, m_new, l_i, p_op
 
 
 @gluon.jit
@@ -776,23 +627,11 @@ def sparse_attn_fwd_gluon(
 
     dtype: gl.constexpr = Q.dtype.element_ty
     q_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
+    kv_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_smem = gl.allocate_shared_memory(dtype, [1 if SOLO else 2, 64, HEAD_DIM], q_lay)
-    # a stage's keys: BLOCK_N rows, or (192) a part of 128 and one of 64 in buffers of their own (shared-memory
-    # shapes are powers of two too); the second part's size travels as part_smem's length - 1
-    BN_A: gl.constexpr = _part_a(BLOCK_N)
-    BN_B: gl.constexpr = _part_b(BLOCK_N)
-    kv_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN_A, HEAD_DIM], dtype)
-    k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN_A, HEAD_DIM], kv_lay)
-    v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN_A, HEAD_DIM], kv_lay)
-    if BN_B > 0:
-        kvb_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN_B, HEAD_DIM], dtype)
-        kb_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN_B, HEAD_DIM], kvb_lay)
-        vb_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BN_B, HEAD_DIM], kvb_lay)
-    else:  # never read as a second part (_has_part_b)
-        kb_bufs = k_bufs
-        vb_bufs = v_bufs
-    part_smem = gl.allocate_shared_memory(gl.int8, [BN_B + 1], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    rows_smem = gl.allocate_shared_memory(gl.int32, [_pow2_ceil(BLOCK_N)], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
+    v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
+    rows_smem = gl.allocate_shared_memory(gl.int32, [BLOCK_N], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     # constexprs do not pass through warp_specialize in Triton 3.6: DEBUG travels as this buffer's shape
     # (and KV_PERM as its second dimension)
     dbg_smem = gl.allocate_shared_memory(gl.int8, [DEBUG + 1, 2 if KV_PERM else 1],
@@ -822,8 +661,7 @@ def sparse_attn_fwd_gluon(
     # what the partitions read, by group (one tuple: constexprs do not pass through warp_specialize in Triton 3.6)
     args = ((Q, K, V, KP, VP, OUT, QPERM, KOFF, SELIDX, SELCUM, KPM, KPERM),
             (stride_qn, stride_kn, stride_vn, stride_on, NV, T, CK, qk_scale, HAS_KPM_I),
-            (dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem, tseg_smem, kb_bufs,
-             vb_bufs, part_smem),
+            (dbg_smem, q_smem, k_bufs, v_bufs, full_bars, empty_bars, rows_smem, turn_bars, pin_smem, tseg_smem),
             (SEGBASE, TILESEG, TILE_STRIDE),
             (ITEMS, ITEMRING, COUNTER, n_items, item_full, item_empty),
             (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end))
