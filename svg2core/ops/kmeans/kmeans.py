@@ -22,9 +22,10 @@ _SEGMENT_WARPS = 4
 # The update sums a cluster in pieces between cuts of the sorted order every UPDATE_CHUNK tokens, one program per
 # piece, and the last piece of a cluster to finish adds them in order; 0: one program per cluster, whose loop over the
 # largest cluster then sets the update's time, which uneven clusters make long. H200 (docs/benchmarks/NOTES_selection.md
-# v5, probe_layout_h200.md): the 480p selection on clustered data ("runs") 0.869 ms with one program per cluster,
-# 0.693 in pieces; on skewed clusters 2.09 -> 0.69 ms; on i.i.d. data 0.670 -> 0.691 (the price).
-UPDATE_CHUNK = 256
+# v5-v6, probe_layout_h200*.md), 480p selection, one program per cluster / cuts every 256 / every 512: clustered data
+# ("runs") 0.868 / 0.692 / 0.668 ms, skewed clusters 2.068 / 0.691 / 0.686, i.i.d. data 0.670 / 0.690 / 0.670. Every
+# 512 tokens fewer clusters straddle a cut (the ticket path), and a piece is still short.
+UPDATE_CHUNK = 512
 
 
 @dataclass(frozen=True)
