@@ -11,12 +11,11 @@
 #   bash bench/gpu_run.sh OUT update                    # the update's launch shapes (probe_update.py)
 #   bash bench/gpu_run.sh OUT layout                    # selection stages by token layout and data (probe_layout.py)
 #   bash bench/gpu_run.sh OUT text                      # what HunyuanVideo's text tokens cost (probe_text_cost.py)
-#   bash bench/gpu_run.sh OUT solo                      # gluon_tail_solo: its Hopper test, then the A/B (probe_gluon_ablate)
 #
 # Steps: tests (tests/svg2core/test_sparse_attn_hopper.py), attn (bench_sparse_attn.py), selection
 # (bench_selection.py --no-sweep), pipeline (bench_pipeline_step.py --compile), assign (bench/probes/probe_assign.py), sort (bench/probes/probe_sort.py), tiles (bench/probes/probe_assign_tiles.py),
 # update (bench/probes/probe_update.py), layout (bench/probes/probe_layout.py),
-# text (bench/probes/probe_text_cost.py), solo (the gluon_tail_solo test and ablation).
+# text (bench/probes/probe_text_cost.py).
 # Results go to OUT/<step>/.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_run.sh OUT STEP...}
@@ -44,10 +43,6 @@ for step in "$@"; do
     update) python bench/probes/probe_update.py --out "$out/$step" > "$log" 2>&1 ;;
     layout) python bench/probes/probe_layout.py --out "$out/$step" > "$log" 2>&1 ;;
     text) python bench/probes/probe_text_cost.py --out "$out/$step" > "$log" 2>&1 ;;
-    solo) python -m pytest -q tests/svg2core/test_sparse_attn_hopper.py -k solo -p no:cacheprovider > "$log" 2>&1 &&
-          python bench/probes/probe_gluon_ablate.py --out "$out/$step" --reps 3 \
-            --variants "default=,solo3=tail_m:64+gluon_tail_solo:1+tail_concurrent:1,solo2=tail_m:64+gluon_tail_solo:1+gluon_tail_stages:2+tail_concurrent:1,solo3_serial=tail_m:64+gluon_tail_solo:1,triton_tail=tail_m:64+tail_concurrent:1" \
-            --cases "wan1.3b-480p@0.1,wan1.3b-480p@0.25,wan14b-720p@0.15,wan14b-720p@0.25,hunyuan-720p@0.25" >> "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
   esac
   rc=$?

@@ -33,10 +33,6 @@ def test_config_rules():
         KernelConfig(gluon_tile_tables=True)
     with pytest.raises(ValueError, match="gluon_persistent: not available with gluon_pingpong"):
         KernelConfig(gluon_persistent=True, gluon_pingpong=True)
-    with pytest.raises(ValueError, match="gluon_tail_solo: needs impl='gluon' and tail_m=64"):
-        KernelConfig(block_m=128, block_n=128, impl="gluon", gluon_tail_solo=True)
-    with pytest.raises(ValueError, match="gluon_tail_stages: must be 2 or 3"):
-        KernelConfig(gluon_tail_stages=4)
     assert KernelConfig(block_m=128, block_n=128, impl="gluon").impl == "gluon"
 
 
@@ -86,17 +82,6 @@ def test_compiles_for_sm90_with_the_intended_structure(head_dim, flags, tmp_path
     # no shared-memory atomics (histograms) in the partitions: Triton 3.6 places their scratch over the
     # partitions' argument buffer (gluon_kernel.py)
     assert r["atom_shared"] == 0
-
-
-def test_solo_remainder_ctas_fit_two_per_sm(tmp_path):
-    # gluon_tail_solo's launch: one consumer warpgroup and the producer, so that two CTAs share an SM by registers
-    # (8 warps x 32 threads x 128) and by shared memory (the kernel's plus the 1 KB per CTA the driver keeps, twice
-    # within an SM's 228 KB)
-    r = _compile_report(tmp_path, "--tile-tables", "--solo")
-    assert r["regs"] <= G._SOLO_MAXNREG == 128
-    assert 2 * (r["shared"] + 1024) <= 228 * 1024
-    assert ["dec", str(256 - G._PRODUCER_REGS)] in r["setmaxnreg"]  # the consumer: 216
-    assert r[r"wgmma\.mma_async"] > 0 and r["atom_shared"] == 0
 
 
 def test_padding_mask_flag_is_never_specialised():

@@ -76,54 +76,6 @@ def test_small_remainders_on_one_warpgroup_and_ping_pong():
 
 
 @pytest.mark.timeout(180, method="thread")
-@pytest.mark.parametrize("stages", [3, 2])
-def test_small_remainders_on_solo_ctas(stages):
-    # gluon_tail_solo: remainders of <= 64 rows in a second launch of the Gluon kernel with one consumer warpgroup
-    # per CTA (64-key stages) beside the 128-row tiles; most tiles are remainders (300 clusters over 6000 tokens),
-    # text keys with a padding mask and batch 2, empty clusters, K/V read in place, the tables off, on the side
-    # stream and on the caller's, and a CUDA graph
-    cfg = replace(default_config(torch.device("cuda"), torch.bfloat16, 128), tail_m=64, gluon_tail_solo=True,
-                  gluon_tail_stages=stages, tail_concurrent=True)
-    _check(1, 2, 6000, 0, 128, 300, 40, torch.bfloat16, 0.3, seed=61, tol=2e-2, config=cfg)
-    _check(2, 3, 2500, 77, 128, 40, 30, torch.bfloat16, 0.3, seed=62, tol=2e-2, config=cfg)
-    _check(1, 2, 3000, 0, 128, 64, 40, torch.bfloat16, 1.0, seed=63, tol=2e-2, config=cfg, empty_clusters=True)
-    _check(2, 2, 2500, 77, 128, 40, 30, torch.bfloat16, 0.3, seed=64, tol=2e-2, config=cfg, kv_perm=True)
-    _check(1, 2, 6000, 33, 128, 300, 40, torch.bfloat16, 0.05, seed=65, tol=2e-2,
-           config=replace(cfg, gluon_tile_tables="off", tail_concurrent=False))
-    _check_graph_replay(33, seed=66, config=cfg)
-
-
-@pytest.mark.timeout(180, method="thread")
-def test_solo_remainder_ctas_share_an_sm(monkeypatch):
-    # the premise of gluon_tail_solo: two of its CTAs are resident on one SM (the driver's own occupancy
-    # calculation for the compiled kernel: its registers, its shared memory and 8 warps per CTA)
-    import ctypes
-
-    from svg2core.ops.sparse_attn import gluon_kernel as G
-
-    compiled = []
-    real = G.launch_gluon
-
-    def recording(*args, **kwargs):
-        k = real(*args, **kwargs)
-        if kwargs.get("solo"):
-            compiled.append(k)
-        return k
-
-    monkeypatch.setattr(G, "launch_gluon", recording)
-    cfg = replace(default_config(torch.device("cuda"), torch.bfloat16, 128), tail_m=64, gluon_tail_solo=True)
-    _check(1, 2, 3000, 0, 128, 64, 40, torch.bfloat16, 0.3, seed=67, tol=2e-2, config=cfg)
-    (kernel,) = compiled
-    kernel._init_handles()
-    blocks = ctypes.c_int()
-    rc = ctypes.CDLL("libcuda.so.1").cuOccupancyMaxActiveBlocksPerMultiprocessor(
-        ctypes.byref(blocks), ctypes.c_void_p(kernel.function), ctypes.c_int(8 * 32),
-        ctypes.c_size_t(kernel.metadata.shared))
-    assert rc == 0
-    assert blocks.value == 2, (blocks.value, kernel.n_regs, kernel.metadata.shared)
-
-
-@pytest.mark.timeout(180, method="thread")
 def test_pv_wait_pinned_after_the_softmax():
     # gluon_pin_wait: the row sums' shared-memory store before each PV wait (same function, another schedule)
     cfg = replace(default_config(torch.device("cuda"), torch.bfloat16, 128), gluon_pin_wait=True)

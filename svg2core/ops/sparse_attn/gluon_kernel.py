@@ -23,9 +23,8 @@ last video tile and the text tiles are masked.
 
 With TAIL_M = 0 (the Hopper default) every video query tile runs here; a tile of <= 64 rows (a cluster's
 remainder) leaves warpgroup 1 idle (it only passes the stages on) and warpgroup 0 has the tensor cores to
-itself. With TAIL_M > 0, remainders of <= TAIL_M rows are left to a second launch: the Triton kernel's
-``TAIL_ONLY``, or with SOLO this kernel with one consumer warpgroup and the producer per CTA (64-key stages, two CTAs
-per SM; ``KernelConfig.gluon_tail_solo``).
+itself. With TAIL_M > 0, remainders of <= TAIL_M rows are left to the Triton kernel's ``TAIL_ONLY`` launch
+(measured slower, as was a second launch of this kernel with one consumer warpgroup per CTA: NOTES_sparse_attn.md v13).
 The text-query tiles always run on the Triton kernel (a text-only launch).
 
 With PERSISTENT (``KernelConfig.gluon_persistent``, off: measured 4-7% slower, NOTES_sparse_attn.md v8) there is
@@ -107,19 +106,6 @@ def _tile_map(QOFF, bh, CQ, tile, BLOCK_M: gl.constexpr, TAIL_M: gl.constexpr, C
     q_end = gl.sum(gl.where(offs_c == cl, c_hi, 0), 0)
     q_end = gl.where(active, q_end, q_start)
     return cl, q_start, q_end, active
-
-
-@gluon.jit
-def _remainder_of(QOFF, bh, CQ, cl, BLOCK_M: gl.constexpr, TAIL_M: gl.constexpr):
-    """(cluster, first sorted row, end row, active) of query cluster ``cl``'s remainder: its last ``size % BLOCK_M``
-    rows when there are 1 .. TAIL_M of them (active), else nothing."""
-    qoff = QOFF + bh * (CQ + 1) + cl
-    c_lo = gl.load(qoff)
-    c_hi = gl.load(qoff + 1)
-    r = (c_hi - c_lo) % BLOCK_M
-    active = (r > 0) & (r <= TAIL_M)
-    q_start = c_hi - r
-    return cl, q_start, gl.where(active, c_hi, q_start), active
 
 
 @gluon.jit
@@ -609,18 +595,14 @@ def sparse_attn_fwd_gluon(
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
     KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False, TILE_SEG: gl.constexpr = False,
-    PERSISTENT: gl.constexpr = False, SOLO: gl.constexpr = False,
+    PERSISTENT: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     # one program per (video query tile, head); with PERSISTENT one per SM, taking work items (entries of
-    # tables.query_tile_list) from the counter COUNTER until n_items are taken (the values below then go unused);
-    # with SOLO one per (query cluster, head): the cluster's remainder of 1 .. TAIL_M rows, if it has one
+    # tables.query_tile_list) from the counter COUNTER until n_items are taken (the values below then go unused)
     tile = gl.program_id(0)
     bh = gl.program_id(1)
-    if SOLO:
-        cl, q_start, q_end, active = _remainder_of(QOFF, bh, CQ, tile, BLOCK_M, TAIL_M)
-    else:
-        cl, q_start, q_end, active = _tile_map(QOFF, bh, CQ, tile, BLOCK_M, TAIL_M, CQ_BLOCK, gl.num_warps())
+    cl, q_start, q_end, active = _tile_map(QOFF, bh, CQ, tile, BLOCK_M, TAIL_M, CQ_BLOCK, gl.num_warps())
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start,
      q_end) = _item_values(bh, cl, active, q_start, q_end, H, NV, T, CQ, CK, SELCNT, SELCUM, stride_qb, stride_qh,
                            stride_kb, stride_kh, stride_vb, stride_vh, stride_ob, stride_oh, HEAD_DIM, BLOCK_N)
@@ -628,7 +610,7 @@ def sparse_attn_fwd_gluon(
     dtype: gl.constexpr = Q.dtype.element_ty
     q_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
     kv_lay: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
-    q_smem = gl.allocate_shared_memory(dtype, [1 if SOLO else 2, 64, HEAD_DIM], q_lay)
+    q_smem = gl.allocate_shared_memory(dtype, [2, 64, HEAD_DIM], q_lay)
     k_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
     v_bufs = gl.allocate_shared_memory(dtype, [NUM_STAGES, BLOCK_N, HEAD_DIM], kv_lay)
     rows_smem = gl.allocate_shared_memory(gl.int32, [BLOCK_N], gl.SwizzledSharedLayout(1, 1, 1, [0]))
@@ -640,7 +622,7 @@ def sparse_attn_fwd_gluon(
     empty_bars = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_STAGES):
         mbarrier.init(full_bars.index(i), count=128)  # every producer thread arrives (cp.async.mbarrier.arrive)
-        mbarrier.init(empty_bars.index(i), count=1 if SOLO else 2)  # one arrival per consumer warpgroup
+        mbarrier.init(empty_bars.index(i), count=2)  # one arrival per consumer warpgroup
     # ping-pong turns of the two consumers (one arrival each); PINGPONG travels as the buffer's length
     turn_bars = gl.allocate_shared_memory(gl.int64, [2 if PINGPONG else 1, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(2 if PINGPONG else 1):
@@ -665,11 +647,8 @@ def sparse_attn_fwd_gluon(
             (SEGBASE, TILESEG, TILE_STRIDE),
             (ITEMS, ITEMRING, COUNTER, n_items, item_full, item_empty),
             (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start, q_end))
-    if SOLO:  # one consumer warpgroup (64 query rows) and the producer
-        gl.warp_specialize([(_consumer_wg0, (args, )), (_producer, (args, ))], [4], [PRODUCER_REGS])
-    else:
-        gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
-                           [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
+    gl.warp_specialize([(_consumer_wg0, (args, )), (_consumer_wg1, (args, )), (_producer, (args, ))],
+                       [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 # Registers per thread: 12 warps share 64K registers (168 each at launch); setmaxnreg then gives the two
@@ -680,33 +659,22 @@ _CONSUMER_REGS = 232
 _PRODUCER_REGS = 40
 
 
-# SOLO (the remainder launch of ``KernelConfig.gluon_tail_solo``): one consumer warpgroup and the producer, 64-key
-# stages. 8 warps at 128 registers and ~113 KB of shared memory, so two CTAs share an SM, each with its own producer;
-# setmaxnreg then gives the consumer 216 (216 * 128 + 40 * 128 = 128 * 256).
-_SOLO_MAXNREG = 128
-_SOLO_BLOCK_N = 64
-
-
 def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has_kpm: bool, head_dim: int, cq: int,
-                 cfg, kv_perm: bool = False, tables: tuple | None = None, work: tuple | None = None,
-                 solo: bool = False):
+                 cfg, kv_perm: bool = False, tables: tuple | None = None, work: tuple | None = None):
     """Launch the warp-specialised kernel over the 128-row video tiles. ``kernel_args``: the wrapper's
     argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there).
     ``tables``: ``(seg_base, tile_seg)`` of tables.py for ``cfg.gluon_block_n`` (``cfg.gluon_tile_tables``).
     ``work`` (persistent kernel, ``cfg.gluon_persistent``): ``(items, ring, counter)``, the work list of
     ``tables.query_tile_list``, int32 ``(grid[0] * 2,)`` and a zeroed int32 ``(1,)``; ``grid`` is then
-    ``(programs, 1)``. ``solo``: the remainder launch (``cfg.gluon_tail_solo``): grid ``(Cq, B*H)``, the remainders of
-    <= ``cfg.tail_m`` rows on CTAs of one consumer warpgroup; ``tables`` then for ``_SOLO_BLOCK_N``. Returns the
-    compiled kernel (its registers and shared memory, for occupancy checks)."""
+    ``(programs, 1)``. Returns the compiled kernel (its registers and shared memory)."""
     seg_base, tile_seg = tables if tables is not None else (kernel_args[6], kernel_args[6])  # never read without
     items, ring, counter = work if work is not None else (seg_base, seg_base, seg_base)  # never read without
     return sparse_attn_fwd_gluon[grid](
         *kernel_args,
         qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0,
         items, ring, counter, items.shape[0] if work is not None else 0,
-        HEAD_DIM=head_dim, BLOCK_N=_SOLO_BLOCK_N if solo else cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq),
-        TAIL_M=cfg.tail_m, NUM_STAGES=cfg.gluon_tail_stages if solo else cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS,
-        CONSUMER_REGS=_CONSUMER_REGS, PINGPONG=cfg.gluon_pingpong and not solo, KV_PERM=kv_perm,
-        PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None, PERSISTENT=work is not None, SOLO=solo,
-        DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_SOLO_MAXNREG if solo else _MAXNREG,
+        HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
+        NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
+        PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
+        PERSISTENT=work is not None, DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

@@ -61,14 +61,6 @@ class KernelConfig:
     # "on" or "off". H100 (NOTES_sparse_attn.md v7, v11): 4-7% faster at the Wan shapes, 8-10% at HunyuanVideo's
     # (with its text tokens and padding mask, once the mask flag stopped being compiled as a constant)
     gluon_tile_tables: str = "on"
-    # (gluon, tail_m=64) the remainders of <= 64 rows run on the Gluon kernel in CTAs of one consumer warpgroup and
-    # one producer (64-key stages, 3 of them: two CTAs share an SM, each with its own producer) instead of the Triton
-    # kernel's remainder launch. v9 measured a remainder on one warpgroup of the 128-row CTA (tail_m=0) at 0.69 of a
-    # full tile's time; this aims at ~0.55-0.6 (NOTES_sparse_attn.md v12). Not yet timed: off
-    gluon_tail_solo: bool = False
-    # pipeline stages of those CTAs: 3 (115 KB of shared memory with the 1 KB per CTA the driver keeps, just two per
-    # SM: the sm_90 compile of bench/probes/compile_sm90.py --solo) or 2 (83 KB)
-    gluon_tail_stages: int = 3
     # one program per SM, each taking the video query tiles from a shared counter (a work list built per call by
     # tables.query_tile_list, one extra launch), so the producer loads the next tile's first key stages while
     # the consumers finish the current one, and no CTA is launched per tile. Not with gluon_pingpong
@@ -89,11 +81,6 @@ class KernelConfig:
             raise ValueError(f"gluon_tile_tables: must be 'on' or 'off', got {self.gluon_tile_tables!r}")
         if self.gluon_persistent and self.gluon_pingpong:
             raise ValueError("gluon_persistent: not available with gluon_pingpong (its turns count per tile)")
-        if self.gluon_tail_stages not in (2, 3):
-            raise ValueError(f"gluon_tail_stages: must be 2 or 3, got {self.gluon_tail_stages}")
-        if self.gluon_tail_solo and not (self.impl == "gluon" and self.tail_m == 64):
-            raise ValueError(f"gluon_tail_solo: needs impl='gluon' and tail_m=64, got impl={self.impl!r}, "
-                             f"tail_m={self.tail_m}")
         if self.impl == "gluon" and self.block_m != 128:
             raise ValueError(f"impl: 'gluon' computes 128-row query tiles, so block_m must be 128, got {self.block_m}")
 
@@ -285,28 +272,17 @@ def sparse_attention(
     if cfg.impl == "gluon":
         if not (q.is_cuda and torch.cuda.get_device_capability(dev)[0] == 9):
             raise ValueError("config.impl: 'gluon' needs a Hopper GPU (compute capability 9.x)")
-        from .gluon_kernel import _SOLO_BLOCK_N, launch_gluon
+        from .gluon_kernel import launch_gluon
 
         ws = workspace if workspace is not None else Workspace()  # allocates only on a buffer request
 
-        def tables_for(block_n, suffix=""):
-            """The key-tile tables of ``cfg.gluon_tile_tables`` for key tiles of block_n rows (None when off), built
-            on the current stream into the buffers named with ``suffix`` (one set per launch that runs
-            concurrently)."""
-            if cfg.gluon_tile_tables != "on":
-                return None
-            tables = (ws.buffer(f"sparse_attn.seg_base{suffix}", (bh * cq, ck), torch.int32, dev),
-                      ws.buffer(f"sparse_attn.tile_seg{suffix}", (bh * cq, max_key_tiles(nv, block_n) + 1),
-                                torch.int32, dev))
-            key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, block_n, *tables)
-            return tables
-
-        def gluon(grid, tables, work=None, solo=False):
-            launch_gluon(kernel_args, grid, scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm, tables,
-                         work, solo=solo)
-
         def video_tiles():
-            tables = tables_for(cfg.gluon_block_n)
+            tables = None  # the key-tile tables of cfg.gluon_tile_tables
+            if cfg.gluon_tile_tables == "on":
+                tables = (ws.buffer("sparse_attn.seg_base", (bh * cq, ck), torch.int32, dev),
+                          ws.buffer("sparse_attn.tile_seg", (bh * cq, max_key_tiles(nv, cfg.gluon_block_n) + 1),
+                                    torch.int32, dev))
+                key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, cfg.gluon_block_n, *tables)
             tiles_per_head = max_video_tiles(nv, cq, 128)
             grid, work = (tiles_per_head, bh), None
             bh_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
@@ -320,7 +296,8 @@ def sparse_attention(
                 query_tile_list(q_offsets, sel_count, sel_cum, h, bh_strides, 128, cfg.tail_m, work[0])
                 work[2].zero_()
                 grid = (programs, 1)
-            gluon(grid, tables, work)
+            launch_gluon(kernel_args, grid, scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm, tables,
+                         work)
 
         jobs = [(video_tiles, False)]
         if num_text_tiles:
@@ -335,13 +312,8 @@ def sparse_attention(
         jobs = [(functools.partial(launch, grid, num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
                                    cfg.num_stages, False), False)]
     if cfg.tail_m:
-        if cfg.gluon_tail_solo:  # (validated: impl == "gluon")
-            def tail():  # the remainders on the Gluon kernel's one-warpgroup CTAs, with their own 64-key tables
-                gluon((cq, bh), tables_for(_SOLO_BLOCK_N, "_solo"), solo=True)
-        else:
-            tail = functools.partial(launch, (cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages,
-                                     True)
-        jobs.append((tail, cfg.tail_concurrent))
+        jobs.append((functools.partial(launch, (cq, bh), 0, cfg.tail_m, cfg.tail_n, cfg.tail_warps, cfg.tail_stages,
+                                       True), cfg.tail_concurrent))
     main = side = None
     if q.is_cuda and any(concurrent for _, concurrent in jobs):
         main = torch.cuda.current_stream(dev)
