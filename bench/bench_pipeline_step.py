@@ -65,6 +65,9 @@ from contextlib import nullcontext
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from gpu_clocks import GpuClocks  # noqa: E402
 
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.integration import SparsityPlan, apply_svg2, svg2_session  # noqa: E402
@@ -336,7 +339,7 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
             model(**kwargs)  # warm-up: cuDNN plans, allocator
         sync(device)
         graphs_before = graphs_compiled()
-        with svg2_session(model, dense_plan, num_inference_steps=100) as s:
+        with svg2_session(model, dense_plan, num_inference_steps=100) as s, GpuClocks(device) as clocks:
             dense_times = timed_forwards(model, kwargs, reps, device)
         graphs_in_timed = graphs_compiled() - graphs_before
         dm = s.metrics()
@@ -344,6 +347,7 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
         attn_share = dm["dense_attention_seconds"] / sum(dm["step_transformer_seconds"])
         res["dense"] = {"step_seconds": dense_times, "attention_share": round(attn_share, 4),
                         "attention_seconds_per_step": dm["dense_attention_seconds"] / reps,
+                        "gpu_clocks": clocks.summary(),
                         "kernel_profile": kernel_profile(model, kwargs, device)}
         if compile_info is not None:
             compile_info["dense_compile_seconds"] = round(compile_info["first_dense_forward_seconds"] - dense_step, 3)
@@ -353,7 +357,8 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
                 graphs_before = graphs_compiled()
                 cold, out = timed_forward(model, kwargs, device)
                 graphs_cold = graphs_compiled() - graphs_before
-                warm = timed_forwards(model, kwargs, reps, device)
+                with GpuClocks(device) as clocks:
+                    warm = timed_forwards(model, kwargs, reps, device)
                 graphs_in_timed += graphs_compiled() - graphs_before - graphs_cold
                 profile = kernel_profile(model, kwargs, device)
             if compile_info is not None:
@@ -381,6 +386,7 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
                                                      if sm["estimated_dense_attention_seconds_for_sparse_calls"]
                                                      else None),
                 "kernel_profile": profile,
+                "gpu_clocks": clocks.summary(),
             }
             entry["attention_time_ratio"] = round(entry["sparse_attention_seconds_per_call"]
                                                   / entry["dense_attention_seconds_per_call"], 3)
@@ -481,6 +487,16 @@ def write_markdown(path: str, results: dict) -> None:
         lines.append(f"- {r['model']} dense: {r['dense']['kernel_profile']}")
         for s in r["sparse"]:
             lines.append(f"- {r['model']} sparse {s['target_density']}: {s['kernel_profile']}")
+    clocked = [r for r in results["models"] if r["dense"].get("gpu_clocks")]
+    if clocked:
+        lines += ["", "SM clock and power during the timed forwards (nvidia-smi every 100 ms: mean / min MHz, mean W):",
+                  ""]
+        for r in clocked:
+            runs = [("dense", r["dense"]["gpu_clocks"])] + [(f"sparse {s['target_density']}", s.get("gpu_clocks"))
+                                                             for s in r["sparse"]]
+            lines.append(f"- {r['model']}: " + "; ".join(
+                f"{tag} {c['sm_mhz_mean']:.0f} / {c['sm_mhz_min']:.0f} MHz, {c['power_w_mean']:.0f} W"
+                for tag, c in runs if c))
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 

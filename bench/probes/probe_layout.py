@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
+from gpu_clocks import GpuClocks  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core import SVG2Config  # noqa: E402
@@ -64,8 +65,10 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     def selection():
         cluster_and_select(q, k, v, q_cent, k_cent, 2, cfg, ws)
 
+    with GpuClocks(dev) as clocks:  # the clock the selection ran at (a pipeline step runs it under sustained load)
+        graph = S.graph_ms(selection)
     res = {"shape": name, "layout": layout, "data": data, "heads": h, "video_tokens": nv, "Cq": cq, "Ck": ck,
-           "selection_graph_ms": S.graph_ms(selection), "selection_ms": S.bench_ms(selection)}
+           "selection_graph_ms": graph, "selection_ms": S.bench_ms(selection), "gpu_clocks": clocks.summary()}
     lab = ws.buffer("k.labels", (h, nv), torch.int32, dev)
     tile = km.ASSIGN_TILE
     counts = ws.buffer("k.block_counts", (h, -(-nv // tile.block_n) * ck), torch.int32, dev)
@@ -101,6 +104,10 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     return res
 
 
+def clock_cell(c: dict | None) -> str:
+    return f"{c['sm_mhz_mean']:.0f} / {c['sm_mhz_min']:.0f}" if c else "-"
+
+
 def main() -> None:
     args = P.probe_args()
     dev = torch.device("cuda")
@@ -119,8 +126,8 @@ def main() -> None:
              "| shape | layout | data | selection | selection eager | assign K | sort K | update K | gather K/V | "
              "assign Q | update Q | select | largest cluster / mean (Q, K) | update K, Q in 1 part | selection, "
              f"update in 1 part | update K, Q, cuts every {2 * km.UPDATE_CHUNK} | selection, cuts every "
-             f"{2 * km.UPDATE_CHUNK} |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{2 * km.UPDATE_CHUNK} | SM clock during the selection's replays (mean / min MHz) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out.data["rows"]:
         lines.append(f"| {r['shape']} | {r['layout']} | {r['data']} | {r['selection_graph_ms']:.3f} | {r['selection_ms']:.3f} | "
                      f"{r['assign_k_ms']:.3f} | {r['sort_k_ms']:.3f} | {r['update_k_ms']:.3f} | {r['gather_kv_ms']:.3f} | "
@@ -128,7 +135,7 @@ def main() -> None:
                      f"{r['q_largest_over_mean']:.1f}, {r['k_largest_over_mean']:.1f} | "
                      f"{r['update_k_parts1_ms']:.3f}, {r['update_q_parts1_ms']:.3f} | {r['selection_parts1_graph_ms']:.3f} | "
                      f"{r['update_k_chunk2x_ms']:.3f}, {r['update_q_chunk2x_ms']:.3f} | "
-                     f"{r['selection_chunk2x_graph_ms']:.3f} |")
+                     f"{r['selection_chunk2x_graph_ms']:.3f} | {clock_cell(r.get('gpu_clocks'))} |")
     out.finish(lines)
 
 

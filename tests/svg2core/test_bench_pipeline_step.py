@@ -109,3 +109,14 @@ def test_union_of_kernel_intervals_counts_overlap_once():
     assert union_seconds([]) == 0.0
     assert category_of("_kmeans_assign_kernel") == "svg2_kmeans"
     assert category_of("triton_poi_fused_select_0") == "compiled_fused"
+
+
+def test_clock_samples_parse_nvidia_smi_lines():
+    """bench/gpu_clocks.py reads nvidia-smi's ``clocks.sm, power.draw`` CSV; readings it cannot parse (an "[N/A]",
+    a line cut off when the sampler is stopped) are skipped, and no sample gives None."""
+    _bench_module()  # puts bench/ on sys.path
+    from gpu_clocks import parse_samples
+
+    got = parse_samples("1980, 512.30\n1755, 698.10\n[N/A], [N/A]\n1830, ")
+    assert got == {"sm_mhz_mean": 1867.5, "sm_mhz_min": 1755.0, "power_w_mean": 605.2, "samples": 2}
+    assert parse_samples("") is None and parse_samples("1980\n") is None
