@@ -41,11 +41,14 @@ class StreamLog:
         self._real = torch.cuda.Stream
 
     def __enter__(self):
-        real, made = self._real, self.made
+        real, made, busy = self._real, self.made, []
 
         def stream(*args, **kwargs):
             s = real(*args, **kwargs)
-            made.append((s.cuda_stream, torch.cuda.current_stream().cuda_stream))
+            if not busy:  # current_stream() builds a Stream through this name too
+                busy.append(1)
+                made.append((s.cuda_stream, torch.cuda.current_stream().cuda_stream))
+                busy.pop()
             return s
 
         torch.cuda.Stream = stream
