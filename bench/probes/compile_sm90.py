@@ -25,7 +25,7 @@ from svg2core.ops.sparse_attn.gluon_kernel import sparse_attn_fwd_gluon
 
 def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PRODUCER_REGS,
                    consumer_regs=G._CONSUMER_REGS, maxnreg=G._MAXNREG, debug=0, pingpong=False, kv_perm=False, block_n=128,
-                   pin_wait=False, tile_tables=False, persistent=False, has_kpm_one=False, divisible=(), tile_list=False):
+                   pin_wait=False, tile_tables=False, persistent=False, has_kpm_one=False, divisible=()):
     sig = {}
     names = sparse_attn_fwd_gluon.arg_names
     ptr = f"*{dtype}"
@@ -41,7 +41,7 @@ def compile_kernel(head_dim=128, dtype="bf16", num_stages=2, producer_regs=G._PR
     sig["qk_scale"] = "fp32"
     consts = dict(HEAD_DIM=head_dim, BLOCK_N=block_n, CQ_BLOCK=512, TAIL_M=64,
                   NUM_STAGES=num_stages, PRODUCER_REGS=producer_regs, CONSUMER_REGS=consumer_regs, PINGPONG=pingpong, DEBUG=debug, KV_PERM=kv_perm, PIN_WAIT=pin_wait,
-                  TILE_SEG=tile_tables, PERSISTENT=persistent, TILE_LIST=tile_list)
+                  TILE_SEG=tile_tables, PERSISTENT=persistent)
     if has_kpm_one:  # what the JIT compiles for a call with a key padding mask: the int argument 1 specialised
         consts["HAS_KPM_I"] = 1
     for k in consts:
@@ -120,13 +120,11 @@ if __name__ == "__main__":
     ap.add_argument("--divisible", default="", help="int arguments the JIT would see divisible by 16, comma-separated "
                     "(e.g. NV,T at HunyuanVideo's 118,800 + 256 tokens)")
     ap.add_argument("--kpm", action="store_true", help="HAS_KPM_I specialised to 1, as for a call with a key padding mask")
-    ap.add_argument("--tile-list", action="store_true", help="each program reads its tile from the work list "
-                    "(gluon_tile_list)")
     ap.add_argument("--json", help="also write the report and the setmaxnreg values to this file")
     a = ap.parse_args()
     k = compile_kernel(head_dim=a.head_dim, num_stages=a.stages, pingpong=a.pingpong, kv_perm=a.kv_perm, block_n=a.block_n,
                        pin_wait=a.pin_wait, tile_tables=a.tile_tables,
-                       persistent=a.persistent, has_kpm_one=a.kpm, tile_list=a.tile_list,
+                       persistent=a.persistent, has_kpm_one=a.kpm,
                        divisible=tuple(filter(None, a.divisible.split(","))))
     rep = report(k)
     rep["setmaxnreg"] = re.findall(r"setmaxnreg\.(inc|dec)\S*\s+(\d+)", k.asm["ptx"])

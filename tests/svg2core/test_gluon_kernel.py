@@ -33,8 +33,6 @@ def test_config_rules():
         KernelConfig(gluon_tile_tables=True)
     with pytest.raises(ValueError, match="gluon_persistent: not available with gluon_pingpong"):
         KernelConfig(gluon_persistent=True, gluon_pingpong=True)
-    with pytest.raises(ValueError, match="gluon_tile_list: the persistent kernel reads the work list already"):
-        KernelConfig(gluon_tile_list=True, gluon_persistent=True)
     assert KernelConfig(block_m=128, block_n=128, impl="gluon").impl == "gluon"
 
 
@@ -72,8 +70,7 @@ def _compile_report(tmp_path, *flags: str) -> dict:
 
 
 @pytest.mark.parametrize("head_dim,flags", [(128, []), (64, []), (128, ["--tile-tables"]),
-                                            (128, ["--tile-tables", "--persistent"]),
-                                            (128, ["--tile-tables", "--tile-list"])])
+                                            (128, ["--tile-tables", "--persistent"])])
 def test_compiles_for_sm90_with_the_intended_structure(head_dim, flags, tmp_path):
     r = _compile_report(tmp_path, "--head-dim", str(head_dim), *flags)
     assert r["regs"] <= G._MAXNREG  # 12 warps x 32 threads x 168 registers fit one SM

@@ -39,7 +39,6 @@ the CPU only its compilation for sm_90 is tested.
 
 from __future__ import annotations
 
-import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -106,19 +105,6 @@ def _tile_map(QOFF, bh, CQ, tile, BLOCK_M: gl.constexpr, TAIL_M: gl.constexpr, C
     q_start = gl.sum(gl.where(offs_c == cl, c_lo, 0), 0) + (tile - first_tile) * BLOCK_M
     q_end = gl.sum(gl.where(offs_c == cl, c_hi, 0), 0)
     q_end = gl.where(active, q_end, q_start)
-    return cl, q_start, q_end, active
-
-
-@gluon.jit
-def _listed_tile(ITEMS, bh, CQ, tile, tiles_per_head):
-    """``_tile_map``'s values read from entry ``bh * tiles_per_head + tile`` of the work list (pair -1: inactive; its
-    other fields are then unspecified and unused)."""
-    e = ITEMS + (bh.to(gl.int64) * tiles_per_head + tile) * 12
-    pair = gl.load(e)
-    active = pair >= 0
-    cl = gl.where(active, pair - bh.to(gl.int64) * CQ, 0).to(gl.int32)
-    q_start = gl.load(e + 1).to(gl.int32)
-    q_end = gl.where(active, gl.load(e + 2).to(gl.int32), q_start)
     return cl, q_start, q_end, active
 
 
@@ -609,17 +595,14 @@ def sparse_attn_fwd_gluon(
     TAIL_M: gl.constexpr, NUM_STAGES: gl.constexpr, PRODUCER_REGS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PINGPONG: gl.constexpr = False, DEBUG: gl.constexpr = 0,
     KV_PERM: gl.constexpr = False, PIN_WAIT: gl.constexpr = False, TILE_SEG: gl.constexpr = False,
-    PERSISTENT: gl.constexpr = False, TILE_LIST: gl.constexpr = False,
+    PERSISTENT: gl.constexpr = False,
 ):
     BLOCK_M: gl.constexpr = 128
     # one program per (video query tile, head); with PERSISTENT one per SM, taking work items (entries of
     # tables.query_tile_list) from the counter COUNTER until n_items are taken (the values below then go unused)
     tile = gl.program_id(0)
     bh = gl.program_id(1)
-    if TILE_LIST:  # the tile's entry of tables.query_tile_list (ITEMS, in the grid's order): three independent loads
-        cl, q_start, q_end, active = _listed_tile(ITEMS, bh, CQ, tile, gl.num_programs(0))
-    else:  # a scan over the head's cluster offsets in every program
-        cl, q_start, q_end, active = _tile_map(QOFF, bh, CQ, tile, BLOCK_M, TAIL_M, CQ_BLOCK, gl.num_warps())
+    cl, q_start, q_end, active = _tile_map(QOFF, bh, CQ, tile, BLOCK_M, TAIL_M, CQ_BLOCK, gl.num_warps())
     (bh, b, q_base, k_base, v_base, o_base, kp_base, pair, cnt, total, n_video, n_tiles, q_start,
      q_end) = _item_values(bh, cl, active, q_start, q_end, H, NV, T, CQ, CK, SELCNT, SELCUM, stride_qb, stride_qh,
                            stride_kb, stride_kh, stride_vb, stride_vh, stride_ob, stride_oh, HEAD_DIM, BLOCK_N)
@@ -677,20 +660,15 @@ _PRODUCER_REGS = 40
 
 
 def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has_kpm: bool, head_dim: int, cq: int,
-                 cfg, kv_perm: bool = False, tables: tuple | None = None, work: tuple | None = None,
-                 tile_list: torch.Tensor | None = None):
+                 cfg, kv_perm: bool = False, tables: tuple | None = None, work: tuple | None = None):
     """Launch the warp-specialised kernel over the 128-row video tiles. ``kernel_args``: the wrapper's
     argument prefix shared with the Triton kernel (tensors, strides, H, Nv, T, Cq, Ck; checked there).
     ``tables``: ``(seg_base, tile_seg)`` of tables.py for ``cfg.gluon_block_n`` (``cfg.gluon_tile_tables``).
     ``work`` (persistent kernel, ``cfg.gluon_persistent``): ``(items, ring, counter)``, the work list of
     ``tables.query_tile_list``, int32 ``(grid[0] * 2,)`` and a zeroed int32 ``(1,)``; ``grid`` is then
-    ``(programs, 1)``. ``tile_list`` (``cfg.gluon_tile_list``, not with ``work``): the work list of
-    ``tables.query_tile_list`` with ``grid[0]`` entries per head, from which each program of the per-tile grid reads
-    its tile instead of finding it by a scan. Returns the compiled kernel (its registers and shared memory)."""
+    ``(programs, 1)``. Returns the compiled kernel (its registers and shared memory)."""
     seg_base, tile_seg = tables if tables is not None else (kernel_args[6], kernel_args[6])  # never read without
     items, ring, counter = work if work is not None else (seg_base, seg_base, seg_base)  # never read without
-    if tile_list is not None:
-        items = tile_list
     return sparse_attn_fwd_gluon[grid](
         *kernel_args,
         qk_scale, int(has_kpm), seg_base, tile_seg, tile_seg.shape[1] if tables is not None else 0,
@@ -698,6 +676,5 @@ def launch_gluon(kernel_args: tuple, grid: tuple[int, int], qk_scale: float, has
         HEAD_DIM=head_dim, BLOCK_N=cfg.gluon_block_n, CQ_BLOCK=triton.next_power_of_2(cq), TAIL_M=cfg.tail_m,
         NUM_STAGES=cfg.gluon_stages, PRODUCER_REGS=_PRODUCER_REGS, CONSUMER_REGS=_CONSUMER_REGS,
         PINGPONG=cfg.gluon_pingpong, KV_PERM=kv_perm, PIN_WAIT=cfg.gluon_pin_wait, TILE_SEG=tables is not None,
-        PERSISTENT=work is not None, TILE_LIST=tile_list is not None, DEBUG=cfg.gluon_debug, num_warps=4,
-        maxnreg=_MAXNREG,
+        PERSISTENT=work is not None, DEBUG=cfg.gluon_debug, num_warps=4, maxnreg=_MAXNREG,
     )

@@ -65,10 +65,6 @@ class KernelConfig:
     # tables.query_tile_list, one extra launch), so the producer loads the next tile's first key stages while
     # the consumers finish the current one, and no CTA is launched per tile. Not with gluon_pingpong
     gluon_persistent: bool = False
-    # each program of the per-tile grid reads its (cluster, rows) from a work list built per call
-    # (tables.query_tile_list, one small launch) instead of a scan over its head's cluster offsets in every program:
-    # a shorter prologue per query tile, whose fixed cost is ~3 key tiles' worth (NOTES_sparse_attn.md v11-v13)
-    gluon_tile_list: bool = False
     # bisect hooks of the Gluon kernel (wrong results; bench/probes/debug_gluon.py): 1 no wgmma in the key
     # loop, 2 no q staging, 4 contiguous key rows, 8 synchronous wgmma (no QK/PV overlap), 16 no K/V copies;
     # 32 (correct result, for timing comparisons) converts P with a plain cast instead of paired conversions
@@ -85,8 +81,6 @@ class KernelConfig:
             raise ValueError(f"gluon_tile_tables: must be 'on' or 'off', got {self.gluon_tile_tables!r}")
         if self.gluon_persistent and self.gluon_pingpong:
             raise ValueError("gluon_persistent: not available with gluon_pingpong (its turns count per tile)")
-        if self.gluon_tile_list and self.gluon_persistent:
-            raise ValueError("gluon_tile_list: the persistent kernel reads the work list already (gluon_persistent)")
         if self.impl == "gluon" and self.block_m != 128:
             raise ValueError(f"impl: 'gluon' computes 128-row query tiles, so block_m must be 128, got {self.block_m}")
 
@@ -292,7 +286,7 @@ def sparse_attention(
             tiles_per_head = max_video_tiles(nv, cq, 128)
             grid, work = (tiles_per_head, bh), None
             bh_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
-                          out.stride(1))
+                          out.stride(1)) if cfg.gluon_persistent else ()
             # the persistent kernel reads the (b, h) offsets from its work list and assumes them 16-byte aligned
             if cfg.gluon_persistent and all(x % 8 == 0 for x in bh_strides):
                 programs = min(_num_sms(dev), tiles_per_head * bh)
@@ -302,12 +296,8 @@ def sparse_attention(
                 query_tile_list(q_offsets, sel_count, sel_cum, h, bh_strides, 128, cfg.tail_m, work[0])
                 work[2].zero_()
                 grid = (programs, 1)
-            tile_list = None
-            if cfg.gluon_tile_list:  # (validated: not persistent) the grid's tiles, one entry per program
-                tile_list = ws.buffer("sparse_attn.items", (bh * tiles_per_head, 12), torch.int64, dev)
-                query_tile_list(q_offsets, sel_count, sel_cum, h, bh_strides, 128, cfg.tail_m, tile_list)
             launch_gluon(kernel_args, grid, scale * _LOG2E, key_padding_mask is not None, d, cq, cfg, kv_perm, tables,
-                         work, tile_list)
+                         work)
 
         jobs = [(video_tiles, False)]
         if num_text_tiles:
