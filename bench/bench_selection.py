@@ -186,6 +186,17 @@ def graph_ms(fn) -> float:
     return bench_ms(g.replay)
 
 
+def warm_centroids(q, k, cq, ck, ws, iters=5):
+    """Centroids of the video queries and keys ``(1, H, Nv, D)``: every ``Nv // C``-th token, refined by ``iters``
+    k-means iterations, so that the timed iterations start warm (as at a later denoising step)."""
+    h, nv, d = q.shape[1:]
+    q_cent = q[:, :, :: nv // cq][:, :, :cq].float().reshape(h, cq, d).contiguous()
+    k_cent = k[:, :, :: nv // ck][:, :, :ck].float().reshape(h, ck, d).contiguous()
+    batched_kmeans(q, q_cent, iters, ws, "q")
+    batched_kmeans(k, k_cent, iters, ws, "k")
+    return q_cent, k_cent
+
+
 def time_shape(name, h, nv, t, cq, ck, dev, iters=2, legacy=True, stages=True) -> dict:
     d = 128
     torch.manual_seed(2)
@@ -196,10 +207,7 @@ def time_shape(name, h, nv, t, cq, ck, dev, iters=2, legacy=True, stages=True) -
     bh = h
     ws = Workspace()
     qv, kv = q[:, :, :nv], k[:, :, :nv]
-    q_start = qv[:, :, :: nv // cq][:, :, :cq].float().reshape(bh, cq, d).contiguous()
-    k_start = kv[:, :, :: nv // ck][:, :, :ck].float().reshape(bh, ck, d).contiguous()
-    batched_kmeans(qv, q_start, 5, ws, "q")  # a few iterations so the timed ones are "warm"
-    batched_kmeans(kv, k_start, 5, ws, "k")
+    q_start, k_start = warm_centroids(qv, kv, cq, ck, ws)
     q_cent, k_cent = q_start.clone(), k_start.clone()
 
     def selection(concurrent=True):  # what svg2_attention runs before the attention kernel

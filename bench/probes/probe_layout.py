@@ -27,7 +27,7 @@ from gpu_clocks import GpuClocks  # noqa: E402
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.attention import cluster_and_select  # noqa: E402
-from svg2core.ops.kmeans import batched_kmeans, kmeans_assign, kmeans_update  # noqa: E402
+from svg2core.ops.kmeans import kmeans_assign, kmeans_update  # noqa: E402
 from svg2core.ops.permute import gather_kv, sort_by_cluster  # noqa: E402
 from svg2core.ops.select import select_key_clusters  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
@@ -56,11 +56,7 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     q, k, v = (make_data(h, nv, d, layout, data, dev, gen) for _ in range(3))
     cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck)
     ws = Workspace()
-    q_start = q[:, :, :: nv // cq][:, :, :cq].float().reshape(h, cq, d).contiguous()
-    k_start = k[:, :, :: nv // ck][:, :, :ck].float().reshape(h, ck, d).contiguous()
-    batched_kmeans(q, q_start, 5, ws, "q")
-    batched_kmeans(k, k_start, 5, ws, "k")
-    q_cent, k_cent = q_start.clone(), k_start.clone()
+    q_cent, k_cent = S.warm_centroids(q, k, cq, ck, ws)
 
     def selection():
         cluster_and_select(q, k, v, q_cent, k_cent, 2, cfg, ws)

@@ -29,7 +29,6 @@ from gpu_clocks import GpuClocks  # noqa: E402
 
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.attention import cluster_and_select  # noqa: E402
-from svg2core.ops.kmeans import batched_kmeans  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
 
@@ -77,10 +76,7 @@ def main() -> None:
     q, k, v = (torch.randn(1, h, nv, d, device=dev, dtype=torch.bfloat16) for _ in range(3))
     cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck)
     ws = Workspace()
-    q_cent = q[:, :, :: nv // cq][:, :, :cq].float().reshape(h, cq, d).contiguous()
-    k_cent = k[:, :, :: nv // ck][:, :, :ck].float().reshape(h, ck, d).contiguous()
-    batched_kmeans(q, q_cent, 5, ws, "q")
-    batched_kmeans(k, k_cent, 5, ws, "k")
+    q_cent, k_cent = S.warm_centroids(q, k, cq, ck, ws)
 
     def selection(concurrent=True):
         cluster_and_select(q, k, v, q_cent, k_cent, 2, cfg, ws, concurrent=concurrent)
