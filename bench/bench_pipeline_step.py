@@ -246,6 +246,22 @@ def union_seconds(intervals) -> float:
     return total / 1e6
 
 
+def idle_gaps(intervals, top: int = 5) -> tuple[float, list[dict]]:
+    """Where the GPU ran nothing during a forward: ``intervals`` of ``(start_us, end_us, name)`` device activities
+    (kernels, copies, memsets, any stream). Returns the idle seconds between the first start and the last end, and
+    the ``top`` longest gaps: ``{"us", "after", "before"}`` (the activity that ended last before the gap, the one that
+    starts it)."""
+    gaps, idle, end, last = [], 0.0, None, None
+    for a, b, name in sorted(intervals):
+        if end is not None and a > end:
+            idle += a - end
+            gaps.append({"us": round(a - end, 1), "after": last, "before": name})
+        if end is None or b > end:
+            end, last = b, name
+    gaps.sort(key=lambda g: -g["us"])
+    return idle / 1e6, gaps[:top]
+
+
 def kernel_profile(model, kwargs, device) -> dict:
     """GPU kernel time of one forward by category (torch.profiler), seconds: the sum of the kernels' durations per
     category, and ``svg2_selection_span``, the time during which at least one selection kernel (k-means, scoring,
@@ -266,11 +282,17 @@ def kernel_profile(model, kwargs, device) -> dict:
         cat = category_of(evt.key)
         totals[cat] = totals.get(cat, 0.0) + t / 1e6
     totals["total"] = sum(totals.values())
-    spans = [(e.time_range.start, e.time_range.end) for e in prof.events()
-             if str(getattr(e, "device_type", "")).endswith("CUDA") and category_of(e.name) in SELECTION_CATEGORIES]
+    device_events = [e for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    spans = [(e.time_range.start, e.time_range.end) for e in device_events if category_of(e.name) in SELECTION_CATEGORIES]
     if spans:
         totals["svg2_selection_span"] = union_seconds(spans)
-    return {k: round(v, 5) for k, v in totals.items()}
+    # the GPU's idle time inside the forward, and its longest gaps (a host synchronisation, or the host falling
+    # behind, shows here; the step time minus the kernels' sum mixes both with the overlap of streams)
+    idle, gaps = idle_gaps([(e.time_range.start, e.time_range.end, e.name[:60]) for e in device_events])
+    totals["gpu_idle"] = idle
+    out = {k: round(v, 5) for k, v in totals.items()}
+    out["longest_gaps"] = gaps
+    return out
 
 
 def vae_decode_seconds(device, dtype, smoke: bool) -> float | None:

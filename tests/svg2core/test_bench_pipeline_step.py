@@ -111,6 +111,15 @@ def test_union_of_kernel_intervals_counts_overlap_once():
     assert category_of("triton_poi_fused_select_0") == "compiled_fused"
 
 
+def test_idle_gaps_between_device_activities():
+    bench = _bench_module()
+    # "b" ends inside "a" (another stream); the gaps: 10 -> 15 after "a", 20 -> 40 after "c", started by "e"
+    idle, gaps = bench.idle_gaps([(0, 10, "a"), (2, 5, "b"), (15, 20, "c"), (16, 18, "d"), (40, 41, "e")], top=1)
+    assert idle == pytest.approx(25e-6)
+    assert gaps == [{"us": 20, "after": "c", "before": "e"}]
+    assert bench.idle_gaps([]) == (0.0, [])
+
+
 def test_clock_samples_parse_nvidia_smi_lines():
     """bench/gpu_clocks.py reads nvidia-smi's ``clocks.sm, power.draw`` CSV; readings it cannot parse (an "[N/A]",
     a line cut off when the sampler is stopped) are skipped, and no sample gives None."""
