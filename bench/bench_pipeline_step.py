@@ -529,7 +529,8 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (checks the script)")
     parser.add_argument("--models", default=None, help="comma-separated subset")
     parser.add_argument("--densities", default="0.15,0.25")
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5, help="timed forwards per step (median); single H200 forwards "
+                        "of one step spread by ~3%% at the power limit")
     parser.add_argument("--time-budget-s", type=float, default=420.0, help="skip models that would start later")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                         help="regional torch.compile of the transformer blocks, dense and sparse alike (default); "
