@@ -3,7 +3,8 @@
 The assign is the largest piece of the selection (two of its passes hold ~40% of the 480p selection's GPU time) and
 runs at about half the bf16 tensor-core rate. Hopper's FP8 matmul is twice as fast. Its operands would be e4m3 with a
 scale per token and per centroid (amax / 448), accumulated in fp32, the centroid norms kept exact. This probe emulates
-that assign in the torch reference (quantise, dequantise, the same distance and argmin) and measures, on
+that assign in the torch reference (``reference.kmeans_assign_fp8_reference``, also ``kmeans.ASSIGN_FP8``'s
+specification) and measures, on
 bench_fidelity's structured synthetic attention at fixed densities:
 
 - how many labels change in one assign from the same centroids (the converged ones of the exact run);
@@ -33,31 +34,17 @@ import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 import svg2core.ops.kmeans.reference as kr  # noqa: E402
 from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
 
-E4M3_MAX = 448.0
-
-
-def quantize_e4m3(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (fp32, rows of D) through e4m3 with a scale per row (its amax / 448), back in fp32."""
-    scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-30) / E4M3_MAX
-    return (x / scale).to(torch.float8_e4m3fn).float() * scale
-
-
-def assign_fp8(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """``kmeans_assign_reference`` with the dot products of e4m3 operands (fp32 accumulation, exact norms)."""
-    dots = quantize_e4m3(x.float()) @ quantize_e4m3(centroids).transpose(1, 2)
-    dist = (centroids * centroids).sum(-1)[:, None, :] - 2.0 * dots
-    return dist.argmin(dim=-1).to(torch.int32)
-
 
 @contextmanager
 def fp8_assign():
-    """The reference backend's assign replaced by ``assign_fp8`` (both places that call it)."""
-    saved = kr.kmeans_assign_reference, km.kmeans_assign_reference
-    kr.kmeans_assign_reference = km.kmeans_assign_reference = assign_fp8
+    """The FP8 assign in force: ``kmeans.ASSIGN_FP8`` (svg2_attention's reference backend then assigns with
+    ``kmeans_assign_fp8_reference``), and the same function behind ``reference.kmeans_reference``'s assign."""
+    saved = kr.kmeans_assign_reference, km.ASSIGN_FP8
+    kr.kmeans_assign_reference, km.ASSIGN_FP8 = kr.kmeans_assign_fp8_reference, True
     try:
         yield
     finally:
-        kr.kmeans_assign_reference, km.kmeans_assign_reference = saved
+        kr.kmeans_assign_reference, km.ASSIGN_FP8 = saved
 
 
 def objective(x: torch.Tensor, centroids: torch.Tensor) -> float:
@@ -101,7 +88,7 @@ def main() -> None:
         cent = kr.kmeans_reference(x, kr.init_centroids_strided_reference(x, a.ck), a.iters)[1]
         with fp8_assign():
             cent8 = kr.kmeans_reference(x, kr.init_centroids_strided_reference(x, a.ck), a.iters)[1]
-        changed = float((kr.kmeans_assign_reference(x, cent) != assign_fp8(x, cent)).float().mean())
+        changed = float((kr.kmeans_assign_reference(x, cent) != kr.kmeans_assign_fp8_reference(x, cent)).float().mean())
         row = {"seed": seed, "labels_changed_one_assign": changed,
                "objective_exact": objective(x, cent), "objective_fp8": objective(x, cent8), "targets": {}}
         for target in (0.1, 0.15, 0.25):

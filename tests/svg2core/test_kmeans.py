@@ -271,3 +271,72 @@ def test_fused_counting_sort_path_equals_radix_sort_path(iters, c, monkeypatch):
         assert torch.equal(a, bb)
     p_ref, o_ref = sort_by_cluster_reference(out["count"][0], c)
     assert torch.equal(out["count"][1], p_ref) and torch.equal(out["count"][2], o_ref)
+
+
+def _e4m3_exact_problem(b, h, n, d, c, gen):
+    """Points and centroids of integers in [-7, 7] whose every row holds a 7: each row's scale is then 7 / 448 =
+    1 / 64, every scaled value (a multiple of 64 up to 448) is exact in e4m3 and every product and sum exact in fp32.
+    (Triton's interpreter converts fp32 to e4m3 wrongly where rounding carries into the next binade, 1.99 -> 1.0, so
+    the CPU tests use inputs that need no rounding; the Hopper test covers the GPU's conversion.)"""
+    x = torch.randint(-7, 8, (b, h, n, d), generator=gen).float()
+    x[..., 0] = 7
+    cent = torch.randint(-7, 8, (b * h, c, d), generator=gen).float()
+    cent[..., 0] = 7
+    return x, cent
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("b,h,n,d,c", SHAPES)
+def test_fp8_assign_kernel_equals_its_reference(b, h, n, d, c, dtype, packed, monkeypatch):
+    # ASSIGN_FP8: e4m3 points and centroids with a scale per row, fp32 accumulation, exact norms; on inputs that
+    # e4m3 holds exactly, the kernel, kmeans_assign_fp8_reference and the exact assign pick the same centroid
+    # (integer distances: ties to the lowest id)
+    from svg2core.ops.kmeans.reference import kmeans_assign_fp8_reference
+
+    monkeypatch.setattr(km, "ASSIGN_FP8", True)
+    x, cent = _e4m3_exact_problem(b, h, n, d, c, torch.Generator().manual_seed(c))
+    x = x.to(dtype)
+    labels = torch.full((b * h, n), -7, dtype=torch.int32)
+    kmeans_assign(x, cent, labels)
+    xr = x.reshape(b * h, n, d)
+    assert torch.equal(labels, kmeans_assign_fp8_reference(xr, cent))
+    assert torch.equal(labels, kmeans_assign_reference(xr, cent))
+
+
+def test_fp8_assign_reference_is_exact_on_separated_clusters():
+    # far from any boundary the e4m3 rounding cannot move a point: the FP8 assign equals the exact one
+    from svg2core.ops.kmeans.reference import kmeans_assign_fp8_reference
+
+    gen = torch.Generator().manual_seed(9)
+    centers = torch.randn(2, 6, 64, generator=gen) * 8
+    which = torch.randint(0, 6, (2, 400), generator=gen)
+    x = torch.gather(centers, 1, which[..., None].expand(-1, -1, 64)) + 0.3 * torch.randn(2, 400, 64, generator=gen)
+    assert torch.equal(kmeans_assign_fp8_reference(x, centers), kmeans_assign_reference(x, centers))
+    assert torch.equal(kmeans_assign_fp8_reference(x, centers).long(), which)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_batched_kmeans_with_the_fp8_assign(backend, monkeypatch):
+    # the whole clustering with ASSIGN_FP8 (its own tile and histogram blocks, a preparation per assign) on both
+    # backends: a valid permutation sorted by cluster, offsets that end at N, finite centroids; on the reference
+    # backend (torch's e4m3 conversion) clusters as tight as the exact assign's
+    monkeypatch.setattr(km, "ASSIGN_FP8", True)
+    gen = torch.Generator().manual_seed(11)
+    b, h, n, d, c = 1, 2, 300, 64, 12
+    x = torch.randn(b, h, n, d, generator=gen).to(torch.bfloat16)
+    start = init_centroids_strided_reference(x.reshape(b * h, n, d), c)
+    cent = start.clone()
+    labels, perm, offsets = batched_kmeans(x, cent, 3, Workspace(), "t", backend)
+    rows = torch.arange(b * h)[:, None]
+    assert torch.equal(torch.sort(perm.long(), dim=1).values, torch.arange(n).expand(b * h, n))
+    assert torch.equal(offsets[:, -1], torch.full((b * h,), n, dtype=offsets.dtype))
+    in_order = labels[rows, perm.long()]
+    assert torch.equal(torch.sort(in_order, dim=1).values, in_order)
+    assert torch.isfinite(cent).all()
+    if backend == "reference":
+        xr = x.reshape(b * h, n, d)
+        monkeypatch.setattr(km, "ASSIGN_FP8", False)
+        exact = start.clone()
+        batched_kmeans(x, exact, 3, Workspace(), "t", backend)
+        inertia = lambda cc: _dist(xr, cc, kmeans_assign_reference(xr, cc)).mean()  # noqa: E731
+        assert inertia(cent) <= 1.02 * inertia(exact)

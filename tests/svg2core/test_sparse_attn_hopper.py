@@ -6,7 +6,7 @@ the torch reference, on a Hopper GPU only (skipped elsewhere, so not in CPU CI).
 Cases chosen from what broke or is untested: many surplus programs with 3+ key tiles per query tile
 (the v5 hang: a producer waiting for consumers that had nothing to do), batch > 1 with text tokens and a
 padding mask, fp16, D=64 (Triton), remainder tiles that leave one consumer warpgroup idle (with and
-without the ping-pong hand-off), the PV wait pinned after the softmax, the key-tile tables, remainders on one-warpgroup CTAs, the persistent kernel, K/V read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
+without the ping-pong hand-off), the PV wait pinned after the softmax, the key-tile tables, the persistent kernel, K/V read in place through k_perm, and a CUDA-graph replay. A hang fails the test through pytest-timeout
 instead of blocking the run.
 """
 

@@ -9,6 +9,7 @@ from svg2core.ops.kmeans.kmeans import (
 )
 from svg2core.ops.kmeans.reference import (
     init_centroids_strided_reference,
+    kmeans_assign_fp8_reference,
     kmeans_assign_reference,
     kmeans_reference,
     kmeans_update_reference,
@@ -20,6 +21,7 @@ __all__ = [
     "init_centroids_strided",
     "init_centroids_strided_reference",
     "kmeans_assign",
+    "kmeans_assign_fp8_reference",
     "kmeans_assign_reference",
     "kmeans_reference",
     "kmeans_update",

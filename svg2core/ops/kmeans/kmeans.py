@@ -13,7 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from svg2core.ops.kmeans.reference import kmeans_assign_reference, kmeans_update_reference
+from svg2core.ops.kmeans.reference import (
+    kmeans_assign_fp8_reference,
+    kmeans_assign_reference,
+    kmeans_update_reference,
+)
 from svg2core.ops.permute import sort_by_cluster
 from svg2core.state import Workspace
 
@@ -41,6 +45,14 @@ class AssignTile:
 # Fastest of bench/bench_selection.py's sweep on H100 at the Wan 14B key shape (40 x 75,600 x 1000
 # clusters): 2.05 ms, 378 TFLOP/s (docs/benchmarks/bench_selection_h100_v1.md).
 ASSIGN_TILE = AssignTile()
+# The FP8 assign's (ASSIGN_FP8) launch shape: 128 tokens per program. With 256, the e4m3 conversion of the points
+# spills (sm_90 compile, bench/probes/sass_assign.py --fp8: 1,040 bytes of stack at 255 registers; none at 128).
+ASSIGN_TILE_FP8 = AssignTile(block_n=128)
+
+
+def assign_tile(x: torch.Tensor) -> AssignTile:
+    """The assign's launch shape for points ``x`` (and the block size of its counting-sort histograms)."""
+    return ASSIGN_TILE_FP8 if _fp8_assign(x) else ASSIGN_TILE
 # Clusters up to which the assign kernel writes the counting sort's block histograms (the sort is then a scan + a
 # ranked scatter); above it, sort_by_cluster's default method (a radix sort). Every cluster count the config allows:
 # with the histogram counted by atomic increments and the scatter ranking by a scan, assign + sort beat assign +
@@ -57,6 +69,13 @@ ASSIGN_PACKED_ARGMIN = True
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
+# The assign's dot on FP8 (e4m3) operands with a scale per point and per centroid (Hopper's FP8 matmul runs at twice
+# the bf16 rate; the assign is the selection's largest stage). Its specification, for both backends, is
+# reference.kmeans_assign_fp8_reference. On CPU, in bench_fidelity's synthetic attention, it changed 0.5-1.3% of the
+# labels (tokens near a boundary) and neither the k-means objective nor the attention error at equal density
+# (docs/benchmarks/probe_fp8_assign_cpu.md). Not yet timed on a GPU: off. Points in bf16 / fp16 only; with it, every
+# assign prepares its own centroid copies (FUSE_PREPARE does not apply).
+ASSIGN_FP8 = False
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -91,6 +110,11 @@ def _prepared_centroids(ws: Workspace, name: str, bh: int, c: int, d: int, x: to
             ws.buffer(f"{name}.cent_sq", (bh, c), torch.float32, x.device))
 
 
+def _fp8_assign(x: torch.Tensor) -> bool:
+    """Whether the assign of points ``x`` runs on FP8 operands (``ASSIGN_FP8``, bf16 / fp16 points)."""
+    return ASSIGN_FP8 and x.dtype in (torch.bfloat16, torch.float16)
+
+
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
                   backend: str = "triton", workspace: Workspace | None = None,
                   tile: AssignTile | None = None, block_counts: torch.Tensor | None = None,
@@ -104,7 +128,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
         workspace: holds the low-precision copy of the centroids and their norms (a fresh one
             when None).
         tile: launch shape of the Triton kernel (benchmarks), and the block size of ``block_counts``; None:
-            ``ASSIGN_TILE``.
+            ``assign_tile(x)``.
         block_counts: optional ``(B * H, cdiv(N, tile.block_n) * C)`` int32 output: the label
             histogram of every block of ``tile.block_n`` tokens (block-major), for
             ``sort_by_cluster(method="count", block_counts=..., count_block=tile.block_n)``.
@@ -112,8 +136,10 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
             (written by ``kmeans_update(..., prepare=True)``): skip the preparation launch.
         name: prefix of the workspace buffers (clusterings that may run concurrently need their own).
     """
+    fp8 = _fp8_assign(x)
     if backend == "reference":
-        labels.copy_(kmeans_assign_reference(_as_bh(x), centroids))
+        assign = kmeans_assign_fp8_reference if fp8 else kmeans_assign_reference
+        labels.copy_(assign(_as_bh(x), centroids))
         return labels
     from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel, _prepare_centroids_kernel
 
@@ -121,25 +147,29 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     bh, c, _ = centroids.shape
     ws = Workspace() if workspace is None else workspace
     cent_lp, cent_sq = _prepared_centroids(ws, name, bh, c, d, x)
-    if not prepared:
+    scale = cent_sq  # never read without FP8
+    if fp8:  # e4m3 copies and their scales, prepared here for every assign
+        cent_lp = ws.buffer(f"{name}.cent_lp.fp8", (bh, c, d), torch.float8_e4m3fn, x.device)
+        scale = ws.buffer(f"{name}.cent_scale", (bh, c), torch.float32, x.device)
+    if not prepared or fp8:
         _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
-            centroids, cent_lp, cent_sq, c,
+            centroids, cent_lp, cent_sq, scale, c,
             centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-            D=d, BLOCK_C=32, num_warps=4,
+            D=d, BLOCK_C=32, FP8=fp8, num_warps=4,
         )
-    tile = tile or ASSIGN_TILE
+    tile = tile or assign_tile(x)
     c_pow2 = max(16, triton_next_pow2(c))
     block_c = min(tile.block_c, c_pow2)
     nb = _cdiv(n, tile.block_n)
     if block_counts is not None and (tuple(block_counts.shape) != (bh, nb * c) or block_counts.dtype != torch.int32):
         raise ValueError(f"block_counts: must be ({bh}, {nb * c}) int32 for {n} tokens in blocks of "
                          f"{tile.block_n}, got {tuple(block_counts.shape)} {block_counts.dtype}")
-    args = (x, cent_lp, cent_sq, labels, labels if block_counts is None else block_counts, n, c, h,
+    args = (x, cent_lp, cent_sq, scale, labels, labels if block_counts is None else block_counts, n, c, h,
             x.stride(0), x.stride(1), x.stride(2), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
             labels.stride(0), 0 if block_counts is None else block_counts.stride(0))
     _kmeans_assign_kernel[(nb, bh)](
         *args, D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
-        HIST=block_counts is not None, C_POW2=c_pow2, PACKED=ASSIGN_PACKED_ARGMIN,
+        HIST=block_counts is not None, C_POW2=c_pow2, PACKED=ASSIGN_PACKED_ARGMIN, FP8=fp8,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
@@ -228,13 +258,14 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         # Triton: with few clusters the assign kernel writes the counting sort's block histograms,
         # and every update but the last prepares the next assign's centroid copies.
         fused = c <= FUSED_SORT_MAX_CLUSTERS
-        tile = ASSIGN_TILE
+        fuse_prepare = FUSE_PREPARE and not _fp8_assign(x)  # an FP8 assign prepares its own e4m3 copies
+        tile = assign_tile(x)
         counts = (workspace.buffer(f"{name}.block_counts", (b * h, _cdiv(n, tile.block_n) * c), torch.int32,
                                    x.device) if fused else None)
 
         def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
             kmeans_assign(x, centroids, labels, backend, workspace, tile, block_counts=counts,
-                          prepared=not first and FUSE_PREPARE, name=name)
+                          prepared=not first and fuse_prepare, name=name)
             if fused:
                 return sort_by_cluster(labels, c, workspace, name, method="count", count_block=tile.block_n,
                                        block_counts=counts)
@@ -244,7 +275,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
     for it in range(iters):
         if it > 0:
             perm, offsets = assign_and_sort(False)
-        more = it < iters - 1 and backend != "reference" and FUSE_PREPARE
+        more = it < iters - 1 and backend != "reference" and FUSE_PREPARE and not _fp8_assign(x)
         kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name, prepare=more)
     return labels, perm, offsets
 

@@ -13,11 +13,12 @@ import triton.language as tl
 
 @triton.jit
 def _prepare_centroids_kernel(
-    cent_ptr, cent_lp_ptr, cent_sq_ptr, C,
+    cent_ptr, cent_lp_ptr, cent_sq_ptr, scale_ptr, C,
     stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
-    D: tl.constexpr, BLOCK_C: tl.constexpr,
+    D: tl.constexpr, BLOCK_C: tl.constexpr, FP8: tl.constexpr = False,
 ):
-    """cent_lp = cent in the points' dtype (the dot operand), cent_sq = ||cent||^2 in fp32."""
+    """cent_lp = cent in the points' dtype (the dot operand), cent_sq = ||cent||^2 in fp32. With ``FP8``: cent_lp =
+    cent / scale in e4m3 and ``scale[bh, c]`` = the centroid's largest magnitude / 448 (``_e4m3_scale``)."""
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -25,20 +26,31 @@ def _prepare_centroids_kernel(
     m = offs_c < C
     cent = tl.load(cent_ptr + pid_bh * stride_cbh + offs_c[:, None] * stride_cc + offs_d[None, :],
                    mask=m[:, None], other=0.0)
+    tl.store(cent_sq_ptr + pid_bh * stride_sbh + offs_c, tl.sum(cent * cent, axis=1), mask=m)
+    if FP8:
+        scale = _e4m3_scale(cent)
+        tl.store(scale_ptr + pid_bh * stride_sbh + offs_c, scale, mask=m)
+        cent = cent / scale[:, None]
     tl.store(cent_lp_ptr + pid_bh * stride_lbh + offs_c[:, None] * stride_lc + offs_d[None, :],
              cent.to(cent_lp_ptr.dtype.element_ty), mask=m[:, None])
-    tl.store(cent_sq_ptr + pid_bh * stride_sbh + offs_c, tl.sum(cent * cent, axis=1), mask=m)
+
+
+@triton.jit
+def _e4m3_scale(rows):
+    """Per row of an fp32 tile: its largest magnitude / 448 (e4m3's largest finite value), at least 1e-30, so that
+    ``rows / scale`` lies in e4m3's range."""
+    return tl.maximum(tl.max(tl.abs(rows), axis=1) / 448.0, 1e-30)
 
 
 @triton.jit
 def _kmeans_assign_kernel(
-    x_ptr, cent_ptr, cent_sq_ptr, labels_ptr, counts_ptr,
+    x_ptr, cent_ptr, cent_sq_ptr, scale_ptr, labels_ptr, counts_ptr,
     N, C, H,
     stride_xb, stride_xh, stride_xn,
     stride_cbh, stride_cc, stride_sbh,
     stride_lbh, stride_nbh,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr,
-    HIST: tl.constexpr, C_POW2: tl.constexpr, PACKED: tl.constexpr = False,
+    HIST: tl.constexpr, C_POW2: tl.constexpr, PACKED: tl.constexpr = False, FP8: tl.constexpr = False,
 ):
     """labels[bh, n] = argmin_c ||x[bh, n] - cent[bh, c]||^2, over tiles of BLOCK_C centroids.
 
@@ -53,6 +65,11 @@ def _kmeans_assign_kernel(
     replaced by the centroid id. One integer min per distance instead of compares and two selects; distances
     within ``2^log2(C_POW2)`` units in the last place of each other count as ties (to the lower id), far below
     the bf16 rounding of the dot's operands.
+
+    With ``FP8`` the dot runs on e4m3 operands (Hopper's FP8 matmul, twice the bf16 rate): each point scaled by its
+    own largest magnitude / 448, each centroid as ``_prepare_centroids_kernel(FP8=True)`` wrote it, fp32
+    accumulation, and the product scaled back by both scales; the norms stay exact. The specification is
+    ``reference.kmeans_assign_fp8_reference``.
 
     With ``HIST`` the program also writes its block's label histogram,
     ``counts[bh, pid_n * C + c]`` (the first stage of the counting sort, blocks of BLOCK_N tokens),
@@ -80,25 +97,41 @@ def _kmeans_assign_kernel(
         # (up to rounding) with one FFMA per distance
         xf = x.to(tl.float32)
         bias = tl.max(tl.sum(xf * xf, axis=1), axis=0)
+        if FP8:  # a margin over the e4m3 products' rounding (well under 1% of |x| |c|)
+            bias = bias * 1.02
         best_key = tl.full([BLOCK_N], 0x7FFFFFFF, tl.int32)
+    if FP8:  # the points in e4m3, each scaled by its own largest magnitude; the dot's factor per row is 2 x scale
+        xs = x.to(tl.float32)
+        x_scale = _e4m3_scale(xs)
+        two = 2.0 * x_scale
+        x = (xs / x_scale[:, None]).to(cent_ptr.dtype.element_ty)
     cent_base = cent_ptr + pid_bh * stride_cbh
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
         cent = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None], other=0.0)
         cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=float("inf"))
-        if DOT_FP32:
+        if FP8:
+            dot = tl.dot(x, tl.trans(cent)) * tl.load(scale_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c,
+                                                      other=0.0)[None, :]
+        elif DOT_FP32:
             dot = tl.dot(x, tl.trans(cent), input_precision="ieee")
         else:
             dot = tl.dot(x, tl.trans(cent))  # (BLOCK_N, BLOCK_C) fp32 accumulate
         if PACKED:
             # padded centroids: cent_sq = inf, so their key is above every finite distance's
-            dist = (cent_sq + bias)[None, :] - 2.0 * dot
+            if FP8:
+                dist = (cent_sq + bias)[None, :] - two[:, None] * dot
+            else:
+                dist = (cent_sq + bias)[None, :] - 2.0 * dot
             key = (dist.to(tl.int32, bitcast=True) & ~IDX_MASK) | offs_c[None, :]
             best_key = tl.minimum(best_key, tl.min(key, axis=1))
         else:
             # ||x||^2 is the same for every centroid of a row: leave it out of the argmin.
-            dist = cent_sq[None, :] - 2.0 * dot
+            if FP8:
+                dist = cent_sq[None, :] - two[:, None] * dot
+            else:
+                dist = cent_sq[None, :] - 2.0 * dot
             tile_min, tile_arg = tl.min(dist, axis=1, return_indices=True, return_indices_tie_break_left=True)
             better = tile_min < best
             best = tl.where(better, tile_min, best)
