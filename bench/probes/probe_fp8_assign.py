@@ -2,7 +2,7 @@
 
 The assign is the largest piece of the selection (two of its passes hold ~40% of the 480p selection's GPU time) and
 runs at about half the bf16 tensor-core rate. Hopper's FP8 matmul is twice as fast. Its operands would be e4m3 with a
-scale per token and per centroid (amax / 448), accumulated in fp32, the centroid norms kept exact. This probe emulates
+scale per token and one per head for the centroids (amax / 448), accumulated in fp32, the centroid norms kept exact. This probe emulates
 that assign in the torch reference (``reference.kmeans_assign_fp8_reference``, also ``kmeans.ASSIGN_FP8``'s
 specification) and measures, on
 bench_fidelity's structured synthetic attention at fixed densities:
@@ -103,7 +103,7 @@ def main() -> None:
     lines = ["# An FP8 k-means assign, emulated (CPU)", "",
              f"bench_fidelity's synthetic attention ({F.FRAMES}x{F.HEIGHT}x{F.WIDTH} tokens, {len(F.HEADS)} heads, head "
              f"dim {F.HEAD_DIM}), Cq/Ck = {a.cq}/{a.ck}, {a.iters} k-means iterations from the strided start, mean over "
-             f"{a.seeds} seeds. FP8: e4m3 operands with a scale per token and per centroid (amax / 448), fp32 "
+             f"{a.seeds} seeds. FP8: e4m3 operands with a scale per token and one per head for the centroids (amax / 448), fp32 "
              "accumulation, exact centroid norms.", "",
              f"- keys' labels changed by one FP8 assign from the same (converged) centroids: "
              f"{100 * mean([r['labels_changed_one_assign'] for r in rows]):.2f}%",

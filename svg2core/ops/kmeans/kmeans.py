@@ -69,9 +69,9 @@ ASSIGN_PACKED_ARGMIN = True
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
-# The assign's dot on FP8 (e4m3) operands with a scale per point and per centroid (Hopper's FP8 matmul runs at twice
+# The assign's dot on FP8 (e4m3) operands with a scale per point and one per head (Hopper's FP8 matmul runs at twice
 # the bf16 rate; the assign is the selection's largest stage). Its specification, for both backends, is
-# reference.kmeans_assign_fp8_reference. On CPU, in bench_fidelity's synthetic attention, it changed 0.5-1.3% of the
+# reference.kmeans_assign_fp8_reference. On CPU, in bench_fidelity's synthetic attention, it changed 0.7-1.7% of the
 # labels (tokens near a boundary) and neither the k-means objective nor the attention error at equal density
 # (docs/benchmarks/probe_fp8_assign_cpu.md). Not yet timed on a GPU: off. Points in bf16 / fp16 only; with it, every
 # assign prepares its own centroid copies (FUSE_PREPARE does not apply).
@@ -141,21 +141,30 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
         assign = kmeans_assign_fp8_reference if fp8 else kmeans_assign_reference
         labels.copy_(assign(_as_bh(x), centroids))
         return labels
-    from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel, _prepare_centroids_kernel
+    from svg2core.ops.kmeans.triton_kmeans import (
+        _kmeans_assign_kernel,
+        _prepare_centroids_fp8_kernel,
+        _prepare_centroids_kernel,
+    )
 
     b, h, n, d = x.shape
     bh, c, _ = centroids.shape
     ws = Workspace() if workspace is None else workspace
     cent_lp, cent_sq = _prepared_centroids(ws, name, bh, c, d, x)
     scale = cent_sq  # never read without FP8
-    if fp8:  # e4m3 copies and their scales, prepared here for every assign
+    if fp8:  # e4m3 copies and the head's scale, prepared here for every assign
         cent_lp = ws.buffer(f"{name}.cent_lp.fp8", (bh, c, d), torch.float8_e4m3fn, x.device)
-        scale = ws.buffer(f"{name}.cent_scale", (bh, c), torch.float32, x.device)
-    if not prepared or fp8:
-        _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
+        scale = ws.buffer(f"{name}.cent_scale", (bh,), torch.float32, x.device)
+        _prepare_centroids_fp8_kernel[(1, bh)](
             centroids, cent_lp, cent_sq, scale, c,
             centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-            D=d, BLOCK_C=32, FP8=fp8, num_warps=4,
+            D=d, BLOCK_C=32, num_warps=4,
+        )
+    elif not prepared:
+        _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
+            centroids, cent_lp, cent_sq, c,
+            centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
+            D=d, BLOCK_C=32, num_warps=4,
         )
     tile = tile or assign_tile(x)
     c_pow2 = max(16, triton_next_pow2(c))

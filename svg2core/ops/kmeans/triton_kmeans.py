@@ -13,12 +13,11 @@ import triton.language as tl
 
 @triton.jit
 def _prepare_centroids_kernel(
-    cent_ptr, cent_lp_ptr, cent_sq_ptr, scale_ptr, C,
+    cent_ptr, cent_lp_ptr, cent_sq_ptr, C,
     stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
-    D: tl.constexpr, BLOCK_C: tl.constexpr, FP8: tl.constexpr = False,
+    D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """cent_lp = cent in the points' dtype (the dot operand), cent_sq = ||cent||^2 in fp32. With ``FP8``: cent_lp =
-    cent / scale in e4m3 and ``scale[bh, c]`` = the centroid's largest magnitude / 448 (``_e4m3_scale``)."""
+    """cent_lp = cent in the points' dtype (the dot operand), cent_sq = ||cent||^2 in fp32."""
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -26,20 +25,38 @@ def _prepare_centroids_kernel(
     m = offs_c < C
     cent = tl.load(cent_ptr + pid_bh * stride_cbh + offs_c[:, None] * stride_cc + offs_d[None, :],
                    mask=m[:, None], other=0.0)
-    tl.store(cent_sq_ptr + pid_bh * stride_sbh + offs_c, tl.sum(cent * cent, axis=1), mask=m)
-    if FP8:
-        scale = _e4m3_scale(cent)
-        tl.store(scale_ptr + pid_bh * stride_sbh + offs_c, scale, mask=m)
-        cent = cent / scale[:, None]
     tl.store(cent_lp_ptr + pid_bh * stride_lbh + offs_c[:, None] * stride_lc + offs_d[None, :],
              cent.to(cent_lp_ptr.dtype.element_ty), mask=m[:, None])
+    tl.store(cent_sq_ptr + pid_bh * stride_sbh + offs_c, tl.sum(cent * cent, axis=1), mask=m)
 
 
 @triton.jit
-def _e4m3_scale(rows):
-    """Per row of an fp32 tile: its largest magnitude / 448 (e4m3's largest finite value), at least 1e-30, so that
-    ``rows / scale`` lies in e4m3's range."""
-    return tl.maximum(tl.max(tl.abs(rows), axis=1) / 448.0, 1e-30)
+def _prepare_centroids_fp8_kernel(
+    cent_ptr, cent_lp_ptr, cent_sq_ptr, scale_ptr, C,
+    stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
+    D: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """The FP8 assign's centroids, one program per (b, h): ``scale[bh]`` = the largest magnitude of the head's
+    centroids / 448 (at least 1e-30), cent_lp = cent / scale in e4m3, cent_sq = ||cent||^2 in fp32 (exact). One scale
+    for the head lets the assign fold it into each row's factor (no multiply per distance)."""
+    pid_bh = tl.program_id(1)
+    offs_d = tl.arange(0, D)
+    base = cent_ptr + pid_bh * stride_cbh
+    amax = tl.zeros([BLOCK_C], tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        m = offs_c < C
+        cent = tl.load(base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=m[:, None], other=0.0)
+        tl.store(cent_sq_ptr + pid_bh * stride_sbh + offs_c, tl.sum(cent * cent, axis=1), mask=m)
+        amax = tl.maximum(amax, tl.max(tl.abs(cent), axis=1))
+    scale = tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-30)
+    tl.store(scale_ptr + pid_bh, scale)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        m = offs_c < C
+        cent = tl.load(base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=m[:, None], other=0.0)
+        tl.store(cent_lp_ptr + pid_bh * stride_lbh + offs_c[:, None] * stride_lc + offs_d[None, :],
+                 (cent / scale).to(cent_lp_ptr.dtype.element_ty), mask=m[:, None])
 
 
 @triton.jit
@@ -67,9 +84,9 @@ def _kmeans_assign_kernel(
     the bf16 rounding of the dot's operands.
 
     With ``FP8`` the dot runs on e4m3 operands (Hopper's FP8 matmul, twice the bf16 rate): each point scaled by its
-    own largest magnitude / 448, each centroid as ``_prepare_centroids_kernel(FP8=True)`` wrote it, fp32
-    accumulation, and the product scaled back by both scales; the norms stay exact. The specification is
-    ``reference.kmeans_assign_fp8_reference``.
+    own largest magnitude / 448, the centroids as ``_prepare_centroids_fp8_kernel`` wrote them (one scale per head),
+    fp32 accumulation; both scales go into each row's factor of the dot (``2 * point scale * head scale``), and the
+    norms stay exact. The specification is ``reference.kmeans_assign_fp8_reference``.
 
     With ``HIST`` the program also writes its block's label histogram,
     ``counts[bh, pid_n * C + c]`` (the first stage of the counting sort, blocks of BLOCK_N tokens),
@@ -100,10 +117,10 @@ def _kmeans_assign_kernel(
         if FP8:  # a margin over the e4m3 products' rounding (well under 1% of |x| |c|)
             bias = bias * 1.02
         best_key = tl.full([BLOCK_N], 0x7FFFFFFF, tl.int32)
-    if FP8:  # the points in e4m3, each scaled by its own largest magnitude; the dot's factor per row is 2 x scale
+    if FP8:  # the points in e4m3, each scaled by its own largest magnitude; the dot's factor per row: 2 x both scales
         xs = x.to(tl.float32)
-        x_scale = _e4m3_scale(xs)
-        two = 2.0 * x_scale
+        x_scale = tl.maximum(tl.max(tl.abs(xs), axis=1) / 448.0, 1e-30)
+        two = 2.0 * x_scale * tl.load(scale_ptr + pid_bh)
         x = (xs / x_scale[:, None]).to(cent_ptr.dtype.element_ty)
     cent_base = cent_ptr + pid_bh * stride_cbh
     for c0 in range(0, C, BLOCK_C):
@@ -111,10 +128,7 @@ def _kmeans_assign_kernel(
         mask_c = offs_c < C
         cent = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None], other=0.0)
         cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=float("inf"))
-        if FP8:
-            dot = tl.dot(x, tl.trans(cent)) * tl.load(scale_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c,
-                                                      other=0.0)[None, :]
-        elif DOT_FP32:
+        if DOT_FP32:
             dot = tl.dot(x, tl.trans(cent), input_precision="ieee")
         else:
             dot = tl.dot(x, tl.trans(cent))  # (BLOCK_N, BLOCK_C) fp32 accumulate
