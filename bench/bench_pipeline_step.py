@@ -67,7 +67,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gpu_clocks import GpuClocks  # noqa: E402
+from gpu_clocks import GpuClocks, clock_cell  # noqa: E402
 
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.integration import SparsityPlan, apply_svg2, svg2_session  # noqa: E402
@@ -517,7 +517,7 @@ def write_markdown(path: str, results: dict) -> None:
             runs = [("dense", r["dense"]["gpu_clocks"])] + [(f"sparse {s['target_density']}", s.get("gpu_clocks"))
                                                              for s in r["sparse"]]
             lines.append(f"- {r['model']}: " + "; ".join(
-                f"{tag} {c['sm_mhz_mean']:.0f} / {c['sm_mhz_min']:.0f} MHz, {c['power_w_mean']:.0f} W"
+                f"{tag} {clock_cell(c)} MHz, {c['power_w_mean']:.0f} W"
                 for tag, c in runs if c))
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")

@@ -67,3 +67,8 @@ def parse_samples(text: str) -> dict | None:
         return None
     return {"sm_mhz_mean": round(statistics.fmean(sm), 1), "sm_mhz_min": min(sm),
             "power_w_mean": round(statistics.fmean(power), 1), "samples": len(sm)}
+
+
+def clock_cell(c: dict | None) -> str:
+    """A summary as a table cell: "mean / min" MHz, or "-" without samples."""
+    return f"{c['sm_mhz_mean']:.0f} / {c['sm_mhz_min']:.0f}" if c else "-"

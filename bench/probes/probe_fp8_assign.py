@@ -20,7 +20,7 @@ import argparse
 import json
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -59,12 +59,8 @@ def run_case(q, k, v, dense, target, cq, ck, iters_init) -> dict:
                      kmeans_iters_init=iters_init)
     res = {}
     for tag in ("exact", "fp8"):
-        state = LayerState()
-        if tag == "fp8":
-            with fp8_assign():
-                out, dens = svg2_attention(q, k, v, cfg, state, backend="reference")
-        else:
-            out, dens = svg2_attention(q, k, v, cfg, state, backend="reference")
+        with fp8_assign() if tag == "fp8" else nullcontext():
+            out, dens = svg2_attention(q, k, v, cfg, LayerState(), backend="reference")
         res[tag] = {"error": F.rel_error(out, dense), "density": float(dens.mean())}
     return res
 

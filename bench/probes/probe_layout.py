@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
-from gpu_clocks import GpuClocks  # noqa: E402
+from gpu_clocks import GpuClocks, clock_cell  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core import SVG2Config  # noqa: E402
@@ -98,10 +98,6 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
         sz = (o[:, 1:] - o[:, :-1]).float()
         res[f"{tag}_largest_over_mean"] = float((sz.max(1).values / sz.mean(1)).mean())
     return res
-
-
-def clock_cell(c: dict | None) -> str:
-    return f"{c['sm_mhz_mean']:.0f} / {c['sm_mhz_min']:.0f}" if c else "-"
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
-from gpu_clocks import GpuClocks  # noqa: E402
+from gpu_clocks import GpuClocks, clock_cell  # noqa: E402
 
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.attention import cluster_and_select  # noqa: E402
@@ -99,9 +99,8 @@ def main() -> None:
              "attention\": 3 s of cuDNN dense attention first. Streams: (stream, current stream when it was made).", "",
              "| phase | round | order | ms | SM clock mean / min MHz | streams made |", "|---|---|---|---|---|---|"]
     for r in out.data["rows"]:
-        c = r["gpu_clocks"]
-        clock = f"{c['sm_mhz_mean']:.0f} / {c['sm_mhz_min']:.0f}" if c else "-"
-        lines.append(f"| {r['phase']} | {r['round']} | {r['order']} | {r['graph_ms']:.3f} | {clock} | {r['streams']} |")
+        lines.append(f"| {r['phase']} | {r['round']} | {r['order']} | {r['graph_ms']:.3f} | {clock_cell(r['gpu_clocks'])} | "
+                     f"{r['streams']} |")
     out.finish(lines)
 
 

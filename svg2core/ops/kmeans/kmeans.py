@@ -48,11 +48,6 @@ ASSIGN_TILE = AssignTile()
 # The FP8 assign's (ASSIGN_FP8) launch shape: 128 tokens per program. With 256, the e4m3 conversion of the points
 # spills (sm_90 compile, bench/probes/sass_assign.py --fp8: 1,040 bytes of stack at 255 registers; none at 128).
 ASSIGN_TILE_FP8 = AssignTile(block_n=128)
-
-
-def assign_tile(x: torch.Tensor) -> AssignTile:
-    """The assign's launch shape for points ``x`` (and the block size of its counting-sort histograms)."""
-    return ASSIGN_TILE_FP8 if _fp8_assign(x) else ASSIGN_TILE
 # Clusters up to which the assign kernel writes the counting sort's block histograms (the sort is then a scan + a
 # ranked scatter); above it, sort_by_cluster's default method (a radix sort). Every cluster count the config allows:
 # with the histogram counted by atomic increments and the scatter ranking by a scan, assign + sort beat assign +
@@ -102,17 +97,23 @@ def init_centroids_strided(x: torch.Tensor, num_clusters: int, out: torch.Tensor
     return out
 
 
-def _prepared_centroids(ws: Workspace, name: str, bh: int, c: int, d: int, x: torch.Tensor
+def _prepared_centroids(ws: Workspace, name: str, bh: int, c: int, d: int, x: torch.Tensor, fp8: bool = False
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """The workspace buffers of clustering ``name`` that the assign reads and the update prepares: the centroids in
-    the points' dtype ``(BH, C, D)`` (the dot operand) and their fp32 squared norms ``(BH, C)``."""
-    return (ws.buffer(f"{name}.cent_lp.{x.dtype}", (bh, c, d), x.dtype, x.device),
+    the points' dtype ``(BH, C, D)`` (the dot operand; e4m3 with ``fp8``) and their fp32 squared norms ``(BH, C)``."""
+    dtype = torch.float8_e4m3fn if fp8 else x.dtype
+    return (ws.buffer(f"{name}.cent_lp.{dtype}", (bh, c, d), dtype, x.device),
             ws.buffer(f"{name}.cent_sq", (bh, c), torch.float32, x.device))
 
 
 def _fp8_assign(x: torch.Tensor) -> bool:
     """Whether the assign of points ``x`` runs on FP8 operands (``ASSIGN_FP8``, bf16 / fp16 points)."""
     return ASSIGN_FP8 and x.dtype in (torch.bfloat16, torch.float16)
+
+
+def assign_tile(x: torch.Tensor) -> AssignTile:
+    """The assign's launch shape for points ``x`` (and the block size of its counting-sort histograms)."""
+    return ASSIGN_TILE_FP8 if _fp8_assign(x) else ASSIGN_TILE
 
 
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
@@ -150,10 +151,9 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     b, h, n, d = x.shape
     bh, c, _ = centroids.shape
     ws = Workspace() if workspace is None else workspace
-    cent_lp, cent_sq = _prepared_centroids(ws, name, bh, c, d, x)
+    cent_lp, cent_sq = _prepared_centroids(ws, name, bh, c, d, x, fp8)
     scale = cent_sq  # never read without FP8
     if fp8:  # e4m3 copies and the head's scale, prepared here for every assign
-        cent_lp = ws.buffer(f"{name}.cent_lp.fp8", (bh, c, d), torch.float8_e4m3fn, x.device)
         scale = ws.buffer(f"{name}.cent_scale", (bh,), torch.float32, x.device)
         _prepare_centroids_fp8_kernel[(1, bh)](
             centroids, cent_lp, cent_sq, scale, c,
@@ -259,6 +259,8 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
     b, h, n, _ = x.shape
     c = centroids.shape[1]
     labels = workspace.buffer(f"{name}.labels", (b * h, n), torch.int32, x.device)
+    # each update but the last writes the next assign's centroid copies (an FP8 assign prepares its own e4m3 copies)
+    fuse_prepare = backend != "reference" and FUSE_PREPARE and not _fp8_assign(x)
     if backend == "reference":
         def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
             kmeans_assign(x, centroids, labels, backend)
@@ -267,7 +269,6 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         # Triton: with few clusters the assign kernel writes the counting sort's block histograms,
         # and every update but the last prepares the next assign's centroid copies.
         fused = c <= FUSED_SORT_MAX_CLUSTERS
-        fuse_prepare = FUSE_PREPARE and not _fp8_assign(x)  # an FP8 assign prepares its own e4m3 copies
         tile = assign_tile(x)
         counts = (workspace.buffer(f"{name}.block_counts", (b * h, _cdiv(n, tile.block_n) * c), torch.int32,
                                    x.device) if fused else None)
@@ -284,7 +285,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
     for it in range(iters):
         if it > 0:
             perm, offsets = assign_and_sort(False)
-        more = it < iters - 1 and backend != "reference" and FUSE_PREPARE and not _fp8_assign(x)
+        more = it < iters - 1 and fuse_prepare
         kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name, prepare=more)
     return labels, perm, offsets
 

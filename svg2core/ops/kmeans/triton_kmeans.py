@@ -109,19 +109,20 @@ def _kmeans_assign_kernel(
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_N], tl.int32)
     IDX_MASK: tl.constexpr = C_POW2 - 1
+    if PACKED or FP8:
+        xf = x.to(tl.float32)
     if PACKED:
         # one bias for the block: the largest ||x||^2 of its rows keeps every row's c_sq - 2 x.c + bias >= 0
         # (up to rounding) with one FFMA per distance
-        xf = x.to(tl.float32)
         bias = tl.max(tl.sum(xf * xf, axis=1), axis=0)
         if FP8:  # a margin over the e4m3 products' rounding (well under 1% of |x| |c|)
             bias = bias * 1.02
         best_key = tl.full([BLOCK_N], 0x7FFFFFFF, tl.int32)
-    if FP8:  # the points in e4m3, each scaled by its own largest magnitude; the dot's factor per row: 2 x both scales
-        xs = x.to(tl.float32)
-        x_scale = tl.maximum(tl.max(tl.abs(xs), axis=1) / 448.0, 1e-30)
-        two = 2.0 * x_scale * tl.load(scale_ptr + pid_bh)
-        x = (xs / x_scale[:, None]).to(cent_ptr.dtype.element_ty)
+    neg_two = -2.0  # the dot's factor in the distance
+    if FP8:  # the points in e4m3, each scaled by its own largest magnitude; the factor per row: -2 x both scales
+        x_scale = tl.maximum(tl.max(tl.abs(xf), axis=1) / 448.0, 1e-30)
+        neg_two = (-2.0 * x_scale * tl.load(scale_ptr + pid_bh))[:, None]
+        x = (xf / x_scale[:, None]).to(cent_ptr.dtype.element_ty)
     cent_base = cent_ptr + pid_bh * stride_cbh
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -134,18 +135,12 @@ def _kmeans_assign_kernel(
             dot = tl.dot(x, tl.trans(cent))  # (BLOCK_N, BLOCK_C) fp32 accumulate
         if PACKED:
             # padded centroids: cent_sq = inf, so their key is above every finite distance's
-            if FP8:
-                dist = (cent_sq + bias)[None, :] - two[:, None] * dot
-            else:
-                dist = (cent_sq + bias)[None, :] - 2.0 * dot
+            dist = (cent_sq + bias)[None, :] + neg_two * dot
             key = (dist.to(tl.int32, bitcast=True) & ~IDX_MASK) | offs_c[None, :]
             best_key = tl.minimum(best_key, tl.min(key, axis=1))
         else:
             # ||x||^2 is the same for every centroid of a row: leave it out of the argmin.
-            if FP8:
-                dist = cent_sq[None, :] - two[:, None] * dot
-            else:
-                dist = cent_sq[None, :] - 2.0 * dot
+            dist = cent_sq[None, :] + neg_two * dot
             tile_min, tile_arg = tl.min(dist, axis=1, return_indices=True, return_indices_tie_break_left=True)
             better = tile_min < best
             best = tl.where(better, tile_min, best)
