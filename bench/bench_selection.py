@@ -232,7 +232,7 @@ def time_shape(name, h, nv, t, cq, ck, dev, iters=2, legacy=True, stages=True) -
     res["overhead_pct"] = 100 * res["selection_ms"] / dense_ms
     res["overhead_graph_pct"] = 100 * res["selection_graph_ms"] / dense_ms
     if stages:  # per-stage breakdown (one iteration's pieces, graph-replayed: no launch gaps)
-        tile = km.assign_tile(kv)
+        tile = km.ASSIGN_TILE
         fused = ck <= km.FUSED_SORT_MAX_CLUSTERS
         counts = ws.buffer("k.block_counts", (bh, -(-nv // tile.block_n) * ck), torch.int32, dev) if fused else None
         lab = ws.buffer("k.labels", (bh, nv), torch.int32, dev)

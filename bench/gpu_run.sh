@@ -12,13 +12,11 @@
 #   bash bench/gpu_run.sh OUT layout                    # selection stages by token layout and data (probe_layout.py)
 #   bash bench/gpu_run.sh OUT text                      # what HunyuanVideo's text tokens cost (probe_text_cost.py)
 #   bash bench/gpu_run.sh OUT overlap                   # the selection's side-stream overlap in a graph (probe_overlap.py)
-#   bash bench/gpu_run.sh OUT fp8                       # ASSIGN_FP8: its GPU tests, then the assign and selection A/B (probe_assign.py)
 #
 # Steps: tests (tests/svg2core/test_sparse_attn_hopper.py), attn (bench_sparse_attn.py), selection
 # (bench_selection.py --no-sweep), pipeline (bench_pipeline_step.py --compile), assign (bench/probes/probe_assign.py), sort (bench/probes/probe_sort.py), tiles (bench/probes/probe_assign_tiles.py),
 # update (bench/probes/probe_update.py), layout (bench/probes/probe_layout.py),
-# text (bench/probes/probe_text_cost.py), overlap (bench/probes/probe_overlap.py), fp8 (tests/svg2core/test_kmeans_gpu.py,
-# then bench/probes/probe_assign.py --knob ASSIGN_FP8).
+# text (bench/probes/probe_text_cost.py), overlap (bench/probes/probe_overlap.py).
 # Results go to OUT/<step>/.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_run.sh OUT STEP...}
@@ -47,8 +45,6 @@ for step in "$@"; do
     layout) python bench/probes/probe_layout.py --out "$out/$step" > "$log" 2>&1 ;;
     text) python bench/probes/probe_text_cost.py --out "$out/$step" > "$log" 2>&1 ;;
     overlap) python bench/probes/probe_overlap.py --out "$out/$step" > "$log" 2>&1 ;;
-    fp8) python -m pytest -q tests/svg2core/test_kmeans_gpu.py -p no:cacheprovider > "$log" 2>&1 &&
-         python bench/probes/probe_assign.py --out "$out/$step" --knob ASSIGN_FP8 >> "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
   esac
   rc=$?

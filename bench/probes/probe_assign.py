@@ -1,11 +1,10 @@
-"""The k-means assign with a switch of the library off and on, in one run (GPU): by default the two argmins, (value,
-index) pairs and packed int32 keys (``ASSIGN_PACKED_ARGMIN``); ``--knob ASSIGN_FP8`` the dot on e4m3 operands.
+"""The k-means assign's two argmins, (value, index) pairs and packed int32 keys (``ASSIGN_PACKED_ARGMIN``), in one
+run (GPU).
 
-    python bench/probes/probe_assign.py --out DIR [--no-selection] [--knob ASSIGN_FP8]
+    python bench/probes/probe_assign.py --out DIR [--no-selection]
 
 1. Correctness: on each shape, the labels of both variants for the same points and centroids: the share that
-   agree, and the largest distance gap of a disagreement over the fp32 distances of two heads (near-ties may flip;
-   the FP8 assign moves points near a boundary, so its bar is lower: 95% equal, gaps within 5% of the mean distance).
+   agree, and the largest distance gap of a disagreement over the fp32 distances of two heads (near-ties may flip).
 2. The assign alone, both variants, timed back to back (bench_sparse_attn.time_ms), TFLOP/s of its dot.
 3. Unless --no-selection: the whole selection (bench_selection.time_shape: 2 warm k-means iterations on Q and K,
    scoring, selection, K/V gather, CUDA-graph replay) with the packed argmin off and on, against cuDNN dense.
@@ -17,7 +16,6 @@ Writes DIR/probe_assign_<card>.json and a markdown table.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -37,51 +35,43 @@ from svg2core.state import Workspace  # noqa: E402
 SHAPES = P.kmeans_shapes()  # every k-means problem of the benchmark models
 
 
-BARS = {"ASSIGN_PACKED_ARGMIN": (0.99, 1e-2), "ASSIGN_FP8": (0.95, 5e-2)}  # labels equal, max gap / mean distance
-
-
-def assign_case(name, h, n, c, dev, knob="ASSIGN_PACKED_ARGMIN") -> dict:
+def assign_case(name, h, n, c, dev) -> dict:
     x, cent = P.kmeans_problem(h, n, c, dev)
     ws = Workspace()
     labels, ms = {}, {}
-    for on in (False, True):
+    for packed in (False, True):
         lab = torch.full((h, n), -1, dtype=torch.int32, device=dev)
-        with P.setting(km, knob, on):
+        with P.setting(km, "ASSIGN_PACKED_ARGMIN", packed):
             km.kmeans_assign(x, cent, lab, workspace=ws)
-            ms[on] = time_ms(lambda lab=lab: km.kmeans_assign(x, cent, lab, workspace=ws), reps=20)
-        labels[on] = lab
+            ms[packed] = time_ms(lambda lab=lab: km.kmeans_assign(x, cent, lab, workspace=ws), reps=20)
+        labels[packed] = lab
     tf = 2 * h * n * c * 128 / 1e9
     row = {"shape": name, "heads": h, "tokens": n, "clusters": c, **P.label_agreement(x, cent, labels[False], labels[True]),
            "pair_ms": ms[False], "packed_ms": ms[True], "pair_tflops": tf / ms[False], "packed_tflops": tf / ms[True]}
-    equal, gap = BARS[knob]
-    row["ok"] = row["labels_valid"] and row["labels_equal"] > equal and row["max_gap"] <= gap * row["mean_dist"]
+    row["ok"] = row["labels_valid"] and row["labels_equal"] > 0.99 and row["max_gap"] <= 1e-2 * row["mean_dist"]
     print(json.dumps(row), flush=True)
     return row
 
 
 def main() -> None:
-    opts = P.probe_args((("--knob",), {"default": "ASSIGN_PACKED_ARGMIN", "choices": sorted(BARS),
-                                       "help": "the switch of svg2core.ops.kmeans.kmeans to time off and on"}))
-    knob = opts.knob
+    opts = P.probe_args()
     dev = torch.device("cuda")
-    stem = "probe_assign_packed" if knob == "ASSIGN_PACKED_ARGMIN" else "probe_assign_fp8"
-    out = P.ProbeResults(opts.out, stem, knob=knob, assign=[], selection=[])
+    out = P.ProbeResults(opts.out, "probe_assign_packed", assign=[], selection=[])
     res, card_name = out.data, out.device
-    P.run_shapes(out, "assign", functools.partial(assign_case, knob=knob), SHAPES, dev)
+    P.run_shapes(out, "assign", assign_case, SHAPES, dev)
     if not all(r["ok"] for r in res["assign"]):
-        print(f"{knob} on disagrees with off beyond its bar: no selection timing", flush=True)
+        print("the packed argmin disagrees with the pair argmin: no selection timing", flush=True)
     elif not opts.no_selection:
-        P.time_selection_ab(out, lambda on: P.setting(km, knob, on), dev)
-    off, on = ("pair", "packed") if knob == "ASSIGN_PACKED_ARGMIN" else ("bf16", "fp8")
-    lines = [f"# k-means assign: {knob} off ({off}) and on ({on}) ({card_name})", "",
-             f"| shape | labels equal | max gap / mean dist | {off} ms | {on} ms | {off} TFLOP/s | {on} TFLOP/s |",
+        P.time_selection_ab(out, lambda on: P.setting(km, "ASSIGN_PACKED_ARGMIN", on), dev)
+    lines = [f"# k-means assign: (value, index) argmin vs packed int32 keys ({card_name})", "",
+             "| shape | labels equal | max gap / mean dist | pair ms | packed ms | pair TFLOP/s | packed TFLOP/s |",
              "|---|---|---|---|---|---|---|"]
     for r in res["assign"]:
         lines.append(f"| {r['shape']} ({r['heads']}x{r['tokens']}) | {r['labels_equal']:.5f} | "
                      f"{r['max_gap'] / r['mean_dist']:.1e} | {r['pair_ms']:.3f} | {r['packed_ms']:.3f} | "
                      f"{r['pair_tflops']:.0f} | {r['packed_tflops']:.0f} |")
     if res["selection"]:
-        lines += P.selection_ab_lines(res["selection"], f"{knob} off", f"{knob} on")
+        lines += P.selection_ab_lines(res["selection"], "pair argmin", "packed argmin")
     out.finish(lines)
 
 

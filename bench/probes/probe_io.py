@@ -95,13 +95,10 @@ def card_tag(device_name: str) -> str:
     return device_name.replace(" ", "_").lower()
 
 
-def probe_args(*extra: tuple[tuple, dict]) -> argparse.Namespace:
-    """--out and --no-selection, plus a probe's own options: ``(args, kwargs)`` of ``add_argument`` each."""
+def probe_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True, help="directory for the JSON and markdown results")
     ap.add_argument("--no-selection", action="store_true", help="skip the whole-selection timings")
-    for args, kwargs in extra:
-        ap.add_argument(*args, **kwargs)
     return ap.parse_args()
 
 

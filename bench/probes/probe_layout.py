@@ -66,7 +66,7 @@ def time_layout(name, h, nv, cq, ck, layout, dev, data="randn") -> dict:
     res = {"shape": name, "layout": layout, "data": data, "heads": h, "video_tokens": nv, "Cq": cq, "Ck": ck,
            "selection_graph_ms": graph, "selection_ms": S.bench_ms(selection), "gpu_clocks": clocks.summary()}
     lab = ws.buffer("k.labels", (h, nv), torch.int32, dev)
-    tile = km.assign_tile(k)
+    tile = km.ASSIGN_TILE
     counts = ws.buffer("k.block_counts", (h, -(-nv // tile.block_n) * ck), torch.int32, dev)
     res["assign_k_ms"] = S.graph_ms(lambda: kmeans_assign(k, k_cent, lab, workspace=ws, block_counts=counts))
     perm, off = sort_by_cluster(lab, ck, ws, "k")

@@ -1,6 +1,6 @@
 """The k-means assign kernel compiled for sm_90 without a GPU: registers and the instruction mix of its tile loop.
 
-    python bench/probes/sass_assign.py [--packed] [--fp8] [--block-n 256] [--block-c 64] [--warps 8] [--stages 2]
+    python bench/probes/sass_assign.py [--packed] [--block-n 256] [--block-c 64] [--warps 8] [--stages 2]
 
 Compiles ``triton_kmeans._kmeans_assign_kernel`` (bf16, D = 128, no histogram) with Triton's own ptxas and counts
 the SASS instructions from 40 before the first HGMMA to the loop's backward branch: what one centroid tile costs
@@ -31,10 +31,9 @@ def _compile_triton(opts):
     kern = _kmeans_assign_kernel
     names = kern.arg_names
     sig = {n: "i32" for n in names}
-    sig.update(x_ptr="*bf16", cent_ptr="*fp8e4nv" if opts.fp8 else "*bf16", cent_sq_ptr="*fp32", scale_ptr="*fp32",
-               labels_ptr="*i32", counts_ptr="*i32")
+    sig.update(x_ptr="*bf16", cent_ptr="*bf16", cent_sq_ptr="*fp32", labels_ptr="*i32", counts_ptr="*i32")
     consts = dict(D=128, BLOCK_N=opts.block_n, BLOCK_C=opts.block_c, DOT_FP32=False, HIST=False,
-                  C_POW2=opts.clusters_pow2, PACKED=opts.packed, FP8=opts.fp8)
+                  C_POW2=opts.clusters_pow2, PACKED=opts.packed)
     for k in consts:
         sig[k] = "constexpr"
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -47,7 +46,6 @@ def _compile_triton(opts):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--packed", action="store_true", help="the packed-key argmin (PACKED)")
-    ap.add_argument("--fp8", action="store_true", help="e4m3 operands (FP8, kmeans.ASSIGN_FP8)")
     ap.add_argument("--block-n", type=int, default=256)
     ap.add_argument("--block-c", type=int, default=64)
     ap.add_argument("--warps", type=int, default=8)
@@ -64,15 +62,15 @@ def main() -> None:
                              text=True).stdout
     ins = [ln.split(";")[0].split("*/", 1)[-1].strip() for ln in sass.splitlines()
            if re.search(r"/\*[0-9a-f]{4,}\*/\s+[A-Z@]", ln)]
-    hgmma = [i for i, t in enumerate(ins) if "GMMA" in t]  # HGMMA (bf16), QGMMA (e4m3)
+    hgmma = [i for i, t in enumerate(ins) if "HGMMA" in t]
     end = next(i for i in range(hgmma[-1], len(ins)) if "BRA" in ins[i])
     body = ins[max(0, hgmma[0] - 40): end + 1]
     mix = collections.Counter((t.split()[1] if t.startswith("@") else t.split()[0]) for t in body)
     # matmul waits that leave one group in flight (async overlap); ptxas serialises the matmuls (waits for 0 after
     # each) when a non-wgmma instruction reads an accumulator in flight
     waits_le1 = len(re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x1", sass))
-    out = {"packed": opts.packed, "fp8": opts.fp8, "async_waits": waits_le1, "resources": re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+", res).group(0),
-           "loop_instructions": len(body), "gmma": sum(v for k, v in mix.items() if "GMMA" in k),
+    out = {"packed": opts.packed, "async_waits": waits_le1, "resources": re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+", res).group(0),
+           "loop_instructions": len(body), "hgmma": mix.get("HGMMA.64x64x16.F32.BF16", 0),
            "mix": dict(mix.most_common(16))}
     print(json.dumps(out, indent=1))
 

@@ -9,7 +9,6 @@ from svg2core.ops.kmeans.kmeans import (
 )
 from svg2core.ops.kmeans.reference import (
     init_centroids_strided_reference,
-    kmeans_assign_fp8_reference,
     kmeans_assign_reference,
     kmeans_reference,
     kmeans_update_reference,
@@ -21,7 +20,6 @@ __all__ = [
     "init_centroids_strided",
     "init_centroids_strided_reference",
     "kmeans_assign",
-    "kmeans_assign_fp8_reference",
     "kmeans_assign_reference",
     "kmeans_reference",
     "kmeans_update",

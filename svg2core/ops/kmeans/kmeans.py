@@ -13,11 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from svg2core.ops.kmeans.reference import (
-    kmeans_assign_fp8_reference,
-    kmeans_assign_reference,
-    kmeans_update_reference,
-)
+from svg2core.ops.kmeans.reference import kmeans_assign_reference, kmeans_update_reference
 from svg2core.ops.permute import sort_by_cluster
 from svg2core.state import Workspace
 
@@ -45,9 +41,6 @@ class AssignTile:
 # Fastest of bench/bench_selection.py's sweep on H100 at the Wan 14B key shape (40 x 75,600 x 1000
 # clusters): 2.05 ms, 378 TFLOP/s (docs/benchmarks/bench_selection_h100_v1.md).
 ASSIGN_TILE = AssignTile()
-# The FP8 assign's (ASSIGN_FP8) launch shape: 128 tokens per program. With 256, the e4m3 conversion of the points
-# spills (sm_90 compile, bench/probes/sass_assign.py --fp8: 1,040 bytes of stack at 255 registers; none at 128).
-ASSIGN_TILE_FP8 = AssignTile(block_n=128)
 # Clusters up to which the assign kernel writes the counting sort's block histograms (the sort is then a scan + a
 # ranked scatter); above it, sort_by_cluster's default method (a radix sort). Every cluster count the config allows:
 # with the histogram counted by atomic increments and the scatter ranking by a scan, assign + sort beat assign +
@@ -64,13 +57,6 @@ ASSIGN_PACKED_ARGMIN = True
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
-# The assign's dot on FP8 (e4m3) operands with a scale per point and one per head (Hopper's FP8 matmul runs at twice
-# the bf16 rate; the assign is the selection's largest stage). Its specification, for both backends, is
-# reference.kmeans_assign_fp8_reference. On CPU, in bench_fidelity's synthetic attention, it changed 0.7-1.7% of the
-# labels (tokens near a boundary) and neither the k-means objective nor the attention error at equal density
-# (docs/benchmarks/probe_fp8_assign_cpu.md). Not yet timed on a GPU: off. Points in bf16 / fp16 only; with it, every
-# assign prepares its own centroid copies (FUSE_PREPARE does not apply).
-ASSIGN_FP8 = False
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -97,23 +83,12 @@ def init_centroids_strided(x: torch.Tensor, num_clusters: int, out: torch.Tensor
     return out
 
 
-def _prepared_centroids(ws: Workspace, name: str, bh: int, c: int, d: int, x: torch.Tensor, fp8: bool = False
+def _prepared_centroids(ws: Workspace, name: str, bh: int, c: int, d: int, x: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """The workspace buffers of clustering ``name`` that the assign reads and the update prepares: the centroids in
-    the points' dtype ``(BH, C, D)`` (the dot operand; e4m3 with ``fp8``) and their fp32 squared norms ``(BH, C)``."""
-    dtype = torch.float8_e4m3fn if fp8 else x.dtype
-    return (ws.buffer(f"{name}.cent_lp.{dtype}", (bh, c, d), dtype, x.device),
+    the points' dtype ``(BH, C, D)`` (the dot operand) and their fp32 squared norms ``(BH, C)``."""
+    return (ws.buffer(f"{name}.cent_lp.{x.dtype}", (bh, c, d), x.dtype, x.device),
             ws.buffer(f"{name}.cent_sq", (bh, c), torch.float32, x.device))
-
-
-def _fp8_assign(x: torch.Tensor) -> bool:
-    """Whether the assign of points ``x`` runs on FP8 operands (``ASSIGN_FP8``, bf16 / fp16 points)."""
-    return ASSIGN_FP8 and x.dtype in (torch.bfloat16, torch.float16)
-
-
-def assign_tile(x: torch.Tensor) -> AssignTile:
-    """The assign's launch shape for points ``x`` (and the block size of its counting-sort histograms)."""
-    return ASSIGN_TILE_FP8 if _fp8_assign(x) else ASSIGN_TILE
 
 
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
@@ -129,7 +104,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
         workspace: holds the low-precision copy of the centroids and their norms (a fresh one
             when None).
         tile: launch shape of the Triton kernel (benchmarks), and the block size of ``block_counts``; None:
-            ``assign_tile(x)``.
+            ``ASSIGN_TILE``.
         block_counts: optional ``(B * H, cdiv(N, tile.block_n) * C)`` int32 output: the label
             histogram of every block of ``tile.block_n`` tokens (block-major), for
             ``sort_by_cluster(method="count", block_counts=..., count_block=tile.block_n)``.
@@ -137,48 +112,34 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
             (written by ``kmeans_update(..., prepare=True)``): skip the preparation launch.
         name: prefix of the workspace buffers (clusterings that may run concurrently need their own).
     """
-    fp8 = _fp8_assign(x)
     if backend == "reference":
-        assign = kmeans_assign_fp8_reference if fp8 else kmeans_assign_reference
-        labels.copy_(assign(_as_bh(x), centroids))
+        labels.copy_(kmeans_assign_reference(_as_bh(x), centroids))
         return labels
-    from svg2core.ops.kmeans.triton_kmeans import (
-        _kmeans_assign_kernel,
-        _prepare_centroids_fp8_kernel,
-        _prepare_centroids_kernel,
-    )
+    from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel, _prepare_centroids_kernel
 
     b, h, n, d = x.shape
     bh, c, _ = centroids.shape
     ws = Workspace() if workspace is None else workspace
-    cent_lp, cent_sq = _prepared_centroids(ws, name, bh, c, d, x, fp8)
-    scale = cent_sq  # never read without FP8
-    if fp8:  # e4m3 copies and the head's scale, prepared here for every assign
-        scale = ws.buffer(f"{name}.cent_scale", (bh,), torch.float32, x.device)
-        _prepare_centroids_fp8_kernel[(1, bh)](
-            centroids, cent_lp, cent_sq, scale, c,
-            centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-            D=d, BLOCK_C=32, num_warps=4,
-        )
-    elif not prepared:
+    cent_lp, cent_sq = _prepared_centroids(ws, name, bh, c, d, x)
+    if not prepared:
         _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
             centroids, cent_lp, cent_sq, c,
             centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
             D=d, BLOCK_C=32, num_warps=4,
         )
-    tile = tile or assign_tile(x)
+    tile = tile or ASSIGN_TILE
     c_pow2 = max(16, triton_next_pow2(c))
     block_c = min(tile.block_c, c_pow2)
     nb = _cdiv(n, tile.block_n)
     if block_counts is not None and (tuple(block_counts.shape) != (bh, nb * c) or block_counts.dtype != torch.int32):
         raise ValueError(f"block_counts: must be ({bh}, {nb * c}) int32 for {n} tokens in blocks of "
                          f"{tile.block_n}, got {tuple(block_counts.shape)} {block_counts.dtype}")
-    args = (x, cent_lp, cent_sq, scale, labels, labels if block_counts is None else block_counts, n, c, h,
+    args = (x, cent_lp, cent_sq, labels, labels if block_counts is None else block_counts, n, c, h,
             x.stride(0), x.stride(1), x.stride(2), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
             labels.stride(0), 0 if block_counts is None else block_counts.stride(0))
     _kmeans_assign_kernel[(nb, bh)](
         *args, D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
-        HIST=block_counts is not None, C_POW2=c_pow2, PACKED=ASSIGN_PACKED_ARGMIN, FP8=fp8,
+        HIST=block_counts is not None, C_POW2=c_pow2, PACKED=ASSIGN_PACKED_ARGMIN,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
@@ -259,8 +220,8 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
     b, h, n, _ = x.shape
     c = centroids.shape[1]
     labels = workspace.buffer(f"{name}.labels", (b * h, n), torch.int32, x.device)
-    # each update but the last writes the next assign's centroid copies (an FP8 assign prepares its own e4m3 copies)
-    fuse_prepare = backend != "reference" and FUSE_PREPARE and not _fp8_assign(x)
+    # each update but the last writes the next assign's centroid copies
+    fuse_prepare = backend != "reference" and FUSE_PREPARE
     if backend == "reference":
         def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
             kmeans_assign(x, centroids, labels, backend)
@@ -269,7 +230,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         # Triton: with few clusters the assign kernel writes the counting sort's block histograms,
         # and every update but the last prepares the next assign's centroid copies.
         fused = c <= FUSED_SORT_MAX_CLUSTERS
-        tile = assign_tile(x)
+        tile = ASSIGN_TILE
         counts = (workspace.buffer(f"{name}.block_counts", (b * h, _cdiv(n, tile.block_n) * c), torch.int32,
                                    x.device) if fused else None)
 

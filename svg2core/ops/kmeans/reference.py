@@ -43,25 +43,6 @@ def kmeans_assign_reference(x: torch.Tensor, centroids: torch.Tensor) -> torch.T
     return dist.argmin(dim=-1).to(torch.int32)
 
 
-def e4m3_rows(x: torch.Tensor, dims: tuple[int, ...] = (-1,)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fp32 ``x`` in e4m3 with a scale per slice over ``dims`` (its largest magnitude / 448, at least 1e-30; by
-    default one per row): the quantised values, as fp32, and the scales (``dims`` kept as size 1)."""
-    scale = (x.abs().amax(dims, keepdim=True) / 448.0).clamp_min(1e-30)
-    return (x / scale).to(torch.float8_e4m3fn).float(), scale
-
-
-def kmeans_assign_fp8_reference(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """:func:`kmeans_assign_reference` with the dot products of FP8 operands (``kmeans.ASSIGN_FP8``): the points in
-    e4m3 with a scale per point, the centroids with one scale per ``(b, h)`` (:func:`e4m3_rows`; one scale for all of
-    a head's centroids lets the kernel fold it into each row's factor), products accumulated in fp32 and scaled back,
-    the centroid norms exact. Ties go to the lowest cluster id."""
-    xq, xs = e4m3_rows(x.float())
-    cq, cs = e4m3_rows(centroids.float(), (-2, -1))
-    dots = (xq @ cq.transpose(1, 2)) * xs * cs
-    dist = (centroids.float() ** 2).sum(-1)[:, None, :] - 2.0 * dots
-    return dist.argmin(dim=-1).to(torch.int32)
-
-
 def kmeans_update_reference(x: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Cluster means of ``x`` under ``labels``; an empty cluster keeps its centroid.
 

@@ -31,43 +31,14 @@ def _prepare_centroids_kernel(
 
 
 @triton.jit
-def _prepare_centroids_fp8_kernel(
-    cent_ptr, cent_lp_ptr, cent_sq_ptr, scale_ptr, C,
-    stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
-    D: tl.constexpr, BLOCK_C: tl.constexpr,
-):
-    """The FP8 assign's centroids, one program per (b, h): ``scale[bh]`` = the largest magnitude of the head's
-    centroids / 448 (at least 1e-30), cent_lp = cent / scale in e4m3, cent_sq = ||cent||^2 in fp32 (exact). One scale
-    for the head lets the assign fold it into each row's factor (no multiply per distance)."""
-    pid_bh = tl.program_id(1)
-    offs_d = tl.arange(0, D)
-    base = cent_ptr + pid_bh * stride_cbh
-    amax = tl.zeros([BLOCK_C], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        m = offs_c < C
-        cent = tl.load(base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=m[:, None], other=0.0)
-        tl.store(cent_sq_ptr + pid_bh * stride_sbh + offs_c, tl.sum(cent * cent, axis=1), mask=m)
-        amax = tl.maximum(amax, tl.max(tl.abs(cent), axis=1))
-    scale = tl.maximum(tl.max(amax, axis=0) / 448.0, 1e-30)
-    tl.store(scale_ptr + pid_bh, scale)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        m = offs_c < C
-        cent = tl.load(base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=m[:, None], other=0.0)
-        tl.store(cent_lp_ptr + pid_bh * stride_lbh + offs_c[:, None] * stride_lc + offs_d[None, :],
-                 (cent / scale).to(cent_lp_ptr.dtype.element_ty), mask=m[:, None])
-
-
-@triton.jit
 def _kmeans_assign_kernel(
-    x_ptr, cent_ptr, cent_sq_ptr, scale_ptr, labels_ptr, counts_ptr,
+    x_ptr, cent_ptr, cent_sq_ptr, labels_ptr, counts_ptr,
     N, C, H,
     stride_xb, stride_xh, stride_xn,
     stride_cbh, stride_cc, stride_sbh,
     stride_lbh, stride_nbh,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr,
-    HIST: tl.constexpr, C_POW2: tl.constexpr, PACKED: tl.constexpr = False, FP8: tl.constexpr = False,
+    HIST: tl.constexpr, C_POW2: tl.constexpr, PACKED: tl.constexpr = False,
 ):
     """labels[bh, n] = argmin_c ||x[bh, n] - cent[bh, c]||^2, over tiles of BLOCK_C centroids.
 
@@ -82,11 +53,6 @@ def _kmeans_assign_kernel(
     replaced by the centroid id. One integer min per distance instead of compares and two selects; distances
     within ``2^log2(C_POW2)`` units in the last place of each other count as ties (to the lower id), far below
     the bf16 rounding of the dot's operands.
-
-    With ``FP8`` the dot runs on e4m3 operands (Hopper's FP8 matmul, twice the bf16 rate): each point scaled by its
-    own largest magnitude / 448, the centroids as ``_prepare_centroids_fp8_kernel`` wrote them (one scale per head),
-    fp32 accumulation; both scales go into each row's factor of the dot (``2 * point scale * head scale``), and the
-    norms stay exact. The specification is ``reference.kmeans_assign_fp8_reference``.
 
     With ``HIST`` the program also writes its block's label histogram,
     ``counts[bh, pid_n * C + c]`` (the first stage of the counting sort, blocks of BLOCK_N tokens),
@@ -109,20 +75,12 @@ def _kmeans_assign_kernel(
     best = tl.full([BLOCK_N], float("inf"), tl.float32)
     best_idx = tl.zeros([BLOCK_N], tl.int32)
     IDX_MASK: tl.constexpr = C_POW2 - 1
-    if PACKED or FP8:
-        xf = x.to(tl.float32)
     if PACKED:
         # one bias for the block: the largest ||x||^2 of its rows keeps every row's c_sq - 2 x.c + bias >= 0
         # (up to rounding) with one FFMA per distance
+        xf = x.to(tl.float32)
         bias = tl.max(tl.sum(xf * xf, axis=1), axis=0)
-        if FP8:  # a margin over the e4m3 products' rounding (well under 1% of |x| |c|)
-            bias = bias * 1.02
         best_key = tl.full([BLOCK_N], 0x7FFFFFFF, tl.int32)
-    neg_two = -2.0  # the dot's factor in the distance
-    if FP8:  # the points in e4m3, each scaled by its own largest magnitude; the factor per row: -2 x both scales
-        x_scale = tl.maximum(tl.max(tl.abs(xf), axis=1) / 448.0, 1e-30)
-        neg_two = (-2.0 * x_scale * tl.load(scale_ptr + pid_bh))[:, None]
-        x = (xf / x_scale[:, None]).to(cent_ptr.dtype.element_ty)
     cent_base = cent_ptr + pid_bh * stride_cbh
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -135,12 +93,12 @@ def _kmeans_assign_kernel(
             dot = tl.dot(x, tl.trans(cent))  # (BLOCK_N, BLOCK_C) fp32 accumulate
         if PACKED:
             # padded centroids: cent_sq = inf, so their key is above every finite distance's
-            dist = (cent_sq + bias)[None, :] + neg_two * dot
+            dist = (cent_sq + bias)[None, :] - 2.0 * dot
             key = (dist.to(tl.int32, bitcast=True) & ~IDX_MASK) | offs_c[None, :]
             best_key = tl.minimum(best_key, tl.min(key, axis=1))
         else:
             # ||x||^2 is the same for every centroid of a row: leave it out of the argmin.
-            dist = cent_sq[None, :] + neg_two * dot
+            dist = cent_sq[None, :] - 2.0 * dot
             tile_min, tile_arg = tl.min(dist, axis=1, return_indices=True, return_indices_tie_break_left=True)
             better = tile_min < best
             best = tl.where(better, tile_min, best)
