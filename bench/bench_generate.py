@@ -196,8 +196,8 @@ def write_markdown(path: Path, result: dict) -> None:
              f"{result['description']}", "",
              "| budget | mean density (sparse calls) | wall s | encode s | denoise s | decode + write s | dense step s | "
              "first sparse step s | sparse step s | speedup (wall) | speedup (denoise) | projected from steps | "
-             "saved s (measured) | saved s (job's estimate) | clock | checks |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "saved s (measured) | saved s (job's estimate) | its dense time | clock | checks |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(x, fmt="{:.2f}"):
         return "-" if x is None else fmt.format(x)
@@ -211,7 +211,8 @@ def write_markdown(path: Path, result: dict) -> None:
             f(j["dense_step_median"], "{:.3f}"), f(j["first_sparse_step"], "{:.3f}"),
             f(j["sparse_step_median"], "{:.3f}"), f(j.get("speedup_wall"), "{:.2f}x"),
             f(j.get("speedup_denoise"), "{:.2f}x"), f(j.get("projected_speedup_from_steps"), "{:.2f}x"),
-            f(j.get("saved_denoise_seconds")), f(j.get("estimated_saved_seconds")), clock_cell(j["clocks"]),
+            f(j.get("saved_denoise_seconds")), f(j.get("estimated_saved_seconds")),
+            acc.get("estimated_dense_time_source") or "-", clock_cell(j["clocks"]),
             "ok" if ok else "FAILED: " + ", ".join(k for k, v in j["checks"].items() if not v),
         ]) + " |")
     lines += ["", f"Load (from_pretrained offline + svg2 + regional compile set-up): {result['load_seconds']:.1f} s; "

@@ -266,7 +266,9 @@ class SVG2Integration:
         self.backend = backend
         self.default_plan = default_plan
         self.estimate_savings = estimate_savings
-        self.calibration = DenseAttentionCalibration()
+        # The probe times the processors' own dense call (diffusers' dispatch, (B, N, H, D)), no mask.
+        self.calibration = DenseAttentionCalibration(
+            lambda q, k, v: dense_attention(q, k, v, None, None, None))
         # Scratch buffers of the sparse calls, one set per loaded pipeline: sized by the first calls of
         # the first job, reused by every later call and job (no per-job allocation, stable addresses for
         # CUDA graphs). They only ever hold intermediates of the call in progress, so sharing them across

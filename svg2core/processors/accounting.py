@@ -6,14 +6,17 @@ until :meth:`AttentionAccounting.metrics` runs at the end of the job, which is w
 synchronisation of the job happens.
 
 On CPU the attention and forward times are wall-clock (``time.perf_counter``; CPU kernels run
-synchronously, so that is the real time) and the time-saved estimate is ``None``: there is no
-calibrated dense baseline on CPU.
+synchronously, so that is the real time). The time-saved estimate needs a dense time per call shape
+(:class:`DenseAttentionCalibration`): the dense calls jobs really ran, else (GPU only) a probe; on CPU
+a job whose shapes never ran dense has no estimate (``None``).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -72,21 +75,47 @@ class _Timer:
 
 
 class DenseAttentionCalibration:
-    """Dense attention time per call shape on this machine's GPU, measured once per shape with SDPA.
+    """Dense attention time per call shape on this machine, for the time-saved estimate.
 
-    Owned by one :class:`~svg2core.integration.SVG2Integration` (one pipeline, one GPU) and shared by
-    its jobs: a measured time is a property of the hardware, not of a request. On CPU it returns None.
+    Owned by one :class:`~svg2core.integration.SVG2Integration` (one pipeline, one device) and shared by
+    its jobs: a dense call's time is a property of the hardware and the shape, not of a request. Two
+    sources, per shape ``(B, H, N, D, dtype, device)``:
+
+    1. **Observed**: the timed dense calls that jobs on this pipeline really ran (warm-up steps, dense
+       layers), fed in by :meth:`AttentionAccounting.metrics` through :meth:`observe`. Once
+       ``min_observed`` of them are there, their median (over the last ``keep``) is the answer: measured
+       inside real steps, at the clock the card holds while it works (on an H200 a busy step runs
+       power-capped at ~1.6-1.75 GHz, where a short probe runs at ~1.98 GHz), in the layout and through
+       the dispatch the model uses. Works on CPU too (wall-clock timers).
+    2. **Probe** (GPU only), for shapes no job has run dense yet: ``dense_fn`` (the pipeline's own dense
+       call, ``(B, N, H, D)`` inputs) on random inputs, two warm-up calls, then ``repeats`` timed calls
+       between CUDA events, averaged; cached. None on CPU, and when the probe runs out of memory.
     """
 
-    def __init__(self, repeats: int = 3) -> None:
+    def __init__(self, dense_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 repeats: int = 5, min_observed: int = 3, keep: int = 512) -> None:
+        self.dense_fn = dense_fn or _sdpa_bnhd
         self.repeats = repeats
-        self._seconds: dict[ShapeKey, float | None] = {}
+        self.min_observed = min_observed
+        self.keep = keep
+        self._observed: dict[ShapeKey, deque[float]] = {}
+        self._probed: dict[ShapeKey, float | None] = {}
+
+    def observe(self, key: ShapeKey, seconds: Iterable[float]) -> None:
+        """Record measured dense-call times of shape ``key`` (the newest ``keep`` are kept)."""
+        self._observed.setdefault(key, deque(maxlen=self.keep)).extend(seconds)
+
+    def source(self, key: ShapeKey) -> str:
+        """``"observed"`` when :meth:`seconds` answers from observed calls, else ``"probe"``."""
+        return "observed" if len(self._observed.get(key, ())) >= self.min_observed else "probe"
 
     def seconds(self, key: ShapeKey) -> float | None:
-        """Dense SDPA seconds of one call of shape ``key`` (measured on first request, then cached)."""
-        if key not in self._seconds:
-            self._seconds[key] = self._measure(key)
-        return self._seconds[key]
+        """Dense seconds of one call of shape ``key``: observed median, else the (cached) probe."""
+        if self.source(key) == "observed":
+            return statistics.median(self._observed[key])
+        if key not in self._probed:
+            self._probed[key] = self._measure(key)
+        return self._probed[key]
 
     def _measure(self, key: ShapeKey) -> float | None:
         b, h, n, d, dtype_name, device_name = key
@@ -95,12 +124,13 @@ class DenseAttentionCalibration:
             return None
         dtype = getattr(torch, dtype_name)
         try:
-            q, k, v = (torch.randn(b, h, n, d, dtype=dtype, device=device) for _ in range(3))
-            F.scaled_dot_product_attention(q, k, v)  # warm-up: backend selection, workspace
+            q, k, v = (torch.randn(b, n, h, d, dtype=dtype, device=device) for _ in range(3))
+            for _ in range(2):  # warm-up: backend selection, plans, workspace
+                self.dense_fn(q, k, v)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             for _ in range(self.repeats):
-                F.scaled_dot_product_attention(q, k, v)
+                self.dense_fn(q, k, v)
             end.record()
             end.synchronize()
             return start.elapsed_time(end) / 1000.0 / self.repeats
@@ -108,6 +138,11 @@ class DenseAttentionCalibration:
             return None
         finally:
             q = k = v = None
+
+
+def _sdpa_bnhd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain SDPA on ``(B, N, H, D)`` inputs (the calibration's default dense call)."""
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
 
 @dataclass
@@ -208,7 +243,17 @@ class AttentionAccounting:
                 per_step[rec.step] += sec
         steps = sorted({rec.step for rec in self._forwards})
 
-        saved, dense_estimate = _time_saved(self._sparse_timers, calibration if self.timing else None)
+        calibration = calibration if self.timing else None
+        if calibration is not None:  # this job's dense calls calibrate its own estimate (and later jobs')
+            observed: dict[ShapeKey, list[float]] = defaultdict(list)
+            for key, timer in self._dense_timers:
+                sec = timer.read()
+                if sec is not None:
+                    observed[key].append(sec)
+            for key, secs in observed.items():
+                calibration.observe(key, secs)
+        saved, dense_estimate = _time_saved(self._sparse_timers, calibration)
+        sources = sorted({calibration.source(key) for key, _ in self._sparse_timers}) if calibration else []
         return {
             "attention_calls": ran + self.skipped_calls,
             "dense_calls": dense_total,
@@ -229,6 +274,9 @@ class AttentionAccounting:
             "step_transformer_seconds": [per_step[s] for s in steps] if (step_timed and steps) else None,
             "estimated_dense_attention_seconds_for_sparse_calls": dense_estimate,
             "estimated_attention_seconds_saved": saved,
+            # where the dense time of the estimate came from: "observed" (dense calls of this shape that
+            # jobs ran here), "probe" (timed dense calls on random inputs), both, or None (no estimate)
+            "estimated_dense_time_source": ("+".join(sources) or None) if dense_estimate else None,
         }
 
 

@@ -172,16 +172,41 @@ def test_torch_compile_matches_eager_and_does_not_recompile_per_step():
     assert results["compiled"][1]["sparse_calls"] == 2
 
 
-def test_accounting_on_cpu_reports_wall_clock_and_no_savings_estimate():
+def test_accounting_on_cpu_reports_wall_clock_and_estimates_savings_from_observed_dense_calls():
     model, inputs = tiny_wan(), wan_inputs()
-    apply_svg2(model, backend="reference")
+    integration = apply_svg2(model, backend="reference")
+    calibration = integration.calibration
+    # Job 1: one dense warm-up step (2 layers: 2 dense calls, fewer than the calibration's minimum).
     with svg2_session(model, small_plan(top_p=0.5, dense_warmup_steps=1), num_inference_steps=2) as session:
         forward(model, inputs, "cond")
         forward(model, inputs, "cond")
     metrics = session.metrics()
     assert metrics["sparse_attention_seconds"] > 0 and metrics["dense_attention_seconds"] > 0
     assert len(metrics["step_transformer_seconds"]) == 2 and all(s > 0 for s in metrics["step_transformer_seconds"])
+    # No probe on CPU and too few observed dense calls: no estimate.
     assert metrics["estimated_attention_seconds_saved"] is None
+    assert metrics["estimated_dense_time_source"] is None
+    # Job 2: two dense warm-up steps; with job 1's calls the shape has 6 observed dense calls.
+    with svg2_session(model, small_plan(top_p=0.5, dense_warmup_steps=2), num_inference_steps=3) as session2:
+        for _ in range(3):
+            forward(model, inputs, "cond")
+    m2 = session2.metrics()
+    (key,) = calibration._observed
+    assert len(calibration._observed[key]) == 6 and calibration.source(key) == "observed"
+    # the observations are the two jobs' own timed dense calls, and the estimate uses their median
+    assert sum(calibration._observed[key]) == pytest.approx(metrics["dense_attention_seconds"] + m2["dense_attention_seconds"])
+    dense_call = calibration.seconds(key)
+    assert min(calibration._observed[key]) <= dense_call <= max(calibration._observed[key])
+    assert m2["estimated_dense_attention_seconds_for_sparse_calls"] == pytest.approx(dense_call * m2["sparse_calls"])
+    assert m2["estimated_attention_seconds_saved"] == pytest.approx(
+        m2["estimated_dense_attention_seconds_for_sparse_calls"] - m2["sparse_attention_seconds"])
+    assert m2["estimated_dense_time_source"] == "observed"
+    # Job 3 runs no dense call: the earlier jobs' observations still calibrate its shape.
+    with svg2_session(model, small_plan(top_p=0.5), num_inference_steps=1) as session3:
+        forward(model, inputs, "cond")
+    m3 = session3.metrics()
+    assert m3["dense_calls"] == 0 and m3["estimated_dense_time_source"] == "observed"
+    assert m3["estimated_dense_attention_seconds_for_sparse_calls"] == pytest.approx(calibration.seconds(key) * 2)
     with svg2_session(model, small_plan(top_p=0.5), num_inference_steps=1, timing=False) as untimed:
         forward(model, inputs, "cond")
     untimed_metrics = untimed.metrics()
@@ -298,3 +323,18 @@ def test_scratch_workspace_is_one_per_pipeline_and_reused_by_later_jobs():
         assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # nothing carried over
     remove_svg2(model)
     assert workspace.nbytes() == 0
+
+
+def test_dense_calibration_prefers_observed_calls_and_keeps_the_newest():
+    from svg2core.processors.accounting import DenseAttentionCalibration
+
+    cal = DenseAttentionCalibration(min_observed=3, keep=4)
+    key = (1, 2, 48, 64, "float32", "cpu")
+    assert cal.source(key) == "probe" and cal.seconds(key) is None  # no probe on CPU
+    cal.observe(key, [1.0, 2.0])
+    assert cal.source(key) == "probe" and cal.seconds(key) is None  # fewer than min_observed
+    cal.observe(key, [3.0])
+    assert cal.source(key) == "observed" and cal.seconds(key) == 2.0  # median
+    cal.observe(key, [10.0, 10.0, 10.0])  # keeps the newest 4: 3, 10, 10, 10
+    assert cal.seconds(key) == 10.0
+    assert cal.seconds((1, 2, 96, 64, "float32", "cpu")) is None  # other shapes are separate
