@@ -194,10 +194,10 @@ def summarise(jobs: list[dict]) -> None:
 def write_markdown(path: Path, result: dict) -> None:
     lines = [f"# Whole jobs through the worker's path ({result['card']})", "",
              f"{result['description']}", "",
-             "| budget | mean density (sparse calls) | wall s | encode s | denoise s | decode + write s | dense step s | "
+             "| budget | mean density (sparse calls) | wall s | encode s | denoise s | decode s | MP4 write s | dense step s | "
              "first sparse step s | sparse step s | speedup (wall) | speedup (denoise) | projected from steps | "
              "saved s (measured) | saved s (job's estimate) | its dense time | clock | checks |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(x, fmt="{:.2f}"):
         return "-" if x is None else fmt.format(x)
@@ -207,7 +207,8 @@ def write_markdown(path: Path, result: dict) -> None:
         ok = all(j["checks"].values())
         lines.append("| " + " | ".join([
             j["label"], f(acc.get("mean_density_sparse"), "{:.3f}"), f(j["wall_seconds"]), f(j["encode_seconds"]),
-            f(j["denoise_seconds"]), f(j["wall_seconds"] - j["encode_seconds"] - j["denoise_seconds"]),
+            f(j["denoise_seconds"]), f(j["decode_seconds"]),
+            f(j["wall_seconds"] - j["encode_seconds"] - j["denoise_seconds"] - j["decode_seconds"]),
             f(j["dense_step_median"], "{:.3f}"), f(j["first_sparse_step"], "{:.3f}"),
             f(j["sparse_step_median"], "{:.3f}"), f(j.get("speedup_wall"), "{:.2f}x"),
             f(j.get("speedup_denoise"), "{:.2f}x"), f(j.get("projected_speedup_from_steps"), "{:.2f}x"),
@@ -215,7 +216,9 @@ def write_markdown(path: Path, result: dict) -> None:
             acc.get("estimated_dense_time_source") or "-", clock_cell(j["clocks"]),
             "ok" if ok else "FAILED: " + ", ".join(k for k, v in j["checks"].items() if not v),
         ]) + " |")
-    lines += ["", f"Load (from_pretrained offline + svg2 + regional compile set-up): {result['load_seconds']:.1f} s; "
+    lines += ["", "decode s: VAE decode and the pipeline's post-processing to frames; MP4 write s: the worker's H.264 "
+              "writer (x264 at its default preset; random weights produce noise, x264's slowest content).",
+              "", f"Load (from_pretrained offline + svg2 + regional compile set-up): {result['load_seconds']:.1f} s; "
               f"warm-up job (compilation, calibration; not in the table): {result['warmup_job_seconds']:.1f} s.", ""]
     path.write_text("\n".join(lines))
 
@@ -286,7 +289,8 @@ def main() -> int:
             "balanced = top-p on random weights (near-uniform attention). Speedups against the dense job of the "
             "same run; 'projected from steps' = bench_pipeline_step's projection from this run's median dense and "
             "sparse step times; saved s (measured) = dense job's denoising minus this job's; the job's estimate = "
-            "its metrics' estimated_attention_seconds_saved (calibrated dense SDPA per call minus CUDA-event time)."),
+            "its metrics' estimated_attention_seconds_saved (dense time per call from the dense calls the jobs ran, else "
+            "a probe; 'its dense time' says which; minus the sparse calls' CUDA-event time)."),
         "load_seconds": model.load_seconds,
         "build_seconds": build_seconds,
         "warmup_job_seconds": warmup_job_seconds,

@@ -1,0 +1,38 @@
+"""bench/bench_generate.py runs end to end on CPU (``--smoke``: the tiny pipeline saved in diffusers format and
+loaded back by the worker's loader), so the GPU run does not fail on a typo, and its report holds what the
+benchmark is for: every job's checks, speedups against the dense job, and the job's own estimate of the time
+saved beside the measured one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "bench_generate.py"
+
+
+def test_smoke_run_checks_every_job_and_reports_against_the_dense_job(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--budgets", "dense,fixed:0.25", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "bench_generate_cpu.json").read_text())
+    dense, sparse = result["jobs"]
+    assert (dense["label"], sparse["label"]) == ("dense", "fixed_0.25")
+    for job in (dense, sparse):
+        assert job["checks"] and all(job["checks"].values()), job["checks"]
+        assert (tmp_path / f"{job['label']}.mp4").stat().st_size == job["mp4_bytes"] > 0
+        assert job["wall_seconds"] >= job["denoise_seconds"] + job["decode_seconds"] > 0
+    assert {"warmup_calls", "dense_layer_calls", "sparse_calls", "density_on_target"} <= set(sparse["checks"])
+    assert dense["speedup_wall"] == 1.0
+    assert sparse["speedup_wall"] == dense["wall_seconds"] / sparse["wall_seconds"]
+    acc = sparse["accounting"]
+    assert 0.25 <= acc["mean_density_sparse"] < 1 and acc["sparse_calls"] > 0
+    # the job's dense warm-up calls calibrate its own estimate, on CPU too
+    assert acc["estimated_dense_time_source"] == "observed"
+    assert sparse["estimated_saved_seconds"] == acc["estimated_attention_seconds_saved"]
+    assert sparse["saved_denoise_seconds"] == dense["denoise_seconds"] - sparse["denoise_seconds"]
+    md = (tmp_path / "bench_generate_cpu.md").read_text()
+    assert "| dense |" in md and "| fixed_0.25 |" in md and "FAILED" not in md
