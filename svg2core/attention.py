@@ -20,13 +20,17 @@ import torch
 from svg2core.config import SVG2Config
 from svg2core.ops.dense import dense_attention, valid_key_mask
 from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
-from svg2core.ops.permute import gather_kv
+from svg2core.ops.permute import gather_kv, key_rows_buffer
 from svg2core.ops.select import select_key_clusters
 from svg2core.state import BranchCentroids, LayerState, Workspace
 
 BACKENDS = ("triton", "reference")
 _HEAD_DIMS = (64, 128)
 _DTYPES = (torch.bfloat16, torch.float16)
+#: Triton backend, warm or cold k-means (iters >= 1): the key k-means' last update, which reads every key row in the
+#: final permutation's order anyway, also writes them there (``kp``), and the gather copies only V: one read of the
+#: keys less per call. False: the gather copies both (docs/benchmarks/NOTES_selection.md v8).
+FUSE_KEY_GATHER = True
 
 
 def svg2_attention(
@@ -157,7 +161,9 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     With ``concurrent`` (Triton backend, CUDA), the query k-means runs on a side stream (forked from and joined
     back to the caller's, so graph-capturable) beside the key k-means on the caller's stream: the two chains are
     independent until the scoring, and at 480p each launch of one chain leaves SMs idle. The K/V gather then
-    runs on the side stream beside the scoring and selection (docs/benchmarks/NOTES_selection.md).
+    runs on the side stream beside the scoring and selection (docs/benchmarks/NOTES_selection.md); with
+    :data:`FUSE_KEY_GATHER` the key k-means' last update has already written the permuted keys and the gather
+    copies V only.
     """
     b, h, nv, _ = q_video.shape
     cq, ck = q_cent.shape[1], k_cent.shape[1]
@@ -173,13 +179,15 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     with on_side():
         q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend)
         q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32, dev))
-    k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend)
+    fuse_keys = FUSE_KEY_GATHER and backend == "triton" and iters >= 1
+    k_rows = key_rows_buffer(k_video, nv, ws) if fuse_keys else None
+    k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows)
     k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32, dev))
     if side is not None:
         main.wait_stream(side)  # the scoring reads the query centroids
         side.wait_stream(main)  # the gather reads the key permutation
     with on_side():  # the K/V gather (memory-bound) beside the scoring and selection
-        kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend)
+        kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend, gather_k=not fuse_keys)
     sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend)
     if side is not None:
         main.wait_stream(side)  # the caller's stream sees kp / vp

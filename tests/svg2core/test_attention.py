@@ -67,6 +67,27 @@ def test_triton_backend_equals_reference_for_its_selection(b, h, n, t, d, dtype,
     assert torch.all((density > 0) & (density <= 1))
 
 
+@pytest.mark.parametrize("b,h,n,t,d,dtype,valid", CASES)
+def test_keys_gathered_by_the_last_update_equal_the_separate_gather(b, h, n, t, d, dtype, valid, monkeypatch):
+    # FUSE_KEY_GATHER: the key k-means' last update writes the permuted keys; the call's output, density and
+    # permuted K / V are bit-identical to those of the separate K/V gather (text tokens: K's video rows are a view)
+    import svg2core.attention as attention
+
+    q, k, v = _qkv(b, h, n, d, dtype)
+    mask = _mask(b, t, valid) if valid else None
+    results = {}
+    for fused in (False, True):
+        monkeypatch.setattr(attention, "FUSE_KEY_GATHER", fused)
+        ws = Workspace()
+        out, density = svg2_attention(q, k, v, SMALL, LayerState(), workspace=ws, num_dense_tokens=t,
+                                      key_padding_mask=mask, backend="triton")
+        kp = ws.buffer("kp", (b * h, n - t, d), dtype, "cpu").clone()
+        vp = ws.buffer("vp", (b * h, n - t, d), dtype, "cpu").clone()
+        results[fused] = (out, density, kp, vp)
+    for a, z in zip(results[False], results[True], strict=True):
+        assert torch.equal(a, z)
+
+
 def test_backends_agree_on_well_separated_clusters():
     # blobs far apart: the k-means of both backends find the same clusters, so the calls are equal
     b, h, n, d = 1, 2, 48, 64

@@ -17,7 +17,7 @@ from svg2core.ops.kmeans import (
     kmeans_update,
     kmeans_update_reference,
 )
-from svg2core.ops.permute import sort_by_cluster, sort_by_cluster_reference
+from svg2core.ops.permute import gather_rows_reference, sort_by_cluster, sort_by_cluster_reference
 from svg2core.state import Workspace
 
 SHAPES = [  # B, H, N, D, C
@@ -271,3 +271,42 @@ def test_fused_counting_sort_path_equals_radix_sort_path(iters, c, monkeypatch):
         assert torch.equal(a, bb)
     p_ref, o_ref = sort_by_cluster_reference(out["count"][0], c)
     assert torch.equal(out["count"][1], p_ref) and torch.equal(out["count"][2], o_ref)
+
+
+@pytest.mark.parametrize("chunk", [0, 16])
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_update_writes_the_rows_in_perm_order(chunk, backend, monkeypatch):
+    # rows_out: the update's reads of x (every row once, in the sorted order, whether a cluster is summed whole or
+    # in pieces) also written at their sorted position: exactly the permutation's gather, from a strided view of
+    # x (the video tokens of a longer sequence), with empty and uneven clusters
+    monkeypatch.setattr(km, "UPDATE_CHUNK", chunk)
+    b, h, n, d, c = 2, 2, 301, 64, 9
+    gen = torch.Generator().manual_seed(8)
+    full = torch.randn(b, h, n + 7, d, generator=gen).to(torch.bfloat16)
+    x = full[:, :, :n]
+    big = torch.rand(b * h, n, generator=gen) < 0.6
+    labels = torch.where(big, 0, torch.randint(1, c - 2, (b * h, n), generator=gen)).int()  # 7, 8 empty
+    perm, offsets = sort_by_cluster(labels, c, Workspace(), "t")
+    cent = torch.randn(b * h, c, d, generator=gen)
+    rows = torch.full((b * h, n, d), float("nan"), dtype=x.dtype)
+    got = cent.clone()
+    kmeans_update(x, perm, offsets, got, labels, backend, Workspace(), rows_out=rows)
+    assert torch.equal(rows, gather_rows_reference(x, perm))
+    plain = cent.clone()
+    kmeans_update(x, perm, offsets, plain, labels, backend, Workspace())
+    assert torch.equal(got, plain)  # the centroids do not change
+    with pytest.raises(ValueError, match="rows_out"):
+        kmeans_update(x, perm, offsets, got, labels, backend, Workspace(), rows_out=rows.float())
+
+
+def test_batched_kmeans_writes_the_rows_of_its_final_perm():
+    b, h, n, d, c = 1, 2, 200, 64, 5
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(b, h, n, d, generator=gen).to(torch.bfloat16)
+    ws = Workspace()
+    cent = init_centroids_strided_reference(x.reshape(b * h, n, d), c)
+    rows = torch.empty(b * h, n, d, dtype=x.dtype)
+    _, perm, _ = batched_kmeans(x, cent, 2, ws, "k", rows_out=rows)
+    assert torch.equal(rows, gather_rows_reference(x, perm))
+    with pytest.raises(ValueError, match="iters must be >= 1"):
+        batched_kmeans(x, cent, 0, ws, "k", rows_out=rows)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from svg2core.ops.kmeans.reference import kmeans_assign_reference, kmeans_update_reference
-from svg2core.ops.permute import sort_by_cluster
+from svg2core.ops.permute import gather_rows_reference, sort_by_cluster
 from svg2core.state import Workspace
 
 _SEGMENT_BLOCK_N = 32  # rows per step of the segment-mean (update) kernel, and its warps
@@ -147,7 +147,8 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
 
 def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor,
                   labels: torch.Tensor | None = None, backend: str = "triton",
-                  workspace: Workspace | None = None, name: str = "kmeans", prepare: bool = False) -> torch.Tensor:
+                  workspace: Workspace | None = None, name: str = "kmeans", prepare: bool = False,
+                  rows_out: torch.Tensor | None = None) -> torch.Tensor:
     """Replace every non-empty cluster's centroid by the mean of its points, in place.
 
     Args:
@@ -163,9 +164,17 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
             workspace's assign buffers, so that the next ``kmeans_assign(..., prepared=True)`` can skip
             its preparation launch. The workspace must already hold this ``centroids``' prepared copy
             (from an assign of the same call): empty clusters are not rewritten.
+        rows_out: ``(B * H, N, D)`` of ``x``'s dtype, or None: also write ``x``'s rows in ``perm`` order there
+            (:func:`~svg2core.ops.permute.gather_rows_reference`), from the reads the update makes anyway.
     """
+    if rows_out is not None and (rows_out.shape != (perm.shape[0], perm.shape[1], x.shape[-1])
+                                 or rows_out.dtype != x.dtype or rows_out.stride(-1) != 1):
+        raise ValueError(f"rows_out: must be a ({perm.shape[0]}, {perm.shape[1]}, {x.shape[-1]}) {x.dtype} tensor "
+                         f"with a contiguous last dim, got {tuple(rows_out.shape)} {rows_out.dtype}")
     if backend == "reference":
         centroids.copy_(kmeans_update_reference(_as_bh(x), labels, centroids))
+        if rows_out is not None:
+            rows_out.copy_(gather_rows_reference(x, perm))
         return centroids
     from svg2core.ops.kmeans.triton_kmeans import _kmeans_segment_mean_kernel
 
@@ -191,19 +200,21 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         chunk = 0
         part = ticket = centroids  # never touched
     lab = labels if labels is not None else perm  # read only with cuts
+    rows = rows_out if rows_out is not None else centroids  # never touched without STORE_ROWS
     _kmeans_segment_mean_kernel[(c + cuts, b * h)](
-        x, perm, lab, offsets, centroids, cent_lp, cent_sq, part, ticket, c + cuts, c, h,
+        x, perm, lab, offsets, centroids, cent_lp, cent_sq, part, ticket, rows, c + cuts, c, h,
         x.stride(0), x.stride(1), x.stride(2),
         perm.stride(0), lab.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
-        cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=prepare, CHUNK=chunk,
+        cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), rows.stride(0), rows.stride(1),
+        D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=prepare, CHUNK=chunk, STORE_ROWS=rows_out is not None,
         num_warps=_SEGMENT_WARPS,
     )
     return centroids
 
 
 def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Workspace,
-                   name: str, backend: str = "triton") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   name: str, backend: str = "triton", rows_out: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``iters`` Lloyd iterations on every ``(b, h)``, updating ``centroids`` in place.
 
     Args:
@@ -213,10 +224,15 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         workspace: buffers for labels / perm / offsets.
         name: buffer-name prefix (``"q"`` / ``"k"``).
         backend: ``"triton"`` or ``"reference"``.
+        rows_out: ``(B*H, N, D)`` of ``x``'s dtype, or None: the last update also writes ``x``'s rows in the
+            returned ``perm`` order there (the permutation's gather, fused into the pass that reads them); needs
+            ``iters >= 1``.
 
     Returns:
         ``labels (B*H, N) int32``, ``perm (B*H, N) int32``, ``offsets (B*H, C+1) int32``.
     """
+    if rows_out is not None and iters < 1:
+        raise ValueError(f"rows_out: the rows are written by the last update, so iters must be >= 1, got {iters}")
     b, h, n, _ = x.shape
     c = centroids.shape[1]
     labels = workspace.buffer(f"{name}.labels", (b * h, n), torch.int32, x.device)
@@ -246,8 +262,9 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
     for it in range(iters):
         if it > 0:
             perm, offsets = assign_and_sort(False)
-        more = it < iters - 1 and fuse_prepare
-        kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name, prepare=more)
+        last = it == iters - 1
+        kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name,
+                      prepare=not last and fuse_prepare, rows_out=rows_out if last else None)
     return labels, perm, offsets
 
 

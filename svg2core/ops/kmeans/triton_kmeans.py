@@ -126,12 +126,12 @@ def _store_centroid(mean, cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c, off
 
 @triton.jit
 def _kmeans_segment_mean_kernel(
-    x_ptr, perm_ptr, labels_ptr, offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, part_ptr, ticket_ptr,
+    x_ptr, perm_ptr, labels_ptr, offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, part_ptr, ticket_ptr, rows_ptr,
     SLOTS, C, H,
     stride_xb, stride_xh, stride_xn,
     stride_pbh, stride_labh, stride_obh,
-    stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, PREPARE: tl.constexpr, CHUNK: tl.constexpr,
+    stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, stride_rbh, stride_rn,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, PREPARE: tl.constexpr, CHUNK: tl.constexpr, STORE_ROWS: tl.constexpr,
 ):
     """cent[bh, c] = mean of x over the tokens perm[offsets[c]:offsets[c+1]]; empty clusters untouched.
 
@@ -150,6 +150,10 @@ def _kmeans_segment_mean_kernel(
     (deterministic: the same order whoever finishes last), writes the centroid and puts the ticket back to zero.
     With ``PREPARE`` the program that writes a centroid also writes what ``_prepare_centroids_kernel`` would (its
     low-precision copy and squared norm), so the next assign needs no preparation launch.
+
+    With ``STORE_ROWS`` every row read is also written to ``rows[bh, i]`` at its sorted position ``i``: the pieces
+    partition the sorted order, so that is the gather of ``x`` into ``perm`` order (``(B*H, N, D)``, x's dtype) in
+    the pass that already reads every row, instead of a separate gather that reads them again.
     """
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -187,6 +191,9 @@ def _kmeans_segment_mean_kernel(
             tok = tl.load(perm_ptr + pid_bh * stride_pbh + idx, mask=m, other=0)
             rows = tl.load(x_base + tok[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=m[:, None],
                            other=0.0)
+            if STORE_ROWS:
+                tl.store(rows_ptr + pid_bh.to(tl.int64) * stride_rbh + idx[:, None] * stride_rn + offs_d[None, :],
+                         rows, mask=m[:, None])
             acc += rows.to(tl.float32)
         total = tl.sum(acc, axis=0)
         count = (end - start).to(tl.float32)

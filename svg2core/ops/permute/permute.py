@@ -138,25 +138,34 @@ def _counting_sort(labels: torch.Tensor, c: int, workspace: Workspace, name: str
     return perm, offsets
 
 
+def key_rows_buffer(k: torch.Tensor, nv: int, workspace: Workspace) -> torch.Tensor:
+    """The workspace buffer :func:`gather_kv` returns as ``kp``: ``(B * H, Nv, D)`` of ``k``'s dtype."""
+    b, h, _, d = k.shape
+    return workspace.buffer("kp", (b * h, nv, d), k.dtype, k.device)
+
+
 def gather_kv(k: torch.Tensor, v: torch.Tensor, perm: torch.Tensor, workspace: Workspace,
-              backend: str = "triton") -> tuple[torch.Tensor, torch.Tensor]:
+              backend: str = "triton", gather_k: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V video rows in ``perm`` order (cluster-contiguous), written into workspace buffers.
 
     Args:
         k, v: ``(B, H, N, D)``; only the first ``Nv = perm.shape[1]`` tokens are gathered. The last
             dim must be contiguous; other strides are free.
         perm: ``(B * H, Nv)`` int32.
+        gather_k: False when :func:`key_rows_buffer` already holds K's rows in ``perm`` order (the key
+            k-means' last update wrote them: ``batched_kmeans(..., rows_out=...)``); only V is gathered.
 
     Returns:
         ``kp, vp``: ``(B * H, Nv, D)`` of ``k``'s dtype.
     """
     if backend == "reference":
-        return gather_rows_reference(k, perm), gather_rows_reference(v, perm)
+        kp = gather_rows_reference(k, perm) if gather_k else key_rows_buffer(k, perm.shape[1], workspace)
+        return kp, gather_rows_reference(v, perm)
     from svg2core.ops.permute.triton_permute import _gather_kv_kernel
 
     b, h, _, d = k.shape
     bh, nv = perm.shape
-    kp = workspace.buffer("kp", (bh, nv, d), k.dtype, k.device)
+    kp = key_rows_buffer(k, nv, workspace)
     vp = workspace.buffer("vp", (bh, nv, d), v.dtype, v.device)
     grid = (triton_cdiv(nv, _GATHER_BLOCK_N), bh)
     _gather_kv_kernel[grid](
@@ -164,7 +173,7 @@ def gather_kv(k: torch.Tensor, v: torch.Tensor, perm: torch.Tensor, workspace: W
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         perm.stride(0), kp.stride(0), kp.stride(1),
-        D=d, BLOCK_N=_GATHER_BLOCK_N,
+        D=d, BLOCK_N=_GATHER_BLOCK_N, GATHER_K=gather_k,
     )
     return kp, vp
 

@@ -14,9 +14,9 @@ def _gather_kv_kernel(
     stride_vb, stride_vh, stride_vn,
     stride_pbh,
     stride_obh, stride_on,
-    D: tl.constexpr, BLOCK_N: tl.constexpr,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, GATHER_K: tl.constexpr,
 ):
-    """kp[bh, i] = k[b, h, perm[bh, i]] and the same for v; grid (cdiv(N, BLOCK_N), B * H).
+    """kp[bh, i] = k[b, h, perm[bh, i]] (with ``GATHER_K``) and the same for v; grid (cdiv(N, BLOCK_N), B * H).
 
     Reads are row gathers (D contiguous elements each); writes are fully contiguous.
     """
@@ -28,12 +28,13 @@ def _gather_kv_kernel(
     offs_d = tl.arange(0, D)
     m = offs_n < N
     tok = tl.load(perm_ptr + pid_bh * stride_pbh + offs_n, mask=m, other=0).to(tl.int64)
-    krow = tl.load(k_ptr + b * stride_kb + h * stride_kh + tok[:, None] * stride_kn + offs_d[None, :],
-                   mask=m[:, None], other=0.0)
+    out_off = pid_bh * stride_obh + offs_n[:, None] * stride_on + offs_d[None, :]
+    if GATHER_K:
+        krow = tl.load(k_ptr + b * stride_kb + h * stride_kh + tok[:, None] * stride_kn + offs_d[None, :],
+                       mask=m[:, None], other=0.0)
+        tl.store(kp_ptr + out_off, krow, mask=m[:, None])
     vrow = tl.load(v_ptr + b * stride_vb + h * stride_vh + tok[:, None] * stride_vn + offs_d[None, :],
                    mask=m[:, None], other=0.0)
-    out_off = pid_bh * stride_obh + offs_n[:, None] * stride_on + offs_d[None, :]
-    tl.store(kp_ptr + out_off, krow, mask=m[:, None])
     tl.store(vp_ptr + out_off, vrow, mask=m[:, None])
 
 
