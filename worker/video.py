@@ -38,6 +38,7 @@ def write_mp4(
     fps: int,
     crf: int = DEFAULT_CRF,
     tmp_path: str | os.PathLike | None = None,
+    thread_type: str = "FRAME",
 ) -> int:
     """Encode ``frames`` (``(F, H, W, 3)``, uint8 or float in [0, 1]) to ``path`` as H.264 yuv420p.
 
@@ -48,6 +49,8 @@ def write_mp4(
         crf: x264 quality (lower is better; 0 is lossless luma).
         tmp_path: where to encode before the rename (must be on the same filesystem as ``path``);
             a hidden unique name beside ``path`` when None.
+        thread_type: the encoder's threading, ``"FRAME"`` (x264's frame-parallel threads on every core, the
+            default) or ``"SLICE"`` (PyAV's own default, x264's sliced threads; bench/bench_mp4.py compares them).
 
     Returns:
         The size of the written file in bytes.
@@ -58,6 +61,8 @@ def write_mp4(
         raise ValueError("frames: need at least one frame")
     if height % 2 or width % 2:
         raise ValueError(f"frames: width and height must be even for yuv420p, got {width}x{height}")
+    if thread_type not in ("FRAME", "SLICE"):
+        raise ValueError(f"thread_type: must be 'FRAME' or 'SLICE', got {thread_type!r}")
     if fps < 1:
         raise ValueError(f"fps: must be >= 1, got {fps}")
 
@@ -70,6 +75,10 @@ def write_mp4(
             stream.height = height
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf)}
+            # x264's own frame-parallel threads on every core (PyAV's default for encoders is slice threading,
+            # x264's slower sliced-threads mode); the encode is on the GPU worker's critical path after each job.
+            stream.codec_context.thread_type = thread_type
+            stream.codec_context.thread_count = 0
             for rgb_frame in rgb:
                 frame = av.VideoFrame.from_ndarray(rgb_frame, format="rgb24")
                 for packet in stream.encode(frame):
