@@ -67,7 +67,7 @@ def test_triton_backend_equals_reference_for_its_selection(b, h, n, t, d, dtype,
     assert torch.all((density > 0) & (density <= 1))
 
 
-@pytest.mark.parametrize("b,h,n,t,d,dtype,valid", CASES)
+@pytest.mark.parametrize("b,h,n,t,d,dtype,valid", CASES[1:2])  # batch 2, text keys (K's video rows are a view)
 def test_keys_gathered_by_the_last_update_equal_the_separate_gather(b, h, n, t, d, dtype, valid, monkeypatch):
     # FUSE_KEY_GATHER: the key k-means' last update writes the permuted keys; the call's output, density and
     # permuted K / V are bit-identical to those of the separate K/V gather (text tokens: K's video rows are a view)
