@@ -32,8 +32,12 @@ import probe_io as P  # noqa: E402
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
-TILES = (km.AssignTile(256, 64, 8, 2), km.AssignTile(128, 64, 8, 2), km.AssignTile(128, 64, 8, 3),
-         km.AssignTile(128, 64, 4, 2), km.AssignTile(64, 64, 4, 2), km.AssignTile(128, 128, 8, 2))
+# session 12: the centroid tiles' prefetch depth at the default shape (sm_90, Triton 3.6: with 2 stages the next
+# tile's cp.async is issued after the epilogue and waited for at the top of the next step, so its latency is exposed;
+# with 3 the copy runs a whole step ahead; 128 registers and 112 KB of shared memory, still two CTAs per SM; 4 stages,
+# 128 KB, leave one)
+TILES = (km.AssignTile(256, 64, 8, 2), km.AssignTile(256, 64, 8, 3), km.AssignTile(256, 64, 8, 4),
+         km.AssignTile(128, 64, 8, 3), km.AssignTile(128, 64, 4, 3), km.AssignTile(256, 32, 8, 3))
 SHAPES = P.kmeans_shapes()  # every k-means problem of the benchmark models
 
 

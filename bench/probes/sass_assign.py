@@ -38,7 +38,7 @@ def _compile_triton(opts):
         sig[k] = "constexpr"
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
              for n in ("x_ptr", "cent_ptr", "cent_sq_ptr", "labels_ptr", "stride_xn", "stride_cc", "stride_xh",
-                       "stride_cbh")}
+                       "stride_cbh", "stride_xb", "stride_sbh", "stride_lbh")}
     return triton.compile(ASTSource(kern, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
                           options={"num_warps": opts.warps, "num_stages": opts.stages})
 
