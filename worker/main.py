@@ -135,6 +135,23 @@ class VideoWorker(SimpleWorker):
             self.svg2_force_stop = timer
         return super().request_stop(signum, frame)
 
+    def unsubscribe(self) -> None:
+        """rq's unsubscribe from the worker's pubsub channel, with the listening thread told to stop first.
+
+        rq (3.0) sends UNSUBSCRIBE and then calls the thread's ``stop()``, which since redis-py 8.2 joins the thread
+        with no timeout. A thread that read the UNSUBSCRIBE reply before ``stop()`` cleared its run flag is back in
+        ``get_message(timeout=60)`` waiting for a subscription, and the join, so every shutdown, waited up to 60 s
+        (seen as a SIGTERM taking 30 s and more). With the flag cleared before the command, the thread leaves as
+        soon as it has the reply.
+        """
+        thread = self.pubsub_thread
+        if thread is not None:
+            try:
+                thread.stop(timeout=0)  # redis-py >= 8.2: clear the flag, no wait
+            except TypeError:  # earlier redis-py: stop() only clears the flag
+                thread.stop()
+        super().unsubscribe()
+
     def execute_job(self, job: Job, queue: Queue) -> None:
         self.svg2_state.current_job = job.id
         self.svg2_state.phase = "busy"
