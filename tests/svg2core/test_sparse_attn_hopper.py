@@ -150,3 +150,41 @@ def _check_graph_replay(t, seed, config=None):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, eager)
+
+
+@pytest.mark.timeout(300, method="thread")
+@pytest.mark.parametrize("t", [0, 40])
+def test_whole_call_with_pdl_equals_without(t):
+    # svg2core.ops.pdl: the selection kernels launched with programmatic dependent launch give bit-identical labels,
+    # selection, output and density, eagerly (warm and cold k-means) and replayed from a CUDA graph
+    from svg2core import SVG2Config
+    from svg2core.attention import svg2_attention
+    from svg2core.ops import pdl
+    from svg2core.state import LayerState
+
+    torch.manual_seed(11)
+    q, k, v = (torch.randn(2, 3, 4000 + t, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    kpm = torch.rand(2, t, device="cuda") > 0.3 if t else None
+    cfg = SVG2Config(top_p=0.9, num_q_clusters=24, num_k_clusters=64)
+
+    def run(on: bool, graph: bool):
+        saved, pdl.ENABLED = pdl.ENABLED, on
+        try:
+            state, ws = LayerState(), Workspace()
+            call = dict(workspace=ws, num_dense_tokens=t, key_padding_mask=kpm)
+            outs = [svg2_attention(q, k, v, cfg, state, **call)]  # cold
+            outs.append(svg2_attention(q, k, v, cfg, state, **call))  # warm
+            if graph:
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    captured = svg2_attention(q, k, v, cfg, state, **call)
+                g.replay()
+                outs.append(captured)
+            torch.cuda.synchronize()
+            return [(o.clone(), d.clone()) for o, d in outs]
+        finally:
+            pdl.ENABLED = saved
+
+    for graph in (False, True):
+        for (o_on, d_on), (o_off, d_off) in zip(run(True, graph), run(False, graph), strict=True):
+            assert torch.equal(o_on, o_off) and torch.equal(d_on, d_off)
