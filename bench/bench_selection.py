@@ -173,8 +173,8 @@ def legacy_settings():
         pm.SORT_METHOD, sm.SELECT_METHOD, sm.SELECT_NUM_WARPS, km.FUSE_PREPARE, km.FUSED_SORT_MAX_CLUSTERS = saved
 
 
-def graph_ms(fn) -> float:
-    """``fn`` captured once in a CUDA graph, replay timed."""
+def capture_graph(fn) -> torch.cuda.CUDAGraph:
+    """``fn`` run once eagerly (sizing its workspace), then captured in a CUDA graph on a side stream."""
     fn()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
@@ -183,7 +183,12 @@ def graph_ms(fn) -> float:
         with torch.cuda.graph(g):
             fn()
     torch.cuda.current_stream().wait_stream(s)
-    return bench_ms(g.replay)
+    return g
+
+
+def graph_ms(fn) -> float:
+    """``fn`` captured once in a CUDA graph, replay timed."""
+    return bench_ms(capture_graph(fn).replay)
 
 
 def warm_centroids(q, k, cq, ck, ws, iters=5):

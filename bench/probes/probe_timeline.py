@@ -103,19 +103,12 @@ def _timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str) ->
     def call():
         cluster_and_select(q, k, v, q_cent, k_cent, 2, cfg, ws)
 
-    call()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            call()
-    torch.cuda.current_stream().wait_stream(s)
+    g = S.capture_graph(call)
     for _ in range(5):
         g.replay()
     torch.cuda.synchronize()
     graph_ms = S.bench_ms(g.replay)
-    # how many kernels one call launches: count them in one profiled eager call
+    # how many kernels one call launches: count them in one profiled replay
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         g.replay()
         torch.cuda.synchronize()
