@@ -36,11 +36,16 @@ class AssignTile:
     block_n: int = 256
     block_c: int = 64
     num_warps: int = 8
-    num_stages: int = 2
+    num_stages: int = 3
 
 
-# Fastest of bench/bench_selection.py's sweep on H100 at the Wan 14B key shape (40 x 75,600 x 1000
-# clusters): 2.05 ms, 378 TFLOP/s (docs/benchmarks/bench_selection_h100_v1.md).
+# 256 tokens x 64 centroids, 8 warps: the fastest of bench/bench_selection.py's sweep on H100 at the Wan 14B key shape
+# (docs/benchmarks/bench_selection_h100_v1.md) and of probe_assign_tiles (H100, packed argmin). 3 stages since session
+# 12: with 2 the next centroid tile's cp.async was issued after the epilogue and waited for at the top of the next
+# step (sm_90, Triton 3.6); with 3 it runs a step ahead, in 112 KB of shared memory, still two CTAs per SM.
+# H100, graph replay (docs/benchmarks/probe_assign_tiles_h100_s12.md), 2 -> 3 stages: 480p K 500 0.136 -> 0.134 ms,
+# Wan 14B K 1000 1.718 -> 1.683, HunyuanVideo K 1000 1.601 -> 1.570; whole selection (probe_selection_combo_h100.md)
+# 480p 100/500 0.698 -> 0.684, Wan 14B 300/1000 7.70 -> 7.56. 4 stages (one CTA per SM) were 15-20% slower.
 ASSIGN_TILE = AssignTile()
 # Clusters up to which the assign kernel writes the counting sort's block histograms (the sort is then a scan + a
 # ranked scatter); above it, sort_by_cluster's default method (a radix sort). Every cluster count the config allows:

@@ -48,6 +48,7 @@ def _cluster_logits_kernel(
     CQ, CK, scale,
     stride_qbh, stride_qc, stride_kbh, stride_kc, stride_sbh, stride_lbh, stride_lq,
     D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
+    PRECISION: tl.constexpr = "ieee",
 ):
     """logits[bh, i, j] = scale * <cq_i, ck_j> + log|K_j|; grid (cdiv(CQ, BLOCK_Q), cdiv(CK, BLOCK_K), B * H):
     one (BLOCK_Q, BLOCK_K) block per program (a grid over query blocks only ran 48 programs at Wan 1.3B with
@@ -66,7 +67,7 @@ def _cluster_logits_kernel(
     ck = tl.load(ck_ptr + pid_bh * stride_kbh + offs_k[:, None] * stride_kc + offs_d[None, :],
                  mask=mk[:, None], other=0.0)
     size = tl.load(ksize_ptr + pid_bh * stride_sbh + offs_k, mask=mk, other=0).to(tl.float32)
-    s = tl.dot(cq, tl.trans(ck), input_precision="ieee") * scale
+    s = tl.dot(cq, tl.trans(ck), input_precision=PRECISION) * scale
     logit = s + tl.log(size)[None, :]  # log 0 = -inf: empty clusters get probability 0
     tl.store(logits_ptr + pid_bh * stride_lbh + offs_q[:, None] * stride_lq + offs_k[None, :], logit,
              mask=mq[:, None] & mk[None, :])
