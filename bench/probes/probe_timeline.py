@@ -6,10 +6,7 @@ replays the captured selection (``cluster_and_select``, 2 warm iterations) under
 interval from the trace, and reports per replay: the span, each stream's busy time, the time covered by at least one
 kernel (the union), the idle gaps of the span, and the main (key) chain's own gaps between consecutive kernels.
 
-    python bench/probes/probe_timeline.py --out DIR [--shapes wan1.3b-480p:100:500,...] [--no-pdl]
-
-Each shape runs with the selection kernels' programmatic dependent launch off and on (svg2core.ops.pdl), in that
-order, unless --no-pdl.
+    python bench/probes/probe_timeline.py --out DIR [--shapes wan1.3b-480p:100:500,...]
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ import probe_io as P  # noqa: E402
 
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.attention import cluster_and_select  # noqa: E402
-from svg2core.ops import pdl  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
 MODELS = {"wan1.3b-480p": (12, 32760), "wan14b-720p": (40, 75600), "hunyuan-720p": (24, 118800)}
@@ -77,7 +73,7 @@ def analyse(replay: list[dict]) -> dict:
         streams.setdefault(e["stream"], []).append(e)
     busy = {str(s): sum(e["dur"] for e in ev) for s, ev in streams.items()}
     union = union_us([(e["ts"], e["ts"] + e["dur"]) for e in replay])
-    # the stream that runs the first and the last kernel carries the key chain (the caller's stream)
+    # a replay runs the graph's branches on streams of its own: "main" is the stream of the last kernel (the selection)
     main = replay[-1]["stream"]
     chain = streams[main]
     gaps = [b["ts"] - (a["ts"] + a["dur"]) for a, b in zip(chain, chain[1:], strict=False)]
@@ -86,13 +82,7 @@ def analyse(replay: list[dict]) -> dict:
             "main_gap_us_total": sum(g for g in gaps if g > 0), "main_gaps_us": [round(g, 2) for g in gaps]}
 
 
-def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, use_pdl: bool) -> dict:
-    with P.setting(pdl, "ENABLED", use_pdl):
-        row = _timeline(name, cq, ck, dev, replays, trace_dir)
-    return {**row, "pdl": use_pdl}
-
-
-def _timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str) -> dict:
+def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str) -> dict:
     h, nv = MODELS[name]
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, h, nv, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
@@ -139,35 +129,32 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--shapes", default="wan1.3b-480p:100:500,wan1.3b-480p:200:1000,wan14b-720p:300:1000")
     ap.add_argument("--replays", type=int, default=20)
-    ap.add_argument("--no-pdl", action="store_true", help="only the plain launches")
     args = ap.parse_args()
     dev = torch.device("cuda")
     out = P.ProbeResults(args.out, "probe_timeline", rows=[])
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.shapes.split(","):
             name, cq, ck = spec.split(":")
-            for use_pdl in (False,) if args.no_pdl else (False, True):
-                row = timeline(name, int(cq), int(ck), dev, args.replays, tmp, use_pdl)
-                out.data["rows"].append(row)
-                out.save()
-                print(json.dumps({k: v for k, v in row.items() if k != "kernels"}), flush=True)
-                torch.cuda.empty_cache()
+            row = timeline(name, int(cq), int(ck), dev, args.replays, tmp)
+            out.data["rows"].append(row)
+            out.save()
+            print(json.dumps({k: v for k, v in row.items() if k != "kernels"}), flush=True)
+            torch.cuda.empty_cache()
     lines = [f"# The selection's kernels inside one CUDA-graph replay ({out.device})", "",
              "cluster_and_select, 2 warm iterations, random bf16 data, D = 128. Profiled replays one at a time "
              "(median over them, microseconds): span = first kernel's start to last kernel's end; union = time "
-             "covered by at least one kernel; sum = the kernels' durations added; main gaps = idle time between "
-             "consecutive kernels of the caller's (key) stream. PDL: the selection kernels launched with programmatic "
-             "dependent launch (svg2core.ops.pdl).", "",
-             "| shape | Cq/Ck | PDL | graph ms (timed) | kernels | span us | union us | idle us | sum us | main gaps us |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "covered by at least one kernel; sum = the kernels' durations added; main gaps = time between "
+             "consecutive kernels of the last kernel's stream (waiting for the other stream included; a replay puts the "
+             "graph's two branches on streams of its own).", "",
+             "| shape | Cq/Ck | graph ms (timed) | kernels | span us | union us | idle us | sum us | main gaps us |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in out.data["rows"]:
         m = r["median"]
-        lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {'on' if r['pdl'] else 'off'} | {r['graph_ms']:.3f} | "
-                     f"{r['kernels_per_call']} | "
+        lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['graph_ms']:.3f} | {r['kernels_per_call']} | "
                      f"{m['span_us']:.1f} | {m['union_us']:.1f} | {m['idle_us']:.1f} | {m['sum_us']:.1f} | "
                      f"{m['main_gap_us_total']:.1f} |")
     for r in out.data["rows"]:
-        lines += ["", f"## {r['shape']} {r['Cq']}/{r['Ck']}, PDL {'on' if r['pdl'] else 'off'}: the median replay", "",
+        lines += ["", f"## {r['shape']} {r['Cq']}/{r['Ck']}: the median replay", "",
                   "| start us | dur us | stream | kernel |", "|---|---|---|---|"]
         lines += [f"| {k['start_us']:.1f} | {k['dur_us']:.1f} | {k['stream']} | `{k['name']}` |" for k in r["kernels"]]
     out.finish(lines)

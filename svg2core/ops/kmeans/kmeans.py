@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from svg2core.ops import pdl
 from svg2core.ops.kmeans.reference import kmeans_assign_reference, kmeans_update_reference
 from svg2core.ops.permute import gather_rows_reference, sort_by_cluster
 from svg2core.state import Workspace
@@ -131,7 +130,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
         _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
             centroids, cent_lp, cent_sq, c,
             centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-            D=d, BLOCK_C=32, num_warps=4, **pdl.launch_options(x),
+            D=d, BLOCK_C=32, num_warps=4,
         )
     tile = tile or ASSIGN_TILE
     c_pow2 = max(16, triton_next_pow2(c))
@@ -146,7 +145,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     _kmeans_assign_kernel[(nb, bh)](
         *args, D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
         HIST=block_counts is not None, C_POW2=c_pow2, PACKED=ASSIGN_PACKED_ARGMIN,
-        num_warps=tile.num_warps, num_stages=tile.num_stages, **pdl.launch_options(x),
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
 
@@ -213,7 +212,7 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         perm.stride(0), lab.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
         cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), rows.stride(0), rows.stride(1),
         D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=prepare, CHUNK=chunk, STORE_ROWS=rows_out is not None,
-        num_warps=_SEGMENT_WARPS, **pdl.launch_options(x),
+        num_warps=_SEGMENT_WARPS,
     )
     return centroids
 

@@ -10,17 +10,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from svg2core.ops.triton_pdl import pdl_enter
-
 
 @triton.jit
 def _prepare_centroids_kernel(
     cent_ptr, cent_lp_ptr, cent_sq_ptr, C,
     stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
-    D: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr = False,
+    D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """cent_lp = cent in the points' dtype (the dot operand), cent_sq = ||cent||^2 in fp32."""
-    pdl_enter(PDL)
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -41,7 +38,7 @@ def _kmeans_assign_kernel(
     stride_cbh, stride_cc, stride_sbh,
     stride_lbh, stride_nbh,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr,
-    HIST: tl.constexpr, C_POW2: tl.constexpr, PACKED: tl.constexpr = False, PDL: tl.constexpr = False,
+    HIST: tl.constexpr, C_POW2: tl.constexpr, PACKED: tl.constexpr = False,
 ):
     """labels[bh, n] = argmin_c ||x[bh, n] - cent[bh, c]||^2, over tiles of BLOCK_C centroids.
 
@@ -64,7 +61,6 @@ def _kmeans_assign_kernel(
     cost time in proportion to the bins (H100, 40 x 75,600 tokens, 1000 clusters: assign + sort 2.34 ms with it,
     1.82 ms with the increments; docs/benchmarks/probe_sort_h100.md).
     """
-    pdl_enter(PDL)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -136,7 +132,6 @@ def _kmeans_segment_mean_kernel(
     stride_pbh, stride_labh, stride_obh,
     stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, stride_rbh, stride_rn,
     D: tl.constexpr, BLOCK_N: tl.constexpr, PREPARE: tl.constexpr, CHUNK: tl.constexpr, STORE_ROWS: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
     """cent[bh, c] = mean of x over the tokens perm[offsets[c]:offsets[c+1]]; empty clusters untouched.
 
@@ -160,7 +155,6 @@ def _kmeans_segment_mean_kernel(
     partition the sorted order, so that is the gather of ``x`` into ``perm`` order (``(B*H, N, D)``, x's dtype) in
     the pass that already reads every row, instead of a separate gather that reads them again.
     """
-    pdl_enter(PDL)
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H

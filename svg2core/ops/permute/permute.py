@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from svg2core.ops import pdl
 from svg2core.ops.permute.reference import gather_rows_reference, sort_by_cluster_reference
 from svg2core.state import Workspace
 
@@ -119,7 +118,7 @@ def _counting_sort(labels: torch.Tensor, c: int, workspace: Workspace, name: str
         block_counts = workspace.buffer(f"{name}.block_counts", (bh, nb * c), torch.int32, dev)
         _block_histogram_kernel[(nb, bh)](
             labels, block_counts, n, c, labels.stride(0), block_counts.stride(0),
-            BLOCK=block, C_POW2=c_pow2, num_warps=warps, **pdl.launch_options(labels),
+            BLOCK=block, C_POW2=c_pow2, num_warps=warps,
         )
     elif tuple(block_counts.shape) != (bh, nb * c) or block_counts.dtype != torch.int32:
         raise ValueError(f"block_counts: must be ({bh}, {nb * c}) int32 for {n} tokens in blocks of {block}, "
@@ -129,12 +128,12 @@ def _counting_sort(labels: torch.Tensor, c: int, workspace: Workspace, name: str
     block_c = min(_SCAN_BLOCK_C, c_pow2)
     _count_scan_kernel[(triton_cdiv(c, block_c), bh)](
         block_counts, starts, totals, c, nb, block_counts.stride(0), starts.stride(0), totals.stride(0),
-        BLOCK_B=_SCAN_BLOCK_B, BLOCK_C=block_c, num_warps=4, **pdl.launch_options(labels),
+        BLOCK_B=_SCAN_BLOCK_B, BLOCK_C=block_c, num_warps=4,
     )
     _counting_scatter_kernel[(nb, bh)](
         labels, starts, totals, perm, offsets, n, c,
         labels.stride(0), starts.stride(0), totals.stride(0), perm.stride(0), offsets.stride(0),
-        BLOCK=block, C_POW2=c_pow2, num_warps=warps, **pdl.launch_options(labels),
+        BLOCK=block, C_POW2=c_pow2, num_warps=warps,
     )
     return perm, offsets
 
@@ -174,7 +173,7 @@ def gather_kv(k: torch.Tensor, v: torch.Tensor, perm: torch.Tensor, workspace: W
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         perm.stride(0), kp.stride(0), kp.stride(1),
-        D=d, BLOCK_N=_GATHER_BLOCK_N, GATHER_K=gather_k, **pdl.launch_options(v),
+        D=d, BLOCK_N=_GATHER_BLOCK_N, GATHER_K=gather_k,
     )
     return kp, vp
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from svg2core.ops.triton_pdl import pdl_enter
-
 
 @triton.jit
 def _gather_kv_kernel(
@@ -16,13 +14,12 @@ def _gather_kv_kernel(
     stride_vb, stride_vh, stride_vn,
     stride_pbh,
     stride_obh, stride_on,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, GATHER_K: tl.constexpr, PDL: tl.constexpr = False,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, GATHER_K: tl.constexpr,
 ):
     """kp[bh, i] = k[b, h, perm[bh, i]] (with ``GATHER_K``) and the same for v; grid (cdiv(N, BLOCK_N), B * H).
 
     Reads are row gathers (D contiguous elements each); writes are fully contiguous.
     """
-    pdl_enter(PDL)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -45,7 +42,7 @@ def _gather_kv_kernel(
 def _block_histogram_kernel(
     labels_ptr, counts_ptr, N, C,
     stride_lbh, stride_cbh,
-    BLOCK: tl.constexpr, C_POW2: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK: tl.constexpr, C_POW2: tl.constexpr,
 ):
     """counts[bh, blk * C + c] = tokens of block ``blk`` with label ``c``; grid (NB, B * H).
 
@@ -53,7 +50,6 @@ def _block_histogram_kernel(
     writes the same array itself when asked (``kmeans_assign(..., block_counts=...)``), which saves
     this launch.
     """
-    pdl_enter(PDL)
     blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs = blk * BLOCK + tl.arange(0, BLOCK)
@@ -68,7 +64,7 @@ def _block_histogram_kernel(
 def _count_scan_kernel(
     counts_ptr, starts_ptr, totals_ptr, C, NB,
     stride_cbh, stride_sbh, stride_tbh,
-    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Per cluster, the exclusive scan of the block counts over the blocks; grid (cdiv(C, BLOCK_C), B * H).
 
@@ -76,7 +72,6 @@ def _count_scan_kernel(
     ``totals[bh, c]`` = the size of cluster ``c``. Tiles of (BLOCK_B blocks, BLOCK_C clusters) with a
     running carry per cluster.
     """
-    pdl_enter(PDL)
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -104,7 +99,7 @@ def _run_start(lab_a, start_a, lab_b, start_b):
 def _counting_scatter_kernel(
     labels_ptr, starts_ptr, totals_ptr, perm_ptr, offsets_ptr, N, C,
     stride_lbh, stride_sbh, stride_tbh, stride_pbh, stride_obh,
-    BLOCK: tl.constexpr, C_POW2: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK: tl.constexpr, C_POW2: tl.constexpr,
 ):
     """perm[bh, offsets[c] + starts[bh, blk * C + c] + rank] = token, for every token of block ``blk``.
 
@@ -115,7 +110,6 @@ def _counting_scatter_kernel(
     label's first token in the block, found by a scan over the sorted labels for the start of each run (a
     histogram of the block's labels did the same at a cost that grows with the bins). Grid (NB, B * H).
     """
-    pdl_enter(PDL)
     blk = tl.program_id(0)
     pid_bh = tl.program_id(1)
     bins = tl.arange(0, C_POW2)

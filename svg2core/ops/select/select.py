@@ -7,7 +7,6 @@ import math
 import torch
 
 from svg2core.config import SVG2Config
-from svg2core.ops import pdl
 from svg2core.ops.select.reference import select_key_clusters_reference, token_limits
 from svg2core.state import Workspace
 
@@ -88,11 +87,9 @@ def select_from_logits(logits: torch.Tensor, k_sizes: torch.Tensor, config: SVG2
     if SELECT_METHOD == "threshold":
         _select_threshold_kernel[(cq, bh)](
             *args, FIXED=fixed, BLOCK_K=block_row, RADIX_BITS=SELECT_RADIX_BITS, num_warps=warps,
-            **pdl.launch_options(logits),
         )
     elif SELECT_METHOD == "sort":
-        _select_kernel[(cq, bh)](*args, FIXED=fixed, BLOCK_K=block_row, num_warps=warps,
-                                  **pdl.launch_options(logits))
+        _select_kernel[(cq, bh)](*args, FIXED=fixed, BLOCK_K=block_row, num_warps=warps)
     else:
         raise ValueError(f"SELECT_METHOD: must be 'threshold' or 'sort', got {SELECT_METHOD!r}")
     return sel_idx, sel_count, sel_cum
@@ -112,6 +109,5 @@ def cluster_logits(q_centroids: torch.Tensor, k_centroids: torch.Tensor, k_sizes
         q_centroids.stride(0), q_centroids.stride(1), k_centroids.stride(0), k_centroids.stride(1),
         k_sizes.stride(0), logits.stride(0), logits.stride(1),
         D=d, BLOCK_Q=_LOGITS_BLOCK_Q, BLOCK_K=block_k, PRECISION=LOGITS_PRECISION, num_warps=4,
-        **pdl.launch_options(logits),
     )
     return logits

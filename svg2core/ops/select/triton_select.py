@@ -12,8 +12,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from svg2core.ops.triton_pdl import pdl_enter
-
 
 @triton.jit
 def _ordered_bits(x):
@@ -47,13 +45,12 @@ def _cluster_logits_kernel(
     cq_ptr, ck_ptr, ksize_ptr, logits_ptr,
     CQ, CK, scale,
     stride_qbh, stride_qc, stride_kbh, stride_kc, stride_sbh, stride_lbh, stride_lq,
-    D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
+    D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr = "ieee",
 ):
     """logits[bh, i, j] = scale * <cq_i, ck_j> + log|K_j|; grid (cdiv(CQ, BLOCK_Q), cdiv(CK, BLOCK_K), B * H):
     one (BLOCK_Q, BLOCK_K) block per program (a grid over query blocks only ran 48 programs at Wan 1.3B with
     100 query clusters, each looping over every key block)."""
-    pdl_enter(PDL)
     pid_q = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -79,7 +76,7 @@ def _select_kernel(
     CK, top_p, min_tokens, max_tokens,
     stride_lbh, stride_lq, stride_sbh,
     stride_ibh, stride_iq, stride_nbh, stride_cbh, stride_cq,
-    FIXED: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr = False,
+    FIXED: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One (query cluster, bh) row per program: sort key clusters by logit, scan, count the kept prefix.
 
@@ -90,7 +87,6 @@ def _select_kernel(
     and it is non-empty; both are prefixes of the order, so the count is
     ``min(1 + #{j: rule(incl[j])}, #non-empty)``.
     """
-    pdl_enter(PDL)
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs = tl.arange(0, BLOCK_K)
@@ -124,7 +120,7 @@ def _select_threshold_kernel(
     CK, top_p, min_tokens, max_tokens,
     stride_lbh, stride_lq, stride_sbh,
     stride_ibh, stride_iq, stride_nbh, stride_cbh, stride_cq,
-    FIXED: tl.constexpr, BLOCK_K: tl.constexpr, RADIX_BITS: tl.constexpr, PDL: tl.constexpr = False,
+    FIXED: tl.constexpr, BLOCK_K: tl.constexpr, RADIX_BITS: tl.constexpr,
 ):
     """The same kept set as ``_select_kernel`` without sorting: a radix search for the rule's threshold.
 
@@ -141,7 +137,6 @@ def _select_threshold_kernel(
     clusters in ascending id, the rest the others in ascending id; ``sel_cum`` is the token prefix sum
     in that order. The attention does not depend on the order of the selected clusters.
     """
-    pdl_enter(PDL)
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs = tl.arange(0, BLOCK_K)
