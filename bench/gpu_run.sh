@@ -26,7 +26,9 @@
 # (bench/probes/probe_key_gather.py), timeline (bench/probes/probe_timeline.py), logits (bench/probes/probe_logits.py),
 # gluonassign (bench/probes/probe_assign_gluon.py), tiles_nosel (tiles without the selection A/B), generate (bench/bench_generate.py:
 # dense and fixed 15% / 25% jobs).
-# Results go to OUT/<step>/.
+# Results go to OUT/<step>/; with GPU_RUN_PACK=1 they are packed at the end (also after each step, so a run cut short
+# keeps what it finished) into OUT/results.tgz, the only file left in OUT (the device tool brings back at most 8
+# files, and each step writes three).
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_run.sh OUT STEP...}
 shift
@@ -38,6 +40,7 @@ fi
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 status=0
+pack_dir=$(mktemp -d)  # GPU_RUN_PACK: the finished steps, packed after each
 for step in "$@"; do
   mkdir -p "$out/$step"
   echo "=== $step"
@@ -67,5 +70,9 @@ for step in "$@"; do
   # the step's summary: table rows and checks, else the end of its log
   grep -E "^\| |dense cuDNN|correctness|graph|passed|failed" "$log" || tail -20 "$log"
   echo "=== $step: exit $rc"
+  if [ "${GPU_RUN_PACK:-0}" = 1 ]; then
+    cp -r "$out/$step" "$pack_dir/" && rm -rf "${out:?}/$step"
+    tar czf "$out/results.tgz" -C "$pack_dir" .
+  fi
 done
 exit $status
