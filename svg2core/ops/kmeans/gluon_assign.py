@@ -10,9 +10,9 @@ tokens now (``num_warps`` 4 or 8); each warpgroup issues the matmul of its own r
 Same function as ``triton_kmeans._kmeans_assign_kernel`` with ``PACKED`` (and ``HIST``): labels[bh, n] = argmin_c
 ``||x - c||^2`` over the low-precision centroids and their fp32 squared norms, each distance keyed as one int32 (the
 float bits of ``||c||^2 - 2 x.c + max_rows ||x||^2`` with the low log2(C_POW2) bits replaced by the centroid id),
-ties to the lower id. The Triton kernel waits for each centroid tile's dot before that tile's argmin, one CTA of 8
-warps per SM at its default tile (255 registers), and reaches ~460 TFLOP/s on an H100 with the packed keys
-(docs/benchmarks/NOTES_selection.md). Here:
+ties to the lower id. The Triton kernel waits for each centroid tile's dot before that tile's argmin (two CTAs of 8
+warps per SM at its default tile, 128 registers with Triton 3.6: one CTA's argmin can run beside the other's dot),
+and reaches 370-460 TFLOP/s on an H100 with the packed keys (docs/benchmarks/NOTES_selection.md). Here:
 
 - one program = BLOCK_N tokens on ``num_warps`` warps, staged once in shared memory (at 64 tokens on one warpgroup:
   x 16 KB + 3 centroid tiles of 16 KB, several programs per SM);
