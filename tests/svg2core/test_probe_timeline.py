@@ -1,0 +1,43 @@
+"""bench/probes/probe_timeline.py's arithmetic over a trace's kernel intervals (the GPU run reports these figures)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _probe():
+    spec = importlib.util.spec_from_file_location("probe_timeline", ROOT / "bench" / "probes" / "probe_timeline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_union_counts_overlaps_once():
+    t = _probe()
+    assert t.union_us([]) == 0
+    assert t.union_us([(5, 6), (0, 2), (1, 3)]) == 4  # [0, 3) and [5, 6)
+    assert t.union_us([(0, 10), (2, 3)]) == 10
+
+
+def test_replay_figures_from_a_chrome_trace(tmp_path):
+    t = _probe()
+    # two replays of three kernels on two streams; the profiler's other events are ignored
+    events = []
+    for base in (0.0, 100.0):
+        events += [{"cat": "kernel", "name": "assign", "ts": base, "dur": 10.0, "args": {"stream": 7}},
+                   {"cat": "kernel", "name": "assign_q", "ts": base + 2, "dur": 4.0, "args": {"stream": 9}},
+                   {"cat": "kernel", "name": "select", "ts": base + 15, "dur": 5.0, "args": {"stream": 7}},
+                   {"cat": "cpu_op", "name": "aten::sub", "ts": base + 1, "dur": 1.0}]
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    kernels = t.kernel_events(str(path))
+    assert [k["name"] for k in kernels[:3]] == ["assign", "assign_q", "select"]
+    replays = t.split_replays(kernels, 3)
+    assert len(replays) == 2
+    r = t.analyse(replays[1])
+    assert r["span_us"] == 20 and r["union_us"] == 15 and r["idle_us"] == 5 and r["sum_us"] == 19
+    assert r["main_stream"] == "7" and r["main_kernels"] == 2 and r["main_gap_us_total"] == 5
