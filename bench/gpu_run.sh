@@ -15,7 +15,7 @@
 #   bash bench/gpu_run.sh OUT keygather                 # keys gathered by the last key update vs the separate gather (probe_key_gather.py)
 #   bash bench/gpu_run.sh OUT timeline                  # every kernel of one captured selection: start, length, stream (probe_timeline.py)
 #   bash bench/gpu_run.sh OUT gluonassign               # the Gluon assign's launch shapes vs the Triton assign (probe_assign_gluon.py)
-#   bash bench/gpu_run.sh OUT logits                    # the cluster logits' dot: IEEE vs 3xTF32 (probe_logits.py)
+#   bash bench/gpu_run.sh OUT logits                    # the cluster-logits kernel: dot precision, block shape (probe_logits.py)
 #   bash bench/gpu_run.sh OUT generate                  # whole jobs through the worker's path (bench_generate.py, ~4 min;
 #                                                       # also carry pydantic pydantic-core annotated-types typing-inspection av)
 #
