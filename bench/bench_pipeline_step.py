@@ -235,15 +235,20 @@ def category_of(kernel_name: str) -> str:
 SELECTION_CATEGORIES = ("svg2_kmeans", "svg2_select", "svg2_permute")
 
 
-def union_seconds(intervals) -> float:
-    """Length of the union of ``(start, end)`` intervals in microseconds, in seconds: the time during which at least
-    one of them runs (kernels that overlap on two streams count once)."""
+def union_length(intervals) -> float:
+    """Length of the union of ``(start, end)`` intervals, in their unit: the time during which at least one of them
+    runs (kernels that overlap on two streams count once)."""
     total, end = 0.0, float("-inf")
     for a, b in sorted(intervals):
         if b > end:
             total += b - max(a, end)
             end = b
-    return total / 1e6
+    return total
+
+
+def union_seconds(intervals) -> float:
+    """:func:`union_length` of intervals in microseconds, in seconds."""
+    return union_length(intervals) / 1e6
 
 
 def idle_gaps(intervals, top: int = 5) -> tuple[float, list[dict]]:

@@ -4,7 +4,7 @@ bench_selection times the whole captured call and each stage alone; their sum ex
 overlaps) and neither says how long the GPU waits between kernels or which chain sets the call's length. This probe
 replays the captured selection (``cluster_and_select``, 2 warm iterations) under the profiler, reads each kernel's
 interval from the trace, and reports per replay: the span, each stream's busy time, the time covered by at least one
-kernel (the union), the idle gaps of the span, and the main (key) chain's own gaps between consecutive kernels.
+kernel (the union), the idle gaps of the span, and the gaps between consecutive kernels of the last kernel's stream.
 
     python bench/probes/probe_timeline.py --out DIR [--shapes wan1.3b-480p:100:500,...]
 """
@@ -27,27 +27,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
+from bench_pipeline_step import union_length  # noqa: E402
 
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.attention import cluster_and_select  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
 MODELS = {"wan1.3b-480p": (12, 32760), "wan14b-720p": (40, 75600), "hunyuan-720p": (24, 118800)}
-
-
-def union_us(intervals: list[tuple[float, float]]) -> float:
-    """Total length of the union of ``(start, end)`` intervals."""
-    total, cur_s, cur_e = 0.0, None, None
-    for s, e in sorted(intervals):
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        total += cur_e - cur_s
-    return total
 
 
 def kernel_events(trace_path: str) -> list[dict]:
@@ -72,7 +58,7 @@ def analyse(replay: list[dict]) -> dict:
     for e in replay:
         streams.setdefault(e["stream"], []).append(e)
     busy = {str(s): sum(e["dur"] for e in ev) for s, ev in streams.items()}
-    union = union_us([(e["ts"], e["ts"] + e["dur"]) for e in replay])
+    union = union_length([(e["ts"], e["ts"] + e["dur"]) for e in replay])
     # a replay runs the graph's branches on streams of its own: "main" is the stream of the last kernel (the selection)
     main = replay[-1]["stream"]
     chain = streams[main]
