@@ -73,8 +73,7 @@ def assign_case(name, h, n, c, dev) -> dict:
             blk = (torch.arange(n, device=dev) // block).expand(h, n)
             hist.view(h, -1).scatter_add_(1, (blk * c + lab_g.long()), torch.ones_like(lab_g))
         g = {**agree, "counts_equal": bool(torch.equal(counts_g, hist.view(h, -1))), "ms": ms_g, "tflops": tf / ms_g}
-        g["ok"] = (agree["labels_valid"] and g["counts_equal"] and g["labels_equal"] > 0.99
-                   and g["max_gap"] <= 1e-2 * g["mean_dist"])
+        g["ok"] = agree["agrees"] and g["counts_equal"]
         row["gluon"][tile_name(tile)] = g
     print(json.dumps(row), flush=True)
     return row

@@ -41,14 +41,18 @@ def kmeans_problem(h: int, n: int, c: int, dev, seed: int = 5) -> tuple[torch.Te
 
 
 def label_agreement(x: torch.Tensor, cent: torch.Tensor, ref: torch.Tensor, got: torch.Tensor) -> dict:
-    """How two assigns' labels ``(h, n)`` agree: the share equal, whether ``got``'s are valid ids, and over two heads
-    the largest fp32 distance gap between the two choices against the mean distance (near-ties may flip)."""
+    """How two assigns' labels ``(h, n)`` agree: the share equal, whether ``got``'s are valid ids, over two heads
+    the largest fp32 distance gap between the two choices against the mean distance (near-ties may flip), and
+    ``agrees``, whether that is the same argmin but for near-ties."""
     c = cent.shape[1]
     valid = bool(((got >= 0) & (got < c)).all().item())
     d = torch.cdist(x[0, :2].float(), cent[:2]) ** 2
     gap = (torch.gather(d, 2, got[:2, :, None].long().clamp(0, c - 1)) - torch.gather(d, 2, ref[:2, :, None].long()))
-    return {"labels_equal": (ref == got).float().mean().item(), "labels_valid": valid,
-            "max_gap": gap.abs().max().item(), "mean_dist": d.mean().item()}
+    out = {"labels_equal": (ref == got).float().mean().item(), "labels_valid": valid,
+           "max_gap": gap.abs().max().item(), "mean_dist": d.mean().item()}
+    # the same argmin up to near-ties: valid ids, over 99% equal, no disagreement farther than 1% of the mean distance
+    out["agrees"] = valid and out["labels_equal"] > 0.99 and out["max_gap"] <= 1e-2 * out["mean_dist"]
+    return out
 
 
 @contextlib.contextmanager
