@@ -59,10 +59,16 @@ def test_gluon_impl_refuses_a_non_hopper_device():
         sparse_attention(q, q, q, kp, kp, **ints, config=cfg)
 
 
-def _compile_report(tmp_path, *flags: str) -> dict:
-    """bench/probes/compile_sm90.py's report of an sm_90 compile with ``flags`` (outside the interpreter)."""
+def _compiler_env(tmp_path) -> dict:
+    """The environment of a compile probe's subprocess: outside the interpreter, with a cache of its own."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    return env
+
+
+def _compile_report(tmp_path, *flags: str) -> dict:
+    """bench/probes/compile_sm90.py's report of an sm_90 compile with ``flags`` (outside the interpreter)."""
+    env = _compiler_env(tmp_path)
     out = tmp_path / "report.json"
     subprocess.run([sys.executable, str(ROOT / "bench" / "probes" / "compile_sm90.py"), *flags, "--json", str(out)],
                    check=True, capture_output=True, env=env, timeout=300, cwd=ROOT)
@@ -108,13 +114,12 @@ def test_gluon_assign_compiles_with_overlapped_matmuls(tile, tmp_path):
     from svg2core.ops.kmeans import kmeans as km
 
     g = km.GLUON_ASSIGN_TILE if tile == "default" else km.AssignTile(64, 64, 4, 3)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     cmd = [sys.executable, str(ROOT / "bench" / "probes" / "sass_assign.py"), "--gluon", "--clusters-pow2", "512",
            "--block-n", str(g.block_n), "--warps", str(g.num_warps), "--block-c", str(g.block_c)]
     if g.maxnreg:
         cmd += ["--maxnreg", str(g.maxnreg)]
-    run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_compiler_env(tmp_path), timeout=300,
+                         cwd=ROOT)
     rep = json.loads(run.stdout)
     assert "LOCAL:0" in rep["resources"] and "STACK:0" in rep["resources"] and rep["spill_stores"] == 0
     threads = 32 * g.num_warps
