@@ -31,6 +31,13 @@ _DTYPES = (torch.bfloat16, torch.float16)
 #: final permutation's order anyway, also writes them there (``kp``), and the gather copies only V: one read of the
 #: keys less per call. False: the gather copies both (docs/benchmarks/NOTES_selection.md v8).
 FUSE_KEY_GATHER = True
+#: How the selection's two k-means chains share the GPU (Triton backend, CUDA, ``concurrent``):
+#: ``"query_side"``: the query chain on a side stream, launched first, beside the key chain on the caller's stream;
+#: ``"key_priority"``: the key chain (the longer one, which the scoring and the gather wait for) launched first on a
+#: high-priority side stream, the query chain on the caller's stream filling what it leaves, the scoring on the
+#: high-priority stream beside the V gather. Kernels captured in a CUDA graph keep their stream's priority
+#: (torch instantiates graphs with per-node priorities).
+SELECTION_STREAMS = "query_side"
 
 
 def svg2_attention(
@@ -158,39 +165,62 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     ``(B*H, C, D)`` fp32 centroids), cluster scoring and selection, and the gather of K and V into
     cluster-contiguous order (``v``: the full ``(B, H, N, D)`` values; its first ``Nv`` tokens are gathered).
 
-    With ``concurrent`` (Triton backend, CUDA), the query k-means runs on a side stream (forked from and joined
-    back to the caller's, so graph-capturable) beside the key k-means on the caller's stream: the two chains are
-    independent until the scoring, and at 480p each launch of one chain leaves SMs idle. The K/V gather then
-    runs on the side stream beside the scoring and selection (docs/benchmarks/NOTES_selection.md); with
+    With ``concurrent`` (Triton backend, CUDA), the two k-means chains run on two streams (a side stream forked
+    from and joined back to the caller's, so graph-capturable; :data:`SELECTION_STREAMS` says which chain goes
+    where): they are independent until the scoring, and at 480p each launch of one chain leaves SMs idle. The K/V
+    gather then runs beside the scoring and selection (docs/benchmarks/NOTES_selection.md); with
     :data:`FUSE_KEY_GATHER` the key k-means' last update has already written the permuted keys and the gather
     copies V only.
     """
     b, h, nv, _ = q_video.shape
     cq, ck = q_cent.shape[1], k_cent.shape[1]
     dev = q_video.device
+    fuse_keys = FUSE_KEY_GATHER and backend == "triton" and iters >= 1
     side = main = None
+    if SELECTION_STREAMS not in ("query_side", "key_priority"):
+        raise ValueError(f"SELECTION_STREAMS: must be 'query_side' or 'key_priority', got {SELECTION_STREAMS!r}")
     if concurrent and backend == "triton" and q_video.is_cuda:
         main = torch.cuda.current_stream(dev)
-        side = torch.cuda.Stream(dev)  # from torch's stream pool: no stream is created per call
+        # from torch's stream pools (one per priority): no stream is created per call
+        side = torch.cuda.Stream(dev, priority=-1 if SELECTION_STREAMS == "key_priority" else 0)
         side.wait_stream(main)  # the side stream sees everything queued before this call
-    def on_side():
-        return torch.cuda.stream(side) if side is not None else contextlib.nullcontext()
+    key_side = side is not None and SELECTION_STREAMS == "key_priority"
 
-    with on_side():
+    def on(stream):
+        return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+
+    def query_chain():
         q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend)
-        q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32, dev))
-    fuse_keys = FUSE_KEY_GATHER and backend == "triton" and iters >= 1
-    k_rows = key_rows_buffer(k_video, nv, ws) if fuse_keys else None
-    k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows)
-    k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32, dev))
+        q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32,
+                                                                                 dev))
+        return q_labels, q_perm, q_offsets, q_sizes
+
+    def key_chain():
+        k_rows = key_rows_buffer(k_video, nv, ws) if fuse_keys else None
+        k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows)
+        k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32,
+                                                                                 dev))
+        return k_labels, k_perm, k_offsets, k_sizes
+
+    if key_side:
+        with on(side):
+            k_labels, k_perm, k_offsets, k_sizes = key_chain()
+        q_labels, q_perm, q_offsets, q_sizes = query_chain()
+        scoring, gathering = side, main
+    else:
+        with on(side):
+            q_labels, q_perm, q_offsets, q_sizes = query_chain()
+        k_labels, k_perm, k_offsets, k_sizes = key_chain()
+        scoring, gathering = main, side
     if side is not None:
-        main.wait_stream(side)  # the scoring reads the query centroids
-        side.wait_stream(main)  # the gather reads the key permutation
-    with on_side():  # the K/V gather (memory-bound) beside the scoring and selection
+        main.wait_stream(side)  # the scoring reads both chains' centroids, the gather the key permutation
+        side.wait_stream(main)
+    with on(gathering):  # the V (and K) gather, memory-bound, beside the scoring and selection
         kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend, gather_k=not fuse_keys)
-    sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend)
+    with on(scoring):
+        sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend)
     if side is not None:
-        main.wait_stream(side)  # the caller's stream sees kp / vp
+        main.wait_stream(side)  # the caller's stream sees everything
     return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,
                 sel_idx, sel_count, sel_cum, kp, vp)
 

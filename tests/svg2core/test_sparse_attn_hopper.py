@@ -150,3 +150,47 @@ def _check_graph_replay(t, seed, config=None):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, eager)
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_selection_streams_give_the_same_call_eager_and_in_a_graph(monkeypatch):
+    # SELECTION_STREAMS: the key chain on a high-priority side stream ("key_priority") or the query chain on a side
+    # stream ("query_side") order the same kernels differently; a whole call's output, density and permuted K / V are
+    # bit-identical either way, eager and replayed from a CUDA graph
+    import svg2core.attention as attention
+    from svg2core import LayerState, SVG2Config, svg2_attention
+
+    torch.manual_seed(11)
+    b, h, n, t, d = 2, 3, 3000, 40, 128
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    cfg = SVG2Config(num_q_clusters=24, num_k_clusters=40, kmeans_iters_init=5, kmeans_iters=2)
+    results = {}
+    for mode in ("query_side", "key_priority"):
+        monkeypatch.setattr(attention, "SELECTION_STREAMS", mode)
+        ws, state = Workspace(), LayerState()
+        svg2_attention(q, k, v, cfg, state, workspace=ws, num_dense_tokens=t)  # cold: the centroids
+        cents = (state.get(0).q, state.get(0).k)
+        saved = [c.clone() for c in cents]
+        out, density = svg2_attention(q, k, v, cfg, state, workspace=ws, num_dense_tokens=t)
+        eager = (out.clone(), density.clone(), ws.buffer("kp", (b * h, n - t, d), q.dtype, q.device).clone(),
+                 ws.buffer("vp", (b * h, n - t, d), q.dtype, q.device).clone())
+        results[mode] = eager
+        for c, s in zip(cents, saved, strict=True):
+            c.copy_(s)  # the same warm start for the captured call
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            svg2_attention(q, k, v, cfg, state, workspace=ws, num_dense_tokens=t)  # the graph's own warm-up
+        torch.cuda.current_stream().wait_stream(side)
+        for c, s in zip(cents, saved, strict=True):
+            c.copy_(s)
+        with torch.cuda.graph(graph):
+            g_out, g_density = svg2_attention(q, k, v, cfg, state, workspace=ws, num_dense_tokens=t)
+        for c, s in zip(cents, saved, strict=True):
+            c.copy_(s)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(g_out, eager[0]) and torch.equal(g_density, eager[1])
+    for a, z in zip(results["query_side"], results["key_priority"], strict=True):
+        assert torch.equal(a, z)

@@ -12,6 +12,8 @@ from svg2core.state import Workspace
 
 _LOGITS_BLOCK_Q = 32
 _LOGITS_BLOCK_K = 64
+_LOGITS_BLOCK_D = 128  # head-dim step of the logits kernel's dot
+_LOGITS_WARPS = 4
 LOGITS_PRECISION = "ieee"  # the logits kernel's fp32 dot (probe_logits.py times "tf32x3")
 SELECT_NUM_WARPS: int | None = None  # warps of the per-row selection kernel; None = by row length
 # "sort": bitonic sort of the whole row (kept clusters in descending P, the reference's order), on one int32 key per
@@ -108,6 +110,7 @@ def cluster_logits(q_centroids: torch.Tensor, k_centroids: torch.Tensor, k_sizes
         q_centroids, k_centroids, k_sizes, logits, cq, ck, 1.0 / math.sqrt(d),
         q_centroids.stride(0), q_centroids.stride(1), k_centroids.stride(0), k_centroids.stride(1),
         k_sizes.stride(0), logits.stride(0), logits.stride(1),
-        D=d, BLOCK_Q=_LOGITS_BLOCK_Q, BLOCK_K=block_k, PRECISION=LOGITS_PRECISION, num_warps=4,
+        D=d, BLOCK_Q=_LOGITS_BLOCK_Q, BLOCK_K=block_k, BLOCK_D=min(_LOGITS_BLOCK_D, d), PRECISION=LOGITS_PRECISION,
+        num_warps=_LOGITS_WARPS,
     )
     return logits

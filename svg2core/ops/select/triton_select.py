@@ -45,27 +45,29 @@ def _cluster_logits_kernel(
     cq_ptr, ck_ptr, ksize_ptr, logits_ptr,
     CQ, CK, scale,
     stride_qbh, stride_qc, stride_kbh, stride_kc, stride_sbh, stride_lbh, stride_lq,
-    D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
+    D: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr = "ieee",
 ):
     """logits[bh, i, j] = scale * <cq_i, ck_j> + log|K_j|; grid (cdiv(CQ, BLOCK_Q), cdiv(CK, BLOCK_K), B * H):
     one (BLOCK_Q, BLOCK_K) block per program (a grid over query blocks only ran 48 programs at Wan 1.3B with
-    100 query clusters, each looping over every key block)."""
+    100 query clusters, each looping over every key block), the dot in steps of BLOCK_D of the head dim."""
     pid_q = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_bh = tl.program_id(2)
     offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
     offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_d = tl.arange(0, D)
+    offs_d = tl.arange(0, BLOCK_D)
     mq = offs_q < CQ
     mk = offs_k < CK
-    cq = tl.load(cq_ptr + pid_bh * stride_qbh + offs_q[:, None] * stride_qc + offs_d[None, :],
-                 mask=mq[:, None], other=0.0)
-    ck = tl.load(ck_ptr + pid_bh * stride_kbh + offs_k[:, None] * stride_kc + offs_d[None, :],
-                 mask=mk[:, None], other=0.0)
+    q_ptrs = cq_ptr + pid_bh * stride_qbh + offs_q[:, None] * stride_qc + offs_d[None, :]
+    k_ptrs = ck_ptr + pid_bh * stride_kbh + offs_k[:, None] * stride_kc + offs_d[None, :]
+    s = tl.zeros((BLOCK_Q, BLOCK_K), dtype=tl.float32)
+    for d0 in tl.static_range(0, D, BLOCK_D):
+        cq = tl.load(q_ptrs + d0, mask=mq[:, None], other=0.0)
+        ck = tl.load(k_ptrs + d0, mask=mk[:, None], other=0.0)
+        s = tl.dot(cq, tl.trans(ck), s, input_precision=PRECISION)
     size = tl.load(ksize_ptr + pid_bh * stride_sbh + offs_k, mask=mk, other=0).to(tl.float32)
-    s = tl.dot(cq, tl.trans(ck), input_precision=PRECISION) * scale
-    logit = s + tl.log(size)[None, :]  # log 0 = -inf: empty clusters get probability 0
+    logit = s * scale + tl.log(size)[None, :]  # log 0 = -inf: empty clusters get probability 0
     tl.store(logits_ptr + pid_bh * stride_lbh + offs_q[:, None] * stride_lq + offs_k[None, :], logit,
              mask=mq[:, None] & mk[None, :])
 
