@@ -1,10 +1,8 @@
 """The k-means assign kernel compiled for sm_90 without a GPU: registers and the instruction mix of its tile loop.
 
     python bench/probes/sass_assign.py [--packed] [--block-n 256] [--block-c 64] [--warps 8] [--stages 2]
-    python bench/probes/sass_assign.py --gluon [--block-n 128] [--warps 8]    # gluon_assign.py's kernel
 
-Compiles ``triton_kmeans._kmeans_assign_kernel`` (bf16, D = 128, no histogram), or with --gluon the Gluon kernel of
-``gluon_assign.py`` (with the block counts), with Triton's own ptxas and counts
+Compiles ``triton_kmeans._kmeans_assign_kernel`` (bf16, D = 128, no histogram) with Triton's own ptxas and counts
 the SASS instructions from 40 before the first HGMMA to the loop's backward branch: what one centroid tile costs
 each warp besides its dot (the argmin epilogue). Run outside the interpreter (TRITON_INTERPRET unset).
 """
@@ -45,38 +43,16 @@ def _compile_triton(opts):
                           options={"num_warps": opts.warps, "num_stages": opts.stages})
 
 
-def _compile_gluon(opts):
-    """svg2core.ops.kmeans.gluon_assign's kernel (packed keys, async dot; with the block counts) for sm_90."""
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    from svg2core.ops.kmeans.gluon_assign import kmeans_assign_gluon_kernel as kern
-
-    names = kern.arg_names
-    sig = {n: "i32" for n in names}
-    sig.update(x_ptr="*bf16", cent_ptr="*bf16", cent_sq_ptr="*fp32", labels_ptr="*i32", counts_ptr="*i32")
-    consts = dict(D=128, BLOCK_N=opts.block_n, BLOCK_C=opts.block_c, C_POW2=opts.clusters_pow2, HIST=True,
-                  COUNT_BLOCK=256)
-    for k in consts:
-        sig[k] = "constexpr"
-    attrs = {(names.index(n),): [["tt.divisibility", 16]]
-             for n in ("x_ptr", "cent_ptr", "cent_sq_ptr", "labels_ptr", "counts_ptr", "stride_xn", "stride_cc",
-                       "stride_xh", "stride_cbh", "stride_xb", "stride_sbh", "stride_lbh")}
-    return triton.compile(GluonASTSource(kern, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": opts.warps, **({"maxnreg": opts.maxnreg} if opts.maxnreg else {})})
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--packed", action="store_true", help="the packed-key argmin (PACKED)")
-    ap.add_argument("--gluon", action="store_true", help="the Gluon assign (gluon_assign.py)")
     ap.add_argument("--block-n", type=int, default=256)
     ap.add_argument("--block-c", type=int, default=64)
     ap.add_argument("--warps", type=int, default=8)
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--clusters-pow2", type=int, default=1024)
-    ap.add_argument("--maxnreg", type=int, default=0, help="--gluon: registers per thread at most (0: free)")
     opts = ap.parse_args()
-    k = _compile_gluon(opts) if opts.gluon else _compile_triton(opts)
+    k = _compile_triton(opts)
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(k.asm["cubin"])
@@ -93,7 +69,7 @@ def main() -> None:
     # matmul waits that leave one group in flight (async overlap); ptxas serialises the matmuls (waits for 0 after
     # each) when a non-wgmma instruction reads an accumulator in flight
     waits_le1 = len(re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x1", sass))
-    out = {"packed": opts.packed, "gluon": opts.gluon, "block_n": opts.block_n, "warps": opts.warps,
+    out = {"packed": opts.packed, "block_n": opts.block_n, "warps": opts.warps,
            "async_waits": waits_le1, "resources": re.search(r"REG:\d+ STACK:\d+ SHARED:\d+ LOCAL:\d+", res).group(0),
            "registers": int(re.search(r"REG:(\d+)", res).group(1)), "shared_bytes": k.metadata.shared,
            "spill_stores": len(re.findall(r"\bSTL", sass)),

@@ -15,14 +15,13 @@ barrier = getattr(gl, "barrier", None) or gl.thread_barrier
 
 
 @gluon.constexpr_function
-def wgmma_layout(n, warps=4):
-    """Accumulator layout of an (rows x n) wgmma: 64 rows per warpgroup, ``warps // 4`` warpgroups stacked along
-    the rows (each issues the matmul of its own rows)."""
-    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[int(warps), 1], instr_shape=[16, int(n), 16])
+def wgmma_layout(n):
+    """Accumulator layout of a 64 x n wgmma over one warpgroup."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, int(n), 16])
 
 
 @gluon.constexpr_function
-def copy_layout(head_dim, warps=4):
-    """Rows x head_dim tile over ``warps`` warps in 16-byte vectors (8 x 16-bit elements)."""
+def copy_layout(head_dim):
+    """Rows x head_dim tile over 4 warps in 16-byte vectors (8 x 16-bit elements)."""
     tpw_d = min(int(head_dim) // 8, 32)
-    return gl.BlockedLayout([1, 8], [32 // tpw_d, tpw_d], [int(warps), 1], [1, 0])
+    return gl.BlockedLayout([1, 8], [32 // tpw_d, tpw_d], [4, 1], [1, 0])

@@ -104,26 +104,3 @@ def test_pinned_pv_wait_follows_every_exponential(tmp_path):
     assert len(steps) >= 2  # a full-tile and a masked step per consumer warpgroup at least
     for step in steps:
         assert step["ex2_before_wait"] >= 64 and step["ex2_after_wait"] == 0, steps
-
-
-@pytest.mark.parametrize("tile", ["default", "one-warpgroup"])
-def test_gluon_assign_compiles_with_overlapped_matmuls(tile, tmp_path):
-    # gluon_assign.py (kmeans.GLUON_ASSIGN, off until timed on a GPU): no spills, registers and shared memory that let
-    # the intended number of programs share an SM, and the matmuls pipelined (a wait that leaves one group in
-    # flight); ptxas serialises them instead when an accumulator in flight is read or copied
-    from svg2core.ops.kmeans import kmeans as km
-
-    g = km.GLUON_ASSIGN_TILE if tile == "default" else km.AssignTile(64, 64, 4, 3)
-    cmd = [sys.executable, str(ROOT / "bench" / "probes" / "sass_assign.py"), "--gluon", "--clusters-pow2", "512",
-           "--block-n", str(g.block_n), "--warps", str(g.num_warps), "--block-c", str(g.block_c)]
-    if g.maxnreg:
-        cmd += ["--maxnreg", str(g.maxnreg)]
-    run = subprocess.run(cmd, check=True, capture_output=True, text=True, env=_compiler_env(tmp_path), timeout=300,
-                         cwd=ROOT)
-    rep = json.loads(run.stdout)
-    assert "LOCAL:0" in rep["resources"] and "STACK:0" in rep["resources"] and rep["spill_stores"] == 0
-    threads = 32 * g.num_warps
-    programs = 2 if tile == "default" else 3  # per SM: 64K registers, 227 KB of shared memory
-    assert programs * threads * rep["registers"] <= 65536, rep["resources"]
-    assert programs * (rep["shared_bytes"] + 1024) <= 228 * 1024, rep["shared_bytes"]
-    assert rep["async_waits"] >= 1 and rep["hgmma"] > 0

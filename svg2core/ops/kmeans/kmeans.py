@@ -30,14 +30,12 @@ UPDATE_CHUNK = 512
 
 @dataclass(frozen=True)
 class AssignTile:
-    """Launch shape of the assign kernel: tokens per program, centroids per tile, warps, stages, and (Gluon kernel)
-    the registers per thread at most (None: the compiler's choice)."""
+    """Launch shape of the assign kernel: tokens per program, centroids per tile, warps, stages."""
 
     block_n: int = 256
     block_c: int = 64
     num_warps: int = 8
     num_stages: int = 3
-    maxnreg: int | None = None
 
 
 # 256 tokens x 64 centroids, 8 warps: the fastest of bench/bench_selection.py's sweep on H100 at the Wan 14B key shape
@@ -61,18 +59,6 @@ FUSED_SORT_MAX_CLUSTERS = 8192
 # (value, index) argmin in one run (docs/benchmarks/probe_assign_packed_h100.md): the assign 8-15% faster (Wan 14B
 # keys, 1000 clusters 1.93 -> 1.68 ms), labels equal but for near-ties (99.94-99.98% of tokens).
 ASSIGN_PACKED_ARGMIN = True
-# Hopper: the assign runs the Gluon kernel of gluon_assign.py (packed keys; each warpgroup's matmul of a centroid tile
-# overlaps its argmin of the previous tile; the program's warpgroups share one centroid ring) with GLUON_ASSIGN_TILE
-# instead of the Triton kernel (whose dot is waited for before each tile's argmin). One warpgroup of 64 tokens per
-# program measured 14-31% slower (H100, session 8); several per program are compiled and checked for sm_90 on the CPU
-# only: off until checked and timed on a GPU (bench/probes/probe_assign_gluon.py).
-GLUON_ASSIGN = False
-# tokens per program and warps of the Gluon assign (block_c: centroids per tile; num_stages unused: a ring of 3).
-# sm_90, Triton 3.6, 1000 clusters (bench/probes/sass_assign.py --gluon): 128 tokens on 8 warps take 174 registers
-# (one CTA per SM), 128 with maxnreg and no spills (two CTAs per SM, 82 KB of shared memory each); 256 on 8 warps
-# 255 (one, 115 KB); 64 on 4 warps (session 8's) 164 (three, 65 KB). Every one keeps a matmul in flight under the
-# argmin (WARPGROUP.DEPBAR.LE gsb0, 0x1).
-GLUON_ASSIGN_TILE = AssignTile(block_n=128, block_c=64, num_warps=8, num_stages=3, maxnreg=128)
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
@@ -123,8 +109,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
         workspace: holds the low-precision copy of the centroids and their norms (a fresh one
             when None).
         tile: launch shape of the Triton kernel (benchmarks), and the block size of ``block_counts``; None:
-            ``ASSIGN_TILE``. With ``GLUON_ASSIGN`` on Hopper the Gluon kernel runs instead, with
-            ``GLUON_ASSIGN_TILE`` (the same argmin but for near-ties: its packed keys' bias is per program).
+            ``ASSIGN_TILE``.
         block_counts: optional ``(B * H, cdiv(N, tile.block_n) * C)`` int32 output: the label
             histogram of every block of ``tile.block_n`` tokens (block-major), for
             ``sort_by_cluster(method="count", block_counts=..., count_block=tile.block_n)``.
@@ -154,35 +139,15 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     if block_counts is not None and (tuple(block_counts.shape) != (bh, nb * c) or block_counts.dtype != torch.int32):
         raise ValueError(f"block_counts: must be ({bh}, {nb * c}) int32 for {n} tokens in blocks of "
                          f"{tile.block_n}, got {tuple(block_counts.shape)} {block_counts.dtype}")
-    # the arguments both assign kernels (Triton and Gluon) take, in the same order
     args = (x, cent_lp, cent_sq, labels, labels if block_counts is None else block_counts, n, c, h,
             x.stride(0), x.stride(1), x.stride(2), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
             labels.stride(0), 0 if block_counts is None else block_counts.stride(0))
-    if _gluon_assign_applies(x):
-        from svg2core.ops.kmeans.gluon_assign import kmeans_assign_gluon_kernel
-
-        g = GLUON_ASSIGN_TILE
-        if block_counts is not None:
-            block_counts.zero_()  # the programs add their tokens into the counting sort's blocks of tile.block_n
-        kmeans_assign_gluon_kernel[(_cdiv(n, g.block_n), bh)](
-            *args, D=d, BLOCK_N=g.block_n, BLOCK_C=min(g.block_c, c_pow2), C_POW2=c_pow2,
-            HIST=block_counts is not None, COUNT_BLOCK=tile.block_n, num_warps=g.num_warps,
-            **({"maxnreg": g.maxnreg} if g.maxnreg else {}),
-        )
-        return labels
     _kmeans_assign_kernel[(nb, bh)](
         *args, D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
         HIST=block_counts is not None, C_POW2=c_pow2, PACKED=ASSIGN_PACKED_ARGMIN,
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
-
-
-def _gluon_assign_applies(x: torch.Tensor) -> bool:
-    """Whether ``kmeans_assign`` runs the Gluon kernel for these points (``GLUON_ASSIGN``, Hopper, bf16 / fp16,
-    head dim 64 or 128)."""
-    return (GLUON_ASSIGN and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16) and x.shape[-1] in (64, 128)
-            and torch.cuda.get_device_capability(x.device)[0] == 9)
 
 
 def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor,
