@@ -14,7 +14,12 @@ _LOGITS_BLOCK_Q = 32
 _LOGITS_BLOCK_K = 64
 _LOGITS_BLOCK_D = 128  # head-dim step of the logits kernel's dot
 _LOGITS_WARPS = 4
-LOGITS_PRECISION = "ieee"  # the logits kernel's fp32 dot (probe_logits.py times "tf32x3")
+# The logits kernel's fp32 dot: "tf32x3" (three TF32 tensor-core products of the split operands) or "ieee" (FFMA on
+# the CUDA cores). As accurate, and 2.7-3.6x faster: H100, kernel alone, graph replay (probe_logits_h100_s13a.md),
+# largest |error| against the fp64 product 8e-7 vs 9e-7; 480p 12 x 100 x 500 0.012 vs 0.032 ms, 12 x 300 x 1000
+# 0.041 vs 0.153, Wan 14B 40 x 300 x 1000 0.129 vs 0.470 (where it is on the selection's critical path). Selections
+# made from the two differ only where logits tie to within their rounding.
+LOGITS_PRECISION = "tf32x3"
 SELECT_NUM_WARPS: int | None = None  # warps of the per-row selection kernel; None = by row length
 # "sort": bitonic sort of the whole row (kept clusters in descending P, the reference's order), on one int32 key per
 # cluster since session 7 (the logit's order bits above the id; an int64 key before): H100, graph, the select stage
@@ -106,11 +111,14 @@ def cluster_logits(q_centroids: torch.Tensor, k_centroids: torch.Tensor, k_sizes
     ck = k_centroids.shape[1]
     logits = workspace.buffer("sel.logits", (bh, cq, ck), torch.float32, q_centroids.device)
     block_k = min(_LOGITS_BLOCK_K, max(16, _next_pow2(ck)))
+    precision = LOGITS_PRECISION
+    if q_centroids.is_cuda and torch.cuda.get_device_capability(q_centroids.device)[0] < 8:
+        precision = "ieee"  # no TF32 tensor cores before Ampere
     _cluster_logits_kernel[((cq + _LOGITS_BLOCK_Q - 1) // _LOGITS_BLOCK_Q, (ck + block_k - 1) // block_k, bh)](
         q_centroids, k_centroids, k_sizes, logits, cq, ck, 1.0 / math.sqrt(d),
         q_centroids.stride(0), q_centroids.stride(1), k_centroids.stride(0), k_centroids.stride(1),
         k_sizes.stride(0), logits.stride(0), logits.stride(1),
-        D=d, BLOCK_Q=_LOGITS_BLOCK_Q, BLOCK_K=block_k, BLOCK_D=min(_LOGITS_BLOCK_D, d), PRECISION=LOGITS_PRECISION,
+        D=d, BLOCK_Q=_LOGITS_BLOCK_Q, BLOCK_K=block_k, BLOCK_D=min(_LOGITS_BLOCK_D, d), PRECISION=precision,
         num_warps=_LOGITS_WARPS,
     )
     return logits
