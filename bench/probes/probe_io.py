@@ -66,6 +66,15 @@ def setting(obj, name: str, value):
         setattr(obj, name, saved)
 
 
+@contextlib.contextmanager
+def settings(*triples):
+    """:func:`setting` of every ``(obj, name, value)`` for the duration."""
+    with contextlib.ExitStack() as stack:
+        for obj, name, value in triples:
+            stack.enter_context(setting(obj, name, value))
+        yield
+
+
 def run_shapes(out: ProbeResults, key: str, case, shapes, dev) -> None:
     """``out.data[key]`` gets ``case(*shape, dev)`` of every shape, saved after each."""
     for shape in shapes:

@@ -1,14 +1,16 @@
-"""The k-means sort stage, radix vs counting sort, in one run (GPU).
+"""The k-means sort stage, radix vs counting sort and the counting sort's scatter by warps, in one run (GPU).
 
     python bench/probes/probe_sort.py --out DIR [--no-selection]
 
 1. Assign + sort, as batched_kmeans runs them, CUDA-graph replay, at the key and query shapes of the benchmark
    models: ``flat`` (assign, then torch's radix sort of ``bh * C + label`` keys, searchsorted for the offsets) and
    ``count`` (the assign counts each block's labels by atomic increments, then a scan and a scatter that ranks by a
-   scan over the block's sorted labels). perm and offsets are checked against ``flat``'s.
+   scan over the block's sorted labels), and ``count Nw``: the same with the scatter on N warps
+   (``permute.SCATTER_NUM_WARPS``; latency-bound at 14-20 us per launch at 480p, H100). perm and offsets are
+   checked against ``flat``'s.
 2. Unless --no-selection: the whole selection (bench_selection.time_shape: 2 warm k-means iterations on Q and K, scoring,
-   selection, K/V gather; CUDA-graph replay) with the library's counting sort and with the radix sort for every
-   cluster count, against cuDNN dense.
+   selection, K/V gather; CUDA-graph replay) with the library's counting sort and with the fastest scatter warp count
+   that sorts the same, against cuDNN dense.
 
 The committed probe_sort_h100.md is from this probe's first version (session 7), which also timed a counting sort
 on ``tl.histogram`` (removed: slower at every shape) and a K/V gather started from the keys' last sort (reverted:
@@ -33,6 +35,7 @@ import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
 
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
+import svg2core.ops.permute.permute as pm  # noqa: E402
 from svg2core import Workspace  # noqa: E402
 from svg2core.ops.kmeans import batched_kmeans  # noqa: E402
 
@@ -41,7 +44,13 @@ SORT_SHAPES = P.kmeans_shapes()  # every k-means problem of the benchmark models
 SELECTION = P.SELECTION_SHAPES + (("hunyuan-720p", 24, 118800, 0, 300, 1000),)
 
 
-VARIANTS = {"flat": 0, "count": 1 << 20}  # batched_kmeans' counting sort up to these cluster counts
+# batched_kmeans' counting sort up to these cluster counts (0: the radix sort), the scatter's warps (None: default)
+VARIANTS = {"flat": (0, None), "count": (1 << 20, None), "count 1w": (1 << 20, 1), "count 2w": (1 << 20, 2)}
+
+
+def variant(name: str):
+    fused_max, warps = VARIANTS[name]
+    return P.settings((km, "FUSED_SORT_MAX_CLUSTERS", fused_max), (pm, "SCATTER_NUM_WARPS", warps))
 
 
 def sort_case(name, h, n, c, dev) -> dict:
@@ -51,8 +60,8 @@ def sort_case(name, h, n, c, dev) -> dict:
     batched_kmeans(x, start, 3, Workspace(), "w")  # realistic cluster sizes
     row = {"shape": name, "heads": h, "tokens": n, "clusters": c}
     ref = None
-    for variant, fused_max in VARIANTS.items():
-        with P.setting(km, "FUSED_SORT_MAX_CLUSTERS", fused_max):
+    for name_v in VARIANTS:
+        with variant(name_v):
             ws = Workspace()
             cent = start.clone()
 
@@ -62,8 +71,8 @@ def sort_case(name, h, n, c, dev) -> dict:
             _, perm, off = run()
             if ref is None:
                 ref = perm.clone(), off.clone()
-            row[f"{variant}_equal"] = bool(torch.equal(perm, ref[0]) and torch.equal(off, ref[1]))
-            row[f"{variant}_ms"] = S.graph_ms(run)
+            row[f"{name_v}_equal"] = bool(torch.equal(perm, ref[0]) and torch.equal(off, ref[1]))
+            row[f"{name_v}_ms"] = S.graph_ms(run)
     print(json.dumps(row), flush=True)
     return row
 
@@ -74,17 +83,20 @@ def main() -> None:
     out = P.ProbeResults(opts.out, "probe_sort", sort=[], selection=[])
     res, card_name = out.data, out.device
     P.run_shapes(out, "sort", sort_case, SORT_SHAPES, dev)
-    if not opts.no_selection:
-        P.time_selection_ab(out, lambda on: P.setting(km, "FUSED_SORT_MAX_CLUSTERS", VARIANTS["count" if on else "flat"]),
-                          dev, SELECTION)
+    # the fastest scatter warp count in total among those that sort like flat at every shape
+    counts = [v for v in VARIANTS if v.startswith("count") and all(r[f"{v}_equal"] for r in res["sort"])]
+    best = min(counts, key=lambda v: sum(r[f"{v}_ms"] for r in res["sort"]), default="count")
+    res["best_count"] = best
+    if not opts.no_selection and best != "count":
+        P.time_selection_ab(out, lambda on: variant(best if on else "count"), dev, SELECTION)
     lines = [f"# k-means sort stage and K/V gather order ({card_name})", "",
              "Assign + sort (CUDA-graph replay, ms; `=`: perm and offsets equal to flat's):", "",
-             "| shape | flat | count |", "|---|---|---|"]
+             "| shape | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
     for r in res["sort"]:
         cells = [f"{r[f'{v}_ms']:.3f}{'' if r[f'{v}_equal'] else ' (DIFFERS)'}" for v in VARIANTS]
         lines.append(f"| {r['shape']} ({r['heads']}x{r['tokens']}) | " + " | ".join(cells) + " |")
     if res["selection"]:
-        lines += P.selection_ab_lines(res["selection"], "radix sort", "counting sort (default)")
+        lines += P.selection_ab_lines(res["selection"], "counting sort (default)", f"{best}")
     out.finish(lines)
 
 

@@ -92,6 +92,10 @@ SORT_METHOD = "flat"
 _COUNT_BLOCK = 2048
 _SCAN_BLOCK_B = 32
 _SCAN_BLOCK_C = 128
+#: warps of the counting sort's scatter (one program per block of tokens); None: 4, or 8 for large blocks x clusters.
+#: bench/probes/probe_sort.py times fewer (sm_90, 256-token blocks, 512 clusters: 4 warps 2,912 warp-instructions and
+#: 20 block barriers per program, one warp 2,040 and 2).
+SCATTER_NUM_WARPS: int | None = None
 
 
 def count_blocks(n: int, block: int) -> int:
@@ -133,7 +137,7 @@ def _counting_sort(labels: torch.Tensor, c: int, workspace: Workspace, name: str
     _counting_scatter_kernel[(nb, bh)](
         labels, starts, totals, perm, offsets, n, c,
         labels.stride(0), starts.stride(0), totals.stride(0), perm.stride(0), offsets.stride(0),
-        BLOCK=block, C_POW2=c_pow2, num_warps=warps,
+        BLOCK=block, C_POW2=c_pow2, num_warps=SCATTER_NUM_WARPS or warps,
     )
     return perm, offsets
 
