@@ -14,6 +14,7 @@
 #   bash bench/gpu_run.sh OUT overlap                   # the selection's side-stream overlap in a graph (probe_overlap.py)
 #   bash bench/gpu_run.sh OUT keygather                 # keys gathered by the last key update vs the separate gather (probe_key_gather.py)
 #   bash bench/gpu_run.sh OUT timeline                  # every kernel of one captured selection: start, length, stream (probe_timeline.py)
+#   bash bench/gpu_run.sh OUT pad                       # the assign with centroid copies padded to whole tiles (probe_assign_pad.py)
 #   bash bench/gpu_run.sh OUT select                    # the selection kernel by warps per row (probe_select.py)
 #   bash bench/gpu_run.sh OUT logits                    # the cluster-logits kernel: dot precision, block shape (probe_logits.py)
 #   bash bench/gpu_run.sh OUT generate                  # whole jobs through the worker's path (bench_generate.py, ~4 min;
@@ -23,7 +24,7 @@
 # (bench_selection.py --no-sweep), pipeline (bench_pipeline_step.py --compile), assign (bench/probes/probe_assign.py), sort (bench/probes/probe_sort.py), tiles (bench/probes/probe_assign_tiles.py),
 # update (bench/probes/probe_update.py), layout (bench/probes/probe_layout.py),
 # text (bench/probes/probe_text_cost.py), overlap (bench/probes/probe_overlap.py), keygather
-# (bench/probes/probe_key_gather.py), timeline (bench/probes/probe_timeline.py), logits (bench/probes/probe_logits.py), select (bench/probes/probe_select.py), tiles_nosel (tiles without the selection A/B), generate (bench/bench_generate.py:
+# (bench/probes/probe_key_gather.py), timeline (bench/probes/probe_timeline.py), logits (bench/probes/probe_logits.py), select (bench/probes/probe_select.py), pad (bench/probes/probe_assign_pad.py), tiles_nosel (tiles without the selection A/B), generate (bench/bench_generate.py:
 # dense and fixed 15% / 25% jobs).
 # Results go to OUT/<step>/; with GPU_RUN_PACK=1 they are packed at the end (also after each step, so a run cut short
 # keeps what it finished) into OUT/results.tgz, the only file left in OUT (the device tool brings back at most 8
@@ -60,6 +61,7 @@ for step in "$@"; do
     timeline) python bench/probes/probe_timeline.py --out "$out/$step" > "$log" 2>&1 ;;
     logits) python bench/probes/probe_logits.py --out "$out/$step" > "$log" 2>&1 ;;
     select) python bench/probes/probe_select.py --out "$out/$step" > "$log" 2>&1 ;;
+    pad) python bench/probes/probe_assign_pad.py --out "$out/$step" > "$log" 2>&1 ;;
     tiles_nosel) python bench/probes/probe_assign_tiles.py --no-selection --out "$out/$step" > "$log" 2>&1 ;;
     generate) python bench/bench_generate.py --out "$out/$step" --budgets dense,fixed:0.15,fixed:0.25 > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;

@@ -33,7 +33,7 @@ def _compile_triton(opts):
     sig = {n: "i32" for n in names}
     sig.update(x_ptr="*bf16", cent_ptr="*bf16", cent_sq_ptr="*fp32", labels_ptr="*i32", counts_ptr="*i32")
     consts = dict(D=128, BLOCK_N=opts.block_n, BLOCK_C=opts.block_c, DOT_FP32=False, HIST=False,
-                  C_POW2=opts.clusters_pow2, PACKED=opts.packed)
+                  C_POW2=opts.clusters_pow2, PACKED=opts.packed, EVEN_C=opts.even_c)
     for k in consts:
         sig[k] = "constexpr"
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -46,6 +46,7 @@ def _compile_triton(opts):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--packed", action="store_true", help="the packed-key argmin (PACKED)")
+    ap.add_argument("--even-c", action="store_true", help="centroid buffers padded to whole tiles (EVEN_C)")
     ap.add_argument("--block-n", type=int, default=256)
     ap.add_argument("--block-c", type=int, default=64)
     ap.add_argument("--warps", type=int, default=8)

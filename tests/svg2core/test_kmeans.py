@@ -310,3 +310,30 @@ def test_batched_kmeans_writes_the_rows_of_its_final_perm():
     assert torch.equal(rows, gather_rows_reference(x, perm))
     with pytest.raises(ValueError, match="iters must be >= 1"):
         batched_kmeans(x, cent, 0, ws, "k", rows_out=rows)
+
+
+@pytest.mark.parametrize("c,tile", [(5, None), (70, None), (70, AssignTile(16, 32, 4, 2))],
+                         ids=["one-tile", "two-tiles", "32-centroid-tiles"])
+def test_centroid_copies_padded_to_whole_tiles_change_nothing(c, tile, monkeypatch):
+    # ASSIGN_PAD_C: the prepared centroid copies padded to whole tiles (zero rows, norm +inf) let the assign load
+    # them without masks (EVEN_C); labels, block counts, and whole k-means runs (whose updates write the next
+    # assign's copies into the padded buffers) are the same as unpadded
+    b, h, n, d = 1, 2, 150, 64
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(b, h, n, d, generator=gen).to(torch.bfloat16)
+    start = init_centroids_strided_reference(x.reshape(b * h, n, d), c)
+    tile = tile or km.ASSIGN_TILE
+    results = {}
+    for pad in (False, True):
+        monkeypatch.setattr(km, "ASSIGN_PAD_C", pad)
+        labels = torch.empty(b * h, n, dtype=torch.int32)
+        counts = torch.empty(b * h, -(-n // tile.block_n) * c, dtype=torch.int32)
+        ws = Workspace()
+        kmeans_assign(x, start, labels, workspace=ws, tile=tile, block_counts=counts)
+        sq = ws.buffer("kmeans.cent_sq", (b * h, km._prepared_rows(c)), torch.float32, "cpu")
+        assert sq.shape[1] == (64 * -(-c // 64) if pad else c) and bool(torch.isinf(sq[:, c:]).all())
+        cent = start.clone()
+        out = batched_kmeans(x, cent, 3, Workspace(), "k")
+        results[pad] = (labels, counts, *out, cent)
+    for a, z in zip(results[False], results[True], strict=True):
+        assert torch.equal(a, z)

@@ -59,6 +59,13 @@ FUSED_SORT_MAX_CLUSTERS = 8192
 # (value, index) argmin in one run (docs/benchmarks/probe_assign_packed_h100.md): the assign 8-15% faster (Wan 14B
 # keys, 1000 clusters 1.93 -> 1.68 ms), labels equal but for near-ties (99.94-99.98% of tokens).
 ASSIGN_PACKED_ARGMIN = True
+# The assign's prepared centroid copies padded to whole tiles of ASSIGN_PAD rows (pads: zero rows, norm +inf), so
+# that its tile loop loads them without masks (the kernel's EVEN_C). sm_90 (Triton 3.6, 256 x 64 tiles, packed argmin,
+# bench/probes/sass_assign.py --even-c): 396 -> 313 instructions per tile and warp besides the 16 HGMMAs (the 16
+# masked scalar norm loads, their compares and +inf defaults become 8 unmasked 64-bit loads), 128 -> 115 registers.
+# Off until timed on a GPU (bench/probes/probe_assign_tiles.py).
+ASSIGN_PAD_C = False
+ASSIGN_PAD = 64
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
@@ -88,12 +95,19 @@ def init_centroids_strided(x: torch.Tensor, num_clusters: int, out: torch.Tensor
     return out
 
 
+def _prepared_rows(c: int) -> int:
+    """Rows of the prepared centroid copies for ``c`` clusters (:data:`ASSIGN_PAD_C`: whole tiles)."""
+    return _cdiv(c, ASSIGN_PAD) * ASSIGN_PAD if ASSIGN_PAD_C else c
+
+
 def _prepared_centroids(ws: Workspace, name: str, bh: int, c: int, d: int, x: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """The workspace buffers of clustering ``name`` that the assign reads and the update prepares: the centroids in
-    the points' dtype ``(BH, C, D)`` (the dot operand) and their fp32 squared norms ``(BH, C)``."""
-    return (ws.buffer(f"{name}.cent_lp.{x.dtype}", (bh, c, d), x.dtype, x.device),
-            ws.buffer(f"{name}.cent_sq", (bh, c), torch.float32, x.device))
+    the points' dtype ``(BH, R, D)`` (the dot operand) and their fp32 squared norms ``(BH, R)``, ``R`` =
+    :func:`_prepared_rows` (``C``, or ``C`` padded to whole tiles)."""
+    rows = _prepared_rows(c)
+    return (ws.buffer(f"{name}.cent_lp.{x.dtype}", (bh, rows, d), x.dtype, x.device),
+            ws.buffer(f"{name}.cent_sq", (bh, rows), torch.float32, x.device))
 
 
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
@@ -126,9 +140,10 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     bh, c, _ = centroids.shape
     ws = Workspace() if workspace is None else workspace
     cent_lp, cent_sq = _prepared_centroids(ws, name, bh, c, d, x)
+    rows = cent_sq.shape[1]
     if not prepared:
-        _prepare_centroids_kernel[(_cdiv(c, 32), bh)](
-            centroids, cent_lp, cent_sq, c,
+        _prepare_centroids_kernel[(_cdiv(rows, 32), bh)](
+            centroids, cent_lp, cent_sq, c, rows,
             centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
             D=d, BLOCK_C=32, num_warps=4,
         )
@@ -145,6 +160,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     _kmeans_assign_kernel[(nb, bh)](
         *args, D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
         HIST=block_counts is not None, C_POW2=c_pow2, PACKED=ASSIGN_PACKED_ARGMIN,
+        EVEN_C=ASSIGN_PAD_C and rows >= _cdiv(c, block_c) * block_c,  # every tile's rows are in the buffers
         num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels

@@ -13,21 +13,24 @@ import triton.language as tl
 
 @triton.jit
 def _prepare_centroids_kernel(
-    cent_ptr, cent_lp_ptr, cent_sq_ptr, C,
+    cent_ptr, cent_lp_ptr, cent_sq_ptr, C, C_STORE,
     stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
     D: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """cent_lp = cent in the points' dtype (the dot operand), cent_sq = ||cent||^2 in fp32."""
+    """cent_lp = cent in the points' dtype (the dot operand), cent_sq = ||cent||^2 in fp32, for the first C_STORE
+    rows: the rows from C on (padding to whole assign tiles) get zeros and a norm of +inf (never the argmin)."""
     pid_c = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_d = tl.arange(0, D)
     m = offs_c < C
+    ms = offs_c < C_STORE
     cent = tl.load(cent_ptr + pid_bh * stride_cbh + offs_c[:, None] * stride_cc + offs_d[None, :],
                    mask=m[:, None], other=0.0)
     tl.store(cent_lp_ptr + pid_bh * stride_lbh + offs_c[:, None] * stride_lc + offs_d[None, :],
-             cent.to(cent_lp_ptr.dtype.element_ty), mask=m[:, None])
-    tl.store(cent_sq_ptr + pid_bh * stride_sbh + offs_c, tl.sum(cent * cent, axis=1), mask=m)
+             cent.to(cent_lp_ptr.dtype.element_ty), mask=ms[:, None])
+    tl.store(cent_sq_ptr + pid_bh * stride_sbh + offs_c, tl.where(m, tl.sum(cent * cent, axis=1), float("inf")),
+             mask=ms)
 
 
 @triton.jit
@@ -38,7 +41,7 @@ def _kmeans_assign_kernel(
     stride_cbh, stride_cc, stride_sbh,
     stride_lbh, stride_nbh,
     D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr,
-    HIST: tl.constexpr, C_POW2: tl.constexpr, PACKED: tl.constexpr = False,
+    HIST: tl.constexpr, C_POW2: tl.constexpr, PACKED: tl.constexpr = False, EVEN_C: tl.constexpr = False,
 ):
     """labels[bh, n] = argmin_c ||x[bh, n] - cent[bh, c]||^2, over tiles of BLOCK_C centroids.
 
@@ -85,8 +88,13 @@ def _kmeans_assign_kernel(
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
-        cent = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None], other=0.0)
-        cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=float("inf"))
+        if EVEN_C:  # the prepared buffers are padded to whole tiles (pads: zero rows, norm +inf)
+            cent = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :])
+            cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c)
+        else:
+            cent = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None],
+                           other=0.0)
+            cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=float("inf"))
         if DOT_FP32:
             dot = tl.dot(x, tl.trans(cent), input_precision="ieee")
         else:
