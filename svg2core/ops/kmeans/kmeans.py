@@ -19,6 +19,11 @@ from svg2core.state import Workspace
 
 _SEGMENT_BLOCK_N = 32  # rows per step of the segment-mean (update) kernel, and its warps
 _SEGMENT_WARPS = 4
+# Software-pipeline depth of the update's row loop (the kernel's STAGES; 1: none). sm_90 (Triton 3.6): with 1 each
+# step of 32 rows waits for its index load and then for its row loads (two memory latencies per 8 KB read: the
+# 480p query update reads 100 MB in ~50 us, ~2 TB/s); with 2-4 the compiler keeps the next steps' rows in flight in a
+# cp.async ring (8-25 KB of shared memory). Off until timed on a GPU (bench/probes/probe_update.py).
+UPDATE_STAGES = 1
 # The update sums a cluster in pieces between cuts of the sorted order every UPDATE_CHUNK tokens, one program per
 # piece, and the last piece of a cluster to finish adds them in order; 0: one program per cluster, whose loop over the
 # largest cluster then sets the update's time, which uneven clusters make long. H200 (docs/benchmarks/NOTES_selection.md
@@ -228,7 +233,7 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         perm.stride(0), lab.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
         cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), rows.stride(0), rows.stride(1),
         D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=prepare, CHUNK=chunk, STORE_ROWS=rows_out is not None,
-        num_warps=_SEGMENT_WARPS,
+        STAGES=UPDATE_STAGES, num_warps=_SEGMENT_WARPS,
     )
     return centroids
 

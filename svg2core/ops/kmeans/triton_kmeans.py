@@ -140,6 +140,7 @@ def _kmeans_segment_mean_kernel(
     stride_pbh, stride_labh, stride_obh,
     stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, stride_rbh, stride_rn,
     D: tl.constexpr, BLOCK_N: tl.constexpr, PREPARE: tl.constexpr, CHUNK: tl.constexpr, STORE_ROWS: tl.constexpr,
+    STAGES: tl.constexpr = 1,
 ):
     """cent[bh, c] = mean of x over the tokens perm[offsets[c]:offsets[c+1]]; empty clusters untouched.
 
@@ -162,6 +163,10 @@ def _kmeans_segment_mean_kernel(
     With ``STORE_ROWS`` every row read is also written to ``rows[bh, i]`` at its sorted position ``i``: the pieces
     partition the sorted order, so that is the gather of ``x`` into ``perm`` order (``(B*H, N, D)``, x's dtype) in
     the pass that already reads every row, instead of a separate gather that reads them again.
+
+    ``STAGES > 1`` software-pipelines the row loop (the compiler's ``cp.async`` ring of that depth: the indices and
+    rows of the next steps are in flight while a step is summed); 1: each step waits for its index load, then for
+    its row loads.
     """
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -193,7 +198,7 @@ def _kmeans_segment_mean_kernel(
         offs_d = tl.arange(0, D)
         x_base = x_ptr + b * stride_xb + h * stride_xh
         acc = tl.zeros([BLOCK_N, D], tl.float32)
-        for s in range(lo, hi, BLOCK_N):
+        for s in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
             idx = s + tl.arange(0, BLOCK_N)
             m = idx < hi
             tok = tl.load(perm_ptr + pid_bh * stride_pbh + idx, mask=m, other=0)
