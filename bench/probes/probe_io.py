@@ -40,6 +40,18 @@ def kmeans_problem(h: int, n: int, c: int, dev, seed: int = 5) -> tuple[torch.Te
     return x, x[:, :, :: n // c][:, :, :c].float().reshape(h, c, 128).contiguous() + 0.01
 
 
+def cluster_problem(h: int, nv: int, cq: int, ck: int, dev, seed: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+    """Random fp32 query and key centroids ``(h, cq, 128)`` / ``(h, ck, 128)`` and key-cluster sizes ``(h, ck)``
+    int32 that split ``nv`` tokens evenly (the scoring and selection's inputs)."""
+    torch.manual_seed(seed)
+    qc = torch.randn(h, cq, 128, device=dev) * 0.5
+    kc = torch.randn(h, ck, 128, device=dev) * 0.5
+    sizes = torch.full((h, ck), nv // ck, dtype=torch.int32, device=dev)
+    sizes[:, 0] += nv - sizes[0].sum()
+    return qc, kc, sizes
+
+
 def label_agreement(x: torch.Tensor, cent: torch.Tensor, ref: torch.Tensor, got: torch.Tensor) -> dict:
     """How two assigns' labels ``(h, n)`` agree: the share equal, whether ``got``'s are valid ids, over two heads
     the largest fp32 distance gap between the two choices against the mean distance (near-ties may flip), and

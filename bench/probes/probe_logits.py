@@ -57,11 +57,7 @@ SHAPES = (("wan1.3b-480p", 12, 32760, 100, 500), ("wan1.3b-480p", 12, 32760, 300
 
 
 def case(name, h, nv, cq, ck, dev) -> dict:
-    torch.manual_seed(3)
-    qc = torch.randn(h, cq, 128, device=dev) * 0.5
-    kc = torch.randn(h, ck, 128, device=dev) * 0.5
-    sizes = torch.full((h, ck), nv // ck, dtype=torch.int32, device=dev)
-    sizes[:, 0] += nv - sizes[0].sum()
+    qc, kc, sizes = P.cluster_problem(h, nv, cq, ck, dev, seed=3)
     exact = (qc.double() @ kc.double().transpose(1, 2)) / 128 ** 0.5 + torch.log(sizes.double())[:, None, :]
     cfg = SVG2Config(top_p=0.9)
     # the selection made from the fp64 logits rounded to fp32: what each variant's own selection is compared with

@@ -54,11 +54,7 @@ def variant(w):
 
 
 def case(name, h, nv, cq, ck, dev) -> dict:
-    torch.manual_seed(4)
-    qc = torch.randn(h, cq, 128, device=dev) * 0.5
-    kc = torch.randn(h, ck, 128, device=dev) * 0.5
-    sizes = torch.full((h, ck), nv // ck, dtype=torch.int32, device=dev)
-    sizes[:, 0] += nv - sizes[0].sum()
+    qc, kc, sizes = P.cluster_problem(h, nv, cq, ck, dev, seed=4)
     logits = cluster_logits(qc, kc, sizes, Workspace()).clone()
     row = {"shape": name, "rows": f"{h}x{cq}x{ck}", "modes": {}}
     for mode, cfg in MODES.items():
