@@ -87,6 +87,20 @@ def settings(*triples):
         yield
 
 
+def alternating_times(fns: dict, rounds: int = 3) -> dict:
+    """Each of ``fns`` (key -> a function to time, e.g. a captured graph's replay) timed ``rounds`` times with
+    bench_selection.bench_ms, in alternating order (as given, then reversed, ...), so that no variant always runs
+    first after the others warmed or heated the card: key -> the rounds' milliseconds."""
+    import bench_selection as S
+
+    keys = list(fns)
+    times: dict = {k: [] for k in keys}
+    for rnd in range(rounds):
+        for k in (keys if rnd % 2 == 0 else keys[::-1]):
+            times[k].append(S.bench_ms(fns[k]))
+    return times
+
+
 def run_shapes(out: ProbeResults, key: str, case, shapes, dev) -> None:
     """``out.data[key]`` gets ``case(*shape, dev)`` of every shape, saved after each."""
     for shape in shapes:

@@ -136,11 +136,11 @@ def main() -> None:
                 row, g = timeline(name, int(cq), int(ck), dev, args.replays, tmp, mode)
                 graphs.append((row, g))
                 print(json.dumps({k: v for k, v in row.items() if k != "kernels"}), flush=True)
-            for rnd in range(3):  # the arrangements timed again in alternating order
-                for row, g in (graphs if rnd % 2 == 0 else graphs[::-1]):
-                    row.setdefault("graph_ms_rounds", []).append(S.bench_ms(g.replay))
-            for row, _ in graphs:
-                row["graph_ms_best"] = min(row["graph_ms_rounds"])
+            # the arrangements timed again in alternating order
+            times = P.alternating_times({i: g.replay for i, (_, g) in enumerate(graphs)})
+            for i, (row, _) in enumerate(graphs):
+                row["graph_ms_rounds"] = times[i]
+                row["graph_ms_best"] = min(times[i])
                 out.data["rows"].append(row)
             out.save()
             del graphs

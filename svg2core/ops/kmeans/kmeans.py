@@ -68,7 +68,7 @@ ASSIGN_PACKED_ARGMIN = True
 # that its tile loop loads them without masks (the kernel's EVEN_C). sm_90 (Triton 3.6, 256 x 64 tiles, packed argmin,
 # bench/probes/sass_assign.py --even-c): 396 -> 313 instructions per tile and warp besides the 16 HGMMAs (the 16
 # masked scalar norm loads, their compares and +inf defaults become 8 unmasked 64-bit loads), 128 -> 115 registers.
-# Off until timed on a GPU (bench/probes/probe_assign_tiles.py).
+# Off until timed on a GPU (bench/probes/probe_assign_pad.py).
 ASSIGN_PAD_C = False
 ASSIGN_PAD = 64
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
