@@ -36,7 +36,7 @@ from svg2core import SVG2Config  # noqa: E402
 from svg2core.ops.select import cluster_logits, select_from_logits  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
-WARPS = (None, 1, 2, 4)  # None: the library's default (_select_warps: 16 for 1024-wide rows, 8 for 512)
+WARPS = (None, 16, 8, 2)  # None: the library's default (_select_warps: 1 up to 1024-wide rows; 16, 8: the defaults until session 14)
 # rows: name, heads, video tokens, query clusters, key clusters
 ROWS = (("wan1.3b-480p", 12, 32760, 100, 500), ("wan1.3b-480p", 12, 32760, 300, 1000),
         ("wan14b-720p", 40, 75600, 300, 1000), ("hunyuan-720p", 24, 118800, 400, 1000))

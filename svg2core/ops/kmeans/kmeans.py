@@ -68,8 +68,10 @@ ASSIGN_PACKED_ARGMIN = True
 # that its tile loop loads them without masks (the kernel's EVEN_C). sm_90 (Triton 3.6, 256 x 64 tiles, packed argmin,
 # bench/probes/sass_assign.py --even-c): 396 -> 313 instructions per tile and warp besides the 16 HGMMAs (the 16
 # masked scalar norm loads, their compares and +inf defaults become 8 unmasked 64-bit loads), 128 -> 115 registers.
-# Off until timed on a GPU (bench/probes/probe_assign_pad.py).
-ASSIGN_PAD_C = False
+# H100, graph replay, best of 3 alternating rounds (docs/benchmarks/probe_assign_pad_h100_s14.md): the assign 2-5%
+# faster (480p K 500 0.135 -> 0.130 ms, Wan 14B K 1000 1.692 -> 1.620; 480p Q 100 0.058 / 0.059, within noise),
+# the whole selection 480p 0.687 -> 0.679 ms, Wan 14B 7.217 -> 7.042; labels and counts identical.
+ASSIGN_PAD_C = True
 ASSIGN_PAD = 64
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.

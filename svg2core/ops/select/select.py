@@ -10,9 +10,13 @@ from svg2core.config import SVG2Config
 from svg2core.ops.select.reference import select_key_clusters_reference, token_limits
 from svg2core.state import Workspace
 
-_LOGITS_BLOCK_Q = 32
-_LOGITS_BLOCK_K = 64
-_LOGITS_BLOCK_D = 128  # head-dim step of the logits kernel's dot
+# The logits kernel's tile: query x key clusters per program, the dot in head-dim steps of _LOGITS_BLOCK_D, warps.
+# H100, kernel alone, graph replay (probe_logits_h100_s14.md), 64 x 32 in steps of 32 against the 32 x 64 tile over
+# the whole head dim: 480p 12 x 100 x 500 0.0084 vs 0.0111 ms, 12 x 300 x 1000 0.026 vs 0.038, Wan 14B 40 x 300 x
+# 1000 0.089 vs 0.117; largest |error| against fp64 5e-7 vs 8e-7 (the whole-dim 3xTF32 dot spills: 255 registers).
+_LOGITS_BLOCK_Q = 64
+_LOGITS_BLOCK_K = 32
+_LOGITS_BLOCK_D = 32
 _LOGITS_WARPS = 4
 # The logits kernel's fp32 dot: "tf32x3" (three TF32 tensor-core products of the split operands) or "ieee" (FFMA on
 # the CUDA cores). As accurate, and 2.7-3.6x faster: H100, kernel alone, graph replay (probe_logits_h100_s13a.md),
@@ -39,9 +43,13 @@ def _next_pow2(n: int) -> int:
 def _select_warps(block_row: int, method: str) -> int:
     if method == "threshold":  # fastest of the H200 sweep: 4 warps (8: 0.37 vs 0.24 ms at 12 x 300 x 1000)
         return 4
-    # The in-register bitonic sort of one row dominates; 16 warps were fastest for 1024-wide rows on
-    # H100 (bench/bench_selection.py sweep: 0.92 ms vs 1.36 ms with 4 warps at 40 x 300 x 1000).
-    return 4 if block_row <= 256 else 8 if block_row <= 512 else 16
+    # One warp per row up to 1024 clusters: every exchange of the bitonic sort and of the scans is a shuffle or stays
+    # in registers, no block barrier (sm_90: 7,176 warp-instructions per 1024-wide row against 16,896 and 39 barriers
+    # on 16 warps). H100, kernel alone, graph replay (docs/benchmarks/probe_select_h100_s14.md), ms, against the
+    # previous 8 / 16 warps: 12 x 100 x 500 0.015 vs 0.019, 40 x 300 x 1000 0.369 vs 0.396 (top-p 0.417 vs 0.493),
+    # 24 x 400 x 1000 0.303 vs 0.316; bit-identical at fixed density. 2 and 4 warps were slower than both.
+    # Wider rows keep the earlier sweep's 16 warps (one warp spills from 4,096; 2,048 is untimed).
+    return 1 if block_row <= 1024 else 16
 
 
 def select_key_clusters(
