@@ -73,7 +73,10 @@ def analyse(replay: list[dict]) -> dict:
 
 
 def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, streams: str
-             ) -> tuple[dict, torch.cuda.CUDAGraph]:
+             ) -> tuple[dict, tuple]:
+    """The profiled row and ``(graph, the tensors it reads)``: a graph does not own what it reads but did not
+    allocate, so they must outlive it (freed, their memory goes to the next capture, and a replay writes out of
+    bounds: what broke this probe's alternating rounds in session 14)."""
     h, nv = MODELS[name]
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, h, nv, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
@@ -114,7 +117,7 @@ def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, str
                 "dur_us": round(e["dur"], 2)} for e in reps[mid]]
     return ({"shape": name, "Cq": cq, "Ck": ck, "streams": streams, "graph_ms": graph_ms,
              "kernels_per_call": per_replay, "replays": len(stats), "median": med, "median_replay": stats[mid],
-             "kernels": kernels}, g)
+             "kernels": kernels}, (g, (q, k, v, ws, q_cent, k_cent)))
 
 
 def main() -> None:
@@ -137,7 +140,7 @@ def main() -> None:
                 graphs.append((row, g))
                 print(json.dumps({k: v for k, v in row.items() if k != "kernels"}), flush=True)
             # the arrangements timed again in alternating order
-            times = P.alternating_times({i: g.replay for i, (_, g) in enumerate(graphs)})
+            times = P.alternating_times({i: g.replay for i, (_, (g, _keep)) in enumerate(graphs)})
             for i, (row, _) in enumerate(graphs):
                 row["graph_ms_rounds"] = times[i]
                 row["graph_ms_best"] = min(times[i])

@@ -22,8 +22,12 @@ _SEGMENT_WARPS = 4
 # Software-pipeline depth of the update's row loop (the kernel's STAGES; 1: none). sm_90 (Triton 3.6): with 1 each
 # step of 32 rows waits for its index load and then for its row loads (two memory latencies per 8 KB read: the
 # 480p query update reads 100 MB in ~50 us, ~2 TB/s); with 2-4 the compiler keeps the next steps' rows in flight in a
-# cp.async ring (8-25 KB of shared memory). Off until timed on a GPU (bench/probes/probe_update.py).
-UPDATE_STAGES = 1
+# cp.async ring (8-25 KB of shared memory). None: by the mean rows per cluster, 3 stages from
+# UPDATE_STAGES_MIN_ROWS on, else 1. H100, graph replay (docs/benchmarks/probe_update_h100_s14.md), 1 / 3 stages, ms:
+# long clusters gain (480p Q 100, 328 rows each: 0.053 / 0.046; Wan 14B Q 300, 252 rows: 0.286 / 0.273), short ones
+# lose (480p K 500, 66 rows: 0.055 / 0.066; Wan 14B K 1000, 76 rows: 0.338 / 0.414); the centroids are bit-identical.
+UPDATE_STAGES: int | None = None
+UPDATE_STAGES_MIN_ROWS = 200
 # The update sums a cluster in pieces between cuts of the sorted order every UPDATE_CHUNK tokens, one program per
 # piece, and the last piece of a cluster to finish adds them in order; 0: one program per cluster, whose loop over the
 # largest cluster then sets the update's time, which uneven clusters make long. H200 (docs/benchmarks/NOTES_selection.md
@@ -235,9 +239,16 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         perm.stride(0), lab.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
         cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), rows.stride(0), rows.stride(1),
         D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=prepare, CHUNK=chunk, STORE_ROWS=rows_out is not None,
-        STAGES=UPDATE_STAGES, num_warps=_SEGMENT_WARPS,
+        STAGES=_update_stages(n, c), num_warps=_SEGMENT_WARPS,
     )
     return centroids
+
+
+def _update_stages(n: int, c: int) -> int:
+    """The update's row-loop pipeline depth for ``n`` tokens in ``c`` clusters (:data:`UPDATE_STAGES`)."""
+    if UPDATE_STAGES is not None:
+        return UPDATE_STAGES
+    return 3 if n >= UPDATE_STAGES_MIN_ROWS * c else 1
 
 
 def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Workspace,
