@@ -31,13 +31,6 @@ _DTYPES = (torch.bfloat16, torch.float16)
 #: final permutation's order anyway, also writes them there (``kp``), and the gather copies only V: one read of the
 #: keys less per call. False: the gather copies both (docs/benchmarks/NOTES_selection.md v8).
 FUSE_KEY_GATHER = True
-#: How the selection's two k-means chains share the GPU (Triton backend, CUDA, ``concurrent``):
-#: ``"query_side"``: the query chain on a side stream, launched first, beside the key chain on the caller's stream;
-#: ``"key_priority"``: the key chain (the longer one, which the scoring and the gather wait for) launched first on a
-#: high-priority side stream, the query chain on the caller's stream filling what it leaves, the scoring on the
-#: high-priority stream beside the V gather. Kernels captured in a CUDA graph keep their stream's priority
-#: (torch instantiates graphs with per-node priorities).
-SELECTION_STREAMS = "query_side"
 
 
 def svg2_attention(
@@ -166,8 +159,8 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     cluster-contiguous order (``v``: the full ``(B, H, N, D)`` values; its first ``Nv`` tokens are gathered).
 
     With ``concurrent`` (Triton backend, CUDA), the two k-means chains run on two streams (a side stream forked
-    from and joined back to the caller's, so graph-capturable; :data:`SELECTION_STREAMS` says which chain goes
-    where): they are independent until the scoring, and at 480p each launch of one chain leaves SMs idle. The K/V
+    from and joined back to the caller's, so graph-capturable; the query chain on the side stream): they are
+    independent until the scoring, and at 480p each launch of one chain leaves SMs idle. The K/V
     gather then runs beside the scoring and selection (docs/benchmarks/NOTES_selection.md); with
     :data:`FUSE_KEY_GATHER` the key k-means' last update has already written the permuted keys and the gather
     copies V only.
@@ -177,14 +170,11 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     dev = q_video.device
     fuse_keys = FUSE_KEY_GATHER and backend == "triton" and iters >= 1
     side = main = None
-    if SELECTION_STREAMS not in ("query_side", "key_priority"):
-        raise ValueError(f"SELECTION_STREAMS: must be 'query_side' or 'key_priority', got {SELECTION_STREAMS!r}")
     if concurrent and backend == "triton" and q_video.is_cuda:
         main = torch.cuda.current_stream(dev)
         # from torch's stream pools (one per priority): no stream is created per call
-        side = torch.cuda.Stream(dev, priority=-1 if SELECTION_STREAMS == "key_priority" else 0)
+        side = torch.cuda.Stream(dev)
         side.wait_stream(main)  # the side stream sees everything queued before this call
-    key_side = side is not None and SELECTION_STREAMS == "key_priority"
 
     def on(stream):
         return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
@@ -202,16 +192,12 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
                                                                                  dev))
         return k_labels, k_perm, k_offsets, k_sizes
 
-    if key_side:
-        with on(side):
-            k_labels, k_perm, k_offsets, k_sizes = key_chain()
+    # The key chain first on a high-priority stream (the query chain filling what it leaves) was measured and removed:
+    # 480p 0.680 ms either way, Wan 14B 7.02-7.73 against 6.99 (docs/benchmarks/probe_timeline_h100_s14.md).
+    with on(side):
         q_labels, q_perm, q_offsets, q_sizes = query_chain()
-        scoring, gathering = side, main
-    else:
-        with on(side):
-            q_labels, q_perm, q_offsets, q_sizes = query_chain()
-        k_labels, k_perm, k_offsets, k_sizes = key_chain()
-        scoring, gathering = main, side
+    k_labels, k_perm, k_offsets, k_sizes = key_chain()
+    scoring, gathering = main, side
     if side is not None:
         main.wait_stream(side)  # the scoring reads both chains' centroids, the gather the key permutation
         side.wait_stream(main)

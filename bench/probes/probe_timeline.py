@@ -6,10 +6,9 @@ replays the captured selection (``cluster_and_select``, 2 warm iterations) under
 interval from the trace, and reports per replay: the span, each stream's busy time, the time covered by at least one
 kernel (the union), the idle gaps of the span, and the gaps between consecutive kernels of the last kernel's stream.
 
-    python bench/probes/probe_timeline.py --out DIR [--shapes wan1.3b-480p:100:500,...] [--streams query_side,...]
+    python bench/probes/probe_timeline.py --out DIR [--shapes wan1.3b-480p:100:500,...]
 
-Each shape runs in every arrangement of the two k-means chains on streams given (``attention.SELECTION_STREAMS``),
-captured separately; their graphs are then timed again in alternating order (best of 3 rounds).
+(Session 14 also compared the key chain first on a high-priority stream: probe_timeline_h100_s14.md; removed.)
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
 from bench_pipeline_step import union_length  # noqa: E402
 
-import svg2core.attention as attention  # noqa: E402
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.attention import cluster_and_select  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
@@ -72,11 +70,7 @@ def analyse(replay: list[dict]) -> dict:
             "main_gap_us_total": sum(g for g in gaps if g > 0), "main_gaps_us": [round(g, 2) for g in gaps]}
 
 
-def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, streams: str
-             ) -> tuple[dict, tuple]:
-    """The profiled row and ``(graph, the tensors it reads)``: a graph does not own what it reads but did not
-    allocate, so they must outlive it (freed, their memory goes to the next capture, and a replay writes out of
-    bounds: what broke this probe's alternating rounds in session 14)."""
+def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str) -> dict:
     h, nv = MODELS[name]
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, h, nv, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
@@ -87,8 +81,7 @@ def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, str
     def call():
         cluster_and_select(q, k, v, q_cent, k_cent, 2, cfg, ws)
 
-    with P.setting(attention, "SELECTION_STREAMS", streams):
-        g = S.capture_graph(call)
+    g = S.capture_graph(call)
     for _ in range(5):
         g.replay()
     torch.cuda.synchronize()
@@ -97,14 +90,14 @@ def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, str
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         g.replay()
         torch.cuda.synchronize()
-    path = os.path.join(trace_dir, f"{name}_{cq}_{ck}_{streams}_one.json")
+    path = os.path.join(trace_dir, f"{name}_{cq}_{ck}_one.json")
     prof.export_chrome_trace(path)
     per_replay = len(kernel_events(path))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):
             g.replay()
             torch.cuda.synchronize()  # replays apart: each one's span is its own
-    path = os.path.join(trace_dir, f"{name}_{cq}_{ck}_{streams}.json")
+    path = os.path.join(trace_dir, f"{name}_{cq}_{ck}.json")
     prof.export_chrome_trace(path)
     reps = split_replays(kernel_events(path), per_replay)
     stats = [analyse(r) for r in reps]
@@ -115,9 +108,8 @@ def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, str
     t0 = reps[mid][0]["ts"]
     kernels = [{"name": e["name"][:60], "stream": str(e["stream"]), "start_us": round(e["ts"] - t0, 2),
                 "dur_us": round(e["dur"], 2)} for e in reps[mid]]
-    return ({"shape": name, "Cq": cq, "Ck": ck, "streams": streams, "graph_ms": graph_ms,
-             "kernels_per_call": per_replay, "replays": len(stats), "median": med, "median_replay": stats[mid],
-             "kernels": kernels}, (g, (q, k, v, ws, q_cent, k_cent)))
+    return {"shape": name, "Cq": cq, "Ck": ck, "graph_ms": graph_ms, "kernels_per_call": per_replay,
+            "replays": len(stats), "median": med, "median_replay": stats[mid], "kernels": kernels}
 
 
 def main() -> None:
@@ -125,47 +117,32 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--shapes", default="wan1.3b-480p:100:500,wan1.3b-480p:200:1000,wan14b-720p:300:1000")
     ap.add_argument("--replays", type=int, default=20)
-    ap.add_argument("--streams", default="query_side,key_priority",
-                    help="attention.SELECTION_STREAMS values, each captured and profiled")
     args = ap.parse_args()
     dev = torch.device("cuda")
     out = P.ProbeResults(args.out, "probe_timeline", rows=[])
-    modes = args.streams.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.shapes.split(","):
             name, cq, ck = spec.split(":")
-            graphs = []
-            for mode in modes:
-                row, g = timeline(name, int(cq), int(ck), dev, args.replays, tmp, mode)
-                graphs.append((row, g))
-                print(json.dumps({k: v for k, v in row.items() if k != "kernels"}), flush=True)
-            # the arrangements timed again in alternating order
-            times = P.alternating_times({i: g.replay for i, (_, (g, _keep)) in enumerate(graphs)})
-            for i, (row, _) in enumerate(graphs):
-                row["graph_ms_rounds"] = times[i]
-                row["graph_ms_best"] = min(times[i])
-                out.data["rows"].append(row)
+            row = timeline(name, int(cq), int(ck), dev, args.replays, tmp)
+            print(json.dumps({k: v for k, v in row.items() if k != "kernels"}), flush=True)
+            out.data["rows"].append(row)
             out.save()
-            del graphs
             torch.cuda.empty_cache()
     lines = [f"# The selection's kernels inside one CUDA-graph replay ({out.device})", "",
              "cluster_and_select, 2 warm iterations, random bf16 data, D = 128. Profiled replays one at a time "
              "(median over them, microseconds): span = first kernel's start to last kernel's end; union = time "
              "covered by at least one kernel; sum = the kernels' durations added; main gaps = time between "
              "consecutive kernels of the last kernel's stream (waiting for the other stream included; a replay puts the "
-             "graph's two branches on streams of its own). streams: attention.SELECTION_STREAMS; best ms: the best of 3 "
-             "rounds timing the arrangements of a shape in alternating order.", "",
-             "| shape | Cq/Ck | streams | graph ms (timed) | best ms | kernels | span us | union us | idle us | sum us | "
-             "main gaps us |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "graph's two branches on streams of its own).", "",
+             "| shape | Cq/Ck | graph ms (timed) | kernels | span us | union us | idle us | sum us | main gaps us |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in out.data["rows"]:
         m = r["median"]
-        lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['streams']} | {r['graph_ms']:.3f} | "
-                     f"{r['graph_ms_best']:.3f} | {r['kernels_per_call']} | "
+        lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['graph_ms']:.3f} | {r['kernels_per_call']} | "
                      f"{m['span_us']:.1f} | {m['union_us']:.1f} | {m['idle_us']:.1f} | {m['sum_us']:.1f} | "
                      f"{m['main_gap_us_total']:.1f} |")
     for r in out.data["rows"]:
-        lines += ["", f"## {r['shape']} {r['Cq']}/{r['Ck']}, {r['streams']}: the median replay", "",
+        lines += ["", f"## {r['shape']} {r['Cq']}/{r['Ck']}: the median replay", "",
                   "| start us | dur us | stream | kernel |", "|---|---|---|---|"]
         lines += [f"| {k['start_us']:.1f} | {k['dur_us']:.1f} | {k['stream']} | `{k['name']}` |" for k in r["kernels"]]
     out.finish(lines)
