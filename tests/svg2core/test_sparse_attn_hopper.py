@@ -150,3 +150,60 @@ def _check_graph_replay(t, seed, config=None):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, eager)
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_scoring_with_the_assigned_centroids_on_its_own_stream(monkeypatch):
+    # SCORE_CENTROIDS = "assigned": the scoring on a third stream and the V gather on the side stream start before
+    # the last updates finish. The call gives the same labels, sizes, cached centroids and permuted K / V as the
+    # default, scores the copies taken before the last updates, and replays from a CUDA graph to its eager result.
+    import svg2core.attention as attention
+    from svg2core import LayerState, SVG2Config, svg2_attention
+
+    torch.manual_seed(12)
+    b, h, n, t, d = 2, 3, 3000, 40, 128
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    cfg = SVG2Config(num_q_clusters=24, num_k_clusters=40, kmeans_iters_init=5, kmeans_iters=2)
+    bh, nv = b * h, n - t
+    runs = {}
+    for mode in ("updated", "assigned"):
+        monkeypatch.setattr(attention, "SCORE_CENTROIDS", mode)
+        ws, state = Workspace(), LayerState()
+        svg2_attention(q, k, v, cfg, state, workspace=ws, num_dense_tokens=t)  # cold: the centroids
+        cents = (state.get(0).q, state.get(0).k)
+        saved = [c.clone() for c in cents]
+        out, density = svg2_attention(q, k, v, cfg, state, workspace=ws, num_dense_tokens=t)
+        torch.cuda.synchronize()
+        runs[mode] = dict(
+            out=out.clone(), density=density.clone(), q=cents[0].clone(), k=cents[1].clone(),
+            **{name: ws.buffer(name, shape, dtype, q.device).clone() for name, shape, dtype in (
+                ("q.labels", (bh, nv), torch.int32), ("k.labels", (bh, nv), torch.int32),
+                ("k.sizes", (bh, 40), torch.int32), ("kp", (bh, nv, d), q.dtype), ("vp", (bh, nv, d), q.dtype))})
+        if mode == "assigned":
+            # the scored copies are the warm start after one iteration: the same k-means, one iteration, from saved
+            from svg2core.ops.kmeans import batched_kmeans
+
+            one_q, one_k = saved[0].reshape(bh, 24, d).clone(), saved[1].reshape(bh, 40, d).clone()
+            batched_kmeans(q[:, :, :nv], one_q, 1, Workspace(), "q")
+            batched_kmeans(k[:, :, :nv], one_k, 1, Workspace(), "k")
+            assert torch.equal(ws.buffer("q.scored_centroids", (bh, 24, d), torch.float32, q.device), one_q)
+            assert torch.equal(ws.buffer("k.scored_centroids", (bh, 40, d), torch.float32, q.device), one_k)
+        for c, s in zip(cents, saved, strict=True):
+            c.copy_(s)  # the same warm start for the captured call
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            svg2_attention(q, k, v, cfg, state, workspace=ws, num_dense_tokens=t)  # the graph's own warm-up
+        torch.cuda.current_stream().wait_stream(side)
+        for c, s in zip(cents, saved, strict=True):
+            c.copy_(s)
+        with torch.cuda.graph(graph):
+            g_out, g_density = svg2_attention(q, k, v, cfg, state, workspace=ws, num_dense_tokens=t)
+        for c, s in zip(cents, saved, strict=True):
+            c.copy_(s)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(g_out, runs[mode]["out"]) and torch.equal(g_density, runs[mode]["density"])
+    for name in ("q", "k", "q.labels", "k.labels", "k.sizes", "kp", "vp"):
+        assert torch.equal(runs["updated"][name], runs["assigned"][name]), name
