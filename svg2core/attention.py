@@ -187,8 +187,9 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         side = torch.cuda.Stream(dev)
         side.wait_stream(main)  # the side stream sees everything queued before this call
         if early:
-            score = torch.cuda.Stream(dev)  # the scoring's own: it starts once both chains' last sorts are done
-            score.wait_stream(main)
+            # the scoring's own stream: it waits at the two hooks below, which come after everything queued before
+            # this call on both streams
+            score = torch.cuda.Stream(dev)
     k_sizes = ws.buffer("k.sizes", (b * h, ck), torch.int32, dev)
     scored = q_cent, k_cent
     if early:  # copies of the centroids the last assigns use, taken before the last updates overwrite them
