@@ -13,8 +13,7 @@
 #   bash bench/gpu_run.sh OUT text                      # what HunyuanVideo's text tokens cost (probe_text_cost.py)
 #   bash bench/gpu_run.sh OUT overlap                   # the selection's side-stream overlap in a graph (probe_overlap.py)
 #   bash bench/gpu_run.sh OUT keygather                 # keys gathered by the last key update vs the separate gather (probe_key_gather.py)
-#   bash bench/gpu_run.sh OUT timeline                  # every kernel of one captured selection: start, length, stream,
-#                                                       # with the scoring on the last updates' centroids and on the assigned ones (probe_timeline.py)
+#   bash bench/gpu_run.sh OUT timeline                  # every kernel of one captured selection: start, length, stream (probe_timeline.py)
 #   bash bench/gpu_run.sh OUT pad                       # the assign with centroid copies padded to whole tiles (probe_assign_pad.py)
 #   bash bench/gpu_run.sh OUT select                    # the selection kernel by warps per row (probe_select.py)
 #   bash bench/gpu_run.sh OUT logits                    # the cluster-logits kernel: dot precision, block shape (probe_logits.py)

@@ -31,14 +31,6 @@ _DTYPES = (torch.bfloat16, torch.float16)
 #: final permutation's order anyway, also writes them there (``kp``), and the gather copies only V: one read of the
 #: keys less per call. False: the gather copies both (docs/benchmarks/NOTES_selection.md v8).
 FUSE_KEY_GATHER = True
-#: Which centroids the cluster scoring reads (``iters >= 1``). ``"updated"``: the last update's, the means of the
-#: final clusters (the scoring and the V gather wait for both chains' last updates). ``"assigned"``: the ones the
-#: last assign used, copied before the last update, so that on CUDA the scoring (on a stream of its own) and the V
-#: gather (needing only the final key permutation) run beside the last updates instead of after them. The labels,
-#: sizes, permutation and the centroids cached for the next step are the same either way. Accuracy: no difference on
-#: the simulated denoising trajectory (docs/benchmarks/probe_score_centroids_cpu.md: error +0.0002 / +0.0006 at fixed
-#: 15% / 25%, -0.0007 at top-p 0.9). Off until timed on a GPU (expected: ~25-30 us of the 480p call).
-SCORE_CENTROIDS = "updated"
 
 
 def svg2_attention(
@@ -177,75 +169,44 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     cq, ck = q_cent.shape[1], k_cent.shape[1]
     dev = q_video.device
     fuse_keys = FUSE_KEY_GATHER and backend == "triton" and iters >= 1
-    if SCORE_CENTROIDS not in ("updated", "assigned"):
-        raise ValueError(f"SCORE_CENTROIDS: must be 'updated' or 'assigned', got {SCORE_CENTROIDS!r}")
-    early = SCORE_CENTROIDS == "assigned" and iters >= 1
-    side = main = score = None
+    side = main = None
     if concurrent and backend == "triton" and q_video.is_cuda:
         main = torch.cuda.current_stream(dev)
         # from torch's stream pools (one per priority): no stream is created per call
         side = torch.cuda.Stream(dev)
         side.wait_stream(main)  # the side stream sees everything queued before this call
-        if early:
-            # the scoring's own stream: it waits at the two hooks below, which come after everything queued before
-            # this call on both streams
-            score = torch.cuda.Stream(dev)
-    k_sizes = ws.buffer("k.sizes", (b * h, ck), torch.int32, dev)
-    scored = q_cent, k_cent
-    if early:  # copies of the centroids the last assigns use, taken before the last updates overwrite them
-        scored = (ws.buffer("q.scored_centroids", tuple(q_cent.shape), torch.float32, dev),
-                  ws.buffer("k.scored_centroids", tuple(k_cent.shape), torch.float32, dev))
 
     def on(stream):
         return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
-    def query_hook(labels, perm, offsets):
-        scored[0].copy_(q_cent)
-        if score is not None:
-            score.wait_stream(side)
-
-    def key_hook(labels, perm, offsets):
-        scored[1].copy_(k_cent)
-        torch.sub(offsets[:, 1:], offsets[:, :-1], out=k_sizes)
-        if score is not None:
-            score.wait_stream(main)
-            side.wait_stream(main)  # the V gather (on the side stream, after the query chain) needs only the perm
-
     def query_chain():
-        q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend,
-                                                     before_last_update=query_hook if early else None)
+        q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend)
         q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32,
                                                                                  dev))
         return q_labels, q_perm, q_offsets, q_sizes
 
     def key_chain():
         k_rows = key_rows_buffer(k_video, nv, ws) if fuse_keys else None
-        k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows,
-                                                     before_last_update=key_hook if early else None)
-        if not early:
-            torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=k_sizes)
-        return k_labels, k_perm, k_offsets
+        k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows)
+        k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32,
+                                                                                 dev))
+        return k_labels, k_perm, k_offsets, k_sizes
 
     # The key chain first on a high-priority stream (the query chain filling what it leaves) was measured and removed:
     # 480p 0.680 ms either way, Wan 14B 7.02-7.73 against 6.99 (docs/benchmarks/probe_timeline_h100_s14.md).
     with on(side):
         q_labels, q_perm, q_offsets, q_sizes = query_chain()
-    k_labels, k_perm, k_offsets = key_chain()
-    if early:  # the scoring on its own stream, the gather after the query chain; both joined below
-        scoring, gathering = score, side
-    else:
-        scoring, gathering = main, side
-        if side is not None:
-            main.wait_stream(side)  # the scoring reads both chains' centroids, the gather the key permutation
-            side.wait_stream(main)
+    k_labels, k_perm, k_offsets, k_sizes = key_chain()
+    scoring, gathering = main, side
+    if side is not None:
+        main.wait_stream(side)  # the scoring reads both chains' centroids, the gather the key permutation
+        side.wait_stream(main)
     with on(gathering):  # the V (and K) gather, memory-bound, beside the scoring and selection
         kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend, gather_k=not fuse_keys)
     with on(scoring):
-        sel_idx, sel_count, sel_cum = select_key_clusters(scored[0], scored[1], k_sizes, config, nv, ws, backend)
+        sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend)
     if side is not None:
         main.wait_stream(side)  # the caller's stream sees everything
-        if score is not None:
-            main.wait_stream(score)
     return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,
                 sel_idx, sel_count, sel_cum, kp, vp)
 

@@ -8,9 +8,9 @@ Wan 14B's). This probe asks what that costs in accuracy before anything is built
 
 Setup: bench_kmeans_iters.py's simulated denoising trajectory (bench_fidelity's synthetic video, features drifting
 over the steps), one LayerState per (variant, mode) across the steps, warm calls with ``kmeans_iters`` iterations.
-"assigned" (``svg2core.attention.SCORE_CENTROIDS``) runs the same k-means (the cache receives the same final
-centroids) but hands the scoring a copy of the centroids taken before the last update. (The first run, in session 14,
-wrapped the library's functions for this before the switch existed; the switch's run gave the same numbers.)
+"assigned" runs the same k-means (the cache receives the same final centroids) but hands the scoring a copy of the
+centroids taken before the last iteration: ``batched_kmeans`` and ``select_key_clusters`` of svg2core.attention are
+wrapped for that variant only (the probe's own switch; the library has no such option).
 
     .venv/bin/python bench/probes/probe_score_centroids.py --out DIR [--seeds 4 --steps 24 --iters 2]
 """
@@ -40,14 +40,28 @@ VARIANTS = ("updated", "assigned")
 
 
 @contextlib.contextmanager
-def score_centroids(value: str):
-    """``attention.SCORE_CENTROIDS`` set to ``value`` within the block."""
-    saved = attention.SCORE_CENTROIDS
-    attention.SCORE_CENTROIDS = value
+def score_with_assigned_centroids():
+    """Within the block, the scoring gets the centroids as they were before each k-means run's last iteration."""
+    kmeans, select = attention.batched_kmeans, attention.select_key_clusters
+    before: dict[int, torch.Tensor] = {}  # id of the live centroid tensor -> its copy before the last iteration
+
+    def batched_kmeans(x, centroids, iters, workspace, name, backend="triton", rows_out=None):
+        if iters >= 1:
+            if iters > 1:
+                kmeans(x, centroids, iters - 1, workspace, name, backend)
+            before[id(centroids)] = centroids.clone()
+            return kmeans(x, centroids, 1, workspace, name, backend, rows_out=rows_out)
+        return kmeans(x, centroids, iters, workspace, name, backend, rows_out=rows_out)
+
+    def select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend="triton"):
+        return select(before.get(id(q_cent), q_cent), before.get(id(k_cent), k_cent), k_sizes, config, nv, ws,
+                      backend)
+
+    attention.batched_kmeans, attention.select_key_clusters = batched_kmeans, select_key_clusters
     try:
         yield
     finally:
-        attention.SCORE_CENTROIDS = saved
+        attention.batched_kmeans, attention.select_key_clusters = kmeans, select
 
 
 def run(seeds, steps, densities, cq, ck, iters, init_iters, sigma_start, step_noise) -> list[dict]:
@@ -62,7 +76,8 @@ def run(seeds, steps, densities, cq, ck, iters, init_iters, sigma_start, step_no
                 cfg = SVG2Config(mode=mode, num_q_clusters=cq, num_k_clusters=ck, kmeans_iters_init=init_iters,
                                  kmeans_iters=iters, **extra)
                 for variant in VARIANTS:
-                    with score_centroids(variant):
+                    ctx = score_with_assigned_centroids() if variant == "assigned" else contextlib.nullcontext()
+                    with ctx:
                         out, dens = svg2_attention(q, k, v, cfg, states[(variant, (mode, knob))], backend="reference")
                     rows.append(dict(seed=seed, step=step, variant=variant, mode=mode, knob=knob,
                                      error=rel_error(out, dense), density=dens.mean().item()))

@@ -6,12 +6,10 @@ replays the captured selection (``cluster_and_select``, 2 warm iterations) under
 interval from the trace, and reports per replay: the span, each stream's busy time, the time covered by at least one
 kernel (the union), the idle gaps of the span, and the gaps between consecutive kernels of the last kernel's stream.
 
-    python bench/probes/probe_timeline.py --out DIR [--shapes wan1.3b-480p:100:500,...] [--score updated,assigned]
+    python bench/probes/probe_timeline.py --out DIR [--shapes wan1.3b-480p:100:500,...]
 
-Each shape runs with every ``attention.SCORE_CENTROIDS`` value given (which centroids the scoring reads, and so
-whether the scoring and the V gather wait for the last updates), captured separately; the graphs are then timed
-again in alternating order (best of 3 rounds). (Session 14 compared the key chain first on a high-priority stream
-the same way: probe_timeline_h100_s14.md; removed.)
+(Session 14 also compared the key chain first on a high-priority stream: probe_timeline_h100_s14.md; session 15 the
+scoring on the centroids the last assign used: probe_timeline_h100_s15.md. Both measured and removed.)
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
 from bench_pipeline_step import union_length  # noqa: E402
 
-import svg2core.attention as attention  # noqa: E402
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.attention import cluster_and_select  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
@@ -74,11 +71,7 @@ def analyse(replay: list[dict]) -> dict:
             "main_gap_us_total": sum(g for g in gaps if g > 0), "main_gaps_us": [round(g, 2) for g in gaps]}
 
 
-def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, score: str
-             ) -> tuple[dict, torch.cuda.CUDAGraph, tuple]:
-    """The profiled row, the graph, and the tensors it reads: a graph does not own what it reads but did not
-    allocate, so the caller keeps them alive as long as it replays the graph (freed, their memory goes to the next
-    capture and a replay writes out of bounds, as this probe's first session-14 run did)."""
+def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str) -> dict:
     h, nv = MODELS[name]
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, h, nv, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
@@ -89,8 +82,7 @@ def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, sco
     def call():
         cluster_and_select(q, k, v, q_cent, k_cent, 2, cfg, ws)
 
-    with P.setting(attention, "SCORE_CENTROIDS", score):
-        g = S.capture_graph(call)
+    g = S.capture_graph(call)
     for _ in range(5):
         g.replay()
     torch.cuda.synchronize()
@@ -99,14 +91,14 @@ def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, sco
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         g.replay()
         torch.cuda.synchronize()
-    path = os.path.join(trace_dir, f"{name}_{cq}_{ck}_{score}_one.json")
+    path = os.path.join(trace_dir, f"{name}_{cq}_{ck}_one.json")
     prof.export_chrome_trace(path)
     per_replay = len(kernel_events(path))
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):
             g.replay()
             torch.cuda.synchronize()  # replays apart: each one's span is its own
-    path = os.path.join(trace_dir, f"{name}_{cq}_{ck}_{score}.json")
+    path = os.path.join(trace_dir, f"{name}_{cq}_{ck}.json")
     prof.export_chrome_trace(path)
     reps = split_replays(kernel_events(path), per_replay)
     stats = [analyse(r) for r in reps]
@@ -117,9 +109,8 @@ def timeline(name: str, cq: int, ck: int, dev, replays: int, trace_dir: str, sco
     t0 = reps[mid][0]["ts"]
     kernels = [{"name": e["name"][:60], "stream": str(e["stream"]), "start_us": round(e["ts"] - t0, 2),
                 "dur_us": round(e["dur"], 2)} for e in reps[mid]]
-    row = {"shape": name, "Cq": cq, "Ck": ck, "score": score, "graph_ms": graph_ms, "kernels_per_call": per_replay,
-           "replays": len(stats), "median": med, "median_replay": stats[mid], "kernels": kernels}
-    return row, g, (q, k, v, ws, q_cent, k_cent)
+    return {"shape": name, "Cq": cq, "Ck": ck, "graph_ms": graph_ms, "kernels_per_call": per_replay,
+            "replays": len(stats), "median": med, "median_replay": stats[mid], "kernels": kernels}
 
 
 def main() -> None:
@@ -127,42 +118,32 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--shapes", default="wan1.3b-480p:100:500,wan1.3b-480p:200:1000,wan14b-720p:300:1000")
     ap.add_argument("--replays", type=int, default=20)
-    ap.add_argument("--score", default="updated,assigned", help="attention.SCORE_CENTROIDS values, each profiled")
     args = ap.parse_args()
     dev = torch.device("cuda")
     out = P.ProbeResults(args.out, "probe_timeline", rows=[])
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.shapes.split(","):
             name, cq, ck = spec.split(":")
-            runs = []  # (row, graph, its inputs): all alive until the alternating rounds are done
-            for score in args.score.split(","):
-                runs.append(timeline(name, int(cq), int(ck), dev, args.replays, tmp, score))
-                print(json.dumps({k: v for k, v in runs[-1][0].items() if k != "kernels"}), flush=True)
-            times = P.alternating_times({i: g.replay for i, (_, g, _) in enumerate(runs)})
-            for i, (row, _, _) in enumerate(runs):
-                row["graph_ms_rounds"], row["graph_ms_best"] = times[i], min(times[i])
-                out.data["rows"].append(row)
+            row = timeline(name, int(cq), int(ck), dev, args.replays, tmp)
+            print(json.dumps({k: v for k, v in row.items() if k != "kernels"}), flush=True)
+            out.data["rows"].append(row)
             out.save()
-            del runs
             torch.cuda.empty_cache()
     lines = [f"# The selection's kernels inside one CUDA-graph replay ({out.device})", "",
              "cluster_and_select, 2 warm iterations, random bf16 data, D = 128. Profiled replays one at a time "
              "(median over them, microseconds): span = first kernel's start to last kernel's end; union = time "
              "covered by at least one kernel; sum = the kernels' durations added; main gaps = time between "
              "consecutive kernels of the last kernel's stream (waiting for the other stream included; a replay puts the "
-             "graph's branches on streams of its own). score: attention.SCORE_CENTROIDS; best ms: the best of 3 rounds timing "
-             "the variants of a shape in alternating order.", "",
-             "| shape | Cq/Ck | score | graph ms (timed) | best ms | kernels | span us | union us | idle us | sum us | "
-             "main gaps us |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "graph's two branches on streams of its own).", "",
+             "| shape | Cq/Ck | graph ms (timed) | kernels | span us | union us | idle us | sum us | main gaps us |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in out.data["rows"]:
         m = r["median"]
-        lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['score']} | {r['graph_ms']:.3f} | "
-                     f"{r['graph_ms_best']:.3f} | {r['kernels_per_call']} | "
+        lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['graph_ms']:.3f} | {r['kernels_per_call']} | "
                      f"{m['span_us']:.1f} | {m['union_us']:.1f} | {m['idle_us']:.1f} | {m['sum_us']:.1f} | "
                      f"{m['main_gap_us_total']:.1f} |")
     for r in out.data["rows"]:
-        lines += ["", f"## {r['shape']} {r['Cq']}/{r['Ck']}, score {r['score']}: the median replay", "",
+        lines += ["", f"## {r['shape']} {r['Cq']}/{r['Ck']}: the median replay", "",
                   "| start us | dur us | stream | kernel |", "|---|---|---|---|"]
         lines += [f"| {k['start_us']:.1f} | {k['dur_us']:.1f} | {k['stream']} | `{k['name']}` |" for k in r["kernels"]]
     out.finish(lines)

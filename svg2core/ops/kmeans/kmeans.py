@@ -9,7 +9,6 @@ assignment, and after ``iters >= 1`` iterations the centroids are exactly those 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -254,7 +253,6 @@ def _update_stages(n: int, c: int) -> int:
 
 def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Workspace,
                    name: str, backend: str = "triton", rows_out: torch.Tensor | None = None,
-                   before_last_update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``iters`` Lloyd iterations on every ``(b, h)``, updating ``centroids`` in place.
 
@@ -268,10 +266,6 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         rows_out: ``(B*H, N, D)`` of ``x``'s dtype, or None: the last update also writes ``x``'s rows in the
             returned ``perm`` order there (the permutation's gather, fused into the pass that reads them); needs
             ``iters >= 1``.
-        before_last_update: called as ``f(labels, perm, offsets)`` once the last assign and sort are queued and
-            before the last update is (``iters >= 1``): labels, permutation and offsets are final there, and
-            ``centroids`` still holds the centroids that assign used. Work it queues on the current stream runs
-            between the two.
 
     Returns:
         ``labels (B*H, N) int32``, ``perm (B*H, N) int32``, ``offsets (B*H, C+1) int32``.
@@ -308,8 +302,6 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         if it > 0:
             perm, offsets = assign_and_sort(False)
         last = it == iters - 1
-        if last and before_last_update is not None:
-            before_last_update(labels, perm, offsets)
         kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name,
                       prepare=not last and fuse_prepare, rows_out=rows_out if last else None)
     return labels, perm, offsets
