@@ -150,3 +150,56 @@ def _check_graph_replay(t, seed, config=None):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, eager)
+
+
+@pytest.mark.timeout(300, method="thread")
+@pytest.mark.parametrize("groups,priority", [(2, 0), (3, -1)])
+def test_head_groups_on_their_streams(groups, priority, monkeypatch):
+    # attention.HEAD_GROUPS: each group's selection on a side stream beside the previous group's attention. From the
+    # same cached centroids the grouped call equals the whole call bit for bit (output, density, centroids), with
+    # batch 2, text keys and a padding mask; its CUDA-graph replay equals its eager call and allocates nothing
+    import svg2core.attention as attention
+    from svg2core import LayerState, SVG2Config, svg2_attention
+
+    torch.manual_seed(11)
+    b, h, nv, t = 2, 4, 3000, 40
+    q, k, v = (torch.randn(b, h, nv + t, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    kpm = torch.ones(b, t, dtype=torch.bool, device="cuda")
+    kpm[1, 25:] = False
+    cfg = SVG2Config(mode="fixed_density", target_density=0.3, num_q_clusters=24, num_k_clusters=40)
+    state = LayerState()
+    svg2_attention(q, k, v, cfg, state, num_dense_tokens=t, key_padding_mask=kpm)  # cold
+    start = state.get(0).q.clone(), state.get(0).k.clone()
+
+    def run(ws):
+        state.get(0).q.copy_(start[0])
+        state.get(0).k.copy_(start[1])
+        out, dens = svg2_attention(q, k, v, cfg, state, workspace=ws, num_dense_tokens=t, key_padding_mask=kpm)
+        torch.cuda.synchronize()
+        return out.clone(), dens.clone(), state.get(0).q.clone(), state.get(0).k.clone()
+
+    whole = run(Workspace())
+    monkeypatch.setattr(attention, "HEAD_GROUPS", groups)
+    monkeypatch.setattr(attention, "HEAD_GROUP_PRIORITY", priority)
+    ws = Workspace()
+    grouped = run(ws)
+    for a, z in zip(whole, grouped, strict=True):
+        assert torch.equal(a, z)
+    res = {}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run(ws)
+    torch.cuda.current_stream().wait_stream(side)
+    allocations = ws.allocations
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        res["out"] = svg2_attention(q, k, v, cfg, state, workspace=ws, num_dense_tokens=t, key_padding_mask=kpm)
+    assert ws.allocations == allocations  # nothing allocated during capture
+    for _ in range(2):
+        state.get(0).q.copy_(start[0])
+        state.get(0).k.copy_(start[1])
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(res["out"][0], grouped[0]) and torch.equal(res["out"][1], grouped[1])
+        assert torch.equal(state.get(0).q, grouped[2]) and torch.equal(state.get(0).k, grouped[3])
