@@ -36,8 +36,8 @@ from svg2core import LayerState, SVG2Config, Workspace, svg2_attention  # noqa: 
 # name -> heads, video tokens, text tokens (HunyuanVideo: the pipeline's packed prompt, 192 valid of 256), Cq, Ck
 SHAPES = {"wan1.3b-480p": (12, 32760, 0, 100, 500), "wan14b-720p": (40, 75600, 0, 300, 1000),
           "hunyuan-720p": (24, 118800, 192, 400, 1000)}
-VARIANTS = {"1 group": (1, 0), "2 groups": (2, 0), "2 groups, high priority": (2, -1), "4 groups": (4, 0),
-            "4 groups, high priority": (4, -1)}
+VARIANTS = {"1 group": (1, 0), "2 groups": (2, 0), "2 groups high priority": (2, -1), "4 groups": (4, 0),
+            "4 groups high priority": (4, -1)}
 
 
 def dense_ms(q, k, v) -> float:
