@@ -31,16 +31,6 @@ _DTYPES = (torch.bfloat16, torch.float16)
 #: final permutation's order anyway, also writes them there (``kp``), and the gather copies only V: one read of the
 #: keys less per call. False: the gather copies both (docs/benchmarks/NOTES_selection.md v8).
 FUSE_KEY_GATHER = True
-#: Triton backend: the heads of each batch element in this many groups (at most one head each), every group a
-#: selection and an attention launch of its own. On CUDA the groups' selections run one after another on a side
-#: stream and group i's attention on the caller's stream once its selection is done, so that group i + 1's
-#: selection (memory- and latency-bound k-means, sorts, gathers) runs beside group i's attention (tensor-core bound)
-#: and only the first group's selection is exposed. Outputs and densities equal the ungrouped call's (every stage is
-#: per head). 1: one selection, then one attention launch.
-HEAD_GROUPS = 1
-#: Priority of the groups' selection stream (torch's scale: 0 normal, -1 high). High lets a selection's blocks take
-#: SMs as the attention's blocks retire, instead of queueing behind the attention launch.
-HEAD_GROUP_PRIORITY = 0
 
 
 def svg2_attention(
@@ -118,9 +108,6 @@ def svg2_attention(
         iters = config.kmeans_iters_init
     else:
         iters = config.kmeans_iters
-    groups = head_groups(b, h, HEAD_GROUPS) if backend == "triton" else [(slice(None), slice(None))]
-    if len(groups) > 1:
-        return _grouped_call(q, k, v, entry, groups, iters, config, ws, t, key_padding_mask, scale)
     q_cent = entry.q.view(b * h, cq, d)
     k_cent = entry.k.view(b * h, ck, d)
     # 1-3. k-means of queries and keys (video tokens only, in place on those centroids), cluster scoring and
@@ -141,51 +128,6 @@ def svg2_attention(
             q, k, v, plan.kp, plan.vp, plan.q_perm, plan.q_offsets, plan.k_offsets, sel_idx, sel_count, sel_cum,
             num_dense_tokens=t, key_padding_mask=key_padding_mask if t > 0 else None, scale=scale, workspace=ws,
         )
-    return out, density
-
-
-def head_groups(b: int, h: int, groups: int) -> list[tuple[slice, slice]]:
-    """``(batch slice, head slice)`` of each group: batch elements one at a time when ``groups > 1``, each one's
-    ``h`` heads in ``min(groups, h)`` runs of near-equal length. One group (the whole call) when ``groups <= 1``."""
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"HEAD_GROUPS: must be an int >= 1, got {groups!r}")
-    if groups == 1:
-        return [(slice(None), slice(None))]
-    g = min(groups, h)
-    bounds = [round(i * h / g) for i in range(g + 1)]
-    return [(slice(bi, bi + 1), slice(bounds[i], bounds[i + 1])) for bi in range(b) for i in range(g)]
-
-
-def _grouped_call(q, k, v, entry: BranchCentroids, groups, iters: int, config: SVG2Config, ws: Workspace, t: int,
-                  key_padding_mask, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """:data:`HEAD_GROUPS`: stages 1-4 per group, each group's selection beside the previous group's attention."""
-    from svg2core.ops.sparse_attn import sparse_attention
-
-    b, h, n, d = q.shape
-    nv = n - t
-    out = torch.empty_like(q)
-    density = torch.empty(b, h, dtype=torch.float32, device=q.device)
-    main = sel = None
-    if q.is_cuda:
-        main = torch.cuda.current_stream(q.device)
-        # from torch's stream pool (per priority): no stream is created per call
-        sel = torch.cuda.Stream(q.device, priority=HEAD_GROUP_PRIORITY)
-        sel.wait_stream(main)  # the selections see everything queued before this call (q, k, v, the centroids)
-    for i, (bs, hs) in enumerate(groups):
-        part = ws.part(f"heads{i}")
-        qg, kg, vg = q[bs, hs], k[bs, hs], v[bs, hs]
-        kpm = None if key_padding_mask is None else key_padding_mask[bs]
-        g = qg.shape[1]
-        with torch.cuda.stream(sel) if sel is not None else contextlib.nullcontext():
-            # this group's centroids: (g, C, D) contiguous slices of the branch's (B, H, C, D)
-            plan = cluster_and_select(qg[:, :, :nv], kg[:, :, :nv], vg, entry.q[bs, hs].view(g, -1, d),
-                                      entry.k[bs, hs].view(g, -1, d), iters, config, part, "triton")
-            density[bs, hs] = selection_density(plan.q_sizes, plan.sel_count, plan.sel_cum, 1, g, nv, t, kpm)
-        if main is not None:
-            main.wait_stream(sel)  # this group's attention needs its plan (and the earlier groups' are done)
-        sparse_attention(qg, kg, vg, plan.kp, plan.vp, plan.q_perm, plan.q_offsets, plan.k_offsets, plan.sel_idx,
-                         plan.sel_count, plan.sel_cum, num_dense_tokens=t, key_padding_mask=kpm if t > 0 else None,
-                         scale=scale, out=out[bs, hs], workspace=part)
     return out, density
 
 

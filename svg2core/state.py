@@ -84,22 +84,7 @@ class Workspace:
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
         self._constants: dict[str, torch.Tensor] = {}
-        self._parts: dict[str, Workspace] = {}
-        self._allocations = 0
-
-    @property
-    def allocations(self) -> int:
-        """How many times a buffer was (re)allocated, parts included; lets tests check reuse."""
-        return self._allocations + sum(p.allocations for p in self._parts.values())
-
-    def part(self, name: str) -> Workspace:
-        """The workspace of one of several pieces of a call that run concurrently (the head groups of
-        ``svg2core.attention.HEAD_GROUPS``), so that they never share a buffer. Kept in this one: its buffers
-        count in :meth:`nbytes` and :attr:`allocations`, and :meth:`clear` releases them."""
-        ws = self._parts.get(name)
-        if ws is None:
-            ws = self._parts[name] = Workspace()
-        return ws
+        self.allocations = 0  # how many times a buffer was (re)allocated; lets tests check reuse
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A tensor of ``shape`` backed by the buffer called ``name`` (contents undefined)."""
@@ -109,7 +94,7 @@ class Workspace:
             with torch.inference_mode(False):  # a normal tensor (see the class docstring)
                 buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
             self._buffers[name] = buf
-            self._allocations += 1
+            self.allocations += 1
         return buf[:numel].view(shape)
 
     def constant(self, name: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -123,16 +108,15 @@ class Workspace:
             with torch.inference_mode(False):  # a normal tensor (see the class docstring)
                 buf = build()
             self._constants[name] = buf
-            self._allocations += 1
+            self.allocations += 1
         return buf
 
     def nbytes(self) -> int:
         """Total bytes held."""
         tensors = [*self._buffers.values(), *self._constants.values()]
-        return sum(b.numel() * b.element_size() for b in tensors) + sum(p.nbytes() for p in self._parts.values())
+        return sum(b.numel() * b.element_size() for b in tensors)
 
     def clear(self) -> None:
         """Release every buffer."""
         self._buffers.clear()
         self._constants.clear()
-        self._parts.clear()

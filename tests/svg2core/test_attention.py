@@ -88,37 +88,6 @@ def test_keys_gathered_by_the_last_update_equal_the_separate_gather(b, h, n, t, 
         assert torch.equal(a, z)
 
 
-@pytest.mark.parametrize("groups", [2, 3, 5])
-def test_head_groups_equal_the_whole_call(groups, monkeypatch):
-    # HEAD_GROUPS: each batch element's heads in groups (uneven ones, and more groups than heads: one head each), a
-    # selection and an attention per group. Cold and warm calls give bit-identical outputs, densities and cached
-    # centroids to the whole call's, with text tokens, a padding mask and batch 2
-    import svg2core.attention as attention
-
-    q, k, v = _qkv(2, 3, 45, 64, torch.float16)
-    mask = _mask(2, 6, [6, 3])
-    results = {}
-    for g in (1, groups):
-        monkeypatch.setattr(attention, "HEAD_GROUPS", g)
-        state, ws = LayerState(), Workspace()
-        calls = [svg2_attention(q, k, v, SMALL, state, workspace=ws, num_dense_tokens=6, key_padding_mask=mask,
-                                backend="triton") for _ in range(2)]
-        results[g] = [x for call in calls for x in call] + [state.get(0).q, state.get(0).k]
-        if g > 1:  # each group had buffers of its own
-            assert {f"heads{i}" for i in range(2 * min(g, 3))} == set(ws._parts)
-    for a, z in zip(results[1], results[groups], strict=True):
-        assert torch.equal(a, z)
-
-
-def test_head_groups_reject_a_bad_count():
-    from svg2core.attention import head_groups
-
-    assert head_groups(2, 5, 2) == [(slice(0, 1), slice(0, 2)), (slice(0, 1), slice(2, 5)),
-                                    (slice(1, 2), slice(0, 2)), (slice(1, 2), slice(2, 5))]
-    with pytest.raises(ValueError, match="HEAD_GROUPS: must be an int >= 1"):
-        head_groups(1, 4, 0)
-
-
 def test_backends_agree_on_well_separated_clusters():
     # blobs far apart: the k-means of both backends find the same clusters, so the calls are equal
     b, h, n, d = 1, 2, 48, 64
