@@ -63,10 +63,11 @@ def uniform_clusters(bh: int, nv: int, size: int, gen: torch.Generator, dev) -> 
     return perm, offsets
 
 
-def make_case(h, nv, t, cq, ck, density, dtype, seed, dev="cuda", q_cluster_size=None):
+def make_case(h, nv, t, cq, ck, density, dtype, seed, dev="cuda", q_cluster_size=None, key_window=1.0):
     """A synthetic call: random q/k/v, gamma-sized clusters (or, with ``q_cluster_size``, query clusters of that
     many tokens each, ``cq`` ignored), and per query cluster a random order of key clusters kept up to
-    ``density``."""
+    ``density``. ``key_window < 1``: only the first ``key_window`` of the key clusters (by id, so that share of
+    ``kp`` / ``vp``) can be selected, as in one launch of a split of the keys (bench/probes/ncu_gluon.py)."""
     gen = torch.Generator(device=dev).manual_seed(seed)
     n = nv + t
     q, k, v = (torch.randn(1, h, n, 128, device=dev, dtype=dtype, generator=gen) for _ in range(3))
@@ -77,9 +78,12 @@ def make_case(h, nv, t, cq, ck, density, dtype, seed, dev="cuda", q_cluster_size
         q_perm, q_off = clusters(h, nv, cq, gen, dev)
     k_perm, k_off = clusters(h, nv, ck, gen, dev)
     k_sizes = k_off[:, 1:] - k_off[:, :-1]
-    scores = torch.rand(h, cq, ck, device=dev, generator=gen).masked_fill(k_sizes[:, None, :] == 0, -1.0)
+    eligible = k_sizes > 0
+    if key_window < 1.0:
+        eligible &= torch.arange(ck, device=dev) < max(1, int(ck * key_window))
+    scores = torch.rand(h, cq, ck, device=dev, generator=gen).masked_fill(~eligible[:, None, :], -1.0)
     order = scores.argsort(dim=2, descending=True)
-    tok = torch.gather(k_sizes[:, None, :].expand(h, cq, ck), 2, order)
+    tok = torch.gather((k_sizes * eligible)[:, None, :].expand(h, cq, ck), 2, order)
     keep = ((tok.cumsum(2) - tok) < density * nv) & (tok > 0)
     keep[..., 0] = True
     sel_cum = torch.zeros(h, cq, ck + 1, dtype=torch.long, device=dev)

@@ -2,7 +2,7 @@
 
     ncu --clock-control none -k regex:sparse_attn_fwd_gluon -c 1 -s 1 --section ... \
         python bench/probes/ncu_gluon.py [--model wan1.3b-480p | --shape H,NV,T,CQ,CK] [--density 0.15] [--debug 0]
-        [--key-order]
+        [--key-order] [--key-window 0.5]
 
 Runs the call twice (the first compiles; ``-s 1`` skips it) and prints the time of a third.
 """
@@ -32,6 +32,8 @@ ap.add_argument("--density", type=float, default=0.15)
 ap.add_argument("--debug", type=int, default=0)
 ap.add_argument("--stages", type=int, default=0)
 ap.add_argument("--key-order", action="store_true", help="selected key clusters listed by id (B.selection_in_key_order)")
+ap.add_argument("--key-window", type=float, default=1.0, help="only the first share of the key clusters (by id) "
+                "selectable: one launch of a split of each head's keys (B.make_case)")
 ap.add_argument("--persistent", action="store_true", help="gluon_persistent")
 ap.add_argument("--tables", default="", help="gluon_tile_tables: on / off (default: the config's)")
 opts = ap.parse_args()
@@ -39,7 +41,7 @@ h, nv, t, cq, ck = tuple(int(x) for x in opts.shape.split(",")) if opts.shape el
 cfg = default_config(torch.device("cuda"), torch.bfloat16, 128)
 cfg = replace(cfg, gluon_debug=opts.debug, gluon_stages=opts.stages or cfg.gluon_stages,
               gluon_tile_tables=opts.tables or cfg.gluon_tile_tables, gluon_persistent=opts.persistent)
-args, kpm, st = B.make_case(h, nv, t, cq, ck, opts.density, torch.bfloat16, seed=3)
+args, kpm, st = B.make_case(h, nv, t, cq, ck, opts.density, torch.bfloat16, seed=3, key_window=opts.key_window)
 if opts.key_order:
     args = B.selection_in_key_order(args)
 for _ in range(3):
