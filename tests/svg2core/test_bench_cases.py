@@ -1,0 +1,37 @@
+"""bench/bench_sparse_attn.py's synthetic calls (the cases every kernel benchmark and Nsight probe times): their
+selections are valid, hit the density, and with ``key_window`` stay in the first share of the key clusters."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_sparse_attn", ROOT / "bench" / "bench_sparse_attn.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("window", [1.0, 0.5, 0.25])
+def test_cases_select_within_the_key_window_at_the_density(window):
+    b = _bench()
+    h, nv, cq, ck, density = 2, 3000, 20, 40, 0.1
+    args, _, stats = b.make_case(h, nv, 0, cq, ck, density, torch.float32, seed=1, dev="cpu", key_window=window)
+    sel, count, cum = args["sel_idx"], args["sel_count"], args["sel_cum"]
+    k_sizes = args["k_offsets"][:, 1:] - args["k_offsets"][:, :-1]
+    for hh in range(h):
+        for i in range(cq):
+            chosen = sel[hh, i, : count[hh, i]].long()
+            assert len(set(chosen.tolist())) == len(chosen)  # no key cluster twice
+            assert int(chosen.max()) < ck * window  # only the window's clusters
+            # sel_cum holds the running token count of the chosen clusters, in selection order
+            assert int(cum[hh, i, count[hh, i]]) == int(k_sizes[hh, chosen].sum())
+    # each query cluster keeps keys up to the density, overshooting by at most its last cluster
+    assert density <= stats["density_video"] < density + k_sizes.max().item() / nv
