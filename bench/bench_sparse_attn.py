@@ -66,8 +66,9 @@ def uniform_clusters(bh: int, nv: int, size: int, gen: torch.Generator, dev) -> 
 def make_case(h, nv, t, cq, ck, density, dtype, seed, dev="cuda", q_cluster_size=None, key_window=1.0):
     """A synthetic call: random q/k/v, gamma-sized clusters (or, with ``q_cluster_size``, query clusters of that
     many tokens each, ``cq`` ignored), and per query cluster a random order of key clusters kept up to
-    ``density``. ``key_window < 1``: only the first ``key_window`` of the key clusters (by id, so that share of
-    ``kp`` / ``vp``) can be selected, as in one launch of a split of the keys (bench/probes/ncu_gluon.py)."""
+    ``density``. ``key_window``: a share ``w`` or a range ``(lo, hi)`` of shares of the key clusters (by id, so
+    that part of ``kp`` / ``vp``): only those can be selected, as in one launch of a split of the keys
+    (bench/probes/ncu_gluon.py, bench/probes/probe_key_halves.py); ``w = 1``: all."""
     gen = torch.Generator(device=dev).manual_seed(seed)
     n = nv + t
     q, k, v = (torch.randn(1, h, n, 128, device=dev, dtype=dtype, generator=gen) for _ in range(3))
@@ -79,8 +80,10 @@ def make_case(h, nv, t, cq, ck, density, dtype, seed, dev="cuda", q_cluster_size
     k_perm, k_off = clusters(h, nv, ck, gen, dev)
     k_sizes = k_off[:, 1:] - k_off[:, :-1]
     eligible = k_sizes > 0
-    if key_window < 1.0:
-        eligible &= torch.arange(ck, device=dev) < max(1, int(ck * key_window))
+    lo, hi = (0.0, key_window) if isinstance(key_window, (int, float)) else key_window
+    if (lo, hi) != (0.0, 1.0):
+        ids = torch.arange(ck, device=dev)
+        eligible &= (ids >= int(ck * lo)) & (ids < max(int(ck * lo) + 1, int(ck * hi)))
     scores = torch.rand(h, cq, ck, device=dev, generator=gen).masked_fill(~eligible[:, None, :], -1.0)
     order = scores.argsort(dim=2, descending=True)
     tok = torch.gather((k_sizes * eligible)[:, None, :].expand(h, cq, ck), 2, order)

@@ -19,7 +19,7 @@ def _bench():
     return mod
 
 
-@pytest.mark.parametrize("window", [1.0, 0.5, 0.25])
+@pytest.mark.parametrize("window", [1.0, 0.5, 0.25, (0.5, 1.0)])
 def test_cases_select_within_the_key_window_at_the_density(window):
     b = _bench()
     h, nv, cq, ck, density = 2, 3000, 20, 40, 0.1
@@ -30,7 +30,8 @@ def test_cases_select_within_the_key_window_at_the_density(window):
         for i in range(cq):
             chosen = sel[hh, i, : count[hh, i]].long()
             assert len(set(chosen.tolist())) == len(chosen)  # no key cluster twice
-            assert int(chosen.max()) < ck * window  # only the window's clusters
+            lo, hi = (0.0, window) if isinstance(window, float) else window
+            assert ck * lo <= int(chosen.min()) and int(chosen.max()) < ck * hi  # only the window's clusters
             # sel_cum holds the running token count of the chosen clusters, in selection order
             assert int(cum[hh, i, count[hh, i]]) == int(k_sizes[hh, chosen].sum())
     # each query cluster keeps keys up to the density, overshooting by at most its last cluster
