@@ -14,6 +14,8 @@ pipeline step), at the same computed pairs:
 Alternating rounds, the mean time per call and the SM clock / power of each stretch (nvidia-smi).
 
     python bench/probes/probe_key_halves.py --out DIR [--cases hunyuan-720p:0.25,wan14b-720p:0.25] [--seconds 3]
+
+Results: docs/benchmarks/probe_key_halves_h100_s15.md (NOTES_sparse_attn v16).
 """
 
 from __future__ import annotations
