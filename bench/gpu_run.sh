@@ -17,6 +17,8 @@
 #   bash bench/gpu_run.sh OUT pad                       # the assign with centroid copies padded to whole tiles (probe_assign_pad.py)
 #   bash bench/gpu_run.sh OUT select                    # the selection kernel by warps per row (probe_select.py)
 #   bash bench/gpu_run.sh OUT logits                    # the cluster-logits kernel: dot precision, block shape (probe_logits.py)
+#   bash bench/gpu_run.sh OUT keyhalves                 # each head's keys in one launch or two halves, sustained load
+#                                                       # (probe_key_halves.py, ~1 min)
 #   bash bench/gpu_run.sh OUT generate                  # whole jobs through the worker's path (bench_generate.py, ~4 min;
 #                                                       # also carry pydantic pydantic-core annotated-types typing-inspection av)
 #
@@ -63,6 +65,7 @@ for step in "$@"; do
     select) python bench/probes/probe_select.py --out "$out/$step" > "$log" 2>&1 ;;
     pad) python bench/probes/probe_assign_pad.py --out "$out/$step" > "$log" 2>&1 ;;
     tiles_nosel) python bench/probes/probe_assign_tiles.py --no-selection --out "$out/$step" > "$log" 2>&1 ;;
+    keyhalves) python bench/probes/probe_key_halves.py --out "$out/$step" > "$log" 2>&1 ;;
     generate) python bench/bench_generate.py --out "$out/$step" --budgets dense,fixed:0.15,fixed:0.25 > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
   esac
