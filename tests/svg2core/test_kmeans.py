@@ -337,3 +337,112 @@ def test_centroid_copies_padded_to_whole_tiles_change_nothing(c, tile, monkeypat
         results[pad] = (labels, counts, *out, cent)
     for a, z in zip(results[False], results[True], strict=True):
         assert torch.equal(a, z)
+
+
+def _blobs(b, h, n, d, c, seed, empty_last=False):
+    """Well separated blobs (no near-ties, so the kernels' low-precision dots pick the reference's labels) in a
+    (B, H, N, D) view of a (B, N, H, D) tensor, and strided start centroids; with ``empty_last`` the last start
+    centroid sits far from every point, so its cluster stays empty."""
+    gen = torch.Generator().manual_seed(seed)
+    blobs = c - 1 if empty_last else c
+    centers = torch.randn(b * h, c, d, generator=gen) * 10
+    pick = torch.stack([torch.randperm(n, generator=gen) % blobs for _ in range(b * h)])  # every blob has points
+    pts = torch.gather(centers, 1, pick[..., None].expand(-1, -1, d)) + 0.1 * torch.randn(b * h, n, d, generator=gen)
+    x = pts.reshape(b, h, n, d).transpose(1, 2).contiguous().transpose(1, 2).to(torch.bfloat16)
+    # start: one point of each blob (so no two centroids share a blob), the last one far away with empty_last
+    first = torch.stack([torch.stack([(r == i).nonzero()[0, 0] for i in range(blobs)]) for r in pick])
+    start = torch.gather(x.reshape(b * h, n, d).float(), 1, first[..., None].expand(-1, -1, d))
+    if empty_last:
+        start = torch.cat([start, torch.full((b * h, 1, d), 1e3)], dim=1)
+    return x, start.contiguous()
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+@pytest.mark.parametrize("b,h,n,c,blocks", [(1, 2, 700, 7, 2), (2, 1, 300, 16, 4), (1, 1, 1100, 100, 1)],
+                         ids=["ragged-2-blocks-per-program", "batch2-one-program", "100-clusters"])
+def test_kmeans_without_a_sort_matches_reference_iterations(b, h, n, c, blocks, iters, monkeypatch):
+    # ACCUMULATE_MAX_CLUSTERS: every update from the assign's one-hot sums, added in program order; the labels,
+    # permutation and offsets are the reference's, the centroids its means up to fp32 summation order, and an empty
+    # cluster keeps its centroid
+    monkeypatch.setattr(km, "ACCUMULATE_MAX_CLUSTERS", 128)
+    monkeypatch.setattr(km, "ACCUMULATE_BLOCKS", blocks)
+    d = 64
+    x, start = _blobs(b, h, n, d, c, seed=n, empty_last=True)
+    cent = start.clone()
+    ws = Workspace()
+    labels, perm, offsets = batched_kmeans(x, cent, iters, ws, "q")
+    assert any(k.endswith("acc_sums") for k in ws._buffers)  # the path without a sort ran
+    ref_labels, ref_cent = kmeans_reference(x.reshape(b * h, n, d), start, iters)
+    assert torch.equal(labels, ref_labels)
+    torch.testing.assert_close(cent, ref_cent, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cent[:, -1], start[:, -1])  # the empty cluster
+    p_ref, o_ref = sort_by_cluster_reference(labels, c)
+    assert torch.equal(perm, p_ref) and torch.equal(offsets, o_ref)
+
+
+def test_kmeans_without_a_sort_equals_the_sorted_path_and_repeats_exactly(monkeypatch):
+    # the same labels, permutation and offsets as the sorted path, centroids within fp32 rounding, and bit for bit
+    # the same result on a second run (the partial sums are added in program order, not by atomics)
+    x, start = _blobs(1, 2, 600, 64, 12, seed=4)
+    out = {}
+    for limit in (0, 128, 128):
+        monkeypatch.setattr(km, "ACCUMULATE_MAX_CLUSTERS", limit)
+        monkeypatch.setattr(km, "ACCUMULATE_BLOCKS", 2)
+        cent = start.clone()
+        got = batched_kmeans(x, cent, 2, Workspace(), "q")
+        out.setdefault(limit, []).append((*[t.clone() for t in got], cent))
+    sorted_run, (first, second) = out[0][0], out[128]
+    for a, z in zip(first, second, strict=True):
+        assert torch.equal(a, z)
+    for a, z in zip(sorted_run[:3], first[:3], strict=True):
+        assert torch.equal(a, z)
+    torch.testing.assert_close(first[3], sorted_run[3], rtol=1e-5, atol=1e-5)
+
+
+def test_kmeans_without_a_sort_prepares_the_next_assign_and_keeps_its_limit(monkeypatch):
+    # prepare=True leaves the centroid copies and norms the preparation kernel would write for the new centroids;
+    # more clusters than the accumulator holds is refused, and batched_kmeans then takes the sorted path
+    monkeypatch.setattr(km, "ACCUMULATE_MAX_CLUSTERS", 128)
+    x, start = _blobs(1, 2, 300, 64, 6, seed=9)
+    cent = start.clone()
+    ws = Workspace()
+    labels = torch.empty(2, 300, dtype=torch.int32)
+    km.kmeans_assign_accumulate(x, cent, labels, ws, "q", prepare=True)
+    rows = km._prepared_rows(6)
+    got_lp = ws.buffer(f"q.cent_lp.{x.dtype}", (2, rows, 64), x.dtype, "cpu").clone()
+    got_sq = ws.buffer("q.cent_sq", (2, rows), torch.float32, "cpu").clone()
+    fresh = Workspace()
+    kmeans_assign(x, cent, torch.empty_like(labels), workspace=fresh, name="q")
+    assert torch.equal(got_lp, fresh.buffer(f"q.cent_lp.{x.dtype}", (2, rows, 64), x.dtype, "cpu"))
+    torch.testing.assert_close(got_sq, fresh.buffer("q.cent_sq", (2, rows), torch.float32, "cpu"), rtol=1e-6,
+                               atol=1e-6)
+    many = torch.randn(2, 200, 64)
+    with pytest.raises(ValueError, match="at most 128 clusters"):
+        km.kmeans_assign_accumulate(x, many, labels, Workspace(), "q")
+    ws = Workspace()
+    batched_kmeans(x, many, 1, ws, "k")
+    assert not any(k.endswith("acc_sums") for k in ws._buffers)  # 200 clusters: the sorted path
+
+
+def test_accumulating_assign_fits_the_registers_of_sm90(tmp_path):
+    # the (128, 128) fp32 accumulator beside the assign's tile loop, at ACCUMULATE_TILE (128 tokens, 8 warps): compiled
+    # for sm_90 without a GPU, it must not spill inside its loops (Triton 3.6: 255 registers, 2 spill stores before
+    # the loops; 256-token blocks spilled 36-39)
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    tile = km.ACCUMULATE_TILE
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    out = subprocess.run([sys.executable, str(root / "bench" / "probes" / "sass_assign.py"), "--packed", "--even-c",
+                          "--accumulate", "--clusters-pow2", str(km.ACCUMULATE_LIMIT), "--block-n", str(tile.block_n),
+                          "--block-c", str(tile.block_c), "--warps", str(tile.num_warps), "--stages",
+                          str(tile.num_stages), "--blocks", str(km.ACCUMULATE_BLOCKS)],
+                         check=True, capture_output=True, text=True, env=env, timeout=300, cwd=root)
+    r = json.loads(out.stdout)
+    assert r["registers"] <= 255 and r["spill_stores"] <= 4
+    assert r["hgmma"] > 0  # the distances and the sums on the tensor cores
