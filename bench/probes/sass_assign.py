@@ -1,7 +1,7 @@
 """The k-means assign kernel compiled for sm_90 without a GPU: registers and the instruction mix of its tile loop.
 
     python bench/probes/sass_assign.py [--packed] [--block-n 256] [--block-c 64] [--warps 8] [--stages 2]
-                                       [--accumulate --clusters-pow2 128 --blocks 4]
+                                       [--accumulate --clusters-pow2 128]
 
 Compiles ``triton_kmeans._kmeans_assign_kernel`` (bf16, D = 128, no histogram) with Triton's own ptxas and counts
 the SASS instructions from 40 before the first HGMMA to the loop's backward branch: what one centroid tile costs
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--clusters-pow2", type=int, default=1024)
     ap.add_argument("--accumulate", action="store_true", help="_kmeans_assign_accumulate_kernel (with labels)")
-    ap.add_argument("--blocks", type=int, default=4, help="--accumulate: token blocks per program")
+    ap.add_argument("--blocks", type=int, default=24, help="--accumulate: token blocks per program")
     opts = ap.parse_args()
     k = _compile_triton(opts)
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")

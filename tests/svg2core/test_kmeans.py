@@ -441,7 +441,7 @@ def test_accumulating_assign_fits_the_registers_of_sm90(tmp_path):
     out = subprocess.run([sys.executable, str(root / "bench" / "probes" / "sass_assign.py"), "--packed", "--even-c",
                           "--accumulate", "--clusters-pow2", str(km.ACCUMULATE_LIMIT), "--block-n", str(tile.block_n),
                           "--block-c", str(tile.block_c), "--warps", str(tile.num_warps), "--stages",
-                          str(tile.num_stages), "--blocks", str(km.ACCUMULATE_BLOCKS)],
+                          str(tile.num_stages)],
                          check=True, capture_output=True, text=True, env=env, timeout=300, cwd=root)
     r = json.loads(out.stdout)
     assert r["registers"] <= 255 and r["spill_stores"] <= 4

@@ -89,11 +89,14 @@ FUSE_PREPARE = True
 # per call. At most ACCUMULATE_LIMIT (the accumulator's registers).
 ACCUMULATE_MAX_CLUSTERS = 0
 ACCUMULATE_LIMIT = 128
-# Token blocks per accumulating program: more blocks, fewer partials to write and add. Its tile: 128 tokens on 8
+# Token blocks per accumulating program (more blocks: fewer partials to write and add; a constant of the kernel: as a
+# runtime loop bound, Triton 3.6 spilled 134 stores); None: one wave of programs,
+# cdiv(SMs, B*H) per (b, h) (480p: 11 programs of 24 blocks a head, 8.4 MB of partials; one program per block would
+# write 50 MB and read it back, half of what skipping the update pass saves). Its tile: 128 tokens on 8
 # warps, since the (128, 128) fp32 accumulator beside the assign's registers fits only there (sm_90, Triton 3.6,
 # bench/probes/sass_assign.py --accumulate: 255 registers and 2 spill stores outside the tile loop; 256 tokens spill
 # 36-39 stores, 4 warps 76-180).
-ACCUMULATE_BLOCKS = 4
+ACCUMULATE_BLOCKS: int | None = None
 ACCUMULATE_TILE = AssignTile(block_n=128, block_c=64, num_warps=8, num_stages=3)
 _REDUCE_BLOCK_C = 16
 
@@ -226,12 +229,13 @@ def kmeans_assign_accumulate(x: torch.Tensor, centroids: torch.Tensor, labels: t
         raise ValueError(f"centroids: the accumulating assign holds at most {ACCUMULATE_LIMIT} clusters, got {c}")
     args, consts, nb, _ = _assign_launch(x, centroids, labels, workspace, tile, block_counts if store_labels else
                                          None, prepared, name)
-    programs = _cdiv(nb, ACCUMULATE_BLOCKS)
+    blocks = ACCUMULATE_BLOCKS or _cdiv(nb, _cdiv(_sm_count(x.device), bh))
+    programs = _cdiv(nb, blocks)
     c_pow2 = consts["C_POW2"]
     sums = workspace.buffer(f"{name}.acc_sums", (bh, programs, c_pow2, d), torch.float32, x.device)
     sizes = workspace.buffer(f"{name}.acc_sizes", (bh, programs, c_pow2), torch.int32, x.device)
     _kmeans_assign_accumulate_kernel[(programs, bh)](
-        *args[:5], sums, sizes, *args[5:8], nb, *args[8:], **consts, BLOCKS=ACCUMULATE_BLOCKS,
+        *args[:5], sums, sizes, *args[5:8], nb, *args[8:], **consts, BLOCKS=blocks,
         HIST=store_labels and block_counts is not None, LABELS=store_labels, num_warps=tile.num_warps,
         num_stages=tile.num_stages,
     )
@@ -309,6 +313,12 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         STAGES=_update_stages(n, c), num_warps=_SEGMENT_WARPS,
     )
     return centroids
+
+
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached by torch; no synchronisation), 4 elsewhere (the
+    interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 def _update_stages(n: int, c: int) -> int:
