@@ -150,3 +150,53 @@ def _check_graph_replay(t, seed, config=None):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, eager)
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_kmeans_without_a_sort_on_the_gpu(monkeypatch):
+    # kmeans.ACCUMULATE_MAX_CLUSTERS on the GPU: the same clustering as the sorted path but for near-ties (the centroids
+    # differ by fp32 summation order), perm / offsets a stable sort of its own labels, bit-identical on a second run and
+    # in a CUDA-graph replay, and nothing allocated during capture
+    import svg2core.ops.kmeans.kmeans as km
+    from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
+    from svg2core.ops.permute import sort_by_cluster_reference
+
+    torch.manual_seed(13)
+    b, h, n, d, c = 1, 4, 20000, 128, 100
+    x = torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16)
+    start = torch.empty(b * h, c, d, device="cuda")
+    init_centroids_strided(x, c, start)
+    batched_kmeans(x, start, 3, Workspace(), "q")  # warm
+
+    def run(limit, ws):
+        monkeypatch.setattr(km, "ACCUMULATE_MAX_CLUSTERS", limit)
+        cent = start.clone()
+        labels, perm, offsets = batched_kmeans(x, cent, 2, ws, "q")
+        torch.cuda.synchronize()
+        return labels.clone(), perm.clone(), offsets.clone(), cent
+
+    sorted_run = run(0, Workspace())
+    ws = Workspace()
+    first, second = run(128, ws), run(128, ws)
+    for a, z in zip(first, second, strict=True):
+        assert torch.equal(a, z)
+    assert (first[0] == sorted_run[0]).float().mean() > 0.99
+    torch.testing.assert_close(first[3], sorted_run[3], rtol=0, atol=1e-2 * sorted_run[3].abs().max().item())
+    p_ref, o_ref = sort_by_cluster_reference(first[0], c)
+    assert torch.equal(first[1], p_ref) and torch.equal(first[2], o_ref)
+    cent = start.clone()
+    res = {}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        batched_kmeans(x, cent, 2, ws, "q")
+    torch.cuda.current_stream().wait_stream(side)
+    allocations = ws.allocations
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        res["out"] = batched_kmeans(x, cent, 2, ws, "q")
+    assert ws.allocations == allocations
+    cent.copy_(start)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(res["out"][0], first[0]) and torch.equal(cent, first[3])
