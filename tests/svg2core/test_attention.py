@@ -42,6 +42,17 @@ def test_reference_with_top_p_1_equals_dense(t):
     torch.testing.assert_close(density, torch.ones(2, 2), rtol=1e-6, atol=1e-6)
 
 
+def _reference_for_the_selection(ws, q, k, v, t, mask):
+    """The masked dense attention of the selection a SMALL call left in ``ws`` (its labels and kept clusters)."""
+    b, h, n, d = q.shape
+    nv, bh = n - t, b * h
+    q_labels = ws.buffer("q.labels", (bh, nv), torch.int32, "cpu")
+    k_labels = ws.buffer("k.labels", (bh, nv), torch.int32, "cpu")
+    sel_idx = ws.buffer("sel.idx", (bh, 4, 7), torch.int32, "cpu")
+    sel_count = ws.buffer("sel.count", (bh, 4), torch.int32, "cpu")
+    return masked_dense_attention_reference(q, k, v, q_labels, k_labels, sel_idx, sel_count, t, mask, d ** -0.5)
+
+
 CASES = [  # B, H, N, T, D, dtype, valid text per batch element
     pytest.param(1, 2, 33, 0, 64, torch.bfloat16, None, id="odd-tokens-bf16"),
     pytest.param(2, 1, 45, 6, 64, torch.float16, [6, 3], id="text-padding-batch2-fp16"),
@@ -56,12 +67,7 @@ def test_triton_backend_equals_reference_for_its_selection(b, h, n, t, d, dtype,
     ws = Workspace()
     out, density = svg2_attention(q, k, v, SMALL, LayerState(), workspace=ws, num_dense_tokens=t,
                                   key_padding_mask=mask, backend="triton")
-    nv, bh = n - t, b * h
-    q_labels = ws.buffer("q.labels", (bh, nv), torch.int32, "cpu")
-    k_labels = ws.buffer("k.labels", (bh, nv), torch.int32, "cpu")
-    sel_idx = ws.buffer("sel.idx", (bh, 4, 7), torch.int32, "cpu")
-    sel_count = ws.buffer("sel.count", (bh, 4), torch.int32, "cpu")
-    want = masked_dense_attention_reference(q, k, v, q_labels, k_labels, sel_idx, sel_count, t, mask, d ** -0.5)
+    want = _reference_for_the_selection(ws, q, k, v, t, mask)
     assert out.dtype == dtype and out.shape == q.shape
     torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
     assert torch.all((density > 0) & (density <= 1))
@@ -103,12 +109,7 @@ def test_query_clustering_without_a_sort_gives_the_attention_of_its_selection(b,
         out, density = svg2_attention(q, k, v, SMALL, state, workspace=ws, num_dense_tokens=t, key_padding_mask=mask,
                                       backend="triton")
     assert "q.acc_sums" in ws._buffers and "k.acc_sums" not in ws._buffers
-    nv, bh = n - t, b * h
-    q_labels = ws.buffer("q.labels", (bh, nv), torch.int32, "cpu")
-    k_labels = ws.buffer("k.labels", (bh, nv), torch.int32, "cpu")
-    sel_idx = ws.buffer("sel.idx", (bh, 4, 7), torch.int32, "cpu")
-    sel_count = ws.buffer("sel.count", (bh, 4), torch.int32, "cpu")
-    want = masked_dense_attention_reference(q, k, v, q_labels, k_labels, sel_idx, sel_count, t, mask, d ** -0.5)
+    want = _reference_for_the_selection(ws, q, k, v, t, mask)
     torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
     assert torch.all((density > 0) & (density <= 1))
 
