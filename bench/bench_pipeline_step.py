@@ -467,7 +467,8 @@ def write_markdown(path: str, results: dict) -> None:
              "(random weights give near-uniform attention: top-p would find little sparsity). Dense = "
              "SDPA via diffusers' dispatch (priority cuDNN > flash > efficient > math). Warm k-means "
              "(2 iterations from cached centroids; the cold first call excluded). Blocks: bench / real. "
-             f"HunyuanVideo text: {results['hunyuan_text']}.",
+             f"HunyuanVideo text: {results['hunyuan_text']}."
+             + (f" Library settings (--set): {results['settings']}." if results.get("settings") else ""),
              "",
              "| model | blocks | attn share (dense) | density | dense step | sparse step | speedup | Amdahl ideal | "
              "of ideal | attn time sparse/dense | e2e 50 steps, 20% warm-up, + VAE |",
@@ -528,6 +529,31 @@ def write_markdown(path: str, results: dict) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
+def apply_settings(specs: list[str]) -> dict:
+    """``MODULE.NAME=VALUE`` strings (VALUE a Python literal) set on their modules: the library knobs an A/B of the
+    whole step flips. Returns them as ``{"MODULE.NAME": value}``; an unknown module or name, or a value that is not a
+    literal, is an error naming the spec."""
+    import ast
+    import importlib
+
+    out = {}
+    for spec in specs:
+        target, sep, raw = spec.partition("=")
+        module_name, _, name = target.rpartition(".")
+        if not sep or not module_name:
+            raise SystemExit(f"--set {spec!r}: must be MODULE.NAME=VALUE")
+        try:
+            module = importlib.import_module(module_name)
+            value = ast.literal_eval(raw)
+        except (ImportError, ValueError, SyntaxError) as exc:
+            raise SystemExit(f"--set {spec!r}: {exc}") from None
+        if not hasattr(module, name):
+            raise SystemExit(f"--set {spec!r}: {module_name} has no {name}")
+        setattr(module, name, value)
+        out[target] = value
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
@@ -544,7 +570,11 @@ def main() -> int:
                         help="torch.compile backend (default inductor; aot_eager for quick CPU checks)")
     parser.add_argument("--padded-text", action="store_true",
                         help="HunyuanVideo: the stock padded prompt and masked attention call instead of the packed prompt")
+    parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                        help="set a library knob for the whole run (repeatable), e.g. "
+                             "svg2core.ops.kmeans.kmeans.ACCUMULATE_MAX_CLUSTERS=128; recorded in the results")
     args = parser.parse_args()
+    settings = apply_settings(args.set)
     os.makedirs(args.out, exist_ok=True)
     start = time.perf_counter()
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -566,6 +596,7 @@ def main() -> int:
     card = card_name(device)
     compile_backend = args.compile_backend if args.compile else None
     results = {"card": card, "torch": torch.__version__, "dtype": str(dtype), "models": [], "skipped": [],
+               "settings": settings,
                "execution": (f"regional torch.compile ({compile_backend}, default mode) of the blocks, dense and "
                              "sparse alike" if compile_backend else "eager"),
                "hunyuan_text": ("padded prompt, masked attention call (stock)" if args.padded_text else

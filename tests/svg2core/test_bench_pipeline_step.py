@@ -129,3 +129,16 @@ def test_clock_samples_parse_nvidia_smi_lines():
     got = parse_samples("1980, 512.30\n1755, 698.10\n[N/A], [N/A]\n1830, ")
     assert got == {"sm_mhz_mean": 1867.5, "sm_mhz_min": 1755.0, "power_w_mean": 605.2, "samples": 2}
     assert parse_samples("") is None and parse_samples("1980\n") is None
+
+
+def test_library_settings_are_applied_recorded_and_checked(tmp_path):
+    # --set MODULE.NAME=VALUE flips a library knob for the whole run (an A/B of the step) and lands in the results;
+    # a name the module lacks stops the run with an error naming it
+    results = _run_bench(tmp_path, "--reps", "1", "--no-compile", "--models", "smoke-wan",
+                         "--set", "svg2core.ops.kmeans.kmeans.ACCUMULATE_MAX_CLUSTERS=128")
+    assert results["settings"] == {"svg2core.ops.kmeans.kmeans.ACCUMULATE_MAX_CLUSTERS": 128}
+    assert "ACCUMULATE_MAX_CLUSTERS" in (tmp_path / "pipeline_step_cpu.md").read_text()
+    bad = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path),
+                          "--set", "svg2core.ops.kmeans.kmeans.NO_SUCH_KNOB=1"], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode != 0 and "has no NO_SUCH_KNOB" in bad.stderr
