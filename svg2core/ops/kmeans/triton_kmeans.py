@@ -162,13 +162,8 @@ def _kmeans_assign_kernel(
             best_idx = tl.where(better, tile_arg.to(tl.int32) + c0, best_idx)
     if PACKED:
         best_idx = best_key & IDX_MASK
-    tl.store(labels_ptr + pid_bh * stride_lbh + offs_n, best_idx, mask=mask_n)
-    if HIST:
-        row = counts_ptr + pid_bh * stride_nbh + pid_n * C
-        bins = tl.arange(0, C_POW2)
-        tl.store(row + bins, tl.zeros([C_POW2], tl.int32), mask=bins < C)
-        tl.debug_barrier()  # bar.sync: the zeros are visible to every thread of the program before its increments
-        tl.atomic_add(row + best_idx, tl.full([BLOCK_N], 1, tl.int32), mask=mask_n, sem="relaxed")
+    _store_labels(labels_ptr, counts_ptr, best_idx, pid_bh, pid_n, offs_n, mask_n, C, stride_lbh, stride_nbh,
+                  C_POW2, HIST)
 
 
 @triton.jit
