@@ -354,6 +354,9 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
     labels = workspace.buffer(f"{name}.labels", (b * h, n), torch.int32, x.device)
     # each update but the last writes the next assign's centroid copies
     fuse_prepare = backend != "reference" and FUSE_PREPARE
+    if backend != "reference" and rows_out is None and iters >= 1 and c <= min(ACCUMULATE_MAX_CLUSTERS,
+                                                                              ACCUMULATE_LIMIT):
+        return _kmeans_without_sort(x, centroids, labels, iters, workspace, name, fuse_prepare)
     if backend == "reference":
         def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
             kmeans_assign(x, centroids, labels, backend)
@@ -374,17 +377,6 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
                                        block_counts=counts)
             return sort_by_cluster(labels, c, workspace, name)
 
-    if backend != "reference" and rows_out is None and iters >= 1 and c <= min(ACCUMULATE_MAX_CLUSTERS,
-                                                                              ACCUMULATE_LIMIT):
-        block = ACCUMULATE_TILE.block_n
-        counts = workspace.buffer(f"{name}.block_counts", (b * h, _cdiv(n, block) * c), torch.int32, x.device)
-        for it in range(iters):
-            last = it == iters - 1
-            kmeans_assign_accumulate(x, centroids, labels, workspace, name, block_counts=counts, store_labels=last,
-                                     prepared=it > 0 and fuse_prepare, prepare=not last and fuse_prepare)
-        perm, offsets = sort_by_cluster(labels, c, workspace, name, method="count", count_block=block,
-                                        block_counts=counts)
-        return labels, perm, offsets
     perm, offsets = assign_and_sort(True)
     for it in range(iters):
         if it > 0:
@@ -392,6 +384,24 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         last = it == iters - 1
         kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name,
                       prepare=not last and fuse_prepare, rows_out=rows_out if last else None)
+    return labels, perm, offsets
+
+
+def _kmeans_without_sort(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, iters: int,
+                         workspace: Workspace, name: str, fuse_prepare: bool
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`batched_kmeans` with every update from the accumulating assign (:data:`ACCUMULATE_MAX_CLUSTERS`): the
+    last iteration's assign also writes the labels and block counts, and one counting sort gives perm / offsets."""
+    b, h, n, _ = x.shape
+    c = centroids.shape[1]
+    block = ACCUMULATE_TILE.block_n
+    counts = workspace.buffer(f"{name}.block_counts", (b * h, _cdiv(n, block) * c), torch.int32, x.device)
+    for it in range(iters):
+        last = it == iters - 1
+        kmeans_assign_accumulate(x, centroids, labels, workspace, name, block_counts=counts, store_labels=last,
+                                 prepared=it > 0 and fuse_prepare, prepare=not last and fuse_prepare)
+    perm, offsets = sort_by_cluster(labels, c, workspace, name, method="count", count_block=block,
+                                    block_counts=counts)
     return labels, perm, offsets
 
 
