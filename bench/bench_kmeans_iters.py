@@ -183,9 +183,9 @@ def phase_deltas(rows, warmup: int, parts: int = 3) -> list[dict]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="docs/benchmarks")
+def trajectory_args(ap: argparse.ArgumentParser) -> None:
+    """The simulated trajectory's options (seeds, steps, densities, clusters, cold iterations, drift), shared with the
+    probes that rerun it (bench/probes/probe_score_centroids.py)."""
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--densities", type=float, nargs="+", default=[0.15, 0.25])
@@ -195,6 +195,12 @@ def main() -> None:
     ap.add_argument("--init-iters", type=int, default=SVG2Config().kmeans_iters_init)
     ap.add_argument("--sigma-start", type=float, default=0.7)
     ap.add_argument("--step-noise", type=float, default=0.05)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="docs/benchmarks")
+    trajectory_args(ap)
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     t0 = time.time()

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
 from bench_fidelity import HEADS, masked_attention, rel_error  # noqa: E402
-from bench_kmeans_iters import knobs, trajectory  # noqa: E402
+from bench_kmeans_iters import knobs, trajectory, trajectory_args  # noqa: E402
 
 import svg2core.attention as attention  # noqa: E402
 from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
@@ -114,15 +114,8 @@ def summarize(rows) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--seeds", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=24)
-    ap.add_argument("--densities", type=float, nargs="+", default=[0.15, 0.25])
-    ap.add_argument("--cq", type=int, default=16)
-    ap.add_argument("--ck", type=int, default=64)
+    trajectory_args(ap)
     ap.add_argument("--iters", type=int, default=SVG2Config().kmeans_iters)
-    ap.add_argument("--init-iters", type=int, default=SVG2Config().kmeans_iters_init)
-    ap.add_argument("--sigma-start", type=float, default=0.7)
-    ap.add_argument("--step-noise", type=float, default=0.05)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = run(range(args.seeds), args.steps, args.densities, args.cq, args.ck, args.iters, args.init_iters,
