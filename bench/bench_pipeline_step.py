@@ -572,7 +572,7 @@ def main() -> int:
                         help="HunyuanVideo: the stock padded prompt and masked attention call instead of the packed prompt")
     parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                         help="set a library knob for the whole run (repeatable), e.g. "
-                             "svg2core.ops.kmeans.kmeans.ACCUMULATE_MAX_CLUSTERS=128; recorded in the results")
+                             "svg2core.ops.kmeans.kmeans.UPDATE_CHUNK=256; recorded in the results")
     args = parser.parse_args()
     settings = apply_settings(args.set)
     os.makedirs(args.out, exist_ok=True)

@@ -1,15 +1,10 @@
 """The k-means assign kernel compiled for sm_90 without a GPU: registers and the instruction mix of its tile loop.
 
     python bench/probes/sass_assign.py [--packed] [--block-n 256] [--block-c 64] [--warps 8] [--stages 2]
-                                       [--accumulate --clusters-pow2 128]
 
 Compiles ``triton_kmeans._kmeans_assign_kernel`` (bf16, D = 128, no histogram) with Triton's own ptxas and counts
 the SASS instructions from 40 before the first HGMMA to the loop's backward branch: what one centroid tile costs
 each warp besides its dot (the argmin epilogue). Run outside the interpreter (TRITON_INTERPRET unset).
-
-``--accumulate`` compiles ``_kmeans_assign_accumulate_kernel`` instead (``kmeans.ACCUMULATE_MAX_CLUSTERS``: the assign
-that also sums its blocks' points per cluster; with labels and block counts, as in a call's last iteration): whether
-its (C_POW2, D) accumulator fits the registers.
 """
 
 from __future__ import annotations
@@ -29,22 +24,16 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from svg2core.ops.kmeans.triton_kmeans import (  # noqa: E402
-    _kmeans_assign_accumulate_kernel,
-    _kmeans_assign_kernel,
-)
+from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel  # noqa: E402
 
 
 def _compile_triton(opts):
-    kern = _kmeans_assign_accumulate_kernel if opts.accumulate else _kmeans_assign_kernel
+    kern = _kmeans_assign_kernel
     names = kern.arg_names
     sig = {n: "i32" for n in names}
     sig.update(x_ptr="*bf16", cent_ptr="*bf16", cent_sq_ptr="*fp32", labels_ptr="*i32", counts_ptr="*i32")
-    consts = dict(D=128, BLOCK_N=opts.block_n, BLOCK_C=opts.block_c, DOT_FP32=False, HIST=opts.accumulate,
+    consts = dict(D=128, BLOCK_N=opts.block_n, BLOCK_C=opts.block_c, DOT_FP32=False, HIST=False,
                   C_POW2=opts.clusters_pow2, PACKED=opts.packed, EVEN_C=opts.even_c)
-    if opts.accumulate:
-        sig.update(sums_ptr="*fp32", sizes_ptr="*i32")
-        consts.update(BLOCKS=opts.blocks, LABELS=True)
     for k in consts:
         sig[k] = "constexpr"
     attrs = {(names.index(n),): [["tt.divisibility", 16]]
@@ -63,8 +52,6 @@ def main() -> None:
     ap.add_argument("--warps", type=int, default=8)
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--clusters-pow2", type=int, default=1024)
-    ap.add_argument("--accumulate", action="store_true", help="_kmeans_assign_accumulate_kernel (with labels)")
-    ap.add_argument("--blocks", type=int, default=24, help="--accumulate: token blocks per program")
     opts = ap.parse_args()
     k = _compile_triton(opts)
     tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")

@@ -94,26 +94,6 @@ def test_keys_gathered_by_the_last_update_equal_the_separate_gather(b, h, n, t, 
         assert torch.equal(a, z)
 
 
-@pytest.mark.parametrize("b,h,n,t,d,dtype,valid", CASES[1:2])  # batch 2, text keys and a padding mask
-def test_query_clustering_without_a_sort_gives_the_attention_of_its_selection(b, h, n, t, d, dtype, valid,
-                                                                              monkeypatch):
-    # kmeans.ACCUMULATE_MAX_CLUSTERS: the query k-means updates from the assign's one-hot sums (the key k-means, which
-    # writes the permuted keys, keeps the sorted path); the call is still exact for the selection it made
-    import svg2core.ops.kmeans.kmeans as km
-
-    monkeypatch.setattr(km, "ACCUMULATE_MAX_CLUSTERS", 128)
-    q, k, v = _qkv(b, h, n, d, dtype)
-    mask = _mask(b, t, valid)
-    ws, state = Workspace(), LayerState()
-    for _ in range(2):  # cold, then warm
-        out, density = svg2_attention(q, k, v, SMALL, state, workspace=ws, num_dense_tokens=t, key_padding_mask=mask,
-                                      backend="triton")
-    assert "q.acc_sums" in ws._buffers and "k.acc_sums" not in ws._buffers
-    want = _reference_for_the_selection(ws, q, k, v, t, mask)
-    torch.testing.assert_close(out.float(), want.float(), rtol=2e-2, atol=2e-2)
-    assert torch.all((density > 0) & (density <= 1))
-
-
 def test_backends_agree_on_well_separated_clusters():
     # blobs far apart: the k-means of both backends find the same clusters, so the calls are equal
     b, h, n, d = 1, 2, 48, 64

@@ -135,9 +135,9 @@ def test_library_settings_are_applied_recorded_and_checked(tmp_path):
     # --set MODULE.NAME=VALUE flips a library knob for the whole run (an A/B of the step) and lands in the results;
     # a name the module lacks stops the run with an error naming it
     results = _run_bench(tmp_path, "--reps", "1", "--no-compile", "--models", "smoke-wan",
-                         "--set", "svg2core.ops.kmeans.kmeans.ACCUMULATE_MAX_CLUSTERS=128")
-    assert results["settings"] == {"svg2core.ops.kmeans.kmeans.ACCUMULATE_MAX_CLUSTERS": 128}
-    assert "ACCUMULATE_MAX_CLUSTERS" in (tmp_path / "pipeline_step_cpu.md").read_text()
+                         "--set", "svg2core.ops.kmeans.kmeans.UPDATE_CHUNK=256")
+    assert results["settings"] == {"svg2core.ops.kmeans.kmeans.UPDATE_CHUNK": 256}
+    assert "UPDATE_CHUNK" in (tmp_path / "pipeline_step_cpu.md").read_text()
     bad = subprocess.run([sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path),
                           "--set", "svg2core.ops.kmeans.kmeans.NO_SUCH_KNOB=1"], capture_output=True, text=True,
                          timeout=300)

@@ -80,25 +80,6 @@ ASSIGN_PAD = 64
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
-# Clusterings of at most this many clusters (and no ``rows_out``) update their centroids without a sort: each assign
-# program also sums its blocks' points per cluster by a one-hot matmul into a (C_POW2, D) fp32 register accumulator,
-# and a small kernel adds the programs' partials in program order (deterministic). Each iteration then reads the
-# points once instead of twice (assign, then the update in sorted order) and skips the count-scan and scatter; the
-# call's last assign still writes labels and block counts for the one sort the permutation needs. 0: off (until
-# timed on a GPU). Estimate for the 480p query side (100 clusters; NOTES_selection v12): -45 to -75 us of kernel time
-# per call. At most ACCUMULATE_LIMIT (the accumulator's registers).
-ACCUMULATE_MAX_CLUSTERS = 0
-ACCUMULATE_LIMIT = 128
-# Token blocks per accumulating program (more blocks: fewer partials to write and add; a constant of the kernel: as a
-# runtime loop bound, Triton 3.6 spilled 134 stores); None: one wave of programs,
-# cdiv(SMs, B*H) per (b, h) (480p: 11 programs of 24 blocks a head, 8.4 MB of partials; one program per block would
-# write 50 MB and read it back, half of what skipping the update pass saves). Its tile: 128 tokens on 8
-# warps, since the (128, 128) fp32 accumulator beside the assign's registers fits only there (sm_90, Triton 3.6,
-# bench/probes/sass_assign.py --accumulate: 255 registers and 2 spill stores outside the tile loop; 256 tokens spill
-# 36-39 stores, 4 warps 76-180).
-ACCUMULATE_BLOCKS: int | None = None
-ACCUMULATE_TILE = AssignTile(block_n=128, block_c=64, num_warps=8, num_stages=3)
-_REDUCE_BLOCK_C = 16
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -164,19 +145,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     if backend == "reference":
         labels.copy_(kmeans_assign_reference(_as_bh(x), centroids))
         return labels
-    from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel
-
-    tile = tile or ASSIGN_TILE
-    args, consts, nb, bh = _assign_launch(x, centroids, labels, workspace, tile, block_counts, prepared, name)
-    _kmeans_assign_kernel[(nb, bh)](*args, **consts, HIST=block_counts is not None, num_warps=tile.num_warps,
-                                    num_stages=tile.num_stages)
-    return labels
-
-
-def _assign_launch(x, centroids, labels, workspace, tile: AssignTile, block_counts, prepared: bool, name: str):
-    """What both assign kernels take: the prepared centroid copies (a preparation launch unless ``prepared``), the
-    arguments from ``x`` to the strides, the constants of the tile loop; and the block count and ``B * H``."""
-    from svg2core.ops.kmeans.triton_kmeans import _prepare_centroids_kernel
+    from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel, _prepare_centroids_kernel
 
     b, h, n, d = x.shape
     bh, c, _ = centroids.shape
@@ -189,6 +158,7 @@ def _assign_launch(x, centroids, labels, workspace, tile: AssignTile, block_coun
             centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
             D=d, BLOCK_C=32, num_warps=4,
         )
+    tile = tile or ASSIGN_TILE
     c_pow2 = max(16, triton_next_pow2(c))
     block_c = min(tile.block_c, c_pow2)
     nb = _cdiv(n, tile.block_n)
@@ -198,54 +168,13 @@ def _assign_launch(x, centroids, labels, workspace, tile: AssignTile, block_coun
     args = (x, cent_lp, cent_sq, labels, labels if block_counts is None else block_counts, n, c, h,
             x.stride(0), x.stride(1), x.stride(2), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
             labels.stride(0), 0 if block_counts is None else block_counts.stride(0))
-    consts = dict(D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32, C_POW2=c_pow2,
-                  PACKED=ASSIGN_PACKED_ARGMIN,
-                  EVEN_C=ASSIGN_PAD_C and rows >= _cdiv(c, block_c) * block_c)  # every tile's rows are in the buffers
-    return args, consts, nb, bh
-
-
-def kmeans_assign_accumulate(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, workspace: Workspace,
-                             name: str, block_counts: torch.Tensor | None = None, store_labels: bool = False,
-                             prepared: bool = False, prepare: bool = False) -> torch.Tensor:
-    """One Lloyd iteration without a sort (Triton; :data:`ACCUMULATE_MAX_CLUSTERS`): the assign, each program also
-    summing its blocks' points per cluster (a one-hot matmul, fp32), then the programs' partial sums added in
-    program order into the new centroids (empty clusters keep theirs). The same centroids as
-    :func:`kmeans_update` after :func:`kmeans_assign` up to fp32 summation order.
-
-    Args:
-        x, centroids, labels, workspace, name, block_counts, prepared: as for :func:`kmeans_assign`.
-        store_labels: write ``labels`` (and ``block_counts``, if given): the call's last iteration, whose labels the
-            sort needs. Otherwise neither is written.
-        prepare: as for :func:`kmeans_update` (the next assign's centroid copies and norms).
-    """
-    from svg2core.ops.kmeans.triton_kmeans import (
-        _kmeans_accumulate_reduce_kernel,
-        _kmeans_assign_accumulate_kernel,
+    _kmeans_assign_kernel[(nb, bh)](
+        *args, D=d, BLOCK_N=tile.block_n, BLOCK_C=block_c, DOT_FP32=x.dtype == torch.float32,
+        HIST=block_counts is not None, C_POW2=c_pow2, PACKED=ASSIGN_PACKED_ARGMIN,
+        EVEN_C=ASSIGN_PAD_C and rows >= _cdiv(c, block_c) * block_c,  # every tile's rows are in the buffers
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
-
-    tile = ACCUMULATE_TILE
-    bh, c, d = centroids.shape
-    if c > ACCUMULATE_LIMIT:
-        raise ValueError(f"centroids: the accumulating assign holds at most {ACCUMULATE_LIMIT} clusters, got {c}")
-    args, consts, nb, _ = _assign_launch(x, centroids, labels, workspace, tile, block_counts if store_labels else
-                                         None, prepared, name)
-    blocks = ACCUMULATE_BLOCKS or _cdiv(nb, _cdiv(_sm_count(x.device), bh))
-    programs = _cdiv(nb, blocks)
-    c_pow2 = consts["C_POW2"]
-    sums = workspace.buffer(f"{name}.acc_sums", (bh, programs, c_pow2, d), torch.float32, x.device)
-    sizes = workspace.buffer(f"{name}.acc_sizes", (bh, programs, c_pow2), torch.int32, x.device)
-    _kmeans_assign_accumulate_kernel[(programs, bh)](
-        *args[:5], sums, sizes, *args[5:8], nb, *args[8:], **consts, BLOCKS=blocks,
-        HIST=store_labels and block_counts is not None, LABELS=store_labels, num_warps=tile.num_warps,
-        num_stages=tile.num_stages,
-    )
-    cent_lp, cent_sq = args[1], args[2]
-    _kmeans_accumulate_reduce_kernel[(_cdiv(c, _REDUCE_BLOCK_C), bh)](
-        sums, sizes, centroids, cent_lp, cent_sq, c, programs,
-        centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-        D=d, C_POW2=c_pow2, BLOCK_C=_REDUCE_BLOCK_C, PREPARE=prepare, num_warps=4,
-    )
-    return centroids
+    return labels
 
 
 def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor,
@@ -315,12 +244,6 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
     return centroids
 
 
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (cached by torch; no synchronisation), 4 elsewhere (the
-    interpreter)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
 def _update_stages(n: int, c: int) -> int:
     """The update's row-loop pipeline depth for ``n`` tokens in ``c`` clusters (:data:`UPDATE_STAGES`)."""
     if UPDATE_STAGES is not None:
@@ -354,9 +277,6 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
     labels = workspace.buffer(f"{name}.labels", (b * h, n), torch.int32, x.device)
     # each update but the last writes the next assign's centroid copies
     fuse_prepare = backend != "reference" and FUSE_PREPARE
-    if backend != "reference" and rows_out is None and iters >= 1 and c <= min(ACCUMULATE_MAX_CLUSTERS,
-                                                                              ACCUMULATE_LIMIT):
-        return _kmeans_without_sort(x, centroids, labels, iters, workspace, name, fuse_prepare)
     if backend == "reference":
         def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
             kmeans_assign(x, centroids, labels, backend)
@@ -384,24 +304,6 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         last = it == iters - 1
         kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name,
                       prepare=not last and fuse_prepare, rows_out=rows_out if last else None)
-    return labels, perm, offsets
-
-
-def _kmeans_without_sort(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, iters: int,
-                         workspace: Workspace, name: str, fuse_prepare: bool
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`batched_kmeans` with every update from the accumulating assign (:data:`ACCUMULATE_MAX_CLUSTERS`): the
-    last iteration's assign also writes the labels and block counts, and one counting sort gives perm / offsets."""
-    b, h, n, _ = x.shape
-    c = centroids.shape[1]
-    block = ACCUMULATE_TILE.block_n
-    counts = workspace.buffer(f"{name}.block_counts", (b * h, _cdiv(n, block) * c), torch.int32, x.device)
-    for it in range(iters):
-        last = it == iters - 1
-        kmeans_assign_accumulate(x, centroids, labels, workspace, name, block_counts=counts, store_labels=last,
-                                 prepared=it > 0 and fuse_prepare, prepare=not last and fuse_prepare)
-    perm, offsets = sort_by_cluster(labels, c, workspace, name, method="count", count_block=block,
-                                    block_counts=counts)
     return labels, perm, offsets
 
 

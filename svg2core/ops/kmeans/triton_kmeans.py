@@ -34,55 +34,6 @@ def _prepare_centroids_kernel(
 
 
 @triton.jit
-def _block_labels(x, cent_ptr, cent_sq_ptr, C, pid_bh, stride_cbh, stride_cc, stride_sbh, offs_d,
-                  BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr, C_POW2: tl.constexpr,
-                  PACKED: tl.constexpr, EVEN_C: tl.constexpr):
-    """The nearest centroid of each of the block's points ``x`` (BLOCK_N, D): the assign's tile loop (see
-    :func:`_kmeans_assign_kernel`), int32 labels (BLOCK_N,). The assign kernel keeps its own inline copy: called
-    through this function its sm_90 tile loop compiled to two more shared-memory loads per tile (Triton 3.6), and it
-    stays as timed until the accumulating assign that uses this is."""
-    best = tl.full([BLOCK_N], float("inf"), tl.float32)
-    best_idx = tl.zeros([BLOCK_N], tl.int32)
-    IDX_MASK: tl.constexpr = C_POW2 - 1
-    if PACKED:
-        # one bias for the block: the largest ||x||^2 of its rows keeps every row's c_sq - 2 x.c + bias >= 0
-        # (up to rounding) with one FFMA per distance
-        xf = x.to(tl.float32)
-        bias = tl.max(tl.sum(xf * xf, axis=1), axis=0)
-        best_key = tl.full([BLOCK_N], 0x7FFFFFFF, tl.int32)
-    cent_base = cent_ptr + pid_bh * stride_cbh
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        if EVEN_C:  # the prepared buffers are padded to whole tiles (pads: zero rows, norm +inf)
-            cent = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :])
-            cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c)
-        else:
-            cent = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None],
-                           other=0.0)
-            cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=float("inf"))
-        if DOT_FP32:
-            dot = tl.dot(x, tl.trans(cent), input_precision="ieee")
-        else:
-            dot = tl.dot(x, tl.trans(cent))  # (BLOCK_N, BLOCK_C) fp32 accumulate
-        if PACKED:
-            # padded centroids: cent_sq = inf, so their key is above every finite distance's
-            dist = (cent_sq + bias)[None, :] - 2.0 * dot
-            key = (dist.to(tl.int32, bitcast=True) & ~IDX_MASK) | offs_c[None, :]
-            best_key = tl.minimum(best_key, tl.min(key, axis=1))
-        else:
-            # ||x||^2 is the same for every centroid of a row: leave it out of the argmin.
-            dist = cent_sq[None, :] - 2.0 * dot
-            tile_min, tile_arg = tl.min(dist, axis=1, return_indices=True, return_indices_tie_break_left=True)
-            better = tile_min < best
-            best = tl.where(better, tile_min, best)
-            best_idx = tl.where(better, tile_arg.to(tl.int32) + c0, best_idx)
-    if PACKED:
-        best_idx = best_key & IDX_MASK
-    return best_idx
-
-
-@triton.jit
 def _kmeans_assign_kernel(
     x_ptr, cent_ptr, cent_sq_ptr, labels_ptr, counts_ptr,
     N, C, H,
@@ -167,6 +118,16 @@ def _kmeans_assign_kernel(
 
 
 @triton.jit
+def _store_centroid(mean, cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c, offs_d, stride_cbh, stride_cc,
+                    stride_lbh, stride_lc, stride_sbh, PREPARE: tl.constexpr):
+    """The new centroid, and with ``PREPARE`` its low-precision copy and squared norm for the next assign."""
+    tl.store(cent_ptr + pid_bh * stride_cbh + pid_c * stride_cc + offs_d, mean)
+    if PREPARE:
+        tl.store(cent_lp_ptr + pid_bh * stride_lbh + pid_c * stride_lc + offs_d, mean.to(cent_lp_ptr.dtype.element_ty))
+        tl.store(cent_sq_ptr + pid_bh * stride_sbh + pid_c, tl.sum(mean * mean, axis=0))
+
+
+@triton.jit
 def _store_labels(labels_ptr, counts_ptr, best_idx, pid_bh, pid_n, offs_n, mask_n, C, stride_lbh, stride_nbh,
                   C_POW2: tl.constexpr, HIST: tl.constexpr):
     """Block ``pid_n``'s labels, and with ``HIST`` its row of the counting sort's block counts (zeroed, then one
@@ -178,101 +139,6 @@ def _store_labels(labels_ptr, counts_ptr, best_idx, pid_bh, pid_n, offs_n, mask_
         tl.store(row + bins, tl.zeros([C_POW2], tl.int32), mask=bins < C)
         tl.debug_barrier()  # bar.sync: the zeros are visible to every thread of the program before its increments
         tl.atomic_add(row + best_idx, tl.full(best_idx.shape, 1, tl.int32), mask=mask_n, sem="relaxed")
-
-
-@triton.jit
-def _kmeans_assign_accumulate_kernel(
-    x_ptr, cent_ptr, cent_sq_ptr, labels_ptr, counts_ptr, sums_ptr, sizes_ptr,
-    N, C, H, NB,
-    stride_xb, stride_xh, stride_xn,
-    stride_cbh, stride_cc, stride_sbh,
-    stride_lbh, stride_nbh,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr, HIST: tl.constexpr,
-    C_POW2: tl.constexpr, PACKED: tl.constexpr, EVEN_C: tl.constexpr, BLOCKS: tl.constexpr, LABELS: tl.constexpr,
-):
-    """The assign of BLOCKS consecutive blocks of BLOCK_N tokens, plus each cluster's sum and size over them: the
-    update without a sort (``kmeans.ACCUMULATE_MAX_CLUSTERS``). Grid ``(cdiv(NB, BLOCKS), B * H)``, NB blocks.
-
-    Each block's labels come from the assign's tile loop (:func:`_block_labels`); the block's points are then added
-    into a ``(C_POW2, D)`` fp32 accumulator by one matmul, ``onehot(labels)^T @ x`` (an exact 0/1 operand, fp32
-    accumulation), and the sizes by a row sum of the same one-hot. The accumulator lives in registers across the
-    program's blocks, so this fits few clusters only (C_POW2 <= 128). The program writes its partial sums and sizes
-    to ``sums[bh, pid]`` ``(C_POW2, D)`` fp32 and ``sizes[bh, pid]`` ``(C_POW2,)`` int32, which
-    :func:`_kmeans_accumulate_reduce_kernel` adds in program order: no atomics, the same result on every run.
-    With ``LABELS`` it also stores the labels (and with ``HIST`` the counting sort's block counts) as the assign
-    kernel does: the last iteration of a call, whose labels the sort needs.
-    """
-    pid = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_d = tl.arange(0, D)
-    ids = tl.arange(0, C_POW2)
-    acc = tl.zeros([C_POW2, D], tl.float32)
-    size = tl.zeros([C_POW2], tl.int32)
-    for j in range(BLOCKS):
-        pid_n = pid * BLOCKS + j
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N  # blocks past the last one (pid_n >= NB) are all masked
-        x = tl.load(x_ptr + b * stride_xb + h * stride_xh + offs_n[:, None] * stride_xn + offs_d[None, :],
-                    mask=mask_n[:, None], other=0.0)
-        lab = _block_labels(x, cent_ptr, cent_sq_ptr, C, pid_bh, stride_cbh, stride_cc, stride_sbh, offs_d,
-                            BLOCK_N, BLOCK_C, DOT_FP32, C_POW2, PACKED, EVEN_C)
-        if LABELS:
-            if pid_n < NB:
-                _store_labels(labels_ptr, counts_ptr, lab, pid_bh, pid_n, offs_n, mask_n, C, stride_lbh, stride_nbh,
-                              C_POW2, HIST)
-        member = (ids[:, None] == lab[None, :]) & mask_n[None, :]  # (C_POW2, BLOCK_N) one-hot of the labels
-        onehot = member.to(tl.float32)
-        if DOT_FP32:
-            acc = tl.dot(onehot, x.to(tl.float32), acc, input_precision="ieee")
-        else:
-            # through fp32: exact either way, and Triton's interpreter turns a bool straight into bf16 bits of 1
-            acc = tl.dot(onehot.to(x.dtype), x, acc)
-        size += tl.sum(member.to(tl.int32), axis=1)
-    part = pid_bh.to(tl.int64) * tl.num_programs(0) + pid
-    tl.store(sums_ptr + part * C_POW2 * D + ids[:, None] * D + offs_d[None, :], acc)
-    tl.store(sizes_ptr + part * C_POW2 + ids, size)
-
-
-@triton.jit
-def _kmeans_accumulate_reduce_kernel(
-    sums_ptr, sizes_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, C, P,
-    stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh,
-    D: tl.constexpr, C_POW2: tl.constexpr, BLOCK_C: tl.constexpr, PREPARE: tl.constexpr,
-):
-    """cent[bh, c] = (sum of the P programs' partial sums of cluster c, in program order) / (its size); empty
-    clusters untouched. With ``PREPARE`` also the next assign's low-precision copies and squared norms of the
-    updated rows (as :func:`_store_centroid`). Grid ``(cdiv(C, BLOCK_C), B * H)``."""
-    pid_c = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    offs_d = tl.arange(0, D)
-    mask_c = offs_c < C
-    total = tl.zeros([BLOCK_C, D], tl.float32)
-    count = tl.zeros([BLOCK_C], tl.int32)
-    for p in range(P):
-        part = pid_bh.to(tl.int64) * P + p
-        total += tl.load(sums_ptr + part * C_POW2 * D + offs_c[:, None] * D + offs_d[None, :], mask=mask_c[:, None],
-                         other=0.0)
-        count += tl.load(sizes_ptr + part * C_POW2 + offs_c, mask=mask_c, other=0)
-    keep = mask_c & (count > 0)
-    mean = total / tl.maximum(count, 1).to(tl.float32)[:, None]
-    tl.store(cent_ptr + pid_bh * stride_cbh + offs_c[:, None] * stride_cc + offs_d[None, :], mean, mask=keep[:, None])
-    if PREPARE:
-        tl.store(cent_lp_ptr + pid_bh * stride_lbh + offs_c[:, None] * stride_lc + offs_d[None, :],
-                 mean.to(cent_lp_ptr.dtype.element_ty), mask=keep[:, None])
-        tl.store(cent_sq_ptr + pid_bh * stride_sbh + offs_c, tl.sum(mean * mean, axis=1), mask=keep)
-
-
-@triton.jit
-def _store_centroid(mean, cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c, offs_d, stride_cbh, stride_cc,
-                    stride_lbh, stride_lc, stride_sbh, PREPARE: tl.constexpr):
-    """The new centroid, and with ``PREPARE`` its low-precision copy and squared norm for the next assign."""
-    tl.store(cent_ptr + pid_bh * stride_cbh + pid_c * stride_cc + offs_d, mean)
-    if PREPARE:
-        tl.store(cent_lp_ptr + pid_bh * stride_lbh + pid_c * stride_lc + offs_d, mean.to(cent_lp_ptr.dtype.element_ty))
-        tl.store(cent_sq_ptr + pid_bh * stride_sbh + pid_c, tl.sum(mean * mean, axis=0))
 
 
 @triton.jit
