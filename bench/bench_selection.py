@@ -202,13 +202,13 @@ def warm_centroids(q, k, cq, ck, ws, iters=5):
     return q_cent, k_cent
 
 
-def time_shape(name, h, nv, t, cq, ck, dev, iters=2, legacy=True, stages=True) -> dict:
+def time_shape(name, h, nv, t, cq, ck, dev, iters=2, legacy=True, stages=True, candidates=0) -> dict:
     d = 128
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, h, nv + t, d, device=dev, dtype=torch.bfloat16) for _ in range(3))
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
         dense_ms = bench_ms(lambda: F.scaled_dot_product_attention(q, k, v), warmup=2, rep=5)
-    cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck)
+    cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck, kmeans_candidates=candidates)
     bh = h
     ws = Workspace()
     qv, kv = q[:, :, :nv], k[:, :, :nv]
@@ -219,7 +219,7 @@ def time_shape(name, h, nv, t, cq, ck, dev, iters=2, legacy=True, stages=True) -
         cluster_and_select(qv, kv, v, q_cent, k_cent, iters, cfg, ws, concurrent=concurrent)
 
     res = {"shape": name, "heads": h, "video_tokens": nv, "text_tokens": t, "Cq": cq, "Ck": ck,
-           "kmeans_iters": iters, "dense_sdpa_cudnn_ms": dense_ms}
+           "kmeans_iters": iters, "kmeans_candidates": candidates, "dense_sdpa_cudnn_ms": dense_ms}
     if legacy:  # the v1 pipeline, same run, same data
         with legacy_settings():
             q_cent.copy_(q_start)

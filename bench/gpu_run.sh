@@ -19,6 +19,8 @@
 #   bash bench/gpu_run.sh OUT logits                    # the cluster-logits kernel: dot precision, block shape (probe_logits.py)
 #   bash bench/gpu_run.sh OUT keyhalves                 # each head's keys in one launch or two halves, sustained load
 #                                                       # (probe_key_halves.py, ~1 min)
+#   bash bench/gpu_run.sh OUT candidates                # the warm assign over candidate lists against every centroid
+#                                                       # (probe_candidates_gpu.py: k-means alone, then the selection)
 #   bash bench/gpu_run.sh OUT generate                  # whole jobs through the worker's path (bench_generate.py, ~4 min;
 #                                                       # also carry pydantic pydantic-core annotated-types typing-inspection av)
 #
@@ -66,6 +68,7 @@ for step in "$@"; do
     pad) python bench/probes/probe_assign_pad.py --out "$out/$step" > "$log" 2>&1 ;;
     tiles_nosel) python bench/probes/probe_assign_tiles.py --no-selection --out "$out/$step" > "$log" 2>&1 ;;
     keyhalves) python bench/probes/probe_key_halves.py --out "$out/$step" > "$log" 2>&1 ;;
+    candidates) python bench/probes/probe_candidates_gpu.py --out "$out/$step" > "$log" 2>&1 ;;
     generate) python bench/bench_generate.py --out "$out/$step" --budgets dense,fixed:0.15,fixed:0.25 > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
   esac

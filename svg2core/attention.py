@@ -105,14 +105,14 @@ def svg2_attention(
         init_centroids_strided(q_video, cq, entry.q.view(b * h, cq, d))
         init_centroids_strided(k_video, ck, entry.k.view(b * h, ck, d))
         state.put(branch, entry)
-        iters = config.kmeans_iters_init
+        iters, candidates = config.kmeans_iters_init, 0  # a cold start's clusters move far: every centroid
     else:
-        iters = config.kmeans_iters
+        iters, candidates = config.kmeans_iters, config.kmeans_candidates
     q_cent = entry.q.view(b * h, cq, d)
     k_cent = entry.k.view(b * h, ck, d)
     # 1-3. k-means of queries and keys (video tokens only, in place on those centroids), cluster scoring and
     # selection, K and V gathered into cluster-contiguous order.
-    plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend)
+    plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend, candidates=candidates)
     sel_idx, sel_count, sel_cum = plan.sel_idx, plan.sel_count, plan.sel_cum
     density = selection_density(plan.q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask)
 
@@ -153,7 +153,7 @@ class Plan(NamedTuple):
 
 def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Tensor, q_cent: torch.Tensor,
                        k_cent: torch.Tensor, iters: int, config: SVG2Config, ws: Workspace, backend: str = "triton",
-                       concurrent: bool = True) -> Plan:
+                       concurrent: bool = True, candidates: int | None = None) -> Plan:
     """Stages 1-3 of a call: k-means of the video queries and keys (``iters`` iterations, in place on the
     ``(B*H, C, D)`` fp32 centroids), cluster scoring and selection, and the gather of K and V into
     cluster-contiguous order (``v``: the full ``(B, H, N, D)`` values; its first ``Nv`` tokens are gathered).
@@ -163,11 +163,13 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     independent until the scoring, and at 480p each launch of one chain leaves SMs idle. The K/V
     gather then runs beside the scoring and selection (docs/benchmarks/NOTES_selection.md); with
     :data:`FUSE_KEY_GATHER` the key k-means' last update has already written the permuted keys and the gather
-    copies V only.
+    copies V only. ``candidates``: the k-means' warm assigns over candidate lists (``batched_kmeans``); None:
+    ``config.kmeans_candidates`` (``svg2_attention`` passes 0 for a layer's cold first call).
     """
     b, h, nv, _ = q_video.shape
     cq, ck = q_cent.shape[1], k_cent.shape[1]
     dev = q_video.device
+    candidates = config.kmeans_candidates if candidates is None else candidates
     fuse_keys = FUSE_KEY_GATHER and backend == "triton" and iters >= 1
     side = main = None
     if concurrent and backend == "triton" and q_video.is_cuda:
@@ -180,14 +182,16 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
     def query_chain():
-        q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend)
+        q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend,
+                                                     candidates=candidates)
         q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32,
                                                                                  dev))
         return q_labels, q_perm, q_offsets, q_sizes
 
     def key_chain():
         k_rows = key_rows_buffer(k_video, nv, ws) if fuse_keys else None
-        k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows)
+        k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows,
+                                                     candidates=candidates)
         k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32,
                                                                                  dev))
         return k_labels, k_perm, k_offsets, k_sizes

@@ -34,6 +34,10 @@ class SVG2Config:
         num_k_clusters: k-means clusters of the key vectors, per (batch, head).
         kmeans_iters_init: Lloyd iterations of the first (cold) call of a layer.
         kmeans_iters: Lloyd iterations of later calls, warm-started from the cached centroids.
+        kmeans_candidates: ``0``: every assign compares each token with all centroids. ``m > 0``: every assign but
+            a call's first compares each token only with the ``m`` centroids nearest its current cluster's (that
+            cluster included), a fraction of the distances for nearly the same labels
+            (:func:`svg2core.ops.kmeans.kmeans_assign_candidates_reference`); at least the cluster count: all.
     """
 
     mode: Mode = "top_p"
@@ -45,6 +49,7 @@ class SVG2Config:
     num_k_clusters: int = 500
     kmeans_iters_init: int = 50
     kmeans_iters: int = 2
+    kmeans_candidates: int = 0
 
     def __post_init__(self) -> None:
         errors = config_errors(self)
@@ -79,4 +84,6 @@ def config_errors(cfg: SVG2Config) -> list[str]:
         errs.append(f"kmeans_iters_init: must be in [1, 1000], got {cfg.kmeans_iters_init}")
     if not 0 <= cfg.kmeans_iters <= 1000:
         errs.append(f"kmeans_iters: must be in [0, 1000], got {cfg.kmeans_iters}")
+    if not 0 <= cfg.kmeans_candidates <= 8192:
+        errs.append(f"kmeans_candidates: must be in [0, 8192], got {cfg.kmeans_candidates}")
     return errs

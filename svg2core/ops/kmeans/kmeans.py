@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-from svg2core.ops.kmeans.reference import kmeans_assign_reference, kmeans_update_reference
+from svg2core.ops.kmeans.reference import (
+    candidate_lists_reference,
+    kmeans_assign_candidates_reference,
+    kmeans_assign_reference,
+    kmeans_update_reference,
+)
 from svg2core.ops.permute import gather_rows_reference, sort_by_cluster
 from svg2core.state import Workspace
 
@@ -77,6 +82,11 @@ ASSIGN_PACKED_ARGMIN = True
 # the whole selection 480p 0.687 -> 0.679 ms, Wan 14B 7.217 -> 7.042; labels and counts identical.
 ASSIGN_PAD_C = True
 ASSIGN_PAD = 64
+# The warm assign over candidate lists (SVG2Config.kmeans_candidates, kmeans_assign_candidates): cluster rows per
+# program of the list-building kernel, and the assign's launch shape (block_c unused: a cluster's candidates are one
+# tile). Not yet tuned on a GPU.
+CANDIDATE_ROWS = 16
+CANDIDATE_TILE = AssignTile(block_n=128, block_c=0, num_warps=4, num_stages=2)
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
@@ -121,6 +131,25 @@ def _prepared_centroids(ws: Workspace, name: str, bh: int, c: int, d: int, x: to
             ws.buffer(f"{name}.cent_sq", (bh, rows), torch.float32, x.device))
 
 
+def _prepare(x: torch.Tensor, centroids: torch.Tensor, workspace: Workspace | None, name: str, prepared: bool
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The assign's prepared centroid copies and norms (:func:`_prepared_centroids`), written by a preparation launch
+    unless ``prepared`` (an update of the same call already wrote them)."""
+    from svg2core.ops.kmeans.triton_kmeans import _prepare_centroids_kernel
+
+    bh, c, d = centroids.shape
+    ws = Workspace() if workspace is None else workspace
+    cent_lp, cent_sq = _prepared_centroids(ws, name, bh, c, d, x)
+    rows = cent_sq.shape[1]
+    if not prepared:
+        _prepare_centroids_kernel[(_cdiv(rows, 32), bh)](
+            centroids, cent_lp, cent_sq, c, rows,
+            centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
+            D=d, BLOCK_C=32, num_warps=4,
+        )
+    return cent_lp, cent_sq
+
+
 def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
                   backend: str = "triton", workspace: Workspace | None = None,
                   tile: AssignTile | None = None, block_counts: torch.Tensor | None = None,
@@ -145,19 +174,12 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
     if backend == "reference":
         labels.copy_(kmeans_assign_reference(_as_bh(x), centroids))
         return labels
-    from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel, _prepare_centroids_kernel
+    from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_kernel
 
     b, h, n, d = x.shape
     bh, c, _ = centroids.shape
-    ws = Workspace() if workspace is None else workspace
-    cent_lp, cent_sq = _prepared_centroids(ws, name, bh, c, d, x)
+    cent_lp, cent_sq = _prepare(x, centroids, workspace, name, prepared)
     rows = cent_sq.shape[1]
-    if not prepared:
-        _prepare_centroids_kernel[(_cdiv(rows, 32), bh)](
-            centroids, cent_lp, cent_sq, c, rows,
-            centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
-            D=d, BLOCK_C=32, num_warps=4,
-        )
     tile = tile or ASSIGN_TILE
     c_pow2 = max(16, triton_next_pow2(c))
     block_c = min(tile.block_c, c_pow2)
@@ -253,7 +275,7 @@ def _update_stages(n: int, c: int) -> int:
 
 def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Workspace,
                    name: str, backend: str = "triton", rows_out: torch.Tensor | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   candidates: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``iters`` Lloyd iterations on every ``(b, h)``, updating ``centroids`` in place.
 
     Args:
@@ -266,6 +288,8 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         rows_out: ``(B*H, N, D)`` of ``x``'s dtype, or None: the last update also writes ``x``'s rows in the
             returned ``perm`` order there (the permutation's gather, fused into the pass that reads them); needs
             ``iters >= 1``.
+        candidates: ``m > 0`` (and ``< C``): every assign but the first compares each token only with the ``m``
+            centroids nearest its current cluster's (:func:`kmeans_assign_candidates`); ``0``: with all.
 
     Returns:
         ``labels (B*H, N) int32``, ``perm (B*H, N) int32``, ``offsets (B*H, C+1) int32``.
@@ -297,6 +321,15 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
                                        block_counts=counts)
             return sort_by_cluster(labels, c, workspace, name)
 
+    if 0 < candidates < c:
+        def assign_and_sort(first: bool, full=assign_and_sort) -> tuple[torch.Tensor, torch.Tensor]:
+            if first:
+                return full(True)
+            kmeans_assign_candidates(x, centroids, labels, perm, offsets, candidates, backend, workspace, name,
+                                     prepared=fuse_prepare)
+            return sort_by_cluster(labels, c, workspace, name, backend, method=None if backend == "reference"
+                                   else "count")
+
     perm, offsets = assign_and_sort(True)
     for it in range(iters):
         if it > 0:
@@ -305,6 +338,53 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name,
                       prepare=not last and fuse_prepare, rows_out=rows_out if last else None)
     return labels, perm, offsets
+
+
+def kmeans_assign_candidates(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor,
+                             offsets: torch.Tensor, m: int, backend: str = "triton",
+                             workspace: Workspace | None = None, name: str = "kmeans",
+                             prepared: bool = False) -> torch.Tensor:
+    """A warm assign: each token's nearest centroid among the ``m`` nearest its current cluster's
+    (:func:`~svg2core.ops.kmeans.reference.kmeans_assign_candidates_reference`), ``labels`` updated in place.
+
+    Args:
+        x: ``(B, H, N, D)`` points.
+        centroids: ``(B * H, C, D)`` fp32, the updated centroids.
+        labels: ``(B * H, N)`` int32: the tokens' current clusters in, their new ones out.
+        perm, offsets: the sort of the current ``labels`` (:func:`sort_by_cluster`): the Triton kernel takes the
+            tokens cluster by cluster, so that a block of tokens shares few candidate lists.
+        m: candidates per cluster, in ``[1, C]``.
+        workspace, name: as for :func:`kmeans_assign` (the candidate lists live there too).
+        prepared: the workspace's low-precision centroids and norms already hold ``centroids``.
+    """
+    bh, c, d = centroids.shape
+    if not 1 <= m <= c:
+        raise ValueError(f"m: must be in [1, {c}], got {m}")
+    if backend == "reference":
+        lists = candidate_lists_reference(centroids, m)
+        labels.copy_(kmeans_assign_candidates_reference(_as_bh(x), centroids, labels, lists))
+        return labels
+    from svg2core.ops.kmeans.triton_kmeans import _candidate_lists_kernel, _kmeans_assign_candidates_kernel
+
+    b, h, n, _ = x.shape
+    ws = Workspace() if workspace is None else workspace
+    cent_lp, cent_sq = _prepare(x, centroids, ws, name, prepared)
+    lists = ws.buffer(f"{name}.candidates", (bh, c, m), torch.int32, x.device)
+    k_pow2 = max(16, triton_next_pow2(m))
+    dot_fp32 = x.dtype == torch.float32
+    _candidate_lists_kernel[(_cdiv(c, CANDIDATE_ROWS), bh)](
+        cent_lp, cent_sq, lists, c, m, cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), lists.stride(0),
+        lists.stride(1), D=d, ROWS=CANDIDATE_ROWS, K_POW2=k_pow2, DOT_FP32=dot_fp32, num_warps=4,
+    )
+    tile = CANDIDATE_TILE
+    _kmeans_assign_candidates_kernel[(_cdiv(n, tile.block_n), bh)](
+        x, perm, labels, cent_lp, cent_sq, lists, n, h, m,
+        x.stride(0), x.stride(1), x.stride(2), perm.stride(0), labels.stride(0), cent_lp.stride(0), cent_lp.stride(1),
+        cent_sq.stride(0), lists.stride(0), lists.stride(1),
+        D=d, BLOCK_N=tile.block_n, K_POW2=k_pow2, C_POW2=max(16, triton_next_pow2(c)), DOT_FP32=dot_fp32,
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    )
+    return labels
 
 
 def triton_next_pow2(n: int) -> int:

@@ -84,3 +84,56 @@ def kmeans_reference(
             labels = kmeans_assign_reference(x, cent)
         cent = kmeans_update_reference(x, labels, cent)
     return labels, cent
+
+
+def candidate_lists_reference(centroids: torch.Tensor, m: int) -> torch.Tensor:
+    """For every cluster, the ``m`` clusters whose centroids are nearest its own (itself always included), listed
+    by ascending cluster id: the candidates of :func:`kmeans_assign_candidates_reference`.
+
+    Nearness is ``||c_j||^2 - 2 c_i.c_j`` (the squared distance less ``||c_i||^2``), ties to the lower id; cluster
+    ``i`` itself is placed first whatever its distance (duplicate centroids).
+
+    Args:
+        centroids: ``(BH, C, D)`` fp32.
+        m: list length, in ``[1, C]``.
+
+    Returns:
+        ``(BH, C, m)`` int32 cluster ids, ascending along the last axis.
+    """
+    bh, c, _ = centroids.shape
+    if not 1 <= m <= c:
+        raise ValueError(f"m: must be in [1, {c}], got {m}")
+    cent = centroids.float()
+    near = (cent * cent).sum(-1)[:, None, :] - 2.0 * cent @ cent.transpose(1, 2)  # (BH, C, C)
+    eye = torch.eye(c, dtype=torch.bool, device=cent.device)
+    near = near.masked_fill(eye, float("-inf"))
+    order = torch.sort(near, dim=-1, stable=True).indices[:, :, :m]
+    return torch.sort(order, dim=-1).values.to(torch.int32)
+
+
+def kmeans_assign_candidates_reference(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor,
+                                       candidates: torch.Tensor) -> torch.Tensor:
+    """Nearest centroid of every point among the candidates of its current cluster: ``argmin`` over
+    ``candidates[labels[n]]`` of ``||c||^2 - 2 x.c``, ties to the lowest cluster id.
+
+    A warm iteration's assign: after an update the points of a cluster move to clusters whose centroids are near its
+    own, so comparing each point with its cluster's ``m`` nearest centroids (:func:`candidate_lists_reference`) instead
+    of all ``C`` finds the same label for almost every point at a fraction of the distances. A point keeps a label
+    at least as near as its current one (that cluster is its own first candidate).
+
+    Args:
+        x: ``(BH, N, D)`` points.
+        centroids: ``(BH, C, D)`` fp32 (the centroids the candidates were listed from).
+        labels: ``(BH, N)`` int32, the points' current clusters.
+        candidates: ``(BH, C, m)`` int32 from :func:`candidate_lists_reference`.
+
+    Returns:
+        ``(BH, N)`` int32 labels.
+    """
+    bh, n, d = x.shape
+    cent = centroids.float()
+    cand = torch.gather(candidates.long(), 1, labels.long()[:, :, None].expand(-1, -1, candidates.shape[2]))
+    rows = torch.gather(cent, 1, cand.reshape(bh, -1, 1).expand(-1, -1, d)).reshape(bh, n, -1, d)  # (BH, N, m, D)
+    dist = (rows * rows).sum(-1) - 2.0 * (rows @ x.float()[:, :, :, None])[..., 0]  # (BH, N, m)
+    best = dist.argmin(dim=-1, keepdim=True)  # first minimum: the lowest id (candidates ascend)
+    return torch.gather(cand, 2, best)[:, :, 0].to(torch.int32)

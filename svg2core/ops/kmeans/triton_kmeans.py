@@ -235,3 +235,108 @@ def _kmeans_segment_mean_kernel(
                 _store_centroid(total / count, cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, c, offs_d, stride_cbh,
                                 stride_cc, stride_lbh, stride_lc, stride_sbh, PREPARE)
                 tl.store(cell, 0)
+
+
+@triton.jit
+def _orderable_key(dist, ids):
+    """int64 keys that order like ``(dist, id)`` pairs: the fp32 bits made monotone (negative floats flipped) in the
+    high half, the id in the low half."""
+    bits = dist.to(tl.int32, bitcast=True)
+    mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (mono.to(tl.int64) << 32) | ids.to(tl.int64)
+
+
+@triton.jit
+def _candidate_lists_kernel(
+    cent_ptr, cent_sq_ptr, lists_ptr, C, M,
+    stride_cbh, stride_cc, stride_sbh, stride_lbh, stride_lc,
+    D: tl.constexpr, ROWS: tl.constexpr, K_POW2: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """lists[bh, i, :M] = the M clusters whose centroids are nearest centroid i (i itself first, then by
+    ``||c_j||^2 - 2 c_i.c_j``, ties to the lower id; the order of :func:`candidate_lists_reference` before its final
+    sort by id, which the assign does not need). Grid ``(cdiv(C, ROWS), B * H)``.
+
+    The centroids are the assign's prepared copies (the points' dtype, fp32 norms), so nearness is measured as the
+    assign measures distance. The columns go by in tiles of K_POW2; the running K_POW2 smallest keys per row and a
+    tile's keys are joined and cut back to K_POW2 by a bitonic top-k (on the keys' complements: Triton 3.6's
+    ``tl.topk`` keeps the largest)."""
+    pid_r = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    offs_r = pid_r * ROWS + tl.arange(0, ROWS)
+    offs_d = tl.arange(0, D)
+    offs_k = tl.arange(0, K_POW2)
+    mask_r = offs_r < C
+    cent_base = cent_ptr + pid_bh * stride_cbh
+    rows = tl.load(cent_base + offs_r[:, None] * stride_cc + offs_d[None, :], mask=mask_r[:, None], other=0.0)
+    best = tl.full([ROWS, K_POW2], 0x7FFFFFFFFFFFFFFF, tl.int64)
+    for c0 in range(0, C, K_POW2):
+        offs_c = c0 + offs_k
+        mask_c = offs_c < C
+        cols = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None], other=0.0)
+        col_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=float("inf"))
+        if DOT_FP32:
+            dot = tl.dot(rows, tl.trans(cols), input_precision="ieee")
+        else:
+            dot = tl.dot(rows, tl.trans(cols))
+        near = col_sq[None, :] - 2.0 * dot
+        near = tl.where(offs_c[None, :] == offs_r[:, None], float("-inf"), near)  # itself first
+        near = tl.where(mask_c[None, :], near, float("inf"))
+        key = _orderable_key(near, offs_c[None, :] + tl.zeros([ROWS, K_POW2], tl.int32))
+        both = tl.reshape(tl.join(~best, ~key), [ROWS, 2 * K_POW2])
+        best = ~tl.topk(both, K_POW2)
+    ids = (best & 0xFFFFFFFF).to(tl.int32)
+    tl.store(lists_ptr + pid_bh * stride_lbh + offs_r[:, None] * stride_lc + offs_k[None, :], ids,
+             mask=mask_r[:, None] & (offs_k[None, :] < M))
+
+
+@triton.jit
+def _kmeans_assign_candidates_kernel(
+    x_ptr, perm_ptr, labels_ptr, cent_ptr, cent_sq_ptr, lists_ptr,
+    N, H, M,
+    stride_xb, stride_xh, stride_xn,
+    stride_pbh, stride_lbh, stride_cbh, stride_cc, stride_sbh, stride_tbh, stride_tc,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, K_POW2: tl.constexpr, C_POW2: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    """labels[bh, n] = the nearest centroid of token n among ``lists[bh, labels[bh, n], :M]`` (its current cluster's
+    candidates), for the BLOCK_N tokens at positions ``pid * BLOCK_N ...`` of the sorted order ``perm``.
+
+    Sorted by their current label, a block's tokens belong to a few consecutive clusters, ``c_lo..c_hi``: the program
+    walks them, and for each computes the block's distances to that cluster's M candidates (one (BLOCK_N, K_POW2)
+    dot) and keeps them for the rows of that cluster only. The argmin is the assign's packed one (distance bits with
+    the id in the low ``log2(C_POW2)`` bits, plus the block's largest ``||x||^2``): the same distances and ties as
+    :func:`_kmeans_assign_kernel`'s over the same centroids. Every token's labels are read and written by its own
+    program only. Grid ``(cdiv(N, BLOCK_N), B * H)``.
+    """
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_s = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    offs_k = tl.arange(0, K_POW2)
+    mask_n = offs_s < N
+    mask_k = offs_k < M
+    tok = tl.load(perm_ptr + pid_bh * stride_pbh + offs_s, mask=mask_n, other=0)
+    lab_ptr = labels_ptr + pid_bh * stride_lbh + tok
+    lab = tl.load(lab_ptr, mask=mask_n, other=-1)
+    x = tl.load(x_ptr + b * stride_xb + h * stride_xh + tok[:, None] * stride_xn + offs_d[None, :],
+                mask=mask_n[:, None], other=0.0)
+    xf = x.to(tl.float32)
+    bias = tl.max(tl.sum(xf * xf, axis=1), axis=0)
+    IDX_MASK: tl.constexpr = C_POW2 - 1
+    best_key = tl.full([BLOCK_N], 0x7FFFFFFF, tl.int32)
+    c_lo = tl.min(tl.where(mask_n, lab, 0x7FFFFFFF), axis=0)
+    c_hi = tl.max(lab, axis=0)
+    for c in range(c_lo, c_hi + 1):
+        ids = tl.load(lists_ptr + pid_bh * stride_tbh + c * stride_tc + offs_k, mask=mask_k, other=0)
+        cent = tl.load(cent_ptr + pid_bh * stride_cbh + ids[:, None] * stride_cc + offs_d[None, :])
+        cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + ids, mask=mask_k, other=float("inf"))
+        if DOT_FP32:
+            dot = tl.dot(x, tl.trans(cent), input_precision="ieee")
+        else:
+            dot = tl.dot(x, tl.trans(cent))
+        dist = (cent_sq + bias)[None, :] - 2.0 * dot
+        key = (dist.to(tl.int32, bitcast=True) & ~IDX_MASK) | ids[None, :]
+        key = tl.where((lab == c)[:, None], key, 0x7FFFFFFF)
+        best_key = tl.minimum(best_key, tl.min(key, axis=1))
+    tl.store(lab_ptr, best_key & IDX_MASK, mask=mask_n)

@@ -1,0 +1,112 @@
+"""What the warm assign over candidate lists (``SVG2Config.kmeans_candidates``) costs in accuracy (CPU, reference).
+
+With ``kmeans_candidates = m``, every assign of a call but the first compares each token only with the ``m``
+centroids nearest its current cluster's, instead of all of them (a fraction of the distances: the assign's matmul and
+argmin are most of the selection's time at 720p). This probe asks what that changes along bench_kmeans_iters'
+simulated denoising trajectory (the cold first call too: its ``kmeans_iters_init`` iterations use the lists).
+
+Per (mode, knob, m), over the warm steps: the output's relative L2 error against dense, its paired difference against
+``m = 0`` (every centroid), and the k-means objective of Q and K (mean squared distance to the nearest cached
+centroid) relative to ``m = 0``'s.
+
+    .venv/bin/python bench/probes/probe_candidates.py --out DIR [--m 4 8 16 --seeds 4 --steps 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))
+
+from bench_fidelity import HEADS, masked_attention, rel_error  # noqa: E402
+from bench_kmeans_iters import kmeans_objective, knobs, trajectory, trajectory_args  # noqa: E402
+
+from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
+
+
+def run(seeds, steps, densities, cq, ck, iters, init_iters, sigma_start, step_noise, ms) -> list[dict]:
+    rows = []
+    variants = [0, *ms]
+    for seed in seeds:
+        states = {(m, knob): LayerState() for m in variants for knob in knobs(densities)}
+        for step, (_, q, k, v) in enumerate(trajectory(seed, steps, sigma_start, step_noise)):
+            n = q.shape[2]
+            dense, _ = masked_attention(q, k, v, torch.ones(len(HEADS), n, n, dtype=torch.bool))
+            for mode, knob in knobs(densities):
+                extra = dict(target_density=knob) if mode == "fixed_density" else dict(top_p=knob)
+                for m in variants:
+                    cfg = SVG2Config(mode=mode, num_q_clusters=cq, num_k_clusters=ck, kmeans_iters_init=init_iters,
+                                     kmeans_iters=iters, kmeans_candidates=m, **extra)
+                    state = states[(m, (mode, knob))]
+                    out, dens = svg2_attention(q, k, v, cfg, state, backend="reference")
+                    cent = state.get(0)
+                    rows.append(dict(seed=seed, step=step, m=m, mode=mode, knob=knob, error=rel_error(out, dense),
+                                     density=dens.mean().item(), obj_q=kmeans_objective(q, cent.q),
+                                     obj_k=kmeans_objective(k, cent.k)))
+        print(f"seed {seed} done", flush=True)
+    return rows
+
+
+def summarize(rows, ms) -> list[dict]:
+    out = []
+    keys = sorted({(r["mode"], r["knob"]) for r in rows})
+    seeds = sorted({r["seed"] for r in rows})
+    by = {(r["seed"], r["step"], r["mode"], r["knob"], r["m"]): r for r in rows}
+    steps = sorted({r["step"] for r in rows if r["step"] >= 1})
+    for mode, knob in keys:
+        for m in [0, *ms]:
+            per_seed_delta, errs, dens, oq, ok = [], [], [], [], []
+            for s in seeds:
+                mine = [by[(s, t, mode, knob, m)] for t in steps]
+                base = [by[(s, t, mode, knob, 0)] for t in steps]
+                per_seed_delta.append(statistics.mean(a["error"] - b["error"] for a, b in zip(mine, base, strict=True)))
+                errs += [a["error"] for a in mine]
+                dens += [a["density"] for a in mine]
+                oq += [a["obj_q"] / b["obj_q"] for a, b in zip(mine, base, strict=True)]
+                ok += [a["obj_k"] / b["obj_k"] for a, b in zip(mine, base, strict=True)]
+            out.append(dict(mode=mode, knob=knob, m=m, density=statistics.mean(dens), error=statistics.mean(errs),
+                            delta=statistics.mean(per_seed_delta),
+                            delta_std=statistics.stdev(per_seed_delta) if len(seeds) > 1 else 0.0,
+                            obj_q_ratio=statistics.mean(oq), obj_k_ratio=statistics.mean(ok)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    trajectory_args(ap)
+    ap.add_argument("--iters", type=int, default=SVG2Config().kmeans_iters)
+    ap.add_argument("--m", type=int, nargs="+", default=[4, 8, 16])
+    args = ap.parse_args()
+    rows = run(range(args.seeds), args.steps, args.densities, args.cq, args.ck, args.iters, args.init_iters,
+               args.sigma_start, args.step_noise, args.m)
+    summary = summarize(rows, args.m)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"probe_candidates_cpu_{args.cq}_{args.ck}"
+    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=1))
+    lines = ["# The warm assign over candidate lists: accuracy along the simulated trajectory (CPU)", "",
+             f"`bench/probes/probe_candidates.py`, reference backend, bench_kmeans_iters' trajectory ({args.seeds} seeds "
+             f"x {args.steps} steps, Cq / Ck = {args.cq} / {args.ck}, {args.iters} warm iterations per call, "
+             f"{args.init_iters} cold). m: candidates per cluster (0: every centroid). error: relative L2 error of "
+             f"the output against dense over the warm steps; delta: paired difference against m = 0 (same seed and "
+             f"step), mean +- std over seeds; objective: the k-means objective relative to m = 0's.", "",
+             "| mode | knob | m | density | error | delta vs m = 0 | Q objective | K objective |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in summary:
+        lines.append(f"| {r['mode']} | {r['knob']} | {r['m']} | {r['density']:.4f} | {r['error']:.4f} | "
+                     f"{r['delta']:+.5f} +- {r['delta_std']:.5f} | {r['obj_q_ratio']:.4f} | {r['obj_k_ratio']:.4f} |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The warm assign over candidate lists (``SVG2Config.kmeans_candidates``) against every centroid, in one run (GPU).
+
+    python bench/probes/probe_candidates_gpu.py --out DIR [--m 16 32 64] [--no-selection]
+
+1. The k-means alone at the benchmark shapes: 2 warm iterations (the second assign over the lists when m > 0), from
+   the same warm centroids, CUDA-graph replay, best of 3 alternating rounds. Beside each time: the share of final
+   labels equal to m = 0's, and the k-means objective (mean squared distance of the points to their final cluster's
+   centroid) relative to m = 0's. The points are random (bf16 N(0, 1)): clusters with little structure, the hard case
+   for lists (tokens move farthest).
+2. The lists kernel and the list assign alone, once each (graph replay), at the key shapes.
+3. Unless --no-selection: the whole selection (bench_selection.time_shape) at 480p 100 / 500 and Wan 14B 300 / 1000,
+   m = 0 then each m.
+
+Writes DIR/probe_candidates_<card>.json and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+import bench_selection as S  # noqa: E402
+import probe_io as P  # noqa: E402
+
+from svg2core.ops.kmeans import batched_kmeans  # noqa: E402
+from svg2core.ops.kmeans.kmeans import kmeans_assign_candidates  # noqa: E402
+from svg2core.state import Workspace  # noqa: E402
+
+SHAPES = P.kmeans_shapes("wan1.3b-480p Q 100", "wan1.3b-480p K 500", "wan14b-720p Q 300", "wan14b-720p K 1000")
+
+
+def objective(x: torch.Tensor, cent: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over (head, point) of ``||x - cent[label]||^2``."""
+    h, c, d = cent.shape
+    rows = torch.gather(cent, 1, labels.long()[:, :, None].expand(-1, -1, d))
+    return ((x[0].float() - rows) ** 2).sum(-1).mean().item()
+
+
+def shape_case(name, h, n, c, dev, ms) -> dict:
+    x, start = P.kmeans_problem(h, n, c, dev)
+    batched_kmeans(x, start, 3, Workspace(), "w")  # warm centroids, as at a later denoising step
+    res, graphs, ref = {"shape": name, "heads": h, "tokens": n, "clusters": c, "variants": {}}, {}, None
+    for m in (0, *ms):
+        cent, ws = start.clone(), Workspace()
+        labels, _, _ = batched_kmeans(x, cent, 2, ws, "w", candidates=m)
+        torch.cuda.synchronize()
+        row = {"objective": objective(x, cent, labels)}
+        if ref is None:
+            ref = (labels.clone(), row["objective"])
+        row["labels_equal"] = (labels == ref[0]).float().mean().item()
+        row["objective_ratio"] = row["objective"] / ref[1]
+        cent_g = start.clone()
+        graphs[m] = (S.capture_graph(lambda cent_g=cent_g, ws=ws, m=m: batched_kmeans(x, cent_g, 2, ws, "w",
+                                                                                      candidates=m)), cent_g, ws)
+        res["variants"][m] = row
+    times = P.alternating_times({m: g[0].replay for m, g in graphs.items()})
+    for m, ts in times.items():
+        res["variants"][m]["ms"] = min(ts)
+        res["variants"][m]["rounds_ms"] = ts
+    # the list kernel and list assign alone (the second iteration's inputs: labels / perm of the first)
+    for m in ms:
+        cent, ws = start.clone(), Workspace()
+        labels, perm, offsets = batched_kmeans(x, cent, 1, ws, "w")
+        lab0 = labels.clone()
+
+        def assign(m=m, ws=ws, cent=cent, labels=labels, perm=perm, offsets=offsets, lab0=lab0):
+            labels.copy_(lab0)
+            kmeans_assign_candidates(x, cent, labels, perm, offsets, m, workspace=ws, name="w")
+
+        res["variants"][m]["list_assign_with_copy_ms"] = S.graph_ms(assign)
+    print(json.dumps(res), flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--m", type=int, nargs="+", default=[16, 32, 64])
+    ap.add_argument("--no-selection", action="store_true")
+    opts = ap.parse_args()
+    dev = torch.device("cuda")
+    out = P.ProbeResults(opts.out, "probe_candidates", kmeans=[], selection=[])
+    for shape in SHAPES:
+        out.data["kmeans"].append(shape_case(*shape, dev, opts.m))
+        out.save()
+        torch.cuda.empty_cache()
+    if not opts.no_selection:
+        for name, h, nv, t, cq, ck in (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan14b-720p", 40, 75600, 0, 300, 1000)):
+            for m in (0, *opts.m):
+                r = S.time_shape(name, h, nv, t, cq, ck, dev, legacy=False, stages=False, candidates=m)
+                out.data["selection"].append(r)
+                out.save()
+                print(json.dumps(r), flush=True)
+                torch.cuda.empty_cache()
+    lines = [f"# k-means: the warm assign over candidate lists against every centroid ({out.device})", "",
+             "2 warm iterations (the second assign over the lists when m > 0), CUDA-graph replay, best of 3 alternating "
+             "rounds, random bf16 points. labels equal: share of final labels equal to m = 0's. objective: mean "
+             "squared distance to the final cluster's centroid, relative to m = 0's. list assign: the list kernel + "
+             "the list assign + a labels copy, alone.", "",
+             "| shape | m | k-means ms | labels equal | objective | list assign ms |", "|---|---|---|---|---|---|"]
+    for r in out.data["kmeans"]:
+        for m, v in r["variants"].items():
+            la = v.get("list_assign_with_copy_ms")
+            lines.append(f"| {r['shape']} | {m} | {v['ms']:.4f} | {v['labels_equal']:.4f} | "
+                         f"{v['objective_ratio']:.4f} | {'' if la is None else f'{la:.4f}'} |")
+    if out.data["selection"]:
+        lines += ["", "Whole selection (2 warm iterations on Q and K + scoring + selection + K/V gather, graph replay):",
+                  "", "| shape | Cq/Ck | m | dense ms | selection ms | % of dense |", "|---|---|---|---|---|---|"]
+        for r in out.data["selection"]:
+            dense = r["dense_sdpa_cudnn_ms"]
+            lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['kmeans_candidates']} | {dense:.2f} | "
+                         f"{r['selection_graph_ms']:.3f} | {100 * r['selection_graph_ms'] / dense:.2f}% |")
+    out.finish(lines)
+
+
+if __name__ == "__main__":
+    main()
