@@ -31,6 +31,7 @@ import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
 
 from svg2core.ops.kmeans import batched_kmeans  # noqa: E402
+import svg2core.ops.kmeans.kmeans as km  # noqa: E402
 from svg2core.ops.kmeans.kmeans import kmeans_assign_candidates  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
@@ -80,13 +81,68 @@ def shape_case(name, h, n, c, dev, ms) -> dict:
     return res
 
 
+# launch shapes of the two kernels timed alone by --parts: list kernel (rows, columns per step, warps); list assign
+# (tokens per program, warps)
+LIST_SHAPES = ((16, 128, 4), (32, 128, 4), (16, 256, 8), (64, 128, 8), (16, 16, 4))
+ASSIGN_SHAPES = ((128, 4), (64, 4), (128, 8), (256, 8), (64, 2))
+
+
+def parts_case(name, h, n, c, dev, ms) -> dict:
+    """The list kernel and the list assign alone (graph replay), by launch shape, on the second iteration's inputs."""
+    x, start = P.kmeans_problem(h, n, c, dev)
+    batched_kmeans(x, start, 3, Workspace(), "w")
+    cent, ws = start.clone(), Workspace()
+    labels, perm, offsets = batched_kmeans(x, cent, 1, ws, "w")
+    lab0 = labels.clone()
+    cent_lp, cent_sq = km._prepare(x, cent, ws, "w", False)
+    res = {"shape": name, "heads": h, "tokens": n, "clusters": c, "lists": [], "assign": []}
+    for m in ms:
+        for rows, block, warps in LIST_SHAPES:
+            with P.settings((km, "CANDIDATE_ROWS", rows), (km, "CANDIDATE_LIST_BLOCK", block),
+                            (km, "CANDIDATE_LIST_WARPS", warps)):
+                ms_ = S.graph_ms(lambda m=m: km.candidate_lists(x, cent_lp, cent_sq, c, m, ws, "w"))
+            res["lists"].append({"m": m, "rows": rows, "block": block, "warps": warps, "ms": ms_})
+        lists = km.candidate_lists(x, cent_lp, cent_sq, c, m, ws, "w")
+        copy_ms = S.graph_ms(lambda: labels.copy_(lab0))
+        for block_n, warps in ASSIGN_SHAPES:
+            with P.setting(km, "CANDIDATE_TILE", km.AssignTile(block_n, 0, warps, 2)):
+                def assign(lists=lists):
+                    labels.copy_(lab0)
+                    km.assign_over_lists(x, perm, labels, cent_lp, cent_sq, lists, c)
+                ms_ = S.graph_ms(assign) - copy_ms
+            res["assign"].append({"m": m, "block_n": block_n, "warps": warps, "ms": ms_})
+    full = S.graph_ms(lambda: km.kmeans_assign(x, cent, labels, workspace=ws, prepared=True, name="w"))
+    res["full_assign_ms"] = full
+    print(json.dumps(res), flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--m", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--no-selection", action="store_true")
+    ap.add_argument("--parts", action="store_true", help="only the two kernels alone, by launch shape")
     opts = ap.parse_args()
     dev = torch.device("cuda")
+    if opts.parts:
+        out = P.ProbeResults(opts.out, "probe_candidates_parts", parts=[])
+        for shape in P.kmeans_shapes("wan1.3b-480p K 500", "wan14b-720p K 1000", "wan14b-720p Q 300"):
+            out.data["parts"].append(parts_case(*shape, dev, opts.m))
+            out.save()
+            torch.cuda.empty_cache()
+        lines = [f"# The list kernel and the list assign alone, by launch shape ({out.device})", "",
+                 "CUDA-graph replay; the assign's time less a labels copy's.", "",
+                 "| shape | full assign ms | m | kernel | shape | ms |", "|---|---|---|---|---|---|"]
+        for r in out.data["parts"]:
+            for v in r["lists"]:
+                lines.append(f"| {r['shape']} | {r['full_assign_ms']:.4f} | {v['m']} | lists | "
+                             f"{v['rows']} rows, {v['block']} cols, {v['warps']} warps | {v['ms']:.4f} |")
+            for v in r["assign"]:
+                lines.append(f"| {r['shape']} | {r['full_assign_ms']:.4f} | {v['m']} | assign | "
+                             f"{v['block_n']} tokens, {v['warps']} warps | {v['ms']:.4f} |")
+        out.finish(lines)
+        return
     out = P.ProbeResults(opts.out, "probe_candidates", kmeans=[], selection=[])
     for shape in SHAPES:
         out.data["kmeans"].append(shape_case(*shape, dev, opts.m))

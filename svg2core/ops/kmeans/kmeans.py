@@ -86,6 +86,8 @@ ASSIGN_PAD = 64
 # program of the list-building kernel, and the assign's launch shape (block_c unused: a cluster's candidates are one
 # tile). Not yet tuned on a GPU.
 CANDIDATE_ROWS = 16
+CANDIDATE_LIST_BLOCK = 128  # centroid columns per step of the list kernel (each step's top-m merged into the rows')
+CANDIDATE_LIST_WARPS = 4
 CANDIDATE_TILE = AssignTile(block_n=128, block_c=0, num_warps=4, num_stages=2)
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
@@ -364,25 +366,44 @@ def kmeans_assign_candidates(x: torch.Tensor, centroids: torch.Tensor, labels: t
         lists = candidate_lists_reference(centroids, m)
         labels.copy_(kmeans_assign_candidates_reference(_as_bh(x), centroids, labels, lists))
         return labels
-    from svg2core.ops.kmeans.triton_kmeans import _candidate_lists_kernel, _kmeans_assign_candidates_kernel
-
-    b, h, n, _ = x.shape
     ws = Workspace() if workspace is None else workspace
     cent_lp, cent_sq = _prepare(x, centroids, ws, name, prepared)
+    lists = candidate_lists(x, cent_lp, cent_sq, c, m, ws, name)
+    return assign_over_lists(x, perm, labels, cent_lp, cent_sq, lists, c)
+
+
+def candidate_lists(x: torch.Tensor, cent_lp: torch.Tensor, cent_sq: torch.Tensor, c: int, m: int, ws: Workspace,
+                    name: str) -> torch.Tensor:
+    """The Triton list kernel: ``(B * H, C, m)`` int32 in the workspace, each cluster's ``m`` nearest clusters
+    (itself first, then by distance) from the assign's prepared centroid copies ``cent_lp`` / ``cent_sq``."""
+    from svg2core.ops.kmeans.triton_kmeans import _candidate_lists_kernel
+
+    bh, d = cent_lp.shape[0], cent_lp.shape[2]
     lists = ws.buffer(f"{name}.candidates", (bh, c, m), torch.int32, x.device)
     k_pow2 = max(16, triton_next_pow2(m))
-    dot_fp32 = x.dtype == torch.float32
     _candidate_lists_kernel[(_cdiv(c, CANDIDATE_ROWS), bh)](
         cent_lp, cent_sq, lists, c, m, cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), lists.stride(0),
-        lists.stride(1), D=d, ROWS=CANDIDATE_ROWS, K_POW2=k_pow2, DOT_FP32=dot_fp32, num_warps=4,
+        lists.stride(1), D=d, ROWS=CANDIDATE_ROWS, K_POW2=k_pow2, BLOCK_C=max(k_pow2, CANDIDATE_LIST_BLOCK),
+        DOT_FP32=x.dtype == torch.float32, num_warps=CANDIDATE_LIST_WARPS,
     )
+    return lists
+
+
+def assign_over_lists(x: torch.Tensor, perm: torch.Tensor, labels: torch.Tensor, cent_lp: torch.Tensor,
+                      cent_sq: torch.Tensor, lists: torch.Tensor, c: int) -> torch.Tensor:
+    """The Triton list assign: ``labels`` (current in, new out) over ``lists`` (:func:`candidate_lists`), the
+    tokens taken in ``perm``'s order."""
+    from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_candidates_kernel
+
+    _, h, n, d = x.shape
+    bh, _, m = lists.shape
     tile = CANDIDATE_TILE
     _kmeans_assign_candidates_kernel[(_cdiv(n, tile.block_n), bh)](
         x, perm, labels, cent_lp, cent_sq, lists, n, h, m,
         x.stride(0), x.stride(1), x.stride(2), perm.stride(0), labels.stride(0), cent_lp.stride(0), cent_lp.stride(1),
         cent_sq.stride(0), lists.stride(0), lists.stride(1),
-        D=d, BLOCK_N=tile.block_n, K_POW2=k_pow2, C_POW2=max(16, triton_next_pow2(c)), DOT_FP32=dot_fp32,
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        D=d, BLOCK_N=tile.block_n, K_POW2=max(16, triton_next_pow2(m)), C_POW2=max(16, triton_next_pow2(c)),
+        DOT_FP32=x.dtype == torch.float32, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
 
