@@ -30,8 +30,8 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
 
-from svg2core.ops.kmeans import batched_kmeans  # noqa: E402
 import svg2core.ops.kmeans.kmeans as km  # noqa: E402
+from svg2core.ops.kmeans import batched_kmeans  # noqa: E402
 from svg2core.ops.kmeans.kmeans import kmeans_assign_candidates  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
