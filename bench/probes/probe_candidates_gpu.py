@@ -83,8 +83,8 @@ def shape_case(name, h, n, c, dev, ms) -> dict:
 
 # launch shapes of the two kernels timed alone by --parts: list kernel (rows, columns per step, warps); list assign
 # (tokens per program, warps)
-LIST_SHAPES = ((16, 128, 4), (32, 128, 4), (16, 256, 8), (64, 128, 8), (16, 16, 4))
-ASSIGN_SHAPES = ((128, 4), (64, 4), (128, 8), (256, 8), (64, 2))
+LIST_SHAPES = ((64, 128, 8), (64, 64, 4), (64, 64, 8), (128, 64, 8), (128, 128, 8), (128, 128, 16), (32, 128, 4))
+ASSIGN_SHAPES = ((128, 4), (64, 2), (64, 4), (32, 2))
 
 
 def parts_case(name, h, n, c, dev, ms) -> dict:

@@ -85,9 +85,9 @@ ASSIGN_PAD = 64
 # The warm assign over candidate lists (SVG2Config.kmeans_candidates, kmeans_assign_candidates): cluster rows per
 # program of the list-building kernel, and the assign's launch shape (block_c unused: a cluster's candidates are one
 # tile). Not yet tuned on a GPU.
-CANDIDATE_ROWS = 16
+CANDIDATE_ROWS = 64
 CANDIDATE_LIST_BLOCK = 128  # centroid columns per step of the list kernel (each step's top-m merged into the rows')
-CANDIDATE_LIST_WARPS = 4
+CANDIDATE_LIST_WARPS = 8
 CANDIDATE_TILE = AssignTile(block_n=128, block_c=0, num_warps=4, num_stages=2)
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
@@ -380,11 +380,11 @@ def candidate_lists(x: torch.Tensor, cent_lp: torch.Tensor, cent_sq: torch.Tenso
 
     bh, d = cent_lp.shape[0], cent_lp.shape[2]
     lists = ws.buffer(f"{name}.candidates", (bh, c, m), torch.int32, x.device)
-    k_pow2 = max(16, triton_next_pow2(m))
+    k_pow2 = max(16, triton_next_pow2(m - 1))
     _candidate_lists_kernel[(_cdiv(c, CANDIDATE_ROWS), bh)](
         cent_lp, cent_sq, lists, c, m, cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), lists.stride(0),
         lists.stride(1), D=d, ROWS=CANDIDATE_ROWS, K_POW2=k_pow2, BLOCK_C=max(k_pow2, CANDIDATE_LIST_BLOCK),
-        DOT_FP32=x.dtype == torch.float32, num_warps=CANDIDATE_LIST_WARPS,
+        C_POW2=max(16, triton_next_pow2(c)), DOT_FP32=x.dtype == torch.float32, num_warps=CANDIDATE_LIST_WARPS,
     )
     return lists
 

@@ -238,28 +238,21 @@ def _kmeans_segment_mean_kernel(
 
 
 @triton.jit
-def _orderable_key(dist, ids):
-    """int64 keys that order like ``(dist, id)`` pairs: the fp32 bits made monotone (negative floats flipped) in the
-    high half, the id in the low half."""
-    bits = dist.to(tl.int32, bitcast=True)
-    mono = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return (mono.to(tl.int64) << 32) | ids.to(tl.int64)
-
-
-@triton.jit
 def _candidate_lists_kernel(
     cent_ptr, cent_sq_ptr, lists_ptr, C, M,
     stride_cbh, stride_cc, stride_sbh, stride_lbh, stride_lc,
-    D: tl.constexpr, ROWS: tl.constexpr, K_POW2: tl.constexpr, BLOCK_C: tl.constexpr, DOT_FP32: tl.constexpr,
+    D: tl.constexpr, ROWS: tl.constexpr, K_POW2: tl.constexpr, BLOCK_C: tl.constexpr, C_POW2: tl.constexpr,
+    DOT_FP32: tl.constexpr,
 ):
-    """lists[bh, i, :M] = the M clusters whose centroids are nearest centroid i (i itself first, then by
-    ``||c_j||^2 - 2 c_i.c_j``, ties to the lower id; the order of :func:`candidate_lists_reference` before its final
-    sort by id, which the assign does not need). Grid ``(cdiv(C, ROWS), B * H)``.
+    """lists[bh, i, :M] = cluster i, then the M - 1 other clusters whose centroids are nearest centroid i, nearest
+    first. Grid ``(cdiv(C, ROWS), B * H)``.
 
     The centroids are the assign's prepared copies (the points' dtype, fp32 norms), so nearness is measured as the
-    assign measures distance. The columns go by in tiles of BLOCK_C (a multiple of K_POW2): each tile's K_POW2
-    smallest keys per row (a bitonic top-k; on the keys' complements, since Triton 3.6's ``tl.topk`` keeps the
-    largest) are joined with the running K_POW2 and cut back to K_POW2."""
+    assign measures distance, and ranked by the assign's packed int32 keys: ``||c_i - c_j||^2`` (clamped at 0) with
+    its low ``log2(C_POW2)`` bits replaced by ``j``, so that distances that close count as ties, to the lower id.
+    The columns go by in tiles of BLOCK_C (a multiple of K_POW2 >= M - 1): each tile's K_POW2 smallest keys per row
+    (a bitonic top-k on the keys' complements, since Triton 3.6's ``tl.topk`` keeps the largest) are joined with
+    the running K_POW2 and cut back to K_POW2."""
     pid_r = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offs_r = pid_r * ROWS + tl.arange(0, ROWS)
@@ -267,28 +260,31 @@ def _candidate_lists_kernel(
     offs_k = tl.arange(0, K_POW2)
     offs_t = tl.arange(0, BLOCK_C)
     mask_r = offs_r < C
+    IDX_MASK: tl.constexpr = C_POW2 - 1
     cent_base = cent_ptr + pid_bh * stride_cbh
     rows = tl.load(cent_base + offs_r[:, None] * stride_cc + offs_d[None, :], mask=mask_r[:, None], other=0.0)
-    best = tl.full([ROWS, K_POW2], 0x7FFFFFFFFFFFFFFF, tl.int64)
+    row_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_r, mask=mask_r, other=0.0)
+    best = tl.full([ROWS, K_POW2], ~0x7FFFFFFF, tl.int32)  # complements of the largest key
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + offs_t
         mask_c = offs_c < C
         cols = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None], other=0.0)
-        col_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=float("inf"))
+        col_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=0.0)
         if DOT_FP32:
             dot = tl.dot(rows, tl.trans(cols), input_precision="ieee")
         else:
             dot = tl.dot(rows, tl.trans(cols))
-        near = col_sq[None, :] - 2.0 * dot
-        near = tl.where(offs_c[None, :] == offs_r[:, None], float("-inf"), near)  # itself first
-        near = tl.where(mask_c[None, :], near, float("inf"))
-        key = ~_orderable_key(near, offs_c[None, :] + tl.zeros([ROWS, BLOCK_C], tl.int32))
+        dist = tl.maximum(row_sq[:, None] + col_sq[None, :] - 2.0 * dot, 0.0)
+        key = (dist.to(tl.int32, bitcast=True) & ~IDX_MASK) | offs_c[None, :]
+        key = tl.where(mask_c[None, :] & (offs_c[None, :] != offs_r[:, None]), key, 0x7FFFFFFF)  # not itself
+        key = ~key
         if BLOCK_C > K_POW2:
             key = tl.topk(key, K_POW2)
-        best = ~tl.topk(tl.reshape(tl.join(~best, key), [ROWS, 2 * K_POW2]), K_POW2)
-    ids = (best & 0xFFFFFFFF).to(tl.int32)
-    tl.store(lists_ptr + pid_bh * stride_lbh + offs_r[:, None] * stride_lc + offs_k[None, :], ids,
-             mask=mask_r[:, None] & (offs_k[None, :] < M))
+        best = tl.topk(tl.reshape(tl.join(best, key), [ROWS, 2 * K_POW2]), K_POW2)
+    ids = (~best) & IDX_MASK
+    base = lists_ptr + pid_bh * stride_lbh + offs_r[:, None] * stride_lc
+    tl.store(base + 1 + offs_k[None, :], ids, mask=mask_r[:, None] & (offs_k[None, :] < M - 1))
+    tl.store(lists_ptr + pid_bh * stride_lbh + offs_r * stride_lc, offs_r, mask=mask_r)
 
 
 @triton.jit
