@@ -85,10 +85,10 @@ ASSIGN_PAD = 64
 # The warm assign over candidate lists (SVG2Config.kmeans_candidates, kmeans_assign_candidates): cluster rows per
 # program of the list-building kernel, and the assign's launch shape (block_c unused: a cluster's candidates are one
 # tile). Not yet tuned on a GPU.
-CANDIDATE_ROWS = 64
+CANDIDATE_ROWS = 128
 CANDIDATE_LIST_BLOCK = 128  # centroid columns per step of the list kernel (each step's top-m merged into the rows')
 CANDIDATE_LIST_WARPS = 8
-CANDIDATE_TILE = AssignTile(block_n=128, block_c=0, num_warps=4, num_stages=2)
+CANDIDATE_TILE = AssignTile(block_n=64, block_c=0, num_warps=2, num_stages=2)
 # Every update but the last of a call writes the next assign's low-precision centroids and norms
 # (one preparation launch less per extra iteration); False: a preparation launch per assign.
 FUSE_PREPARE = True
