@@ -30,6 +30,11 @@ class SparsitySettings(BaseModel):
     num_k_clusters: int = Field(500, ge=1, le=8192)
     kmeans_iters_init: int = Field(50, ge=1, le=1000)
     kmeans_iters: int = Field(2, ge=0, le=1000)
+    kmeans_candidates: int = Field(
+        0, ge=0, le=8192, description="0: every warm k-means assign compares each token with all centroids; m: the "
+        "second and later assigns of a warm call only with the m nearest its current cluster's (clusterings of at "
+        "least 8 m clusters)."
+    )
     dense_warmup_fraction: float = Field(
         0.2, ge=0.0, le=1.0, description="Fraction of the first denoising steps that run dense."
     )

@@ -82,9 +82,13 @@ ASSIGN_PACKED_ARGMIN = True
 # the whole selection 480p 0.687 -> 0.679 ms, Wan 14B 7.217 -> 7.042; labels and counts identical.
 ASSIGN_PAD_C = True
 ASSIGN_PAD = 64
-# The warm assign over candidate lists (SVG2Config.kmeans_candidates, kmeans_assign_candidates): cluster rows per
-# program of the list-building kernel, and the assign's launch shape (block_c unused: a cluster's candidates are one
-# tile). Not yet tuned on a GPU.
+# The warm assign over candidate lists (SVG2Config.kmeans_candidates, kmeans_assign_candidates): cluster rows,
+# centroid columns per step and warps of the list kernel, and the list assign's launch shape (block_c unused: a
+# cluster's candidates are one tile). H100, graph replay, m = 16 / 32 (docs/benchmarks/probe_candidates_parts_h100_s16.md):
+# lists 128 x 128 on 8 warps 0.187 / 0.250 ms at Wan 14B K 1000 (32 rows on 4 warps: 1.48 / 2.22; int64 keys and 16
+# rows: 1.66 / 2.41), 0.034 / 0.045 at 480p K 500; the assign on 64 tokens and 2 warps 0.358 / 0.428 at Wan 14B K
+# 1000 (128 tokens on 4 warps 0.390 / 0.450) against the full assign's 1.62.
+CANDIDATE_MIN_RATIO = 8  # clusters per candidate from which a clustering uses the lists (uses_candidate_lists)
 CANDIDATE_ROWS = 128
 CANDIDATE_LIST_BLOCK = 128  # centroid columns per step of the list kernel (each step's top-m merged into the rows')
 CANDIDATE_LIST_WARPS = 8
@@ -290,8 +294,9 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         rows_out: ``(B*H, N, D)`` of ``x``'s dtype, or None: the last update also writes ``x``'s rows in the
             returned ``perm`` order there (the permutation's gather, fused into the pass that reads them); needs
             ``iters >= 1``.
-        candidates: ``m > 0`` (and ``< C``): every assign but the first compares each token only with the ``m``
-            centroids nearest its current cluster's (:func:`kmeans_assign_candidates`); ``0``: with all.
+        candidates: ``m > 0``: every assign but the first compares each token only with the ``m`` centroids nearest
+            its current cluster's (:func:`kmeans_assign_candidates`), when the lists are a small share of the
+            clusters (:func:`uses_candidate_lists`); ``0``: with all.
 
     Returns:
         ``labels (B*H, N) int32``, ``perm (B*H, N) int32``, ``offsets (B*H, C+1) int32``.
@@ -323,7 +328,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
                                        block_counts=counts)
             return sort_by_cluster(labels, c, workspace, name)
 
-    if 0 < candidates < c:
+    if uses_candidate_lists(candidates, c):
         def assign_and_sort(first: bool, full=assign_and_sort) -> tuple[torch.Tensor, torch.Tensor]:
             if first:
                 return full(True)
@@ -340,6 +345,15 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name,
                       prepare=not last and fuse_prepare, rows_out=rows_out if last else None)
     return labels, perm, offsets
+
+
+def uses_candidate_lists(m: int, c: int) -> bool:
+    """Whether a clustering of ``c`` clusters takes its warm assigns over lists of ``m`` candidates: ``m > 0`` and
+    ``m * CANDIDATE_MIN_RATIO <= c``. Both backends apply the rule, so it is part of the computed function. Below
+    the ratio the full assign is about as cheap: H100, 2 warm iterations, m = 16 (probe_candidates_h100_s16.md):
+    480p Q 100 clusters 0.227 -> 0.288 ms, K 500 0.390 -> 0.396, Wan 14B Q 300 1.936 -> 1.760, K 1000 4.06 -> 3.14.
+    """
+    return m > 0 and m * CANDIDATE_MIN_RATIO <= c
 
 
 def kmeans_assign_candidates(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor,
