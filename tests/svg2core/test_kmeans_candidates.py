@@ -171,3 +171,58 @@ def test_config_and_request_fields_refuse_a_negative_count():
     with pytest.raises(ValidationError, match="kmeans_candidates"):
         SparsitySettings(kmeans_candidates=-1)
     assert SparsitySettings(kmeans_candidates=16).kmeans_candidates == 16
+
+
+def test_labels_of_an_order_invert_the_sort():
+    from svg2core.ops.kmeans.kmeans import labels_of_order
+
+    labels = torch.tensor([[3, 0, 3, 1, 0, 3], [2, 2, 2, 0, 0, 1]], dtype=torch.int32)  # cluster 2 / 3 empty
+    perm, offsets = sort_by_cluster(labels, 4, Workspace(), "t", "reference")
+    assert torch.equal(labels_of_order(perm.int(), offsets.int()), labels)
+
+
+@pytest.mark.parametrize("empty", [False, True], ids=["clusters", "empty-clusters"])
+def test_triton_assign_from_the_offsets_equals_the_one_from_the_labels(empty):
+    # the clusters found from perm / offsets by the kernel's binary search are the labels: same result, bit for bit
+    b, h, n, d, c, m = 1, 2, 120, 32, 40, 3
+    x, xr, labels, perm, offsets, cent = _warm_problem(b, h, n, d, c, torch.bfloat16)
+    if empty:  # clusters 0, 5, 6 and 39 lose their points to their neighbours
+        labels = labels.clone()
+        for gone, to in ((0, 1), (5, 7), (6, 7), (39, 38)):
+            labels[labels == gone] = to
+        perm, offsets = (t.int() for t in sort_by_cluster(labels, c, Workspace(), "t", "reference"))
+        assert (offsets[:, 1:] == offsets[:, :-1]).sum() >= 4 * b * h
+    by_labels = labels.clone()
+    kmeans_assign_candidates(x, cent, by_labels, perm, offsets, m, "triton", Workspace(), "t")
+    garbage = torch.full_like(labels, 12345)
+    kmeans_assign_candidates(x, cent, garbage, perm, offsets, m, "triton", Workspace(), "t", from_offsets=True)
+    assert torch.equal(garbage, by_labels)
+    ref = torch.full_like(labels, -1)
+    kmeans_assign_candidates(x, cent, ref, perm, offsets, m, "reference", from_offsets=True)
+    assert (ref == garbage).float().mean() >= 0.99
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_a_warm_call_starts_from_the_kept_clusters(backend):
+    # key clusters 16, m = 2: after the cold call the layer keeps the final key clusters (not the query ones: 4
+    # clusters use no lists); each later call's first key assign runs over the lists from them and leaves its own
+    from svg2core import LayerState, SVG2Config, svg2_attention
+
+    b, h, n, d = 1, 2, 64, 64
+    g = torch.Generator().manual_seed(2)
+    cfg = SVG2Config(num_q_clusters=4, num_k_clusters=16, kmeans_iters_init=2, kmeans_iters=1, top_p=0.7,
+                     kmeans_candidates=2)
+    state, ws = LayerState(), Workspace()
+    for call in range(3):
+        q, k, v = (torch.randn(b, h, n, d, generator=g).to(torch.bfloat16) for _ in range(3))
+        svg2_attention(q, k, v, cfg, state, workspace=ws, backend=backend)
+        entry = state.get(0)
+        assert entry.q_order is None and entry.k_order is not None and entry.k_order.valid
+        if backend == "triton":
+            assert torch.equal(entry.k_order.perm, ws.buffer("k.perm", (b * h, n), torch.int32, "cpu"))
+            assert torch.equal(entry.k_order.offsets, ws.buffer("k.offsets", (b * h, 17), torch.int32, "cpu"))
+        if call == 0:
+            kept = entry.k_order
+        assert entry.k_order is kept  # the same buffers every call (a CUDA graph replays into them)
+    state.reset()
+    assert state.get(0) is None
