@@ -150,3 +150,47 @@ def _check_graph_replay(t, seed, config=None):
         graph.replay()
         torch.cuda.synchronize()
         assert torch.equal(out, eager)
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_kmeans_over_candidate_lists_on_the_gpu():
+    # the list kernel and the list assign (from labels and from kept clusters) against the reference, then the
+    # k-means over lists from a prior in a CUDA graph: replays equal the eager run, nothing allocated in capture
+    from svg2core.ops.kmeans import batched_kmeans
+    from svg2core.ops.kmeans.kmeans import kmeans_assign_candidates
+
+    torch.manual_seed(3)
+    h, n, c, m = 4, 20000, 300, 16
+    x = torch.randn(1, h, n, 128, device="cuda", dtype=torch.bfloat16)
+    start = x[0, :, :: n // c][:, :c].float().contiguous()
+    batched_kmeans(x, start, 3, Workspace(), "w")
+    labels, perm, offsets = (t.clone() for t in batched_kmeans(x, start.clone(), 1, Workspace(), "w"))
+    cent = start.to(torch.bfloat16).float()  # the kernels' copies hold the same values
+    for from_offsets in (False, True):
+        got = labels.clone() if not from_offsets else torch.full_like(labels, -1)
+        kmeans_assign_candidates(x, cent, got, perm, offsets, m, workspace=Workspace(), name="w",
+                                 from_offsets=from_offsets)
+        want = labels.cpu()
+        kmeans_assign_candidates(x.cpu(), cent.cpu(), want, perm.cpu(), offsets.cpu(), m, "reference")
+        assert (got.cpu() == want).float().mean() > 0.999
+    prior = (perm, offsets)
+    ws = Workspace()
+    cent_e = start.clone()
+    eager = [t.clone() for t in batched_kmeans(x, cent_e, 2, ws, "w", candidates=m, prior=prior)]
+    cent_g = start.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        batched_kmeans(x, cent_g, 2, ws, "w", candidates=m, prior=prior)
+    torch.cuda.current_stream().wait_stream(side)
+    allocations = ws.allocations
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        res = batched_kmeans(x, cent_g, 2, ws, "w", candidates=m, prior=prior)
+    assert ws.allocations == allocations
+    cent_g.copy_(start)
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, z in zip(eager, res, strict=True):
+        assert torch.equal(a, z)
+    torch.testing.assert_close(cent_g, cent_e, rtol=0, atol=0)
