@@ -37,7 +37,6 @@ from svg2core.ops.kmeans import (  # noqa: E402
     kmeans_update,
     kmeans_update_reference,  # noqa: E402
 )
-from svg2core.ops.kmeans.kmeans import uses_candidate_lists  # noqa: E402
 from svg2core.ops.permute import (  # noqa: E402
     gather_kv,
     gather_rows_reference,
@@ -52,7 +51,6 @@ from svg2core.ops.select import (  # noqa: E402
     select_key_clusters,
     selection_in_id_order,
 )
-from svg2core.state import ClusterOrder  # noqa: E402
 
 SHAPES = [  # name, heads, video tokens, text tokens
     ("wan1.3b-480p", 12, 32760, 0),
@@ -217,14 +215,8 @@ def time_shape(name, h, nv, t, cq, ck, dev, iters=2, legacy=True, stages=True, c
     q_start, k_start = warm_centroids(qv, kv, cq, ck, ws)
     q_cent, k_cent = q_start.clone(), k_start.clone()
 
-    # with candidate lists, the clusterings that use them keep their clusters for the next call (as svg2_attention's
-    # layer state does): the first call fills them, later ones start from them
-    orders = {name: ClusterOrder.empty(bh, nv, c, dev) for name, c in (("q", cq), ("k", ck))
-              if uses_candidate_lists(candidates, c)}
-
     def selection(concurrent=True):  # what svg2_attention runs before the attention kernel
-        cluster_and_select(qv, kv, v, q_cent, k_cent, iters, cfg, ws, concurrent=concurrent,
-                           q_order=orders.get("q"), k_order=orders.get("k"))
+        cluster_and_select(qv, kv, v, q_cent, k_cent, iters, cfg, ws, concurrent=concurrent)
 
     res = {"shape": name, "heads": h, "video_tokens": nv, "text_tokens": t, "Cq": cq, "Ck": ck,
            "kmeans_iters": iters, "kmeans_candidates": candidates, "dense_sdpa_cudnn_ms": dense_ms}

@@ -20,10 +20,9 @@ import torch
 from svg2core.config import SVG2Config
 from svg2core.ops.dense import dense_attention, valid_key_mask
 from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
-from svg2core.ops.kmeans.kmeans import uses_candidate_lists
 from svg2core.ops.permute import gather_kv, key_rows_buffer
 from svg2core.ops.select import select_key_clusters
-from svg2core.state import BranchCentroids, ClusterOrder, LayerState, Workspace
+from svg2core.state import BranchCentroids, LayerState, Workspace
 
 BACKENDS = ("triton", "reference")
 _HEAD_DIMS = (64, 128)
@@ -111,13 +110,9 @@ def svg2_attention(
         iters, candidates = config.kmeans_iters, config.kmeans_candidates
     q_cent = entry.q.view(b * h, cq, d)
     k_cent = entry.k.view(b * h, ck, d)
-    # clusterings that assign over candidate lists keep their final clusters for the next call's first assign
-    entry.q_order = _cluster_order(entry.q_order, config.kmeans_candidates, b * h, nv, cq, q.device)
-    entry.k_order = _cluster_order(entry.k_order, config.kmeans_candidates, b * h, nv, ck, q.device)
     # 1-3. k-means of queries and keys (video tokens only, in place on those centroids), cluster scoring and
     # selection, K and V gathered into cluster-contiguous order.
-    plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend, candidates=candidates,
-                              q_order=entry.q_order, k_order=entry.k_order)
+    plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend, candidates=candidates)
     sel_idx, sel_count, sel_cum = plan.sel_idx, plan.sel_count, plan.sel_cum
     density = selection_density(plan.q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask)
 
@@ -134,17 +129,6 @@ def svg2_attention(
             num_dense_tokens=t, key_padding_mask=key_padding_mask if t > 0 else None, scale=scale, workspace=ws,
         )
     return out, density
-
-
-def _cluster_order(order: ClusterOrder | None, m: int, bh: int, nv: int, c: int,
-                   device: torch.device) -> ClusterOrder | None:
-    """The layer's kept clusters of one clustering: None unless it assigns over candidate lists, a new (not yet
-    valid) one when there is none of this shape."""
-    if not uses_candidate_lists(m, c):
-        return None
-    if order is None or not order.fits(bh, nv, c, device):
-        return ClusterOrder.empty(bh, nv, c, device)
-    return order
 
 
 class Plan(NamedTuple):
@@ -169,8 +153,7 @@ class Plan(NamedTuple):
 
 def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Tensor, q_cent: torch.Tensor,
                        k_cent: torch.Tensor, iters: int, config: SVG2Config, ws: Workspace, backend: str = "triton",
-                       concurrent: bool = True, candidates: int | None = None, q_order: ClusterOrder | None = None,
-                       k_order: ClusterOrder | None = None) -> Plan:
+                       concurrent: bool = True, candidates: int | None = None) -> Plan:
     """Stages 1-3 of a call: k-means of the video queries and keys (``iters`` iterations, in place on the
     ``(B*H, C, D)`` fp32 centroids), cluster scoring and selection, and the gather of K and V into
     cluster-contiguous order (``v``: the full ``(B, H, N, D)`` values; its first ``Nv`` tokens are gathered).
@@ -181,9 +164,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     gather then runs beside the scoring and selection (docs/benchmarks/NOTES_selection.md); with
     :data:`FUSE_KEY_GATHER` the key k-means' last update has already written the permuted keys and the gather
     copies V only. ``candidates``: the k-means' warm assigns over candidate lists (``batched_kmeans``); None:
-    ``config.kmeans_candidates`` (``svg2_attention`` passes 0 for a layer's cold first call). ``q_order`` /
-    ``k_order``: the clusterings' kept clusters (:class:`~svg2core.state.ClusterOrder`): when valid, the first
-    assign runs over the lists from them; either way they receive this call's final clusters.
+    ``config.kmeans_candidates`` (``svg2_attention`` passes 0 for a layer's cold first call).
     """
     b, h, nv, _ = q_video.shape
     cq, ck = q_cent.shape[1], k_cent.shape[1]
@@ -200,24 +181,17 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     def on(stream):
         return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
-    def kmeans(x, cent, name, order, rows_out=None):
-        prior = (order.perm, order.offsets) if order is not None and order.valid else None
-        labels, perm, offsets = batched_kmeans(x, cent, iters, ws, name, backend, rows_out=rows_out,
-                                               candidates=candidates, prior=prior)
-        if order is not None:  # for the next call (same stream: after this call's first assign read them)
-            order.perm.copy_(perm)
-            order.offsets.copy_(offsets)
-        return labels, perm, offsets
-
     def query_chain():
-        q_labels, q_perm, q_offsets = kmeans(q_video, q_cent, "q", q_order)
+        q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend,
+                                                     candidates=candidates)
         q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32,
                                                                                  dev))
         return q_labels, q_perm, q_offsets, q_sizes
 
     def key_chain():
         k_rows = key_rows_buffer(k_video, nv, ws) if fuse_keys else None
-        k_labels, k_perm, k_offsets = kmeans(k_video, k_cent, "k", k_order, rows_out=k_rows)
+        k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows,
+                                                     candidates=candidates)
         k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32,
                                                                                  dev))
         return k_labels, k_perm, k_offsets, k_sizes
@@ -237,9 +211,6 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend)
     if side is not None:
         main.wait_stream(side)  # the caller's stream sees everything
-    for order in (q_order, k_order):
-        if order is not None:
-            order.valid = True
     return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,
                 sel_idx, sel_count, sel_cum, kp, vp)
 

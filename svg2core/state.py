@@ -15,45 +15,16 @@ import torch
 
 
 @dataclass
-class ClusterOrder:
-    """One clustering's final clusters of a call, kept for the next call of the layer (the warm assign over candidate
-    lists starts from them, ``SVG2Config.kmeans_candidates``).
-
-    Attributes:
-        perm: ``(B * H, Nv)`` int32, the tokens sorted by cluster.
-        offsets: ``(B * H, C + 1)`` int32, cluster ``c``'s tokens are ``perm[offsets[c]:offsets[c + 1]]``.
-        valid: whether a call has written them (host-side; set after the call that fills them).
-    """
-
-    perm: torch.Tensor
-    offsets: torch.Tensor
-    valid: bool = False
-
-    @classmethod
-    def empty(cls, bh: int, tokens: int, clusters: int, device: torch.device) -> ClusterOrder:
-        return cls(torch.empty(bh, tokens, dtype=torch.int32, device=device),
-                   torch.empty(bh, clusters + 1, dtype=torch.int32, device=device))
-
-    def fits(self, bh: int, tokens: int, clusters: int, device: torch.device) -> bool:
-        return (tuple(self.perm.shape) == (bh, tokens) and tuple(self.offsets.shape) == (bh, clusters + 1)
-                and self.perm.device == torch.device(device))
-
-
-@dataclass
 class BranchCentroids:
     """Cached centroids of one CFG branch of one layer.
 
     Attributes:
         q: ``(B, H, Cq, D)`` fp32 query centroids.
         k: ``(B, H, Ck, D)`` fp32 key centroids.
-        q_order, k_order: the last call's final clusters of the queries / keys, kept only for clusterings that
-            assign over candidate lists (``SVG2Config.kmeans_candidates``); None otherwise.
     """
 
     q: torch.Tensor
     k: torch.Tensor
-    q_order: ClusterOrder | None = None
-    k_order: ClusterOrder | None = None
 
     def matches(self, batch: int, heads: int, num_q: int, num_k: int, head_dim: int,
                 device: torch.device) -> bool:

@@ -49,12 +49,9 @@ def shape_case(name, h, n, c, dev, ms) -> dict:
     x, start = P.kmeans_problem(h, n, c, dev)
     batched_kmeans(x, start, 3, Workspace(), "w")  # warm centroids, as at a later denoising step
     res, graphs, ref = {"shape": name, "heads": h, "tokens": n, "clusters": c, "variants": {}}, {}, None
-    # the previous step's clusters (a prior for the "m+prior" variants): one more warm call's final perm / offsets
-    pp, po = (t.clone() for t in batched_kmeans(x, start.clone(), 2, Workspace(), "w")[1:])
-    for m in (0, *ms, *(f"{m}+prior" for m in ms)):
+    for m in (0, *ms):
         cent, ws = start.clone(), Workspace()
-        kw = dict(candidates=int(str(m).split("+")[0]), prior=(pp, po) if "+" in str(m) else None)
-        labels, _, _ = batched_kmeans(x, cent, 2, ws, "w", **kw)
+        labels, _, _ = batched_kmeans(x, cent, 2, ws, "w", candidates=m)
         torch.cuda.synchronize()
         row = {"objective": objective(x, cent, labels)}
         if ref is None:
@@ -62,8 +59,8 @@ def shape_case(name, h, n, c, dev, ms) -> dict:
         row["labels_equal"] = (labels == ref[0]).float().mean().item()
         row["objective_ratio"] = row["objective"] / ref[1]
         cent_g = start.clone()
-        graphs[m] = (S.capture_graph(lambda cent_g=cent_g, ws=ws, kw=kw: batched_kmeans(x, cent_g, 2, ws, "w", **kw)),
-                     cent_g, ws)
+        graphs[m] = (S.capture_graph(lambda cent_g=cent_g, ws=ws, m=m: batched_kmeans(x, cent_g, 2, ws, "w",
+                                                                                      candidates=m)), cent_g, ws)
         res["variants"][m] = row
     times = P.alternating_times({m: g[0].replay for m, g in graphs.items()})
     for m, ts in times.items():
@@ -123,7 +120,7 @@ def parts_case(name, h, n, c, dev, ms) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--m", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--m", type=int, nargs="+", default=[16, 32, 64])
     ap.add_argument("--no-selection", action="store_true")
     ap.add_argument("--parts", action="store_true", help="only the two kernels alone, by launch shape")
     opts = ap.parse_args()
@@ -153,15 +150,14 @@ def main() -> None:
         torch.cuda.empty_cache()
     if not opts.no_selection:
         for name, h, nv, t, cq, ck in (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan14b-720p", 40, 75600, 0, 300, 1000)):
-            for m in (0, *opts.m):  # with lists, from the kept clusters (as in a pipeline's warm calls)
+            for m in (0, *opts.m):
                 r = S.time_shape(name, h, nv, t, cq, ck, dev, legacy=False, stages=False, candidates=m)
                 out.data["selection"].append(r)
                 out.save()
                 print(json.dumps(r), flush=True)
                 torch.cuda.empty_cache()
     lines = [f"# k-means: the warm assign over candidate lists against every centroid ({out.device})", "",
-             "2 warm iterations (the second assign over the lists when m > 0; m+prior: the first too, from the clusters of "
-             "an earlier call), CUDA-graph replay, best of 3 alternating "
+             "2 warm iterations (the second assign over the lists when m > 0), CUDA-graph replay, best of 3 alternating "
              "rounds, random bf16 points. labels equal: share of final labels equal to m = 0's. objective: mean "
              "squared distance to the final cluster's centroid, relative to m = 0's. list assign: the list kernel + "
              "the list assign + a labels copy, alone.", "",

@@ -154,8 +154,8 @@ def _check_graph_replay(t, seed, config=None):
 
 @pytest.mark.timeout(180, method="thread")
 def test_kmeans_over_candidate_lists_on_the_gpu():
-    # the list kernel and the list assign (from labels and from kept clusters) against the reference, then the
-    # k-means over lists from a prior in a CUDA graph: replays equal the eager run, nothing allocated in capture
+    # the list kernel and the list assign against the reference, then the k-means over lists in a CUDA graph:
+    # replays equal the eager run, nothing allocated in capture
     from svg2core.ops.kmeans import batched_kmeans
     from svg2core.ops.kmeans.kmeans import kmeans_assign_candidates
 
@@ -166,27 +166,24 @@ def test_kmeans_over_candidate_lists_on_the_gpu():
     batched_kmeans(x, start, 3, Workspace(), "w")
     labels, perm, offsets = (t.clone() for t in batched_kmeans(x, start.clone(), 1, Workspace(), "w"))
     cent = start.to(torch.bfloat16).float()  # the kernels' copies hold the same values
-    for from_offsets in (False, True):
-        got = labels.clone() if not from_offsets else torch.full_like(labels, -1)
-        kmeans_assign_candidates(x, cent, got, perm, offsets, m, workspace=Workspace(), name="w",
-                                 from_offsets=from_offsets)
-        want = labels.cpu()
-        kmeans_assign_candidates(x.cpu(), cent.cpu(), want, perm.cpu(), offsets.cpu(), m, "reference")
-        assert (got.cpu() == want).float().mean() > 0.999
-    prior = (perm, offsets)
+    got = labels.clone()
+    kmeans_assign_candidates(x, cent, got, perm, offsets, m, workspace=Workspace(), name="w")
+    want = labels.cpu()
+    kmeans_assign_candidates(x.cpu(), cent.cpu(), want, perm.cpu(), offsets.cpu(), m, "reference")
+    assert (got.cpu() == want).float().mean() > 0.999
     ws = Workspace()
     cent_e = start.clone()
-    eager = [t.clone() for t in batched_kmeans(x, cent_e, 2, ws, "w", candidates=m, prior=prior)]
+    eager = [t.clone() for t in batched_kmeans(x, cent_e, 2, ws, "w", candidates=m)]
     cent_g = start.clone()
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        batched_kmeans(x, cent_g, 2, ws, "w", candidates=m, prior=prior)
+        batched_kmeans(x, cent_g, 2, ws, "w", candidates=m)
     torch.cuda.current_stream().wait_stream(side)
     allocations = ws.allocations
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        res = batched_kmeans(x, cent_g, 2, ws, "w", candidates=m, prior=prior)
+        res = batched_kmeans(x, cent_g, 2, ws, "w", candidates=m)
     assert ws.allocations == allocations
     cent_g.copy_(start)
     graph.replay()

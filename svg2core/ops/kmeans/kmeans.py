@@ -281,8 +281,7 @@ def _update_stages(n: int, c: int) -> int:
 
 def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Workspace,
                    name: str, backend: str = "triton", rows_out: torch.Tensor | None = None,
-                   candidates: int = 0, prior: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   candidates: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``iters`` Lloyd iterations on every ``(b, h)``, updating ``centroids`` in place.
 
     Args:
@@ -298,9 +297,6 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         candidates: ``m > 0``: every assign but the first compares each token only with the ``m`` centroids nearest
             its current cluster's (:func:`kmeans_assign_candidates`), when the lists are a small share of the
             clusters (:func:`uses_candidate_lists`); ``0``: with all.
-        prior: ``(perm, offsets)`` of the same tokens' clusters in an earlier call (the previous denoising step's
-            final clusters), or None. With lists in use, the first assign too runs over them, from the clusters
-            ``prior`` describes, instead of comparing every token with every centroid.
 
     Returns:
         ``labels (B*H, N) int32``, ``perm (B*H, N) int32``, ``offsets (B*H, C+1) int32``.
@@ -334,14 +330,10 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
 
     if uses_candidate_lists(candidates, c):
         def assign_and_sort(first: bool, full=assign_and_sort) -> tuple[torch.Tensor, torch.Tensor]:
-            if first and prior is None:
-                return full(True)
             if first:
-                kmeans_assign_candidates(x, centroids, labels, *prior, candidates, backend, workspace, name,
-                                         from_offsets=True)
-            else:
-                kmeans_assign_candidates(x, centroids, labels, perm, offsets, candidates, backend, workspace, name,
-                                         prepared=fuse_prepare)
+                return full(True)
+            kmeans_assign_candidates(x, centroids, labels, perm, offsets, candidates, backend, workspace, name,
+                                     prepared=fuse_prepare)
             return sort_by_cluster(labels, c, workspace, name, backend, method=None if backend == "reference"
                                    else "count")
 
@@ -367,7 +359,7 @@ def uses_candidate_lists(m: int, c: int) -> bool:
 def kmeans_assign_candidates(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor,
                              offsets: torch.Tensor, m: int, backend: str = "triton",
                              workspace: Workspace | None = None, name: str = "kmeans",
-                             prepared: bool = False, from_offsets: bool = False) -> torch.Tensor:
+                             prepared: bool = False) -> torch.Tensor:
     """A warm assign: each token's nearest centroid among the ``m`` nearest its current cluster's
     (:func:`~svg2core.ops.kmeans.reference.kmeans_assign_candidates_reference`), ``labels`` updated in place.
 
@@ -380,31 +372,18 @@ def kmeans_assign_candidates(x: torch.Tensor, centroids: torch.Tensor, labels: t
         m: candidates per cluster, in ``[1, C]``.
         workspace, name: as for :func:`kmeans_assign` (the candidate lists live there too).
         prepared: the workspace's low-precision centroids and norms already hold ``centroids``.
-        from_offsets: the current clusters are those ``perm`` / ``offsets`` describe (cluster ``c`` holds the tokens
-            ``perm[offsets[c]:offsets[c + 1]]``; e.g. kept from the previous denoising step), not ``labels``, which
-            is then only written.
     """
     bh, c, d = centroids.shape
     if not 1 <= m <= c:
         raise ValueError(f"m: must be in [1, {c}], got {m}")
     if backend == "reference":
-        current = labels_of_order(perm, offsets) if from_offsets else labels
         lists = candidate_lists_reference(centroids, m)
-        labels.copy_(kmeans_assign_candidates_reference(_as_bh(x), centroids, current, lists))
+        labels.copy_(kmeans_assign_candidates_reference(_as_bh(x), centroids, labels, lists))
         return labels
     ws = Workspace() if workspace is None else workspace
     cent_lp, cent_sq = _prepare(x, centroids, ws, name, prepared)
     lists = candidate_lists(x, cent_lp, cent_sq, c, m, ws, name)
-    return assign_over_lists(x, perm, labels, cent_lp, cent_sq, lists, c, offsets if from_offsets else None)
-
-
-def labels_of_order(perm: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """The labels a sort by cluster describes (reference): token ``perm[p]`` is in the cluster ``c`` with
-    ``offsets[c] <= p < offsets[c + 1]``."""
-    bh, n = perm.shape
-    pos = torch.arange(n, device=perm.device).expand(bh, n).contiguous()
-    cluster = torch.searchsorted(offsets[:, 1:].contiguous(), pos.to(offsets.dtype), right=True).to(torch.int32)
-    return torch.empty_like(perm).scatter_(1, perm.long(), cluster)
+    return assign_over_lists(x, perm, labels, cent_lp, cent_sq, lists, c)
 
 
 def candidate_lists(x: torch.Tensor, cent_lp: torch.Tensor, cent_sq: torch.Tensor, c: int, m: int, ws: Workspace,
@@ -425,24 +404,20 @@ def candidate_lists(x: torch.Tensor, cent_lp: torch.Tensor, cent_sq: torch.Tenso
 
 
 def assign_over_lists(x: torch.Tensor, perm: torch.Tensor, labels: torch.Tensor, cent_lp: torch.Tensor,
-                      cent_sq: torch.Tensor, lists: torch.Tensor, c: int,
-                      offsets: torch.Tensor | None = None) -> torch.Tensor:
+                      cent_sq: torch.Tensor, lists: torch.Tensor, c: int) -> torch.Tensor:
     """The Triton list assign: ``labels`` (current in, new out) over ``lists`` (:func:`candidate_lists`), the
-    tokens taken in ``perm``'s order; with ``offsets`` the current clusters come from ``perm`` / ``offsets`` and
-    ``labels`` is only written."""
+    tokens taken in ``perm``'s order."""
     from svg2core.ops.kmeans.triton_kmeans import _kmeans_assign_candidates_kernel
 
     _, h, n, d = x.shape
     bh, _, m = lists.shape
     tile = CANDIDATE_TILE
-    off = labels if offsets is None else offsets  # read only FROM_OFFSETS
     _kmeans_assign_candidates_kernel[(_cdiv(n, tile.block_n), bh)](
-        x, perm, labels, off, cent_lp, cent_sq, lists, n, h, m, c,
-        x.stride(0), x.stride(1), x.stride(2), perm.stride(0), labels.stride(0), off.stride(0), cent_lp.stride(0),
-        cent_lp.stride(1), cent_sq.stride(0), lists.stride(0), lists.stride(1),
+        x, perm, labels, cent_lp, cent_sq, lists, n, h, m,
+        x.stride(0), x.stride(1), x.stride(2), perm.stride(0), labels.stride(0), cent_lp.stride(0), cent_lp.stride(1),
+        cent_sq.stride(0), lists.stride(0), lists.stride(1),
         D=d, BLOCK_N=tile.block_n, K_POW2=max(16, triton_next_pow2(m)), C_POW2=max(16, triton_next_pow2(c)),
-        DOT_FP32=x.dtype == torch.float32, FROM_OFFSETS=offsets is not None, SEARCH_STEPS=max(1, c.bit_length()),
-        num_warps=tile.num_warps, num_stages=tile.num_stages,
+        DOT_FP32=x.dtype == torch.float32, num_warps=tile.num_warps, num_stages=tile.num_stages,
     )
     return labels
 

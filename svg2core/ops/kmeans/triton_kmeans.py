@@ -289,12 +289,11 @@ def _candidate_lists_kernel(
 
 @triton.jit
 def _kmeans_assign_candidates_kernel(
-    x_ptr, perm_ptr, labels_ptr, offsets_ptr, cent_ptr, cent_sq_ptr, lists_ptr,
-    N, H, M, C,
+    x_ptr, perm_ptr, labels_ptr, cent_ptr, cent_sq_ptr, lists_ptr,
+    N, H, M,
     stride_xb, stride_xh, stride_xn,
-    stride_pbh, stride_lbh, stride_obh, stride_cbh, stride_cc, stride_sbh, stride_tbh, stride_tc,
+    stride_pbh, stride_lbh, stride_cbh, stride_cc, stride_sbh, stride_tbh, stride_tc,
     D: tl.constexpr, BLOCK_N: tl.constexpr, K_POW2: tl.constexpr, C_POW2: tl.constexpr, DOT_FP32: tl.constexpr,
-    FROM_OFFSETS: tl.constexpr = False, SEARCH_STEPS: tl.constexpr = 1,
 ):
     """labels[bh, n] = the nearest centroid of token n among ``lists[bh, labels[bh, n], :M]`` (its current cluster's
     candidates), for the BLOCK_N tokens at positions ``pid * BLOCK_N ...`` of the sorted order ``perm``.
@@ -305,11 +304,6 @@ def _kmeans_assign_candidates_kernel(
     the id in the low ``log2(C_POW2)`` bits, plus the block's largest ``||x||^2``): the same distances and ties as
     :func:`_kmeans_assign_kernel`'s over the same centroids. Every token's labels are read and written by its own
     program only. Grid ``(cdiv(N, BLOCK_N), B * H)``.
-
-    With ``FROM_OFFSETS`` the current clusters are not read from ``labels`` but found from the sorted positions:
-    the cluster of position ``p`` is the largest ``c`` with ``offsets[c] <= p`` (a binary search of SEARCH_STEPS
-    steps per row over the row of offsets), so that ``perm`` / ``offsets`` kept from an earlier call (the previous
-    denoising step's clusters) are all the assign needs; ``labels`` is then only written.
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -322,18 +316,7 @@ def _kmeans_assign_candidates_kernel(
     mask_k = offs_k < M
     tok = tl.load(perm_ptr + pid_bh * stride_pbh + offs_s, mask=mask_n, other=0)
     lab_ptr = labels_ptr + pid_bh * stride_lbh + tok
-    if FROM_OFFSETS:
-        off_row = offsets_ptr + pid_bh * stride_obh
-        lo = tl.zeros([BLOCK_N], tl.int32)
-        hi = tl.zeros([BLOCK_N], tl.int32) + (C - 1)
-        for _ in tl.static_range(SEARCH_STEPS):  # invariant: the answer is in [lo, hi]
-            mid = (lo + hi + 1) // 2
-            below = tl.load(off_row + mid) <= offs_s
-            lo = tl.where(below, mid, lo)
-            hi = tl.where(below, hi, mid - 1)
-        lab = tl.where(mask_n, lo, -1)
-    else:
-        lab = tl.load(lab_ptr, mask=mask_n, other=-1)
+    lab = tl.load(lab_ptr, mask=mask_n, other=-1)
     x = tl.load(x_ptr + b * stride_xb + h * stride_xh + tok[:, None] * stride_xn + offs_d[None, :],
                 mask=mask_n[:, None], other=0.0)
     xf = x.to(tl.float32)
