@@ -350,8 +350,9 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
 def uses_candidate_lists(m: int, c: int) -> bool:
     """Whether a clustering of ``c`` clusters takes its warm assigns over lists of ``m`` candidates: ``m > 0`` and
     ``m * CANDIDATE_MIN_RATIO <= c``. Both backends apply the rule, so it is part of the computed function. Below
-    the ratio the full assign is about as cheap: H100, 2 warm iterations, m = 16 (probe_candidates_h100_s16.md):
-    480p Q 100 clusters 0.227 -> 0.288 ms, K 500 0.390 -> 0.396, Wan 14B Q 300 1.936 -> 1.760, K 1000 4.06 -> 3.14.
+    the ratio the full assign is about as cheap. H100, 2 warm iterations, m = 16
+    (docs/benchmarks/probe_candidates_h100_s16b.md): 480p Q 100 clusters 0.227 -> 0.288 ms, K 500 0.390 -> 0.396,
+    Wan 14B Q 300 1.936 -> 1.760, K 1000 4.06 -> 3.14.
     """
     return m > 0 and m * CANDIDATE_MIN_RATIO <= c
 
