@@ -1,6 +1,6 @@
 """The warm assign over candidate lists (``SVG2Config.kmeans_candidates``) against every centroid, in one run (GPU).
 
-    python bench/probes/probe_candidates_gpu.py --out DIR [--m 16 32 64] [--no-selection]
+    python bench/probes/probe_candidates_gpu.py --out DIR [--m 16 32] [--no-selection | --parts | --more-shapes]
 
 1. The k-means alone at the benchmark shapes: 2 warm iterations (the second assign over the lists when m > 0), from
    the same warm centroids, CUDA-graph replay, best of 3 alternating rounds. Beside each time: the share of final
@@ -10,6 +10,9 @@
 2. The lists kernel and the list assign alone, once each (graph replay), at the key shapes.
 3. Unless --no-selection: the whole selection (bench_selection.time_shape) at 480p 100 / 500 and Wan 14B 300 / 1000,
    m = 0 then each m.
+
+``--parts``: only the list kernel and the list assign alone, by launch shape. ``--more-shapes``: only the whole
+selection at Wan I2V 480p 200 / 1000 and HunyuanVideo 720p 400 / 1000 (probe_candidates_selection_<card>).
 
 Writes DIR/probe_candidates_<card>.json and a markdown table.
 """
@@ -120,11 +123,19 @@ def parts_case(name, h, n, c, dev, ms) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--m", type=int, nargs="+", default=[16, 32, 64])
+    ap.add_argument("--m", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--no-selection", action="store_true")
     ap.add_argument("--parts", action="store_true", help="only the two kernels alone, by launch shape")
+    ap.add_argument("--more-shapes", action="store_true",
+                    help="only the whole selection, at Wan I2V 480p 200 / 1000 and HunyuanVideo 720p 400 / 1000")
     opts = ap.parse_args()
     dev = torch.device("cuda")
+    if opts.more_shapes:  # the whole selection only, at the other public cluster counts
+        out = P.ProbeResults(opts.out, "probe_candidates_selection", selection=[])
+        time_selection(out, MORE_SHAPES, opts.m, dev)
+        out.finish([f"# The whole selection with candidate lists ({out.device})", *selection_lines(
+            out.data["selection"])])
+        return
     if opts.parts:
         out = P.ProbeResults(opts.out, "probe_candidates_parts", parts=[])
         for shape in P.kmeans_shapes("wan1.3b-480p K 500", "wan14b-720p K 1000", "wan14b-720p Q 300"):
@@ -149,13 +160,7 @@ def main() -> None:
         out.save()
         torch.cuda.empty_cache()
     if not opts.no_selection:
-        for name, h, nv, t, cq, ck in (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan14b-720p", 40, 75600, 0, 300, 1000)):
-            for m in (0, *opts.m):
-                r = S.time_shape(name, h, nv, t, cq, ck, dev, legacy=False, stages=False, candidates=m)
-                out.data["selection"].append(r)
-                out.save()
-                print(json.dumps(r), flush=True)
-                torch.cuda.empty_cache()
+        time_selection(out, SELECTION_SHAPES, opts.m, dev)
     lines = [f"# k-means: the warm assign over candidate lists against every centroid ({out.device})", "",
              "2 warm iterations (the second assign over the lists when m > 0), CUDA-graph replay, best of 3 alternating "
              "rounds, random bf16 points. labels equal: share of final labels equal to m = 0's. objective: mean "
@@ -167,14 +172,38 @@ def main() -> None:
             la = v.get("list_assign_with_copy_ms")
             lines.append(f"| {r['shape']} | {m} | {v['ms']:.4f} | {v['labels_equal']:.4f} | "
                          f"{v['objective_ratio']:.4f} | {'' if la is None else f'{la:.4f}'} |")
-    if out.data["selection"]:
-        lines += ["", "Whole selection (2 warm iterations on Q and K + scoring + selection + K/V gather, graph replay):",
-                  "", "| shape | Cq/Ck | m | dense ms | selection ms | % of dense |", "|---|---|---|---|---|---|"]
-        for r in out.data["selection"]:
-            dense = r["dense_sdpa_cudnn_ms"]
-            lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['kmeans_candidates']} | {dense:.2f} | "
-                         f"{r['selection_graph_ms']:.3f} | {100 * r['selection_graph_ms'] / dense:.2f}% |")
-    out.finish(lines)
+    out.finish(lines + selection_lines(out.data["selection"]))
+
+
+# whole-selection shapes (name, heads, video tokens, text tokens, Cq, Ck): the benchmark's, and with --more-shapes Wan
+# I2V 480p's public 200 / 1000 and HunyuanVideo 720p's 400 / 1000
+SELECTION_SHAPES = (("wan1.3b-480p", 12, 32760, 0, 100, 500), ("wan14b-720p", 40, 75600, 0, 300, 1000))
+MORE_SHAPES = (("wan1.3b-480p", 12, 32760, 0, 200, 1000), ("hunyuan-720p", 24, 118800, 256, 400, 1000))
+
+
+def time_selection(out, shapes, ms, dev) -> None:
+    """bench_selection.time_shape of every shape with m = 0 and each of ``ms``, into ``out.data["selection"]``."""
+    for name, h, nv, t, cq, ck in shapes:
+        for m in (0, *ms):
+            r = S.time_shape(name, h, nv, t, cq, ck, dev, legacy=False, stages=False, candidates=m)
+            out.data["selection"].append(r)
+            out.save()
+            print(json.dumps(r), flush=True)
+            torch.cuda.empty_cache()
+
+
+def selection_lines(rows: list[dict]) -> list[str]:
+    """Markdown table of the whole-selection rows (none: no lines)."""
+    if not rows:
+        return []
+    lines = ["", "Whole selection (2 warm iterations on Q and K, the second over the lists where m > 0 and C >= 8 m, "
+             "+ scoring + selection + K/V gather, CUDA-graph replay, random bf16 inputs):", "",
+             "| shape | Cq/Ck | m | dense ms | selection ms | % of dense |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        dense = r["dense_sdpa_cudnn_ms"]
+        lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {r['kmeans_candidates']} | {dense:.2f} | "
+                     f"{r['selection_graph_ms']:.3f} | {100 * r['selection_graph_ms'] / dense:.2f}% |")
+    return lines
 
 
 if __name__ == "__main__":
