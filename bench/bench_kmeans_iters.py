@@ -183,6 +183,46 @@ def phase_deltas(rows, warmup: int, parts: int = 3) -> list[dict]:
     return out
 
 
+def trajectory_cases(seeds, steps: int, densities, sigma_start: float, step_noise: float):
+    """For the probes that rerun the trajectory: per seed, step and (mode, knob), yields ``(seed, step, q, k, v,
+    dense, mode, knob, extra)``, ``dense`` the dense fp32 output and ``extra`` the SVG2Config field of the knob."""
+    for seed in seeds:
+        for step, (_, q, k, v) in enumerate(trajectory(seed, steps, sigma_start, step_noise)):
+            n = q.shape[2]
+            dense, _ = masked_attention(q, k, v, torch.ones(len(HEADS), n, n, dtype=torch.bool))
+            for mode, knob in knobs(densities):
+                extra = dict(target_density=knob) if mode == "fixed_density" else dict(top_p=knob)
+                yield seed, step, q, k, v, dense, mode, knob, extra
+        print(f"seed {seed} done", flush=True)
+
+
+def paired_summary(rows: list[dict], key: str, variants, baseline, ratios: tuple[str, ...] = ()) -> list[dict]:
+    """Per (mode, knob, variant) of rows from the probes that rerun the trajectory (``rows[i][key]`` names the
+    variant), over the warm steps (>= 1): the mean density and error, the paired error difference against
+    ``baseline`` (same seed and step) as mean +- std over the seeds' means, the share of (seed, step) pairs where the
+    variant's error is larger, and for each field of ``ratios`` the mean ratio ``<field>_ratio`` against the
+    baseline's."""
+    out = []
+    seeds = sorted({r["seed"] for r in rows})
+    steps = sorted({r["step"] for r in rows if r["step"] >= 1})
+    by = {(r["seed"], r["step"], r["mode"], r["knob"], r[key]): r for r in rows}
+    for mode, knob in sorted({(r["mode"], r["knob"]) for r in rows}):
+        for variant in variants:
+            pairs = {s: [(by[(s, t, mode, knob, variant)], by[(s, t, mode, knob, baseline)]) for t in steps]
+                     for s in seeds}
+            flat = [p for s in seeds for p in pairs[s]]
+            deltas = [statistics.mean(a["error"] - b["error"] for a, b in pairs[s]) for s in seeds]
+            row = {"mode": mode, "knob": knob, key: variant,
+                   "density": statistics.mean(a["density"] for a, _ in flat),
+                   "error": statistics.mean(a["error"] for a, _ in flat),
+                   "delta": statistics.mean(deltas), "delta_std": statistics.stdev(deltas) if len(seeds) > 1 else 0.0,
+                   "worse_share": sum(a["error"] > b["error"] for a, b in flat) / len(flat)}
+            for field in ratios:
+                row[f"{field}_ratio"] = statistics.mean(a[field] / b[field] for a, b in flat)
+            out.append(row)
+    return out
+
+
 def trajectory_args(ap: argparse.ArgumentParser) -> None:
     """The simulated trajectory's options (seeds, steps, densities, clusters, cold iterations, drift), shared with the
     probes that rerun it (bench/probes/probe_score_centroids.py)."""

@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
-
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from bench_fidelity import HEADS, masked_attention, rel_error  # noqa: E402
-from bench_kmeans_iters import kmeans_objective, knobs, trajectory, trajectory_args  # noqa: E402
+from bench_fidelity import rel_error  # noqa: E402
+from bench_kmeans_iters import kmeans_objective, paired_summary, trajectory_args, trajectory_cases  # noqa: E402
 
 from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
 
@@ -35,48 +32,19 @@ from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
 def run(seeds, steps, densities, cq, ck, iters, init_iters, sigma_start, step_noise, ms) -> list[dict]:
     rows = []
     variants = [0, *ms]
-    for seed in seeds:
-        states = {(m, knob): LayerState() for m in variants for knob in knobs(densities)}
-        for step, (_, q, k, v) in enumerate(trajectory(seed, steps, sigma_start, step_noise)):
-            n = q.shape[2]
-            dense, _ = masked_attention(q, k, v, torch.ones(len(HEADS), n, n, dtype=torch.bool))
-            for mode, knob in knobs(densities):
-                extra = dict(target_density=knob) if mode == "fixed_density" else dict(top_p=knob)
-                for m in variants:
-                    cfg = SVG2Config(mode=mode, num_q_clusters=cq, num_k_clusters=ck, kmeans_iters_init=init_iters,
-                                     kmeans_iters=iters, kmeans_candidates=m, **extra)
-                    state = states[(m, (mode, knob))]
-                    out, dens = svg2_attention(q, k, v, cfg, state, backend="reference")
-                    cent = state.get(0)
-                    rows.append(dict(seed=seed, step=step, m=m, mode=mode, knob=knob, error=rel_error(out, dense),
-                                     density=dens.mean().item(), obj_q=kmeans_objective(q, cent.q),
-                                     obj_k=kmeans_objective(k, cent.k)))
-        print(f"seed {seed} done", flush=True)
+    states = {}
+    for seed, step, q, k, v, dense, mode, knob, extra in trajectory_cases(seeds, steps, densities, sigma_start,
+                                                                           step_noise):
+        for m in variants:
+            cfg = SVG2Config(mode=mode, num_q_clusters=cq, num_k_clusters=ck, kmeans_iters_init=init_iters,
+                             kmeans_iters=iters, kmeans_candidates=m, **extra)
+            state = states.setdefault((seed, m, mode, knob), LayerState())
+            out, dens = svg2_attention(q, k, v, cfg, state, backend="reference")
+            cent = state.get(0)
+            rows.append(dict(seed=seed, step=step, m=m, mode=mode, knob=knob, error=rel_error(out, dense),
+                             density=dens.mean().item(), obj_q=kmeans_objective(q, cent.q),
+                             obj_k=kmeans_objective(k, cent.k)))
     return rows
-
-
-def summarize(rows, ms) -> list[dict]:
-    out = []
-    keys = sorted({(r["mode"], r["knob"]) for r in rows})
-    seeds = sorted({r["seed"] for r in rows})
-    by = {(r["seed"], r["step"], r["mode"], r["knob"], r["m"]): r for r in rows}
-    steps = sorted({r["step"] for r in rows if r["step"] >= 1})
-    for mode, knob in keys:
-        for m in [0, *ms]:
-            per_seed_delta, errs, dens, oq, ok = [], [], [], [], []
-            for s in seeds:
-                mine = [by[(s, t, mode, knob, m)] for t in steps]
-                base = [by[(s, t, mode, knob, 0)] for t in steps]
-                per_seed_delta.append(statistics.mean(a["error"] - b["error"] for a, b in zip(mine, base, strict=True)))
-                errs += [a["error"] for a in mine]
-                dens += [a["density"] for a in mine]
-                oq += [a["obj_q"] / b["obj_q"] for a, b in zip(mine, base, strict=True)]
-                ok += [a["obj_k"] / b["obj_k"] for a, b in zip(mine, base, strict=True)]
-            out.append(dict(mode=mode, knob=knob, m=m, density=statistics.mean(dens), error=statistics.mean(errs),
-                            delta=statistics.mean(per_seed_delta),
-                            delta_std=statistics.stdev(per_seed_delta) if len(seeds) > 1 else 0.0,
-                            obj_q_ratio=statistics.mean(oq), obj_k_ratio=statistics.mean(ok)))
-    return out
 
 
 def main() -> None:
@@ -88,10 +56,10 @@ def main() -> None:
     args = ap.parse_args()
     rows = run(range(args.seeds), args.steps, args.densities, args.cq, args.ck, args.iters, args.init_iters,
                args.sigma_start, args.step_noise, args.m)
-    summary = summarize(rows, args.m)
+    summary = paired_summary(rows, "m", [0, *args.m], 0, ratios=("obj_q", "obj_k"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"probe_candidates_cpu_{args.cq}_{args.ck}"
+    stem = "probe_candidates_cpu" + ("" if (args.cq, args.ck) == (16, 64) else f"_{args.cq}_{args.ck}")
     (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=1))
     lines = ["# The warm assign over candidate lists: accuracy along the simulated trajectory (CPU)", "",
              f"`bench/probes/probe_candidates.py`, reference backend, bench_kmeans_iters' trajectory ({args.seeds} seeds "

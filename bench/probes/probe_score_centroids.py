@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -30,8 +29,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from bench_fidelity import HEADS, masked_attention, rel_error  # noqa: E402
-from bench_kmeans_iters import knobs, trajectory, trajectory_args  # noqa: E402
+from bench_fidelity import rel_error  # noqa: E402
+from bench_kmeans_iters import paired_summary, trajectory_args, trajectory_cases  # noqa: E402
 
 import svg2core.attention as attention  # noqa: E402
 from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
@@ -45,13 +44,13 @@ def score_with_assigned_centroids():
     kmeans, select = attention.batched_kmeans, attention.select_key_clusters
     before: dict[int, torch.Tensor] = {}  # id of the live centroid tensor -> its copy before the last iteration
 
-    def batched_kmeans(x, centroids, iters, workspace, name, backend="triton", rows_out=None):
+    def batched_kmeans(x, centroids, iters, workspace, name, backend="triton", rows_out=None, candidates=0):
         if iters >= 1:
             if iters > 1:
-                kmeans(x, centroids, iters - 1, workspace, name, backend)
+                kmeans(x, centroids, iters - 1, workspace, name, backend, candidates=candidates)
             before[id(centroids)] = centroids.clone()
-            return kmeans(x, centroids, 1, workspace, name, backend, rows_out=rows_out)
-        return kmeans(x, centroids, iters, workspace, name, backend, rows_out=rows_out)
+            return kmeans(x, centroids, 1, workspace, name, backend, rows_out=rows_out, candidates=candidates)
+        return kmeans(x, centroids, iters, workspace, name, backend, rows_out=rows_out, candidates=candidates)
 
     def select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend="triton"):
         return select(before.get(id(q_cent), q_cent), before.get(id(k_cent), k_cent), k_sizes, config, nv, ws,
@@ -66,49 +65,25 @@ def score_with_assigned_centroids():
 
 def run(seeds, steps, densities, cq, ck, iters, init_iters, sigma_start, step_noise) -> list[dict]:
     rows = []
-    for seed in seeds:
-        states = {(v, knob): LayerState() for v in VARIANTS for knob in knobs(densities)}
-        for step, (_, q, k, v) in enumerate(trajectory(seed, steps, sigma_start, step_noise)):
-            n = q.shape[2]
-            dense, _ = masked_attention(q, k, v, torch.ones(len(HEADS), n, n, dtype=torch.bool))
-            for mode, knob in knobs(densities):
-                extra = dict(target_density=knob) if mode == "fixed_density" else dict(top_p=knob)
-                cfg = SVG2Config(mode=mode, num_q_clusters=cq, num_k_clusters=ck, kmeans_iters_init=init_iters,
-                                 kmeans_iters=iters, **extra)
-                for variant in VARIANTS:
-                    ctx = score_with_assigned_centroids() if variant == "assigned" else contextlib.nullcontext()
-                    with ctx:
-                        out, dens = svg2_attention(q, k, v, cfg, states[(variant, (mode, knob))], backend="reference")
-                    rows.append(dict(seed=seed, step=step, variant=variant, mode=mode, knob=knob,
-                                     error=rel_error(out, dense), density=dens.mean().item()))
-        print(f"seed {seed} done", flush=True)
+    states = {}
+    for seed, step, q, k, v, dense, mode, knob, extra in trajectory_cases(seeds, steps, densities, sigma_start,
+                                                                           step_noise):
+        cfg = SVG2Config(mode=mode, num_q_clusters=cq, num_k_clusters=ck, kmeans_iters_init=init_iters,
+                         kmeans_iters=iters, **extra)
+        for variant in VARIANTS:
+            ctx = score_with_assigned_centroids() if variant == "assigned" else contextlib.nullcontext()
+            with ctx:
+                out, dens = svg2_attention(q, k, v, cfg, states.setdefault((seed, variant, mode, knob), LayerState()),
+                                           backend="reference")
+            rows.append(dict(seed=seed, step=step, variant=variant, mode=mode, knob=knob,
+                             error=rel_error(out, dense), density=dens.mean().item()))
     return rows
 
 
 def summarize(rows) -> list[dict]:
     """Per (mode, knob, variant), over the warm steps (>= 1): mean error and density, and the paired error difference
     against "updated" (same seed and step), mean +- std over seeds."""
-    out = []
-    keys = sorted({(r["mode"], r["knob"]) for r in rows})
-    seeds = sorted({r["seed"] for r in rows})
-    by = {(r["seed"], r["step"], r["mode"], r["knob"], r["variant"]): r for r in rows}
-    steps = sorted({r["step"] for r in rows if r["step"] >= 1})
-    for mode, knob in keys:
-        for variant in VARIANTS:
-            per_seed_err, per_seed_delta, dens = [], [], []
-            for s in seeds:
-                errs = [by[(s, t, mode, knob, variant)]["error"] for t in steps]
-                base = [by[(s, t, mode, knob, "updated")]["error"] for t in steps]
-                per_seed_err.append(statistics.mean(errs))
-                per_seed_delta.append(statistics.mean(e - b for e, b in zip(errs, base, strict=True)))
-                dens += [by[(s, t, mode, knob, variant)]["density"] for t in steps]
-            worse = sum(by[(s, t, mode, knob, variant)]["error"] > by[(s, t, mode, knob, "updated")]["error"]
-                        for s in seeds for t in steps) / (len(seeds) * len(steps))
-            sd = statistics.stdev(per_seed_delta) if len(seeds) > 1 else 0.0
-            out.append(dict(mode=mode, knob=knob, variant=variant, density=statistics.mean(dens),
-                            error=statistics.mean(per_seed_err), delta=statistics.mean(per_seed_delta),
-                            delta_std=sd, worse_share=worse))
-    return out
+    return paired_summary(rows, "variant", VARIANTS, "updated")
 
 
 def main() -> None:
