@@ -334,8 +334,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
                 return full(True)
             kmeans_assign_candidates(x, centroids, labels, perm, offsets, candidates, backend, workspace, name,
                                      prepared=fuse_prepare)
-            return sort_by_cluster(labels, c, workspace, name, backend, method=None if backend == "reference"
-                                   else "count")
+            return sort_by_cluster(labels, c, workspace, name, backend, method="count")
 
     perm, offsets = assign_and_sort(True)
     for it in range(iters):

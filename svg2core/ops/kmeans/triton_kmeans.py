@@ -34,6 +34,15 @@ def _prepare_centroids_kernel(
 
 
 @triton.jit
+def _dot_nt(a, b, DOT_FP32: tl.constexpr):
+    """``a @ b^T`` accumulated in fp32: exact fp32 products for fp32 points (``DOT_FP32``), tensor-core products of
+    the low-precision operands otherwise."""
+    if DOT_FP32:
+        return tl.dot(a, tl.trans(b), input_precision="ieee")
+    return tl.dot(a, tl.trans(b))
+
+
+@triton.jit
 def _kmeans_assign_kernel(
     x_ptr, cent_ptr, cent_sq_ptr, labels_ptr, counts_ptr,
     N, C, H,
@@ -95,10 +104,7 @@ def _kmeans_assign_kernel(
             cent = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None],
                            other=0.0)
             cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=float("inf"))
-        if DOT_FP32:
-            dot = tl.dot(x, tl.trans(cent), input_precision="ieee")
-        else:
-            dot = tl.dot(x, tl.trans(cent))  # (BLOCK_N, BLOCK_C) fp32 accumulate
+        dot = _dot_nt(x, cent, DOT_FP32)  # (BLOCK_N, BLOCK_C) fp32 accumulate
         if PACKED:
             # padded centroids: cent_sq = inf, so their key is above every finite distance's
             dist = (cent_sq + bias)[None, :] - 2.0 * dot
@@ -113,8 +119,13 @@ def _kmeans_assign_kernel(
             best_idx = tl.where(better, tile_arg.to(tl.int32) + c0, best_idx)
     if PACKED:
         best_idx = best_key & IDX_MASK
-    _store_labels(labels_ptr, counts_ptr, best_idx, pid_bh, pid_n, offs_n, mask_n, C, stride_lbh, stride_nbh,
-                  C_POW2, HIST)
+    tl.store(labels_ptr + pid_bh * stride_lbh + offs_n, best_idx, mask=mask_n)
+    if HIST:
+        row = counts_ptr + pid_bh * stride_nbh + pid_n * C
+        bins = tl.arange(0, C_POW2)
+        tl.store(row + bins, tl.zeros([C_POW2], tl.int32), mask=bins < C)
+        tl.debug_barrier()  # bar.sync: the zeros are visible to every thread of the program before its increments
+        tl.atomic_add(row + best_idx, tl.full([BLOCK_N], 1, tl.int32), mask=mask_n, sem="relaxed")
 
 
 @triton.jit
@@ -125,20 +136,6 @@ def _store_centroid(mean, cent_ptr, cent_lp_ptr, cent_sq_ptr, pid_bh, pid_c, off
     if PREPARE:
         tl.store(cent_lp_ptr + pid_bh * stride_lbh + pid_c * stride_lc + offs_d, mean.to(cent_lp_ptr.dtype.element_ty))
         tl.store(cent_sq_ptr + pid_bh * stride_sbh + pid_c, tl.sum(mean * mean, axis=0))
-
-
-@triton.jit
-def _store_labels(labels_ptr, counts_ptr, best_idx, pid_bh, pid_n, offs_n, mask_n, C, stride_lbh, stride_nbh,
-                  C_POW2: tl.constexpr, HIST: tl.constexpr):
-    """Block ``pid_n``'s labels, and with ``HIST`` its row of the counting sort's block counts (zeroed, then one
-    relaxed atomic increment per token: the row is the program's own)."""
-    tl.store(labels_ptr + pid_bh * stride_lbh + offs_n, best_idx, mask=mask_n)
-    if HIST:
-        row = counts_ptr + pid_bh * stride_nbh + pid_n * C
-        bins = tl.arange(0, C_POW2)
-        tl.store(row + bins, tl.zeros([C_POW2], tl.int32), mask=bins < C)
-        tl.debug_barrier()  # bar.sync: the zeros are visible to every thread of the program before its increments
-        tl.atomic_add(row + best_idx, tl.full(best_idx.shape, 1, tl.int32), mask=mask_n, sem="relaxed")
 
 
 @triton.jit
@@ -270,10 +267,7 @@ def _candidate_lists_kernel(
         mask_c = offs_c < C
         cols = tl.load(cent_base + offs_c[:, None] * stride_cc + offs_d[None, :], mask=mask_c[:, None], other=0.0)
         col_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + offs_c, mask=mask_c, other=0.0)
-        if DOT_FP32:
-            dot = tl.dot(rows, tl.trans(cols), input_precision="ieee")
-        else:
-            dot = tl.dot(rows, tl.trans(cols))
+        dot = _dot_nt(rows, cols, DOT_FP32)
         dist = tl.maximum(row_sq[:, None] + col_sq[None, :] - 2.0 * dot, 0.0)
         key = (dist.to(tl.int32, bitcast=True) & ~IDX_MASK) | offs_c[None, :]
         key = tl.where(mask_c[None, :] & (offs_c[None, :] != offs_r[:, None]), key, 0x7FFFFFFF)  # not itself
@@ -329,10 +323,7 @@ def _kmeans_assign_candidates_kernel(
         ids = tl.load(lists_ptr + pid_bh * stride_tbh + c * stride_tc + offs_k, mask=mask_k, other=0)
         cent = tl.load(cent_ptr + pid_bh * stride_cbh + ids[:, None] * stride_cc + offs_d[None, :])
         cent_sq = tl.load(cent_sq_ptr + pid_bh * stride_sbh + ids, mask=mask_k, other=float("inf"))
-        if DOT_FP32:
-            dot = tl.dot(x, tl.trans(cent), input_precision="ieee")
-        else:
-            dot = tl.dot(x, tl.trans(cent))
+        dot = _dot_nt(x, cent, DOT_FP32)
         dist = (cent_sq + bias)[None, :] - 2.0 * dot
         key = (dist.to(tl.int32, bitcast=True) & ~IDX_MASK) | ids[None, :]
         key = tl.where((lab == c)[:, None], key, 0x7FFFFFFF)
