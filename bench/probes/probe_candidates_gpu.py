@@ -165,7 +165,7 @@ def main() -> None:
              "2 warm iterations (the second assign over the lists when m > 0), CUDA-graph replay, best of 3 alternating "
              "rounds, random bf16 points. labels equal: share of final labels equal to m = 0's. objective: mean "
              "squared distance to the final cluster's centroid, relative to m = 0's. list assign: the list kernel + "
-             "the list assign + a labels copy, alone.", "",
+             "the list assign + a labels copy + the centroid preparation launch, alone.", "",
              "| shape | m | k-means ms | labels equal | objective | list assign ms |", "|---|---|---|---|---|---|"]
     for r in out.data["kmeans"]:
         for m, v in r["variants"].items():
