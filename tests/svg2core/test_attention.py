@@ -94,6 +94,38 @@ def test_keys_gathered_by_the_last_update_equal_the_separate_gather(b, h, n, t, 
         assert torch.equal(a, z)
 
 
+def test_key_sweep_lays_out_the_same_selection_in_sweep_order(monkeypatch):
+    # KEY_SWEEP with a period (the CPU has none of its own): the kept sets, counts, density and output are those of
+    # the call without it, the layout is the reference's sweep order of that selection, and the kernel's output
+    # equals the reference for its selection
+    import svg2core.ops.sparse_attn as sparse_attn
+    from svg2core.ops.select import selection_in_sweep_order, sweep_starts_reference
+
+    b, h, n, t, d = 1, 2, 300, 5, 64
+    q, k, v = _qkv(b, h, n, d)
+    mask = _mask(b, t, [3])
+    cfg = SMALL.replace(num_q_clusters=6, num_k_clusters=12)
+    runs = {}
+    for period in (0, 3):
+        monkeypatch.setattr(sparse_attn, "key_sweep_period", lambda dev, dtype, hd, p=period: p)
+        ws = Workspace()
+        out, density = svg2_attention(q, k, v, cfg, LayerState(), workspace=ws, num_dense_tokens=t,
+                                      key_padding_mask=mask, backend="triton")
+        sel = [ws.buffer(name, shape, torch.int32, "cpu").clone() for name, shape in
+               (("sel.idx", (b * h, 6, 12)), ("sel.count", (b * h, 6)), ("sel.cum", (b * h, 6, 13)))]
+        q_sizes = ws.buffer("q.sizes", (b * h, 6), torch.int32, "cpu").clone()
+        k_sizes = ws.buffer("k.sizes", (b * h, 12), torch.int32, "cpu").clone()
+        runs[period] = (out, density, sel, q_sizes, k_sizes)
+    out0, density0, sel0, q_sizes, k_sizes = runs[0]
+    out3, density3, sel3, _, _ = runs[3]
+    assert torch.equal(density3, density0)
+    want = selection_in_sweep_order(sel0[0], sel0[1], k_sizes, sweep_starts_reference(q_sizes, 3, 128, 12))
+    for g, w in zip(sel3, want, strict=True):
+        assert torch.equal(g, w)
+    assert not torch.equal(sel3[0], sel0[0])  # some row is laid out differently
+    torch.testing.assert_close(out3.float(), out0.float(), rtol=1e-2, atol=1e-2)
+
+
 def test_backends_agree_on_well_separated_clusters():
     # blobs far apart: the k-means of both backends find the same clusters, so the calls are equal
     b, h, n, d = 1, 2, 48, 64

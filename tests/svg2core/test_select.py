@@ -7,12 +7,15 @@ import torch
 
 from svg2core.config import SVG2Config
 from svg2core.ops.select import (
+    KeySweep,
     cluster_logits,
     cluster_logits_reference,
     select_from_logits,
     select_from_logits_reference,
     select_key_clusters_reference,
     selection_in_id_order,
+    selection_in_sweep_order,
+    sweep_starts_reference,
 )
 from svg2core.ops.select import select as select_mod
 from svg2core.ops.select.reference import selection_order
@@ -159,6 +162,77 @@ def test_id_order_layout_keeps_the_set_and_the_token_sums():
             assert sorted(idx2[r, i].tolist()) == list(range(30))
             assert int(cum2[r, i, n]) == int(sel_cum[r, i, n])
     assert torch.equal(_kept_tokens(idx2, count2, sizes), _kept_tokens(sel_idx, sel_count, sizes))
+
+
+def test_sweep_starts_follow_the_query_tiles():
+    # tiles per cluster (128 rows): 2, 0, 1, 1, 3 -> first tile 0, 2, 2, 3, 4; period 3, 30 key clusters
+    sizes = torch.tensor([[130, 0, 128, 1, 300]], dtype=torch.int32)
+    starts = sweep_starts_reference(sizes, period=3, block_m=128, num_k_clusters=30)
+    assert starts.tolist() == [[0, 20, 20, 0, 10]]
+    assert sweep_starts_reference(sizes, period=1, block_m=128, num_k_clusters=30).tolist() == [[0] * 5]
+
+
+def test_sweep_order_rotates_the_kept_ids_and_keeps_the_set():
+    cq_c, ck_c, sizes, _ = _problem(bh=2, ck=30)
+    sizes = _equal_rows(sizes)
+    nv = int(sizes[0].sum())
+    sel_idx, sel_count, sel_cum = select_key_clusters_reference(cq_c, ck_c, sizes, SVG2Config(top_p=0.7), nv)
+    starts = torch.randint(0, 30, (2, 5))
+    idx2, count2, cum2 = selection_in_sweep_order(sel_idx, sel_count, sizes, starts)
+    assert torch.equal(count2, sel_count)
+    for r in range(2):
+        for i in range(5):
+            n, s0 = int(sel_count[r, i]), int(starts[r, i])
+            kept = sorted(sel_idx[r, i, :n].tolist())
+            assert idx2[r, i, :n].tolist() == [j for j in kept if j >= s0] + [j for j in kept if j < s0]
+            assert idx2[r, i, n:].tolist() == sorted(set(range(30)) - set(kept))
+            steps = (cum2[r, i, 1:] - cum2[r, i, :-1]).tolist()
+            assert steps == sizes[r, idx2[r, i].long()].tolist()
+            assert int(cum2[r, i, n]) == int(sel_cum[r, i, n])
+    assert torch.equal(selection_in_sweep_order(sel_idx, sel_count, sizes, torch.zeros(2, 5, dtype=torch.long))[0],
+                       selection_in_id_order(sel_idx, sel_count, sizes)[0])
+
+
+@pytest.mark.parametrize("method", METHODS[:2])
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("period", [1, 3, 7, 64])
+def test_selection_kernels_in_sweep_order_equal_reference(config, method, period):
+    """Either kernel with a key sweep: the reference's kept set laid out in sweep order, every entry written; query
+    clusters of ragged sizes (empty ones, several tiles, exact multiples of the tile)."""
+    bh, cq, ck = 3, 5, 100
+    cq_c, ck_c, sizes, _ = _problem(ck=ck)
+    sizes = _equal_rows(sizes)
+    nv = int(sizes[0].sum())
+    q_sizes = torch.tensor([[0, 70, 300, 128, 5], [1, 1, 1, 1, 1], [600, 0, 0, 129, 64]], dtype=torch.int32)
+    sweep = KeySweep(q_sizes, period, 64)
+    logits = cluster_logits_reference(cq_c, ck_c, sizes)
+    ws = Workspace()
+    ws.buffer("sel.idx", (bh, cq, ck), torch.int32, "cpu").fill_(-1)
+    ws.buffer("sel.cum", (bh, cq, ck + 1), torch.int32, "cpu").fill_(-1)
+    kind, bits = method
+    old = select_mod.SELECT_METHOD, select_mod.SELECT_RADIX_BITS
+    select_mod.SELECT_METHOD, select_mod.SELECT_RADIX_BITS = kind, bits
+    try:
+        got = select_from_logits(logits, sizes, config, nv, ws, sweep)
+    finally:
+        select_mod.SELECT_METHOD, select_mod.SELECT_RADIX_BITS = old
+    want = select_from_logits_reference(logits, sizes, config, nv)
+    starts = sweep_starts_reference(q_sizes, period, 64, ck)
+    want = selection_in_sweep_order(want[0], want[1], sizes, starts)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+    ref = select_key_clusters_reference(cq_c, ck_c, sizes, config, nv, sweep)
+    for g, w in zip(ref, want, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_selection_sweep_is_validated():
+    cq_c, ck_c, sizes, _ = _problem(ck=13)
+    sizes = _equal_rows(sizes)
+    logits = cluster_logits_reference(cq_c, ck_c, sizes)
+    with pytest.raises(ValueError, match="sweep: needs period >= 1"):
+        select_from_logits(logits, sizes, SVG2Config(), int(sizes[0].sum()), Workspace(),
+                           KeySweep(torch.ones(3, 4, dtype=torch.int32), 4, 128))
 
 
 def test_selection_respects_top_p_and_keeps_the_crossing_cluster():

@@ -191,3 +191,64 @@ def test_kmeans_over_candidate_lists_on_the_gpu():
     for a, z in zip(eager, res, strict=True):
         assert torch.equal(a, z)
     torch.testing.assert_close(cent_g, cent_e, rtol=0, atol=0)
+
+
+@pytest.mark.timeout(180, method="thread")
+def test_selection_in_sweep_order_on_the_gpu(monkeypatch):
+    # svg2_attention with the Gluon kernel lays its selection out in sweep order with the SM count as the period:
+    # the reference's sweep order of the call without it, the same density, the output equal to rounding; then a
+    # warm call in a CUDA graph replays to the eager one, allocating nothing during capture
+    import svg2core.attention as attention
+    from svg2core import LayerState, SVG2Config, svg2_attention
+    from svg2core.ops.select import selection_in_sweep_order, sweep_starts_reference
+    from svg2core.ops.sparse_attn import key_sweep_period
+
+    torch.manual_seed(4)
+    b, h, n, t, d, cq, ck = 1, 4, 20000, 64, 128, 60, 200
+    q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    kpm = torch.ones(b, t, dtype=torch.bool, device="cuda")
+    kpm[:, 40:] = False
+    cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck, mode="fixed_density", target_density=0.25)
+    period = key_sweep_period(q.device, q.dtype, d)
+    assert period == torch.cuda.get_device_properties(0).multi_processor_count
+    runs = {}
+    for sweep in (False, True):
+        monkeypatch.setattr(attention, "KEY_SWEEP", sweep)
+        ws = Workspace()
+        out, density = svg2_attention(q, k, v, cfg, LayerState(), workspace=ws, num_dense_tokens=t,
+                                      key_padding_mask=kpm)
+        sel = [ws.buffer(name, shape, torch.int32, "cuda").clone() for name, shape in
+               (("sel.idx", (h, cq, ck)), ("sel.count", (h, cq)), ("sel.cum", (h, cq, ck + 1)))]
+        runs[sweep] = (out, density, sel, ws.buffer("q.sizes", (h, cq), torch.int32, "cuda"),
+                       ws.buffer("k.sizes", (h, ck), torch.int32, "cuda"))
+    out0, density0, sel0, q_sizes, k_sizes = runs[False]
+    out1, density1, sel1, _, _ = runs[True]
+    assert torch.equal(density1, density0)
+    want = selection_in_sweep_order(sel0[0], sel0[1], k_sizes, sweep_starts_reference(q_sizes, period, 128, ck))
+    for g, w in zip(sel1, want, strict=True):
+        assert torch.equal(g, w)
+    assert rel_rms(out1, out0) < 5e-3  # the online softmax sums in another order: bf16 rounding only
+
+    monkeypatch.setattr(attention, "KEY_SWEEP", True)
+    state, ws = LayerState(), Workspace()
+    call = dict(workspace=ws, num_dense_tokens=t, key_padding_mask=kpm)
+    svg2_attention(q, k, v, cfg, state, **call)  # cold: sizes the workspace, creates the centroids
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        svg2_attention(q, k, v, cfg, state, **call)
+    torch.cuda.current_stream().wait_stream(side)
+    cent = [x.clone() for x in (state.get(0).q, state.get(0).k)]
+    allocations = ws.allocations
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out_g, density_g = svg2_attention(q, k, v, cfg, state, **call)
+    assert ws.allocations == allocations
+    state.get(0).q.copy_(cent[0])
+    state.get(0).k.copy_(cent[1])
+    eager_out, eager_density = (x.clone() for x in svg2_attention(q, k, v, cfg, state, **call))
+    state.get(0).q.copy_(cent[0])
+    state.get(0).k.copy_(cent[1])
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out_g, eager_out) and torch.equal(density_g, eager_density)

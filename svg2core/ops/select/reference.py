@@ -16,10 +16,21 @@ and the first cluster is always kept. The token limits are integers computed onc
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from svg2core.config import SVG2Config
+
+
+class KeySweep(NamedTuple):
+    """How the attention kernel's programs walk the keys, for a selection laid out in sweep order
+    (:func:`sweep_starts_reference`): the query-cluster sizes ``(BH, Cq)`` int, the programs in flight, and the query
+    rows per program."""
+
+    q_sizes: torch.Tensor
+    period: int
+    block_m: int
 
 
 def token_limits(config: SVG2Config, num_video_tokens: int) -> tuple[int, int]:
@@ -104,11 +115,16 @@ def select_from_logits_reference(
 
 def select_key_clusters_reference(
     q_centroids: torch.Tensor, k_centroids: torch.Tensor, k_sizes: torch.Tensor,
-    config: SVG2Config, num_video_tokens: int,
+    config: SVG2Config, num_video_tokens: int, sweep: KeySweep | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scoring followed by selection; see :func:`select_from_logits_reference` for the outputs."""
+    """Scoring followed by selection; see :func:`select_from_logits_reference` for the outputs. With ``sweep``
+    the same selection in sweep order (:func:`selection_in_sweep_order`)."""
     logits = cluster_logits_reference(q_centroids, k_centroids, k_sizes)
-    return select_from_logits_reference(logits, k_sizes, config, num_video_tokens)
+    selection = select_from_logits_reference(logits, k_sizes, config, num_video_tokens)
+    if sweep is None:
+        return selection
+    starts = sweep_starts_reference(sweep.q_sizes, sweep.period, sweep.block_m, k_sizes.shape[-1])
+    return selection_in_sweep_order(selection[0], selection[1], k_sizes, starts)
 
 
 def selection_in_id_order(sel_idx: torch.Tensor, sel_count: torch.Tensor,
@@ -119,12 +135,46 @@ def selection_in_id_order(sel_idx: torch.Tensor, sel_count: torch.Tensor,
     clusters in ascending id; ``sel_cum`` is recomputed as the key-token prefix sums in that order.
     The kept set and ``sel_count`` are unchanged.
     """
+    return selection_in_sweep_order(sel_idx, sel_count, k_sizes, None)
+
+
+def sweep_starts_reference(q_sizes: torch.Tensor, period: int, block_m: int, num_k_clusters: int) -> torch.Tensor:
+    """Per (b, h, query cluster), the key cluster where its key sweep starts (docs/ARCHITECTURE.md, "Key order").
+
+    The attention kernel runs one program per ``block_m``-row query tile, in the order of the query clusters, and
+    about ``period`` of them are in flight at once; in steady state the ``k``-th tile of a head starts about ``1 /
+    period`` of a tile's time after the ``(k-1)``-th. A query cluster whose first tile is the ``k``-th of its head
+    starts its sweep at key cluster ``floor((k mod period) * Ck / period)`` and walks the ids upwards, wrapping
+    around, so the programs in flight all read near the same share of the head's keys.
+
+    Args:
+        q_sizes: ``(BH, Cq)`` int query-cluster sizes.
+        period: programs in flight (>= 1).
+        block_m: query rows per tile.
+        num_k_clusters: ``Ck``.
+
+    Returns:
+        ``(BH, Cq)`` int64 start ids in ``[0, Ck)``.
+    """
+    tiles = torch.div(q_sizes.long() + block_m - 1, block_m, rounding_mode="floor")
+    first = torch.cumsum(tiles, -1) - tiles
+    return torch.div((first % period) * num_k_clusters, period, rounding_mode="floor")
+
+
+def selection_in_sweep_order(sel_idx: torch.Tensor, sel_count: torch.Tensor, k_sizes: torch.Tensor,
+                             starts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same selection laid out in sweep order: per row, the kept clusters in ascending id from ``starts`` (``(BH,
+    Cq)``, :func:`sweep_starts_reference`; ``None``: 0) up, then from 0 up to the start, followed by the other clusters
+    in ascending id; ``sel_cum`` is recomputed as the key-token prefix sums in that order. The kept set and
+    ``sel_count`` are unchanged.
+    """
     bh, cq, ck = sel_idx.shape
     rank = torch.arange(ck, device=sel_idx.device)
     kept = torch.zeros(bh, cq, ck, dtype=torch.bool, device=sel_idx.device)
     kept.scatter_(-1, sel_idx.long(), rank < sel_count[..., None].long())
-    # kept first, each group in ascending id: a stable sort of the "not kept" flags
-    order = torch.sort((~kept).to(torch.int8), dim=-1, stable=True).indices
+    # kept first (in rotated id order), the rest after in ascending id: one stable sort of a composite key
+    rotated = rank if starts is None else (rank - starts.long()[..., None]) % ck
+    order = torch.sort(torch.where(kept, rotated, ck + rank), dim=-1, stable=True).indices
     tok = torch.gather(k_sizes.long()[:, None, :].expand(-1, cq, -1), -1, order)
     sel_cum = torch.zeros(bh, cq, ck + 1, dtype=torch.int64, device=sel_idx.device)
     sel_cum[..., 1:] = torch.cumsum(tok, -1)

@@ -7,7 +7,7 @@ import math
 import torch
 
 from svg2core.config import SVG2Config
-from svg2core.ops.select.reference import select_key_clusters_reference, token_limits
+from svg2core.ops.select.reference import KeySweep, select_key_clusters_reference, token_limits
 from svg2core.state import Workspace
 
 # The logits kernel's tile: query x key clusters per program, the dot in head-dim steps of _LOGITS_BLOCK_D, warps.
@@ -55,6 +55,7 @@ def _select_warps(block_row: int, method: str) -> int:
 def select_key_clusters(
     q_centroids: torch.Tensor, k_centroids: torch.Tensor, k_sizes: torch.Tensor,
     config: SVG2Config, num_video_tokens: int, workspace: Workspace, backend: str = "triton",
+    sweep: KeySweep | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per (b, h, query cluster), the key clusters to attend to (docs/ARCHITECTURE.md, selection rule).
 
@@ -66,23 +67,28 @@ def select_key_clusters(
         num_video_tokens: ``Nv``.
         workspace: owner of the logits and selection buffers.
         backend: ``"triton"`` or ``"reference"``.
+        sweep: lay the kept clusters out in the attention kernel's sweep order
+            (``reference.selection_in_sweep_order``); ``None``: the rule's order (by the method, see
+            :func:`select_from_logits`). The kept set is the same.
 
     Returns:
         ``sel_idx (BH, Cq, Ck) int32``, ``sel_count (BH, Cq) int32``, ``sel_cum (BH, Cq, Ck + 1) int32``.
     """
     if backend == "reference":
-        return select_key_clusters_reference(q_centroids, k_centroids, k_sizes, config, num_video_tokens)
+        return select_key_clusters_reference(q_centroids, k_centroids, k_sizes, config, num_video_tokens, sweep)
     logits = cluster_logits(q_centroids, k_centroids, k_sizes, workspace)
-    return select_from_logits(logits, k_sizes, config, num_video_tokens, workspace)
+    return select_from_logits(logits, k_sizes, config, num_video_tokens, workspace, sweep)
 
 
 def select_from_logits(logits: torch.Tensor, k_sizes: torch.Tensor, config: SVG2Config,
-                       num_video_tokens: int, workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       num_video_tokens: int, workspace: Workspace,
+                       sweep: KeySweep | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton selection from ``(BH, Cq, Ck)`` logits (one program per row, in registers).
 
     :data:`SELECT_METHOD` ``"threshold"`` returns the reference's kept set and ``sel_count`` with the
     kept clusters in ascending id (``select_from_logits_reference(...)`` put through
-    ``selection_in_id_order``); ``"sort"`` returns the reference's order.
+    ``selection_in_id_order``); ``"sort"`` returns the reference's order. With ``sweep``, either method lays the
+    kept clusters out in sweep order (``selection_in_sweep_order`` of the reference's selection).
     """
     from svg2core.ops.select.triton_select import _select_kernel, _select_threshold_kernel
 
@@ -93,18 +99,25 @@ def select_from_logits(logits: torch.Tensor, k_sizes: torch.Tensor, config: SVG2
     sel_cum = workspace.buffer("sel.cum", (bh, cq, ck + 1), torch.int32, dev)
     min_tokens, max_tokens = token_limits(config, num_video_tokens)
     block_row = max(16, _next_pow2(ck))
-    args = (logits, k_sizes, sel_idx, sel_count, sel_cum,
-            ck, float(config.top_p), min_tokens, max_tokens,
+    if sweep is not None and not (sweep.period >= 1 and tuple(sweep.q_sizes.shape) == (bh, cq)):
+        raise ValueError(f"sweep: needs period >= 1 and q_sizes of shape {(bh, cq)}, got period {sweep.period} and "
+                         f"shape {tuple(sweep.q_sizes.shape)}")
+    q_sizes = sweep.q_sizes if sweep is not None else k_sizes  # unread without a sweep
+    args = (logits, k_sizes, sel_idx, sel_count, sel_cum, q_sizes,
+            ck, float(config.top_p), min_tokens, max_tokens, sweep.period if sweep is not None else 1,
             logits.stride(0), logits.stride(1), k_sizes.stride(0),
-            sel_idx.stride(0), sel_idx.stride(1), sel_count.stride(0), sel_cum.stride(0), sel_cum.stride(1))
+            sel_idx.stride(0), sel_idx.stride(1), sel_count.stride(0), sel_cum.stride(0), sel_cum.stride(1),
+            q_sizes.stride(0))
+    layout = dict(SWEEP=sweep is not None, BLOCK_M=sweep.block_m if sweep is not None else 128,
+                  BLOCK_CQ=max(16, _next_pow2(cq)) if sweep is not None else 16)
     warps = SELECT_NUM_WARPS or _select_warps(block_row, SELECT_METHOD)
     fixed = config.mode == "fixed_density"
     if SELECT_METHOD == "threshold":
         _select_threshold_kernel[(cq, bh)](
-            *args, FIXED=fixed, BLOCK_K=block_row, RADIX_BITS=SELECT_RADIX_BITS, num_warps=warps,
+            *args, FIXED=fixed, BLOCK_K=block_row, RADIX_BITS=SELECT_RADIX_BITS, **layout, num_warps=warps,
         )
     elif SELECT_METHOD == "sort":
-        _select_kernel[(cq, bh)](*args, FIXED=fixed, BLOCK_K=block_row, num_warps=warps)
+        _select_kernel[(cq, bh)](*args, FIXED=fixed, BLOCK_K=block_row, **layout, num_warps=warps)
     else:
         raise ValueError(f"SELECT_METHOD: must be 'threshold' or 'sort', got {SELECT_METHOD!r}")
     return sel_idx, sel_count, sel_cum

@@ -41,6 +41,41 @@ def _keep_rule(cum_p, cum_tok, top_p, min_tokens, max_tokens, FIXED: tl.constexp
 
 
 @triton.jit
+def _sweep_start(qsize_ptr, stride_zbh, pid_bh, pid_q, CK, period, BLOCK_M: tl.constexpr, BLOCK_CQ: tl.constexpr):
+    """Key cluster where query cluster ``pid_q``'s sweep starts (reference.sweep_starts_reference): its first query
+    tile's index ``k`` in the head, from the sizes of the clusters before it, then ``floor((k mod period) * CK /
+    period)``."""
+    offs_c = tl.arange(0, BLOCK_CQ)
+    sizes = tl.load(qsize_ptr + pid_bh * stride_zbh + offs_c, mask=offs_c < pid_q, other=0)
+    first = tl.sum((sizes + BLOCK_M - 1) // BLOCK_M, axis=0)
+    return ((first % period) * CK) // period
+
+
+@triton.jit
+def _store_in_sweep_order(kept, tok, offs, m, start, idx_row, cum_row, count_ptr):
+    """Store a row's selection in sweep order (reference.selection_in_sweep_order): the kept clusters (``kept``, by
+    id) in ascending id from ``start`` up, then from 0 up to it, then the others in ascending id; ``sel_cum`` the
+    token prefix sums (``tok``, by id, 0 past the row) in that order; ``sel_count`` the number kept."""
+    kept_i = kept.to(tl.int32)
+    count = tl.sum(kept_i, axis=0)
+    n_incl = tl.cumsum(kept_i, axis=0)
+    before = offs < start
+    n_before = tl.sum(tl.where(before, kept_i, 0), axis=0)
+    kept_tok = tl.where(kept, tok, 0)
+    cum_kept = tl.cumsum(kept_tok, axis=0)
+    cum_rest = tl.cumsum(tok - kept_tok, axis=0)
+    total = tl.sum(kept_tok, axis=0)
+    tok_before = tl.sum(tl.where(before, kept_tok, 0), axis=0)
+    pos = tl.where(kept, tl.where(before, count - n_before + n_incl - 1, n_incl - 1 - n_before),
+                   count + offs - n_incl)
+    cum = tl.where(kept, tl.where(before, total - tok_before + cum_kept, cum_kept - tok_before), total + cum_rest)
+    tl.store(idx_row + pos, offs, mask=m)
+    tl.store(cum_row + 1 + pos, cum, mask=m)
+    tl.store(cum_row, 0)
+    tl.store(count_ptr, count)
+
+
+@triton.jit
 def _cluster_logits_kernel(
     cq_ptr, ck_ptr, ksize_ptr, logits_ptr,
     CQ, CK, scale,
@@ -74,11 +109,12 @@ def _cluster_logits_kernel(
 
 @triton.jit
 def _select_kernel(
-    logits_ptr, ksize_ptr, sel_idx_ptr, sel_count_ptr, sel_cum_ptr,
-    CK, top_p, min_tokens, max_tokens,
+    logits_ptr, ksize_ptr, sel_idx_ptr, sel_count_ptr, sel_cum_ptr, qsize_ptr,
+    CK, top_p, min_tokens, max_tokens, period,
     stride_lbh, stride_lq, stride_sbh,
-    stride_ibh, stride_iq, stride_nbh, stride_cbh, stride_cq,
-    FIXED: tl.constexpr, BLOCK_K: tl.constexpr,
+    stride_ibh, stride_iq, stride_nbh, stride_cbh, stride_cq, stride_zbh,
+    FIXED: tl.constexpr, BLOCK_K: tl.constexpr, SWEEP: tl.constexpr = False, BLOCK_M: tl.constexpr = 128,
+    BLOCK_CQ: tl.constexpr = 16,
 ):
     """One (query cluster, bh) row per program: sort key clusters by logit, scan, count the kept prefix.
 
@@ -88,6 +124,9 @@ def _select_kernel(
     With ``incl`` the inclusive sums, cluster ``j >= 1`` is kept iff the rule holds on ``incl[j-1]``
     and it is non-empty; both are prefixes of the order, so the count is
     ``min(1 + #{j: rule(incl[j])}, #non-empty)``.
+
+    With ``SWEEP`` the kept clusters (the ``count`` largest keys) are stored in sweep order instead
+    (``_store_in_sweep_order``; ``qsize_ptr`` the query-cluster sizes, ``period`` the programs in flight).
     """
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -109,20 +148,31 @@ def _select_kernel(
     n_rule = tl.sum(rule.to(tl.int32), axis=0)
     n_nonempty = tl.sum((tok > 0).to(tl.int32), axis=0)
     count = tl.minimum(1 + n_rule, n_nonempty)
-    tl.store(sel_idx_ptr + pid_bh * stride_ibh + pid_q * stride_iq + offs, idx, mask=m)
+    idx_row = sel_idx_ptr + pid_bh * stride_ibh + pid_q * stride_iq
     cum_row = sel_cum_ptr + pid_bh * stride_cbh + pid_q * stride_cq
-    tl.store(cum_row + 1 + offs, cum_tok, mask=m)
-    tl.store(cum_row, 0)
-    tl.store(sel_count_ptr + pid_bh * stride_nbh + pid_q, count)
+    count_ptr = sel_count_ptr + pid_bh * stride_nbh + pid_q
+    if SWEEP:
+        # the kept clusters are those whose key is at least the count-th largest (keys are distinct)
+        last = tl.sum(tl.where(offs == count - 1, key, 0), axis=0)
+        kept = (_order_key(logit, offs, BLOCK_K) >= last) & m
+        tok_by_id = tl.load(ksize_ptr + pid_bh * stride_sbh + offs, mask=m, other=0)
+        start = _sweep_start(qsize_ptr, stride_zbh, pid_bh, pid_q, CK, period, BLOCK_M, BLOCK_CQ)
+        _store_in_sweep_order(kept, tok_by_id, offs, m, start, idx_row, cum_row, count_ptr)
+    else:
+        tl.store(idx_row + offs, idx, mask=m)
+        tl.store(cum_row + 1 + offs, cum_tok, mask=m)
+        tl.store(cum_row, 0)
+        tl.store(count_ptr, count)
 
 
 @triton.jit
 def _select_threshold_kernel(
-    logits_ptr, ksize_ptr, sel_idx_ptr, sel_count_ptr, sel_cum_ptr,
-    CK, top_p, min_tokens, max_tokens,
+    logits_ptr, ksize_ptr, sel_idx_ptr, sel_count_ptr, sel_cum_ptr, qsize_ptr,
+    CK, top_p, min_tokens, max_tokens, period,
     stride_lbh, stride_lq, stride_sbh,
-    stride_ibh, stride_iq, stride_nbh, stride_cbh, stride_cq,
-    FIXED: tl.constexpr, BLOCK_K: tl.constexpr, RADIX_BITS: tl.constexpr,
+    stride_ibh, stride_iq, stride_nbh, stride_cbh, stride_cq, stride_zbh,
+    FIXED: tl.constexpr, BLOCK_K: tl.constexpr, RADIX_BITS: tl.constexpr, SWEEP: tl.constexpr = False,
+    BLOCK_M: tl.constexpr = 128, BLOCK_CQ: tl.constexpr = 16,
 ):
     """The same kept set as ``_select_kernel`` without sorting: a radix search for the rule's threshold.
 
@@ -137,7 +187,8 @@ def _select_threshold_kernel(
 
     Output order (the only difference from the sorting kernel): ``sel_idx[:count]`` holds the kept
     clusters in ascending id, the rest the others in ascending id; ``sel_cum`` is the token prefix sum
-    in that order. The attention does not depend on the order of the selected clusters.
+    in that order (with ``SWEEP``, the kept clusters in sweep order, as in ``_select_kernel``). The attention does
+    not depend on the order of the selected clusters.
     """
     pid_q = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -176,17 +227,9 @@ def _select_threshold_kernel(
     # clusters have logit -inf, so they come after every non-empty one)
     t_next = tl.max(tl.where(key < t_min, key, -1), axis=0)
     kept = (key >= t_next) & (tok > 0)  # t_min == 0 (rule holds on every prefix): t_next = -1, all
-    kept_i = kept.to(tl.int32)
-    count = tl.sum(kept_i, axis=0)
-    n_kept_incl = tl.cumsum(kept_i, axis=0)
-    pos = tl.where(kept, n_kept_incl - 1, count + offs - n_kept_incl)
-    kept_tok = tl.where(kept, tok, 0)
-    cum_kept = tl.cumsum(kept_tok, axis=0)
-    cum_rest = tl.cumsum(tok - kept_tok, axis=0)
-    total_kept = tl.sum(kept_tok, axis=0)
-    cum = tl.where(kept, cum_kept, total_kept + cum_rest)
-    tl.store(sel_idx_ptr + pid_bh * stride_ibh + pid_q * stride_iq + pos, offs, mask=m)
-    cum_row = sel_cum_ptr + pid_bh * stride_cbh + pid_q * stride_cq
-    tl.store(cum_row + 1 + pos, cum, mask=m)
-    tl.store(cum_row, 0)
-    tl.store(sel_count_ptr + pid_bh * stride_nbh + pid_q, count)
+    start = 0
+    if SWEEP:
+        start = _sweep_start(qsize_ptr, stride_zbh, pid_bh, pid_q, CK, period, BLOCK_M, BLOCK_CQ)
+    _store_in_sweep_order(kept, tok, offs, m, start, sel_idx_ptr + pid_bh * stride_ibh + pid_q * stride_iq,
+                          sel_cum_ptr + pid_bh * stride_cbh + pid_q * stride_cq,
+                          sel_count_ptr + pid_bh * stride_nbh + pid_q)

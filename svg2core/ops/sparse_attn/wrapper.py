@@ -114,6 +114,23 @@ def default_config(device: torch.device, dtype: torch.dtype, head_dim: int) -> K
     return _DEFAULT_CONFIG
 
 
+def key_sweep_period(device: torch.device, dtype: torch.dtype, head_dim: int) -> int:
+    """Video query-tile programs of the default kernel in flight at once, for a selection laid out in sweep order
+    (``svg2core.ops.select.selection_in_sweep_order``), or 0 where that layout is not used.
+
+    The Gluon kernel (Hopper, D = 128) holds one program per SM (its stage ring takes most of the shared memory), so
+    the period is the SM count. H100, sustained load, against the selection's own order: HunyuanVideo 720p 25% 6.1%
+    faster, Wan 14B 720p 25% 3.7%, Wan 1.3B 480p 15% unchanged (docs/benchmarks/NOTES_sparse_attn.md v18). The
+    Triton kernel's occupancy varies with its config, and the layout is unmeasured there: 0.
+    """
+    if device.type != "cuda":
+        return 0
+    cfg = default_config(device, dtype, head_dim)
+    if cfg.impl != "gluon" or cfg.gluon_persistent:
+        return 0
+    return _num_sms(device)
+
+
 def _check(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | tuple, device) -> None:
     if tuple(t.shape) != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
