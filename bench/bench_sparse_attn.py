@@ -128,6 +128,21 @@ def selection_in_key_order(args: dict) -> dict:
     return {**args, "sel_idx": torch.where(valid, idx, 0).int(), "sel_cum": cum.int()}
 
 
+def selection_in_sweep_layout(args: dict, period: int, block_m: int = 128) -> dict:
+    """The same call with each query cluster's kept key clusters in the attention kernel's sweep order, as
+    svg2_attention's selection lays them out on a card whose kernel has ``period`` programs in flight
+    (``svg2core.ops.select.selection_in_sweep_order``; NOTES_sparse_attn v18). ``period`` 0: ``args`` unchanged."""
+    if not period:
+        return args
+    from svg2core.ops.select import selection_in_sweep_order, sweep_starts_reference
+
+    q_sizes = args["q_offsets"][:, 1:] - args["q_offsets"][:, :-1]
+    k_sizes = args["k_offsets"][:, 1:] - args["k_offsets"][:, :-1]
+    starts = sweep_starts_reference(q_sizes, period, block_m, k_sizes.shape[-1])
+    sel_idx, _, sel_cum = selection_in_sweep_order(args["sel_idx"], args["sel_count"], k_sizes, starts)
+    return {**args, "sel_idx": sel_idx, "sel_cum": sel_cum}
+
+
 def padded_query_rows(q_sizes: torch.Tensor, block_m: int, tail_m: int = 0) -> torch.Tensor:
     """Computed query rows per cluster: BLOCK_M tiles, except a remainder of 1..tail_m rows in one tail_m tile."""
     full = torch.floor(q_sizes / block_m)
@@ -266,12 +281,19 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--config", default=None,
                     help="JSON file of KernelConfig fields for the timings (default: the per-architecture table)")
+    ap.add_argument("--key-order", choices=("sweep", "score"), default="sweep",
+                    help="the timed calls' selected key clusters: in the sweep order svg2_attention's selection uses "
+                         "on this card (default), or in the selection rule's (score) order")
     opts = ap.parse_args()
     os.makedirs(opts.out, exist_ok=True)
     dev_name = torch.cuda.get_device_name()
     card = "h200" if "H200" in dev_name else "h100" if "H100" in dev_name else dev_name.replace(" ", "_").lower()
+    from svg2core.ops.sparse_attn import key_sweep_period
+
+    period = key_sweep_period(torch.device("cuda"), torch.bfloat16, 128) if opts.key_order == "sweep" else 0
     results = {"device": dev_name, "torch": torch.__version__, "correctness": [], "sweep": [], "timings": [],
-               "graph": None, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+               "graph": None, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "key_order": f"sweep, period {period}" if period else "score"}
     path_json = os.path.join(opts.out, f"sparse_attn_{card}.json")
 
     def save():
@@ -340,6 +362,7 @@ def main() -> None:
         print(f"[dense] {name}: cuDNN {dense_ms:.2f} ms {dense_tf:.0f} TFLOP/s", flush=True)
         for density in DENSITIES:
             args, kpm, st = make_case(h, nv, t, cq, ck, density, dtype, seed=3)
+            args = selection_in_sweep_layout(args, period)
             fn = partial(sparse_attention, **args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg_used)
             fn()
             ms = time_ms(fn, reps=reps_for(dense_ms * density))
@@ -382,6 +405,8 @@ def main() -> None:
     # markdown table
     lines = [f"# sparse_attn benchmark on {dev_name} (torch {torch.__version__}, bf16, D=128)", "",
              f"Kernel config of the timings: {results['config_used']}", "",
+             f"Selected key clusters of the timed calls listed in {results['key_order']} order "
+             "(`--key-order`; NOTES_sparse_attn v18).", "",
              "| model | density | video density | ours ms | ours TFLOP/s | x cuDNN | speedup | flex ms | flex TFLOP/s | q fill | k fill |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["timings"]:

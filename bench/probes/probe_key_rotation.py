@@ -44,35 +44,13 @@ from probe_key_halves import sustained_ms  # noqa: E402
 from svg2core.ops.sparse_attn import sparse_attention  # noqa: E402
 
 
-def selection_rotated(args: dict, waves: int, block_m: int = 128) -> dict:
-    """``args`` with each query cluster's kept key clusters in id order, starting from cluster
-    ``floor(frac(tile / waves) * Ck)`` (``tile`` the index of the cluster's first query tile in its head's grid)
-    and wrapping around."""
-    sel_idx, sel_count = args["sel_idx"].long(), args["sel_count"].long()
-    ck = sel_idx.shape[-1]
-    q_off = args["q_offsets"].long()
-    tiles = (q_off[:, 1:] - q_off[:, :-1] + block_m - 1) // block_m  # (H, Cq)
-    first = tiles.cumsum(1) - tiles
-    start = torch.div((first % waves) * ck, waves, rounding_mode="floor")  # (H, Cq)
-    valid = torch.arange(ck, device=sel_idx.device) < sel_count[..., None]
-    rank = torch.where(valid, (sel_idx - start[..., None]) % ck, ck)
-    order = rank.argsort(dim=-1)
-    idx = torch.gather(torch.where(valid, sel_idx, ck), 2, order)
-    ok = idx < ck
-    k_sizes = (args["k_offsets"][:, 1:] - args["k_offsets"][:, :-1]).long()
-    tok = torch.gather(k_sizes[:, None, :].expand(-1, idx.shape[1], -1), 2, idx.clamp(max=ck - 1)) * ok
-    cum = torch.zeros_like(args["sel_cum"], dtype=torch.long)
-    cum[..., 1:] = tok.cumsum(-1)
-    return {**args, "sel_idx": torch.where(ok, idx, 0).int(), "sel_cum": cum.int()}
-
-
 def case(name: str, density: float, waves: list[int], seconds: float, rounds: int) -> dict:
     h, nv, t, cq, ck = B.MODELS[name]
     args, kpm, st = B.make_case(h, nv, t, cq, ck, density, torch.bfloat16, seed=3)
     sm = torch.cuda.get_device_properties(0).multi_processor_count
     layouts = {"score": args, "id": B.selection_in_key_order(args)}
     for w in waves:
-        layouts[f"rot {w or sm}"] = selection_rotated(args, w or sm)
+        layouts[f"rot {w or sm}"] = B.selection_in_sweep_layout(args, w or sm)
     outs = {k: torch.empty_like(args["q"]) for k in layouts}
     fns = {k: (lambda a=a, o=outs[k]: sparse_attention(**a, num_dense_tokens=t, key_padding_mask=kpm, out=o))
            for k, a in layouts.items()}

@@ -36,3 +36,26 @@ def test_cases_select_within_the_key_window_at_the_density(window):
             assert int(cum[hh, i, count[hh, i]]) == int(k_sizes[hh, chosen].sum())
     # each query cluster keeps keys up to the density, overshooting by at most its last cluster
     assert density <= stats["density_video"] < density + k_sizes.max().item() / nv
+
+
+def test_sweep_layout_keeps_each_selection_and_its_output():
+    # the timed calls' sweep layout (bench_sparse_attn --key-order sweep): the same kept sets and token totals, the
+    # kept clusters in ascending id from each query cluster's start, and the reference output unchanged
+    from svg2core.ops.select import sweep_starts_reference
+    from svg2core.ops.sparse_attn import sparse_attention_reference
+
+    b = _bench()
+    args, _, _ = b.make_case(2, 1500, 0, 12, 30, 0.3, torch.float32, seed=2, dev="cpu")
+    swept = b.selection_in_sweep_layout(args, 5, block_m=64)
+    q_sizes = args["q_offsets"][:, 1:] - args["q_offsets"][:, :-1]
+    starts = sweep_starts_reference(q_sizes, 5, 64, 30)
+    assert starts.unique().numel() > 1
+    for hh in range(2):
+        for i in range(12):
+            n = int(args["sel_count"][hh, i])
+            kept = sorted(args["sel_idx"][hh, i, :n].tolist())
+            s0 = int(starts[hh, i])
+            assert swept["sel_idx"][hh, i, :n].tolist() == [j for j in kept if j >= s0] + [j for j in kept if j < s0]
+            assert int(swept["sel_cum"][hh, i, n]) == int(args["sel_cum"][hh, i, n])
+    torch.testing.assert_close(sparse_attention_reference(**swept), sparse_attention_reference(**args))
+    assert b.selection_in_sweep_layout(args, 0) is args

@@ -170,8 +170,9 @@ def selection_in_sweep_order(sel_idx: torch.Tensor, sel_count: torch.Tensor, k_s
     """
     bh, cq, ck = sel_idx.shape
     rank = torch.arange(ck, device=sel_idx.device)
-    kept = torch.zeros(bh, cq, ck, dtype=torch.bool, device=sel_idx.device)
-    kept.scatter_(-1, sel_idx.long(), rank < sel_count[..., None].long())
+    # a sum, not a scatter of flags: entries past sel_count may repeat ids (only the first sel_count are read)
+    kept = torch.zeros(bh, cq, ck, dtype=torch.int32, device=sel_idx.device).scatter_add_(
+        -1, sel_idx.long(), (rank < sel_count[..., None].long()).int().expand(bh, cq, ck)) > 0
     # kept first (in rotated id order), the rest after in ascending id: one stable sort of a composite key
     rotated = rank if starts is None else (rank - starts.long()[..., None]) % ck
     order = torch.sort(torch.where(kept, rotated, ck + rank), dim=-1, stable=True).indices
