@@ -69,6 +69,7 @@ for step in "$@"; do
     tiles_nosel) python bench/probes/probe_assign_tiles.py --no-selection --out "$out/$step" > "$log" 2>&1 ;;
     keyhalves) python bench/probes/probe_key_halves.py --out "$out/$step" > "$log" 2>&1 ;;
     keyrotation) python bench/probes/probe_key_rotation.py --out "$out/$step" > "$log" 2>&1 ;;
+    stepkeyorder) python bench/probes/probe_step_key_order.py --out "$out/$step" > "$log" 2>&1 ;;
     candidates) python bench/probes/probe_candidates_gpu.py --out "$out/$step" > "$log" 2>&1 ;;
     generate) python bench/bench_generate.py --out "$out/$step" --budgets dense,fixed:0.15,fixed:0.25 > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
