@@ -290,10 +290,12 @@ def main() -> None:
     card = "h200" if "H200" in dev_name else "h100" if "H100" in dev_name else dev_name.replace(" ", "_").lower()
     from svg2core.ops.sparse_attn import key_sweep_period
 
-    period = key_sweep_period(torch.device("cuda"), torch.bfloat16, 128) if opts.key_order == "sweep" else 0
+    def period_of(nv: int) -> int:  # the sweep svg2_attention's selection uses for this head length on this card
+        return key_sweep_period(torch.device("cuda"), torch.bfloat16, 128, nv) if opts.key_order == "sweep" else 0
+
     results = {"device": dev_name, "torch": torch.__version__, "correctness": [], "sweep": [], "timings": [],
                "graph": None, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "key_order": f"sweep, period {period}" if period else "score"}
+               "key_order": {name: period_of(MODELS[name][1]) for name in MODELS}}
     path_json = os.path.join(opts.out, f"sparse_attn_{card}.json")
 
     def save():
@@ -362,7 +364,7 @@ def main() -> None:
         print(f"[dense] {name}: cuDNN {dense_ms:.2f} ms {dense_tf:.0f} TFLOP/s", flush=True)
         for density in DENSITIES:
             args, kpm, st = make_case(h, nv, t, cq, ck, density, dtype, seed=3)
-            args = selection_in_sweep_layout(args, period)
+            args = selection_in_sweep_layout(args, period_of(nv))
             fn = partial(sparse_attention, **args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg_used)
             fn()
             ms = time_ms(fn, reps=reps_for(dense_ms * density))
@@ -405,8 +407,9 @@ def main() -> None:
     # markdown table
     lines = [f"# sparse_attn benchmark on {dev_name} (torch {torch.__version__}, bf16, D=128)", "",
              f"Kernel config of the timings: {results['config_used']}", "",
-             f"Selected key clusters of the timed calls listed in {results['key_order']} order "
-             "(`--key-order`; NOTES_sparse_attn v18).", "",
+             "Selected key clusters of the timed calls in the order svg2_attention's selection uses on this card "
+             f"(`--key-order`; NOTES_sparse_attn v18): sweep period by model (0: the rule's order) "
+             f"{results['key_order']}.", "",
              "| model | density | video density | ours ms | ours TFLOP/s | x cuDNN | speedup | flex ms | flex TFLOP/s | q fill | k fill |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["timings"]:

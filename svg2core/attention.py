@@ -184,7 +184,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         if KEY_SWEEP and backend == "triton":
             from svg2core.ops.sparse_attn import key_sweep_period
 
-            sweep_period = key_sweep_period(dev, q_video.dtype, q_video.shape[-1])
+            sweep_period = key_sweep_period(dev, q_video.dtype, q_video.shape[-1], nv)
     fuse_keys = FUSE_KEY_GATHER and backend == "triton" and iters >= 1
     side = main = None
     if concurrent and backend == "triton" and q_video.is_cuda:

@@ -52,9 +52,9 @@ def score_with_assigned_centroids():
             return kmeans(x, centroids, 1, workspace, name, backend, rows_out=rows_out, candidates=candidates)
         return kmeans(x, centroids, iters, workspace, name, backend, rows_out=rows_out, candidates=candidates)
 
-    def select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend="triton"):
+    def select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend="triton", sweep=None):
         return select(before.get(id(q_cent), q_cent), before.get(id(k_cent), k_cent), k_sizes, config, nv, ws,
-                      backend)
+                      backend, sweep)
 
     attention.batched_kmeans, attention.select_key_clusters = batched_kmeans, select_key_clusters
     try:

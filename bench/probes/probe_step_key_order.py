@@ -113,7 +113,9 @@ def case(name: str, density: float, seconds: float, rounds: int, device) -> dict
     args = record_last_call(model, kwargs, SparsityPlan(BP.sparse_config(density, spec)))
     del model
     torch.cuda.empty_cache()
-    period = sparse_attn.key_sweep_period(device, torch.bfloat16, 128)
+    n, t = args["q"].shape[2], args.get("num_dense_tokens", 0)
+    period = sparse_attn.key_sweep_period(device, torch.bfloat16, 128, n - t) or torch.cuda.get_device_properties(
+        device).multi_processor_count
     call = {k: args[k] for k in CALL_TENSORS}
     rest = {k: v for k, v in args.items() if k not in CALL_TENSORS and k not in ("out", "workspace")}
     layouts = {"rule order": call, "sweep": B.selection_in_sweep_layout(call, period)}

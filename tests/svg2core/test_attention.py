@@ -107,7 +107,7 @@ def test_key_sweep_lays_out_the_same_selection_in_sweep_order(monkeypatch):
     cfg = SMALL.replace(num_q_clusters=6, num_k_clusters=12)
     runs = {}
     for period in (0, 3):
-        monkeypatch.setattr(sparse_attn, "key_sweep_period", lambda dev, dtype, hd, p=period: p)
+        monkeypatch.setattr(sparse_attn, "key_sweep_period", lambda dev, dtype, hd, nv, p=period: p)
         ws = Workspace()
         out, density = svg2_attention(q, k, v, cfg, LayerState(), workspace=ws, num_dense_tokens=t,
                                       key_padding_mask=mask, backend="triton")

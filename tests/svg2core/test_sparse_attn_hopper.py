@@ -204,13 +204,14 @@ def test_selection_in_sweep_order_on_the_gpu(monkeypatch):
     from svg2core.ops.sparse_attn import key_sweep_period
 
     torch.manual_seed(4)
-    b, h, n, t, d, cq, ck = 1, 4, 20000, 64, 128, 60, 200
+    b, h, n, t, d, cq, ck = 1, 4, 60000, 64, 128, 60, 200  # K + V 31 MB a head: past half the L2, so it sweeps
     q, k, v = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     kpm = torch.ones(b, t, dtype=torch.bool, device="cuda")
     kpm[:, 40:] = False
     cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck, mode="fixed_density", target_density=0.25)
-    period = key_sweep_period(q.device, q.dtype, d)
+    period = key_sweep_period(q.device, q.dtype, d, n - t)
     assert period == torch.cuda.get_device_properties(0).multi_processor_count
+    assert key_sweep_period(q.device, q.dtype, d, 20000) == 0  # 10 MB a head: the L2 holds it, no sweep
     runs = {}
     for sweep in (False, True):
         monkeypatch.setattr(attention, "KEY_SWEEP", sweep)

@@ -114,21 +114,31 @@ def default_config(device: torch.device, dtype: torch.dtype, head_dim: int) -> K
     return _DEFAULT_CONFIG
 
 
-def key_sweep_period(device: torch.device, dtype: torch.dtype, head_dim: int) -> int:
+def key_sweep_period(device: torch.device, dtype: torch.dtype, head_dim: int, num_video_tokens: int) -> int:
     """Video query-tile programs of the default kernel in flight at once, for a selection laid out in sweep order
     (``svg2core.ops.select.selection_in_sweep_order``), or 0 where that layout is not used.
 
     The Gluon kernel (Hopper, D = 128) holds one program per SM (its stage ring takes most of the shared memory), so
-    the period is the SM count. H100, sustained load, against the selection's own order: HunyuanVideo 720p 25% 6.1%
-    faster, Wan 14B 720p 25% 3.7%, Wan 1.3B 480p 15% unchanged (docs/benchmarks/NOTES_sparse_attn.md v18). The
-    Triton kernel's occupancy varies with its config, and the layout is unmeasured there: 0.
+    the period is the SM count. The layout pays where a head's K and V outgrow half the L2: H100, sustained load,
+    against the selection's own order, HunyuanVideo 720p 25% (61 MB a head) 6.1% faster, Wan 14B 720p 25% (39 MB)
+    3.7%; Wan 1.3B 480p 15% (17 MB) unchanged, while the layout costs its selection ~1.7%, so it is off there
+    (docs/benchmarks/NOTES_sparse_attn.md v18). The Triton kernel's occupancy varies with its config, and the layout
+    is unmeasured there: 0.
     """
     if device.type != "cuda":
         return 0
     cfg = default_config(device, dtype, head_dim)
     if cfg.impl != "gluon" or cfg.gluon_persistent:
         return 0
+    head_kv_bytes = 2 * num_video_tokens * head_dim * torch.empty((), dtype=dtype).element_size()
+    if 2 * head_kv_bytes <= _l2_bytes(device):
+        return 0
     return _num_sms(device)
+
+
+@functools.cache
+def _l2_bytes(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).L2_cache_size
 
 
 def _check(name: str, t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype | tuple, device) -> None:

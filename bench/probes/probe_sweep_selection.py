@@ -1,0 +1,72 @@
+"""What the sweep order costs the selection (GPU): the whole selection (2 warm k-means iterations on Q and K, scoring,
+selection, K/V gather; bench_selection's setup), CUDA-graph replay, with and without ``KeySweep`` on the same data,
+alternating rounds (NOTES_sparse_attn v18: bench_selection's 480p 100 / 500 row read 0.76 ms with the sweep against
+0.68 in sessions 15 and 16, on another machine).
+
+    python bench/probes/probe_sweep_selection.py --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
+import bench_selection as S  # noqa: E402
+import probe_io as P  # noqa: E402
+
+from svg2core import SVG2Config, Workspace  # noqa: E402
+from svg2core.attention import cluster_and_select  # noqa: E402
+
+SHAPES = (("wan1.3b-480p", 12, 32760, 100, 500), ("wan1.3b-480p", 12, 32760, 300, 1000),
+          ("wan14b-720p", 40, 75600, 300, 1000))
+
+
+def case(name, h, nv, cq, ck, dev, rounds) -> dict:
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(1, h, nv, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck)
+    period = torch.cuda.get_device_properties(dev).multi_processor_count  # timed at every shape, 480p included
+    fns, alive = {}, []  # the graphs replay into their workspaces and centroids: keep them referenced
+    for label, p in (("rule order", 0), ("sweep", period)):
+        ws = Workspace()
+        q_cent, k_cent = S.warm_centroids(q, k, cq, ck, ws)
+        alive.append((ws, q_cent, k_cent))
+        fns[label] = S.capture_graph(lambda p=p, ws=ws, qc=q_cent, kc=k_cent: cluster_and_select(
+            q, k, v, qc, kc, 2, cfg, ws, sweep_period=p)).replay
+    times = P.alternating_times(fns, rounds)
+    del alive
+    return {"shape": name, "Cq": cq, "Ck": ck, "period": period, "ms": times,
+            "best_ms": {k: min(t) for k, t in times.items()}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args()
+    out = P.ProbeResults(args.out, "probe_sweep_selection", rows=[])
+    dev = torch.device("cuda")
+    for shape in SHAPES:
+        out.data["rows"].append(case(*shape, dev, args.rounds))
+        out.save()
+        torch.cuda.empty_cache()
+    lines = [f"# The selection with and without the sweep order ({out.device})", "",
+             "Whole selection (2 warm iterations on Q and K, scoring, selection, K/V gather), CUDA-graph replay, "
+             "alternating rounds; best ms.", "", "| shape | Cq/Ck | rule order | sweep | sweep / rule |",
+             "|---|---|---|---|---|"]
+    for r in out.data["rows"]:
+        a, b = r["best_ms"]["rule order"], r["best_ms"]["sweep"]
+        lines.append(f"| {r['shape']} | {r['Cq']}/{r['Ck']} | {a:.3f} | {b:.3f} | {b / a:.3f} |")
+    out.finish(lines)
+
+
+if __name__ == "__main__":
+    main()
