@@ -61,6 +61,21 @@ def sustained_ms(calls, seconds: float) -> float:
     return a.elapsed_time(b) / rounds
 
 
+def sustained_rounds(variants: dict, seconds: float, rounds: int, tag: dict) -> tuple[list[dict], dict]:
+    """Each variant (name -> a list of functions queued back to back) timed by :func:`sustained_ms` for ``seconds``
+    per round, in alternating order (as given, then reversed, ...), with the SM clock and power of each stretch: the
+    rounds' records (each printed with ``tag``) and the best mean ms per variant."""
+    names = list(variants)
+    records = []
+    for rnd in range(rounds):
+        for label in (names if rnd % 2 == 0 else names[::-1]):
+            with GpuClocks(torch.device("cuda")) as clocks:
+                ms = sustained_ms(variants[label], seconds)
+            records.append({"variant": label, "round": rnd, "ms": ms, "gpu_clocks": clocks.summary()})
+            print(json.dumps({**tag, **records[-1]}), flush=True)
+    return records, {k: min(r["ms"] for r in records if r["variant"] == k) for k in names}
+
+
 def case(name: str, density: float, seconds: float, rounds: int) -> dict:
     h, nv, t, cq, ck = SHAPES[name]
 
@@ -76,15 +91,7 @@ def case(name: str, density: float, seconds: float, rounds: int) -> dict:
     row = {"shape": name, "density": density, "pairs": {"one launch": pairs_full,
                                                         "two launches": pairs_first + pairs_second,
                                                         "first half twice": 2 * pairs_first}, "rounds": []}
-    for rnd in range(rounds):
-        for label in (variants if rnd % 2 == 0 else dict(reversed(list(variants.items())))):
-            with GpuClocks(torch.device("cuda")) as clocks:
-                ms = sustained_ms(variants[label], seconds)
-            row["rounds"].append({"variant": label, "round": rnd, "ms": ms, "gpu_clocks": clocks.summary()})
-            print(json.dumps({"shape": name, **row["rounds"][-1]}), flush=True)
-    best = {}
-    for r in row["rounds"]:
-        best[r["variant"]] = min(best.get(r["variant"], float("inf")), r["ms"])
+    row["rounds"], best = sustained_rounds(variants, seconds, rounds, {"shape": name})
     row["best_ms"] = best
     # time per computed pair relative to one launch (the pairs differ by the selections' last-cluster overshoot)
     base = best["one launch"] / pairs_full

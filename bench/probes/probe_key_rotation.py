@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 import bench_sparse_attn as B  # noqa: E402
 import probe_io as P  # noqa: E402
-from gpu_clocks import GpuClocks, clock_cell  # noqa: E402
-from probe_key_halves import sustained_ms  # noqa: E402
+from gpu_clocks import clock_cell  # noqa: E402
+from probe_key_halves import sustained_rounds  # noqa: E402
 
 from svg2core.ops.sparse_attn import sparse_attention  # noqa: E402
 
@@ -60,14 +60,7 @@ def case(name: str, density: float, waves: list[int], seconds: float, rounds: in
     diff = {k: (outs[k].float() - outs["score"].float()).abs().max().item() for k in outs}
     row = {"shape": name, "density": density, "pairs": st["pairs"], "max_abs_diff_vs_score": diff, "rounds": []}
     print(json.dumps({"shape": name, "max_abs_diff_vs_score": diff}), flush=True)
-    names = list(fns)
-    for rnd in range(rounds):
-        for label in (names if rnd % 2 == 0 else names[::-1]):
-            with GpuClocks(torch.device("cuda")) as clocks:
-                ms = sustained_ms([fns[label]], seconds)
-            row["rounds"].append({"variant": label, "round": rnd, "ms": ms, "gpu_clocks": clocks.summary()})
-            print(json.dumps({"shape": name, **row["rounds"][-1]}), flush=True)
-    row["best_ms"] = {k: min(r["ms"] for r in row["rounds"] if r["variant"] == k) for k in names}
+    row["rounds"], row["best_ms"] = sustained_rounds({k: [fn] for k, fn in fns.items()}, seconds, rounds, {"shape": name})
     return row
 
 

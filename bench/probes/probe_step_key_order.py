@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 import bench_pipeline_step as BP  # noqa: E402
 import bench_sparse_attn as B  # noqa: E402
 import probe_io as P  # noqa: E402
-from gpu_clocks import GpuClocks, clock_cell  # noqa: E402
-from probe_key_halves import sustained_ms  # noqa: E402
+from gpu_clocks import clock_cell  # noqa: E402
+from probe_key_halves import sustained_rounds  # noqa: E402
 
 import svg2core.attention as attention  # noqa: E402
 import svg2core.ops.sparse_attn as sparse_attn  # noqa: E402
@@ -130,14 +130,7 @@ def case(name: str, density: float, seconds: float, rounds: int, device) -> dict
            "max_abs_diff": (outs["sweep"].float() - outs["rule order"].float()).abs().max().item(),
            "selection": selection_stats(call, period, density), "rounds": []}
     print(json.dumps({k: v for k, v in row.items() if k != "rounds"}), flush=True)
-    names = list(fns)
-    for rnd in range(rounds):
-        for label in (names if rnd % 2 == 0 else names[::-1]):
-            with GpuClocks(device) as clocks:
-                ms = sustained_ms([fns[label]], seconds)
-            row["rounds"].append({"variant": label, "round": rnd, "ms": ms, "gpu_clocks": clocks.summary()})
-            print(json.dumps({"model": name, **row["rounds"][-1]}), flush=True)
-    row["best_ms"] = {k: min(r["ms"] for r in row["rounds"] if r["variant"] == k) for k in names}
+    row["rounds"], row["best_ms"] = sustained_rounds({k: [fn] for k, fn in fns.items()}, seconds, rounds, {"model": name})
     return row
 
 
