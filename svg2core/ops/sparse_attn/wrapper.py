@@ -130,7 +130,7 @@ def key_sweep_period(device: torch.device, dtype: torch.dtype, head_dim: int, nu
     cfg = default_config(device, dtype, head_dim)
     if cfg.impl != "gluon" or cfg.gluon_persistent:
         return 0
-    head_kv_bytes = 2 * num_video_tokens * head_dim * torch.empty((), dtype=dtype).element_size()
+    head_kv_bytes = 2 * num_video_tokens * head_dim * dtype.itemsize
     if 2 * head_kv_bytes <= _l2_bytes(device):
         return 0
     return _num_sms(device)
