@@ -128,17 +128,26 @@ def selection_in_key_order(args: dict) -> dict:
     return {**args, "sel_idx": torch.where(valid, idx, 0).int(), "sel_cum": cum.int()}
 
 
-def selection_in_sweep_layout(args: dict, period: int, block_m: int = 128) -> dict:
+def selection_in_sweep_layout(args: dict, period: int, block_m: int = 128, by: str = "id") -> dict:
     """The same call with each query cluster's kept key clusters in the attention kernel's sweep order, as
     svg2_attention's selection lays them out on a card whose kernel has ``period`` programs in flight
-    (``svg2core.ops.select.selection_in_sweep_order``; NOTES_sparse_attn v18). ``period`` 0: ``args`` unchanged."""
+    (``svg2core.ops.select.selection_in_sweep_order``; NOTES_sparse_attn v18). ``period`` 0: ``args`` unchanged.
+    ``by="offset"`` (an experiment, not the library's rule): start each sweep at the first key cluster whose kp rows
+    begin at or after the same share of the head's keys, instead of at that share of the cluster ids."""
     if not period:
         return args
     from svg2core.ops.select import selection_in_sweep_order, sweep_starts_reference
 
     q_sizes = args["q_offsets"][:, 1:] - args["q_offsets"][:, :-1]
     k_sizes = args["k_offsets"][:, 1:] - args["k_offsets"][:, :-1]
-    starts = sweep_starts_reference(q_sizes, period, block_m, k_sizes.shape[-1])
+    ck = k_sizes.shape[-1]
+    starts = sweep_starts_reference(q_sizes, period, block_m, ck)
+    if by == "offset":
+        nv = args["k_offsets"][:, -1:].long()
+        target = torch.div(starts * nv, ck, rounding_mode="floor")  # the same share, of the tokens
+        starts = torch.searchsorted(args["k_offsets"][:, :-1].long().contiguous(), target.contiguous()).clamp(max=ck - 1)
+    elif by != "id":
+        raise ValueError(f"by: must be 'id' or 'offset', got {by!r}")
     sel_idx, _, sel_cum = selection_in_sweep_order(args["sel_idx"], args["sel_count"], k_sizes, starts)
     return {**args, "sel_idx": sel_idx, "sel_cum": sel_cum}
 

@@ -106,7 +106,7 @@ def selection_stats(args: dict, period: int, density: float, block_m: int = 128)
     return out
 
 
-def case(name: str, density: float, seconds: float, rounds: int, device) -> dict:
+def case(name: str, density: float, seconds: float, rounds: int, device, waves=(), by_offset=False) -> dict:
     spec = BP.MODELS[name]
     model, kwargs, _, _ = BP.build(spec, device, torch.bfloat16)
     apply_svg2(model, backend="triton")
@@ -119,7 +119,12 @@ def case(name: str, density: float, seconds: float, rounds: int, device) -> dict
     call = {k: args[k] for k in CALL_TENSORS}
     rest = {k: v for k, v in args.items() if k not in CALL_TENSORS and k not in ("out", "workspace")}
     layouts = {"rule order": call, "sweep": B.selection_in_sweep_layout(call, period)}
-    outs = {k: torch.empty_like(call["q"]) for k in layouts}
+    for w in waves:  # other periods, and the start by token offset instead of cluster id
+        if w != period:
+            layouts[f"sweep {w}"] = B.selection_in_sweep_layout(call, w)
+    if by_offset:
+        layouts["sweep by offset"] = B.selection_in_sweep_layout(call, period, by="offset")
+    outs = {k: torch.empty_like(call["q"]) for k in layouts}  # several copies of a 0.7 GB output at HunyuanVideo
     spaces = {k: Workspace() for k in layouts}
     fns = {k: (lambda a=a, o=outs[k], w=spaces[k]: sparse_attn.sparse_attention(**a, **rest, out=o, workspace=w))
            for k, a in layouts.items()}
@@ -127,7 +132,7 @@ def case(name: str, density: float, seconds: float, rounds: int, device) -> dict
         fn()
     torch.cuda.synchronize()
     row = {"model": name, "density": density, "shape": list(call["q"].shape), "period": period,
-           "max_abs_diff": (outs["sweep"].float() - outs["rule order"].float()).abs().max().item(),
+           "max_abs_diff": max((o.float() - outs["rule order"].float()).abs().max().item() for o in outs.values()),
            "selection": selection_stats(call, period, density), "rounds": []}
     print(json.dumps({k: v for k, v in row.items() if k != "rounds"}), flush=True)
     row["rounds"], row["best_ms"] = sustained_rounds({k: [fn] for k, fn in fns.items()}, seconds, rounds, {"model": name})
@@ -141,11 +146,15 @@ def main() -> None:
     ap.add_argument("--density", type=float, default=0.25)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--waves", default="", help="further sweep periods to time (comma-separated), e.g. 120,150")
+    ap.add_argument("--by-offset", action="store_true",
+                    help="also time sweeps that start by token offset instead of cluster id")
     args = ap.parse_args()
+    waves = [int(w) for w in args.waves.split(",") if w]
     device = torch.device("cuda")
     out = P.ProbeResults(args.out, "probe_step_key_order", rows=[])
     for name in args.models.split(","):
-        out.data["rows"].append(case(name, args.density, args.seconds, args.rounds, device))
+        out.data["rows"].append(case(name, args.density, args.seconds, args.rounds, device, waves, args.by_offset))
         out.save()
         torch.cuda.empty_cache()
     lines = [f"# The pipeline step's own attention call in the rule's key order and in sweep order ({out.device})", "",

@@ -59,3 +59,14 @@ def test_sweep_layout_keeps_each_selection_and_its_output():
             assert int(swept["sel_cum"][hh, i, n]) == int(args["sel_cum"][hh, i, n])
     torch.testing.assert_close(sparse_attention_reference(**swept), sparse_attention_reference(**args))
     assert b.selection_in_sweep_layout(args, 0) is args
+    # the experiment's start by token offset: the first key cluster starting at or after the same share of the tokens
+    by_offset = b.selection_in_sweep_layout(args, 5, block_m=64, by="offset")
+    k_off = args["k_offsets"].long()
+    for hh in range(2):
+        for i in range(12):
+            n = int(args["sel_count"][hh, i])
+            target = int(starts[hh, i]) * 1500 // 30
+            s0 = min(int(torch.searchsorted(k_off[hh, :-1], torch.tensor(target))), 29)
+            kept = sorted(args["sel_idx"][hh, i, :n].tolist())
+            assert by_offset["sel_idx"][hh, i, :n].tolist() == [j for j in kept if j >= s0] + [j for j in kept if j < s0]
+    torch.testing.assert_close(sparse_attention_reference(**by_offset), sparse_attention_reference(**args))
