@@ -76,6 +76,11 @@ def sustained_rounds(variants: dict, seconds: float, rounds: int, tag: dict) -> 
     return records, {k: min(r["ms"] for r in records if r["variant"] == k) for k in names}
 
 
+def best_clocks(records: list[dict], label: str) -> dict | None:
+    """The SM clock / power summary of ``label``'s fastest round among :func:`sustained_rounds`' records."""
+    return min((r for r in records if r["variant"] == label), key=lambda r: r["ms"])["gpu_clocks"]
+
+
 def case(name: str, density: float, seconds: float, rounds: int) -> dict:
     h, nv, t, cq, ck = SHAPES[name]
 
@@ -120,8 +125,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|"]
     for row in out.data["rows"]:
         for label, ms in row["best_ms"].items():
-            r = min((x for x in row["rounds"] if x["variant"] == label), key=lambda x: x["ms"])
-            c = r["gpu_clocks"] or {}
+            c = best_clocks(row["rounds"], label) or {}
             lines.append(f"| {row['shape']} | {row['density']:.3f} | {label} | {ms:.2f} | "
                          f"{row['per_pair_vs_one_launch'][label]:.3f} | {c.get('sm_mhz_mean', 0):.0f} / "
                          f"{c.get('sm_mhz_min', 0):.0f} | {c.get('power_w_mean', 0):.0f} |")

@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 import bench_sparse_attn as B  # noqa: E402
 import probe_io as P  # noqa: E402
 from gpu_clocks import clock_cell  # noqa: E402
-from probe_key_halves import sustained_rounds  # noqa: E402
+from probe_key_halves import best_clocks, sustained_rounds  # noqa: E402
 
 from svg2core.ops.sparse_attn import sparse_attention  # noqa: E402
 
@@ -89,8 +89,7 @@ def main() -> None:
     for row in out.data["rows"]:
         base = row["best_ms"]["score"]
         for label, ms in row["best_ms"].items():
-            r = min((x for x in row["rounds"] if x["variant"] == label), key=lambda x: x["ms"])
-            c = r["gpu_clocks"]
+            c = best_clocks(row["rounds"], label)
             lines.append(f"| {row['shape']} | {row['density']:.2f} | {label} | {ms:.2f} | {ms / base:.3f} | "
                          f"{clock_cell(c)} | {(c or {}).get('power_w_mean', 0):.0f} | "
                          f"{row['max_abs_diff_vs_score'][label]:.1e} |")

@@ -39,7 +39,7 @@ import bench_pipeline_step as BP  # noqa: E402
 import bench_sparse_attn as B  # noqa: E402
 import probe_io as P  # noqa: E402
 from gpu_clocks import clock_cell  # noqa: E402
-from probe_key_halves import sustained_rounds  # noqa: E402
+from probe_key_halves import best_clocks, sustained_rounds  # noqa: E402
 
 import svg2core.attention as attention  # noqa: E402
 import svg2core.ops.sparse_attn as sparse_attn  # noqa: E402
@@ -165,8 +165,7 @@ def main() -> None:
     for row in out.data["rows"]:
         base = row["best_ms"]["rule order"]
         for label, ms in row["best_ms"].items():
-            r = min((x for x in row["rounds"] if x["variant"] == label), key=lambda x: x["ms"])
-            c = r["gpu_clocks"]
+            c = best_clocks(row["rounds"], label)
             lines.append(f"| {row['model']} | {label} | {ms:.2f} | {ms / base:.3f} | {clock_cell(c)} | "
                          f"{(c or {}).get('power_w_mean', 0):.0f} |")
     lines += ["", "| model | key clusters: largest / mean | tokens in the largest 10% | query clusters: largest / mean "
