@@ -297,14 +297,15 @@ def main() -> None:
     os.makedirs(opts.out, exist_ok=True)
     dev_name = torch.cuda.get_device_name()
     card = "h200" if "H200" in dev_name else "h100" if "H100" in dev_name else dev_name.replace(" ", "_").lower()
-    from svg2core.ops.sparse_attn import key_sweep_period
+    from svg2core.ops.sparse_attn import key_sweep_layout
 
-    def period_of(nv: int) -> int:  # the sweep svg2_attention's selection uses for this head length on this card
-        return key_sweep_period(torch.device("cuda"), torch.bfloat16, 128, nv) if opts.key_order == "sweep" else 0
+    def sweep_of(nv: int) -> tuple[int, int]:  # the sweep svg2_attention's selection uses for this head length here
+        period, block_m = key_sweep_layout(torch.device("cuda"), torch.bfloat16, 128, nv)
+        return (period if opts.key_order == "sweep" else 0), block_m
 
     results = {"device": dev_name, "torch": torch.__version__, "correctness": [], "sweep": [], "timings": [],
                "graph": None, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "key_order": {name: period_of(MODELS[name][1]) for name in MODELS}}
+               "key_order": {name: sweep_of(MODELS[name][1])[0] for name in MODELS}}
     path_json = os.path.join(opts.out, f"sparse_attn_{card}.json")
 
     def save():
@@ -373,7 +374,7 @@ def main() -> None:
         print(f"[dense] {name}: cuDNN {dense_ms:.2f} ms {dense_tf:.0f} TFLOP/s", flush=True)
         for density in DENSITIES:
             args, kpm, st = make_case(h, nv, t, cq, ck, density, dtype, seed=3)
-            args = selection_in_sweep_layout(args, period_of(nv))
+            args = selection_in_sweep_layout(args, *sweep_of(nv))
             fn = partial(sparse_attention, **args, num_dense_tokens=t, key_padding_mask=kpm, config=cfg_used)
             fn()
             ms = time_ms(fn, reps=reps_for(dense_ms * density))

@@ -36,7 +36,6 @@ FUSE_KEY_GATHER = True
 #: together (L2 hits instead of DRAM reads: faster at 720p where a head's K and V outgrow the L2). False: the rule's
 #: order. The kept set, and so the result up to summation order, is the same (docs/benchmarks/NOTES_sparse_attn.md v18).
 KEY_SWEEP = True
-SWEEP_BLOCK_M = 128  # query rows per program of the kernel that sweeps (the Gluon kernel's tiles)
 
 
 def svg2_attention(
@@ -160,7 +159,7 @@ class Plan(NamedTuple):
 def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Tensor, q_cent: torch.Tensor,
                        k_cent: torch.Tensor, iters: int, config: SVG2Config, ws: Workspace, backend: str = "triton",
                        concurrent: bool = True, candidates: int | None = None,
-                       sweep_period: int | None = None) -> Plan:
+                       sweep: tuple[int, int] | None = None) -> Plan:
     """Stages 1-3 of a call: k-means of the video queries and keys (``iters`` iterations, in place on the
     ``(B*H, C, D)`` fp32 centroids), cluster scoring and selection, and the gather of K and V into
     cluster-contiguous order (``v``: the full ``(B, H, N, D)`` values; its first ``Nv`` tokens are gathered).
@@ -171,20 +170,22 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     gather then runs beside the scoring and selection (docs/benchmarks/NOTES_selection.md); with
     :data:`FUSE_KEY_GATHER` the key k-means' last update has already written the permuted keys and the gather
     copies V only. ``candidates``: the k-means' warm assigns over candidate lists (``batched_kmeans``); None:
-    ``config.kmeans_candidates`` (``svg2_attention`` passes 0 for a layer's cold first call). ``sweep_period``: the
-    selection's key sweep (``KeySweep``: the attention kernel's programs in flight, 0 = none); None: the default
-    kernel's (``key_sweep_period``) with the Triton backend and :data:`KEY_SWEEP`, else none.
+    ``config.kmeans_candidates`` (``svg2_attention`` passes 0 for a layer's cold first call). ``sweep``: the
+    selection's key sweep, ``(period, block_m)`` (``KeySweep``: the attention kernel's programs in flight, 0 = none,
+    and its query rows a program); None: the default kernel's (``key_sweep_layout``) with the Triton backend and
+    :data:`KEY_SWEEP`, else none.
     """
     b, h, nv, _ = q_video.shape
     cq, ck = q_cent.shape[1], k_cent.shape[1]
     dev = q_video.device
     candidates = config.kmeans_candidates if candidates is None else candidates
-    if sweep_period is None:
-        sweep_period = 0
+    if sweep is None:
+        sweep = (0, 0)
         if KEY_SWEEP and backend == "triton":
-            from svg2core.ops.sparse_attn import key_sweep_period
+            from svg2core.ops.sparse_attn import key_sweep_layout
 
-            sweep_period = key_sweep_period(dev, q_video.dtype, q_video.shape[-1], nv)
+            sweep = key_sweep_layout(dev, q_video.dtype, q_video.shape[-1], nv)
+    sweep_period, sweep_block_m = sweep
     fuse_keys = FUSE_KEY_GATHER and backend == "triton" and iters >= 1
     side = main = None
     if concurrent and backend == "triton" and q_video.is_cuda:
@@ -223,8 +224,9 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     with on(gathering):  # the V (and K) gather, memory-bound, beside the scoring and selection
         kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend, gather_k=not fuse_keys)
     with on(scoring):
-        sweep = KeySweep(q_sizes, sweep_period, SWEEP_BLOCK_M) if sweep_period else None
-        sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend, sweep)
+        key_sweep = KeySweep(q_sizes, sweep_period, sweep_block_m) if sweep_period else None
+        sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend,
+                                                          key_sweep)
     if side is not None:
         main.wait_stream(side)  # the caller's stream sees everything
     return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,

@@ -114,16 +114,16 @@ def case(name: str, density: float, seconds: float, rounds: int, device, waves=(
     del model
     torch.cuda.empty_cache()
     n, t = args["q"].shape[2], args.get("num_dense_tokens", 0)
-    period = sparse_attn.key_sweep_period(device, torch.bfloat16, 128, n - t) or torch.cuda.get_device_properties(
-        device).multi_processor_count
+    period, block_m = sparse_attn.key_sweep_layout(device, torch.bfloat16, 128, n - t)
+    period = period or torch.cuda.get_device_properties(device).multi_processor_count
     call = {k: args[k] for k in CALL_TENSORS}
     rest = {k: v for k, v in args.items() if k not in CALL_TENSORS and k not in ("out", "workspace")}
-    layouts = {"rule order": call, "sweep": B.selection_in_sweep_layout(call, period)}
+    layouts = {"rule order": call, "sweep": B.selection_in_sweep_layout(call, period, block_m)}
     for w in waves:  # other periods, and the start by token offset instead of cluster id
         if w != period:
-            layouts[f"sweep {w}"] = B.selection_in_sweep_layout(call, w)
+            layouts[f"sweep {w}"] = B.selection_in_sweep_layout(call, w, block_m)
     if by_offset:
-        layouts["sweep by offset"] = B.selection_in_sweep_layout(call, period, by="offset")
+        layouts["sweep by offset"] = B.selection_in_sweep_layout(call, period, block_m, by="offset")
     outs = {k: torch.empty_like(call["q"]) for k in layouts}  # several copies of a 0.7 GB output at HunyuanVideo
     spaces = {k: Workspace() for k in layouts}
     fns = {k: (lambda a=a, o=outs[k], w=spaces[k]: sparse_attn.sparse_attention(**a, **rest, out=o, workspace=w))

@@ -40,7 +40,7 @@ def case(name, h, nv, cq, ck, dev, rounds) -> dict:
         q_cent, k_cent = S.warm_centroids(q, k, cq, ck, ws)
         alive.append((ws, q_cent, k_cent))
         fns[label] = S.capture_graph(lambda p=p, ws=ws, qc=q_cent, kc=k_cent: cluster_and_select(
-            q, k, v, qc, kc, 2, cfg, ws, sweep_period=p)).replay
+            q, k, v, qc, kc, 2, cfg, ws, sweep=(p, 128))).replay
     times = P.alternating_times(fns, rounds)
     del alive
     return {"shape": name, "Cq": cq, "Ck": ck, "period": period, "ms": times,

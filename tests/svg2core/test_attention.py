@@ -107,7 +107,7 @@ def test_key_sweep_lays_out_the_same_selection_in_sweep_order(monkeypatch):
     cfg = SMALL.replace(num_q_clusters=6, num_k_clusters=12)
     runs = {}
     for period in (0, 3):
-        monkeypatch.setattr(sparse_attn, "key_sweep_period", lambda dev, dtype, hd, nv, p=period: p)
+        monkeypatch.setattr(sparse_attn, "key_sweep_layout", lambda dev, dtype, hd, nv, p=period: (p, 16))
         ws = Workspace()
         out, density = svg2_attention(q, k, v, cfg, LayerState(), workspace=ws, num_dense_tokens=t,
                                       key_padding_mask=mask, backend="triton")
@@ -119,7 +119,7 @@ def test_key_sweep_lays_out_the_same_selection_in_sweep_order(monkeypatch):
     out0, density0, sel0, q_sizes, k_sizes = runs[0]
     out3, density3, sel3, _, _ = runs[3]
     assert torch.equal(density3, density0)
-    want = selection_in_sweep_order(sel0[0], sel0[1], k_sizes, sweep_starts_reference(q_sizes, 3, 128, 12))
+    want = selection_in_sweep_order(sel0[0], sel0[1], k_sizes, sweep_starts_reference(q_sizes, 3, 16, 12))
     for g, w in zip(sel3, want, strict=True):
         assert torch.equal(g, w)
     assert not torch.equal(sel3[0], sel0[0])  # some row is laid out differently

@@ -201,7 +201,7 @@ def test_selection_in_sweep_order_on_the_gpu(monkeypatch):
     import svg2core.attention as attention
     from svg2core import LayerState, SVG2Config, svg2_attention
     from svg2core.ops.select import selection_in_sweep_order, sweep_starts_reference
-    from svg2core.ops.sparse_attn import key_sweep_period
+    from svg2core.ops.sparse_attn import key_sweep_layout
 
     torch.manual_seed(4)
     b, h, n, t, d, cq, ck = 1, 4, 60000, 64, 128, 60, 200  # K + V 31 MB a head: past half the L2, so it sweeps
@@ -209,9 +209,9 @@ def test_selection_in_sweep_order_on_the_gpu(monkeypatch):
     kpm = torch.ones(b, t, dtype=torch.bool, device="cuda")
     kpm[:, 40:] = False
     cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck, mode="fixed_density", target_density=0.25)
-    period = key_sweep_period(q.device, q.dtype, d, n - t)
-    assert period == torch.cuda.get_device_properties(0).multi_processor_count
-    assert key_sweep_period(q.device, q.dtype, d, 20000) == 0  # 10 MB a head: the L2 holds it, no sweep
+    period, block_m = key_sweep_layout(q.device, q.dtype, d, n - t)
+    assert (period, block_m) == (torch.cuda.get_device_properties(0).multi_processor_count, 128)
+    assert key_sweep_layout(q.device, q.dtype, d, 20000)[0] == 0  # 10 MB a head: the L2 holds it, no sweep
     runs = {}
     for sweep in (False, True):
         monkeypatch.setattr(attention, "KEY_SWEEP", sweep)
@@ -226,7 +226,7 @@ def test_selection_in_sweep_order_on_the_gpu(monkeypatch):
     out0, density0, sel0, q_sizes, k_sizes = runs[False]
     out1, density1, sel1, _, _ = runs[True]
     assert torch.equal(density1, density0)
-    want = selection_in_sweep_order(sel0[0], sel0[1], k_sizes, sweep_starts_reference(q_sizes, period, 128, ck))
+    want = selection_in_sweep_order(sel0[0], sel0[1], k_sizes, sweep_starts_reference(q_sizes, period, block_m, ck))
     for g, w in zip(sel1, want, strict=True):
         assert torch.equal(g, w)
     assert rel_rms(out1, out0) < 5e-3  # the online softmax sums in another order: bf16 rounding only

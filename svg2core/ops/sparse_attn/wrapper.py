@@ -114,9 +114,11 @@ def default_config(device: torch.device, dtype: torch.dtype, head_dim: int) -> K
     return _DEFAULT_CONFIG
 
 
-def key_sweep_period(device: torch.device, dtype: torch.dtype, head_dim: int, num_video_tokens: int) -> int:
-    """Video query-tile programs of the default kernel in flight at once, for a selection laid out in sweep order
-    (``svg2core.ops.select.selection_in_sweep_order``), or 0 where that layout is not used.
+def key_sweep_layout(device: torch.device, dtype: torch.dtype, head_dim: int,
+                     num_video_tokens: int) -> tuple[int, int]:
+    """``(period, block_m)`` of a selection laid out in sweep order (``svg2core.ops.select.selection_in_sweep_order``)
+    for the default kernel: its video query-tile programs in flight at once, and the query rows of one program (the
+    config's ``block_m``). The period is 0 where that layout is not used.
 
     The Gluon kernel (Hopper, D = 128) holds one program per SM (its stage ring takes most of the shared memory), so
     the period is the SM count. The layout pays where a head's K and V outgrow half the L2: H100, sustained load,
@@ -126,14 +128,14 @@ def key_sweep_period(device: torch.device, dtype: torch.dtype, head_dim: int, nu
     is unmeasured there: 0.
     """
     if device.type != "cuda":
-        return 0
+        return 0, _DEFAULT_CONFIG.block_m
     cfg = default_config(device, dtype, head_dim)
     if cfg.impl != "gluon" or cfg.gluon_persistent:
-        return 0
+        return 0, cfg.block_m
     head_kv_bytes = 2 * num_video_tokens * head_dim * dtype.itemsize
     if 2 * head_kv_bytes <= _l2_bytes(device):
-        return 0
-    return _num_sms(device)
+        return 0, cfg.block_m
+    return _num_sms(device), cfg.block_m
 
 
 @functools.cache
