@@ -87,10 +87,14 @@ class Workspace:
         self.allocations = 0  # how many times a buffer was (re)allocated; lets tests check reuse
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """A tensor of ``shape`` backed by the buffer called ``name`` (contents undefined)."""
+        """A tensor of ``shape`` backed by the buffer called ``name`` (contents undefined). ``"cuda"`` means the
+        current CUDA device, so it names the same buffer as that device's index (``cuda:0``)."""
         numel = math.prod(shape)
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         buf = self._buffers.get(name)
-        if buf is None or buf.dtype != dtype or buf.device != torch.device(device) or buf.numel() < numel:
+        if buf is None or buf.dtype != dtype or buf.device != device or buf.numel() < numel:
             with torch.inference_mode(False):  # a normal tensor (see the class docstring)
                 buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
             self._buffers[name] = buf

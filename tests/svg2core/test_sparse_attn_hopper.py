@@ -218,11 +218,13 @@ def test_selection_in_sweep_order_on_the_gpu(monkeypatch):
         ws = Workspace()
         out, density = svg2_attention(q, k, v, cfg, LayerState(), workspace=ws, num_dense_tokens=t,
                                       key_padding_mask=kpm)
-        # q.device, not "cuda": a buffer asked for on another device spelling is a new (uninitialised) one
-        sel = [ws.buffer(name, shape, torch.int32, q.device).clone() for name, shape in
+        allocated = ws.allocations
+        # "cuda" names the call's own buffers (on cuda:0): nothing new is allocated
+        sel = [ws.buffer(name, shape, torch.int32, "cuda").clone() for name, shape in
                (("sel.idx", (h, cq, ck)), ("sel.count", (h, cq)), ("sel.cum", (h, cq, ck + 1)))]
-        runs[sweep] = (out, density, sel, ws.buffer("q.sizes", (h, cq), torch.int32, q.device),
-                       ws.buffer("k.sizes", (h, ck), torch.int32, q.device))
+        runs[sweep] = (out, density, sel, ws.buffer("q.sizes", (h, cq), torch.int32, "cuda"),
+                       ws.buffer("k.sizes", (h, ck), torch.int32, "cuda"))
+        assert ws.allocations == allocated
     out0, density0, sel0, q_sizes, k_sizes = runs[False]
     out1, density1, sel1, _, _ = runs[True]
     assert torch.equal(density1, density0)
