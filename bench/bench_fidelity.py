@@ -46,16 +46,23 @@ HEADS = [
 ]
 
 
-def make_video_features(seed: int, num_objects: int = 6, feat_dim: int = 32):
-    """Token features (N, feat_dim) and grid positions (N, 3) of a synthetic moving-object video."""
+def make_video_features(seed: int, num_objects: int = 6, feat_dim: int = 32,
+                        grid: tuple[int, int, int] = (FRAMES, HEIGHT, WIDTH), with_classes: bool = False):
+    """Token features (N, feat_dim) and grid positions (N, 3) of a synthetic moving-object video (and with
+    ``with_classes`` each token's class (N,): band ``0..2`` or object ``3 + o``).
+
+    ``grid``: (frames, height, width); objects' sizes and speeds scale with ``min(height, width) / 16`` (the
+    default grid's), so a larger grid holds the same scene at a finer resolution."""
+    frames, height, width = grid
+    scale = min(height, width) / 16
     g = torch.Generator().manual_seed(seed)
     num_bands = 3
     emb = torch.randn(num_bands + num_objects, feat_dim, generator=g)
-    t, y, x = torch.meshgrid(torch.arange(FRAMES), torch.arange(HEIGHT), torch.arange(WIDTH), indexing="ij")
-    cls = (y * num_bands // HEIGHT).clone()  # background bands
-    start = torch.rand(num_objects, 2, generator=g) * torch.tensor([HEIGHT, WIDTH])
-    vel = (torch.rand(num_objects, 2, generator=g) - 0.5) * 3.0
-    radius = 1.5 + 2.0 * torch.rand(num_objects, generator=g)
+    t, y, x = torch.meshgrid(torch.arange(frames), torch.arange(height), torch.arange(width), indexing="ij")
+    cls = (y * num_bands // height).clone()  # background bands
+    start = torch.rand(num_objects, 2, generator=g) * torch.tensor([height, width])
+    vel = (torch.rand(num_objects, 2, generator=g) - 0.5) * 3.0 * scale
+    radius = (1.5 + 2.0 * torch.rand(num_objects, generator=g)) * scale
     for o in range(num_objects):
         cy = start[o, 0] + vel[o, 0] * t
         cx = start[o, 1] + vel[o, 1] * t
@@ -63,7 +70,7 @@ def make_video_features(seed: int, num_objects: int = 6, feat_dim: int = 32):
         cls = torch.where(inside, torch.full_like(cls, num_bands + o), cls)
     feats = emb[cls.flatten()] + 0.35 * torch.randn(cls.numel(), feat_dim, generator=g)
     pos = torch.stack([t.flatten(), y.flatten(), x.flatten()], dim=-1).float()
-    return feats, pos
+    return (feats, pos, cls.flatten()) if with_classes else (feats, pos)
 
 
 def rope_3d(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -81,13 +88,15 @@ def rope_3d(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return torch.cat(out, dim=-1)
 
 
-def make_qkv(seed: int, gain: float = 1.3, feats: torch.Tensor | None = None):
+def make_qkv(seed: int, gain: float = 1.3, feats: torch.Tensor | None = None,
+             grid: tuple[int, int, int] = (FRAMES, HEIGHT, WIDTH), num_objects: int = 6):
     """(1, H, N, D) fp16 q, k, v and the (N, 3) grid positions.
 
     ``feats``: ``(N, feat_dim)`` token features to project instead of ``make_video_features(seed)``'s
     (same positions and per-head projections; used by bench_kmeans_iters.py to simulate denoising).
+    ``grid`` / ``num_objects``: ``make_video_features``'.
     """
-    clean, pos = make_video_features(seed)
+    clean, pos = make_video_features(seed, num_objects, grid=grid)
     feats = clean if feats is None else feats
     g = torch.Generator().manual_seed(seed + 1)
     fd = feats.shape[1]
@@ -119,6 +128,16 @@ def masked_attention(q, k, v, mask):
     s = s.masked_fill(~mask, float("-inf"))
     out = torch.softmax(s, -1) @ v[0].float()
     return out[None], mask.float().mean(dim=(-1, -2))
+
+
+def dense_attention(q, k, v, chunk: int = 4096) -> torch.Tensor:
+    """fp32 dense attention of (1, H, N, D) inputs, ``chunk`` query rows at a time (no N x N matrix: GPU-sized
+    grids); ``masked_attention`` with every pair kept."""
+    kf, vf = k[0].float(), v[0].float()
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    rows = [torch.softmax((q[0, :, i:i + chunk].float() @ kf.transpose(-1, -2)) * scale, -1) @ vf
+            for i in range(0, q.shape[2], chunk)]
+    return torch.cat(rows, dim=1)[None]
 
 
 def rel_error(out, dense) -> float:

@@ -50,6 +50,7 @@ from bench_fidelity import (  # noqa: E402
     HEIGHT,
     WIDTH,
     _head_errors,
+    dense_attention,
     make_qkv,
     make_video_features,
     masked_attention,
@@ -66,16 +67,18 @@ def knobs(densities: list[float]) -> list[tuple[str, float]]:
     return [("fixed_density", d) for d in densities] + [("top_p", DEFAULT_TOP_P)]
 
 
-def trajectory(seed: int, steps: int, sigma_start: float, step_noise: float):
-    """Yields (sigma, q, k, v) for the ``steps`` steps of one simulated denoising trajectory."""
-    clean, _ = make_video_features(seed)
+def trajectory(seed: int, steps: int, sigma_start: float, step_noise: float,
+               grid: tuple[int, int, int] = (FRAMES, HEIGHT, WIDTH), num_objects: int = 6, device: str = "cpu"):
+    """Yields (sigma, q, k, v) for the ``steps`` steps of one simulated denoising trajectory (``grid`` and
+    ``num_objects``: bench_fidelity.make_video_features'; q, k, v on ``device``)."""
+    clean, _ = make_video_features(seed, num_objects, grid=grid)
     g = torch.Generator().manual_seed(seed + 1000)
     z = torch.randn(clean.shape, generator=g)
     for s in range(steps):
         sigma = sigma_start * (1.0 - s / max(1, steps - 1))
         feats = (1.0 - sigma) * clean + sigma * z + step_noise * torch.randn(clean.shape, generator=g)
-        q, k, v, _ = make_qkv(seed, feats=feats)
-        yield sigma, q, k, v
+        q, k, v, _ = make_qkv(seed, feats=feats, grid=grid, num_objects=num_objects)
+        yield sigma, q.to(device), k.to(device), v.to(device)
 
 
 def kmeans_objective(x: torch.Tensor, centroids: torch.Tensor) -> float:
@@ -183,13 +186,13 @@ def phase_deltas(rows, warmup: int, parts: int = 3) -> list[dict]:
     return out
 
 
-def trajectory_cases(seeds, steps: int, densities, sigma_start: float, step_noise: float):
+def trajectory_cases(seeds, steps: int, densities, sigma_start: float, step_noise: float, **where):
     """For the probes that rerun the trajectory: per seed, step and (mode, knob), yields ``(seed, step, q, k, v,
-    dense, mode, knob, extra)``, ``dense`` the dense fp32 output and ``extra`` the SVG2Config field of the knob."""
+    dense, mode, knob, extra)``, ``dense`` the dense fp32 output and ``extra`` the SVG2Config field of the knob.
+    ``where``: ``trajectory``'s grid, num_objects and device."""
     for seed in seeds:
-        for step, (_, q, k, v) in enumerate(trajectory(seed, steps, sigma_start, step_noise)):
-            n = q.shape[2]
-            dense, _ = masked_attention(q, k, v, torch.ones(len(HEADS), n, n, dtype=torch.bool))
+        for step, (_, q, k, v) in enumerate(trajectory(seed, steps, sigma_start, step_noise, **where)):
+            dense = dense_attention(q, k, v)
             for mode, knob in knobs(densities):
                 extra = dict(target_density=knob) if mode == "fixed_density" else dict(top_p=knob)
                 yield seed, step, q, k, v, dense, mode, knob, extra

@@ -10,6 +10,12 @@ Per (mode, knob, m), over the warm steps: the output's relative L2 error against
 centroid) relative to ``m = 0``'s.
 
     .venv/bin/python bench/probes/probe_candidates.py --out DIR [--m 4 8 16 --seeds 4 --steps 24]
+
+At the real cluster counts (GPU, Triton backend; Wan 14B 720p's latent grid of 21 x 45 x 80 = 75,600 tokens, the
+public 300 / 1000 clusters; the synthetic video's objects and speeds scaled to the grid, more objects):
+
+    python bench/probes/probe_candidates.py --out DIR --grid 21,45,80 --objects 24 --cq 300 --ck 1000 \
+        --device cuda --backend triton --m 8 16
 """
 
 from __future__ import annotations
@@ -19,27 +25,33 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
-from bench_fidelity import rel_error  # noqa: E402
+import probe_io as P  # noqa: E402
+from bench_fidelity import FRAMES, HEIGHT, WIDTH, rel_error  # noqa: E402
 from bench_kmeans_iters import kmeans_objective, paired_summary, trajectory_args, trajectory_cases  # noqa: E402
 
 from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
 
 
-def run(seeds, steps, densities, cq, ck, iters, init_iters, sigma_start, step_noise, ms) -> list[dict]:
+def run(seeds, steps, densities, cq, ck, iters, init_iters, sigma_start, step_noise, ms, backend="reference",
+        **where) -> list[dict]:
+    """Rows per (seed, step, m, mode, knob); ``where``: the trajectory's grid, num_objects and device."""
     rows = []
     variants = [0, *ms]
     states = {}
     for seed, step, q, k, v, dense, mode, knob, extra in trajectory_cases(seeds, steps, densities, sigma_start,
-                                                                           step_noise):
+                                                                           step_noise, **where):
         for m in variants:
             cfg = SVG2Config(mode=mode, num_q_clusters=cq, num_k_clusters=ck, kmeans_iters_init=init_iters,
                              kmeans_iters=iters, kmeans_candidates=m, **extra)
             state = states.setdefault((seed, m, mode, knob), LayerState())
-            out, dens = svg2_attention(q, k, v, cfg, state, backend="reference")
+            out, dens = svg2_attention(q, k, v, cfg, state, backend=backend)
             cent = state.get(0)
             rows.append(dict(seed=seed, step=step, m=m, mode=mode, knob=knob, error=rel_error(out, dense),
                              density=dens.mean().item(), obj_q=kmeans_objective(q, cent.q),
@@ -53,17 +65,29 @@ def main() -> None:
     trajectory_args(ap)
     ap.add_argument("--iters", type=int, default=SVG2Config().kmeans_iters)
     ap.add_argument("--m", type=int, nargs="+", default=[4, 8, 16])
+    ap.add_argument("--grid", default=",".join(map(str, (FRAMES, HEIGHT, WIDTH))), help="frames,height,width")
+    ap.add_argument("--objects", type=int, default=6, help="moving objects in the synthetic video")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="reference", choices=("reference", "triton"))
     args = ap.parse_args()
+    grid = tuple(int(x) for x in args.grid.split(","))
+    if len(grid) != 3 or min(grid) < 1:
+        ap.error(f"--grid: three positive integers frames,height,width, got {args.grid!r}")
     rows = run(range(args.seeds), args.steps, args.densities, args.cq, args.ck, args.iters, args.init_iters,
-               args.sigma_start, args.step_noise, args.m)
+               args.sigma_start, args.step_noise, args.m, args.backend, grid=grid, num_objects=args.objects,
+               device=args.device)
     summary = paired_summary(rows, "m", [0, *args.m], 0, ratios=("obj_q", "obj_k"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "probe_candidates_cpu" + ("" if (args.cq, args.ck) == (16, 64) else f"_{args.cq}_{args.ck}")
+    card = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
+    where = P.card_tag(card) if args.device.startswith("cuda") else args.device
+    stem = (f"probe_candidates_{where}" + ("" if (args.cq, args.ck) == (16, 64) else f"_{args.cq}_{args.ck}")
+            + ("" if grid == (FRAMES, HEIGHT, WIDTH) else "_{}x{}x{}".format(*grid)))
     (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=1))
-    lines = ["# The warm assign over candidate lists: accuracy along the simulated trajectory (CPU)", "",
-             f"`bench/probes/probe_candidates.py`, reference backend, bench_kmeans_iters' trajectory ({args.seeds} seeds "
-             f"x {args.steps} steps, Cq / Ck = {args.cq} / {args.ck}, {args.iters} warm iterations per call, "
+    lines = [f"# The warm assign over candidate lists: accuracy along the simulated trajectory ({card})", "",
+             f"`bench/probes/probe_candidates.py`, {args.backend} backend, bench_kmeans_iters' trajectory on a "
+             "{} x {} x {} grid ".format(*grid) + f"({grid[0] * grid[1] * grid[2]:,} tokens, {args.objects} objects; "
+             f"{args.seeds} seeds x {args.steps} steps, Cq / Ck = {args.cq} / {args.ck}, {args.iters} warm iterations per call, "
              f"{args.init_iters} cold). m: candidates per cluster (0: every centroid). error: relative L2 error of "
              f"the output against dense over the warm steps; delta: paired difference against m = 0 (same seed and "
              f"step), mean +- std over seeds; objective: the k-means objective relative to m = 0's.", "",

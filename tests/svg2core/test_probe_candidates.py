@@ -1,0 +1,64 @@
+"""The simulated denoising trajectory at other grid sizes (bench_fidelity / bench_kmeans_iters) and
+bench/probes/probe_candidates.py's run over it: what the GPU run at Wan 14B's grid uses, on a small grid."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path):
+    for p in (ROOT / "bench", ROOT / "bench" / "probes"):
+        sys.path.insert(0, str(p))
+    try:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        for p in (ROOT / "bench", ROOT / "bench" / "probes"):
+            sys.path.remove(str(p))
+
+
+def test_chunked_dense_attention_equals_the_masked_one():
+    fid = _load("bench_fidelity", ROOT / "bench" / "bench_fidelity.py")
+    q, k, v, _ = fid.make_qkv(0, grid=(2, 8, 12))
+    n = q.shape[2]
+    assert n == 2 * 8 * 12
+    want, _ = fid.masked_attention(q, k, v, torch.ones(q.shape[1], n, n, dtype=torch.bool))
+    got = fid.dense_attention(q, k, v, chunk=50)  # chunks that do not divide the rows
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_larger_grid_holds_the_same_scene_at_a_finer_resolution():
+    fid = _load("bench_fidelity", ROOT / "bench" / "bench_fidelity.py")
+    shares = {}
+    for grid in ((8, 16, 16), (8, 48, 48)):
+        feats, pos, cls = fid.make_video_features(3, grid=grid, with_classes=True)
+        assert feats.shape[0] == pos.shape[0] == cls.shape[0] == math.prod(grid)
+        assert pos.max(0).values.tolist() == [g - 1 for g in grid]
+        shares[grid] = torch.bincount(cls, minlength=9)[3:].float() / cls.numel()  # each object's share of tokens
+    # the objects cover about the same share of the frame at both resolutions (scaled radii)
+    small, large = shares[(8, 16, 16)], shares[(8, 48, 48)]
+    assert small.sum() > 0.05 and abs(small.sum() - large.sum()) < 0.35 * small.sum()
+    assert torch.equal(fid.make_video_features(3)[0], fid.make_video_features(3, grid=(8, 16, 16))[0])
+
+
+def test_probe_candidates_runs_the_trajectory_on_a_given_grid():
+    probe = _load("probe_candidates", ROOT / "bench" / "probes" / "probe_candidates.py")
+    rows = probe.run([0], 3, [0.25], 4, 32, 2, 5, 0.7, 0.05, [4], "reference", grid=(3, 8, 8), num_objects=3,
+                     device="cpu")
+    assert len(rows) == 3 * 2 * 2  # steps x (m = 0, 4) x (fixed 25%, top-p)
+    for r in rows:
+        assert 0.0 < r["error"] < 1.0 and r["obj_q"] > 0 and r["obj_k"] > 0
+        if r["mode"] == "fixed_density":
+            assert abs(r["density"] - 0.25) < 0.1  # within about one key cluster of 6 tokens in 192
+    summary = probe.paired_summary(rows, "m", [0, 4], 0, ratios=("obj_q", "obj_k"))
+    base = [s for s in summary if s["m"] == 0]
+    assert all(s["delta"] == 0.0 and s["obj_k_ratio"] == 1.0 for s in base)
