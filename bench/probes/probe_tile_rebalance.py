@@ -1,20 +1,30 @@
-"""Would moving a few query tokens between clusters, so that fewer query tiles are partly empty, pay? (CPU)
+"""Would moving a few query tokens between clusters, so that fewer query tiles are partly empty, pay?
 
 The kernel computes whole query tiles (128 rows, or 64 for a cluster's last <= 64 rows at ~0.69 of a full tile's
 cost, NOTES_sparse_attn.md v9), so a cluster of 130 tokens costs nearly as much as one of 192. This probe tries the
-obvious fix on bench_fidelity's synthetic video attention (reference backend, fixed density): every query cluster
-whose last tile holds at most ``rho`` "excess" rows (rows past a multiple of the half tile) hands those rows (its
-tokens farthest from its centroid) to the nearest other cluster that has room in its own last tile, and only if all
-of them find room. It reports the attention error against dense, the density and the tile cost relative to no move.
-bench_fidelity's clusters hold ~64 tokens, so the tile is scaled to 32 rows (``--block``), keeping the ratio of
-cluster size to tile of the real shapes (~2-2.5).
+obvious fix on bench_fidelity's synthetic video attention (fixed density): every query cluster whose last tile holds
+at most ``rho`` "excess" rows (rows past a multiple of the half tile) hands those rows to the nearest other cluster
+that has room in its own last tile, and only if all of them find room. Which rows move (``--criteria``):
+``farthest``, the donor's tokens farthest from its centroid; ``margin``, those whose nearest cluster with room is
+nearly as close as their own (the smallest distance margin). It reports the attention error against dense, the
+density and the tile cost relative to no move, and the error without moves at the density the saved tiles would buy
+(the baseline's target scaled by 1 / tile cost: equal kernel cost).
+
+On the CPU at the default grid (clusters of ~64 tokens, the tile scaled to 32 rows to keep the real shapes' ratio of
+cluster size to tile, ~2-2.5):
 
     python bench/probes/probe_tile_rebalance.py [--block 32]
+
+At Wan 14B 720p's size (GPU, Triton backend: 75,600 tokens, 300 / 1000 clusters, 128-row tiles):
+
+    python bench/probes/probe_tile_rebalance.py --grid 21,45,80 --objects 24 --cq 300 --ck 1000 --block 128 \
+        --device cuda --backend triton --out DIR
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -31,9 +41,12 @@ from svg2core.attention import cluster_and_select, masked_dense_attention_refere
 from svg2core.ops.kmeans import init_centroids_strided  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
+CRITERIA = ("farthest", "margin")
+
 
 def sizes_of(labels: torch.Tensor, c: int) -> torch.Tensor:
-    return torch.zeros(labels.shape[0], c, dtype=torch.long).scatter_add_(1, labels, torch.ones_like(labels))
+    return torch.zeros(labels.shape[0], c, dtype=torch.long, device=labels.device).scatter_add_(
+        1, labels, torch.ones_like(labels))
 
 
 def tile_cost(labels: torch.Tensor, c: int, block: int) -> float:
@@ -42,38 +55,111 @@ def tile_cost(labels: torch.Tensor, c: int, block: int) -> float:
     return float((s // block + torch.where(r == 0, 0.0, torch.where(r <= block // 2, 0.69, 1.0))).sum())
 
 
-def rebalance(x: torch.Tensor, labels: torch.Tensor, cent: torch.Tensor, rho: int, block: int) -> torch.Tensor:
-    """New labels: the excess rows of each donor cluster moved to the nearest cluster with room (see above)."""
+def rebalance(x: torch.Tensor, labels: torch.Tensor, cent: torch.Tensor, rho: int, block: int,
+              criterion: str = "farthest") -> torch.Tensor:
+    """New labels: the excess rows of each donor cluster moved to the nearest cluster with room (see above).
+
+    x (BH, N, D), labels (BH, N) int64, cent (BH, C, D); ``criterion``: which of a donor's tokens move first."""
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion: one of {CRITERIA}, got {criterion!r}")
     half = block // 2
     bh, n, d = x.shape
     c = cent.shape[1]
+    dev = labels.device
     sizes = sizes_of(labels, c)
     r = sizes % block
     excess = torch.where(r <= half, r, r - half)
     donor = (excess > 0) & (excess <= rho)
     cap = torch.where(donor, 0, torch.where(r == 0, 0, torch.where(r <= half, half - r, block - r)))
-    xf = x.float()
-    dist = ((xf - torch.gather(cent, 1, labels[..., None].expand(bh, n, d))) ** 2).sum(-1)
-    by_dist = torch.argsort(dist, dim=1, descending=True, stable=True)
-    srt = torch.gather(by_dist, 1, torch.argsort(torch.gather(labels, 1, by_dist), dim=1, stable=True))
-    lab_s = torch.gather(labels, 1, srt)  # tokens by (cluster, distance descending)
-    offs = torch.zeros(bh, c + 1, dtype=torch.long)
+    xf, cent = x.float(), cent.float()
+    d2 = (cent**2).sum(-1)[:, None, :] - 2 * xf @ cent.transpose(1, 2)  # (BH, N, C) up to |x|^2
+    own = torch.gather(d2, 2, labels[..., None])[..., 0]
+    room = d2.masked_fill(~(cap > 0)[:, None, :], float("inf")).min(-1)  # nearest cluster with room
+    score = -own if criterion == "farthest" else room.values - own  # lower moves first
+    by_score = torch.argsort(score, dim=1, stable=True)
+    srt = torch.gather(by_score, 1, torch.argsort(torch.gather(labels, 1, by_score), dim=1, stable=True))
+    lab_s = torch.gather(labels, 1, srt)  # tokens by (cluster, score)
+    offs = torch.zeros(bh, c + 1, dtype=torch.long, device=dev)
     offs[:, 1:] = sizes.cumsum(1)
-    pos = torch.arange(n)[None, :] - torch.gather(offs, 1, lab_s)
+    pos = torch.arange(n, device=dev)[None, :] - torch.gather(offs, 1, lab_s)
     mover = torch.gather(donor, 1, lab_s) & (pos < torch.gather(excess, 1, lab_s))
-    d2 = (cent**2).sum(-1)[:, None, :] - 2 * xf @ cent.transpose(1, 2)
-    dest = torch.gather(d2.masked_fill(~(cap > 0)[:, None, :], float("inf")).argmin(-1), 1, srt)
+    dest = torch.gather(room.indices, 1, srt)
     ok = torch.gather(cap > 0, 1, dest) & mover
     tgt = torch.where(ok, dest, c)
     o3 = torch.argsort(tgt, dim=1, stable=True)
     cnt = sizes_of(tgt, c + 1)
-    start = torch.zeros(bh, c + 2, dtype=torch.long)
+    start = torch.zeros(bh, c + 2, dtype=torch.long, device=dev)
     start[:, 1:] = cnt.cumsum(1)
-    rank = torch.empty_like(o3).scatter_(1, o3, torch.arange(n)[None, :] - torch.gather(start, 1, torch.gather(tgt, 1, o3)))
-    acc = ok & (rank < torch.gather(torch.cat([cap, torch.zeros(bh, 1, dtype=torch.long)], 1), 1, tgt))
-    full = donor & (torch.zeros(bh, c, dtype=torch.long).scatter_add_(1, lab_s, acc.long()) == excess)
+    rank = torch.empty_like(o3).scatter_(
+        1, o3, torch.arange(n, device=dev)[None, :] - torch.gather(start, 1, torch.gather(tgt, 1, o3)))
+    cap_or_0 = torch.cat([cap, torch.zeros(bh, 1, dtype=torch.long, device=dev)], 1)
+    acc = ok & (rank < torch.gather(cap_or_0, 1, tgt))
+    full = donor & (torch.zeros(bh, c, dtype=torch.long, device=dev).scatter_add_(1, lab_s, acc.long()) == excess)
     acc = acc & torch.gather(full, 1, lab_s)
     return torch.empty_like(labels).scatter_(1, srt, torch.where(acc, dest, lab_s))
+
+
+def attend(q, k, v, plan, labels: torch.Tensor, cq: int, backend: str) -> torch.Tensor:
+    """The sparse attention of ``plan``'s selection with the query clusters given by ``labels`` (BH, N)."""
+    scale = q.shape[-1] ** -0.5
+    if backend == "reference":
+        return masked_dense_attention_reference(q.float(), k.float(), v.float(), labels.int(), plan.k_labels,
+                                                plan.sel_idx, plan.sel_count, 0, None, scale)
+    from svg2core.ops.sparse_attn import sparse_attention
+
+    perm = torch.argsort(labels, dim=1, stable=True).int()
+    offsets = torch.zeros(labels.shape[0], cq + 1, dtype=torch.int32, device=labels.device)
+    offsets[:, 1:] = sizes_of(labels, cq).cumsum(1)
+    return sparse_attention(q, k, v, plan.kp, plan.vp, perm, offsets, plan.k_offsets, plan.sel_idx,
+                            plan.sel_count, plan.sel_cum, scale=scale)
+
+
+def plan_at(q, k, v, target: float, cq: int, ck: int, iters: int, backend: str):
+    """A cold clustering (``iters`` iterations from the strided start) and fixed-density selection at ``target``:
+    the plan and the query centroids."""
+    cfg = SVG2Config(mode="fixed_density", target_density=target, num_q_clusters=cq, num_k_clusters=ck)
+    h, d = q.shape[1], q.shape[-1]
+    qc = torch.empty(h, cq, d, device=q.device)
+    kc = torch.empty(h, ck, d, device=q.device)
+    init_centroids_strided(q, cq, qc)
+    init_centroids_strided(k, ck, kc)
+    return cluster_and_select(q, k, v, qc, kc, iters, cfg, Workspace(), backend), qc
+
+
+def measure(seeds, targets, rhos, criteria, cq: int, ck: int, block: int, grid, objects: int, device: str,
+            backend: str, init_iters: int = 20) -> list[dict]:
+    """Rows per (target, rho, criterion) averaged over seeds: error, density, tile cost, tokens moved, and the
+    no-move error at the target scaled by 1 / tile cost."""
+    acc: dict = {}
+    for seed in seeds:
+        q, k, v, _ = F.make_qkv(seed, grid=grid, num_objects=objects)
+        q, k, v = q.to(device), k.to(device), v.to(device)
+        h, n = q.shape[1], q.shape[2]
+        dense = F.dense_attention(q, k, v)
+
+        for target in targets:
+            plan, qc = plan_at(q, k, v, target, cq, ck, init_iters, backend)
+            base = plan.q_labels.long()
+            tok = torch.gather(plan.sel_cum.long(), -1, plan.sel_count.long()[..., None])[..., 0]
+            for rho in rhos:
+                for criterion in (criteria if rho else CRITERIA[:1]):
+                    labels = rebalance(q[0], base, qc, rho, block, criterion) if rho else base
+                    out = attend(q, k, v, plan, labels, cq, backend)
+                    cost = tile_cost(labels, cq, block) / tile_cost(base, cq, block)
+                    row = dict(error=F.rel_error(out, dense),
+                               density=float((sizes_of(labels, cq) * tok).sum()) / (h * n * n),
+                               cost=cost, moved=float((labels != base).float().mean()))
+                    if rho:  # the same kernel cost spent on density instead of moves
+                        eq_plan, _ = plan_at(q, k, v, min(1.0, target / cost), cq, ck, init_iters, backend)
+                        row["error_no_move_equal_cost"] = F.rel_error(
+                            attend(q, k, v, eq_plan, eq_plan.q_labels.long(), cq, backend), dense)
+                    acc.setdefault((target, rho, criterion if rho else "-"), []).append(row)
+        print(f"seed {seed} done", flush=True)
+    rows = []
+    for (target, rho, criterion), rs in acc.items():
+        mean = {key: sum(r[key] for r in rs) / len(rs) for key in rs[0]}
+        rows.append(dict(target=target, rho=rho, criterion=criterion, **mean))
+    return rows
 
 
 def gamma_sizes_gain() -> None:
@@ -94,37 +180,49 @@ def gamma_sizes_gain() -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--block", type=int, default=32, help="rows of a query tile, scaled to the benchmark's clusters")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--grid", default=",".join(map(str, (F.FRAMES, F.HEIGHT, F.WIDTH))), help="frames,height,width")
+    ap.add_argument("--objects", type=int, default=6)
+    ap.add_argument("--cq", type=int, default=32)
+    ap.add_argument("--ck", type=int, default=32)
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.15, 0.25])
+    ap.add_argument("--rhos", type=int, nargs="+", default=None, help="default: block / 8, / 4, 3 / 8")
+    ap.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="reference", choices=("reference", "triton"))
+    ap.add_argument("--out", default=None, help="write the table and rows here (markdown + JSON)")
     a = ap.parse_args()
-    cq = ck = 32
-    print("| target density | rho | error vs dense | density | tile cost | tokens moved |\n|---|---|---|---|---|---|")
-    for target in (0.15, 0.25):
-        for rho in (0, a.block // 8, a.block // 4, a.block * 3 // 8):
-            errs, dens, costs, moved = [], [], [], []
-            for seed in range(a.seeds):
-                q, k, v, _ = F.make_qkv(seed)
-                h, n = q.shape[1], q.shape[2]
-                dense, _ = F.masked_attention(q, k, v, torch.ones(h, n, n, dtype=torch.bool))
-                cfg = SVG2Config(mode="fixed_density", target_density=target, num_q_clusters=cq, num_k_clusters=ck,
-                                 kmeans_iters_init=20)
-                qc, kc = torch.empty(h, cq, q.shape[-1]), torch.empty(h, ck, q.shape[-1])
-                init_centroids_strided(q, cq, qc)
-                init_centroids_strided(k, ck, kc)
-                plan = cluster_and_select(q, k, v, qc, kc, 20, cfg, Workspace(), "reference")
-                base = plan.q_labels.long()
-                labels = rebalance(q[0], base, qc, rho, a.block) if rho else base
-                out = masked_dense_attention_reference(q.float(), k.float(), v.float(), labels.int(), plan.k_labels,
-                                                       plan.sel_idx, plan.sel_count, 0, None, q.shape[-1] ** -0.5)
-                tok = torch.gather(plan.sel_cum.long(), -1, plan.sel_count.long()[..., None])[..., 0]
-                errs.append(F.rel_error(out, dense))
-                dens.append(float((sizes_of(labels, cq) * tok).sum()) / (h * n * n))
-                costs.append(tile_cost(labels, cq, a.block) / tile_cost(base, cq, a.block))
-                moved.append(float((labels != base).float().mean()))
-            m = lambda xs: sum(xs) / len(xs)  # noqa: E731
-            print(f"| {target} | {rho} | {m(errs):.4f} | {m(dens):.4f} | {m(costs):.3f} | {m(moved):.4f} |")
-    gamma_sizes_gain()
+    grid = tuple(int(x) for x in a.grid.split(","))
+    if len(grid) != 3 or min(grid) < 1:
+        ap.error(f"--grid: three positive integers frames,height,width, got {a.grid!r}")
+    rhos = [0, *(a.rhos if a.rhos is not None else (a.block // 8, a.block // 4, a.block * 3 // 8))]
+    rows = measure(range(a.seeds), a.targets, rhos, a.criteria, a.cq, a.ck, a.block, grid, a.objects, a.device,
+                   a.backend)
+    card = torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else "CPU"
+    lines = [f"# Query-tile rebalancing: fidelity and tile cost ({card})", "",
+             f"`bench/probes/probe_tile_rebalance.py`, {a.backend} backend, bench_fidelity's synthetic video on a "
+             "{} x {} x {} grid".format(*grid) + f" ({grid[0] * grid[1] * grid[2]:,} tokens, {a.objects} objects), "
+             f"Cq / Ck = {a.cq} / {a.ck}, {a.block}-row tiles, {a.seeds} seeds. equal-cost error: no moves, at the "
+             "target divided by the tile cost (the saved tiles spent on density).", "",
+             "| target density | rho | criterion | error vs dense | equal-cost error, no moves | density | tile cost | "
+             "tokens moved |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        eq = f"{r['error_no_move_equal_cost']:.4f}" if "error_no_move_equal_cost" in r else ""
+        lines.append(f"| {r['target']} | {r['rho']} | {r['criterion']} | {r['error']:.4f} | {eq} | "
+                     f"{r['density']:.4f} | {r['cost']:.3f} | {r['moved']:.4f} |")
+    print("\n".join(lines))
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        where = "cpu" if card == "CPU" else ("h200" if "H200" in card else "h100" if "H100" in card else "gpu")
+        stem = os.path.join(a.out, f"probe_tile_rebalance_{where}_" + "{}x{}x{}".format(*grid))
+        with open(stem + ".md", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        with open(stem + ".json", "w") as f:
+            json.dump({"args": vars(a), "rows": rows}, f, indent=1)
+    if a.device == "cpu":
+        gamma_sizes_gain()
 
 
 if __name__ == "__main__":

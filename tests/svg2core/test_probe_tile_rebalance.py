@@ -1,0 +1,81 @@
+"""bench/probes/probe_tile_rebalance.py: the moves it measures keep their promises (only donors' excess rows move,
+only into room, all or nothing per donor, fewer tiles), and the sparse attention it runs on the GPU path with the
+moved labels equals the masked reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _probe():
+    for p in (ROOT / "bench", ROOT / "bench" / "probes"):
+        sys.path.insert(0, str(p))
+    try:
+        spec = importlib.util.spec_from_file_location("probe_tile_rebalance",
+                                                      ROOT / "bench" / "probes" / "probe_tile_rebalance.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        for p in (ROOT / "bench", ROOT / "bench" / "probes"):
+            sys.path.remove(str(p))
+
+
+@pytest.mark.parametrize("criterion", ["farthest", "margin"])
+def test_moves_shed_whole_excess_into_room(criterion):
+    probe = _probe()
+    g = torch.Generator().manual_seed(0)
+    bh, n, d, c, block, rho = 2, 700, 16, 12, 32, 8
+    x = torch.randn(bh, n, d, generator=g)
+    cent = torch.randn(bh, c, d, generator=g)
+    # uneven sizes: many clusters end in a few excess rows
+    labels = torch.multinomial(torch.rand(bh, c, generator=g) + 0.2, n, replacement=True, generator=g)
+    new = probe.rebalance(x, labels, cent, rho, block, criterion)
+    half = block // 2
+    before, after = probe.sizes_of(labels, c), probe.sizes_of(new, c)
+    r = before % block
+    excess = torch.where(r <= half, r, r - half)
+    donor = (excess > 0) & (excess <= rho)
+    moved = new != labels
+    assert moved.any()
+    for b in range(bh):
+        src = labels[b][moved[b]]
+        dst = new[b][moved[b]]
+        assert donor[b, src].all()  # only donors give
+        assert not donor[b, dst].any()  # and never to a donor
+        shed = before[b] - after[b]
+        gave = torch.bincount(src, minlength=c)
+        assert torch.equal(torch.where(gave > 0, gave, 0), torch.where(gave > 0, excess[b], 0))  # all or nothing
+        got = torch.bincount(dst, minlength=c)
+        room = torch.where(r[b] == 0, 0, torch.where(r[b] <= half, half - r[b], block - r[b]))
+        assert (got <= room).all()  # a receiver's last tile does not overflow
+        assert torch.equal(shed, gave - got)
+    assert probe.tile_cost(new, c, block) < probe.tile_cost(labels, c, block)
+    if criterion == "margin":  # in each donor that gave, the moved tokens are those with the smallest margins
+        d2 = (cent**2).sum(-1)[:, None, :] - 2 * x @ cent.transpose(1, 2)
+        own = torch.gather(d2, 2, labels[..., None])[..., 0]
+        cap = torch.where(donor, 0, torch.where(r == 0, 0, torch.where(r <= half, half - r, block - r)))
+        margin = d2.masked_fill(~(cap > 0)[:, None, :], float("inf")).min(-1).values - own
+        for b in range(bh):
+            for cl in labels[b][moved[b]].unique():
+                members = labels[b] == cl
+                assert margin[b][members & moved[b]].max() <= margin[b][members & ~moved[b]].min()
+
+
+def test_the_gpu_path_attends_with_the_moved_labels():
+    probe = _probe()
+    q, k, v, _ = probe.F.make_qkv(1, grid=(2, 8, 8), num_objects=3)
+    cq, ck = 8, 8
+    plan, qc = probe.plan_at(q, k, v, 0.3, cq, ck, 5, "triton")
+    labels = probe.rebalance(q[0], plan.q_labels.long(), qc, 6, 16, "margin")  # a draw where some rows move
+    assert (labels != plan.q_labels.long()).any()
+    got = probe.attend(q, k, v, plan, labels, cq, "triton")
+    want = probe.attend(q, k, v, plan, labels, cq, "reference")
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
