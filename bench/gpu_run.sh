@@ -21,6 +21,8 @@
 #                                                       # (probe_key_halves.py, ~1 min)
 #   bash bench/gpu_run.sh OUT candidates                # the warm assign over candidate lists against every centroid
 #                                                       # (probe_candidates_gpu.py: k-means alone, then the selection)
+#   bash bench/gpu_run.sh OUT serpentine                # the k-means updates and V gather in reverse head order, for L2
+#                                                       # (probe_serpentine.py: the whole selection, graph replay, ~1 min)
 #   bash bench/gpu_run.sh OUT rebalance                 # query tokens moved so that fewer query tiles are partly empty:
 #                                                       # accuracy at Wan 14B's size (probe_tile_rebalance.py, ~2 min)
 #   bash bench/gpu_run.sh OUT generate                  # whole jobs through the worker's path (bench_generate.py, ~4 min;
@@ -73,6 +75,7 @@ for step in "$@"; do
     keyrotation) python bench/probes/probe_key_rotation.py --out "$out/$step" > "$log" 2>&1 ;;
     stepkeyorder) python bench/probes/probe_step_key_order.py --out "$out/$step" > "$log" 2>&1 ;;
     candidates) python bench/probes/probe_candidates_gpu.py --out "$out/$step" > "$log" 2>&1 ;;
+    serpentine) python bench/probes/probe_serpentine.py --out "$out/$step" > "$log" 2>&1 ;;
     rebalance) python bench/probes/probe_tile_rebalance.py --grid 21,45,80 --objects 24 --cq 300 --ck 1000 \
       --block 128 --rhos 16 32 --device cuda --backend triton --out "$out/$step" > "$log" 2>&1 ;;
     generate) python bench/bench_generate.py --out "$out/$step" --budgets dense,fixed:0.15,fixed:0.25 > "$log" 2>&1 ;;

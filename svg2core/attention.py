@@ -36,6 +36,11 @@ FUSE_KEY_GATHER = True
 #: together (L2 hits instead of DRAM reads: faster at 720p where a head's K and V outgrow the L2). False: the rule's
 #: order. The kept set, and so the result up to summation order, is the same (docs/benchmarks/NOTES_sparse_attn.md v18).
 KEY_SWEEP = True
+#: Triton backend: the k-means updates and the V gather run the heads in reverse grid order, so that each starts on
+#: the heads the launch before it (an assign over the heads in order) read last, which may still be in L2; the
+#: attention kernel then starts on the head the gather wrote last. The result is the same. False until measured on a
+#: GPU (bench/probes/probe_serpentine.py).
+SERPENTINE_HEADS = False
 
 
 def svg2_attention(
@@ -199,7 +204,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
 
     def query_chain():
         q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend,
-                                                     candidates=candidates)
+                                                     candidates=candidates, reverse_heads=SERPENTINE_HEADS)
         q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32,
                                                                                  dev))
         return q_labels, q_perm, q_offsets, q_sizes
@@ -207,7 +212,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     def key_chain():
         k_rows = key_rows_buffer(k_video, nv, ws) if fuse_keys else None
         k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows,
-                                                     candidates=candidates)
+                                                     candidates=candidates, reverse_heads=SERPENTINE_HEADS)
         k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32,
                                                                                  dev))
         return k_labels, k_perm, k_offsets, k_sizes
@@ -222,7 +227,8 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         main.wait_stream(side)  # the scoring reads both chains' centroids, the gather the key permutation
         side.wait_stream(main)
     with on(gathering):  # the V (and K) gather, memory-bound, beside the scoring and selection
-        kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend, gather_k=not fuse_keys)
+        kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend, gather_k=not fuse_keys,
+                           reverse_heads=SERPENTINE_HEADS)
     with on(scoring):
         key_sweep = KeySweep(q_sizes, sweep_period, sweep_block_m) if sweep_period else None
         sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend,

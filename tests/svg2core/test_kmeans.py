@@ -299,6 +299,28 @@ def test_update_writes_the_rows_in_perm_order(chunk, backend, monkeypatch):
         kmeans_update(x, perm, offsets, got, labels, backend, Workspace(), rows_out=rows.float())
 
 
+@pytest.mark.parametrize("chunk", [0, 32], ids=["whole-clusters", "pieces"])
+def test_update_in_reverse_head_order_is_the_same(chunk, monkeypatch):
+    # reverse_heads (an L2 schedule: the heads in reverse grid order) changes neither the centroids, nor the rows
+    # written, nor the tickets of the pieces (back to zero for the next launch)
+    monkeypatch.setattr(km, "UPDATE_CHUNK", chunk)
+    b, h, n, d, c = 2, 3, 257, 64, 6
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(b, h, n, d, generator=gen).to(torch.bfloat16)
+    labels = torch.randint(0, c - 1, (b * h, n), generator=gen).int()  # cluster 5 empty
+    perm, offsets = sort_by_cluster(labels, c, Workspace(), "t")
+    cent = torch.randn(b * h, c, d, generator=gen)
+    results = []
+    for reverse in (False, True):
+        ws = Workspace()
+        got, rows = cent.clone(), torch.empty(b * h, n, d, dtype=x.dtype)
+        kmeans_update(x, perm, offsets, got, labels, "triton", ws, name="t", rows_out=rows, reverse_heads=reverse)
+        kmeans_update(x, perm, offsets, got, labels, "triton", ws, name="t", reverse_heads=reverse)  # tickets reset
+        results.append((got, rows))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert torch.equal(results[1][1], gather_rows_reference(x, perm))
+
+
 def test_batched_kmeans_writes_the_rows_of_its_final_perm():
     b, h, n, d, c = 1, 2, 200, 64, 5
     gen = torch.Generator().manual_seed(9)

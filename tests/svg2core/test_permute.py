@@ -39,6 +39,20 @@ def test_gather_kernel_equals_reference(b, h, n, nv, d, dtype):
     assert torch.equal(vp, gather_rows_reference(v, perm))
 
 
+@pytest.mark.parametrize("gather_k", [True, False], ids=["k-and-v", "v-only"])
+def test_gather_in_reverse_head_order_writes_the_same_rows(gather_k):
+    # reverse_heads only changes which head's programs start first (an L2 schedule)
+    b, h, n, d = 2, 3, 70, 64
+    k, v = (torch.randn(b, h, n, d).to(torch.bfloat16) for _ in range(2))
+    perm = torch.stack([torch.randperm(n) for _ in range(b * h)]).int()
+    ws = Workspace()
+    ws.buffer("kp", (b * h, n, d), k.dtype, "cpu").zero_()
+    _, vp = gather_kv(k, v, perm, ws, gather_k=gather_k, reverse_heads=True)
+    assert torch.equal(vp, gather_rows_reference(v, perm))
+    kp = ws.buffer("kp", (b * h, n, d), k.dtype, "cpu")
+    assert torch.equal(kp, gather_rows_reference(k, perm)) if gather_k else not kp.any()
+
+
 def test_workspace_reuses_buffers_across_calls():
     ws = Workspace()
     sort_by_cluster(torch.randint(0, 5, (2, 50), dtype=torch.int32), 5, ws, "q")

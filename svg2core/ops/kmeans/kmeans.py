@@ -208,7 +208,7 @@ def kmeans_assign(x: torch.Tensor, centroids: torch.Tensor, labels: torch.Tensor
 def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, centroids: torch.Tensor,
                   labels: torch.Tensor | None = None, backend: str = "triton",
                   workspace: Workspace | None = None, name: str = "kmeans", prepare: bool = False,
-                  rows_out: torch.Tensor | None = None) -> torch.Tensor:
+                  rows_out: torch.Tensor | None = None, reverse_heads: bool = False) -> torch.Tensor:
     """Replace every non-empty cluster's centroid by the mean of its points, in place.
 
     Args:
@@ -226,6 +226,8 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
             (from an assign of the same call): empty clusters are not rewritten.
         rows_out: ``(B * H, N, D)`` of ``x``'s dtype, or None: also write ``x``'s rows in ``perm`` order there
             (:func:`~svg2core.ops.permute.gather_rows_reference`), from the reads the update makes anyway.
+        reverse_heads: (Triton) run the heads in reverse grid order, so that the heads the assign before read last
+            (still in L2) are read first; the same result (``svg2core.attention.SERPENTINE_HEADS``).
     """
     if rows_out is not None and (rows_out.shape != (perm.shape[0], perm.shape[1], x.shape[-1])
                                  or rows_out.dtype != x.dtype or rows_out.stride(-1) != 1):
@@ -267,7 +269,7 @@ def kmeans_update(x: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor, ce
         perm.stride(0), lab.stride(0), offsets.stride(0), centroids.stride(0), centroids.stride(1),
         cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0), rows.stride(0), rows.stride(1),
         D=d, BLOCK_N=_SEGMENT_BLOCK_N, PREPARE=prepare, CHUNK=chunk, STORE_ROWS=rows_out is not None,
-        STAGES=_update_stages(n, c), num_warps=_SEGMENT_WARPS,
+        STAGES=_update_stages(n, c), REVERSE_BH=reverse_heads, num_warps=_SEGMENT_WARPS,
     )
     return centroids
 
@@ -281,7 +283,7 @@ def _update_stages(n: int, c: int) -> int:
 
 def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Workspace,
                    name: str, backend: str = "triton", rows_out: torch.Tensor | None = None,
-                   candidates: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   candidates: int = 0, reverse_heads: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``iters`` Lloyd iterations on every ``(b, h)``, updating ``centroids`` in place.
 
     Args:
@@ -297,6 +299,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         candidates: ``m > 0``: every assign but the first compares each token only with the ``m`` centroids nearest
             its current cluster's (:func:`kmeans_assign_candidates`), when the lists are a small share of the
             clusters (:func:`uses_candidate_lists`); ``0``: with all.
+        reverse_heads: the updates run the heads in reverse grid order (:func:`kmeans_update`); the same result.
 
     Returns:
         ``labels (B*H, N) int32``, ``perm (B*H, N) int32``, ``offsets (B*H, C+1) int32``.
@@ -342,7 +345,8 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
             perm, offsets = assign_and_sort(False)
         last = it == iters - 1
         kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name,
-                      prepare=not last and fuse_prepare, rows_out=rows_out if last else None)
+                      prepare=not last and fuse_prepare, rows_out=rows_out if last else None,
+                      reverse_heads=reverse_heads)
     return labels, perm, offsets
 
 

@@ -146,7 +146,7 @@ def _kmeans_segment_mean_kernel(
     stride_pbh, stride_labh, stride_obh,
     stride_cbh, stride_cc, stride_lbh, stride_lc, stride_sbh, stride_rbh, stride_rn,
     D: tl.constexpr, BLOCK_N: tl.constexpr, PREPARE: tl.constexpr, CHUNK: tl.constexpr, STORE_ROWS: tl.constexpr,
-    STAGES: tl.constexpr = 1,
+    STAGES: tl.constexpr = 1, REVERSE_BH: tl.constexpr = False,
 ):
     """cent[bh, c] = mean of x over the tokens perm[offsets[c]:offsets[c+1]]; empty clusters untouched.
 
@@ -173,9 +173,14 @@ def _kmeans_segment_mean_kernel(
     ``STAGES > 1`` software-pipelines the row loop (the compiler's ``cp.async`` ring of that depth: the indices and
     rows of the next steps are in flight while a step is summed); 1: each step waits for its index load, then for
     its row loads.
+
+    ``REVERSE_BH``: the heads in reverse grid order (the last head's programs start first), so that the heads an
+    assign over the heads in order read last, still in L2, are the first this update reads; the result is the same.
     """
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    if REVERSE_BH:
+        pid_bh = tl.num_programs(1) - 1 - pid_bh
     b = pid_bh // H
     h = pid_bh % H
     if pid < C:  # cluster pid's first piece

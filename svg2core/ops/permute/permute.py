@@ -149,7 +149,8 @@ def key_rows_buffer(k: torch.Tensor, nv: int, workspace: Workspace) -> torch.Ten
 
 
 def gather_kv(k: torch.Tensor, v: torch.Tensor, perm: torch.Tensor, workspace: Workspace,
-              backend: str = "triton", gather_k: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+              backend: str = "triton", gather_k: bool = True,
+              reverse_heads: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V video rows in ``perm`` order (cluster-contiguous), written into workspace buffers.
 
     Args:
@@ -158,6 +159,8 @@ def gather_kv(k: torch.Tensor, v: torch.Tensor, perm: torch.Tensor, workspace: W
         perm: ``(B * H, Nv)`` int32.
         gather_k: False when :func:`key_rows_buffer` already holds K's rows in ``perm`` order (the key
             k-means' last update wrote them: ``batched_kmeans(..., rows_out=...)``); only V is gathered.
+        reverse_heads: (Triton) run the heads in reverse grid order; the same result (an L2 schedule,
+            ``svg2core.attention.SERPENTINE_HEADS``).
 
     Returns:
         ``kp, vp``: ``(B * H, Nv, D)`` of ``k``'s dtype.
@@ -177,7 +180,7 @@ def gather_kv(k: torch.Tensor, v: torch.Tensor, perm: torch.Tensor, workspace: W
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         perm.stride(0), kp.stride(0), kp.stride(1),
-        D=d, BLOCK_N=_GATHER_BLOCK_N, GATHER_K=gather_k,
+        D=d, BLOCK_N=_GATHER_BLOCK_N, GATHER_K=gather_k, REVERSE_BH=reverse_heads,
     )
     return kp, vp
 

@@ -14,14 +14,17 @@ def _gather_kv_kernel(
     stride_vb, stride_vh, stride_vn,
     stride_pbh,
     stride_obh, stride_on,
-    D: tl.constexpr, BLOCK_N: tl.constexpr, GATHER_K: tl.constexpr,
+    D: tl.constexpr, BLOCK_N: tl.constexpr, GATHER_K: tl.constexpr, REVERSE_BH: tl.constexpr = False,
 ):
     """kp[bh, i] = k[b, h, perm[bh, i]] (with ``GATHER_K``) and the same for v; grid (cdiv(N, BLOCK_N), B * H).
 
-    Reads are row gathers (D contiguous elements each); writes are fully contiguous.
+    Reads are row gathers (D contiguous elements each); writes are fully contiguous. ``REVERSE_BH``: the heads in
+    reverse grid order (the first head is written last, so the attention kernel, which starts there, finds it in L2).
     """
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    if REVERSE_BH:
+        pid_bh = tl.num_programs(1) - 1 - pid_bh
     b = pid_bh // H
     h = pid_bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
