@@ -44,13 +44,13 @@ def score_with_assigned_centroids():
     kmeans, select = attention.batched_kmeans, attention.select_key_clusters
     before: dict[int, torch.Tensor] = {}  # id of the live centroid tensor -> its copy before the last iteration
 
-    def batched_kmeans(x, centroids, iters, workspace, name, backend="triton", rows_out=None, candidates=0):
+    def batched_kmeans(x, centroids, iters, workspace, name, backend="triton", rows_out=None, **kw):
         if iters >= 1:
             if iters > 1:
-                kmeans(x, centroids, iters - 1, workspace, name, backend, candidates=candidates)
+                kmeans(x, centroids, iters - 1, workspace, name, backend, **kw)
             before[id(centroids)] = centroids.clone()
-            return kmeans(x, centroids, 1, workspace, name, backend, rows_out=rows_out, candidates=candidates)
-        return kmeans(x, centroids, iters, workspace, name, backend, rows_out=rows_out, candidates=candidates)
+            return kmeans(x, centroids, 1, workspace, name, backend, rows_out=rows_out, **kw)
+        return kmeans(x, centroids, iters, workspace, name, backend, rows_out=rows_out, **kw)
 
     def select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend="triton", sweep=None):
         return select(before.get(id(q_cent), q_cent), before.get(id(k_cent), k_cent), k_sizes, config, nv, ws,
