@@ -276,8 +276,11 @@ def kernel_profile(model, kwargs, device) -> dict:
         return {}
     from torch.profiler import ProfilerActivity, profile
 
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        start.record()
         model(**kwargs)
+        end.record()
         sync(device)
     totals: dict[str, float] = {}
     for evt in prof.key_averages():
@@ -295,6 +298,11 @@ def kernel_profile(model, kwargs, device) -> dict:
     # behind, shows here; the step time minus the kernels' sum mixes both with the overlap of streams)
     idle, gaps = idle_gaps([(e.time_range.start, e.time_range.end, e.name[:60]) for e in device_events])
     totals["gpu_idle"] = idle
+    # the profiled forward's own time and the time some kernel runs in it: the sparse step's median exceeded the
+    # kernels' sum by ~10 ms at Wan 14B while dense matched (NOTES_sparse_attn v19); these say whether the profiled
+    # forward shows that gap
+    totals["forward"] = start.elapsed_time(end) / 1000.0
+    totals["gpu_busy"] = union_seconds([(e.time_range.start, e.time_range.end) for e in device_events])
     out = {k: round(v, 5) for k, v in totals.items()}
     out["longest_gaps"] = gaps
     return out
