@@ -3,20 +3,14 @@ selections are valid, hit the density, and with ``key_window`` stay in the first
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.svg2core.bench_modules import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_sparse_attn", ROOT / "bench" / "bench_sparse_attn.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("bench_sparse_attn.py")
 
 
 @pytest.mark.parametrize("window", [1.0, 0.5, 0.25, (0.5, 1.0)])

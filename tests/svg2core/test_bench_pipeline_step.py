@@ -5,7 +5,6 @@ HunyuanVideo's packed-prompt baseline equal to the stock padded, masked call."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from tests.svg2core.bench_modules import load_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "bench_pipeline_step.py"
@@ -68,10 +69,7 @@ def test_inductor_compiled_steps_match_eager_without_recompiling(tmp_path):
 
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_pipeline_step", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_pipeline_step.py")
 
 
 def test_packed_hunyuan_prompt_gives_the_padded_masked_output():

@@ -3,31 +3,15 @@ bench/probes/probe_candidates.py's run over it: what the GPU run at Wan 14B's gr
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str, path: Path):
-    for p in (ROOT / "bench", ROOT / "bench" / "probes"):
-        sys.path.insert(0, str(p))
-    try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        for p in (ROOT / "bench", ROOT / "bench" / "probes"):
-            sys.path.remove(str(p))
+from tests.svg2core.bench_modules import load_bench
 
 
 def test_chunked_dense_attention_equals_the_masked_one():
-    fid = _load("bench_fidelity", ROOT / "bench" / "bench_fidelity.py")
+    fid = load_bench("bench_fidelity.py")
     q, k, v, _ = fid.make_qkv(0, grid=(2, 8, 12))
     n = q.shape[2]
     assert n == 2 * 8 * 12
@@ -37,7 +21,7 @@ def test_chunked_dense_attention_equals_the_masked_one():
 
 
 def test_a_larger_grid_holds_the_same_scene_at_a_finer_resolution():
-    fid = _load("bench_fidelity", ROOT / "bench" / "bench_fidelity.py")
+    fid = load_bench("bench_fidelity.py")
     shares = {}
     for grid in ((8, 16, 16), (8, 48, 48)):
         feats, pos, cls = fid.make_video_features(3, grid=grid, with_classes=True)
@@ -51,7 +35,7 @@ def test_a_larger_grid_holds_the_same_scene_at_a_finer_resolution():
 
 
 def test_probe_candidates_runs_the_trajectory_on_a_given_grid():
-    probe = _load("probe_candidates", ROOT / "bench" / "probes" / "probe_candidates.py")
+    probe = load_bench("probes/probe_candidates.py")
     rows = probe.run([0], 3, [0.25], 4, 32, 2, 5, 0.7, 0.05, [4], "reference", grid=(3, 8, 8), num_objects=3,
                      device="cpu")
     assert len(rows) == 3 * 2 * 2  # steps x (m = 0, 4) x (fixed 25%, top-p)

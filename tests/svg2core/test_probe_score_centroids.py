@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
 import svg2core.attention as attention
 from svg2core import LayerState, SVG2Config, svg2_attention
 from svg2core.state import Workspace
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.svg2core.bench_modules import load_bench
 
 
 def _probe():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("probe_score_centroids",
-                                                      ROOT / "bench" / "probes" / "probe_score_centroids.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    return load_bench("probes/probe_score_centroids.py")
 
 
 def test_the_scoring_sees_the_centroids_from_before_the_last_iteration():

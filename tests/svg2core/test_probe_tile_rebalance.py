@@ -4,28 +4,14 @@ moved labels equals the masked reference."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.svg2core.bench_modules import load_bench
 
 
 def _probe():
-    for p in (ROOT / "bench", ROOT / "bench" / "probes"):
-        sys.path.insert(0, str(p))
-    try:
-        spec = importlib.util.spec_from_file_location("probe_tile_rebalance",
-                                                      ROOT / "bench" / "probes" / "probe_tile_rebalance.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        for p in (ROOT / "bench", ROOT / "bench" / "probes"):
-            sys.path.remove(str(p))
+    return load_bench("probes/probe_tile_rebalance.py")
 
 
 @pytest.mark.parametrize("criterion", ["farthest", "margin"])

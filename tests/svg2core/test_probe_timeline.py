@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.svg2core.bench_modules import load_bench
 
 
 def _probe():
-    spec = importlib.util.spec_from_file_location("probe_timeline", ROOT / "bench" / "probes" / "probe_timeline.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("probes/probe_timeline.py")
 
 
 def test_union_counts_overlaps_once():
