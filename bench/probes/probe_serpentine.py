@@ -23,12 +23,10 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
 
 import svg2core.attention as attention  # noqa: E402
-from svg2core import SVG2Config, Workspace  # noqa: E402
-from svg2core.attention import cluster_and_select  # noqa: E402
+from svg2core import SVG2Config  # noqa: E402
 
 SHAPES = (("wan1.3b-480p", 12, 32760, 100, 500), ("wan1.3b-480p", 12, 32760, 200, 1000),
           ("wan14b-720p", 40, 75600, 300, 1000))
@@ -38,24 +36,19 @@ def case(name, h, nv, cq, ck, dev, rounds) -> dict:
     torch.manual_seed(2)
     q, k, v = (torch.randn(1, h, nv, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
     cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck)
-    fns, plans, alive = {}, {}, []  # the graphs replay into their workspaces and centroids: keep them referenced
-    for label, on in (("in order", False), ("serpentine", True)):
-        ws = Workspace()
-        q_cent, k_cent = S.warm_centroids(q, k, cq, ck, ws)
-        start = (q_cent.clone(), k_cent.clone())
-        alive.append((ws, q_cent, k_cent))
-        with P.setting(attention, "SERPENTINE_HEADS", on):  # read when the graph is captured
-            graph = S.capture_graph(lambda ws=ws, qc=q_cent, kc=k_cent: cluster_and_select(
-                q, k, v, qc, kc, 2, cfg, ws))
+    # the switch is read when the graph is captured
+    graphs = P.captured_selections(q, k, v, cfg, {"in order": ({}, ((attention, "SERPENTINE_HEADS", False),)),
+                                                  "serpentine": ({}, ((attention, "SERPENTINE_HEADS", True),))})
+    plans = {}
+    for label, (graph, ws, q_cent, k_cent, start) in graphs.items():
         q_cent.copy_(start[0])
         k_cent.copy_(start[1])
         graph.replay()  # one call from the same warm start as the other variant
         torch.cuda.synchronize()
         plans[label] = (q_cent.clone(), k_cent.clone(), ws.buffer("vp", (h, nv, 128), v.dtype, dev).clone())
-        fns[label] = graph.replay
     same = all(torch.equal(a, b) for a, b in zip(plans["in order"], plans["serpentine"], strict=True))
-    times = P.alternating_times(fns, rounds)
-    del alive
+    times = P.alternating_times({label: g[0].replay for label, g in graphs.items()}, rounds)
+    del graphs
     return {"shape": name, "Cq": cq, "Ck": ck, "identical": same, "ms": times,
             "best_ms": {k: min(t) for k, t in times.items()}}
 

@@ -19,11 +19,9 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
-import bench_selection as S  # noqa: E402
 import probe_io as P  # noqa: E402
 
-from svg2core import SVG2Config, Workspace  # noqa: E402
-from svg2core.attention import cluster_and_select  # noqa: E402
+from svg2core import SVG2Config  # noqa: E402
 
 SHAPES = (("wan1.3b-480p", 12, 32760, 100, 500), ("wan1.3b-480p", 12, 32760, 300, 1000),
           ("wan14b-720p", 40, 75600, 300, 1000))
@@ -34,15 +32,10 @@ def case(name, h, nv, cq, ck, dev, rounds) -> dict:
     q, k, v = (torch.randn(1, h, nv, 128, device=dev, dtype=torch.bfloat16) for _ in range(3))
     cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck)
     period = torch.cuda.get_device_properties(dev).multi_processor_count  # timed at every shape, 480p included
-    fns, alive = {}, []  # the graphs replay into their workspaces and centroids: keep them referenced
-    for label, p in (("rule order", 0), ("sweep", period)):
-        ws = Workspace()
-        q_cent, k_cent = S.warm_centroids(q, k, cq, ck, ws)
-        alive.append((ws, q_cent, k_cent))
-        fns[label] = S.capture_graph(lambda p=p, ws=ws, qc=q_cent, kc=k_cent: cluster_and_select(
-            q, k, v, qc, kc, 2, cfg, ws, sweep=(p, 128))).replay
-    times = P.alternating_times(fns, rounds)
-    del alive
+    graphs = P.captured_selections(q, k, v, cfg, {"rule order": ({"sweep": (0, 128)}, ()),
+                                                  "sweep": ({"sweep": (period, 128)}, ())})
+    times = P.alternating_times({label: g[0].replay for label, g in graphs.items()}, rounds)
+    del graphs
     return {"shape": name, "Cq": cq, "Ck": ck, "period": period, "ms": times,
             "best_ms": {k: min(t) for k, t in times.items()}}
 
