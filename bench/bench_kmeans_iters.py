@@ -53,7 +53,6 @@ from bench_fidelity import (  # noqa: E402
     dense_attention,
     make_qkv,
     make_video_features,
-    masked_attention,
     rel_error,
 )
 
@@ -95,8 +94,7 @@ def run(seeds, steps, densities, cq, ck, init_iters, sigma_start, step_noise) ->
         states = {(name, knob): LayerState() for name, _ in SETTINGS for knob in knobs(densities)}
         prev = None
         for step, (sigma, q, k, v) in enumerate(trajectory(seed, steps, sigma_start, step_noise)):
-            n = q.shape[2]
-            dense, _ = masked_attention(q, k, v, torch.ones(len(HEADS), n, n, dtype=torch.bool))
+            dense = dense_attention(q, k, v)
             if prev is not None:
                 drifts.append(dict(seed=seed, step=step, q=rel_error(q, prev[0].float()),
                                    k=rel_error(k, prev[1].float()), dense_out=rel_error(dense, prev[2])))

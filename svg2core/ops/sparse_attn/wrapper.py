@@ -127,15 +127,11 @@ def key_sweep_layout(device: torch.device, dtype: torch.dtype, head_dim: int,
     (docs/benchmarks/NOTES_sparse_attn.md v18). The Triton kernel's occupancy varies with its config, and the layout
     is unmeasured there: 0.
     """
-    if device.type != "cuda":
-        return 0, _DEFAULT_CONFIG.block_m
     cfg = default_config(device, dtype, head_dim)
-    if cfg.impl != "gluon" or cfg.gluon_persistent:
-        return 0, cfg.block_m
     head_kv_bytes = 2 * num_video_tokens * head_dim * dtype.itemsize
-    if 2 * head_kv_bytes <= _l2_bytes(device):
-        return 0, cfg.block_m
-    return _num_sms(device), cfg.block_m
+    sweeps = (device.type == "cuda" and cfg.impl == "gluon" and not cfg.gluon_persistent
+              and 2 * head_kv_bytes > _l2_bytes(device))
+    return (_num_sms(device) if sweeps else 0), cfg.block_m
 
 
 @functools.cache
