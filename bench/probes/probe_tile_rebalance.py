@@ -126,40 +126,57 @@ def plan_at(q, k, v, target: float, cq: int, ck: int, iters: int, backend: str):
     return cluster_and_select(q, k, v, qc, kc, iters, cfg, Workspace(), backend), qc
 
 
+def density_of(plan, labels: torch.Tensor, cq: int) -> float:
+    """Computed pairs / all pairs of ``plan``'s selection with the query clusters given by ``labels``."""
+    tok = torch.gather(plan.sel_cum.long(), -1, plan.sel_count.long()[..., None])[..., 0]
+    n = labels.shape[-1]
+    return float((sizes_of(labels, cq) * tok).sum()) / (labels.shape[0] * n * n)
+
+
 def measure(seeds, targets, rhos, criteria, cq: int, ck: int, block: int, grid, objects: int, device: str,
-            backend: str, init_iters: int = 20) -> list[dict]:
+            backend: str, init_iters: int = 20, alt_cqs=()) -> tuple[list[dict], list[dict]]:
     """Rows per (target, rho, criterion) averaged over seeds: error, density, tile cost, tokens moved, and the
-    no-move error at the target scaled by 1 / tile cost."""
+    no-move error at the target scaled by 1 / tile cost. Second list: per (target, alternative query-cluster
+    count), the error at the target, the tile cost against ``cq``'s, and the error at the density that the same
+    kernel cost as ``cq`` at the target buys (the target / tile cost)."""
     acc: dict = {}
+    acc_cq: dict = {}
     for seed in seeds:
         q, k, v, _ = F.make_qkv(seed, grid=grid, num_objects=objects)
         q, k, v = q.to(device), k.to(device), v.to(device)
-        h, n = q.shape[1], q.shape[2]
         dense = F.dense_attention(q, k, v)
 
         for target in targets:
             plan, qc = plan_at(q, k, v, target, cq, ck, init_iters, backend)
             base = plan.q_labels.long()
-            tok = torch.gather(plan.sel_cum.long(), -1, plan.sel_count.long()[..., None])[..., 0]
+            base_cost = tile_cost(base, cq, block)
+            for c_alt in alt_cqs:  # fewer (or more) query clusters: bigger blocks for the kernel, coarser selection
+                alt, _ = plan_at(q, k, v, target, c_alt, ck, init_iters, backend)
+                cost = tile_cost(alt.q_labels.long(), c_alt, block) / base_cost
+                eq, _ = plan_at(q, k, v, min(1.0, target / cost), c_alt, ck, init_iters, backend)
+                acc_cq.setdefault((target, c_alt), []).append(dict(
+                    error=F.rel_error(attend(q, k, v, alt, alt.q_labels.long(), c_alt, backend), dense),
+                    density=density_of(alt, alt.q_labels.long(), c_alt), cost=cost,
+                    error_equal_cost=F.rel_error(attend(q, k, v, eq, eq.q_labels.long(), c_alt, backend), dense),
+                    density_equal_cost=density_of(eq, eq.q_labels.long(), c_alt)))
             for rho in rhos:
                 for criterion in (criteria if rho else CRITERIA[:1]):
                     labels = rebalance(q[0], base, qc, rho, block, criterion) if rho else base
                     out = attend(q, k, v, plan, labels, cq, backend)
                     cost = tile_cost(labels, cq, block) / tile_cost(base, cq, block)
-                    row = dict(error=F.rel_error(out, dense),
-                               density=float((sizes_of(labels, cq) * tok).sum()) / (h * n * n),
-                               cost=cost, moved=float((labels != base).float().mean()))
+                    row = dict(error=F.rel_error(out, dense), density=density_of(plan, labels, cq), cost=cost, moved=float((labels != base).float().mean()))
                     if rho:  # the same kernel cost spent on density instead of moves
                         eq_plan, _ = plan_at(q, k, v, min(1.0, target / cost), cq, ck, init_iters, backend)
                         row["error_no_move_equal_cost"] = F.rel_error(
                             attend(q, k, v, eq_plan, eq_plan.q_labels.long(), cq, backend), dense)
                     acc.setdefault((target, rho, criterion if rho else "-"), []).append(row)
         print(f"seed {seed} done", flush=True)
-    rows = []
-    for (target, rho, criterion), rs in acc.items():
-        mean = {key: sum(r[key] for r in rs) / len(rs) for key in rs[0]}
-        rows.append(dict(target=target, rho=rho, criterion=criterion, **mean))
-    return rows
+    def mean(rs):
+        return {key: sum(r[key] for r in rs) / len(rs) for key in rs[0]}
+
+    rows = [dict(target=t, rho=rho, criterion=crit, **mean(rs)) for (t, rho, crit), rs in acc.items()]
+    cq_rows = [dict(target=t, cq=c_alt, **mean(rs)) for (t, c_alt), rs in acc_cq.items()]
+    return rows, cq_rows
 
 
 def gamma_sizes_gain() -> None:
@@ -190,6 +207,8 @@ def main() -> None:
     ap.add_argument("--targets", type=float, nargs="+", default=[0.15, 0.25])
     ap.add_argument("--rhos", type=int, nargs="+", default=None, help="default: block / 8, / 4, 3 / 8")
     ap.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
+    ap.add_argument("--alt-cqs", type=int, nargs="*", default=[],
+                    help="other query-cluster counts to compare with --cq at equal kernel cost (no moves)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="reference", choices=("reference", "triton"))
     ap.add_argument("--out", default=None, help="write the table and rows here (markdown + JSON)")
@@ -198,8 +217,8 @@ def main() -> None:
     if len(grid) != 3 or min(grid) < 1:
         ap.error(f"--grid: three positive integers frames,height,width, got {a.grid!r}")
     rhos = [0, *(a.rhos if a.rhos is not None else (a.block // 8, a.block // 4, a.block * 3 // 8))]
-    rows = measure(range(a.seeds), a.targets, rhos, a.criteria, a.cq, a.ck, a.block, grid, a.objects, a.device,
-                   a.backend)
+    rows, cq_rows = measure(range(a.seeds), a.targets, rhos, a.criteria, a.cq, a.ck, a.block, grid, a.objects,
+                            a.device, a.backend, alt_cqs=a.alt_cqs)
     card = torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else "CPU"
     lines = [f"# Query-tile rebalancing: fidelity and tile cost ({card})", "",
              f"`bench/probes/probe_tile_rebalance.py`, {a.backend} backend, bench_fidelity's synthetic video on a "
@@ -212,6 +231,16 @@ def main() -> None:
         eq = f"{r['error_no_move_equal_cost']:.4f}" if "error_no_move_equal_cost" in r else ""
         lines.append(f"| {r['target']} | {r['rho']} | {r['criterion']} | {r['error']:.4f} | {eq} | "
                      f"{r['density']:.4f} | {r['cost']:.3f} | {r['moved']:.4f} |")
+    if cq_rows:
+        base = {r["target"]: r["error"] for r in rows if r["rho"] == 0}
+        lines += ["", f"Other query-cluster counts, no moves: the error at the target, the tile cost against Cq = {a.cq}'s "
+                  "at the target, and the error at the density that Cq's kernel cost buys (the target / tile cost; the "
+                  "selection's own cost, which falls with the query clusters, is not counted).", "",
+                  "| target density | Cq | error vs dense | tile cost | equal-cost density | equal-cost error | "
+                  f"Cq = {a.cq} at the target |", "|---|---|---|---|---|---|---|"]
+        for r in cq_rows:
+            lines.append(f"| {r['target']} | {r['cq']} | {r['error']:.4f} | {r['cost']:.3f} | "
+                         f"{r['density_equal_cost']:.4f} | {r['error_equal_cost']:.4f} | {base[r['target']]:.4f} |")
     print("\n".join(lines))
     if a.out:
         os.makedirs(a.out, exist_ok=True)
@@ -220,7 +249,7 @@ def main() -> None:
         with open(stem + ".md", "w") as f:
             f.write("\n".join(lines) + "\n")
         with open(stem + ".json", "w") as f:
-            json.dump({"args": vars(a), "rows": rows}, f, indent=1)
+            json.dump({"args": vars(a), "rows": rows, "cq_rows": cq_rows}, f, indent=1)
     if a.device == "cpu":
         gamma_sizes_gain()
 

@@ -65,3 +65,18 @@ def test_the_gpu_path_attends_with_the_moved_labels():
     got = probe.attend(q, k, v, plan, labels, cq, "triton")
     want = probe.attend(q, k, v, plan, labels, cq, "reference")
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_other_query_cluster_counts_are_compared_at_equal_kernel_cost():
+    probe = _probe()
+    rows, cq_rows = probe.measure([0], [0.3], [0], ["margin"], 8, 8, 16, (2, 8, 8), 3, "cpu", "reference",
+                                  init_iters=5, alt_cqs=[8, 4])
+    base = rows[0]
+    same, fewer = (next(r for r in cq_rows if r["cq"] == c) for c in (8, 4))
+    # the count of the baseline itself: the same plan, so the same cost, density and error at both densities
+    assert same["cost"] == 1.0 and same["density_equal_cost"] == same["density"] == base["density"]
+    assert same["error"] == same["error_equal_cost"] == base["error"]
+    # half the clusters on 128 tokens: larger clusters fill their 16-row tiles better, and the saved tiles buy density
+    assert fewer["cost"] < 1.0
+    assert fewer["density_equal_cost"] > fewer["density"]
+    assert 0.0 < fewer["error"] < 1.0
