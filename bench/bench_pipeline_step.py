@@ -173,13 +173,19 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def timed_forward(model, kwargs, device) -> tuple[float, torch.Tensor]:
-    """Seconds of one synchronised forward (CUDA events on GPU, wall clock on CPU), and its output."""
+def timed_forward(model, kwargs, device, host: list[float] | None = None) -> tuple[float, torch.Tensor]:
+    """Seconds of one synchronised forward (CUDA events on GPU, wall clock on CPU), and its output. On GPU,
+    ``host`` (a list) gets the seconds the host took to queue the forward: close to the forward's own time means
+    the host, not the GPU, sets the pace (the profiled forward's GPU idle time can come from the profiler's own
+    cost per launch, so it does not tell this alone)."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t = time.perf_counter()
         start.record()
         out = model(**kwargs)[0]
         end.record()
+        if host is not None:
+            host.append(time.perf_counter() - t)
         end.synchronize()
         return start.elapsed_time(end) / 1000.0, out
     t = time.perf_counter()
@@ -187,9 +193,9 @@ def timed_forward(model, kwargs, device) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t, out
 
 
-def timed_forwards(model, kwargs, n: int, device) -> list[float]:
-    """Seconds of ``n`` forwards (each synchronised)."""
-    return [timed_forward(model, kwargs, device)[0] for _ in range(n)]
+def timed_forwards(model, kwargs, n: int, device, host: list[float] | None = None) -> list[float]:
+    """Seconds of ``n`` forwards (each synchronised); ``host``: see :func:`timed_forward`."""
+    return [timed_forward(model, kwargs, device, host)[0] for _ in range(n)]
 
 
 def graphs_compiled() -> int:
@@ -374,13 +380,15 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
             model(**kwargs)  # warm-up: cuDNN plans, allocator
         sync(device)
         graphs_before = graphs_compiled()
+        dense_host: list[float] = []
         with svg2_session(model, dense_plan, num_inference_steps=100) as s, GpuClocks(device) as clocks:
-            dense_times = timed_forwards(model, kwargs, reps, device)
+            dense_times = timed_forwards(model, kwargs, reps, device, dense_host)
         graphs_in_timed = graphs_compiled() - graphs_before
         dm = s.metrics()
         dense_step = statistics.median(dense_times)
         attn_share = dm["dense_attention_seconds"] / sum(dm["step_transformer_seconds"])
-        res["dense"] = {"step_seconds": dense_times, "attention_share": round(attn_share, 4),
+        res["dense"] = {"step_seconds": dense_times, "host_enqueue_seconds": dense_host,
+                        "attention_share": round(attn_share, 4),
                         "attention_seconds_per_step": dm["dense_attention_seconds"] / reps,
                         "gpu_clocks": clocks.summary(),
                         "kernel_profile": kernel_profile(model, kwargs, device)}
@@ -392,8 +400,9 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
                 graphs_before = graphs_compiled()
                 cold, out = timed_forward(model, kwargs, device)
                 graphs_cold = graphs_compiled() - graphs_before
+                warm_host: list[float] = []
                 with GpuClocks(device) as clocks:
-                    warm = timed_forwards(model, kwargs, reps, device)
+                    warm = timed_forwards(model, kwargs, reps, device, warm_host)
                 graphs_in_timed += graphs_compiled() - graphs_before - graphs_cold
                 profile = kernel_profile(model, kwargs, device)
             if compile_info is not None:
@@ -410,8 +419,8 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
             calls = sm["sparse_calls"]
             entry = {
                 "target_density": density, "achieved_density": round(d, 4), "cold_step_seconds": cold,
-                "step_seconds": warm, "speedup": round(speedup, 3), "amdahl_ideal": round(ideal, 3),
-                "fraction_of_ideal": round(speedup / ideal, 3),
+                "step_seconds": warm, "host_enqueue_seconds": warm_host, "speedup": round(speedup, 3),
+                "amdahl_ideal": round(ideal, 3), "fraction_of_ideal": round(speedup / ideal, 3),
                 # per-call attention (clustering + selection + permutation + kernel) vs dense SDPA,
                 # from the session's CUDA events, warm calls
                 "sparse_attention_seconds_per_call": statistics.mean(warm_calls),
@@ -525,6 +534,16 @@ def write_markdown(path: str, results: dict) -> None:
         lines.append(f"- {r['model']} dense: {r['dense']['kernel_profile']}")
         for s in r["sparse"]:
             lines.append(f"- {r['model']} sparse {s['target_density']}: {s['kernel_profile']}")
+    queued = [r for r in results["models"] if r["dense"].get("host_enqueue_seconds")]
+    if queued:
+        lines += ["", "Host time to queue a timed forward against the forward's GPU time (medians; close to 1 means the "
+                  "host sets the pace):", ""]
+        for r in queued:
+            runs = [("dense", r["dense"])] + [(f"sparse {s['target_density']}", s) for s in r["sparse"]]
+            lines.append(f"- {r['model']}: " + "; ".join(
+                f"{name} {statistics.median(x['host_enqueue_seconds']) * 1e3:.0f} / "
+                f"{statistics.median(x['step_seconds']) * 1e3:.0f} ms" for name, x in runs
+                if x.get("host_enqueue_seconds")))
     clocked = [r for r in results["models"] if r["dense"].get("gpu_clocks")]
     if clocked:
         lines += ["", "SM clock and power during the timed forwards (nvidia-smi every 100 ms: mean / min MHz, mean W):",

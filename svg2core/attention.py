@@ -38,9 +38,10 @@ FUSE_KEY_GATHER = True
 KEY_SWEEP = True
 #: Triton backend: the k-means updates and the V gather run the heads in reverse grid order, so that each starts on
 #: the heads the launch before it (an assign over the heads in order) read last, which may still be in L2; the
-#: attention kernel then starts on the head the gather wrote last. The result is the same. False until measured on a
-#: GPU (bench/probes/probe_serpentine.py).
-SERPENTINE_HEADS = False
+#: attention kernel then starts on the head the gather wrote last. The result is the same (bit for bit). H100, whole
+#: selection, graph replay (probe_serpentine_h100_s19.md): 480p 100 / 500 0.680 -> 0.675 ms, 200 / 1000 1.071 ->
+#: 1.066, Wan 14B 300 / 1000 7.145 -> 7.136: small, the same sign everywhere (NOTES_selection.md v17).
+SERPENTINE_HEADS = True
 
 
 def svg2_attention(

@@ -80,3 +80,16 @@ def test_other_query_cluster_counts_are_compared_at_equal_kernel_cost():
     assert fewer["cost"] < 1.0
     assert fewer["density_equal_cost"] > fewer["density"]
     assert 0.0 < fewer["error"] < 1.0
+
+
+def test_the_moves_are_compared_at_the_baselines_kernel_cost():
+    probe = _probe()
+    rows, _ = probe.measure([1], [0.3], [0, 6], ["margin"], 8, 8, 16, (2, 8, 8), 3, "cpu", "reference", init_iters=5)
+    base = next(r for r in rows if r["rho"] == 0)
+    moved = next(r for r in rows if r["rho"] == 6)
+    assert moved["moved"] > 0 and moved["cost"] < 1.0  # a draw where rows move and tiles are saved
+    # both equal-cost figures come from the denser plan (target / cost): more pairs than the moved plan at the target
+    for key in ("error_moved_equal_cost", "error_no_move_denser"):
+        assert 0.0 < moved[key] < 1.0
+    assert moved["error_no_move_denser"] <= base["error"]  # more density, same clusters: no worse
+    assert "error_moved_equal_cost" not in base
