@@ -77,7 +77,7 @@ for step in "$@"; do
     candidates) python bench/probes/probe_candidates_gpu.py --out "$out/$step" > "$log" 2>&1 ;;
     serpentine) python bench/probes/probe_serpentine.py --out "$out/$step" > "$log" 2>&1 ;;
     rebalance) python bench/probes/probe_tile_rebalance.py --grid 21,45,80 --objects 24 --cq 300 --ck 1000 \
-      --block 128 --rhos 16 32 --alt-cqs 200 --device cuda --backend triton --out "$out/$step" > "$log" 2>&1 ;;
+      --block 128 --rhos 16 32 --alt-cqs 200 --time-heads 40 --device cuda --backend triton --out "$out/$step" > "$log" 2>&1 ;;
     generate) python bench/bench_generate.py --out "$out/$step" --budgets dense,fixed:0.15,fixed:0.25 > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
   esac

@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -111,11 +112,63 @@ def attend(q, k, v, plan, labels: torch.Tensor, cq: int, backend: str) -> torch.
                                                 plan.sel_idx, plan.sel_count, 0, None, scale)
     from svg2core.ops.sparse_attn import sparse_attention
 
+    perm, offsets = layout_of(labels, cq)
+    return sparse_attention(q, k, v, plan.kp, plan.vp, perm, offsets, plan.k_offsets, plan.sel_idx,
+                            plan.sel_count, plan.sel_cum, scale=scale)
+
+
+def layout_of(labels: torch.Tensor, cq: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's query layout for ``labels`` (BH, N): tokens by cluster (stable) and the cluster offsets."""
     perm = torch.argsort(labels, dim=1, stable=True).int()
     offsets = torch.zeros(labels.shape[0], cq + 1, dtype=torch.int32, device=labels.device)
     offsets[:, 1:] = sizes_of(labels, cq).cumsum(1)
-    return sparse_attention(q, k, v, plan.kp, plan.vp, perm, offsets, plan.k_offsets, plan.sel_idx,
-                            plan.sel_count, plan.sel_cum, scale=scale)
+    return perm, offsets
+
+
+def kernel_ms(plan, layouts: dict, heads: int, head_dim: int, rounds: int = 3, calls: int = 10) -> dict:
+    """The attention kernel's time (GPU, the card's default kernel) for each query layout of ``layouts`` (name ->
+    labels, BH = the plan's heads), at the product's head shape: ``heads`` heads of ``head_dim``, the plan's layout
+    and selection tiled over them (head h takes the plan's head h % BH), random bf16 tokens. Best of ``rounds``
+    alternating rounds of ``calls`` back-to-back calls, ms per call. Only the query layout differs between the
+    entries, so the ratios are what the moves change in the kernel's work."""
+    from svg2core.ops.sparse_attn import sparse_attention
+
+    bh, n = next(iter(layouts.values())).shape
+    cq = plan.sel_count.shape[-1]
+    dev = plan.sel_idx.device
+    src = torch.arange(heads, device=dev) % bh
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, head_dim, device=dev, generator=gen).to(torch.bfloat16) for _ in range(3))
+    kp, vp = (torch.randn(heads, n, head_dim, device=dev, generator=gen).to(torch.bfloat16) for _ in range(2))
+    tables = [x[src].contiguous() for x in (plan.k_offsets, plan.sel_idx, plan.sel_count, plan.sel_cum)]
+    qlay = {name: tuple(t[src].contiguous() for t in layout_of(lab, cq)) for name, lab in layouts.items()}
+    out = torch.empty_like(q)
+
+    def call(name):
+        perm, offsets = qlay[name]
+        sparse_attention(q, k, v, kp, vp, perm, offsets, *tables, out=out)
+
+    def timed(name) -> float:
+        if dev.type != "cuda":  # the CPU (Triton interpreter): checks the script, times nothing useful
+            t = time.perf_counter()
+            for _ in range(calls):
+                call(name)
+            return (time.perf_counter() - t) * 1e3 / calls
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            call(name)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / calls
+
+    for name in layouts:  # warm-up: compile and caches
+        call(name)
+    best = {name: float("inf") for name in layouts}
+    for _ in range(rounds):
+        for name in layouts:
+            best[name] = min(best[name], timed(name))
+    return best
 
 
 def plan_at(q, k, v, target: float, cq: int, ck: int, iters: int, backend: str):
@@ -138,9 +191,11 @@ def density_of(plan, labels: torch.Tensor, cq: int) -> float:
 
 
 def measure(seeds, targets, rhos, criteria, cq: int, ck: int, block: int, grid, objects: int, device: str,
-            backend: str, init_iters: int = 20, alt_cqs=()) -> tuple[list[dict], list[dict]]:
-    """Rows per (target, rho, criterion) averaged over seeds: error, density, tile cost, tokens moved, and the
-    no-move error at the target scaled by 1 / tile cost. Second list: per (target, alternative query-cluster
+            backend: str, init_iters: int = 20, alt_cqs=(), time_heads: int = 0,
+            time_head_dim: int = 128) -> tuple[list[dict], list[dict]]:
+    """Rows per (target, rho, criterion) averaged over seeds: error, density, tile cost, tokens moved, the errors at
+    equal kernel cost (module docstring) and, with ``time_heads`` (GPU), the kernel's time on each layout at that
+    many heads of ``time_head_dim`` (:func:`kernel_ms`) and its ratio to no moves. Second list: per (target, alternative query-cluster
     count), the error at the target, the tile cost against ``cq``'s, and the error at the density that the same
     kernel cost as ``cq`` at the target buys (the target / tile cost)."""
     acc: dict = {}
@@ -163,12 +218,15 @@ def measure(seeds, targets, rhos, criteria, cq: int, ck: int, block: int, grid, 
                     density=density_of(alt, alt.q_labels.long(), c_alt), cost=cost,
                     error_equal_cost=F.rel_error(attend(q, k, v, eq, eq.q_labels.long(), c_alt, backend), dense),
                     density_equal_cost=density_of(eq, eq.q_labels.long(), c_alt)))
+            layouts: dict = {}  # (rho, criterion) -> (labels, row), for the kernel's timing
             for rho in rhos:
                 for criterion in (criteria if rho else CRITERIA[:1]):
                     labels = rebalance(q[0], base, qc, rho, block, criterion) if rho else base
                     out = attend(q, k, v, plan, labels, cq, backend)
-                    cost = tile_cost(labels, cq, block) / tile_cost(base, cq, block)
-                    row = dict(error=F.rel_error(out, dense), density=density_of(plan, labels, cq), cost=cost, moved=float((labels != base).float().mean()))
+                    cost = tile_cost(labels, cq, block) / base_cost
+                    row = dict(error=F.rel_error(out, dense), density=density_of(plan, labels, cq), cost=cost,
+                               moved=float((labels != base).float().mean()))
+                    layouts[(rho, criterion if rho else "-")] = (labels, row)
                     if rho:  # the tiles the moves save, spent on density: the moved labels at target / cost
                         eq_plan, _ = plan_at(q, k, v, min(1.0, target / cost), cq, ck, init_iters, backend)
                         if not torch.equal(eq_plan.q_labels, plan.q_labels):  # the k-means ignores the density
@@ -180,7 +238,13 @@ def measure(seeds, targets, rhos, criteria, cq: int, ck: int, block: int, grid, 
                         row["error_no_move_denser"] = F.rel_error(
                             attend(q, k, v, eq_plan, eq_plan.q_labels.long(), cq, backend), dense)
                     acc.setdefault((target, rho, criterion if rho else "-"), []).append(row)
+            if time_heads:
+                ms = kernel_ms(plan, {key: lab for key, (lab, _) in layouts.items()}, time_heads, time_head_dim)
+                for key, (_, row) in layouts.items():
+                    row["kernel_ms"] = ms[key]
+                    row["kernel_ratio"] = ms[key] / ms[(0, "-")]
         print(f"seed {seed} done", flush=True)
+
     def mean(rs):
         return {key: sum(r[key] for r in rs) / len(rs) for key in rs[0]}
 
@@ -219,6 +283,9 @@ def main() -> None:
     ap.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA)
     ap.add_argument("--alt-cqs", type=int, nargs="*", default=[],
                     help="other query-cluster counts to compare with --cq at equal kernel cost (no moves)")
+    ap.add_argument("--time-heads", type=int, default=0,
+                    help="GPU: also time the attention kernel on each layout at this many heads (e.g. 40, Wan 14B)")
+    ap.add_argument("--time-head-dim", type=int, default=128)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--backend", default="reference", choices=("reference", "triton"))
     ap.add_argument("--out", default=None, help="write the table and rows here (markdown + JSON)")
@@ -228,7 +295,8 @@ def main() -> None:
         ap.error(f"--grid: three positive integers frames,height,width, got {a.grid!r}")
     rhos = [0, *(a.rhos if a.rhos is not None else (a.block // 8, a.block // 4, a.block * 3 // 8))]
     rows, cq_rows = measure(range(a.seeds), a.targets, rhos, a.criteria, a.cq, a.ck, a.block, grid, a.objects,
-                            a.device, a.backend, alt_cqs=a.alt_cqs)
+                            a.device, a.backend, alt_cqs=a.alt_cqs, time_heads=a.time_heads,
+                            time_head_dim=a.time_head_dim)
     card = torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else "CPU"
     lines = [f"# Query-tile rebalancing: fidelity and tile cost ({card})", "",
              f"`bench/probes/probe_tile_rebalance.py`, {a.backend} backend, bench_fidelity's synthetic video on a "
@@ -242,6 +310,15 @@ def main() -> None:
         eq, denser = (f"{r[key]:.4f}" if key in r else "" for key in ("error_moved_equal_cost", "error_no_move_denser"))
         lines.append(f"| {r['target']} | {r['rho']} | {r['criterion']} | {r['error']:.4f} | {eq} | {denser} | "
                      f"{r['density']:.4f} | {r['cost']:.3f} | {r['moved']:.4f} |")
+    timed = [r for r in rows if "kernel_ms" in r]
+    if timed:
+        lines += ["", f"The attention kernel on each query layout at {a.time_heads} heads of {a.time_head_dim} (the "
+                  "layouts and selections of the synthetic heads tiled over them, random bf16 tokens; best of 3 "
+                  "alternating rounds): is the tile cost what the kernel pays?", "",
+                  "| target density | rho | criterion | tile cost | kernel ms | kernel / no moves |", "|---|---|---|---|---|---|"]
+        for r in timed:
+            lines.append(f"| {r['target']} | {r['rho']} | {r['criterion']} | {r['cost']:.3f} | {r['kernel_ms']:.2f} | "
+                         f"{r['kernel_ratio']:.3f} |")
     if cq_rows:
         base = {r["target"]: r["error"] for r in rows if r["rho"] == 0}
         lines += ["", f"Other query-cluster counts, no moves: the error at the target, the tile cost against Cq = {a.cq}'s "

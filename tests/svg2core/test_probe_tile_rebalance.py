@@ -93,3 +93,13 @@ def test_the_moves_are_compared_at_the_baselines_kernel_cost():
         assert 0.0 < moved[key] < 1.0
     assert moved["error_no_move_denser"] <= base["error"]  # more density, same clusters: no worse
     assert "error_moved_equal_cost" not in base
+
+
+def test_the_kernel_timing_runs_every_layout_at_the_products_head_shape():
+    probe = _probe()
+    q, k, v, _ = probe.F.make_qkv(1, grid=(2, 8, 8), num_objects=3)
+    plan, qc = probe.plan_at(q, k, v, 0.3, 8, 8, 5, "triton")
+    moved = probe.rebalance(q[0], plan.q_labels.long(), qc, 6, 16, "margin")
+    # 5 heads over the plan's 3: the layouts and selections tiled, head 3 takes head 0's and head 4 head 1's
+    ms = probe.kernel_ms(plan, {"base": plan.q_labels.long(), "moved": moved}, heads=5, head_dim=64, rounds=1, calls=1)
+    assert set(ms) == {"base", "moved"} and all(0.0 < t < float("inf") for t in ms.values())
