@@ -335,14 +335,16 @@ def vae_decode_seconds(device, dtype, smoke: bool) -> float | None:
     return seconds
 
 
-def sparse_config(density: float, spec: dict, candidates: int = 0) -> SVG2Config:
+def sparse_config(density: float, spec: dict, candidates: int = 0, rebalance: int = 0) -> SVG2Config:
     cq, ck = spec["clusters"]
     return SVG2Config(mode="fixed_density", target_density=density, num_q_clusters=cq, num_k_clusters=ck,
-                      kmeans_iters_init=50, kmeans_iters=2, kmeans_candidates=candidates)
+                      kmeans_iters_init=50, kmeans_iters=2, kmeans_candidates=candidates,
+                      query_tile_rebalance=rebalance)
 
 
 def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_480p: float | None,
-                sdpa_ctx, compile_backend: str | None = None, packed_text: bool = True, candidates: int = 0) -> dict:
+                sdpa_ctx, compile_backend: str | None = None, packed_text: bool = True, candidates: int = 0,
+                rebalance: int = 0) -> dict:
     """Dense and sparse steps of one model; ``compile_backend``: regional torch.compile (None: eager)."""
     t0 = time.perf_counter()
     model, kwargs, layers, real_layers = build(spec, device, dtype, packed_text)
@@ -363,7 +365,8 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
                 eager_times = {"dense": timed_forwards(model, kwargs, reps, device)}
             eager_sparse = {}
             for density in densities:
-                with svg2_session(model, SparsityPlan(sparse_config(density, spec, candidates)), num_inference_steps=100):
+                with svg2_session(model, SparsityPlan(sparse_config(density, spec, candidates, rebalance)),
+                                  num_inference_steps=100):
                     eager_sparse[density] = model(**kwargs)[0].clone()
                     eager_times[f"sparse_{density}"] = timed_forwards(model, kwargs, reps, device)
             res["eager_same_process"] = eager_summary(eager_times, densities)
@@ -396,7 +399,8 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
             compile_info["dense_compile_seconds"] = round(compile_info["first_dense_forward_seconds"] - dense_step, 3)
         res["sparse"] = []
         for density in densities:
-            with svg2_session(model, SparsityPlan(sparse_config(density, spec, candidates)), num_inference_steps=100) as s:
+            with svg2_session(model, SparsityPlan(sparse_config(density, spec, candidates, rebalance)),
+                              num_inference_steps=100) as s:
                 graphs_before = graphs_compiled()
                 cold, out = timed_forward(model, kwargs, device)
                 graphs_cold = graphs_compiled() - graphs_before
@@ -487,7 +491,9 @@ def write_markdown(path: str, results: dict) -> None:
              f"HunyuanVideo text: {results['hunyuan_text']}."
              + (f" Library settings (--set): {results['settings']}." if results.get("settings") else "")
              + (f" k-means over candidate lists: `kmeans_candidates={results['kmeans_candidates']}`."
-                if results.get("kmeans_candidates") else ""),
+                if results.get("kmeans_candidates") else "")
+             + (f" Query-tile rebalancing: `query_tile_rebalance={results['query_tile_rebalance']}`."
+                if results.get("query_tile_rebalance") else ""),
              "",
              "| model | blocks | attn share (dense) | density | dense step | sparse step | speedup | Amdahl ideal | "
              "of ideal | attn time sparse/dense | e2e 50 steps, 20% warm-up, + VAE |",
@@ -599,6 +605,8 @@ def main() -> int:
                         help="torch.compile backend (default inductor; aot_eager for quick CPU checks)")
     parser.add_argument("--padded-text", action="store_true",
                         help="HunyuanVideo: the stock padded prompt and masked attention call instead of the packed prompt")
+    parser.add_argument("--query-tile-rebalance", type=int, default=0, metavar="RHO",
+                        help="the sparse steps' SVG2Config.query_tile_rebalance (0: off, the default)")
     parser.add_argument("--kmeans-candidates", type=int, default=0, metavar="M",
                         help="the sparse steps' SVG2Config.kmeans_candidates (0: every centroid, the default)")
     parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
@@ -628,6 +636,7 @@ def main() -> int:
     compile_backend = args.compile_backend if args.compile else None
     results = {"card": card, "torch": torch.__version__, "dtype": str(dtype), "models": [], "skipped": [],
                "settings": settings, "kmeans_candidates": args.kmeans_candidates,
+               "query_tile_rebalance": args.query_tile_rebalance,
                "execution": (f"regional torch.compile ({compile_backend}, default mode) of the blocks, dense and "
                              "sparse alike" if compile_backend else "eager"),
                "hunyuan_text": ("padded prompt, masked attention call (stock)" if args.padded_text else
@@ -636,14 +645,15 @@ def main() -> int:
     results["vae_decode_seconds_wan_480p_81f"] = vae
     print(f"card {card}; VAE decode (Wan 480p 81 frames): {vae}", flush=True)
     stem = os.path.join(args.out, f"pipeline_step_{card}" + (f"_m{args.kmeans_candidates}" if args.kmeans_candidates
-                                                              else ""))
+                                                              else "")
+                        + (f"_r{args.query_tile_rebalance}" if args.query_tile_rebalance else ""))
     for name, spec in models.items():
         if time.perf_counter() - start > args.time_budget_s:
             results["skipped"].append(name)
             continue
         results["models"].append(bench_model(name, spec, device, dtype, densities, args.reps, vae, sdpa_ctx,
                                              compile_backend, packed_text=not args.padded_text,
-                                             candidates=args.kmeans_candidates))
+                                             candidates=args.kmeans_candidates, rebalance=args.query_tile_rebalance))
         results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
         with open(stem + ".json", "w") as fh:
             json.dump(results, fh, indent=1)

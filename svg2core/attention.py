@@ -20,7 +20,8 @@ import torch
 from svg2core.config import SVG2Config
 from svg2core.ops.dense import dense_attention, valid_key_mask
 from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
-from svg2core.ops.permute import gather_kv, key_rows_buffer
+from svg2core.ops.permute import gather_kv, key_rows_buffer, sort_by_cluster
+from svg2core.ops.rebalance.rebalance import rebalance_query_tiles
 from svg2core.ops.select import KeySweep, select_key_clusters
 from svg2core.state import BranchCentroids, LayerState, Workspace
 
@@ -42,6 +43,9 @@ KEY_SWEEP = True
 #: selection, graph replay (probe_serpentine_h100_s19.md): 480p 100 / 500 0.680 -> 0.675 ms, 200 / 1000 1.071 ->
 #: 1.066, Wan 14B 300 / 1000 7.145 -> 7.136: small, the same sign everywhere (NOTES_selection.md v17).
 SERPENTINE_HEADS = True
+#: Rows of the query tile that ``SVG2Config.query_tile_rebalance`` fills (the Hopper kernel's, on every backend, so
+#: that both compute the same function).
+REBALANCE_BLOCK = 128
 
 
 def svg2_attention(
@@ -206,6 +210,10 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     def query_chain():
         q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend,
                                                      candidates=candidates, reverse_heads=SERPENTINE_HEADS)
+        if config.query_tile_rebalance:  # fewer partly empty query tiles; the cached centroids stay the k-means'
+            rebalance_query_tiles(q_video, q_labels, q_perm, q_offsets, q_cent, config.query_tile_rebalance,
+                                  REBALANCE_BLOCK, ws, "q", backend)
+            q_perm, q_offsets = sort_by_cluster(q_labels, cq, ws, "q", backend)
         q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32,
                                                                                  dev))
         return q_labels, q_perm, q_offsets, q_sizes

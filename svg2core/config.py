@@ -38,6 +38,11 @@ class SVG2Config:
             a call's first compares each token only with the ``m`` centroids nearest its current cluster's (that
             cluster included), a fraction of the distances for nearly the same labels
             (:func:`svg2core.ops.kmeans.kmeans_assign_candidates_reference`); at least the cluster count: all.
+        query_tile_rebalance: ``0``: the query clusters are the k-means'. ``rho > 0``: after the query k-means, a
+            cluster whose last 128-row query tile (or half tile) holds at most ``rho`` rows beyond the tile below gives
+            them, by smallest distance margin, to the nearest clusters with room in their last tile, so that the
+            attention kernel runs fewer partly empty tiles (:func:`svg2core.ops.rebalance.rebalance_reference`). Off
+            by default: measured so far on synthetic data only (docs/benchmarks/NOTES_sparse_attn.md v20).
     """
 
     mode: Mode = "top_p"
@@ -50,6 +55,7 @@ class SVG2Config:
     kmeans_iters_init: int = 50
     kmeans_iters: int = 2
     kmeans_candidates: int = 0
+    query_tile_rebalance: int = 0
 
     def __post_init__(self) -> None:
         errors = config_errors(self)
@@ -86,4 +92,7 @@ def config_errors(cfg: SVG2Config) -> list[str]:
         errs.append(f"kmeans_iters: must be in [0, 1000], got {cfg.kmeans_iters}")
     if not 0 <= cfg.kmeans_candidates <= 8192:
         errs.append(f"kmeans_candidates: must be in [0, 8192], got {cfg.kmeans_candidates}")
+    if not 0 <= cfg.query_tile_rebalance <= 64:
+        errs.append(f"query_tile_rebalance: must be in [0, 64] (rows of half a query tile), got "
+                    f"{cfg.query_tile_rebalance}")
     return errs

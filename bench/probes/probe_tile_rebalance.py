@@ -44,14 +44,9 @@ import bench_fidelity as F  # noqa: E402
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.attention import cluster_and_select, masked_dense_attention_reference  # noqa: E402
 from svg2core.ops.kmeans import init_centroids_strided  # noqa: E402
+from svg2core.ops.rebalance.reference import CRITERIA, rebalance_reference  # noqa: E402
+from svg2core.ops.rebalance.reference import cluster_sizes as sizes_of  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
-
-CRITERIA = ("farthest", "margin")
-
-
-def sizes_of(labels: torch.Tensor, c: int) -> torch.Tensor:
-    return torch.zeros(labels.shape[0], c, dtype=torch.long, device=labels.device).scatter_add_(
-        1, labels, torch.ones_like(labels))
 
 
 def tile_cost(labels: torch.Tensor, c: int, block: int) -> float:
@@ -62,46 +57,8 @@ def tile_cost(labels: torch.Tensor, c: int, block: int) -> float:
 
 def rebalance(x: torch.Tensor, labels: torch.Tensor, cent: torch.Tensor, rho: int, block: int,
               criterion: str = "farthest") -> torch.Tensor:
-    """New labels: the excess rows of each donor cluster moved to the nearest cluster with room (see above).
-
-    x (BH, N, D), labels (BH, N) int64, cent (BH, C, D); ``criterion``: which of a donor's tokens move first."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion: one of {CRITERIA}, got {criterion!r}")
-    half = block // 2
-    bh, n, d = x.shape
-    c = cent.shape[1]
-    dev = labels.device
-    sizes = sizes_of(labels, c)
-    r = sizes % block
-    excess = torch.where(r <= half, r, r - half)
-    donor = (excess > 0) & (excess <= rho)
-    cap = torch.where(donor, 0, torch.where(r == 0, 0, torch.where(r <= half, half - r, block - r)))
-    xf, cent = x.float(), cent.float()
-    d2 = (cent**2).sum(-1)[:, None, :] - 2 * xf @ cent.transpose(1, 2)  # (BH, N, C) up to |x|^2
-    own = torch.gather(d2, 2, labels[..., None])[..., 0]
-    room = d2.masked_fill(~(cap > 0)[:, None, :], float("inf")).min(-1)  # nearest cluster with room
-    score = -own if criterion == "farthest" else room.values - own  # lower moves first
-    by_score = torch.argsort(score, dim=1, stable=True)
-    srt = torch.gather(by_score, 1, torch.argsort(torch.gather(labels, 1, by_score), dim=1, stable=True))
-    lab_s = torch.gather(labels, 1, srt)  # tokens by (cluster, score)
-    offs = torch.zeros(bh, c + 1, dtype=torch.long, device=dev)
-    offs[:, 1:] = sizes.cumsum(1)
-    pos = torch.arange(n, device=dev)[None, :] - torch.gather(offs, 1, lab_s)
-    mover = torch.gather(donor, 1, lab_s) & (pos < torch.gather(excess, 1, lab_s))
-    dest = torch.gather(room.indices, 1, srt)
-    ok = torch.gather(cap > 0, 1, dest) & mover
-    tgt = torch.where(ok, dest, c)
-    o3 = torch.argsort(tgt, dim=1, stable=True)
-    cnt = sizes_of(tgt, c + 1)
-    start = torch.zeros(bh, c + 2, dtype=torch.long, device=dev)
-    start[:, 1:] = cnt.cumsum(1)
-    rank = torch.empty_like(o3).scatter_(
-        1, o3, torch.arange(n, device=dev)[None, :] - torch.gather(start, 1, torch.gather(tgt, 1, o3)))
-    cap_or_0 = torch.cat([cap, torch.zeros(bh, 1, dtype=torch.long, device=dev)], 1)
-    acc = ok & (rank < torch.gather(cap_or_0, 1, tgt))
-    full = donor & (torch.zeros(bh, c, dtype=torch.long, device=dev).scatter_add_(1, lab_s, acc.long()) == excess)
-    acc = acc & torch.gather(full, 1, lab_s)
-    return torch.empty_like(labels).scatter_(1, srt, torch.where(acc, dest, lab_s))
+    """New labels: the library's reference of the moves (svg2core.ops.rebalance), on labels ``(BH, N)`` int64."""
+    return rebalance_reference(x, labels, cent, rho, block, criterion)
 
 
 def attend(q, k, v, plan, labels: torch.Tensor, cq: int, backend: str) -> torch.Tensor:

@@ -256,3 +256,53 @@ def test_selection_in_sweep_order_on_the_gpu(monkeypatch):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out_g, eager_out) and torch.equal(density_g, eager_density)
+
+
+def test_query_tile_rebalancing_on_the_gpu():
+    # the four rebalancing kernels against the reference at 8 heads x 20,000 tokens (bf16, tf32x3 margins: a
+    # near-tie may move another row, so at most a few rows differ), then a warm svg2_attention call with
+    # query_tile_rebalance in a CUDA graph: no allocation during capture, replay equal to eager
+    from svg2core import LayerState, SVG2Config, svg2_attention
+    from svg2core.ops.permute import sort_by_cluster_reference
+    from svg2core.ops.rebalance import cluster_sizes, donors_and_room, rebalance_reference
+    from svg2core.ops.rebalance.rebalance import rebalance_query_tiles
+
+    torch.manual_seed(6)
+    h, n, d, c = 8, 20000, 128, 100
+    x = torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16)
+    cent = torch.randn(h, c, d, device="cuda") * 0.3
+    labels = ((cent**2).sum(-1)[:, None] - 2 * x[0].float() @ cent.transpose(1, 2)).argmin(-1).int()
+    perm, offsets = sort_by_cluster_reference(labels, c)
+    want = rebalance_reference(x[0], labels, cent, 16)
+    got = labels.clone()
+    rebalance_query_tiles(x, got, perm, offsets, cent, 16, 128, Workspace())
+    assert (want != labels).sum() > 100
+    assert (got != want).float().mean() < 2e-3
+    excess, donor, room = donors_and_room(cluster_sizes(labels, c), 16, 128)
+    shed = cluster_sizes(labels, c) - cluster_sizes(got, c)
+    assert torch.all(~donor | (shed == 0) | (shed == excess)) and torch.all(donor | ((shed <= 0) & (-shed <= room)))
+
+    cfg = SVG2Config(num_q_clusters=c, num_k_clusters=200, mode="fixed_density", target_density=0.25,
+                     query_tile_rebalance=16)
+    q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    state, ws = LayerState(), Workspace()
+    svg2_attention(q, k, v, cfg, state, workspace=ws)  # cold: sizes the workspace, creates the centroids
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        svg2_attention(q, k, v, cfg, state, workspace=ws)
+    torch.cuda.current_stream().wait_stream(side)
+    cent0 = [t.clone() for t in (state.get(0).q, state.get(0).k)]
+    allocations = ws.allocations
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out_g, density_g = svg2_attention(q, k, v, cfg, state, workspace=ws)
+    assert ws.allocations == allocations
+    for t, c0 in zip((state.get(0).q, state.get(0).k), cent0, strict=True):
+        t.copy_(c0)
+    eager_out, eager_density = (t.clone() for t in svg2_attention(q, k, v, cfg, state, workspace=ws))
+    for t, c0 in zip((state.get(0).q, state.get(0).k), cent0, strict=True):
+        t.copy_(c0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out_g, eager_out) and torch.equal(density_g, eager_density)

@@ -1,0 +1,95 @@
+"""Query-tile rebalancing (the rule: ``reference.py``): the Triton stage and its dispatch."""
+
+from __future__ import annotations
+
+import torch
+
+from svg2core.ops.rebalance.reference import rebalance_reference
+from svg2core.state import Workspace
+
+# The margin kernel's fp32 dot: "tf32x3" (three TF32 tensor-core products, as accurate as FFMA for these sums; the
+# logits kernel's choice, svg2core.ops.select.select.LOGITS_PRECISION) or "ieee".
+MARGIN_PRECISION = "tf32x3"
+_BLOCK_N = 64  # sorted rows per program of the margin kernel
+_BLOCK_C = 64  # centroids per step of its loop
+_BLOCK_P = 256  # rows per step of a donor's scan in the choose kernel
+_CB = 1024  # clusters per step of the slot prefix
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor,
+                          centroids: torch.Tensor, rho: int, block: int = 128, workspace: Workspace | None = None,
+                          name: str = "q", backend: str = "triton", precision: str | None = None) -> torch.Tensor:
+    """Move the excess rows of donor query clusters into room (reference.py's rule); ``labels`` updated in place.
+
+    Args:
+        x: ``(B, H, N, D)`` the clustered tokens (last dim contiguous).
+        labels: ``(B * H, N)`` int32, the clusters of the final assign.
+        perm, offsets: their sort (:func:`~svg2core.ops.permute.sort_by_cluster`); not updated: sort the returned
+            labels again for the new layout.
+        centroids: ``(B * H, C, D)`` fp32, the clusters' centroids.
+        rho: the largest excess a donor sheds (0: nothing moves).
+        block: rows of the attention kernel's query tile.
+        workspace, name: owner and name prefix of the scratch buffers (margins and candidates).
+        backend: ``"triton"`` (four launches, no host synchronisation, no allocation but the workspace's first)
+            or ``"reference"``.
+        precision: the margin kernel's dot (default :data:`MARGIN_PRECISION`).
+    """
+    b, h, n, d = x.shape
+    bh, c = centroids.shape[0], centroids.shape[1]
+    if labels.shape != (bh, n) or perm.shape != (bh, n) or offsets.shape != (bh, c + 1):
+        raise ValueError(f"labels, perm, offsets: need ({bh}, {n}), ({bh}, {n}), ({bh}, {c + 1}); got "
+                         f"{tuple(labels.shape)}, {tuple(perm.shape)}, {tuple(offsets.shape)}")
+    if rho < 0 or block < 2 or block % 2:
+        raise ValueError(f"rho, block: need rho >= 0 and an even block >= 2, got {rho}, {block}")
+    if rho == 0:
+        return labels
+    if backend == "reference":
+        labels.copy_(rebalance_reference(x.reshape(bh, n, d), labels, centroids, rho, block))
+        return labels
+    from svg2core.ops.rebalance.triton_rebalance import (
+        _allocate_kernel,
+        _apply_kernel,
+        _choose_kernel,
+        _margin_kernel,
+    )
+
+    rho = min(rho, block // 2)  # an excess is at most half a tile
+    slots = _pow2(max(2, c * rho))
+    slot_bits = (slots - 1).bit_length()
+    c_pow2 = _pow2(max(2, c))
+    if (c_pow2 + 1) << slot_bits >= 2**31 or n >= 2**31:
+        raise ValueError(f"num_q_clusters x rho too large for the allocation's int32 keys: {c} x {rho}")
+    ws = Workspace() if workspace is None else workspace
+    dev = x.device
+    margin = ws.buffer(f"{name}.rebalance_margin", (bh, n), torch.float32, dev)
+    dest = ws.buffer(f"{name}.rebalance_dest", (bh, n), torch.int32, dev)
+    cand_pos = ws.buffer(f"{name}.rebalance_cand_pos", (bh, slots), torch.int32, dev)
+    cand_dest = ws.buffer(f"{name}.rebalance_cand_dest", (bh, slots), torch.int32, dev)
+    taken = ws.buffer(f"{name}.rebalance_taken", (bh, slots), torch.int32, dev)
+    _margin_kernel[(triton_cdiv(n, _BLOCK_N), bh)](
+        x, perm, labels, offsets, centroids, margin, dest, n, c, h, rho,
+        x.stride(0), x.stride(1), x.stride(2), perm.stride(0), labels.stride(0), offsets.stride(0),
+        centroids.stride(0), centroids.stride(1), margin.stride(0),
+        D=d, BLOCK=block, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, PRECISION=precision or MARGIN_PRECISION,
+    )
+    _choose_kernel[(c, bh)](
+        offsets, margin, dest, cand_pos, cand_dest, c, rho, offsets.stride(0), margin.stride(0), cand_pos.stride(0),
+        BLOCK=block, BLOCK_P=_BLOCK_P, CB=_CB, POS_BITS=max(1, (n - 1).bit_length()),
+    )
+    _allocate_kernel[(bh,)](
+        offsets, cand_dest, taken, c, rho, offsets.stride(0), cand_dest.stride(0),
+        BLOCK=block, CB=_CB, SLOTS=slots, SLOT_BITS=slot_bits, C_POW2=c_pow2, num_warps=8,
+    )
+    _apply_kernel[(c, bh)](
+        offsets, perm, labels, cand_pos, cand_dest, taken, c, rho, offsets.stride(0), perm.stride(0),
+        labels.stride(0), cand_pos.stride(0), BLOCK=block, CB=_CB, RHO_POW2=_pow2(max(2, rho)),
+    )
+    return labels
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
