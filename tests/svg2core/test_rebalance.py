@@ -120,3 +120,20 @@ def test_the_config_names_the_field_and_the_rule():
 
     with pytest.raises(ValueError, match=r"query_tile_rebalance: must be in \[0, 64\]"):
         SVG2Config(query_tile_rebalance=65)
+
+
+def test_bf16_margins_keep_the_rule():
+    # one bf16 product per distance (MARGIN_PRECISION="bf16"): the rule's invariants hold and nearly every row moves
+    # as in the fp32 reference (a near-tie may choose another row)
+    x, labels, cent = _clustered(12, 1, 2, 300, 12, 64, torch.bfloat16)
+    perm, offsets = sort_by_cluster_reference(labels, 12)
+    got = labels.clone()
+    rebalance_query_tiles(x, got, perm, offsets, cent, 8, 32, Workspace(), precision="bf16")
+    want = rebalance_reference(x.reshape(2, 300, 64), labels, cent, 8, 32)
+    assert (want != labels).any() and (got != labels).any()
+    assert (got != want).float().mean() < 0.02
+    before, after = cluster_sizes(labels, 12), cluster_sizes(got, 12)
+    excess, donor, room = donors_and_room(before, 8, 32)
+    shed = before - after
+    assert torch.all(~donor | (shed == 0) | (shed == excess))
+    assert torch.all(donor | ((shed <= 0) & (-shed <= room)))

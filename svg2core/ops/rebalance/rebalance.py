@@ -7,8 +7,10 @@ import torch
 from svg2core.ops.rebalance.reference import rebalance_reference
 from svg2core.state import Workspace
 
-# The margin kernel's fp32 dot: "tf32x3" (three TF32 tensor-core products, as accurate as FFMA for these sums; the
-# logits kernel's choice, svg2core.ops.select.select.LOGITS_PRECISION) or "ieee".
+# The margin kernel's dot: "tf32x3" (three TF32 tensor-core products of the fp32 rows and centroids, as accurate as
+# FFMA for these sums; the logits kernel's choice, svg2core.ops.select.select.LOGITS_PRECISION), "ieee" (FFMA), or
+# "bf16" (one bf16 product, the centroids rounded: cheaper, and a near-tie may choose another row). Untimed: sm_90
+# (Triton 3.6) puts the tf32x3 version at 128-192 KB of shared memory (one program per SM), the bf16 one far below.
 MARGIN_PRECISION = "tf32x3"
 _BLOCK_N = 64  # sorted rows per program of the margin kernel
 _BLOCK_C = 64  # centroids per step of its loop

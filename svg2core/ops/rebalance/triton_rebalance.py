@@ -78,7 +78,11 @@ def _margin_kernel(
             sq = tl.sum(cen * cen, axis=1)
             jsize = tl.load(off_row + j + 1, mask=jm, other=0) - tl.load(off_row + j, mask=jm, other=0)
             jroom = _rule(jsize, rho, BLOCK)[2]
-            dist = sq[None, :] - 2.0 * tl.dot(xt, tl.trans(cen), input_precision=PRECISION)
+            if PRECISION == "bf16":  # one bf16 product (the rows are bf16 already; the centroids rounded)
+                dot = tl.dot(xt.to(tl.bfloat16), tl.trans(cen.to(tl.bfloat16)))
+            else:
+                dot = tl.dot(xt, tl.trans(cen), input_precision=PRECISION)
+            dist = sq[None, :] - 2.0 * dot
             own += tl.sum(tl.where(j[None, :] == lab[:, None], dist, 0.0), axis=1)
             dr = tl.where((jm & (jroom > 0))[None, :], dist, float("inf"))
             tmin = tl.min(dr, axis=1)
