@@ -213,7 +213,8 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         if config.query_tile_rebalance:  # fewer partly empty query tiles; the cached centroids stay the k-means'
             rebalance_query_tiles(q_video, q_labels, q_perm, q_offsets, q_cent, config.query_tile_rebalance,
                                   REBALANCE_BLOCK, ws, "q", backend)
-            q_perm, q_offsets = sort_by_cluster(q_labels, cq, ws, "q", backend)
+            # the counting sort, as in the k-means (all its scratch in the workspace; faster than the radix sort)
+            q_perm, q_offsets = sort_by_cluster(q_labels, cq, ws, "q", backend, method="count")
         q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32,
                                                                                  dev))
         return q_labels, q_perm, q_offsets, q_sizes
