@@ -103,3 +103,15 @@ def test_the_kernel_timing_runs_every_layout_at_the_products_head_shape():
     # 5 heads over the plan's 3: the layouts and selections tiled, head 3 takes head 0's and head 4 head 1's
     ms = probe.kernel_ms(plan, {"base": plan.q_labels.long(), "moved": moved}, heads=5, head_dim=64, rounds=1, calls=1)
     assert set(ms) == {"base", "moved"} and all(0.0 < t < float("inf") for t in ms.values())
+
+
+def test_the_trajectory_probe_runs_the_products_path():
+    probe = load_bench("probes/probe_rebalance_trajectory.py")
+    rows = probe.run([0], 2, [0.25], 16, 64, 2, 5, 0.7, 0.05, [16])
+    assert {(r["step"], r["rho"]) for r in rows} == {(0, 0), (0, 16), (1, 0), (1, 16)}
+    by = {(r["step"], r["rho"]): r for r in rows}
+    for step in (0, 1):  # the moves run fewer query tiles at about the same density
+        assert by[(step, 16)]["tiles"] < by[(step, 0)]["tiles"]
+        assert abs(by[(step, 16)]["density"] - by[(step, 0)]["density"]) < 0.01
+        assert 0.0 < by[(step, 16)]["error"] < 1.0
+    assert probe.tile_cost(torch.tensor([128, 130, 200, 0])) == pytest.approx(1 + (1 + 0.69) + (1 + 1) + 0)

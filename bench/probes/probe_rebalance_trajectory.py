@@ -1,0 +1,105 @@
+"""What query-tile rebalancing (``SVG2Config.query_tile_rebalance``) costs in accuracy along the simulated trajectory.
+
+bench/probes/probe_tile_rebalance.py measures the moves on cold, one-off clusterings. The product makes them after
+every call's warm k-means; this probe runs that path (``svg2_attention`` with the option) along bench_kmeans_iters'
+simulated denoising trajectory. Per (mode, knob, rho), over the warm steps: the density, the output's relative L2
+error against dense, its paired difference against ``rho = 0`` (same seed and step) and the query tiles' cost
+relative to ``rho = 0``'s (128-row tiles, a <= 64-row remainder at 0.69 of a tile, NOTES_sparse_attn.md v9).
+
+    .venv/bin/python bench/probes/probe_rebalance_trajectory.py --out DIR [--rho 16 32]
+
+At Wan 14B 720p's size (GPU, Triton backend):
+
+    python bench/probes/probe_rebalance_trajectory.py --out DIR --grid 21,45,80 --objects 24 --cq 300 --ck 1000 \
+        --device cuda --backend triton --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))
+
+import probe_io as P  # noqa: E402
+from bench_fidelity import FRAMES, HEIGHT, WIDTH, rel_error  # noqa: E402
+from bench_kmeans_iters import paired_summary, trajectory_args, trajectory_cases  # noqa: E402
+
+from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
+from svg2core.attention import REBALANCE_BLOCK  # noqa: E402
+from svg2core.state import Workspace  # noqa: E402
+
+
+def tile_cost(sizes: torch.Tensor, block: int = REBALANCE_BLOCK) -> float:
+    """Query tiles of clusters of ``sizes``: full tiles, and a remainder at 0.69 of one if it fits half a tile."""
+    r = sizes % block
+    return float((sizes // block + torch.where(r == 0, 0.0, torch.where(r <= block // 2, 0.69, 1.0))).sum())
+
+
+def run(seeds, steps, densities, cq, ck, iters, init_iters, sigma_start, step_noise, rhos, backend="reference",
+        **where) -> list[dict]:
+    """Rows per (seed, step, rho, mode, knob); ``where``: the trajectory's grid, num_objects and device."""
+    rows = []
+    states = {}
+    for seed, step, q, k, v, dense, mode, knob, extra in trajectory_cases(seeds, steps, densities, sigma_start,
+                                                                           step_noise, **where):
+        for rho in (0, *rhos):
+            cfg = SVG2Config(mode=mode, num_q_clusters=cq, num_k_clusters=ck, kmeans_iters_init=init_iters,
+                             kmeans_iters=iters, query_tile_rebalance=rho, **extra)
+            state, ws = states.setdefault((seed, rho, mode, knob), (LayerState(), Workspace()))
+            out, dens = svg2_attention(q, k, v, cfg, state, workspace=ws, backend=backend)
+            # the query-cluster sizes the call's kernel ran with (cluster_and_select writes them to the workspace)
+            sizes = ws.buffer("q.sizes", (q.shape[0] * q.shape[1], min(cq, q.shape[2])), torch.int32, q.device)
+            rows.append(dict(seed=seed, step=step, rho=rho, mode=mode, knob=knob, error=rel_error(out, dense),
+                             density=dens.mean().item(), tiles=tile_cost(sizes.long())))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    trajectory_args(ap)
+    ap.add_argument("--iters", type=int, default=SVG2Config().kmeans_iters)
+    ap.add_argument("--rho", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--grid", default=",".join(map(str, (FRAMES, HEIGHT, WIDTH))), help="frames,height,width")
+    ap.add_argument("--objects", type=int, default=6, help="moving objects in the synthetic video")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="reference", choices=("reference", "triton"))
+    args = ap.parse_args()
+    grid = tuple(int(x) for x in args.grid.split(","))
+    if len(grid) != 3 or min(grid) < 1:
+        ap.error(f"--grid: three positive integers frames,height,width, got {args.grid!r}")
+    rows = run(range(args.seeds), args.steps, args.densities, args.cq, args.ck, args.iters, args.init_iters,
+               args.sigma_start, args.step_noise, args.rho, args.backend, grid=grid, num_objects=args.objects,
+               device=args.device)
+    summary = paired_summary(rows, "rho", [0, *args.rho], 0, ratios=("tiles",))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    card = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
+    where = P.card_tag(card) if args.device.startswith("cuda") else args.device
+    stem = f"probe_rebalance_trajectory_{where}_{args.cq}_{args.ck}_" + "{}x{}x{}".format(*grid)
+    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=1))
+    lines = [f"# Query-tile rebalancing: accuracy along the simulated trajectory ({card})", "",
+             f"`bench/probes/probe_rebalance_trajectory.py`, {args.backend} backend, bench_kmeans_iters' trajectory on "
+             "a {} x {} x {} grid ".format(*grid) + f"({grid[0] * grid[1] * grid[2]:,} tokens, {args.objects} "
+             f"objects; {args.seeds} seeds x {args.steps} steps, Cq / Ck = {args.cq} / {args.ck}, {args.iters} warm "
+             f"iterations per call, {args.init_iters} cold, {REBALANCE_BLOCK}-row query tiles). rho: "
+             "`query_tile_rebalance` (0: off). delta: paired error difference against rho = 0 (same seed and step), "
+             "mean +- std over seeds; tiles: the query tiles' cost relative to rho = 0's.", "",
+             "| mode | knob | rho | density | error | delta vs rho = 0 | tiles |", "|---|---|---|---|---|---|---|"]
+    for r in summary:
+        lines.append(f"| {r['mode']} | {r['knob']} | {r['rho']} | {r['density']:.4f} | {r['error']:.4f} | "
+                     f"{r['delta']:+.5f} +- {r['delta_std']:.5f} | {r['tiles_ratio']:.4f} |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
