@@ -46,6 +46,26 @@ HEADS = [
 ]
 
 
+def video_args(ap: argparse.ArgumentParser) -> None:
+    """The synthetic video's size and where it runs, for the probes that rerun it at other sizes: ``--grid``,
+    ``--objects``, ``--device``, ``--backend`` (read back with :func:`video_grid`)."""
+    ap.add_argument("--grid", default=",".join(map(str, (FRAMES, HEIGHT, WIDTH))), help="frames,height,width")
+    ap.add_argument("--objects", type=int, default=6, help="moving objects in the synthetic video")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--backend", default="reference", choices=("reference", "triton"))
+
+
+def video_grid(ap: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[int, int, int]:
+    """``--grid`` as (frames, height, width); anything else is an error naming the option."""
+    try:
+        grid = tuple(int(x) for x in args.grid.split(","))
+    except ValueError:
+        grid = ()
+    if len(grid) != 3 or min(grid) < 1:
+        ap.error(f"--grid: three positive integers frames,height,width, got {args.grid!r}")
+    return grid
+
+
 def make_video_features(seed: int, num_objects: int = 6, feat_dim: int = 32,
                         grid: tuple[int, int, int] = (FRAMES, HEIGHT, WIDTH), with_classes: bool = False):
     """Token features (N, feat_dim) and grid positions (N, 3) of a synthetic moving-object video (and with

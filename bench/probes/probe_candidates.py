@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
 import probe_io as P  # noqa: E402
-from bench_fidelity import FRAMES, HEIGHT, WIDTH, rel_error  # noqa: E402
+from bench_fidelity import FRAMES, HEIGHT, WIDTH, rel_error, video_args, video_grid  # noqa: E402
 from bench_kmeans_iters import kmeans_objective, paired_summary, trajectory_args, trajectory_cases  # noqa: E402
 
 from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
@@ -65,14 +65,9 @@ def main() -> None:
     trajectory_args(ap)
     ap.add_argument("--iters", type=int, default=SVG2Config().kmeans_iters)
     ap.add_argument("--m", type=int, nargs="+", default=[4, 8, 16])
-    ap.add_argument("--grid", default=",".join(map(str, (FRAMES, HEIGHT, WIDTH))), help="frames,height,width")
-    ap.add_argument("--objects", type=int, default=6, help="moving objects in the synthetic video")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="reference", choices=("reference", "triton"))
+    video_args(ap)
     args = ap.parse_args()
-    grid = tuple(int(x) for x in args.grid.split(","))
-    if len(grid) != 3 or min(grid) < 1:
-        ap.error(f"--grid: three positive integers frames,height,width, got {args.grid!r}")
+    grid = video_grid(ap, args)
     rows = run(range(args.seeds), args.steps, args.densities, args.cq, args.ck, args.iters, args.init_iters,
                args.sigma_start, args.step_noise, args.m, args.backend, grid=grid, num_objects=args.objects,
                device=args.device)

@@ -29,8 +29,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
 import probe_io as P  # noqa: E402
-from bench_fidelity import FRAMES, HEIGHT, WIDTH, rel_error  # noqa: E402
+from bench_fidelity import rel_error, video_args, video_grid  # noqa: E402
 from bench_kmeans_iters import paired_summary, trajectory_args, trajectory_cases  # noqa: E402
+from probe_tile_rebalance import sizes_tile_cost  # noqa: E402
 
 from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
 from svg2core.attention import REBALANCE_BLOCK  # noqa: E402
@@ -38,9 +39,8 @@ from svg2core.state import Workspace  # noqa: E402
 
 
 def tile_cost(sizes: torch.Tensor, block: int = REBALANCE_BLOCK) -> float:
-    """Query tiles of clusters of ``sizes``: full tiles, and a remainder at 0.69 of one if it fits half a tile."""
-    r = sizes % block
-    return float((sizes // block + torch.where(r == 0, 0.0, torch.where(r <= block // 2, 0.69, 1.0))).sum())
+    """The query tiles' cost of clusters of ``sizes`` (probe_tile_rebalance's model)."""
+    return sizes_tile_cost(sizes, block)
 
 
 def run(seeds, steps, densities, cq, ck, iters, init_iters, sigma_start, step_noise, rhos, backend="reference",
@@ -68,14 +68,9 @@ def main() -> None:
     trajectory_args(ap)
     ap.add_argument("--iters", type=int, default=SVG2Config().kmeans_iters)
     ap.add_argument("--rho", type=int, nargs="+", default=[16, 32])
-    ap.add_argument("--grid", default=",".join(map(str, (FRAMES, HEIGHT, WIDTH))), help="frames,height,width")
-    ap.add_argument("--objects", type=int, default=6, help="moving objects in the synthetic video")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="reference", choices=("reference", "triton"))
+    video_args(ap)
     args = ap.parse_args()
-    grid = tuple(int(x) for x in args.grid.split(","))
-    if len(grid) != 3 or min(grid) < 1:
-        ap.error(f"--grid: three positive integers frames,height,width, got {args.grid!r}")
+    grid = video_grid(ap, args)
     rows = run(range(args.seeds), args.steps, args.densities, args.cq, args.ck, args.iters, args.init_iters,
                args.sigma_start, args.step_noise, args.rho, args.backend, grid=grid, num_objects=args.objects,
                device=args.device)

@@ -13,6 +13,7 @@ on the same data, in alternating rounds, after checking the two graphs' outputs 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -59,11 +60,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
     out = P.ProbeResults(args.out, "probe_serpentine", rows=[])
-    dev = torch.device("cuda")
-    for shape in SHAPES:
-        out.data["rows"].append(case(*shape, dev, args.rounds))
-        out.save()
-        torch.cuda.empty_cache()
+    P.run_shapes(out, "rows", functools.partial(case, rounds=args.rounds), SHAPES, torch.device("cuda"))
     lines = [f"# The selection with the updates and the V gather in reverse head order ({out.device})", "",
              "Whole selection (2 warm iterations on Q and K, scoring, selection, K/V gather), CUDA-graph replay, "
              "alternating rounds; best ms. identical: centroids and V gather equal after one call from the same "

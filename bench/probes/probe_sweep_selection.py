@@ -9,6 +9,7 @@ alternating rounds (NOTES_sparse_attn v18: bench_selection's 480p 100 / 500 row 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -46,11 +47,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
     out = P.ProbeResults(args.out, "probe_sweep_selection", rows=[])
-    dev = torch.device("cuda")
-    for shape in SHAPES:
-        out.data["rows"].append(case(*shape, dev, args.rounds))
-        out.save()
-        torch.cuda.empty_cache()
+    P.run_shapes(out, "rows", functools.partial(case, rounds=args.rounds), SHAPES, torch.device("cuda"))
     lines = [f"# The selection with and without the sweep order ({out.device})", "",
              "Whole selection (2 warm iterations on Q and K, scoring, selection, K/V gather), CUDA-graph replay, "
              "alternating rounds; best ms.", "", "| shape | Cq/Ck | rule order | sweep | sweep / rule |",

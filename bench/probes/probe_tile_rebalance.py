@@ -44,21 +44,23 @@ import bench_fidelity as F  # noqa: E402
 from svg2core import SVG2Config  # noqa: E402
 from svg2core.attention import cluster_and_select, masked_dense_attention_reference  # noqa: E402
 from svg2core.ops.kmeans import init_centroids_strided  # noqa: E402
-from svg2core.ops.rebalance.reference import CRITERIA, rebalance_reference  # noqa: E402
+from svg2core.ops.rebalance.reference import CRITERIA, donors_and_room, rebalance_reference  # noqa: E402
 from svg2core.ops.rebalance.reference import cluster_sizes as sizes_of  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
 
 
+def sizes_tile_cost(sizes: torch.Tensor, block: int) -> float:
+    """Query tiles of clusters of ``sizes``: whole tiles, and a remainder at 0.69 of one if it fits half a tile
+    (NOTES_sparse_attn.md v9), else a whole one."""
+    r = sizes % block
+    return float((sizes // block + torch.where(r == 0, 0.0, torch.where(r <= block // 2, 0.69, 1.0))).sum())
+
+
 def tile_cost(labels: torch.Tensor, c: int, block: int) -> float:
-    s = sizes_of(labels, c)
-    r = s % block
-    return float((s // block + torch.where(r == 0, 0.0, torch.where(r <= block // 2, 0.69, 1.0))).sum())
+    return sizes_tile_cost(sizes_of(labels, c), block)
 
 
-def rebalance(x: torch.Tensor, labels: torch.Tensor, cent: torch.Tensor, rho: int, block: int,
-              criterion: str = "farthest") -> torch.Tensor:
-    """New labels: the library's reference of the moves (svg2core.ops.rebalance), on labels ``(BH, N)`` int64."""
-    return rebalance_reference(x, labels, cent, rho, block, criterion)
+rebalance = rebalance_reference  # the moves: the library's rule (svg2core.ops.rebalance)
 
 
 def attend(q, k, v, plan, labels: torch.Tensor, cq: int, backend: str) -> torch.Tensor:
@@ -218,21 +220,17 @@ def gamma_sizes_gain() -> None:
     for name, nv, c in (("Wan 1.3B 480p", 32760, 100), ("Wan 14B 720p", 75600, 300), ("HunyuanVideo 720p", 118800, 400)):
         w = torch.empty(50, c).exponential_(generator=gen) + torch.empty(50, c).exponential_(generator=gen)
         s = sizes_of(torch.multinomial(w, nv, replacement=True, generator=gen), c)
-        r = s % 128
         for rho in (16, 32, 64):
-            shed = torch.where((r > 0) & (r <= rho), r, 0) + torch.where((r > 64) & (r - 64 <= rho), r - 64, 0)
-            def cost(x):
-                rr = x % 128
-                return (x // 128 + torch.where(rr == 0, 0.0, torch.where(rr <= 64, 0.69, 1.0))).sum()
-            print(f"| {name} | {rho} | {float(1 - cost(s - shed) / cost(s)):.3f} | {float(shed.sum() / s.sum()):.3f} |")
+            excess, donor, _ = donors_and_room(s, rho, 128)
+            shed = torch.where(donor, excess, 0)
+            saved = 1 - sizes_tile_cost(s - shed, 128) / sizes_tile_cost(s, 128)
+            print(f"| {name} | {rho} | {saved:.3f} | {float(shed.sum() / s.sum()):.3f} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--block", type=int, default=32, help="rows of a query tile, scaled to the benchmark's clusters")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--grid", default=",".join(map(str, (F.FRAMES, F.HEIGHT, F.WIDTH))), help="frames,height,width")
-    ap.add_argument("--objects", type=int, default=6)
     ap.add_argument("--cq", type=int, default=32)
     ap.add_argument("--ck", type=int, default=32)
     ap.add_argument("--targets", type=float, nargs="+", default=[0.15, 0.25])
@@ -243,13 +241,10 @@ def main() -> None:
     ap.add_argument("--time-heads", type=int, default=0,
                     help="GPU: also time the attention kernel on each layout at this many heads (e.g. 40, Wan 14B)")
     ap.add_argument("--time-head-dim", type=int, default=128)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="reference", choices=("reference", "triton"))
+    F.video_args(ap)
     ap.add_argument("--out", default=None, help="write the table and rows here (markdown + JSON)")
     a = ap.parse_args()
-    grid = tuple(int(x) for x in a.grid.split(","))
-    if len(grid) != 3 or min(grid) < 1:
-        ap.error(f"--grid: three positive integers frames,height,width, got {a.grid!r}")
+    grid = F.video_grid(ap, a)
     rhos = [0, *(a.rhos if a.rhos is not None else (a.block // 8, a.block // 4, a.block * 3 // 8))]
     rows, cq_rows = measure(range(a.seeds), a.targets, rhos, a.criteria, a.cq, a.ck, a.block, grid, a.objects,
                             a.device, a.backend, alt_cqs=a.alt_cqs, time_heads=a.time_heads,

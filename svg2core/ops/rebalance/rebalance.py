@@ -18,10 +18,6 @@ _BLOCK_P = 256  # rows per step of a donor's scan in the choose kernel
 _CB = 1024  # clusters per step of the slot prefix
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor,
                           centroids: torch.Tensor, rho: int, block: int = 128, workspace: Workspace | None = None,
                           name: str = "q", backend: str = "triton", precision: str | None = None) -> torch.Tensor:
@@ -52,6 +48,8 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
     if backend == "reference":
         labels.copy_(rebalance_reference(x.reshape(bh, n, d), labels, centroids, rho, block))
         return labels
+    import triton
+
     from svg2core.ops.rebalance.triton_rebalance import (
         _allocate_kernel,
         _apply_kernel,
@@ -60,9 +58,9 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
     )
 
     rho = min(rho, block // 2)  # an excess is at most half a tile
-    slots = _pow2(max(2, c * rho))
+    slots = triton.next_power_of_2(max(2, c * rho))
     slot_bits = (slots - 1).bit_length()
-    c_pow2 = _pow2(max(2, c))
+    c_pow2 = triton.next_power_of_2(max(2, c))
     if (c_pow2 + 1) << slot_bits >= 2**31 or n >= 2**31:
         raise ValueError(f"num_q_clusters x rho too large for the allocation's int32 keys: {c} x {rho}")
     ws = Workspace() if workspace is None else workspace
@@ -72,7 +70,7 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
     cand_pos = ws.buffer(f"{name}.rebalance_cand_pos", (bh, slots), torch.int32, dev)
     cand_dest = ws.buffer(f"{name}.rebalance_cand_dest", (bh, slots), torch.int32, dev)
     taken = ws.buffer(f"{name}.rebalance_taken", (bh, slots), torch.int32, dev)
-    _margin_kernel[(triton_cdiv(n, _BLOCK_N), bh)](
+    _margin_kernel[(triton.cdiv(n, _BLOCK_N), bh)](
         x, perm, labels, offsets, centroids, margin, dest, n, c, h, rho,
         x.stride(0), x.stride(1), x.stride(2), perm.stride(0), labels.stride(0), offsets.stride(0),
         centroids.stride(0), centroids.stride(1), margin.stride(0),
@@ -88,10 +86,6 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
     )
     _apply_kernel[(c, bh)](
         offsets, perm, labels, cand_pos, cand_dest, taken, c, rho, offsets.stride(0), perm.stride(0),
-        labels.stride(0), cand_pos.stride(0), BLOCK=block, CB=_CB, RHO_POW2=_pow2(max(2, rho)),
+        labels.stride(0), cand_pos.stride(0), BLOCK=block, CB=_CB, RHO_POW2=triton.next_power_of_2(max(2, rho)),
     )
     return labels
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
