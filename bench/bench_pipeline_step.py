@@ -198,6 +198,74 @@ def timed_forwards(model, kwargs, n: int, device, host: list[float] | None = Non
     return [timed_forward(model, kwargs, device, host)[0] for _ in range(n)]
 
 
+def graph_forwards(model, kwargs, n: int, device) -> dict:
+    """The forward captured once in a CUDA graph, then ``n`` replays timed (CUDA events): the step without the
+    host's launch overhead. The forward is warmed on a side stream first (allocator, cuDNN plans), as
+    ``torch.cuda.graph`` asks. Returns ``{"step_seconds", "out"}``, or ``{"error"}`` when the forward cannot be
+    captured (a host synchronisation in the model's own code, for one)."""
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            model(**kwargs)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = model(**kwargs)[0]
+        times = []
+        for _ in range(n):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000.0)
+        result = {"step_seconds": times, "out": out.clone()}
+        del graph, out
+        return result
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be captured is a result, not a crash
+        torch.cuda.synchronize(device)
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+
+
+def graph_steps(model, kwargs, device, reps: int, densities, spec: dict, candidates: int, rebalance: int,
+                dense_plan, sdpa_ctx, res: dict) -> dict:
+    """Dense and each sparse step captured in a CUDA graph (fresh sessions without timers; a sparse session runs
+    its cold forward eagerly first, then the capture is of a warm forward), ``reps`` replays each. The speedup
+    of the graphs against each other, and against the eager-launched steps of ``res``, says how much of the
+    step the host's launches cost."""
+    out: dict = {}
+    with torch.inference_mode(), sdpa_ctx():
+        with svg2_session(model, dense_plan, num_inference_steps=100, timing=False):
+            model(**kwargs)
+            dense = graph_forwards(model, kwargs, reps, device)
+        ref = dense.pop("out", None)
+        out["dense"] = dense
+        for density in densities:
+            with svg2_session(model, SparsityPlan(sparse_config(density, spec, candidates, rebalance)),
+                              num_inference_steps=100, timing=False):
+                model(**kwargs)  # cold: k-means from scratch
+                eager_out = model(**kwargs)[0].clone()  # warm, launched from the host
+                g = graph_forwards(model, kwargs, reps, device)
+            graph_out = g.pop("out", None)
+            if graph_out is not None:
+                g["vs_eager_warm"] = relative_difference(graph_out, eager_out)
+            out[f"sparse_{density}"] = g
+        del ref
+    if "step_seconds" in out["dense"]:
+        dense_step = statistics.median(out["dense"]["step_seconds"])
+        for s in res["sparse"]:
+            g = out[f"sparse_{s['target_density']}"]
+            if "step_seconds" in g:
+                g["speedup"] = round(dense_step / statistics.median(g["step_seconds"]), 3)
+                g["fraction_of_ideal"] = round(g["speedup"] / s["amdahl_ideal"], 3)
+    for tag, g in out.items():
+        print(f"  cuda graph {tag}: " + (f"{statistics.median(g['step_seconds']) * 1e3:.1f} ms"
+                                         + (f", {g['speedup']:.2f}x" if "speedup" in g else "")
+                                         if "step_seconds" in g else g["error"]), flush=True)
+    return out
+
+
 def graphs_compiled() -> int:
     """Graphs dynamo has compiled in this process so far (0 when nothing was compiled)."""
     from torch._dynamo.utils import counters
@@ -344,8 +412,9 @@ def sparse_config(density: float, spec: dict, candidates: int = 0, rebalance: in
 
 def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_480p: float | None,
                 sdpa_ctx, compile_backend: str | None = None, packed_text: bool = True, candidates: int = 0,
-                rebalance: int = 0) -> dict:
-    """Dense and sparse steps of one model; ``compile_backend``: regional torch.compile (None: eager)."""
+                rebalance: int = 0, cuda_graph: bool = False) -> dict:
+    """Dense and sparse steps of one model; ``compile_backend``: regional torch.compile (None: eager);
+    ``cuda_graph``: also each step captured whole in a CUDA graph and replayed (:func:`graph_forwards`)."""
     t0 = time.perf_counter()
     model, kwargs, layers, real_layers = build(spec, device, dtype, packed_text)
     apply_svg2(model, estimate_savings=device.type == "cuda")
@@ -443,6 +512,9 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
             print(f"  {name} density {density}: achieved {d:.3f}, step {step * 1e3:.1f} ms vs dense "
                   f"{dense_step * 1e3:.1f} ms -> {speedup:.2f}x (ideal {ideal:.2f}x, share {attn_share:.2f}); "
                   f"e2e {entry['end_to_end']['speedup']:.2f}x", flush=True)
+    if cuda_graph and device.type == "cuda":
+        res["cuda_graph"] = graph_steps(model, kwargs, device, reps, densities, spec, candidates, rebalance,
+                                        dense_plan, sdpa_ctx, res)
     res["compile"] = compile_info
     # graphs dynamo compiled during the timed dense and warm sparse forwards: 0 = no recompilation
     res["graphs_compiled_in_timed_forwards"] = graphs_in_timed
@@ -550,6 +622,24 @@ def write_markdown(path: str, results: dict) -> None:
                 f"{name} {statistics.median(x['host_enqueue_seconds']) * 1e3:.0f} / "
                 f"{statistics.median(x['step_seconds']) * 1e3:.0f} ms" for name, x in runs
                 if x.get("host_enqueue_seconds")))
+    graphed = [r for r in results["models"] if r.get("cuda_graph")]
+    if graphed:
+        lines += ["", "Each step captured whole in one CUDA graph and replayed (no host launches; median; speedup and "
+                  "fraction of the Amdahl ideal against the graphed dense step):", "",
+                  "| model | step | launched | graph | speedup (graph) | of ideal (graph) |", "|---|---|---|---|---|---|"]
+        for r in graphed:
+            g = r["cuda_graph"]
+            runs = [("dense", r["dense"], g["dense"])] + [(f"sparse {s['target_density']:.2f}", s,
+                                                           g[f"sparse_{s['target_density']}"]) for s in r["sparse"]]
+            for tag, eager, gr in runs:
+                launched = f"{statistics.median(eager['step_seconds']) * 1e3:.0f} ms"
+                if "step_seconds" not in gr:
+                    lines.append(f"| {r['model']} | {tag} | {launched} | not captured: {gr['error']} | | |")
+                    continue
+                lines.append(f"| {r['model']} | {tag} | {launched} | {statistics.median(gr['step_seconds']) * 1e3:.0f} ms"
+                             f" | {gr['speedup']:.2f}x | {gr['fraction_of_ideal']:.2f} |" if "speedup" in gr else
+                             f"| {r['model']} | {tag} | {launched} | "
+                             f"{statistics.median(gr['step_seconds']) * 1e3:.0f} ms | | |")
     clocked = [r for r in results["models"] if r["dense"].get("gpu_clocks")]
     if clocked:
         lines += ["", "SM clock and power during the timed forwards (nvidia-smi every 100 ms: mean / min MHz, mean W):",
@@ -609,6 +699,9 @@ def main() -> int:
                         help="the sparse steps' SVG2Config.query_tile_rebalance (0: off, the default)")
     parser.add_argument("--kmeans-candidates", type=int, default=0, metavar="M",
                         help="the sparse steps' SVG2Config.kmeans_candidates (0: every centroid, the default)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also capture each step (dense, sparse) whole in a CUDA graph and time its replays: "
+                             "what the host's launches cost the step")
     parser.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                         help="set a library knob for the whole run (repeatable), e.g. "
                              "svg2core.ops.kmeans.kmeans.UPDATE_CHUNK=256; recorded in the results")
@@ -653,7 +746,8 @@ def main() -> int:
             continue
         results["models"].append(bench_model(name, spec, device, dtype, densities, args.reps, vae, sdpa_ctx,
                                              compile_backend, packed_text=not args.padded_text,
-                                             candidates=args.kmeans_candidates, rebalance=args.query_tile_rebalance))
+                                             candidates=args.kmeans_candidates, rebalance=args.query_tile_rebalance,
+                                             cuda_graph=args.cuda_graph))
         results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
         with open(stem + ".json", "w") as fh:
             json.dump(results, fh, indent=1)

@@ -25,6 +25,8 @@
 #                                                       # (probe_serpentine.py: the whole selection, graph replay, ~1 min)
 #   bash bench/gpu_run.sh OUT rebalance                 # query tokens moved so that fewer query tiles are partly empty:
 #                                                       # accuracy at Wan 14B's size (probe_tile_rebalance.py, ~2 min)
+#   bash bench/gpu_run.sh OUT graph480                  # the Wan 1.3B 480p step also captured whole in a CUDA graph:
+#                                                       # what the host's launches cost (bench_pipeline_step --cuda-graph)
 #   bash bench/gpu_run.sh OUT wan14b wan14b_rebalance   # the Wan 14B 25% step without, then with query-tile
 #                                                       # rebalancing (rho = 16; ~90 s each); wan14b_rebalance_bf16:
 #                                                       # the same with the margins from one bf16 product
@@ -63,6 +65,8 @@ for step in "$@"; do
     attn) python bench/bench_sparse_attn.py --out "$out/$step" > "$log" 2>&1 ;;
     selection) python bench/bench_selection.py --out "$out/$step" --no-sweep > "$log" 2>&1 ;;
     pipeline) python bench/bench_pipeline_step.py --compile --out "$out/$step" > "$log" 2>&1 ;;
+    graph480) python bench/bench_pipeline_step.py --compile --cuda-graph --models wan2.1-1.3b-480p \
+      --out "$out/$step" > "$log" 2>&1 ;;
     wan14b) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_rebalance) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
