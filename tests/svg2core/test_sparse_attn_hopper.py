@@ -259,8 +259,8 @@ def test_selection_in_sweep_order_on_the_gpu(monkeypatch):
 
 
 def test_query_tile_rebalancing_on_the_gpu():
-    # the four rebalancing kernels against the reference at 8 heads x 20,000 tokens (bf16, tf32x3 margins: a
-    # near-tie may move another row, so at most a few rows differ), then a warm svg2_attention call with
+    # the four rebalancing kernels against the reference at 8 heads x 20,000 tokens (bf16 tokens; tf32x3 and bf16
+    # margins: a near-tie may move another row), then a warm svg2_attention call with
     # query_tile_rebalance in a CUDA graph: no allocation during capture, replay equal to eager
     from svg2core import LayerState, SVG2Config, svg2_attention
     from svg2core.ops.permute import sort_by_cluster_reference
@@ -274,13 +274,18 @@ def test_query_tile_rebalancing_on_the_gpu():
     labels = ((cent**2).sum(-1)[:, None] - 2 * x[0].float() @ cent.transpose(1, 2)).argmin(-1).int()
     perm, offsets = sort_by_cluster_reference(labels, c)
     want = rebalance_reference(x[0], labels, cent, 16)
-    got = labels.clone()
-    rebalance_query_tiles(x, got, perm, offsets, cent, 16, 128, Workspace())
     assert (want != labels).sum() > 100
-    assert (got != want).float().mean() < 2e-3
     excess, donor, room = donors_and_room(cluster_sizes(labels, c), 16, 128)
-    shed = cluster_sizes(labels, c) - cluster_sizes(got, c)
-    assert torch.all(~donor | (shed == 0) | (shed == excess)) and torch.all(donor | ((shed <= 0) & (-shed <= room)))
+    # tf32x3 margins: as accurate as fp32, at most a few rows differ; bf16 (the default): the rule holds, and the
+    # rows chosen differ only at near-ties
+    for precision, most in (("tf32x3", 2e-3), ("bf16", 2e-2)):
+        got = labels.clone()
+        rebalance_query_tiles(x, got, perm, offsets, cent, 16, 128, Workspace(), precision=precision)
+        assert (got != want).float().mean() < most, precision
+        shed = cluster_sizes(labels, c) - cluster_sizes(got, c)
+        assert torch.all(~donor | (shed == 0) | (shed == excess)), precision
+        assert torch.all(donor | ((shed <= 0) & (-shed <= room))), precision
+        assert (shed > 0).any(), precision
 
     cfg = SVG2Config(num_q_clusters=c, num_k_clusters=200, mode="fixed_density", target_density=0.25,
                      query_tile_rebalance=16)

@@ -5,17 +5,29 @@ from __future__ import annotations
 import torch
 
 from svg2core.ops.rebalance.reference import rebalance_reference
+from svg2core.ops.sparse_attn.wrapper import _num_sms
 from svg2core.state import Workspace
 
 # The margin kernel's dot: "tf32x3" (three TF32 tensor-core products of the fp32 rows and centroids, as accurate as
 # FFMA for these sums; the logits kernel's choice, svg2core.ops.select.select.LOGITS_PRECISION), "ieee" (FFMA), or
-# "bf16" (one bf16 product, the centroids rounded: cheaper, and a near-tie may choose another row). Untimed: sm_90
-# (Triton 3.6) puts the tf32x3 version at 128-192 KB of shared memory (one program per SM), the bf16 one far below.
-MARGIN_PRECISION = "tf32x3"
-_BLOCK_N = 64  # sorted rows per program of the margin kernel
-_BLOCK_C = 64  # centroids per step of its loop
+# "bf16" (one bf16 product, the centroids rounded: a near-tie may choose another row; the default). H100, Wan 14B
+# 25% step, the kernel of session 19: the stage took 17.8 ms of 4 blocks with tf32x3 (192 KB of shared memory, one
+# program per SM) and 6.2 ms with bf16 (docs/benchmarks/NOTES_sparse_attn.md v21).
+MARGIN_PRECISION = "bf16"
+_BLOCK_N = 64  # sorted rows per step of the margin kernel
+# The margin kernel's launch (sm_90, Triton 3.6, bf16 margins): 32 centroids per step in 2 stages, 4 warps take 128
+# registers and 40 KB of shared memory without spills, so 4 programs fit an SM (64 centroids: 168 registers, 3 fit;
+# 3 stages of 64, the default, spilled)
+_MARGIN_PROGRAMS_PER_SM = 4  # the margin kernel's persistent programs per SM
+_BLOCK_C = 32  # centroids per step of its loop
+_MARGIN_STAGES = 2
 _BLOCK_P = 256  # rows per step of a donor's scan in the choose kernel
 _CB = 1024  # clusters per step of the slot prefix
+
+
+def _margin_programs(device: torch.device) -> int:
+    """The margin kernel's persistent grid: ``_MARGIN_PROGRAMS_PER_SM`` per SM (4 under the interpreter)."""
+    return _MARGIN_PROGRAMS_PER_SM * (_num_sms(device) if device.type == "cuda" else 1)
 
 
 def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor, offsets: torch.Tensor,
@@ -70,11 +82,13 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
     cand_pos = ws.buffer(f"{name}.rebalance_cand_pos", (bh, slots), torch.int32, dev)
     cand_dest = ws.buffer(f"{name}.rebalance_cand_dest", (bh, slots), torch.int32, dev)
     taken = ws.buffer(f"{name}.rebalance_taken", (bh, slots), torch.int32, dev)
-    _margin_kernel[(triton.cdiv(n, _BLOCK_N), bh)](
-        x, perm, labels, offsets, centroids, margin, dest, n, c, h, rho,
-        x.stride(0), x.stride(1), x.stride(2), perm.stride(0), labels.stride(0), offsets.stride(0),
+    items = bh * c
+    _margin_kernel[(min(items, _margin_programs(dev)),)](
+        x, perm, offsets, centroids, margin, dest, c, h, rho, items,
+        x.stride(0), x.stride(1), x.stride(2), perm.stride(0), offsets.stride(0),
         centroids.stride(0), centroids.stride(1), margin.stride(0),
         D=d, BLOCK=block, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, PRECISION=precision or MARGIN_PRECISION,
+        num_warps=4, num_stages=_MARGIN_STAGES,
     )
     _choose_kernel[(c, bh)](
         offsets, margin, dest, cand_pos, cand_dest, c, rho, offsets.stride(0), margin.stride(0), cand_pos.stride(0),
