@@ -84,11 +84,23 @@ class Workspace:
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
         self._constants: dict[str, torch.Tensor] = {}
+        # the views handed out, by request: a warm call asks ~40 times with the same arguments, and building each
+        # view again cost ~10 us of host time apiece (the host sets the pace of a 480p step's attention calls)
+        self._views: dict[tuple, torch.Tensor] = {}
         self.allocations = 0  # how many times a buffer was (re)allocated; lets tests check reuse
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A tensor of ``shape`` backed by the buffer called ``name`` (contents undefined). ``"cuda"`` means the
-        current CUDA device, so it names the same buffer as that device's index (``cuda:0``)."""
+        current CUDA device, so it names the same buffer as that device's index (``cuda:0``).
+
+        The same request returns the same view object while the buffer is not re-allocated (a view of a normal
+        tensor, so it is written in place inside inference mode and outside it alike)."""
+        indexless_cuda = device == "cuda" or (isinstance(device, torch.device) and device.type == "cuda"
+                                              and device.index is None)
+        key = (name, tuple(shape), dtype, device, torch.cuda.current_device() if indexless_cuda else None)
+        view = self._views.get(key)
+        if view is not None:
+            return view
         numel = math.prod(shape)
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -99,7 +111,9 @@ class Workspace:
                 buf = torch.empty(max(numel, 1), dtype=dtype, device=device)
             self._buffers[name] = buf
             self.allocations += 1
-        return buf[:numel].view(shape)
+            self._views = {k: v for k, v in self._views.items() if k[0] != name}  # views of the old buffer
+        view = self._views[key] = buf[:numel].view(shape)
+        return view
 
     def constant(self, name: str, build: Callable[[], torch.Tensor]) -> torch.Tensor:
         """A tensor built by ``build()`` on the first request for ``name`` and reused afterwards.
@@ -124,3 +138,4 @@ class Workspace:
         """Release every buffer."""
         self._buffers.clear()
         self._constants.clear()
+        self._views.clear()

@@ -63,6 +63,34 @@ def test_workspace_reuses_buffers_across_calls():
     assert small.data_ptr() == perm.data_ptr()  # a smaller shape fits in the same buffer
 
 
+def test_workspace_hands_out_one_view_per_request_until_it_grows():
+    ws = Workspace()
+    a = ws.buffer("x", (4, 8), torch.int32, "cpu")
+    assert ws.buffer("x", (4, 8), torch.int32, "cpu") is a  # the same request: the same view, nothing allocated
+    assert ws.buffer("x", [4, 8], torch.int32, "cpu") is a  # a list names the same shape
+    b = ws.buffer("x", (2, 8), torch.int32, "cpu")
+    assert b is not a and b.shape == (2, 8) and b.data_ptr() == a.data_ptr()
+    big = ws.buffer("x", (64, 8), torch.int32, "cpu")  # re-allocated: the old views are forgotten
+    assert ws.allocations == 2 and big.data_ptr() != a.data_ptr()
+    again = ws.buffer("x", (4, 8), torch.int32, "cpu")
+    assert again is not a and again.data_ptr() == big.data_ptr()
+    ws.clear()
+    assert ws.buffer("x", (4, 8), torch.int32, "cpu") is not again and ws.allocations == 3  # cleared: a new buffer
+
+
+def test_a_workspace_view_from_inference_mode_is_written_outside_it():
+    # one workspace serves jobs under inference_mode and under no_grad: the view handed out in the first is the
+    # one the second writes
+    ws = Workspace()
+    with torch.inference_mode():
+        inside = ws.buffer("x", (3,), torch.float32, "cpu")
+        inside.fill_(1.0)
+    with torch.no_grad():
+        outside = ws.buffer("x", (3,), torch.float32, "cpu")
+        outside.fill_(2.0)
+    assert outside is inside and not inside.is_inference() and inside.tolist() == [2.0, 2.0, 2.0]
+
+
 @pytest.mark.parametrize("bh,n,c,block", [(2, 1000, 130, 16), (1, 300, 3, 64), (3, 17, 1, 16)],
                          ids=["blocks>scan-tile,clusters>scan-tile", "few-clusters", "one-cluster"])
 def test_counting_sort_with_given_block_counts(bh, n, c, block):
