@@ -25,6 +25,10 @@
 #                                                       # (probe_serpentine.py: the whole selection, graph replay, ~1 min)
 #   bash bench/gpu_run.sh OUT rebalance                 # query tokens moved so that fewer query tiles are partly empty:
 #                                                       # accuracy at Wan 14B's size (probe_tile_rebalance.py, ~2 min)
+#   bash bench/gpu_run.sh OUT host                      # the host's time to queue one warm 480p call, profiled
+#                                                       # (probe_host_overhead.py; queued behind a sleeping GPU)
+#   bash bench/gpu_run.sh OUT rebalance_cost            # each kernel of a warm Wan 14B-size call with query-tile
+#                                                       # rebalancing, rho 0 / bf16 / tf32x3 margins (probe_rebalance_cost.py)
 #   bash bench/gpu_run.sh OUT graph480                  # the Wan 1.3B 480p step also captured whole in a CUDA graph:
 #                                                       # what the host's launches cost (bench_pipeline_step --cuda-graph)
 #   bash bench/gpu_run.sh OUT wan14b wan14b_rebalance   # the Wan 14B 25% step without, then with query-tile
@@ -65,6 +69,8 @@ for step in "$@"; do
     attn) python bench/bench_sparse_attn.py --out "$out/$step" > "$log" 2>&1 ;;
     selection) python bench/bench_selection.py --out "$out/$step" --no-sweep > "$log" 2>&1 ;;
     pipeline) python bench/bench_pipeline_step.py --compile --out "$out/$step" > "$log" 2>&1 ;;
+    host) python bench/probes/probe_host_overhead.py --out "$out/$step" > "$log" 2>&1 ;;
+    rebalance_cost) python bench/probes/probe_rebalance_cost.py --out "$out/$step" > "$log" 2>&1 ;;
     graph480) python bench/bench_pipeline_step.py --compile --cuda-graph --models wan2.1-1.3b-480p \
       --out "$out/$step" > "$log" 2>&1 ;;
     wan14b) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
