@@ -47,6 +47,10 @@ diffusers builds is then all True, drops it before the attention call (a forward
 joint-attention module) for the dense and the sparse runs alike: the dense baseline is the fastest exact
 dense path. ``--padded-text`` restores the stock padded prompt and masked call (the first H200 run).
 
+CUDA graphs (``--cuda-graph``): after the runs above, each step (dense, and each density's warm sparse step in a
+fresh session) is also captured whole in one CUDA graph and replayed (:func:`graph_steps`): the same kernels without
+the host's launches, so the difference to the launched step is what queueing them from Python costs.
+
 Dense and sparse runs use the same modules and kernels except the attention call. Writes
 ``pipeline_step_<card>.json`` and ``.md`` under ``--out`` (after every model, so a run cut short
 keeps what it measured).
