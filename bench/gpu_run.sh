@@ -39,6 +39,9 @@
 #   bash bench/gpu_run.sh OUT generate                  # whole jobs through the worker's path (bench_generate.py, ~4 min;
 #                                                       # also carry pydantic pydantic-core annotated-types typing-inspection av)
 #
+#   bash bench/gpu_run.sh OUT w480 w480_rebalance       # the Wan 1.3B 480p step without, then with rebalancing (rho = 16)
+#   GPU_RUN_TESTS_K=rebalancing bash bench/gpu_run.sh OUT tests   # only the Hopper tests whose names match (pytest -k)
+#
 # Steps: tests (tests/svg2core/test_sparse_attn_hopper.py), attn (bench_sparse_attn.py), selection
 # (bench_selection.py --no-sweep), pipeline (bench_pipeline_step.py --compile), assign (bench/probes/probe_assign.py), sort (bench/probes/probe_sort.py), tiles (bench/probes/probe_assign_tiles.py),
 # update (bench/probes/probe_update.py), layout (bench/probes/probe_layout.py),
@@ -65,7 +68,8 @@ for step in "$@"; do
   echo "=== $step"
   log="$out/$step/log.txt"
   case $step in
-    tests) python -m pytest -q tests/svg2core/test_sparse_attn_hopper.py -p no:cacheprovider > "$log" 2>&1 ;;
+    tests) python -m pytest -q tests/svg2core/test_sparse_attn_hopper.py -p no:cacheprovider ${GPU_RUN_TESTS_K:+-k "$GPU_RUN_TESTS_K"} \
+      > "$log" 2>&1 ;;
     attn) python bench/bench_sparse_attn.py --out "$out/$step" > "$log" 2>&1 ;;
     selection) python bench/bench_selection.py --out "$out/$step" --no-sweep > "$log" 2>&1 ;;
     pipeline) python bench/bench_pipeline_step.py --compile --out "$out/$step" > "$log" 2>&1 ;;
@@ -73,6 +77,10 @@ for step in "$@"; do
     rebalance_cost) python bench/probes/probe_rebalance_cost.py --out "$out/$step" > "$log" 2>&1 ;;
     graph480) python bench/bench_pipeline_step.py --compile --cuda-graph --models wan2.1-1.3b-480p \
       --out "$out/$step" > "$log" 2>&1 ;;
+    w480) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
+      --out "$out/$step" > "$log" 2>&1 ;;
+    w480_rebalance) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
+      --query-tile-rebalance 16 --out "$out/$step" > "$log" 2>&1 ;;
     wan14b) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_rebalance) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
