@@ -42,7 +42,8 @@ class SVG2Config:
             cluster whose last 128-row query tile (or half tile) holds at most ``rho`` rows beyond the tile below gives
             them, by smallest distance margin, to the nearest clusters with room in their last tile, so that the
             attention kernel runs fewer partly empty tiles (:func:`svg2core.ops.rebalance.rebalance_reference`). Off
-            by default: measured so far on synthetic data only (docs/benchmarks/NOTES_sparse_attn.md v20).
+            by default: on an H100 the Wan 14B 25% kernel ran 4.5-6% faster with rho = 16, but the stage then cost as
+            much as it saved (docs/benchmarks/NOTES_sparse_attn.md v21); its reworked margin kernel is not yet timed.
     """
 
     mode: Mode = "top_p"

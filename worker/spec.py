@@ -35,6 +35,11 @@ class SparsitySettings(BaseModel):
         "second and later assigns of a warm call only with the m nearest its current cluster's (clusterings of at "
         "least 8 m clusters)."
     )
+    query_tile_rebalance: int = Field(
+        0, ge=0, le=64, description="0: the query clusters are the k-means'. rho: a query cluster whose last 128-row "
+        "tile (or half tile) holds at most rho rows beyond the tile below gives them to the nearest clusters with "
+        "room, so the attention kernel runs fewer partly empty tiles."
+    )
     dense_warmup_fraction: float = Field(
         0.2, ge=0.0, le=1.0, description="Fraction of the first denoising steps that run dense."
     )

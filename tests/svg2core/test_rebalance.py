@@ -122,6 +122,21 @@ def test_the_config_names_the_field_and_the_rule():
         SVG2Config(query_tile_rebalance=65)
 
 
+def test_a_request_sets_rebalancing_and_the_job_runs_it():
+    # the request field: validated by name, resolved over a preset, and carried into the config the job runs
+    from pydantic import ValidationError
+
+    from svg2core.integration import SparsityPlan
+    from worker.spec import SparsitySettings, resolve_sparsity
+
+    with pytest.raises(ValidationError, match="query_tile_rebalance"):
+        resolve_sparsity({"preset": "fast", "query_tile_rebalance": 65})
+    settings = resolve_sparsity({"preset": "fast", "query_tile_rebalance": 16})
+    assert settings.query_tile_rebalance == 16 and settings.top_p == 0.8  # the rest is the preset's
+    assert SparsityPlan.from_settings(settings).config.query_tile_rebalance == 16
+    assert SparsitySettings().query_tile_rebalance == 0  # off unless asked for
+
+
 def test_bf16_margins_keep_the_rule():
     # one bf16 product per distance (MARGIN_PRECISION="bf16"): the rule's invariants hold and nearly every row moves
     # as in the fp32 reference (a near-tie may choose another row)
