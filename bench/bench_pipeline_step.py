@@ -243,7 +243,7 @@ def graph_steps(model, kwargs, device, reps: int, densities, spec: dict, candida
         with svg2_session(model, dense_plan, num_inference_steps=100, timing=False):
             model(**kwargs)
             dense = graph_forwards(model, kwargs, reps, device)
-        ref = dense.pop("out", None)
+        dense.pop("out", None)  # the dense replay's output is not compared with anything
         out["dense"] = dense
         for density in densities:
             with svg2_session(model, SparsityPlan(sparse_config(density, spec, candidates, rebalance)),
@@ -255,7 +255,6 @@ def graph_steps(model, kwargs, device, reps: int, densities, spec: dict, candida
             if graph_out is not None:
                 g["vs_eager_warm"] = relative_difference(graph_out, eager_out)
             out[f"sparse_{density}"] = g
-        del ref
     if "step_seconds" in out["dense"]:
         dense_step = statistics.median(out["dense"]["step_seconds"])
         for s in res["sparse"]:
@@ -418,7 +417,7 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
                 sdpa_ctx, compile_backend: str | None = None, packed_text: bool = True, candidates: int = 0,
                 rebalance: int = 0, cuda_graph: bool = False) -> dict:
     """Dense and sparse steps of one model; ``compile_backend``: regional torch.compile (None: eager);
-    ``cuda_graph``: also each step captured whole in a CUDA graph and replayed (:func:`graph_forwards`)."""
+    ``cuda_graph``: also each step captured whole in a CUDA graph and replayed (:func:`graph_steps`)."""
     t0 = time.perf_counter()
     model, kwargs, layers, real_layers = build(spec, device, dtype, packed_text)
     apply_svg2(model, estimate_savings=device.type == "cuda")
