@@ -232,8 +232,8 @@ def graph_forwards(model, kwargs, n: int, device) -> dict:
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
 
 
-def graph_steps(model, kwargs, device, reps: int, densities, spec: dict, candidates: int, rebalance: int,
-                dense_plan, sdpa_ctx, res: dict) -> dict:
+def graph_steps(model, kwargs, device, reps: int, densities, spec: dict, fields: dict, dense_plan, sdpa_ctx,
+                res: dict) -> dict:
     """Dense and each sparse step captured in a CUDA graph (fresh sessions without timers; a sparse session runs
     its cold forward eagerly first, then the capture is of a warm forward), ``reps`` replays each. The speedup
     of the graphs against each other, and against the eager-launched steps of ``res``, says how much of the
@@ -246,7 +246,7 @@ def graph_steps(model, kwargs, device, reps: int, densities, spec: dict, candida
         dense.pop("out", None)  # the dense replay's output is not compared with anything
         out["dense"] = dense
         for density in densities:
-            with svg2_session(model, SparsityPlan(sparse_config(density, spec, candidates, rebalance)),
+            with svg2_session(model, SparsityPlan(sparse_config(density, spec, **fields)),
                               num_inference_steps=100, timing=False):
                 model(**kwargs)  # cold: k-means from scratch
                 eager_out = model(**kwargs)[0].clone()  # warm, launched from the host
@@ -406,18 +406,21 @@ def vae_decode_seconds(device, dtype, smoke: bool) -> float | None:
     return seconds
 
 
-def sparse_config(density: float, spec: dict, candidates: int = 0, rebalance: int = 0) -> SVG2Config:
+def sparse_config(density: float, spec: dict, **fields) -> SVG2Config:
+    """The sparse steps' config: fixed ``density``, the model's cluster counts, 2 warm k-means iterations (50 cold),
+    and ``fields``, the run's other SVG2Config settings (its command-line options)."""
     cq, ck = spec["clusters"]
     return SVG2Config(mode="fixed_density", target_density=density, num_q_clusters=cq, num_k_clusters=ck,
-                      kmeans_iters_init=50, kmeans_iters=2, kmeans_candidates=candidates,
-                      query_tile_rebalance=rebalance)
+                      kmeans_iters_init=50, kmeans_iters=2, **fields)
 
 
 def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_480p: float | None,
-                sdpa_ctx, compile_backend: str | None = None, packed_text: bool = True, candidates: int = 0,
-                rebalance: int = 0, cuda_graph: bool = False) -> dict:
-    """Dense and sparse steps of one model; ``compile_backend``: regional torch.compile (None: eager);
+                sdpa_ctx, compile_backend: str | None = None, packed_text: bool = True, fields: dict | None = None,
+                cuda_graph: bool = False) -> dict:
+    """Dense and sparse steps of one model; ``compile_backend``: regional torch.compile (None: eager); ``fields``:
+    SVG2Config settings of the sparse steps besides :func:`sparse_config`'s;
     ``cuda_graph``: also each step captured whole in a CUDA graph and replayed (:func:`graph_steps`)."""
+    fields = fields or {}
     t0 = time.perf_counter()
     model, kwargs, layers, real_layers = build(spec, device, dtype, packed_text)
     apply_svg2(model, estimate_savings=device.type == "cuda")
@@ -437,7 +440,7 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
                 eager_times = {"dense": timed_forwards(model, kwargs, reps, device)}
             eager_sparse = {}
             for density in densities:
-                with svg2_session(model, SparsityPlan(sparse_config(density, spec, candidates, rebalance)),
+                with svg2_session(model, SparsityPlan(sparse_config(density, spec, **fields)),
                                   num_inference_steps=100):
                     eager_sparse[density] = model(**kwargs)[0].clone()
                     eager_times[f"sparse_{density}"] = timed_forwards(model, kwargs, reps, device)
@@ -471,7 +474,7 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
             compile_info["dense_compile_seconds"] = round(compile_info["first_dense_forward_seconds"] - dense_step, 3)
         res["sparse"] = []
         for density in densities:
-            with svg2_session(model, SparsityPlan(sparse_config(density, spec, candidates, rebalance)),
+            with svg2_session(model, SparsityPlan(sparse_config(density, spec, **fields)),
                               num_inference_steps=100) as s:
                 graphs_before = graphs_compiled()
                 cold, out = timed_forward(model, kwargs, device)
@@ -516,8 +519,8 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
                   f"{dense_step * 1e3:.1f} ms -> {speedup:.2f}x (ideal {ideal:.2f}x, share {attn_share:.2f}); "
                   f"e2e {entry['end_to_end']['speedup']:.2f}x", flush=True)
     if cuda_graph and device.type == "cuda":
-        res["cuda_graph"] = graph_steps(model, kwargs, device, reps, densities, spec, candidates, rebalance,
-                                        dense_plan, sdpa_ctx, res)
+        res["cuda_graph"] = graph_steps(model, kwargs, device, reps, densities, spec, fields, dense_plan,
+                                        sdpa_ctx, res)
     res["compile"] = compile_info
     # graphs dynamo compiled during the timed dense and warm sparse forwards: 0 = no recompilation
     res["graphs_compiled_in_timed_forwards"] = graphs_in_timed
@@ -568,7 +571,9 @@ def write_markdown(path: str, results: dict) -> None:
              + (f" k-means over candidate lists: `kmeans_candidates={results['kmeans_candidates']}`."
                 if results.get("kmeans_candidates") else "")
              + (f" Query-tile rebalancing: `query_tile_rebalance={results['query_tile_rebalance']}`."
-                if results.get("query_tile_rebalance") else ""),
+                if results.get("query_tile_rebalance") else "")
+             + (f" k-means iterations but the last on a token sample: `kmeans_subsample={results['kmeans_subsample']}`."
+                if results.get("kmeans_subsample", 1) > 1 else ""),
              "",
              "| model | blocks | attn share (dense) | density | dense step | sparse step | speedup | Amdahl ideal | "
              "of ideal | attn time sparse/dense | e2e 50 steps, 20% warm-up, + VAE |",
@@ -657,6 +662,12 @@ def write_markdown(path: str, results: dict) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
+def config_fields(args: argparse.Namespace) -> dict:
+    """The SVG2Config settings of the sparse steps given on the command line."""
+    return {"kmeans_candidates": args.kmeans_candidates, "query_tile_rebalance": args.query_tile_rebalance,
+            "kmeans_subsample": args.kmeans_subsample}
+
+
 def apply_settings(specs: list[str]) -> dict:
     """``MODULE.NAME=VALUE`` strings (VALUE a Python literal) set on their modules: the library knobs an A/B of the
     whole step flips. Returns them as ``{"MODULE.NAME": value}``; an unknown module or name, or a value that is not a
@@ -702,6 +713,9 @@ def main() -> int:
                         help="the sparse steps' SVG2Config.query_tile_rebalance (0: off, the default)")
     parser.add_argument("--kmeans-candidates", type=int, default=0, metavar="M",
                         help="the sparse steps' SVG2Config.kmeans_candidates (0: every centroid, the default)")
+    parser.add_argument("--kmeans-subsample", type=int, default=1, metavar="S",
+                        help="the sparse steps' SVG2Config.kmeans_subsample (1: every token in every iteration, the "
+                             "default)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="also capture each step (dense, sparse) whole in a CUDA graph and time its replays: "
                              "what the host's launches cost the step")
@@ -732,7 +746,7 @@ def main() -> int:
     compile_backend = args.compile_backend if args.compile else None
     results = {"card": card, "torch": torch.__version__, "dtype": str(dtype), "models": [], "skipped": [],
                "settings": settings, "kmeans_candidates": args.kmeans_candidates,
-               "query_tile_rebalance": args.query_tile_rebalance,
+               "query_tile_rebalance": args.query_tile_rebalance, "kmeans_subsample": args.kmeans_subsample,
                "execution": (f"regional torch.compile ({compile_backend}, default mode) of the blocks, dense and "
                              "sparse alike" if compile_backend else "eager"),
                "hunyuan_text": ("padded prompt, masked attention call (stock)" if args.padded_text else
@@ -742,14 +756,15 @@ def main() -> int:
     print(f"card {card}; VAE decode (Wan 480p 81 frames): {vae}", flush=True)
     stem = os.path.join(args.out, f"pipeline_step_{card}" + (f"_m{args.kmeans_candidates}" if args.kmeans_candidates
                                                               else "")
-                        + (f"_r{args.query_tile_rebalance}" if args.query_tile_rebalance else ""))
+                        + (f"_r{args.query_tile_rebalance}" if args.query_tile_rebalance else "")
+                        + (f"_s{args.kmeans_subsample}" if args.kmeans_subsample > 1 else ""))
     for name, spec in models.items():
         if time.perf_counter() - start > args.time_budget_s:
             results["skipped"].append(name)
             continue
         results["models"].append(bench_model(name, spec, device, dtype, densities, args.reps, vae, sdpa_ctx,
                                              compile_backend, packed_text=not args.padded_text,
-                                             candidates=args.kmeans_candidates, rebalance=args.query_tile_rebalance,
+                                             fields=config_fields(args),
                                              cuda_graph=args.cuda_graph))
         results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
         with open(stem + ".json", "w") as fh:

@@ -40,6 +40,10 @@
 #                                                       # also carry pydantic pydantic-core annotated-types typing-inspection av)
 #
 #   bash bench/gpu_run.sh OUT w480 w480_rebalance       # the Wan 1.3B 480p step without, then with rebalancing (rho = 16)
+#   bash bench/gpu_run.sh OUT subsample subsample_trajectory   # the selection with the k-means' first iterations on
+#                                                       # a token sample (kmeans_subsample 1 / 2 / 4), timed
+#                                                       # (probe_kmeans_subsample.py); then its accuracy at 480p's size
+#                                                       # (probe_config_trajectory.py); w480_s2 / wan14b_s2: the steps
 #   GPU_RUN_TESTS_K=rebalancing bash bench/gpu_run.sh OUT tests   # only the Hopper tests whose names match (pytest -k)
 #
 # Steps: tests (tests/svg2core/test_sparse_attn_hopper.py), attn (bench_sparse_attn.py), selection
@@ -87,6 +91,14 @@ for step in "$@"; do
       --query-tile-rebalance 16 --out "$out/$step" > "$log" 2>&1 ;;
     rebalance_trajectory) python bench/probes/probe_rebalance_trajectory.py --grid 21,45,80 --objects 24 --cq 300 \
       --ck 1000 --device cuda --backend triton --seeds 2 --out "$out/$step" > "$log" 2>&1 ;;
+    subsample) python bench/probes/probe_kmeans_subsample.py --out "$out/$step" > "$log" 2>&1 ;;
+    subsample_trajectory) python bench/probes/probe_config_trajectory.py --grid 21,30,52 --objects 12 --cq 100 \
+      --ck 500 --device cuda --backend triton --seeds 2 --steps 12 --variant kmeans_subsample=2 \
+      --variant kmeans_subsample=4 --variant kmeans_iters=1 --name kmeans_subsample --out "$out/$step" > "$log" 2>&1 ;;
+    w480_s2) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
+      --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
+    wan14b_s2) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
+      --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_rebalance_bf16) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --query-tile-rebalance 16 --set "svg2core.ops.rebalance.rebalance.MARGIN_PRECISION='bf16'" \
       --out "$out/$step" > "$log" 2>&1 ;;

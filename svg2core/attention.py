@@ -209,7 +209,8 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
 
     def query_chain():
         q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend,
-                                                     candidates=candidates, reverse_heads=SERPENTINE_HEADS)
+                                                     candidates=candidates, reverse_heads=SERPENTINE_HEADS,
+                                                     subsample=config.kmeans_subsample)
         if config.query_tile_rebalance:  # fewer partly empty query tiles; the cached centroids stay the k-means'
             rebalance_query_tiles(q_video, q_labels, q_perm, q_offsets, q_cent, config.query_tile_rebalance,
                                   REBALANCE_BLOCK, ws, "q", backend)
@@ -222,7 +223,8 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     def key_chain():
         k_rows = key_rows_buffer(k_video, nv, ws) if fuse_keys else None
         k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows,
-                                                     candidates=candidates, reverse_heads=SERPENTINE_HEADS)
+                                                     candidates=candidates, reverse_heads=SERPENTINE_HEADS,
+                                                     subsample=config.kmeans_subsample)
         k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32,
                                                                                  dev))
         return k_labels, k_perm, k_offsets, k_sizes

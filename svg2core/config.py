@@ -38,6 +38,11 @@ class SVG2Config:
             a call's first compares each token only with the ``m`` centroids nearest its current cluster's (that
             cluster included), a fraction of the distances for nearly the same labels
             (:func:`svg2core.ops.kmeans.kmeans_assign_candidates_reference`); at least the cluster count: all.
+        kmeans_subsample: ``1``: every k-means iteration assigns and averages every video token. ``s > 1``: every
+            iteration of a call but its last runs on every ``s``-th video token only (a strided sample of the token
+            grid), and the last one on all of them, so the labels, the permutation and the cached centroids are
+            still those of every token, at ``(iters - 1) / s + 1`` passes over the tokens instead of ``iters``
+            (:func:`svg2core.ops.kmeans.batched_kmeans`).
         query_tile_rebalance: ``0``: the query clusters are the k-means'. ``rho > 0``: after the query k-means, a
             cluster whose last 128-row query tile (or half tile) holds at most ``rho`` rows beyond the tile below gives
             them, by smallest distance margin, to the nearest clusters with room in their last tile, so that the
@@ -56,6 +61,7 @@ class SVG2Config:
     kmeans_iters_init: int = 50
     kmeans_iters: int = 2
     kmeans_candidates: int = 0
+    kmeans_subsample: int = 1
     query_tile_rebalance: int = 0
 
     def __post_init__(self) -> None:
@@ -93,6 +99,8 @@ def config_errors(cfg: SVG2Config) -> list[str]:
         errs.append(f"kmeans_iters: must be in [0, 1000], got {cfg.kmeans_iters}")
     if not 0 <= cfg.kmeans_candidates <= 8192:
         errs.append(f"kmeans_candidates: must be in [0, 8192], got {cfg.kmeans_candidates}")
+    if not 1 <= cfg.kmeans_subsample <= 64:
+        errs.append(f"kmeans_subsample: must be in [1, 64], got {cfg.kmeans_subsample}")
     if not 0 <= cfg.query_tile_rebalance <= 64:
         errs.append(f"query_tile_rebalance: must be in [0, 64] (rows of half a query tile), got "
                     f"{cfg.query_tile_rebalance}")

@@ -105,7 +105,8 @@ def captured_selections(q, k, v, cfg, variants: dict) -> dict:
     """The whole selection (``cluster_and_select``, 2 warm iterations) captured in a CUDA graph per variant, each
     into its own workspace from its own ``bench_selection.warm_centroids`` (the same warm start for every variant).
     ``variants``: label -> (``cluster_and_select``'s keyword arguments, :func:`settings` triples in force while it is
-    captured). Returns label -> ``(graph, workspace, q_cent, k_cent, (q_cent, k_cent) at the warm start)``; keep it
+    captured); the keyword arguments may also give the variant its own ``config`` and ``iters`` (default: ``cfg``,
+    2). Returns label -> ``(graph, workspace, q_cent, k_cent, (q_cent, k_cent) at the warm start)``; keep it
     referenced while the graphs replay: they write into its tensors."""
     import bench_selection as S
 
@@ -114,12 +115,14 @@ def captured_selections(q, k, v, cfg, variants: dict) -> dict:
 
     out = {}
     for label, (kwargs, knobs) in variants.items():
+        kwargs = dict(kwargs)
+        vcfg, iters = kwargs.pop("config", cfg), kwargs.pop("iters", 2)
         ws = Workspace()
         q_cent, k_cent = S.warm_centroids(q, k, cfg.num_q_clusters, cfg.num_k_clusters, ws)
         start = (q_cent.clone(), k_cent.clone())
         with settings(*knobs):
-            graph = S.capture_graph(lambda ws=ws, qc=q_cent, kc=k_cent, kw=kwargs: cluster_and_select(
-                q, k, v, qc, kc, 2, cfg, ws, **kw))
+            graph = S.capture_graph(lambda ws=ws, qc=q_cent, kc=k_cent, kw=kwargs, c=vcfg, it=iters:
+                                    cluster_and_select(q, k, v, qc, kc, it, c, ws, **kw))
         out[label] = (graph, ws, q_cent, k_cent, start)
     return out
 

@@ -359,3 +359,74 @@ def test_centroid_copies_padded_to_whole_tiles_change_nothing(c, tile, monkeypat
         results[pad] = (labels, counts, *out, cent)
     for a, z in zip(results[False], results[True], strict=True):
         assert torch.equal(a, z)
+
+
+def _blobs(b, h, n, d, c, seed, spread=0.1):
+    """Points in ``c`` well separated blobs, tokens interleaved, and a start near the blob centres (one centroid per
+    blob: no near-ties, so low-precision dots cannot change an assignment)."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = torch.randn(b * h, c, d, generator=gen) * 10
+    idx = torch.arange(n) % c
+    x = centers[:, idx] + spread * torch.randn(b * h, n, d, generator=gen)
+    return x.reshape(b, h, n, d).half(), centers + 0.5 * torch.randn(b * h, c, d, generator=gen)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("s,iters", [(2, 3), (4, 2)])
+def test_subsampled_iterations_then_one_full_iteration(backend, s, iters):
+    # kmeans_subsample: iterations 1..iters-1 on x[:, :, ::s], the last on every token. On unclustered data (where
+    # the sample's means differ from all tokens'): the same as running the two parts one after the other on the same
+    # backend, not what iters plain iterations give, and the clustering returned is all tokens' (its sizes sum to N,
+    # the centroids are its clusters' means)
+    b, h, n, d, c = 1, 2, 97, 64, 5
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(b, h, n, d, generator=gen).half()
+    start = init_centroids_strided_reference(x.reshape(b * h, n, d), c)
+    cent = start.clone()
+    labels, perm, offsets = batched_kmeans(x, cent, iters, Workspace(), "q", backend, subsample=s)
+    two_parts = start.clone()
+    batched_kmeans(x[:, :, ::s], two_parts, iters - 1, Workspace(), "q", backend)
+    parts_labels, _, parts_offsets = batched_kmeans(x, two_parts, 1, Workspace(), "q", backend)
+    assert labels.shape == (b * h, n) and torch.equal(labels, parts_labels)
+    assert torch.equal(offsets, parts_offsets) and torch.equal(offsets[:, -1], torch.full((b * h,), n, dtype=torch.int32))
+    assert torch.equal(cent, two_parts)
+    plain = start.clone()
+    batched_kmeans(x, plain, iters, Workspace(), "q", backend)
+    assert not torch.allclose(cent, plain, atol=1e-3)  # the sampled iterations did run on the sample
+    xf = x.reshape(b * h, n, d).float()
+    for bh in range(b * h):
+        for j in range(c):
+            members = xf[bh][labels[bh] == j]
+            if len(members):
+                torch.testing.assert_close(cent[bh, j], members.mean(0), rtol=1e-4, atol=1e-4)
+    assert torch.equal(torch.sort(perm, dim=-1).values, torch.arange(n, dtype=torch.int32).expand(b * h, n))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_subsample_changes_nothing_below_two_iterations(backend):
+    x, start = _blobs(1, 2, 60, 64, 4, seed=4, spread=1.0)
+    for iters in (0, 1):
+        plain, sampled = start.clone(), start.clone()
+        a = [t.clone() for t in batched_kmeans(x, plain, iters, Workspace(), "k", backend)]
+        b_ = batched_kmeans(x, sampled, iters, Workspace(), "k", backend, subsample=4)
+        assert all(torch.equal(u, w) for u, w in zip(a, b_, strict=True)) and torch.equal(plain, sampled)
+
+
+def test_subsample_in_a_triton_call_matches_the_reference_call():
+    # the Triton path shares the workspace buffers of the sampled and the full iterations (different sizes, one
+    # after the other), and the last sampled update prepares the full assign's centroid copies: with the rows it
+    # writes (fused key gather), equal to the reference on blobs
+    b, h, n, d, c = 2, 2, 130, 64, 6
+    x, start = _blobs(b, h, n, d, c, seed=5)
+    ws = Workspace()
+    for _ in range(2):  # the second call runs on the buffers the first sized
+        cent = start.clone()
+        rows = torch.empty(b * h, n, d, dtype=x.dtype)
+        labels, perm, _ = batched_kmeans(x, cent, 3, ws, "k", rows_out=rows, subsample=3)
+        ref_cent = start.clone()
+        ref_labels, _, _ = batched_kmeans(x, ref_cent, 3, Workspace(), "k", "reference", subsample=3)
+        assert torch.equal(labels, ref_labels)
+        torch.testing.assert_close(cent, ref_cent, rtol=1e-5, atol=1e-5)
+        assert torch.equal(rows, gather_rows_reference(x, perm))
+    with pytest.raises(ValueError, match="subsample: must be an int >= 1"):
+        batched_kmeans(x, start.clone(), 2, ws, "k", subsample=0)

@@ -283,7 +283,8 @@ def _update_stages(n: int, c: int) -> int:
 
 def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Workspace,
                    name: str, backend: str = "triton", rows_out: torch.Tensor | None = None,
-                   candidates: int = 0, reverse_heads: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   candidates: int = 0, reverse_heads: bool = False,
+                   subsample: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``iters`` Lloyd iterations on every ``(b, h)``, updating ``centroids`` in place.
 
     Args:
@@ -300,16 +301,41 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
             its current cluster's (:func:`kmeans_assign_candidates`), when the lists are a small share of the
             clusters (:func:`uses_candidate_lists`); ``0``: with all.
         reverse_heads: the updates run the heads in reverse grid order (:func:`kmeans_update`); the same result.
+        subsample: ``s > 1``: every iteration but the last runs on every ``s``-th point only (``x[:, :, ::s]``, a
+            strided view: no copy), and the last one assigns and updates with every point, as a full assign (the
+            candidate lists, if any, apply among the sampled iterations). The returned clustering, and so the
+            centroids (the means of its clusters), are those of all points, at ``(iters - 1) / s + 1`` passes over
+            them instead of ``iters`` (``SVG2Config.kmeans_subsample``).
 
     Returns:
         ``labels (B*H, N) int32``, ``perm (B*H, N) int32``, ``offsets (B*H, C+1) int32``.
     """
     if rows_out is not None and iters < 1:
         raise ValueError(f"rows_out: the rows are written by the last update, so iters must be >= 1, got {iters}")
+    if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
+        raise ValueError(f"subsample: must be an int >= 1, got {subsample!r}")
+    # each update but the last writes the next assign's centroid copies
+    fuse_prepare = backend != "reference" and FUSE_PREPARE
+    if subsample > 1 and iters > 1:
+        # the sampled iterations share the workspace buffers of the full one (same stream, one after the other); the
+        # last sampled update prepares the full assign's centroid copies
+        _lloyd(x[:, :, ::subsample], centroids, iters - 1, workspace, name, backend, None, candidates, reverse_heads,
+               prepared_first=False, prepare_last=fuse_prepare)
+        return _lloyd(x, centroids, 1, workspace, name, backend, rows_out, 0, reverse_heads,
+                      prepared_first=fuse_prepare, prepare_last=False)
+    return _lloyd(x, centroids, iters, workspace, name, backend, rows_out, candidates, reverse_heads,
+                  prepared_first=False, prepare_last=False)
+
+
+def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Workspace, name: str, backend: str,
+           rows_out: torch.Tensor | None, candidates: int, reverse_heads: bool, prepared_first: bool,
+           prepare_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`batched_kmeans` on the points ``x`` (all of them or a sample). ``prepared_first``: the workspace's
+    prepared centroid copies already hold ``centroids`` (skip the first assign's preparation launch);
+    ``prepare_last``: the last update also writes them (for an assign that follows this call)."""
     b, h, n, _ = x.shape
     c = centroids.shape[1]
     labels = workspace.buffer(f"{name}.labels", (b * h, n), torch.int32, x.device)
-    # each update but the last writes the next assign's centroid copies
     fuse_prepare = backend != "reference" and FUSE_PREPARE
     if backend == "reference":
         def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,7 +351,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
 
         def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
             kmeans_assign(x, centroids, labels, backend, workspace, tile, block_counts=counts,
-                          prepared=not first and fuse_prepare, name=name)
+                          prepared=prepared_first if first else fuse_prepare, name=name)
             if fused:
                 return sort_by_cluster(labels, c, workspace, name, method="count", count_block=tile.block_n,
                                        block_counts=counts)
@@ -345,7 +371,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
             perm, offsets = assign_and_sort(False)
         last = it == iters - 1
         kmeans_update(x, perm, offsets, centroids, labels, backend, workspace, name=name,
-                      prepare=not last and fuse_prepare, rows_out=rows_out if last else None,
+                      prepare=fuse_prepare and (prepare_last or not last), rows_out=rows_out if last else None,
                       reverse_heads=reverse_heads)
     return labels, perm, offsets
 
