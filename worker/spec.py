@@ -35,6 +35,10 @@ class SparsitySettings(BaseModel):
         "second and later assigns of a warm call only with the m nearest its current cluster's (clusterings of at "
         "least 8 m clusters)."
     )
+    kmeans_subsample: int = Field(
+        1, ge=1, le=64, description="1: every k-means iteration uses every video token. s: every iteration of a "
+        "call but its last uses every s-th token only; the last uses all, so the clusters are still every token's."
+    )
     query_tile_rebalance: int = Field(
         0, ge=0, le=64, description="0: the query clusters are the k-means'. rho: a query cluster whose last 128-row "
         "tile (or half tile) holds at most rho rows beyond the tile below gives them to the nearest clusters with "

@@ -430,3 +430,45 @@ def test_subsample_in_a_triton_call_matches_the_reference_call():
         assert torch.equal(rows, gather_rows_reference(x, perm))
     with pytest.raises(ValueError, match="subsample: must be an int >= 1"):
         batched_kmeans(x, start.clone(), 2, ws, "k", subsample=0)
+
+
+def test_a_call_with_kmeans_subsample_on_both_backends():
+    # svg2_attention with kmeans_subsample: the query and key k-means both take it; both backends give the same density
+    # and output, cold and warm, and the cached centroids are the means of the call's final clusters (every token's)
+    from svg2core import LayerState, SVG2Config, svg2_attention
+
+    b, h, n, d = 1, 2, 120, 64
+    q, cq = _blobs(b, h, n, d, 3, seed=6)
+    k, ck = _blobs(b, h, n, d, 4, seed=7)
+    v = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(8)).half()
+    cfg = SVG2Config(mode="fixed_density", target_density=0.5, num_q_clusters=3, num_k_clusters=4,
+                     kmeans_iters_init=4, kmeans_iters=2, kmeans_subsample=3)
+    outs = {}
+    for backend in ("reference", "triton"):
+        state, ws = LayerState(), Workspace()
+        outs[backend] = [svg2_attention(q, k, v, cfg, state, workspace=ws, backend=backend) for _ in range(2)]
+        cent = state.get(0)
+        labels = ws.buffer("q.labels", (b * h, n), torch.int32, q.device) if backend == "triton" else None
+        if labels is not None:  # the Triton path's final query labels are every token's
+            for j in range(3):
+                members = q.reshape(b * h, n, d)[0][labels[0] == j].float()
+                torch.testing.assert_close(cent.q[0, 0, j], members.mean(0), rtol=1e-4, atol=1e-4)
+    for (o_ref, d_ref), (o_tri, d_tri) in zip(outs["reference"], outs["triton"], strict=True):
+        torch.testing.assert_close(d_tri, d_ref)
+        torch.testing.assert_close(o_tri.float(), o_ref.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_a_request_sets_kmeans_subsample():
+    from pydantic import ValidationError
+
+    from svg2core import SVG2Config
+    from svg2core.integration import SparsityPlan
+    from worker.spec import SparsitySettings, resolve_sparsity
+
+    with pytest.raises(ValueError, match=r"kmeans_subsample: must be in \[1, 64\]"):
+        SVG2Config(kmeans_subsample=0)
+    with pytest.raises(ValidationError, match="kmeans_subsample"):
+        resolve_sparsity({"preset": "balanced", "kmeans_subsample": 65})
+    settings = resolve_sparsity({"preset": "balanced", "kmeans_subsample": 2})
+    assert SparsityPlan.from_settings(settings).config.kmeans_subsample == 2
+    assert SparsitySettings().kmeans_subsample == 1
