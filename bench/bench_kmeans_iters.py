@@ -36,6 +36,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -222,6 +223,45 @@ def paired_summary(rows: list[dict], key: str, variants, baseline, ratios: tuple
                 row[f"{field}_ratio"] = statistics.mean(a[field] / b[field] for a, b in flat)
             out.append(row)
     return out
+
+
+def trajectory_where(args: argparse.Namespace) -> tuple[str, str]:
+    """(the card's name or "CPU", the result files' tag: h100 / h200 / cpu) of a probe's ``--device``."""
+    if args.device.startswith("cuda"):
+        import probe_io
+
+        card = torch.cuda.get_device_name(args.device)
+        return card, probe_io.card_tag(card)
+    return "CPU", args.device
+
+
+def trajectory_setup(args: argparse.Namespace, grid: tuple[int, int, int], probe: str) -> str:
+    """The sentence that says how a probe reran the trajectory (``args``: trajectory_args, video_args and --iters)."""
+    n = grid[0] * grid[1] * grid[2]
+    return (f"`bench/probes/{probe}`, {args.backend} backend, bench_kmeans_iters' trajectory on a "
+            f"{grid[0]} x {grid[1]} x {grid[2]} grid ({n:,} tokens, {args.objects} objects; {args.seeds} seeds x "
+            f"{args.steps} steps, Cq / Ck = {args.cq} / {args.ck}: {n // args.cq} / {n // args.ck} tokens per cluster, "
+            f"{args.iters} warm iterations per call, {args.init_iters} cold).")
+
+
+def paired_delta(r: dict) -> str:
+    """A paired_summary row's delta cell: mean +- std over seeds."""
+    return f"{r['delta']:+.5f} +- {r['delta_std']:.5f}"
+
+
+def write_trajectory_probe(out: Path, stem: str, args: argparse.Namespace, summary: list[dict], rows: list[dict],
+                           title: str, intro: str, columns: list[tuple[str, Callable[[dict], str]]]) -> None:
+    """A trajectory probe's results: ``<stem>.json`` (its arguments, the paired summary and every row) and
+    ``<stem>.md``, ``title``, ``intro`` and a table of the summary: mode, knob, then ``columns`` (header, cell of a
+    summary row). The table is also printed."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=1))
+    head = ["mode", "knob", *(h for h, _ in columns)]
+    lines = [f"# {title}", "", intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary:
+        lines.append("| " + " | ".join([str(r["mode"]), str(r["knob"]), *(cell(r) for _, cell in columns)]) + " |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def trajectory_args(ap: argparse.ArgumentParser) -> None:

@@ -21,20 +21,25 @@ public 300 / 1000 clusters; the synthetic video's objects and speeds scaled to t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
-import probe_io as P  # noqa: E402
 from bench_fidelity import FRAMES, HEIGHT, WIDTH, rel_error, video_args, video_grid  # noqa: E402
-from bench_kmeans_iters import kmeans_objective, paired_summary, trajectory_args, trajectory_cases  # noqa: E402
+from bench_kmeans_iters import (  # noqa: E402
+    kmeans_objective,
+    paired_delta,
+    paired_summary,
+    trajectory_args,
+    trajectory_cases,
+    trajectory_setup,
+    trajectory_where,
+    write_trajectory_probe,
+)
 
 from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
 
@@ -72,27 +77,19 @@ def main() -> None:
                args.sigma_start, args.step_noise, args.m, args.backend, grid=grid, num_objects=args.objects,
                device=args.device)
     summary = paired_summary(rows, "m", [0, *args.m], 0, ratios=("obj_q", "obj_k"))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    card = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
-    where = P.card_tag(card) if args.device.startswith("cuda") else args.device
+    card, where = trajectory_where(args)
     stem = (f"probe_candidates_{where}" + ("" if (args.cq, args.ck) == (16, 64) else f"_{args.cq}_{args.ck}")
             + ("" if grid == (FRAMES, HEIGHT, WIDTH) else "_{}x{}x{}".format(*grid)))
-    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=1))
-    lines = [f"# The warm assign over candidate lists: accuracy along the simulated trajectory ({card})", "",
-             f"`bench/probes/probe_candidates.py`, {args.backend} backend, bench_kmeans_iters' trajectory on a "
-             "{} x {} x {} grid ".format(*grid) + f"({grid[0] * grid[1] * grid[2]:,} tokens, {args.objects} objects; "
-             f"{args.seeds} seeds x {args.steps} steps, Cq / Ck = {args.cq} / {args.ck}, {args.iters} warm iterations per call, "
-             f"{args.init_iters} cold). m: candidates per cluster (0: every centroid). error: relative L2 error of "
-             f"the output against dense over the warm steps; delta: paired difference against m = 0 (same seed and "
-             f"step), mean +- std over seeds; objective: the k-means objective relative to m = 0's.", "",
-             "| mode | knob | m | density | error | delta vs m = 0 | Q objective | K objective |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in summary:
-        lines.append(f"| {r['mode']} | {r['knob']} | {r['m']} | {r['density']:.4f} | {r['error']:.4f} | "
-                     f"{r['delta']:+.5f} +- {r['delta_std']:.5f} | {r['obj_q_ratio']:.4f} | {r['obj_k_ratio']:.4f} |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    intro = (trajectory_setup(args, grid, "probe_candidates.py") + " m: candidates per cluster (0: every centroid). "
+             "error: relative L2 error of the output against dense over the warm steps; delta: paired difference "
+             "against m = 0 (same seed and step), mean +- std over seeds; objective: the k-means objective relative "
+             "to m = 0's.")
+    write_trajectory_probe(Path(args.out), stem, args, summary, rows,
+                           f"The warm assign over candidate lists: accuracy along the simulated trajectory ({card})",
+                           intro, [("m", lambda r: str(r["m"])), ("density", lambda r: f"{r['density']:.4f}"),
+                                   ("error", lambda r: f"{r['error']:.4f}"), ("delta vs m = 0", paired_delta),
+                                   ("Q objective", lambda r: f"{r['obj_q_ratio']:.4f}"),
+                                   ("K objective", lambda r: f"{r['obj_k_ratio']:.4f}")])
 
 
 if __name__ == "__main__":

@@ -18,20 +18,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
-
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
-import probe_io as P  # noqa: E402
 from bench_fidelity import rel_error, video_args, video_grid  # noqa: E402
-from bench_kmeans_iters import paired_summary, trajectory_args, trajectory_cases  # noqa: E402
+from bench_kmeans_iters import (  # noqa: E402
+    paired_delta,
+    paired_summary,
+    trajectory_args,
+    trajectory_cases,
+    trajectory_setup,
+    trajectory_where,
+    write_trajectory_probe,
+)
 
 from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
 from svg2core.state import Workspace  # noqa: E402
@@ -92,27 +96,16 @@ def main() -> None:
                args.sigma_start, args.step_noise, variants, args.backend, grid=grid, num_objects=args.objects,
                device=args.device)
     summary = paired_summary(rows, "variant", list(variants), args.baseline)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    card = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
-    where = P.card_tag(card) if args.device.startswith("cuda") else args.device
+    card, where = trajectory_where(args)
     stem = f"probe_{args.name}_trajectory_{where}_{args.cq}_{args.ck}_" + "{}x{}x{}".format(*grid)
-    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=1))
-    nv = grid[0] * grid[1] * grid[2]
-    lines = [f"# SVG2Config variants: accuracy along the simulated trajectory ({card})", "",
-             f"`bench/probes/probe_config_trajectory.py`, {args.backend} backend, bench_kmeans_iters' trajectory on a "
-             "{} x {} x {} grid ".format(*grid) + f"({nv:,} tokens, {args.objects} objects; {args.seeds} seeds x "
-             f"{args.steps} steps, Cq / Ck = {args.cq} / {args.ck}: {nv // args.cq} / {nv // args.ck} tokens per "
-             f"cluster; {args.iters} warm iterations per call, {args.init_iters} cold, unless a variant sets them). "
+    intro = (trajectory_setup(args, grid, "probe_config_trajectory.py") + " Variants set the fields they name. "
              f"delta: paired error difference against `{args.baseline}` (same seed and step), mean +- std over seeds; "
-             "worse: share of (seed, step) pairs where the variant's error is larger.", "",
-             f"| mode | knob | variant | density | error | delta vs {args.baseline} | worse |",
-             "|---|---|---|---|---|---|---|"]
-    for r in summary:
-        lines.append(f"| {r['mode']} | {r['knob']} | {r['variant']} | {r['density']:.4f} | {r['error']:.4f} | "
-                     f"{r['delta']:+.5f} +- {r['delta_std']:.5f} | {r['worse_share']:.2f} |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             "worse: share of (seed, step) pairs where the variant's error is larger.")
+    write_trajectory_probe(Path(args.out), stem, args, summary, rows,
+                           f"SVG2Config variants: accuracy along the simulated trajectory ({card})", intro,
+                           [("variant", lambda r: r["variant"]), ("density", lambda r: f"{r['density']:.4f}"),
+                            ("error", lambda r: f"{r['error']:.4f}"), (f"delta vs {args.baseline}", paired_delta),
+                            ("worse", lambda r: f"{r['worse_share']:.2f}")])
 
 
 if __name__ == "__main__":

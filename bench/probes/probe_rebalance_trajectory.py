@@ -17,7 +17,6 @@ At Wan 14B 720p's size (GPU, Triton backend):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,9 +27,16 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
-import probe_io as P  # noqa: E402
 from bench_fidelity import rel_error, video_args, video_grid  # noqa: E402
-from bench_kmeans_iters import paired_summary, trajectory_args, trajectory_cases  # noqa: E402
+from bench_kmeans_iters import (  # noqa: E402
+    paired_delta,
+    paired_summary,
+    trajectory_args,
+    trajectory_cases,
+    trajectory_setup,
+    trajectory_where,
+    write_trajectory_probe,
+)
 from probe_tile_rebalance import sizes_tile_cost  # noqa: E402
 
 from svg2core import LayerState, SVG2Config, svg2_attention  # noqa: E402
@@ -75,25 +81,16 @@ def main() -> None:
                args.sigma_start, args.step_noise, args.rho, args.backend, grid=grid, num_objects=args.objects,
                device=args.device)
     summary = paired_summary(rows, "rho", [0, *args.rho], 0, ratios=("tiles",))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    card = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
-    where = P.card_tag(card) if args.device.startswith("cuda") else args.device
+    card, where = trajectory_where(args)
     stem = f"probe_rebalance_trajectory_{where}_{args.cq}_{args.ck}_" + "{}x{}x{}".format(*grid)
-    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=1))
-    lines = [f"# Query-tile rebalancing: accuracy along the simulated trajectory ({card})", "",
-             f"`bench/probes/probe_rebalance_trajectory.py`, {args.backend} backend, bench_kmeans_iters' trajectory on "
-             "a {} x {} x {} grid ".format(*grid) + f"({grid[0] * grid[1] * grid[2]:,} tokens, {args.objects} "
-             f"objects; {args.seeds} seeds x {args.steps} steps, Cq / Ck = {args.cq} / {args.ck}, {args.iters} warm "
-             f"iterations per call, {args.init_iters} cold, {REBALANCE_BLOCK}-row query tiles). rho: "
-             "`query_tile_rebalance` (0: off). delta: paired error difference against rho = 0 (same seed and step), "
-             "mean +- std over seeds; tiles: the query tiles' cost relative to rho = 0's.", "",
-             "| mode | knob | rho | density | error | delta vs rho = 0 | tiles |", "|---|---|---|---|---|---|---|"]
-    for r in summary:
-        lines.append(f"| {r['mode']} | {r['knob']} | {r['rho']} | {r['density']:.4f} | {r['error']:.4f} | "
-                     f"{r['delta']:+.5f} +- {r['delta_std']:.5f} | {r['tiles_ratio']:.4f} |")
-    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    intro = (trajectory_setup(args, grid, "probe_rebalance_trajectory.py") + f" {REBALANCE_BLOCK}-row query tiles. "
+             "rho: `query_tile_rebalance` (0: off). delta: paired error difference against rho = 0 (same seed and "
+             "step), mean +- std over seeds; tiles: the query tiles' cost relative to rho = 0's.")
+    write_trajectory_probe(Path(args.out), stem, args, summary, rows,
+                           f"Query-tile rebalancing: accuracy along the simulated trajectory ({card})", intro,
+                           [("rho", lambda r: str(r["rho"])), ("density", lambda r: f"{r['density']:.4f}"),
+                            ("error", lambda r: f"{r['error']:.4f}"), ("delta vs rho = 0", paired_delta),
+                            ("tiles", lambda r: f"{r['tiles_ratio']:.4f}")])
 
 
 if __name__ == "__main__":

@@ -46,3 +46,28 @@ def test_probe_candidates_runs_the_trajectory_on_a_given_grid():
     summary = probe.paired_summary(rows, "m", [0, 4], 0, ratios=("obj_q", "obj_k"))
     base = [s for s in summary if s["m"] == 0]
     assert all(s["delta"] == 0.0 and s["obj_k_ratio"] == 1.0 for s in base)
+
+
+def test_probe_config_trajectory_runs_variants_and_writes_its_table(tmp_path, monkeypatch, capsys):
+    probe = load_bench("probes/probe_config_trajectory.py")
+    assert probe.parse_variant("default") == {}
+    assert probe.parse_variant("kmeans_subsample=2,top_p=0.8") == {"kmeans_subsample": 2, "top_p": 0.8}
+    for bad in ("kmeans_subsample", "mode=dense", "nonsense=1"):
+        try:
+            probe.parse_variant(bad)
+        except ValueError as e:
+            assert "--variant" in str(e) and repr(bad.split(",")[0]) in str(e)
+        else:
+            raise AssertionError(f"{bad!r} was accepted")
+    monkeypatch.setattr("sys.argv", ["probe", "--out", str(tmp_path), "--seeds", "2", "--steps", "2", "--densities",
+                                     "0.25", "--grid", "3,8,8", "--objects", "3", "--cq", "4", "--ck", "16",
+                                     "--variant", "kmeans_iters=0", "--name", "t"])
+    probe.main()
+    table = (tmp_path / "probe_t_trajectory_cpu_4_16_3x8x8.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| fixed") or line.startswith("| top_p")]
+    assert len(rows) == 4  # (fixed 25%, top-p) x (default, kmeans_iters=0)
+    default = [r for r in rows if "| default |" in r]
+    assert all("+0.00000 +- 0.00000" in r for r in default)  # the baseline against itself
+    # the variant ran (assign-only warm calls give other clusters, so another error, at every knob)
+    no_iters = [r for r in rows if "kmeans_iters=0" in r]
+    assert len(no_iters) == 2 and all(float(r.split("|")[6].split()[0]) != 0.0 for r in no_iters)
