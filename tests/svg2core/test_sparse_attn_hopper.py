@@ -234,8 +234,16 @@ def test_selection_in_sweep_order_on_the_gpu(monkeypatch):
     assert rel_rms(out1, out0) < 5e-3  # the online softmax sums in another order: bf16 rounding only
 
     monkeypatch.setattr(attention, "KEY_SWEEP", True)
+    _warm_call_in_a_graph_equals_eager(q, k, v, cfg, num_dense_tokens=t, key_padding_mask=kpm)
+
+
+def _warm_call_in_a_graph_equals_eager(q, k, v, cfg, **call) -> None:
+    """A warm ``svg2_attention`` call captured in a CUDA graph (after a cold call and a warm one on a side stream):
+    nothing is allocated during the capture, and a replay from the same cached centroids equals the eager call."""
+    from svg2core import LayerState, svg2_attention
+
     state, ws = LayerState(), Workspace()
-    call = dict(workspace=ws, num_dense_tokens=t, key_padding_mask=kpm)
+    call["workspace"] = ws
     svg2_attention(q, k, v, cfg, state, **call)  # cold: sizes the workspace, creates the centroids
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -248,11 +256,11 @@ def test_selection_in_sweep_order_on_the_gpu(monkeypatch):
     with torch.cuda.graph(graph):
         out_g, density_g = svg2_attention(q, k, v, cfg, state, **call)
     assert ws.allocations == allocations
-    state.get(0).q.copy_(cent[0])
-    state.get(0).k.copy_(cent[1])
+    for x, c in zip((state.get(0).q, state.get(0).k), cent, strict=True):
+        x.copy_(c)
     eager_out, eager_density = (x.clone() for x in svg2_attention(q, k, v, cfg, state, **call))
-    state.get(0).q.copy_(cent[0])
-    state.get(0).k.copy_(cent[1])
+    for x, c in zip((state.get(0).q, state.get(0).k), cent, strict=True):
+        x.copy_(c)
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(out_g, eager_out) and torch.equal(density_g, eager_density)
@@ -262,7 +270,7 @@ def test_query_tile_rebalancing_on_the_gpu():
     # the four rebalancing kernels against the reference at 8 heads x 20,000 tokens (bf16 tokens; tf32x3 and bf16
     # margins: a near-tie may move another row), then a warm svg2_attention call with
     # query_tile_rebalance in a CUDA graph: no allocation during capture, replay equal to eager
-    from svg2core import LayerState, SVG2Config, svg2_attention
+    from svg2core import SVG2Config
     from svg2core.ops.permute import sort_by_cluster_reference
     from svg2core.ops.rebalance import cluster_sizes, donors_and_room, rebalance_reference
     from svg2core.ops.rebalance.rebalance import rebalance_query_tiles
@@ -290,24 +298,36 @@ def test_query_tile_rebalancing_on_the_gpu():
     cfg = SVG2Config(num_q_clusters=c, num_k_clusters=200, mode="fixed_density", target_density=0.25,
                      query_tile_rebalance=16)
     q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    state, ws = LayerState(), Workspace()
-    svg2_attention(q, k, v, cfg, state, workspace=ws)  # cold: sizes the workspace, creates the centroids
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        svg2_attention(q, k, v, cfg, state, workspace=ws)
-    torch.cuda.current_stream().wait_stream(side)
-    cent0 = [t.clone() for t in (state.get(0).q, state.get(0).k)]
-    allocations = ws.allocations
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out_g, density_g = svg2_attention(q, k, v, cfg, state, workspace=ws)
-    assert ws.allocations == allocations
-    for t, c0 in zip((state.get(0).q, state.get(0).k), cent0, strict=True):
-        t.copy_(c0)
-    eager_out, eager_density = (t.clone() for t in svg2_attention(q, k, v, cfg, state, workspace=ws))
-    for t, c0 in zip((state.get(0).q, state.get(0).k), cent0, strict=True):
-        t.copy_(c0)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out_g, eager_out) and torch.equal(density_g, eager_density)
+    _warm_call_in_a_graph_equals_eager(q, k, v, cfg)
+
+
+def test_kmeans_subsample_on_the_gpu():
+    # kmeans_subsample: the Triton k-means (sampled iterations, then a full one) against the reference at 8 heads x
+    # 20,000 tokens in 300 blobs, 100 clusters (bf16 dots: a near-tie may go the other way and move a cluster's mean,
+    # so most centroids agree closely, not all), then a warm svg2_attention call with it in a CUDA graph
+    from svg2core import SVG2Config
+    from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
+
+    torch.manual_seed(7)
+    h, n, d, c = 8, 20000, 128, 100
+    centres = torch.randn(h, 3 * c, d, device="cuda")
+    blob = torch.randint(0, 3 * c, (n,), device="cuda")
+    x = (centres[:, blob] + 0.5 * torch.randn(h, n, d, device="cuda"))[None].to(torch.bfloat16)
+    start = torch.empty(h, c, d, device="cuda")
+    init_centroids_strided(x, c, start)
+    runs = {}
+    for backend in ("triton", "reference"):
+        cent = start.clone()
+        labels = batched_kmeans(x, cent, 3, Workspace(), "k", backend, subsample=2)[0].clone()
+        runs[backend] = (labels, cent)
+    (lt, ct), (lr, cr) = runs["triton"], runs["reference"]
+    assert (lt == lr).float().mean() > 0.99
+    assert ((ct - cr).norm(dim=-1) / cr.norm(dim=-1) < 1e-2).float().mean() > 0.8
+    plain = start.clone()
+    batched_kmeans(x, plain, 3, Workspace(), "k")
+    assert not torch.allclose(plain, ct, atol=1e-3)  # the sampled iterations ran on the sample
+
+    cfg = SVG2Config(num_q_clusters=c, num_k_clusters=200, mode="fixed_density", target_density=0.25,
+                     kmeans_subsample=2)
+    q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    _warm_call_in_a_graph_equals_eager(q, k, v, cfg)
