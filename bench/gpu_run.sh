@@ -44,7 +44,8 @@
 #                                                       # a token sample (kmeans_subsample 1 / 2 / 4), timed
 #                                                       # (probe_kmeans_subsample.py); then its accuracy at 480p's size
 #                                                       # (probe_config_trajectory.py); w480_s2 / wan14b_s2: the steps
-#   GPU_RUN_TESTS_K=rebalancing bash bench/gpu_run.sh OUT tests   # only the Hopper tests whose names match (pytest -k)
+#   GPU_RUN_TESTS_K="rebalancing or subsample" bash bench/gpu_run.sh OUT tests   # only the Hopper tests whose names
+#                                                       # match (pytest -k)
 #
 # Steps: tests (tests/svg2core/test_sparse_attn_hopper.py), attn (bench_sparse_attn.py), selection
 # (bench_selection.py --no-sweep), pipeline (bench_pipeline_step.py --compile), assign (bench/probes/probe_assign.py), sort (bench/probes/probe_sort.py), tiles (bench/probes/probe_assign_tiles.py),
