@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--baseline", default="default", help="the variant the others are compared with")
     ap.add_argument("--variant", action="append", default=[], help="FIELD=VALUE[,FIELD=VALUE...] (repeatable)")
     ap.add_argument("--name", default="config", help="the result files' stem: probe_<name>_trajectory_...")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     video_args(ap)
     args = ap.parse_args()
     grid = video_grid(ap, args)
@@ -92,7 +93,8 @@ def main() -> None:
         variants = {label: parse_variant(label) for label in (args.baseline, *args.variant)}
     except ValueError as e:
         ap.error(str(e))
-    rows = run(range(args.seeds), args.steps, args.densities, args.cq, args.ck, args.iters, args.init_iters,
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    rows = run(seeds, args.steps, args.densities, args.cq, args.ck, args.iters, args.init_iters,
                args.sigma_start, args.step_noise, variants, args.backend, grid=grid, num_objects=args.objects,
                device=args.device)
     summary = paired_summary(rows, "variant", list(variants), args.baseline)
