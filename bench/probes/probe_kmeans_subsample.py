@@ -47,11 +47,10 @@ def case(name, h, nv, cq, ck, dev, rounds) -> dict:
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
         dense_ms = S.bench_ms(lambda: F.scaled_dot_product_attention(q, k, v), warmup=2, rep=5)
     cfg = SVG2Config(num_q_clusters=cq, num_k_clusters=ck)
-    graphs = P.captured_selections(q, k, v, cfg, {
-        label: ({"config": cfg.replace(**fields), "iters": iters}, ()) for label, (fields, iters) in VARIANTS.items()})
+    calls = {label: {"config": cfg.replace(**fields), "iters": iters} for label, (fields, iters) in VARIANTS.items()}
+    graphs = P.captured_selections(q, k, v, cfg, {label: (call, ()) for label, call in calls.items()})
     checks = {}
     for label, (graph, ws, q_cent, k_cent, start) in graphs.items():
-        fields, iters = VARIANTS[label]
         results = []
         for replay in (True, False):
             q_cent.copy_(start[0])
@@ -59,7 +58,7 @@ def case(name, h, nv, cq, ck, dev, rounds) -> dict:
             if replay:
                 graph.replay()
             else:
-                cluster_and_select(q, k, v, q_cent, k_cent, iters, cfg.replace(**fields), ws)
+                cluster_and_select(q, k, v, q_cent, k_cent, calls[label]["iters"], calls[label]["config"], ws)
             torch.cuda.synchronize()
             results.append((q_cent.clone(), k_cent.clone(), ws.buffer("q.sizes", (h, cq), torch.int32, dev).clone(),
                             ws.buffer("vp", (h, nv, 128), v.dtype, dev).clone()))

@@ -314,8 +314,7 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
         raise ValueError(f"rows_out: the rows are written by the last update, so iters must be >= 1, got {iters}")
     if isinstance(subsample, bool) or not isinstance(subsample, int) or subsample < 1:
         raise ValueError(f"subsample: must be an int >= 1, got {subsample!r}")
-    # each update but the last writes the next assign's centroid copies
-    fuse_prepare = backend != "reference" and FUSE_PREPARE
+    fuse_prepare = _fuses_prepare(backend)
     if subsample > 1 and iters > 1:
         # the sampled iterations share the workspace buffers of the full one (same stream, one after the other); the
         # last sampled update prepares the full assign's centroid copies
@@ -327,6 +326,12 @@ def batched_kmeans(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspa
                   prepared_first=False, prepare_last=False)
 
 
+def _fuses_prepare(backend: str) -> bool:
+    """Whether each update but the last of a k-means writes the next assign's centroid copies (:data:`FUSE_PREPARE`;
+    the Triton backend only)."""
+    return backend != "reference" and FUSE_PREPARE
+
+
 def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Workspace, name: str, backend: str,
            rows_out: torch.Tensor | None, candidates: int, reverse_heads: bool, prepared_first: bool,
            prepare_last: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -336,7 +341,7 @@ def _lloyd(x: torch.Tensor, centroids: torch.Tensor, iters: int, workspace: Work
     b, h, n, _ = x.shape
     c = centroids.shape[1]
     labels = workspace.buffer(f"{name}.labels", (b * h, n), torch.int32, x.device)
-    fuse_prepare = backend != "reference" and FUSE_PREPARE
+    fuse_prepare = _fuses_prepare(backend)
     if backend == "reference":
         def assign_and_sort(first: bool) -> tuple[torch.Tensor, torch.Tensor]:
             kmeans_assign(x, centroids, labels, backend)
