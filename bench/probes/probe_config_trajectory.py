@@ -55,7 +55,12 @@ def parse_variant(text: str) -> dict:
         if not sep or name not in _INT_FIELDS | _FLOAT_FIELDS:
             raise ValueError(f"--variant: {part!r} is not FIELD=VALUE with FIELD a numeric SVG2Config field "
                              f"({', '.join(sorted(_INT_FIELDS | _FLOAT_FIELDS))})")
-        fields[name] = int(value) if name in _INT_FIELDS else float(value)
+        kind = int if name in _INT_FIELDS else float
+        try:
+            fields[name] = kind(value)
+        except ValueError:
+            raise ValueError(f"--variant: {part!r}: {name} takes {'an int' if kind is int else 'a number'}, "
+                             f"not {value!r}") from None
     return fields
 
 

@@ -52,11 +52,11 @@ def test_probe_config_trajectory_runs_variants_and_writes_its_table(tmp_path, mo
     probe = load_bench("probes/probe_config_trajectory.py")
     assert probe.parse_variant("default") == {}
     assert probe.parse_variant("kmeans_subsample=2,top_p=0.8") == {"kmeans_subsample": 2, "top_p": 0.8}
-    for bad in ("kmeans_subsample", "mode=dense", "nonsense=1"):
+    for bad in ("kmeans_subsample", "mode=dense", "nonsense=1", "kmeans_subsample=two", "top_p=0.8,top_p=high"):
         try:
             probe.parse_variant(bad)
         except ValueError as e:
-            assert "--variant" in str(e) and repr(bad.split(",")[0]) in str(e)
+            assert "--variant" in str(e) and repr(bad.split(",")[-1]) in str(e)
         else:
             raise AssertionError(f"{bad!r} was accepted")
     monkeypatch.setattr("sys.argv", ["probe", "--out", str(tmp_path), "--seeds", "2", "--steps", "2", "--densities",
