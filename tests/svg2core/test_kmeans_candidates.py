@@ -68,12 +68,17 @@ def test_reference_assign_over_lists_never_moves_a_point_farther():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("b,h,n,d,c,m", [
-    pytest.param(1, 2, 300, 64, 24, 5, id="one-column-tile"),
-    pytest.param(2, 1, 300, 32, 100, 16, id="four-column-tiles,batch2"),
-    pytest.param(1, 1, 50, 64, 20, 1, id="m1"),
+@pytest.mark.parametrize("b,h,n,d,c,m,block", [
+    pytest.param(1, 2, 300, 64, 24, 5, None, id="one-column-tile"),
+    # the list kernel's column tile cut to 16 (from 128), so that 64 clusters take four tiles whose top-m merge (the
+    # in-tile top-k, a tile wider than the list, is the one-column-tile case's)
+    pytest.param(2, 1, 300, 32, 64, 9, 16, id="four-column-tiles,batch2"),
+    pytest.param(1, 1, 50, 64, 20, 1, None, id="m1"),
 ])
-def test_triton_lists_and_assign_equal_the_reference(b, h, n, d, c, m, dtype):
+def test_triton_lists_and_assign_equal_the_reference(b, h, n, d, c, m, block, dtype, monkeypatch):
+    if block is not None:
+        monkeypatch.setattr(km, "CANDIDATE_LIST_BLOCK", block)
+    assert -(-c // max(16, km.CANDIDATE_LIST_BLOCK)) == (1 if block is None else 4)
     x, xr, labels, perm, offsets, cent = _warm_problem(b, h, n, d, c, dtype)
     want_lists = candidate_lists_reference(cent, m)
     want = kmeans_assign_candidates_reference(xr, cent, labels, want_lists)
