@@ -13,9 +13,9 @@ ensure_prometheus
 cd "$REPO_ROOT"
 log "ruff check"
 ruff check .
-log "pytest"
 workers="${SVG2_TEST_WORKERS:-2}"
 if [[ $# -gt 0 || "$workers" == 0 ]]; then
+    log "pytest"
     exec python -m pytest -q "$@"
 fi
 status=0

@@ -78,7 +78,8 @@ def test_reference_assign_over_lists_never_moves_a_point_farther():
 def test_triton_lists_and_assign_equal_the_reference(b, h, n, d, c, m, block, dtype, monkeypatch):
     if block is not None:
         monkeypatch.setattr(km, "CANDIDATE_LIST_BLOCK", block)
-    assert -(-c // max(16, km.CANDIDATE_LIST_BLOCK)) == (1 if block is None else 4)
+    block_c = max(16, km.triton_next_pow2(m - 1), km.CANDIDATE_LIST_BLOCK)  # candidate_lists' BLOCK_C
+    assert -(-c // block_c) == (1 if block is None else 4)
     x, xr, labels, perm, offsets, cent = _warm_problem(b, h, n, d, c, dtype)
     want_lists = candidate_lists_reference(cent, m)
     want = kmeans_assign_candidates_reference(xr, cent, labels, want_lists)
