@@ -60,7 +60,9 @@ PY
 
 redis_ping() {  # redis_ping HOST PORT: true if a Redis answers PONG (no redis-cli needed)
     local reply
-    exec 3<>"/dev/tcp/$1/$2" 2>/dev/null || return 1
+    # the braces scope the 2>/dev/null to the connect: on a bare `exec`, a redirection applies to the shell itself,
+    # and every later message of the calling script (log() writes to stderr) would be lost
+    { exec 3<>"/dev/tcp/$1/$2"; } 2>/dev/null || return 1
     printf 'PING\r\n' >&3
     IFS= read -r -t 2 reply <&3 || true
     exec 3<&- 3>&-

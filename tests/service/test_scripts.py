@@ -32,6 +32,19 @@ def test_redis_probe_tells_a_live_redis_from_a_closed_port(redis_url):
     assert _lib(f"redis_ping 127.0.0.1 {free_port()}").returncode != 0
 
 
+def test_the_redis_probe_leaves_the_scripts_stderr_open(redis_url):
+    """setup.sh and test.sh log (and fail) on stderr after probing Redis: the probe's quieted connect must not
+    silence the rest of the script (a bare ``exec 3<>... 2>/dev/null`` redirects the shell's own stderr)."""
+    from urllib.parse import urlparse
+
+    from tests.conftest import free_port
+
+    u = urlparse(redis_url)
+    for port in (u.port or 6379, free_port()):  # after a probe that answered, and after one that did not
+        done = _lib(f"redis_ping {u.hostname} {port}; log 'after the probe'; echo to-stderr >&2")
+        assert "after the probe" in done.stderr and "to-stderr" in done.stderr, done.stderr
+
+
 def test_redis_url_is_split_into_host_and_port():
     out = _lib('SVG2_REDIS_URL=redis://10.1.2.3:6390/4 redis_host_port').stdout.split()
     assert out == ["10.1.2.3", "6390"]
