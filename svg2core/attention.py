@@ -19,6 +19,7 @@ import torch
 
 from svg2core.config import SVG2Config
 from svg2core.ops.dense import dense_attention, valid_key_mask
+from svg2core.ops.density import selection_density
 from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
 from svg2core.ops.permute import gather_kv, key_rows_buffer, sort_by_cluster
 from svg2core.ops.rebalance.rebalance import rebalance_query_tiles
@@ -129,7 +130,7 @@ def svg2_attention(
     # selection, K and V gathered into cluster-contiguous order.
     plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend, candidates=candidates)
     sel_idx, sel_count, sel_cum = plan.sel_idx, plan.sel_count, plan.sel_cum
-    density = selection_density(plan.q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask)
+    density = selection_density(plan.q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask, backend)
 
     # 4. Attention over the selected (query cluster, key cluster) blocks, output in token order.
     if backend == "reference":
@@ -249,19 +250,6 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         main.wait_stream(side)  # the caller's stream sees everything
     return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,
                 sel_idx, sel_count, sel_cum, kp, vp)
-
-
-def selection_density(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_cum: torch.Tensor, b: int, h: int,
-                      nv: int, t: int, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
-    """Computed query-key pairs / all pairs per (b, h), as documented in :func:`svg2_attention`."""
-    sel_tokens = torch.gather(sel_cum, -1, sel_count.long().unsqueeze(-1)).squeeze(-1)  # (BH, Cq)
-    video_pairs = (q_sizes.double() * sel_tokens.double()).sum(-1).view(b, h)
-    if key_padding_mask is None:
-        tv = torch.full((b, 1), float(t), dtype=torch.float64, device=q_sizes.device)
-    else:
-        tv = key_padding_mask.sum(-1, dtype=torch.float64).view(b, 1)
-    pairs = video_pairs + nv * tv + t * (nv + tv)
-    return (pairs / ((nv + t) * (nv + tv))).float()
 
 
 def masked_dense_attention_reference(

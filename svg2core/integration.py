@@ -206,9 +206,7 @@ class SVG2Session:
             raise NotImplementedError("svg2: context-parallel attention is not supported; disable parallelism")
         out, density = self._sparse(router, layer, current.branch, query, key, value,
                                     num_dense_tokens, key_padding_mask)
-        n = query.shape[1]
-        valid_keys = n if key_padding_mask is None else (n - num_dense_tokens) + key_padding_mask.sum(-1)
-        self.accounting.record_sparse(skey, density, valid_keys, timer)
+        self.accounting.record_sparse(skey, density, num_dense_tokens, key_padding_mask, timer)
         return out
 
     def _sparse(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask):

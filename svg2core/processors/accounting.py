@@ -164,9 +164,9 @@ class AttentionAccounting:
     skipped_calls: int = 0
     dense_flops: float = 0.0
     dense_equivalent_flops: float = 0.0  # of every routed call that ran (dense and sparse)
-    # device -> fp64 scalars, accumulated without synchronising
-    _density_sum: dict[str, torch.Tensor] = field(default_factory=dict)  # sum of per-call mean density
-    _sparse_flops: dict[str, torch.Tensor] = field(default_factory=dict)  # sum of computed FLOPs
+    # device -> fp64 (2,): the sum of the sparse calls' mean densities, and their computed FLOPs (accumulated on the
+    # device without synchronising)
+    _sparse_totals: dict[str, torch.Tensor] = field(default_factory=dict)
     _sparse_timers: list[tuple[ShapeKey, _Timer]] = field(default_factory=list)
     _dense_timers: list[tuple[ShapeKey, _Timer]] = field(default_factory=list)
     _forwards: list[_ForwardRecord] = field(default_factory=list)
@@ -198,24 +198,21 @@ class AttentionAccounting:
             timer.stop()
             self._dense_timers.append((key, timer))
 
-    def record_sparse(self, key: ShapeKey, density: torch.Tensor, valid_keys: torch.Tensor | int,
-                      timer: _Timer | None) -> None:
-        """``density``: ``(B, H)`` fp32 on the device, computed query-key pairs over the pairs of the
-        valid keys (``N * valid_keys``); ``valid_keys``: ``(B,)`` device tensor, or an int for all."""
+    def record_sparse(self, key: ShapeKey, density: torch.Tensor, num_dense_tokens: int,
+                      key_padding_mask: torch.Tensor | None, timer: _Timer | None) -> None:
+        """``density``: ``(B, H)`` fp32 on the device, computed query-key pairs over the pairs of the valid keys
+        (``svg2_attention``'s); ``key_padding_mask``: ``(B, T)`` bool of the ``num_dense_tokens`` text keys (True =
+        valid), None = all valid. One launch on a GPU (svg2core.ops.density.accumulate_density)."""
+        from svg2core.ops.density import accumulate_density
+
         self.sparse_calls += 1
         b, h, n, d = key[:4]
         self.dense_equivalent_flops += attention_flops(key)
         dev = key[5]
-        if dev not in self._density_sum:
-            self._density_sum[dev] = torch.zeros((), dtype=torch.float64, device=density.device)
-            self._sparse_flops[dev] = torch.zeros((), dtype=torch.float64, device=density.device)
-        d64 = density.to(torch.float64)
-        self._density_sum[dev] += d64.mean()
-        if isinstance(valid_keys, torch.Tensor):
-            pairs = (d64 * valid_keys.to(torch.float64)[:, None]).sum() * n  # (B, H) -> computed pairs
-        else:
-            pairs = d64.sum() * (n * valid_keys)
-        self._sparse_flops[dev] += pairs * (4.0 * d)
+        totals = self._sparse_totals.get(dev)
+        if totals is None:
+            totals = self._sparse_totals[dev] = torch.zeros(2, dtype=torch.float64, device=density.device)
+        accumulate_density(totals, density, n, num_dense_tokens, d, key_padding_mask)
         if timer is not None:
             timer.stop()
             self._sparse_timers.append((key, timer))
@@ -225,8 +222,9 @@ class AttentionAccounting:
     def metrics(self, calibration: DenseAttentionCalibration | None = None) -> dict:
         """The job's accounting as a plain JSON-able dict (reads device accumulators and events)."""
         dense_total = sum(self.dense_calls.values())
-        density_sum = sum(float(t) for t in self._density_sum.values())
-        sparse_flops = sum(float(t) for t in self._sparse_flops.values())
+        totals = [t.tolist() for t in self._sparse_totals.values()]
+        density_sum = sum(t[0] for t in totals)
+        sparse_flops = sum(t[1] for t in totals)
         ran = dense_total + self.sparse_calls
         computed_flops = self.dense_flops + sparse_flops
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from svg2core import LayerState, SVG2Config, Workspace, svg2_attention
-from svg2core.attention import masked_dense_attention_reference, selection_density
+from svg2core.attention import masked_dense_attention_reference
+from svg2core.ops.density import selection_density_reference
 
 SMALL = SVG2Config(num_q_clusters=4, num_k_clusters=7, kmeans_iters_init=2, kmeans_iters=1, top_p=0.7)
 
@@ -187,7 +188,7 @@ def test_density_counts_the_computed_pairs():
     q_sizes = torch.tensor([[3, 1]], dtype=torch.int32)
     sel_count = torch.tensor([[1, 2]], dtype=torch.int32)
     sel_cum = torch.tensor([[[0, 2, 4], [0, 1, 4]]], dtype=torch.int32)
-    got = selection_density(q_sizes, sel_count, sel_cum, 1, 1, 4, 2, torch.tensor([[True, False]]))
+    got = selection_density_reference(q_sizes, sel_count, sel_cum, 1, 1, 4, 2, torch.tensor([[True, False]]))
     pairs = 3 * 2 + 1 * 4 + 4 * 1 + 2 * (4 + 1)
     torch.testing.assert_close(got, torch.tensor([[pairs / (6 * 5)]]))
 
