@@ -331,3 +331,35 @@ def test_kmeans_subsample_on_the_gpu():
                      kmeans_subsample=2)
     q, k, v = (torch.randn(1, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     _warm_call_in_a_graph_equals_eager(q, k, v, cfg)
+
+
+def test_density_and_its_accumulation_on_the_gpu():
+    # the density kernel (fp64 in a program per head) and the accounting's accumulation (one program) against their
+    # references at Wan 14B's cluster counts, with a text mask; then a warm call with text in a CUDA graph (its
+    # density equals the eager call's)
+    from test_density import _mask, _selection
+
+    from svg2core import SVG2Config
+    from svg2core.ops.density import (
+        accumulate_density,
+        accumulate_density_reference,
+        selection_density,
+        selection_density_reference,
+    )
+
+    b, h, cq, ck, nv, t = 2, 40, 300, 1000, 75600, 226
+    sel = [x.cuda() for x in _selection(b * h, cq, ck, nv, seed=5)]
+    mask = _mask(b, t, seed=5).cuda()
+    for m in (None, mask):
+        want = selection_density_reference(*sel, b, h, nv, t, m)
+        got = selection_density(*sel, b, h, nv, t, m, backend="triton")
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        totals, ref = (torch.zeros(2, dtype=torch.float64, device="cuda") for _ in range(2))
+        for _ in range(3):
+            accumulate_density(totals, got, nv + t, t, 128, m)
+            accumulate_density_reference(ref, got, nv + t, t, 128, m)
+        torch.testing.assert_close(totals, ref, rtol=1e-12, atol=0)
+
+    cfg = SVG2Config(num_q_clusters=50, num_k_clusters=100, mode="fixed_density", target_density=0.25)
+    q, k, v = (torch.randn(2, 4, 4096 + 64, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    _warm_call_in_a_graph_equals_eager(q, k, v, cfg, num_dense_tokens=64, key_padding_mask=_mask(2, 64, 1).cuda())
