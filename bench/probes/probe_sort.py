@@ -7,9 +7,10 @@
    ``count`` (the assign counts each block's labels by atomic increments, then a scan and a scatter that ranks by a
    scan over the block's sorted labels), and ``count Nw``: the same with the scatter on N warps
    (``permute.SCATTER_NUM_WARPS``; latency-bound at 14-20 us per launch at 480p, H100). perm and offsets are
-   checked against ``flat``'s.
+   checked against ``flat``'s. ``scan BxC``: the counting sort's scan on tiles of B blocks x C clusters
+   (``permute._SCAN_BLOCK_B`` / ``_SCAN_BLOCK_C``; default 32 x 128).
 2. Unless --no-selection: the whole selection (bench_selection.time_shape: 2 warm k-means iterations on Q and K, scoring,
-   selection, K/V gather; CUDA-graph replay) with the library's counting sort and with the fastest scatter warp count
+   selection, K/V gather; CUDA-graph replay) with the library's counting sort and with the fastest counting-sort variant
    that sorts the same, against cuDNN dense.
 
 The committed probe_sort_h100.md is from this probe's first version (session 7), which also timed a counting sort
@@ -44,13 +45,20 @@ SORT_SHAPES = P.kmeans_shapes()  # every k-means problem of the benchmark models
 SELECTION = P.SELECTION_SHAPES + (("hunyuan-720p", 24, 118800, 0, 300, 1000),)
 
 
-# batched_kmeans' counting sort up to these cluster counts (0: the radix sort), the scatter's warps (None: default)
-VARIANTS = {"flat": (0, None), "count": (1 << 20, None), "count 1w": (1 << 20, 1), "count 2w": (1 << 20, 2)}
+# batched_kmeans' counting sort up to these cluster counts (0: the radix sort), the scatter's warps (None: default),
+# the scan's tile (blocks x clusters a program, it loops over the blocks; None: the default 32 x 128). At 480p the
+# scan is latency-bound (9-14 us a launch on the key chain's critical path, probe_timeline_h100_s14.md: 4 dependent
+# steps over 128 blocks in 12 x 4 programs); a taller, narrower tile takes all blocks in one step, in more programs.
+VARIANTS = {"flat": (0, None, None), "count": (1 << 20, None, None), "count 1w": (1 << 20, 1, None),
+            "count 2w": (1 << 20, 2, None), "scan 128x32": (1 << 20, None, (128, 32)),
+            "scan 64x64": (1 << 20, None, (64, 64)), "scan 256x16": (1 << 20, None, (256, 16))}
 
 
 def variant(name: str):
-    fused_max, warps = VARIANTS[name]
-    return P.settings((km, "FUSED_SORT_MAX_CLUSTERS", fused_max), (pm, "SCATTER_NUM_WARPS", warps))
+    fused_max, warps, scan = VARIANTS[name]
+    scan_b, scan_c = scan or (pm._SCAN_BLOCK_B, pm._SCAN_BLOCK_C)
+    return P.settings((km, "FUSED_SORT_MAX_CLUSTERS", fused_max), (pm, "SCATTER_NUM_WARPS", warps),
+                      (pm, "_SCAN_BLOCK_B", scan_b), (pm, "_SCAN_BLOCK_C", scan_c))
 
 
 def sort_case(name, h, n, c, dev) -> dict:
@@ -83,8 +91,8 @@ def main() -> None:
     out = P.ProbeResults(opts.out, "probe_sort", sort=[], selection=[])
     res, card_name = out.data, out.device
     P.run_shapes(out, "sort", sort_case, SORT_SHAPES, dev)
-    # the fastest scatter warp count in total among those that sort like flat at every shape
-    counts = [v for v in VARIANTS if v.startswith("count") and all(r[f"{v}_equal"] for r in res["sort"])]
+    # the fastest counting-sort variant (scatter warps, scan tile) in total among those that sort like flat everywhere
+    counts = [v for v in VARIANTS if v != "flat" and all(r[f"{v}_equal"] for r in res["sort"])]
     best = min(counts, key=lambda v: sum(r[f"{v}_ms"] for r in res["sort"]), default="count")
     res["best_count"] = best
     if not opts.no_selection and best != "count":

@@ -26,6 +26,20 @@ def test_sort_by_cluster_equals_reference_and_is_stable(bh, n, c, method):
             assert torch.equal(seg, torch.nonzero(labels[r] == cl).flatten().int())
 
 
+@pytest.mark.parametrize("scan", [(32, 128), (128, 32), (256, 16)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_counting_sort_by_scan_tile(monkeypatch, scan):
+    # the scan's tile (blocks x clusters a program; probe_sort times the shapes): 40 blocks of 16 tokens and 130
+    # clusters, so that every tile takes several programs over the clusters, and the default one several steps
+    import svg2core.ops.permute.permute as pm
+
+    monkeypatch.setattr(pm, "_SCAN_BLOCK_B", scan[0])
+    monkeypatch.setattr(pm, "_SCAN_BLOCK_C", scan[1])
+    labels = torch.randint(0, 130, (2, 40 * 16 - 3), dtype=torch.int32)
+    perm, offsets = sort_by_cluster(labels, 130, Workspace(), "k", method="count", count_block=16)
+    p_ref, o_ref = sort_by_cluster_reference(labels, 130)
+    assert torch.equal(perm, p_ref) and torch.equal(offsets, o_ref)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("b,h,n,nv,d", [(1, 1, 7, 7, 64), (2, 3, 70, 65, 128)], ids=["tiny", "text-tail"])
 def test_gather_kernel_equals_reference(b, h, n, nv, d, dtype):
