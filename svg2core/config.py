@@ -42,13 +42,16 @@ class SVG2Config:
             iteration of a call but its last runs on every ``s``-th video token only (a strided sample of the token
             grid), and the last one on all of them, so the labels, the permutation and the cached centroids are
             still those of every token, at ``(iters - 1) / s + 1`` passes over the tokens instead of ``iters``
-            (:func:`svg2core.ops.kmeans.batched_kmeans`).
+            (:func:`svg2core.ops.kmeans.batched_kmeans`). H100, the warm selection at 480p 100 / 500: 6.0% of dense
+            attention at 1, 5.0% at 2, 4.5% at 4; the Wan 1.3B 480p step 4% faster at 2, Wan 14B 720p 1%
+            (docs/benchmarks/NOTES_selection.md v19). 1 by default (the public method); the ``fast`` preset uses 2.
         query_tile_rebalance: ``0``: the query clusters are the k-means'. ``rho > 0``: after the query k-means, a
             cluster whose last 128-row query tile (or half tile) holds at most ``rho`` rows beyond the tile below gives
             them, by smallest distance margin, to the nearest clusters with room in their last tile, so that the
             attention kernel runs fewer partly empty tiles (:func:`svg2core.ops.rebalance.rebalance_reference`). Off
-            by default: on an H100 the Wan 14B 25% kernel ran 4.5-6% faster with rho = 16, but the stage then cost as
-            much as it saved (docs/benchmarks/NOTES_sparse_attn.md v21); its reworked margin kernel is not yet timed.
+            by default: on an H100 the Wan 14B 25% kernel runs 4.5-6% faster with rho = 16; with the reworked
+            (persistent) margin kernel the step gained ~1% (579 -> 572 ms with ``kmeans_subsample = 2``, within the
+            runs' spread) for 0.3-0.5% more attention error (docs/benchmarks/NOTES_sparse_attn.md v24).
     """
 
     mode: Mode = "top_p"

@@ -85,6 +85,8 @@ DEFAULT_PRESETS: dict[str, dict] = {
     "fast": {
         "mode": "top_p", "top_p": 0.8, "max_density": 0.3, "num_q_clusters": 100, "num_k_clusters": 500,
         "dense_warmup_fraction": 0.12, "dense_layers": 1,
+        # the k-means' first iteration on every 2nd token: the 480p step 4% faster on an H100 (docs/presets.md)
+        "kmeans_subsample": 2,
     },
 }
 
