@@ -197,6 +197,37 @@ def timed_forward(model, kwargs, device, host: list[float] | None = None) -> tup
     return time.perf_counter() - t, out
 
 
+def enqueue_behind_sleep(model, kwargs, device, sleep_s: float = 2.0) -> dict | None:
+    """The host's time to queue one forward while the GPU is held by a sleep kernel (CUDA only; None elsewhere).
+
+    With the GPU busy, nothing the forward queues can start, so the wall time is the host's own work, unless the
+    forward queues more than the driver holds ahead: the host then waits for the sleep to end (``blocked``: the
+    enqueue took at least half the sleep). Against ``host_enqueue_seconds`` (queued while the GPU runs) this tells
+    host work from the launch queue's back-pressure."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(100_000_000)
+    end.record()
+    end.synchronize()
+    cycles_per_s = 100_000_000 / (start.elapsed_time(end) / 1000.0)  # the sleep's clock, measured
+    torch.cuda._sleep(int(sleep_s * cycles_per_s))
+    t = time.perf_counter()
+    model(**kwargs)
+    host = time.perf_counter() - t
+    torch.cuda.synchronize(device)
+    return {"host_seconds": host, "sleep_seconds": sleep_s, "blocked": host >= 0.5 * sleep_s}
+
+
+def enqueue_behind_sleep_in(model, kwargs, device, plan) -> dict | None:
+    """:func:`enqueue_behind_sleep` in a session of its own (the timed session's accounting stays the timed
+    forwards')."""
+    with svg2_session(model, plan, num_inference_steps=100):
+        return enqueue_behind_sleep(model, kwargs, device)
+
+
 def timed_forwards(model, kwargs, n: int, device, host: list[float] | None = None) -> list[float]:
     """Seconds of ``n`` forwards (each synchronised); ``host``: see :func:`timed_forward`."""
     return [timed_forward(model, kwargs, device, host)[0] for _ in range(n)]
@@ -466,6 +497,7 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
         dense_step = statistics.median(dense_times)
         attn_share = dm["dense_attention_seconds"] / sum(dm["step_transformer_seconds"])
         res["dense"] = {"step_seconds": dense_times, "host_enqueue_seconds": dense_host,
+                        "host_enqueue_behind_sleep": enqueue_behind_sleep_in(model, kwargs, device, dense_plan),
                         "attention_share": round(attn_share, 4),
                         "attention_seconds_per_step": dm["dense_attention_seconds"] / reps,
                         "gpu_clocks": clocks.summary(),
@@ -483,6 +515,7 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
                 with GpuClocks(device) as clocks:
                     warm = timed_forwards(model, kwargs, reps, device, warm_host)
                 graphs_in_timed += graphs_compiled() - graphs_before - graphs_cold
+                behind_sleep = enqueue_behind_sleep(model, kwargs, device)
                 profile = kernel_profile(model, kwargs, device)
             if compile_info is not None:
                 compile_info["compiled_vs_eager"][f"sparse_{density}"] = relative_difference(out, eager_sparse[density])
@@ -498,7 +531,8 @@ def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_
             calls = sm["sparse_calls"]
             entry = {
                 "target_density": density, "achieved_density": round(d, 4), "cold_step_seconds": cold,
-                "step_seconds": warm, "host_enqueue_seconds": warm_host, "speedup": round(speedup, 3),
+                "step_seconds": warm, "host_enqueue_seconds": warm_host, "host_enqueue_behind_sleep": behind_sleep,
+                "speedup": round(speedup, 3),
                 "amdahl_ideal": round(ideal, 3), "fraction_of_ideal": round(speedup / ideal, 3),
                 # per-call attention (clustering + selection + permutation + kernel) vs dense SDPA,
                 # from the session's CUDA events, warm calls
@@ -630,6 +664,17 @@ def write_markdown(path: str, results: dict) -> None:
                 f"{name} {statistics.median(x['host_enqueue_seconds']) * 1e3:.0f} / "
                 f"{statistics.median(x['step_seconds']) * 1e3:.0f} ms" for name, x in runs
                 if x.get("host_enqueue_seconds")))
+        slept = [r for r in queued if r["dense"].get("host_enqueue_behind_sleep")]
+        if slept:
+            lines += ["", "Host time to queue one forward while a sleep kernel holds the GPU (the host's own work; "
+                      "`blocked`: it waited for the sleep to end, i.e. the forward queues more than the driver holds "
+                      "ahead):", ""]
+            for r in slept:
+                runs = [("dense", r["dense"])] + [(f"sparse {s['target_density']}", s) for s in r["sparse"]]
+                lines.append(f"- {r['model']}: " + "; ".join(
+                    f"{name} {x['host_enqueue_behind_sleep']['host_seconds'] * 1e3:.0f} ms"
+                    f"{' (blocked)' if x['host_enqueue_behind_sleep']['blocked'] else ''}" for name, x in runs
+                    if x.get("host_enqueue_behind_sleep")))
     graphed = [r for r in results["models"] if r.get("cuda_graph")]
     if graphed:
         lines += ["", "Each step captured whole in one CUDA graph and replayed (no host launches; median; speedup and "

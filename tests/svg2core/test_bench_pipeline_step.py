@@ -26,6 +26,23 @@ def _run_bench(tmp_path, *args) -> dict:
     return json.loads((tmp_path / "pipeline_step_cpu.json").read_text())
 
 
+def test_enqueue_figures_are_reported_in_the_markdown(tmp_path):
+    # GPU-only figures (the host's enqueue while the GPU runs, and while a sleep kernel holds it) grafted onto a CPU
+    # smoke run's results: the report lists both, and marks an enqueue that waited out the sleep as blocked
+    results = _run_bench(tmp_path, "--reps", "1", "--no-compile", "--models", "smoke-wan")
+    (model,) = results["models"]
+    model["dense"]["host_enqueue_seconds"] = [0.030]
+    model["dense"]["host_enqueue_behind_sleep"] = {"host_seconds": 0.031, "sleep_seconds": 2.0, "blocked": False}
+    (sparse,) = model["sparse"]
+    sparse["host_enqueue_seconds"] = [0.097]
+    sparse["host_enqueue_behind_sleep"] = {"host_seconds": 1.9, "sleep_seconds": 2.0, "blocked": True}
+    bench = load_bench("bench_pipeline_step.py")
+    bench.write_markdown(str(tmp_path / "grafted.md"), results)
+    md = (tmp_path / "grafted.md").read_text()
+    assert "- smoke-wan: dense 30 / " in md and "sparse 0.25 97 / " in md
+    assert "- smoke-wan: dense 31 ms; sparse 0.25 1900 ms (blocked)" in md
+
+
 # aot_eager: dynamo's graphs through AOTAutograd without inductor's C++ compilation (tens of seconds
 # per model on 2 CPU cores); the inductor test below covers one model.
 @pytest.mark.parametrize("mode", [["--no-compile"], ["--compile", "--compile-backend", "aot_eager"]],
