@@ -93,3 +93,19 @@ def test_triton_accumulation_equals_the_reference(b, h, n, t, masked):
 def test_accumulation_rejects_a_wrong_totals_tensor():
     with pytest.raises(ValueError, match="totals: must be a contiguous fp64 tensor of shape"):
         accumulate_density(torch.zeros(2), torch.rand(1, 2), 10, 0, 64, None)
+
+
+def test_without_triton_the_references_run(monkeypatch):
+    # a reference-backend job where Triton is not installed: the accounting must not need it
+    import svg2core.ops.density.density as D
+
+    monkeypatch.setattr(D, "_triton_installed", lambda: False)
+    calls = []
+    real = D.accumulate_density_reference
+    monkeypatch.setattr(D, "accumulate_density_reference", lambda *a: calls.append(1) or real(*a))
+    totals = torch.zeros(2, dtype=torch.float64)
+    D.accumulate_density(totals, torch.full((1, 2), 0.5), 10, 0, 64, None)
+    assert calls == [1] and totals.tolist() == pytest.approx([0.5, 0.5 * 2 * 10 * 10 * 4 * 64])
+    q_sizes, sel_count, sel_cum = _selection(2, 3, 4, 30, seed=1)
+    torch.testing.assert_close(D.selection_density(q_sizes, sel_count, sel_cum, 1, 2, 30, 0, None),
+                               selection_density_reference(q_sizes, sel_count, sel_cum, 1, 2, 30, 0, None))

@@ -11,6 +11,10 @@ fp32's exact integers at 720p) and never synchronise.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import os
+
 import torch
 
 from svg2core.ops.density.reference import accumulate_density_reference, selection_density_reference
@@ -20,10 +24,15 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _use_triton(x: torch.Tensor) -> bool:
-    import os
+@functools.cache
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+def _use_triton(x: torch.Tensor) -> bool:
+    """Triton runs on CUDA tensors, or anywhere under its interpreter; without Triton (a reference-backend job on a
+    machine without it) the torch reference runs."""
+    return (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and _triton_installed()
 
 
 def selection_density(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_cum: torch.Tensor, b: int, h: int,
