@@ -594,6 +594,12 @@ def card_name(device) -> str:
     return torch.cuda.get_device_name(device).replace("NVIDIA ", "").replace(" ", "_").lower()
 
 
+def _per_run_line(r: dict, key: str, cell) -> str:
+    """``- model: dense <cell>; sparse 0.15 <cell>; ...`` over the model's runs that hold ``key``."""
+    runs = [("dense", r["dense"])] + [(f"sparse {s['target_density']}", s) for s in r["sparse"]]
+    return f"- {r['model']}: " + "; ".join(f"{name} {cell(x)}" for name, x in runs if x.get(key))
+
+
 def write_markdown(path: str, results: dict) -> None:
     lines = [f"# One denoising step, dense vs svg2 ({results['card']})", "",
              f"torch {results['torch']}, {results['dtype']}, {results['execution']}, random weights, `fixed_density` mode "
@@ -658,23 +664,18 @@ def write_markdown(path: str, results: dict) -> None:
     if queued:
         lines += ["", "Host time to queue a timed forward against the forward's GPU time (medians; close to 1 means the "
                   "host sets the pace):", ""]
-        for r in queued:
-            runs = [("dense", r["dense"])] + [(f"sparse {s['target_density']}", s) for s in r["sparse"]]
-            lines.append(f"- {r['model']}: " + "; ".join(
-                f"{name} {statistics.median(x['host_enqueue_seconds']) * 1e3:.0f} / "
-                f"{statistics.median(x['step_seconds']) * 1e3:.0f} ms" for name, x in runs
-                if x.get("host_enqueue_seconds")))
+        lines += [_per_run_line(r, "host_enqueue_seconds",
+                                lambda x: f"{statistics.median(x['host_enqueue_seconds']) * 1e3:.0f} / "
+                                          f"{statistics.median(x['step_seconds']) * 1e3:.0f} ms") for r in queued]
         slept = [r for r in queued if r["dense"].get("host_enqueue_behind_sleep")]
         if slept:
             lines += ["", "Host time to queue one forward while a sleep kernel holds the GPU (the host's own work; "
                       "`blocked`: it waited for the sleep to end, i.e. the forward queues more than the driver holds "
                       "ahead):", ""]
-            for r in slept:
-                runs = [("dense", r["dense"])] + [(f"sparse {s['target_density']}", s) for s in r["sparse"]]
-                lines.append(f"- {r['model']}: " + "; ".join(
-                    f"{name} {x['host_enqueue_behind_sleep']['host_seconds'] * 1e3:.0f} ms"
-                    f"{' (blocked)' if x['host_enqueue_behind_sleep']['blocked'] else ''}" for name, x in runs
-                    if x.get("host_enqueue_behind_sleep")))
+            lines += [_per_run_line(r, "host_enqueue_behind_sleep",
+                                    lambda x: f"{x['host_enqueue_behind_sleep']['host_seconds'] * 1e3:.0f} ms"
+                                              f"{' (blocked)' if x['host_enqueue_behind_sleep']['blocked'] else ''}")
+                      for r in slept]
     graphed = [r for r in results["models"] if r.get("cuda_graph")]
     if graphed:
         lines += ["", "Each step captured whole in one CUDA graph and replayed (no host launches; median; speedup and "

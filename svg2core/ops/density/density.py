@@ -2,9 +2,8 @@
 
 ``svg2_attention`` returns, per (b, h), the query-key pairs it computed over all pairs of the valid keys, and the
 session's accounting adds each call's mean density and computed FLOPs to two fp64 device scalars. In torch these are
-~20 small ops a call (casts, a gather, reductions, in-place adds), each its own launch and its own host time; at 480p
-the host's time to queue a call is what paces the step (docs/benchmarks/NOTES_sparse_attn.md v21), so the Triton
-backend does each in one launch: ``selection_density`` (a program per (b, h)) and ``accumulate_density`` (one
+~20 small ops a call (casts, a gather, reductions, in-place adds), each its own launch, its own host time and a
+short kernel on the call's stream, so the Triton backend does each in one launch: ``selection_density`` (a program per (b, h)) and ``accumulate_density`` (one
 program). Both references (reference.py) are the specification, and both paths compute in fp64 (the pair counts exceed
 fp32's exact integers at 720p) and never synchronise.
 """
@@ -18,10 +17,7 @@ import os
 import torch
 
 from svg2core.ops.density.reference import accumulate_density_reference, selection_density_reference
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
+from svg2core.ops.select.select import _next_pow2
 
 
 @functools.cache
