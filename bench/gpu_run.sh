@@ -44,6 +44,8 @@
 #                                                       # a token sample (kmeans_subsample 1 / 2 / 4), timed
 #                                                       # (probe_kmeans_subsample.py); then its accuracy at 480p's size
 #                                                       # (probe_config_trajectory.py); w480_s2 / wan14b_s2: the steps
+#   bash bench/gpu_run.sh OUT hunyuan hunyuan_s2        # the HunyuanVideo 720p step at 15% / 25%, then with
+#                                                       # kmeans_subsample 2 (~3 min each)
 #   GPU_RUN_TESTS_K="rebalancing or subsample" bash bench/gpu_run.sh OUT tests   # only the Hopper tests whose names
 #                                                       # match (pytest -k)
 #
@@ -97,6 +99,10 @@ for step in "$@"; do
       --ck 500 --device cuda --backend triton --seeds 2 --steps 12 --variant kmeans_subsample=2 \
       --variant kmeans_subsample=4 --variant kmeans_iters=1 --name kmeans_subsample --out "$out/$step" > "$log" 2>&1 ;;
     w480_s2) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
+      --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
+    hunyuan) python bench/bench_pipeline_step.py --compile --models hunyuanvideo-720p --densities 0.15,0.25 \
+      --out "$out/$step" > "$log" 2>&1 ;;
+    hunyuan_s2) python bench/bench_pipeline_step.py --compile --models hunyuanvideo-720p --densities 0.15,0.25 \
       --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_s2) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
