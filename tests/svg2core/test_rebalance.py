@@ -69,6 +69,32 @@ def test_nothing_moves_without_room_or_with_rho_0():
     assert torch.equal(rebalance_reference(x.reshape(1, 50, 64), labels, cent, 1, 16), labels)
 
 
+def test_margins_by_chunks_of_sorted_positions_skip_and_span_clusters():
+    # the product's 128-row tiles: per head, a 256-row cluster (no donor, no room) fills the margin kernel's first two
+    # chunks of sorted positions (skipped), a donor of 130 rows (2 past a tile) spans the next two, and the others
+    # have room or not; labels need not be the nearest centroids' for the rule, so each head's are shuffled at random
+    from svg2core.ops.rebalance.rebalance import _BLOCK_N
+
+    g = torch.Generator().manual_seed(4)
+    h, d, sizes = 2, 64, (256, 130, 100, 150, 64)
+    assert _BLOCK_N == 128 and sizes[0] == 2 * _BLOCK_N
+    n, c = sum(sizes), len(sizes)
+    base = torch.repeat_interleave(torch.arange(c), torch.tensor(sizes))
+    labels = torch.stack([base[torch.randperm(n, generator=g)] for _ in range(h)]).int()
+    x = torch.randn(1, h, n, d, generator=g).to(torch.bfloat16)
+    xf = x[0].float()
+    cent = (torch.zeros(h, c, d).scatter_add_(1, labels.long()[..., None].expand(-1, -1, d), xf)
+            / cluster_sizes(labels, c)[..., None])
+    excess, donor, room = donors_and_room(cluster_sizes(labels, c), 16, 128)
+    assert donor.tolist() == [[False, True, False, False, False]] * h and room[0].tolist() == [0, 0, 28, 42, 0]
+    want = rebalance_reference(xf, labels, cent, 16, 128)
+    assert ((want != labels).sum(1) == 2).all()  # each head's donor sheds its 2 rows
+    perm, offsets = sort_by_cluster_reference(labels, c)
+    got = labels.clone()
+    rebalance_query_tiles(x, got, perm, offsets, cent, 16, 128, Workspace(), precision="ieee")
+    assert torch.equal(got, want)
+
+
 def test_svg2_attention_with_rebalancing_on_both_backends():
     from svg2core import SVG2Config
     from svg2core.attention import REBALANCE_BLOCK, cluster_and_select, svg2_attention

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from svg2core.ops.kmeans.kmeans import _prepare
 from svg2core.ops.rebalance.reference import rebalance_reference
 from svg2core.ops.sparse_attn.wrapper import _num_sms
 from svg2core.state import Workspace
@@ -14,11 +15,11 @@ from svg2core.state import Workspace
 # 25% step, the kernel of session 19: the stage took 17.8 ms of 4 blocks with tf32x3 (192 KB of shared memory, one
 # program per SM) and 6.2 ms with bf16 (docs/benchmarks/NOTES_sparse_attn.md v21).
 MARGIN_PRECISION = "bf16"
-_BLOCK_N = 64  # sorted rows per step of the margin kernel
-# The margin kernel's launch (sm_90, Triton 3.6, bf16 margins): 32 centroids per step in 2 stages, 4 warps take 128
-# registers and 40 KB of shared memory without spills, so 4 programs fit an SM (64 centroids: 168 registers, 3 fit;
-# 3 stages of 64, the default, spilled)
-_MARGIN_PROGRAMS_PER_SM = 4  # the margin kernel's persistent programs per SM
+_BLOCK_N = 128  # sorted positions per chunk of the margin kernel
+# The margin kernel's launch (sm_90, Triton 3.9's ptxas, bf16 margins; bench/probes/compile_margin.py): chunks of 128
+# rows against 32 centroids a step in 2 stages, 4 warps: 166 registers, 40 KB of shared memory, no spills, so 3
+# programs fit an SM (chunks of 64 took 255 registers and spilled; 64 centroids a step: 189 registers, 2 programs)
+_MARGIN_PROGRAMS_PER_SM = 3  # the margin kernel's persistent programs per SM
 _BLOCK_C = 32  # centroids per step of its loop
 _MARGIN_STAGES = 2
 _BLOCK_P = 256  # rows per step of a donor's scan in the choose kernel
@@ -26,7 +27,7 @@ _CB = 1024  # clusters per step of the slot prefix
 
 
 def _margin_programs(device: torch.device) -> int:
-    """The margin kernel's persistent grid: ``_MARGIN_PROGRAMS_PER_SM`` per SM (4 under the interpreter)."""
+    """The margin kernel's persistent grid: ``_MARGIN_PROGRAMS_PER_SM`` per SM (that many under the interpreter)."""
     return _MARGIN_PROGRAMS_PER_SM * (_num_sms(device) if device.type == "cuda" else 1)
 
 
@@ -82,11 +83,16 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
     cand_pos = ws.buffer(f"{name}.rebalance_cand_pos", (bh, slots), torch.int32, dev)
     cand_dest = ws.buffer(f"{name}.rebalance_cand_dest", (bh, slots), torch.int32, dev)
     taken = ws.buffer(f"{name}.rebalance_taken", (bh, slots), torch.int32, dev)
-    items = bh * c
-    _margin_kernel[(min(items, _margin_programs(dev)),)](
-        x, perm, offsets, centroids, margin, dest, c, h, rho, items,
-        x.stride(0), x.stride(1), x.stride(2), perm.stride(0), offsets.stride(0),
-        centroids.stride(0), centroids.stride(1), margin.stride(0),
+    # the centroids' copies in the points' dtype and their fp32 norms, in the k-means' own prepared buffers (its next
+    # assign prepares them again)
+    cent_lp, cent_sq = _prepare(x, centroids, ws, name, prepared=False)
+    chunks_per_head = triton.cdiv(n, _BLOCK_N)
+    n_chunks = bh * chunks_per_head
+    _margin_kernel[(min(n_chunks, _margin_programs(dev)),)](
+        x, perm, labels, offsets, centroids, cent_lp, cent_sq, margin, dest, c, h, n, rho, n_chunks, chunks_per_head,
+        x.stride(0), x.stride(1), x.stride(2), perm.stride(0), labels.stride(0), offsets.stride(0),
+        centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
+        margin.stride(0),
         D=d, BLOCK=block, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, PRECISION=precision or MARGIN_PRECISION,
         num_warps=4, num_stages=_MARGIN_STAGES,
     )

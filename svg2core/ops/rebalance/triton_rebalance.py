@@ -3,7 +3,7 @@
 Four launches, none of which allocates or synchronises with the host; each recomputes what it needs of the
 per-cluster rule (excess, donor, room) from the cluster offsets of the current sort:
 
-1. ``_margin_kernel`` (persistent grid over (head, cluster) items): for the rows of donor clusters only, the
+1. ``_margin_kernel`` (persistent grid over chunks of sorted positions): for the rows of donor clusters only, the
    distance to every centroid, the nearest cluster with room and the margin over the row's own centroid; by sorted
    position.
 2. ``_choose_kernel`` (grid: clusters x heads): a donor's ``excess`` rows of smallest margin, in order (ties: the lower
@@ -48,60 +48,64 @@ def _slot_base(off_row, c, C, rho, BLOCK: tl.constexpr, CB: tl.constexpr):
 
 @triton.jit
 def _margin_kernel(
-    x_ptr, perm_ptr, offsets_ptr, cent_ptr, margin_ptr, dest_ptr,
-    C, H, rho, n_items,
-    stride_xb, stride_xh, stride_xn, stride_pbh, stride_obh, stride_cbh, stride_cc, stride_mbh,
+    x_ptr, perm_ptr, labels_ptr, offsets_ptr, cent_ptr, cent_lp_ptr, cent_sq_ptr, margin_ptr, dest_ptr,
+    C, H, N, rho, n_chunks, chunks_per_head,
+    stride_xb, stride_xh, stride_xn, stride_pbh, stride_lbh, stride_obh, stride_cbh, stride_cc, stride_lpbh,
+    stride_lpc, stride_sqbh, stride_mbh,
     D: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Persistent: each program takes every ``num_programs``-th (head, cluster) item; a donor cluster's rows are
-    scored ``BLOCK_N`` sorted positions at a time, any other item costs two loads. (One program per 64-row tile
-    instead launched ~47,000 programs at Wan 14B's size, three quarters of which only checked for a donor, each
-    holding the kernel's whole shared memory: 1.5-4.5 ms per layer on an H100, s20.)"""
+    """Persistent over chunks of ``BLOCK_N`` sorted positions of every head (each program takes every
+    ``num_programs``-th): a chunk without a row of a donor cluster costs three small gathers; the others score their
+    donor rows against every centroid, ``BLOCK_C`` at a time. Chunks, not clusters, so one large donor spreads over
+    many programs. The centroid operands come prepared (``cent_lp``: the points' dtype, ``cent_sq``: fp32 norms), or
+    in fp32 for the fp32 dots."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     offs_d = tl.arange(0, D)
-    for item in range(pid, n_items, nprog):
-        bh = item // C
-        c = item % C
+    for chunk in range(pid, n_chunks, nprog):
+        bh = chunk // chunks_per_head
+        p = (chunk % chunks_per_head) * BLOCK_N + tl.arange(0, BLOCK_N)
+        pm = p < N
+        tok = tl.load(perm_ptr + bh * stride_pbh + p, mask=pm, other=0)
+        own_c = tl.load(labels_ptr + bh * stride_lbh + tok, mask=pm, other=0)
         off_row = offsets_ptr + bh * stride_obh
-        start = tl.load(off_row + c)
-        end = tl.load(off_row + c + 1)
-        don = _rule(end - start, rho, BLOCK)[1]
-        if don:
+        size = tl.load(off_row + own_c + 1, mask=pm, other=0) - tl.load(off_row + own_c, mask=pm, other=0)
+        dm = pm & _rule(size, rho, BLOCK)[1]
+        if tl.max(dm.to(tl.int32), axis=0) > 0:
             x_row = x_ptr + (bh // H) * stride_xb + (bh % H) * stride_xh
-            for p0 in range(start, end, BLOCK_N):
-                p = p0 + tl.arange(0, BLOCK_N)
-                pm = p < end
-                tok = tl.load(perm_ptr + bh * stride_pbh + p, mask=pm, other=0)
-                xt = tl.load(x_row + tok[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=pm[:, None],
-                             other=0.0)
-                if PRECISION != "bf16":
-                    xt = xt.to(tl.float32)
-                best = tl.full((BLOCK_N,), float("inf"), tl.float32)
-                best_j = tl.full((BLOCK_N,), 0, tl.int32)
-                own = tl.zeros((BLOCK_N,), tl.float32)
-                for c0 in range(0, C, BLOCK_C):
-                    j = c0 + tl.arange(0, BLOCK_C)
-                    jm = j < C
+            xt = tl.load(x_row + tok[:, None].to(tl.int64) * stride_xn + offs_d[None, :], mask=dm[:, None], other=0.0)
+            if PRECISION == "bf16":
+                if xt.dtype == tl.float32:  # fp32 points: both operands rounded to bf16
+                    xt = xt.to(tl.bfloat16)
+            else:
+                xt = xt.to(tl.float32)
+            best = tl.full((BLOCK_N,), float("inf"), tl.float32)
+            best_j = tl.full((BLOCK_N,), 0, tl.int32)
+            own = tl.zeros((BLOCK_N,), tl.float32)
+            for c0 in range(0, C, BLOCK_C):
+                j = c0 + tl.arange(0, BLOCK_C)
+                jm = j < C
+                sq = tl.load(cent_sq_ptr + bh * stride_sqbh + j, mask=jm, other=0.0)
+                jsize = tl.load(off_row + j + 1, mask=jm, other=0) - tl.load(off_row + j, mask=jm, other=0)
+                jroom = _rule(jsize, rho, BLOCK)[2]
+                if PRECISION == "bf16":  # one product in the points' 16-bit dtype (the centroids rounded)
+                    cen = tl.load(cent_lp_ptr + bh * stride_lpbh + j[:, None] * stride_lpc + offs_d[None, :],
+                                  mask=jm[:, None], other=0.0)
+                    dot = tl.dot(xt, tl.trans(cen.to(xt.dtype)))
+                else:
                     cen = tl.load(cent_ptr + bh * stride_cbh + j[:, None] * stride_cc + offs_d[None, :],
                                   mask=jm[:, None], other=0.0)
-                    sq = tl.sum(cen * cen, axis=1)
-                    jsize = tl.load(off_row + j + 1, mask=jm, other=0) - tl.load(off_row + j, mask=jm, other=0)
-                    jroom = _rule(jsize, rho, BLOCK)[2]
-                    if PRECISION == "bf16":  # one bf16 product (the rows are bf16 already; the centroids rounded)
-                        dot = tl.dot(xt.to(tl.bfloat16), tl.trans(cen.to(tl.bfloat16)))
-                    else:
-                        dot = tl.dot(xt, tl.trans(cen), input_precision=PRECISION)
-                    dist = sq[None, :] - 2.0 * dot
-                    own += tl.sum(tl.where(j[None, :] == c, dist, 0.0), axis=1)
-                    dr = tl.where((jm & (jroom > 0))[None, :], dist, float("inf"))
-                    tmin = tl.min(dr, axis=1)
-                    targ = tl.min(tl.where(dr == tmin[:, None], j[None, :], 2147483647), axis=1)
-                    better = tmin < best  # strictly: an earlier (lower) id keeps a tie
-                    best_j = tl.where(better, targ, best_j)
-                    best = tl.where(better, tmin, best)
-                tl.store(margin_ptr + bh * stride_mbh + p, best - own, mask=pm)
-                tl.store(dest_ptr + bh * stride_mbh + p, best_j, mask=pm)
+                    dot = tl.dot(xt, tl.trans(cen), input_precision=PRECISION)
+                dist = sq[None, :] - 2.0 * dot
+                own += tl.sum(tl.where(j[None, :] == own_c[:, None], dist, 0.0), axis=1)
+                dr = tl.where((jm & (jroom > 0))[None, :], dist, float("inf"))
+                tmin = tl.min(dr, axis=1)
+                targ = tl.min(tl.where(dr == tmin[:, None], j[None, :], 2147483647), axis=1)
+                better = tmin < best  # strictly: an earlier (lower) id keeps a tie
+                best_j = tl.where(better, targ, best_j)
+                best = tl.where(better, tmin, best)
+            tl.store(margin_ptr + bh * stride_mbh + p, best - own, mask=dm)
+            tl.store(dest_ptr + bh * stride_mbh + p, best_j, mask=dm)
 
 
 @triton.jit

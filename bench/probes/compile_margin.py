@@ -1,0 +1,60 @@
+"""The rebalancing margin kernel compiled for sm_90 without a GPU: registers, spills and shared memory per launch
+configuration, so a change can be read before it costs GPU time.
+
+    python bench/probes/compile_margin.py [--block-n 64 128] [--block-c 32 64] [--stages 2 3] [--warps 4 8]
+
+Run outside the interpreter (TRITON_INTERPRET unset); bf16 points, D = 128, bf16 margins (the default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from compile_sm90 import resources  # noqa: E402
+
+from svg2core.ops.rebalance.triton_rebalance import _margin_kernel  # noqa: E402
+
+
+def compile_margin(block_n: int, block_c: int, stages: int, warps: int, precision: str = "bf16"):
+    names = _margin_kernel.arg_names
+    sig = {n: "i32" for n in names}
+    sig.update(x_ptr="*bf16", perm_ptr="*i32", labels_ptr="*i32", offsets_ptr="*i32", cent_ptr="*fp32",
+               cent_lp_ptr="*bf16", cent_sq_ptr="*fp32", margin_ptr="*fp32", dest_ptr="*i32")
+    consts = dict(D=128, BLOCK=128, BLOCK_N=block_n, BLOCK_C=block_c, PRECISION=precision)
+    for k in consts:
+        sig[k] = "constexpr"
+    aligned = [n for n in names if sig[n].startswith("*")] + ["stride_xn", "stride_cc", "stride_lpc"]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = ASTSource(_margin_kernel, sig, consts, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--block-n", type=int, nargs="+", default=[64])
+    ap.add_argument("--block-c", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--stages", type=int, nargs="+", default=[2])
+    ap.add_argument("--warps", type=int, nargs="+", default=[4])
+    a = ap.parse_args()
+    print("| BLOCK_N | BLOCK_C | stages | warps | registers | spill (local bytes) | shared bytes | programs per SM |")
+    print("|---|---|---|---|---|---|---|---|")
+    for bn, bc, st, w in itertools.product(a.block_n, a.block_c, a.stages, a.warps):
+        k = compile_margin(bn, bc, st, w)
+        r = resources(k.asm["cubin"])
+        regs, shared = r.get("regs", 0), k.metadata.shared
+        fit = min(65536 // max(1, regs * 32 * w), (228 * 1024) // max(1, shared + 1024), 64 // w)
+        print(f"| {bn} | {bc} | {st} | {w} | {regs} | {r.get('local', '?')} | {shared} | {fit} |")
+
+
+if __name__ == "__main__":
+    main()
