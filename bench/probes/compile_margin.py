@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import sys
 
@@ -45,15 +46,22 @@ def main() -> None:
     ap.add_argument("--block-c", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--stages", type=int, nargs="+", default=[2])
     ap.add_argument("--warps", type=int, nargs="+", default=[4])
+    ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args()
-    print("| BLOCK_N | BLOCK_C | stages | warps | registers | spill (local bytes) | shared bytes | programs per SM |")
+    rows = []
+    print("| BLOCK_N | BLOCK_C | stages | warps | registers | stack (spill) bytes | shared bytes | programs per SM |")
     print("|---|---|---|---|---|---|---|---|")
     for bn, bc, st, w in itertools.product(a.block_n, a.block_c, a.stages, a.warps):
         k = compile_margin(bn, bc, st, w)
         r = resources(k.asm["cubin"])
         regs, shared = r.get("regs", 0), k.metadata.shared
         fit = min(65536 // max(1, regs * 32 * w), (228 * 1024) // max(1, shared + 1024), 64 // w)
-        print(f"| {bn} | {bc} | {st} | {w} | {regs} | {r.get('local', '?')} | {shared} | {fit} |")
+        print(f"| {bn} | {bc} | {st} | {w} | {regs} | {r.get('stack', '?')} | {shared} | {fit} |")
+        rows.append(dict(block_n=bn, block_c=bc, stages=st, warps=w, regs=regs, stack=r.get("stack"), shared=shared,
+                         programs_per_sm=fit))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":
