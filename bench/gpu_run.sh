@@ -33,7 +33,8 @@
 #                                                       # what the host's launches cost (bench_pipeline_step --cuda-graph)
 #   bash bench/gpu_run.sh OUT wan14b wan14b_rebalance   # the Wan 14B 25% step without, then with query-tile
 #                                                       # rebalancing (rho = 16; ~90 s each); wan14b_rebalance_bf16:
-#                                                       # the same with the margins from one bf16 product
+#                                                       # the same with the margins from one bf16 product;
+#                                                       # wan14b_s2_rebalance: with kmeans_subsample 2 as well
 #   bash bench/gpu_run.sh OUT rebalance_trajectory      # its accuracy along the simulated denoising trajectory at
 #                                                       # Wan 14B's size (probe_rebalance_trajectory.py)
 #   bash bench/gpu_run.sh OUT generate                  # whole jobs through the worker's path (bench_generate.py, ~4 min;
@@ -106,6 +107,8 @@ for step in "$@"; do
       --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_s2) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
+    wan14b_s2_rebalance) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
+      --kmeans-subsample 2 --query-tile-rebalance 16 --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_rebalance_bf16) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --query-tile-rebalance 16 --set "svg2core.ops.rebalance.rebalance.MARGIN_PRECISION='bf16'" \
       --out "$out/$step" > "$log" 2>&1 ;;

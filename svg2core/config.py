@@ -44,14 +44,16 @@ class SVG2Config:
             still those of every token, at ``(iters - 1) / s + 1`` passes over the tokens instead of ``iters``
             (:func:`svg2core.ops.kmeans.batched_kmeans`). H100, the warm selection at 480p 100 / 500: 6.0% of dense
             attention at 1, 5.0% at 2, 4.5% at 4; the Wan 1.3B 480p step 4% faster at 2, Wan 14B 720p 1%
-            (docs/benchmarks/NOTES_selection.md v19). 1 by default (the public method); the ``fast`` preset uses 2.
+            (docs/benchmarks/NOTES_selection.md v19); at 2 the attention error along a simulated trajectory at 480p's
+            size rises by 1.5-2% at fixed density, at 4 by 5-7%, as much as one warm iteration less (v20). 1 by
+            default (the public method); the ``fast`` preset uses 2.
         query_tile_rebalance: ``0``: the query clusters are the k-means'. ``rho > 0``: after the query k-means, a
             cluster whose last 128-row query tile (or half tile) holds at most ``rho`` rows beyond the tile below gives
             them, by smallest distance margin, to the nearest clusters with room in their last tile, so that the
             attention kernel runs fewer partly empty tiles (:func:`svg2core.ops.rebalance.rebalance_reference`). Off
-            by default: on an H100 the Wan 14B 25% kernel runs 4.5-6% faster with rho = 16; with the reworked
-            (persistent) margin kernel the step gained ~1% (579 -> 572 ms with ``kmeans_subsample = 2``, within the
-            runs' spread) for 0.3-0.5% more attention error (docs/benchmarks/NOTES_sparse_attn.md v24).
+            by default: on an H100 the Wan 14B 25% kernel runs 4.5-6% faster with rho = 16 and the step, with
+            ``kmeans_subsample = 2``, 1.2-2% (582 -> 570 / 573 ms, 2.00x / 1.98x) for 0.3-0.5% more attention error
+            (docs/benchmarks/NOTES_sparse_attn.md v24, v25).
     """
 
     mode: Mode = "top_p"
