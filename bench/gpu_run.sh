@@ -45,6 +45,9 @@
 #                                                       # a token sample (kmeans_subsample 1 / 2 / 4), timed
 #                                                       # (probe_kmeans_subsample.py); then its accuracy at 480p's size
 #                                                       # (probe_config_trajectory.py); w480_s2 / wan14b_s2: the steps
+#   bash bench/gpu_run.sh OUT persistent                # the Gluon kernel's persistent grid against the default at
+#                                                       # 10-25%, where the per-tile fixed cost weighs most
+#                                                       # (probe_gluon_ablate.py; lost 4-7% in session 5)
 #   bash bench/gpu_run.sh OUT hunyuan hunyuan_s2        # the HunyuanVideo 720p step at 15% / 25%, then with
 #                                                       # kmeans_subsample 2 (~3 min each)
 #   GPU_RUN_TESTS_K="rebalancing or subsample" bash bench/gpu_run.sh OUT tests   # only the Hopper tests whose names
@@ -111,6 +114,9 @@ for step in "$@"; do
       --kmeans-subsample 2 --query-tile-rebalance 16 --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_rebalance_bf16) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --query-tile-rebalance 16 --set "svg2core.ops.rebalance.rebalance.MARGIN_PRECISION='bf16'" \
+      --out "$out/$step" > "$log" 2>&1 ;;
+    persistent) python bench/probes/probe_gluon_ablate.py --variants "default=,persistent=gluon_persistent:1" \
+      --cases wan1.3b-480p@0.1,wan1.3b-480p@0.15,wan14b-720p@0.15,wan14b-720p@0.25 --reps 3 \
       --out "$out/$step" > "$log" 2>&1 ;;
     assign) python bench/probes/probe_assign.py --out "$out/$step" > "$log" 2>&1 ;;
     sort) python bench/probes/probe_sort.py --out "$out/$step" > "$log" 2>&1 ;;
