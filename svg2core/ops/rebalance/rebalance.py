@@ -12,9 +12,9 @@ from svg2core.state import Workspace
 # The margin kernel's dot: "tf32x3" (three TF32 tensor-core products of the fp32 rows and centroids, as accurate as
 # FFMA for these sums; the logits kernel's choice, svg2core.ops.select.select.LOGITS_PRECISION), "ieee" (FFMA), or
 # "bf16" (one product in the points' 16-bit dtype, bf16 for fp32 points, the centroids rounded: a near-tie may
-# choose another row; the default). H100, Wan 14B
-# 25% step, the kernel of session 19: the stage took 17.8 ms of 4 blocks with tf32x3 (192 KB of shared memory, one
-# program per SM) and 6.2 ms with bf16 (docs/benchmarks/NOTES_sparse_attn.md v21).
+# choose another row; the default). H100, Wan 14B 25% step, the kernel of session 19: the stage took 17.8 ms of 4
+# blocks with tf32x3 (192 KB of shared memory, one program per SM) and 6.2 ms with bf16 (NOTES_sparse_attn.md v21);
+# session 24, one Wan 14B-size call: the margins 1.22 ms (bf16) / 3.18 ms (tf32x3) before the chunked kernel (v25).
 MARGIN_PRECISION = "bf16"
 _BLOCK_N = 128  # sorted positions per chunk of the margin kernel
 # The margin kernel's launch (sm_90, Triton 3.9's ptxas, bf16 margins; bench/probes/compile_margin.py): chunks of 128
