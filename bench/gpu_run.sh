@@ -34,7 +34,9 @@
 #   bash bench/gpu_run.sh OUT wan14b wan14b_rebalance   # the Wan 14B 25% step without, then with query-tile
 #                                                       # rebalancing (rho = 16; ~90 s each); wan14b_rebalance_bf16:
 #                                                       # the same with the margins from one bf16 product;
-#                                                       # wan14b_s2_rebalance: with kmeans_subsample 2 as well
+#                                                       # wan14b_s2_rebalance / w480_s2_rebalance: with
+#                                                       # kmeans_subsample 2 as well (the fast preset's 480p clusters
+#                                                       # are 100 / 500: 327 rows each, tiles 84% full)
 #   bash bench/gpu_run.sh OUT rebalance_trajectory      # its accuracy along the simulated denoising trajectory at
 #                                                       # Wan 14B's size (probe_rebalance_trajectory.py)
 #   bash bench/gpu_run.sh OUT generate                  # whole jobs through the worker's path (bench_generate.py, ~4 min;
@@ -110,6 +112,8 @@ for step in "$@"; do
       --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_s2) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
+    w480_s2_rebalance) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
+      --kmeans-subsample 2 --query-tile-rebalance 16 --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_s2_rebalance) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --kmeans-subsample 2 --query-tile-rebalance 16 --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_rebalance_bf16) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
