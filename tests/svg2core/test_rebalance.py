@@ -55,6 +55,22 @@ def test_triton_moves_the_references_rows(b, h, n, c, block, rho, dtype):
     assert (shed > 0).any()
 
 
+def test_allocation_over_several_blocks_of_slots(monkeypatch):
+    # each destination counts its candidates block by block (BLOCK_S slots a step): with 4-slot blocks the ranks
+    # carry across many blocks, and the moves are still the reference's
+    from svg2core.ops.rebalance import rebalance as R
+
+    monkeypatch.setattr(R, "_BLOCK_S", 4)
+    x, labels, cent = _clustered(12, 1, 2, 300, 12, 64)
+    want = rebalance_reference(x.reshape(2, 300, 64), labels, cent, 8, 32)
+    perm, offsets = sort_by_cluster_reference(labels, 12)
+    excess, donor, _ = donors_and_room(cluster_sizes(labels, 12), 8, 32)
+    assert (excess * donor).sum(1).min() > 3 * 4  # the candidates span more than three blocks in every head
+    got = labels.clone()
+    rebalance_query_tiles(x, got, perm, offsets, cent, 8, 32, Workspace(), precision="ieee")
+    assert (want != labels).any() and torch.equal(got, want)
+
+
 def test_nothing_moves_without_room_or_with_rho_0():
     x, _, cent = _clustered(3, 1, 1, 50, 2, 64)
     # 33 and 17 rows in 16-row tiles: both clusters hold one row past a tile, both donors, so no cluster has room

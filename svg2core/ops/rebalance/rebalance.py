@@ -25,6 +25,7 @@ _BLOCK_C = 32  # centroids per step of its loop
 _MARGIN_STAGES = 2
 _BLOCK_P = 256  # rows per step of a donor's scan in the choose kernel
 _CB = 1024  # clusters per step of the slot prefix
+_BLOCK_S = 1024  # candidate slots per step of a destination's scan in the allocate kernel
 
 
 def _margin_programs(device: torch.device) -> int:
@@ -46,7 +47,7 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
         rho: the largest excess a donor sheds (0: nothing moves).
         block: rows of the attention kernel's query tile.
         workspace, name: owner and name prefix of the scratch buffers (margins and candidates).
-        backend: ``"triton"`` (four launches, no host synchronisation, no allocation but the workspace's first)
+        backend: ``"triton"`` (five launches, no host synchronisation, no allocation but the workspace's first)
             or ``"reference"``.
         precision: the margin kernel's dot (default :data:`MARGIN_PRECISION`).
     """
@@ -72,11 +73,9 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
     )
 
     rho = min(rho, block // 2)  # an excess is at most half a tile
-    slots = triton.next_power_of_2(max(2, c * rho))
-    slot_bits = (slots - 1).bit_length()
-    c_pow2 = triton.next_power_of_2(max(2, c))
-    if (c_pow2 + 1) << slot_bits >= 2**31 or n >= 2**31:
-        raise ValueError(f"num_q_clusters x rho too large for the allocation's int32 keys: {c} x {rho}")
+    slots = c * rho  # every donor's excess rows, at most
+    if n >= 2**31:
+        raise ValueError(f"x: at most 2^31 - 1 tokens per head (int32 positions), got {n}")
     ws = Workspace() if workspace is None else workspace
     dev = x.device
     margin = ws.buffer(f"{name}.rebalance_margin", (bh, n), torch.float32, dev)
@@ -101,9 +100,9 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
         offsets, margin, dest, cand_pos, cand_dest, c, rho, offsets.stride(0), margin.stride(0), cand_pos.stride(0),
         BLOCK=block, BLOCK_P=_BLOCK_P, CB=_CB, POS_BITS=max(1, (n - 1).bit_length()),
     )
-    _allocate_kernel[(bh,)](
+    _allocate_kernel[(c, bh)](
         offsets, cand_dest, taken, c, rho, offsets.stride(0), cand_dest.stride(0),
-        BLOCK=block, CB=_CB, SLOTS=slots, SLOT_BITS=slot_bits, C_POW2=c_pow2, num_warps=8,
+        BLOCK=block, CB=_CB, BLOCK_S=_BLOCK_S,
     )
     _apply_kernel[(c, bh)](
         offsets, perm, labels, cand_pos, cand_dest, taken, c, rho, offsets.stride(0), perm.stride(0),

@@ -1,15 +1,16 @@
 """Triton kernels of query-tile rebalancing (the rule: ``reference.py``).
 
-Four launches, none of which allocates or synchronises with the host; each recomputes what it needs of the
-per-cluster rule (excess, donor, room) from the cluster offsets of the current sort:
+Four launches (after the k-means' centroid preparation, whose copies the first reads), none of which allocates or
+synchronises with the host; each recomputes what it needs of the per-cluster rule (excess, donor, room) from the
+cluster offsets of the current sort:
 
 1. ``_margin_kernel`` (persistent grid over chunks of sorted positions): for the rows of donor clusters only, the
    distance to every centroid, the nearest cluster with room and the margin over the row's own centroid; by sorted
    position.
 2. ``_choose_kernel`` (grid: clusters x heads): a donor's ``excess`` rows of smallest margin, in order (ties: the lower
    position, i.e. the lower token), written to its slots of the head's candidate list (donors in id order).
-3. ``_allocate_kernel`` (grid: heads): the candidates sorted by (destination, slot) in registers, each destination
-   taking its first ``room``; one flag per slot.
+3. ``_allocate_kernel`` (grid: clusters x heads): each destination takes the first ``room`` of the candidates naming
+   it, in slot order; one flag per slot.
 4. ``_apply_kernel`` (grid: clusters x heads): a donor whose candidates were all taken relabels them.
 """
 
@@ -17,8 +18,6 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-
-from svg2core.ops.permute.triton_permute import _run_start
 
 
 @triton.jit
@@ -144,28 +143,24 @@ def _choose_kernel(
 def _allocate_kernel(
     offsets_ptr, cand_dest_ptr, taken_ptr,
     C, rho, stride_obh, stride_sbh,
-    BLOCK: tl.constexpr, CB: tl.constexpr, SLOTS: tl.constexpr, SLOT_BITS: tl.constexpr, C_POW2: tl.constexpr,
+    BLOCK: tl.constexpr, CB: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    bh = tl.program_id(0)
+    """One program per (destination cluster, head): the head's candidates naming this destination, in slot order,
+    the first ``room`` of them taken (its rank among them by a running count); every slot is written by its own
+    destination's program."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
     off_row = offsets_ptr + bh * stride_obh
     total = _slot_base(off_row, C, C, rho, BLOCK, CB)
-    s = tl.arange(0, SLOTS)
-    sm = s < total
-    jj = tl.arange(0, C_POW2)
-    jsize = tl.load(off_row + jj + 1, mask=jj < C, other=0) - tl.load(off_row + jj, mask=jj < C, other=0)
-    _, _, room = _rule(jsize, rho, BLOCK)
-    room = tl.where(jj < C, room, 0)
-    dst = tl.load(cand_dest_ptr + bh * stride_sbh + s, mask=sm, other=0)
-    ok = sm & (tl.gather(room, dst, 0) > 0)
-    big = C_POW2 << SLOT_BITS  # past every valid key: sorts last
-    key = tl.where(ok, (dst << SLOT_BITS) | s, big + s)
-    key = tl.sort(key)
-    valid = key < big
-    d_s = tl.where(valid, key >> SLOT_BITS, C_POW2 - 1)
-    slot = key & ((1 << SLOT_BITS) - 1)
-    _, first = tl.associative_scan((key >> SLOT_BITS, s), 0, _run_start)
-    taken = valid & ((s - first) < tl.gather(room, d_s, 0))
-    tl.store(taken_ptr + bh * stride_sbh + slot, taken.to(tl.int32), mask=slot < total)
+    room = _rule(tl.load(off_row + c + 1) - tl.load(off_row + c), rho, BLOCK)[2]
+    seen = 0
+    for s0 in range(0, total, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        sm = s < total
+        mine = sm & (tl.load(cand_dest_ptr + bh * stride_sbh + s, mask=sm, other=-1) == c)
+        rank = seen + tl.cumsum(mine.to(tl.int32), axis=0) - 1
+        tl.store(taken_ptr + bh * stride_sbh + s, (rank < room).to(tl.int32), mask=mine)
+        seen += tl.sum(mine.to(tl.int32), axis=0)
 
 
 @triton.jit
