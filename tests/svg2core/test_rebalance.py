@@ -85,15 +85,17 @@ def test_nothing_moves_without_room_or_with_rho_0():
     assert torch.equal(rebalance_reference(x.reshape(1, 50, 64), labels, cent, 1, 16), labels)
 
 
-def test_margins_by_chunks_of_sorted_positions_skip_and_span_clusters():
-    # the product's 128-row tiles: per head, a 256-row cluster (no donor, no room) fills the margin kernel's first two
-    # chunks of sorted positions (skipped), a donor of 130 rows (2 past a tile) spans the next two, and the others
-    # have room or not; labels need not be the nearest centroids' for the rule, so each head's are shuffled at random
+@pytest.mark.parametrize("precision", ["ieee", "bf16"])
+def test_margins_by_chunks_of_sorted_positions_skip_and_span_clusters(precision):
+    # the product's 128-row tiles: per head, a 256-row cluster (no donor, no room) fills the margin kernel's first
+    # chunks of sorted positions (128 rows with bf16 margins, 64 with fp32 ones: skipped), a donor of 130 rows (2 past
+    # a tile) spans the next ones, and the others have room or not; labels need not be the nearest centroids' for the
+    # rule, so each head's are shuffled at random
     from svg2core.ops.rebalance.rebalance import _BLOCK_N
 
     g = torch.Generator().manual_seed(4)
     h, d, sizes = 2, 64, (256, 130, 100, 150, 64)
-    assert _BLOCK_N == 128 and sizes[0] == 2 * _BLOCK_N
+    assert sizes[0] == 2 * _BLOCK_N
     n, c = sum(sizes), len(sizes)
     base = torch.repeat_interleave(torch.arange(c), torch.tensor(sizes))
     labels = torch.stack([base[torch.randperm(n, generator=g)] for _ in range(h)]).int()
@@ -107,8 +109,8 @@ def test_margins_by_chunks_of_sorted_positions_skip_and_span_clusters():
     assert ((want != labels).sum(1) == 2).all()  # each head's donor sheds its 2 rows
     perm, offsets = sort_by_cluster_reference(labels, c)
     got = labels.clone()
-    rebalance_query_tiles(x, got, perm, offsets, cent, 16, 128, Workspace(), precision="ieee")
-    assert torch.equal(got, want)
+    rebalance_query_tiles(x, got, perm, offsets, cent, 16, 128, Workspace(), precision=precision)
+    assert torch.equal(got, want)  # these rows have no near-tie, so the bf16 margins choose them too
 
 
 def test_svg2_attention_with_rebalancing_on_both_backends():

@@ -86,14 +86,18 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
     # the centroids' copies in the points' dtype and their fp32 norms, in the k-means' own prepared buffers (its next
     # assign prepares them again)
     cent_lp, cent_sq = _prepare(x, centroids, ws, name, prepared=False)
-    chunks_per_head = triton.cdiv(n, _BLOCK_N)
+    precision = precision or MARGIN_PRECISION
+    # fp32 rows (tf32x3, ieee) in chunks of 64: the shared memory of the previous kernel's shape, which fit on Triton
+    # 3.6 (192 KB with tf32x3); 128 fp32 rows need ~180 KB on Triton 3.9 and more on 3.6
+    block_n = _BLOCK_N if precision == "bf16" else 64
+    chunks_per_head = triton.cdiv(n, block_n)
     n_chunks = bh * chunks_per_head
     _margin_kernel[(min(n_chunks, _margin_programs(dev)),)](
         x, perm, labels, offsets, centroids, cent_lp, cent_sq, margin, dest, c, h, n, rho, n_chunks, chunks_per_head,
         x.stride(0), x.stride(1), x.stride(2), perm.stride(0), labels.stride(0), offsets.stride(0),
         centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
         margin.stride(0),
-        D=d, BLOCK=block, BLOCK_N=_BLOCK_N, BLOCK_C=_BLOCK_C, PRECISION=precision or MARGIN_PRECISION,
+        D=d, BLOCK=block, BLOCK_N=block_n, BLOCK_C=_BLOCK_C, PRECISION=precision,
         num_warps=4, num_stages=_MARGIN_STAGES,
     )
     _choose_kernel[(c, bh)](
