@@ -3,9 +3,9 @@
 ``svg2_attention`` returns, per (b, h), the query-key pairs it computed over all pairs of the valid keys, and the
 session's accounting adds each call's mean density and computed FLOPs to two fp64 device scalars. In torch these are
 ~20 small ops a call (casts, a gather, reductions, in-place adds), each its own launch, its own host time and a
-short kernel on the call's stream, so the Triton backend does each in one launch: ``selection_density`` (a program per (b, h)) and ``accumulate_density`` (one
-program). Both references (reference.py) are the specification, and both paths compute in fp64 (the pair counts exceed
-fp32's exact integers at 720p) and never synchronise.
+short kernel on the call's stream, so the Triton backend does each in one launch: ``selection_density`` (a program
+per (b, h)) and ``accumulate_density`` (one program). Both references (reference.py) are the specification, and
+both paths compute in fp64 (the pair counts exceed fp32's exact integers at 720p) and never synchronise.
 """
 
 from __future__ import annotations

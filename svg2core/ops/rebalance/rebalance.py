@@ -21,6 +21,9 @@ _BLOCK_N = 128  # sorted positions per chunk of the margin kernel
 # rows against 32 centroids a step in 2 stages, 4 warps: 166 registers, 40 KB of shared memory, no spills, so 3
 # programs fit an SM (chunks of 64 took 255 registers and spilled; 64 centroids a step: 189 registers, 2 programs)
 _MARGIN_PROGRAMS_PER_SM = 3  # the margin kernel's persistent programs per SM
+# fp32 margins (tf32x3, ieee) in chunks of 64 rows: the previous kernel's shape, whose shared memory fit on Triton 3.6
+# (192 KB with tf32x3); 128 fp32 rows need ~180 KB on Triton 3.9 and more on 3.6
+_BLOCK_N_FP32 = 64
 _BLOCK_C = 32  # centroids per step of its loop
 _MARGIN_STAGES = 2
 _BLOCK_P = 256  # rows per step of a donor's scan in the choose kernel
@@ -87,9 +90,7 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
     # assign prepares them again)
     cent_lp, cent_sq = _prepare(x, centroids, ws, name, prepared=False)
     precision = precision or MARGIN_PRECISION
-    # fp32 rows (tf32x3, ieee) in chunks of 64: the shared memory of the previous kernel's shape, which fit on Triton
-    # 3.6 (192 KB with tf32x3); 128 fp32 rows need ~180 KB on Triton 3.9 and more on 3.6
-    block_n = _BLOCK_N if precision == "bf16" else 64
+    block_n = _BLOCK_N if precision == "bf16" else _BLOCK_N_FP32
     chunks_per_head = triton.cdiv(n, block_n)
     n_chunks = bh * chunks_per_head
     _margin_kernel[(min(n_chunks, _margin_programs(dev)),)](
