@@ -3,7 +3,8 @@ configuration, so a change can be read before it costs GPU time.
 
     python bench/probes/compile_margin.py [--block-n 64 128] [--block-c 32 64] [--stages 2 3] [--warps 4 8]
 
-Run outside the interpreter (TRITON_INTERPRET unset); bf16 points, D = 128, bf16 margins (the default).
+Without options it compiles the library's launch (``svg2core.ops.rebalance.rebalance``'s constants). Run outside the
+interpreter (TRITON_INTERPRET unset); bf16 points, D = 128, bf16 margins (the default).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compile_sm90 import resources  # noqa: E402
 
+from svg2core.ops.rebalance import rebalance as R  # noqa: E402
 from svg2core.ops.rebalance.triton_rebalance import _margin_kernel  # noqa: E402
 
 
@@ -42,10 +44,10 @@ def compile_margin(block_n: int, block_c: int, stages: int, warps: int, precisio
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--block-n", type=int, nargs="+", default=[64])
-    ap.add_argument("--block-c", type=int, nargs="+", default=[32, 64])
-    ap.add_argument("--stages", type=int, nargs="+", default=[2])
-    ap.add_argument("--warps", type=int, nargs="+", default=[4])
+    ap.add_argument("--block-n", type=int, nargs="+", default=[R._BLOCK_N])
+    ap.add_argument("--block-c", type=int, nargs="+", default=[R._BLOCK_C])
+    ap.add_argument("--stages", type=int, nargs="+", default=[R._MARGIN_STAGES])
+    ap.add_argument("--warps", type=int, nargs="+", default=[R._MARGIN_WARPS])
     ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args()
     rows = []

@@ -51,6 +51,15 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def compiler_env(tmp_path) -> dict:
+    """The environment of a compile probe's subprocess (bench/probes/compile_*.py): outside the interpreter, with a
+    Triton cache of its own."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    return env
+
+
 def pytest_configure(config) -> None:
     # Triton 3.6's interpreter converts 1-element arrays to scalars (deprecated in numpy >= 1.25).
     config.addinivalue_line("filterwarnings", "ignore:Conversion of an array with ndim:DeprecationWarning")

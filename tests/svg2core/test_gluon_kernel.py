@@ -10,7 +10,6 @@ the Hopper-only guard, the per-architecture choice, and that it compiles for sm_
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,16 +58,9 @@ def test_gluon_impl_refuses_a_non_hopper_device():
         sparse_attention(q, q, q, kp, kp, **ints, config=cfg)
 
 
-def _compiler_env(tmp_path) -> dict:
-    """The environment of a compile probe's subprocess: outside the interpreter, with a cache of its own."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
-    return env
-
-
-def _compile_report(tmp_path, *flags: str) -> dict:
-    """bench/probes/compile_sm90.py's report of an sm_90 compile with ``flags`` (outside the interpreter)."""
-    env = _compiler_env(tmp_path)
+def _compile_report(tmp_path, env: dict, *flags: str) -> dict:
+    """bench/probes/compile_sm90.py's report of an sm_90 compile with ``flags`` (``env``: the ``compiler_env``
+    fixture, outside the interpreter)."""
     out = tmp_path / "report.json"
     subprocess.run([sys.executable, str(ROOT / "bench" / "probes" / "compile_sm90.py"), *flags, "--json", str(out)],
                    check=True, capture_output=True, env=env, timeout=300, cwd=ROOT)
@@ -77,8 +69,8 @@ def _compile_report(tmp_path, *flags: str) -> dict:
 
 @pytest.mark.parametrize("head_dim,flags", [(128, []), (64, []), (128, ["--tile-tables"]),
                                             (128, ["--tile-tables", "--persistent"])])
-def test_compiles_for_sm90_with_the_intended_structure(head_dim, flags, tmp_path):
-    r = _compile_report(tmp_path, "--head-dim", str(head_dim), *flags)
+def test_compiles_for_sm90_with_the_intended_structure(head_dim, flags, tmp_path, compiler_env):
+    r = _compile_report(tmp_path, compiler_env, "--head-dim", str(head_dim), *flags)
     assert r["regs"] <= G._MAXNREG  # 12 warps x 32 threads x 168 registers fit one SM
     assert r["shared"] <= 227 * 1024
     assert r[r"wgmma\.mma_async"] > 0 and r[r"cp\.async\.mbarrier\.arrive"] > 0
@@ -97,10 +89,10 @@ def test_padding_mask_flag_is_never_specialised():
     assert [p.name for p in G.sparse_attn_fwd_gluon.params if p.do_not_specialize] == ["HAS_KPM_I"]
 
 
-def test_pinned_pv_wait_follows_every_exponential(tmp_path):
+def test_pinned_pv_wait_follows_every_exponential(tmp_path, compiler_env):
     # gluon_pin_wait's mechanism rests on ptxas keeping a wgmma wait after an earlier shared-memory store:
     # check it in the SASS, so a compiler update that breaks it shows here rather than only as lost time
-    steps = _compile_report(tmp_path, "--stages", "3", "--pin-wait")["pv_wait"]
+    steps = _compile_report(tmp_path, compiler_env, "--stages", "3", "--pin-wait")["pv_wait"]
     assert len(steps) >= 2  # a full-tile and a masked step per consumer warpgroup at least
     for step in steps:
         assert step["ex2_before_wait"] >= 64 and step["ex2_after_wait"] == 0, steps

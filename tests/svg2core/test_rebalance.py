@@ -198,10 +198,10 @@ def test_bf16_margins_keep_the_rule():
     assert torch.all(donor | ((shed <= 0) & (-shed <= room)))
 
 
-def test_the_margin_kernels_launch_fits_an_sm_without_spills(tmp_path):
-    # bench/probes/compile_margin.py compiles the default launch for sm_90 with Triton's own ptxas (no GPU needed)
+def test_the_margin_kernels_launch_fits_an_sm_without_spills(tmp_path, compiler_env):
+    # bench/probes/compile_margin.py compiles the library's launch (its defaults) for sm_90 with Triton's own ptxas
+    # (no GPU needed)
     import json
-    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -209,13 +209,11 @@ def test_the_margin_kernels_launch_fits_an_sm_without_spills(tmp_path):
     from svg2core.ops.rebalance import rebalance as R
 
     root = Path(__file__).resolve().parents[2]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
     out = tmp_path / "margin.json"
-    subprocess.run([sys.executable, str(root / "bench" / "probes" / "compile_margin.py"), "--block-n", str(R._BLOCK_N),
-                    "--block-c", str(R._BLOCK_C), "--stages", str(R._MARGIN_STAGES), "--warps", "4", "--json", str(out)],
-                   check=True, capture_output=True, env=env, timeout=300, cwd=root)
+    subprocess.run([sys.executable, str(root / "bench" / "probes" / "compile_margin.py"), "--json", str(out)],
+                   check=True, capture_output=True, env=compiler_env, timeout=300, cwd=root)
     (row,) = json.loads(out.read_text())
+    assert (row["block_n"], row["block_c"], row["stages"], row["warps"]) == (R._BLOCK_N, R._BLOCK_C,
+                                                                             R._MARGIN_STAGES, R._MARGIN_WARPS)
     assert row["stack"] == 0  # no spills
     assert row["programs_per_sm"] >= R._MARGIN_PROGRAMS_PER_SM  # the persistent grid's programs are all resident
-

@@ -26,6 +26,7 @@ _MARGIN_PROGRAMS_PER_SM = 3  # the margin kernel's persistent programs per SM
 _BLOCK_N_FP32 = 64
 _BLOCK_C = 32  # centroids per step of its loop
 _MARGIN_STAGES = 2
+_MARGIN_WARPS = 4
 _BLOCK_P = 256  # rows per step of a donor's scan in the choose kernel
 _CB = 1024  # clusters per step of the slot prefix
 _BLOCK_S = 1024  # candidate slots per step of a destination's scan in the allocate kernel
@@ -99,7 +100,7 @@ def rebalance_query_tiles(x: torch.Tensor, labels: torch.Tensor, perm: torch.Ten
         centroids.stride(0), centroids.stride(1), cent_lp.stride(0), cent_lp.stride(1), cent_sq.stride(0),
         margin.stride(0),
         D=d, BLOCK=block, BLOCK_N=block_n, BLOCK_C=_BLOCK_C, PRECISION=precision,
-        num_warps=4, num_stages=_MARGIN_STAGES,
+        num_warps=_MARGIN_WARPS, num_stages=_MARGIN_STAGES,
     )
     _choose_kernel[(c, bh)](
         offsets, margin, dest, cand_pos, cand_dest, c, rho, offsets.stride(0), margin.stride(0), cand_pos.stride(0),
