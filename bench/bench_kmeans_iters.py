@@ -198,15 +198,16 @@ def trajectory_cases(seeds, steps: int, densities, sigma_start: float, step_nois
         print(f"seed {seed} done", flush=True)
 
 
-def paired_summary(rows: list[dict], key: str, variants, baseline, ratios: tuple[str, ...] = ()) -> list[dict]:
+def paired_summary(rows: list[dict], key: str, variants, baseline, ratios: tuple[str, ...] = (),
+                   steps: range | None = None) -> list[dict]:
     """Per (mode, knob, variant) of rows from the probes that rerun the trajectory (``rows[i][key]`` names the
-    variant), over the warm steps (>= 1): the mean density and error, the paired error difference against
-    ``baseline`` (same seed and step) as mean +- std over the seeds' means, the share of (seed, step) pairs where the
-    variant's error is larger, and for each field of ``ratios`` the mean ratio ``<field>_ratio`` against the
-    baseline's."""
+    variant), over the warm steps (>= 1; ``steps``: those of them present instead, e.g. ``range(1)`` for the cold
+    call): the mean density and error, the paired error difference against ``baseline`` (same seed and step) as mean
+    +- std over the seeds' means, the share of (seed, step) pairs where the variant's error is larger, and for each
+    field of ``ratios`` the mean ratio ``<field>_ratio`` against the baseline's."""
     out = []
     seeds = sorted({r["seed"] for r in rows})
-    steps = sorted({r["step"] for r in rows if r["step"] >= 1})
+    steps = sorted({r["step"] for r in rows if (r["step"] >= 1 if steps is None else r["step"] in steps)})
     by = {(r["seed"], r["step"], r["mode"], r["knob"], r[key]): r for r in rows}
     for mode, knob in sorted({(r["mode"], r["knob"]) for r in rows}):
         for variant in variants:

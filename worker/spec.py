@@ -39,6 +39,10 @@ class SparsitySettings(BaseModel):
         1, ge=1, le=64, description="1: every k-means iteration uses every video token. s: every iteration of a "
         "call but its last uses every s-th token only; the last uses all, so the clusters are still every token's."
     )
+    kmeans_init_subsample: int = Field(
+        1, ge=1, le=64, description="The same for a layer's cold first call of a job (kmeans_iters_init iterations): "
+        "s runs all of them but the last on every s-th token."
+    )
     query_tile_rebalance: int = Field(
         0, ge=0, le=64, description="0: the query clusters are the k-means'. rho: a query cluster whose last 128-row "
         "tile (or half tile) holds at most rho rows beyond the tile below gives them to the nearest clusters with "

@@ -108,11 +108,24 @@ def main() -> None:
     intro = (trajectory_setup(args, grid, "probe_config_trajectory.py") + " Variants set the fields they name. "
              f"delta: paired error difference against `{args.baseline}` (same seed and step), mean +- std over seeds; "
              "worse: share of (seed, step) pairs where the variant's error is larger.")
+    columns = [("variant", lambda r: r["variant"]), ("density", lambda r: f"{r['density']:.4f}"),
+               ("error", lambda r: f"{r['error']:.4f}"), (f"delta vs {args.baseline}", paired_delta),
+               ("worse", lambda r: f"{r['worse_share']:.2f}")]
     write_trajectory_probe(Path(args.out), stem, args, summary, rows,
-                           f"SVG2Config variants: accuracy along the simulated trajectory ({card})", intro,
-                           [("variant", lambda r: r["variant"]), ("density", lambda r: f"{r['density']:.4f}"),
-                            ("error", lambda r: f"{r['error']:.4f}"), (f"delta vs {args.baseline}", paired_delta),
-                            ("worse", lambda r: f"{r['worse_share']:.2f}")])
+                           f"SVG2Config variants: accuracy along the simulated trajectory ({card})", intro, columns)
+    # the cold call itself, and the first warm steps after it (where a cheaper cold start would still show)
+    early = {"the cold call (step 0)": range(1), "the first warm steps (1-3)": range(1, 4)}
+    tables = {title: paired_summary(rows, "variant", list(variants), args.baseline, steps=steps)
+              for title, steps in early.items()}
+    lines = []
+    for title, table in tables.items():
+        head = ["mode", "knob", *(h for h, _ in columns)]
+        lines += ["", f"Over {title} only:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join([str(r["mode"]), str(r["knob"]), *(cell(r) for _, cell in columns)]) + " |"
+                  for r in table]
+    with open(Path(args.out) / f"{stem}.md", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

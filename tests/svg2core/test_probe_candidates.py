@@ -61,13 +61,28 @@ def test_probe_config_trajectory_runs_variants_and_writes_its_table(tmp_path, mo
             raise AssertionError(f"{bad!r} was accepted")
     monkeypatch.setattr("sys.argv", ["probe", "--out", str(tmp_path), "--seeds", "2", "--steps", "2", "--densities",
                                      "0.25", "--grid", "3,8,8", "--objects", "3", "--cq", "4", "--ck", "16",
-                                     "--variant", "kmeans_iters=0", "--name", "t"])
+                                     "--variant", "kmeans_iters=0", "--variant", "kmeans_iters_init=1",
+                                     "--name", "t"])
     probe.main()
-    table = (tmp_path / "probe_t_trajectory_cpu_4_16_3x8x8.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| fixed") or line.startswith("| top_p")]
-    assert len(rows) == 4  # (fixed 25%, top-p) x (default, kmeans_iters=0)
+    text = (tmp_path / "probe_t_trajectory_cpu_4_16_3x8x8.md").read_text()
+    main, cold, first_warm = text.split("\nOver ")
+
+    def table_rows(part):
+        return [line for line in part.splitlines() if line.startswith("| fixed") or line.startswith("| top_p")]
+
+    def delta(row):
+        return float(row.split("|")[6].split()[0])
+
+    rows = table_rows(main)
+    assert len(rows) == 6  # (fixed 25%, top-p) x (default, kmeans_iters=0, kmeans_iters_init=1)
     default = [r for r in rows if "| default |" in r]
     assert all("+0.00000 +- 0.00000" in r for r in default)  # the baseline against itself
     # the variant ran (assign-only warm calls give other clusters, so another error, at every knob)
     no_iters = [r for r in rows if "kmeans_iters=0" in r]
-    assert len(no_iters) == 2 and all(float(r.split("|")[6].split()[0]) != 0.0 for r in no_iters)
+    assert len(no_iters) == 2 and all(delta(r) != 0.0 for r in no_iters)
+    # the cold call's own table: a warm-call setting leaves step 0 as it was, a cold-call one changes it
+    assert cold.startswith("the cold call (step 0)") and first_warm.startswith("the first warm steps (1-3)")
+    cold_rows = table_rows(cold)
+    assert len(cold_rows) == 6
+    assert all(delta(r) == 0.0 for r in cold_rows if "kmeans_iters=0" in r)
+    assert all(delta(r) != 0.0 for r in cold_rows if "kmeans_iters_init=1" in r)
