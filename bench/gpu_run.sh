@@ -47,12 +47,11 @@
 #                                                       # a token sample (kmeans_subsample 1 / 2 / 4), timed
 #                                                       # (probe_kmeans_subsample.py); then its accuracy at 480p's size
 #                                                       # (probe_config_trajectory.py); w480_s2 / wan14b_s2: the steps
-#   bash bench/gpu_run.sh OUT cold cold_trajectory     # a layer's cold first call: what it adds to a job, with its
-#                                                       # k-means on a token sample (kmeans_init_subsample 2-16) or 20
-#                                                       # iterations (probe_cold_start.py, ~2 min); then their accuracy
-#                                                       # at 480p's size, cold call and warm steps
-#                                                       # (probe_config_trajectory.py); cold_trajectory_720p: at Wan
-#                                                       # 14B's size (300 / 1000)
+#   bash bench/gpu_run.sh OUT cold cold_trajectory     # a layer's cold first call: what it adds to a job with 5-50
+#                                                       # cold iterations or on a token sample (probe_cold_start.py,
+#                                                       # ~2 min); then their accuracy at 480p's size, cold call and
+#                                                       # warm steps (probe_config_trajectory.py); cold_trajectory_720p:
+#                                                       # at Wan 14B's size (300 / 1000)
 #   bash bench/gpu_run.sh OUT persistent                # the Gluon kernel's persistent grid against the default at
 #                                                       # 10-25%, where the per-tile fixed cost weighs most
 #                                                       # (probe_gluon_ablate.py; lost 4-7% in session 5)
@@ -109,15 +108,11 @@ for step in "$@"; do
     subsample) python bench/probes/probe_kmeans_subsample.py --out "$out/$step" > "$log" 2>&1 ;;
     cold) python bench/probes/probe_cold_start.py --out "$out/$step" > "$log" 2>&1 ;;
     cold_trajectory) python bench/probes/probe_config_trajectory.py --grid 21,30,52 --objects 12 --cq 200 \
-      --ck 1000 --device cuda --backend triton --seeds 2 --steps 8 --variant kmeans_init_subsample=4 \
-      --variant kmeans_init_subsample=8 --variant kmeans_init_subsample=16 --variant kmeans_iters_init=20 \
-      --name cold_start --out "$out/$step" > "$log" 2>&1 ;;
+      --ck 1000 --device cuda --backend triton --seeds 2 --steps 8 --variant kmeans_iters_init=5 \
+      --variant kmeans_iters_init=10 --variant kmeans_iters_init=20 --name cold_iters --out "$out/$step" > "$log" 2>&1 ;;
     cold_trajectory_720p) python bench/probes/probe_config_trajectory.py --grid 21,45,80 --objects 24 --cq 300 \
-      --ck 1000 --device cuda --backend triton --seeds 2 --steps 6 --variant kmeans_init_subsample=8 \
-      --variant kmeans_init_subsample=16 --name cold_start --out "$out/$step" > "$log" 2>&1 ;;
-    subsample_trajectory) python bench/probes/probe_config_trajectory.py --grid 21,30,52 --objects 12 --cq 100 \
-      --ck 500 --device cuda --backend triton --seeds 2 --steps 12 --variant kmeans_subsample=2 \
-      --variant kmeans_subsample=4 --variant kmeans_iters=1 --name kmeans_subsample --out "$out/$step" > "$log" 2>&1 ;;
+      --ck 1000 --device cuda --backend triton --seeds 2 --steps 6 --variant kmeans_iters_init=10 \
+      --variant kmeans_iters_init=20 --name cold_iters --out "$out/$step" > "$log" 2>&1 ;;
     w480_s2) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
       --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
     hunyuan) python bench/bench_pipeline_step.py --compile --models hunyuanvideo-720p --densities 0.15,0.25 \

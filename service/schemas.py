@@ -38,8 +38,8 @@ class VideoCreate(BaseModel):
         None,
         description="Sparse-attention budget: a preset name (dense, quality, balanced, fast) or an object "
         "of fields (preset, mode, top_p, min_density, max_density, target_density, num_q_clusters, "
-        "num_k_clusters, kmeans_iters_init, kmeans_iters, kmeans_candidates, kmeans_subsample, kmeans_init_subsample, "
-        "query_tile_rebalance, dense_warmup_fraction, dense_warmup_steps, dense_layers).",
+        "num_k_clusters, kmeans_iters_init, kmeans_iters, kmeans_candidates, kmeans_subsample, query_tile_rebalance, "
+        "dense_warmup_fraction, dense_warmup_steps, dense_layers).",
     )
 
     @field_validator("seconds", mode="before")

@@ -32,7 +32,10 @@ class SVG2Config:
         target_density: key fraction per query cluster in ``"fixed_density"`` mode, in (0, 1].
         num_q_clusters: k-means clusters of the query vectors, per (batch, head).
         num_k_clusters: k-means clusters of the key vectors, per (batch, head).
-        kmeans_iters_init: Lloyd iterations of the first (cold) call of a layer.
+        kmeans_iters_init: Lloyd iterations of the first (cold) call of a layer, from evenly strided tokens. 50 by
+            default (the public scripts'); on an H100 that is 11.7 s of a Wan 14B 720p job (78 cold calls), and 20
+            give nearly the same attention error along a simulated denoising run for 40% of it (the presets' choices:
+            docs/presets.md; docs/benchmarks/NOTES_selection.md v21).
         kmeans_iters: Lloyd iterations of later calls, warm-started from the cached centroids.
         kmeans_candidates: ``0``: every assign compares each token with all centroids. ``m > 0``: every assign but
             a call's first compares each token only with the ``m`` centroids nearest its current cluster's (that
@@ -47,12 +50,6 @@ class SVG2Config:
             (docs/benchmarks/NOTES_selection.md v19); at 2 the attention error along a simulated trajectory at 480p's
             size rises by 1.5-2% at fixed density, at 4 by 5-7%, as much as one warm iteration less (v20). 1 by
             default (the public method); the ``fast`` preset uses 2.
-        kmeans_init_subsample: the same for a layer's cold first call (``kmeans_iters_init`` iterations from the
-            strided start, the call ``kmeans_subsample`` leaves out): ``s > 1`` runs all of them but the last on every
-            ``s``-th video token, at ``(kmeans_iters_init - 1) / s + 1`` passes over the tokens instead of
-            ``kmeans_iters_init``. The cold call runs once per layer, CFG branch and job, but its 50 iterations cost
-            as much as ~25 warm calls: 1.2 s of a Wan 1.3B 480p job on an H100 (docs/benchmarks/NOTES_selection.md
-            v21). 1 by default (the public method); the presets' values are measured (docs/presets.md).
         query_tile_rebalance: ``0``: the query clusters are the k-means'. ``rho > 0``: after the query k-means, a
             cluster whose last 128-row query tile (or half tile) holds at most ``rho`` rows beyond the tile below gives
             them, by smallest distance margin, to the nearest clusters with room in their last tile, so that the
@@ -73,7 +70,6 @@ class SVG2Config:
     kmeans_iters: int = 2
     kmeans_candidates: int = 0
     kmeans_subsample: int = 1
-    kmeans_init_subsample: int = 1
     query_tile_rebalance: int = 0
 
     def __post_init__(self) -> None:
@@ -113,8 +109,6 @@ def config_errors(cfg: SVG2Config) -> list[str]:
         errs.append(f"kmeans_candidates: must be in [0, 8192], got {cfg.kmeans_candidates}")
     if not 1 <= cfg.kmeans_subsample <= 64:
         errs.append(f"kmeans_subsample: must be in [1, 64], got {cfg.kmeans_subsample}")
-    if not 1 <= cfg.kmeans_init_subsample <= 64:
-        errs.append(f"kmeans_init_subsample: must be in [1, 64], got {cfg.kmeans_init_subsample}")
     if not 0 <= cfg.query_tile_rebalance <= 64:
         errs.append(f"query_tile_rebalance: must be in [0, 64] (rows of half a query tile), got "
                     f"{cfg.query_tile_rebalance}")

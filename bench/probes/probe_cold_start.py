@@ -1,16 +1,17 @@
-"""What a layer's cold first call costs a job, and how much of it a token sample (``kmeans_init_subsample``) saves.
+"""What a layer's cold first call costs a job, and how much of it fewer cold iterations or a token sample save.
 
 A layer's first sparse call of a job (per CFG branch) has no cached centroids: it runs ``kmeans_iters_init`` (50,
 the public setting) Lloyd iterations on Q and on K from the strided start, where a warm call runs 2. Everything else
 in the call (the attention itself) is the same cold or warm, so this times the selection stages of a call
 (``cluster_and_select``: both k-means, scoring, selection, K/V gather; random bf16 tokens) cold, from the strided
-start, per variant of the cold call's settings, and warm (2 iterations), in alternating rounds, and gives what the
+start, per variant of the cold call's settings (``kmeans_iters_init``; ``kmeans_subsample``, which a cold call takes
+too), and warm (2 iterations), in alternating rounds, and gives what the
 cold calls add to one job: (cold - warm) x the job's sparse layers x CFG branches.
 
 Checks first, per variant: the cached key and query centroids are the means of the call's final clusters (every
 token's: the last iteration runs on all of them whatever the sample), and the selection's sizes add up to the
 tokens. Accuracy is not measured here (random tokens): see ``probe_config_trajectory.py`` (``--variant
-kmeans_init_subsample=8``), whose tables include the cold call itself.
+kmeans_iters_init=20``), whose tables include the cold call itself.
 
     python bench/probes/probe_cold_start.py --out DIR [--rounds 3]
 """
@@ -41,9 +42,8 @@ from svg2core.state import Workspace  # noqa: E402
 SHAPES = (("wan1.3b-480p", 12, 32760, 200, 1000, 29 * 2), ("wan1.3b-480p fast", 12, 32760, 100, 500, 29 * 2),
           ("wan14b-720p", 40, 75600, 300, 1000, 39 * 2), ("hunyuan-720p", 24, 118800, 400, 1000, 58 * 1))
 # label -> the cold call's SVG2Config fields
-VARIANTS = {"50 full": {}, "s2": {"kmeans_init_subsample": 2}, "s4": {"kmeans_init_subsample": 4},
-            "s8": {"kmeans_init_subsample": 8}, "s16": {"kmeans_init_subsample": 16},
-            "20 full": {"kmeans_iters_init": 20}}
+VARIANTS = {"50": {}, "30": {"kmeans_iters_init": 30}, "20": {"kmeans_iters_init": 20},
+            "10": {"kmeans_iters_init": 10}, "5": {"kmeans_iters_init": 5}, "50 on s8": {"kmeans_subsample": 8}}
 
 
 def _centroids_are_means(x: torch.Tensor, labels: torch.Tensor, cent: torch.Tensor) -> bool:
@@ -71,8 +71,7 @@ def case(name, h, nv, cq, ck, cold_calls, dev, rounds) -> dict:
         if cold:  # what svg2_attention does on a layer's first call
             init_centroids_strided(q, cq, q_cent)
             init_centroids_strided(k, ck, k_cent)
-            return cluster_and_select(q, k, v, q_cent, k_cent, cfg.kmeans_iters_init, cfg, ws, candidates=0,
-                                      subsample=cfg.kmeans_init_subsample)
+            return cluster_and_select(q, k, v, q_cent, k_cent, cfg.kmeans_iters_init, cfg, ws, candidates=0)
         return cluster_and_select(q, k, v, q_cent, k_cent, cfg.kmeans_iters, cfg, ws)
 
     checks = {}
@@ -98,12 +97,12 @@ def main() -> None:
     out = P.ProbeResults(args.out, "probe_cold_start", rows=[], variants=VARIANTS)
     P.run_shapes(out, "rows", functools.partial(case, rounds=args.rounds), SHAPES, torch.device("cuda"))
     labels = list(VARIANTS)
-    lines = [f"# A layer's cold call: its cost to a job, with the k-means' cold iterations on a token sample "
-             f"({out.device})", "",
+    lines = [f"# A layer's cold call: its cost to a job, with fewer cold iterations or on a token sample ({out.device})",
+             "",
              "The selection stages of a call (both k-means, scoring, selection, K/V gather; random bf16 tokens, fixed "
              "density 25%), best ms of alternating rounds: cold (from the strided start) per variant, and warm (2 "
-             "iterations). `50 full`: the public cold start; `sN`: `kmeans_init_subsample = N` (49 iterations on every "
-             "N-th video token, the last on all); `20 full`: `kmeans_iters_init = 20`. In brackets: what the job's cold "
+             "iterations). `N`: `kmeans_iters_init = N` (50: the public cold start); `50 on s8`: `kmeans_subsample = 8` (49 "
+             "iterations on every 8th video token, the last on all). In brackets: what the job's cold "
              "calls add to it, (cold - warm) x cold calls, in seconds. checks: for every variant, the cached centroids "
              "are the final clusters' means and the cluster sizes add up to the tokens.", "",
              "| shape | Cq/Ck | cold calls | warm ms | " + " | ".join(labels) + " | checks |",

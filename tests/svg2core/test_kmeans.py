@@ -433,9 +433,8 @@ def test_subsample_in_a_triton_call_matches_the_reference_call():
 
 
 def test_a_call_with_kmeans_subsample_on_both_backends():
-    # svg2_attention with kmeans_subsample (warm calls) and kmeans_init_subsample (the cold call): the query and key
-    # k-means both take them; both backends give the same density and output, cold and warm, and the cached centroids
-    # are the means of the call's final clusters (every token's)
+    # svg2_attention with kmeans_subsample: the query and key k-means both take it; both backends give the same density
+    # and output, cold and warm, and the cached centroids are the means of the call's final clusters (every token's)
     from svg2core import LayerState, SVG2Config, svg2_attention
 
     b, h, n, d = 1, 2, 120, 64
@@ -443,7 +442,7 @@ def test_a_call_with_kmeans_subsample_on_both_backends():
     k, ck = _blobs(b, h, n, d, 4, seed=7)
     v = torch.randn(b, h, n, d, generator=torch.Generator().manual_seed(8)).half()
     cfg = SVG2Config(mode="fixed_density", target_density=0.5, num_q_clusters=3, num_k_clusters=4,
-                     kmeans_iters_init=4, kmeans_iters=2, kmeans_subsample=3, kmeans_init_subsample=3)
+                     kmeans_iters_init=4, kmeans_iters=2, kmeans_subsample=3)
     outs = {}
     for backend in ("reference", "triton"):
         state, ws = LayerState(), Workspace()
@@ -457,48 +456,6 @@ def test_a_call_with_kmeans_subsample_on_both_backends():
     for (o_ref, d_ref), (o_tri, d_tri) in zip(outs["reference"], outs["triton"], strict=True):
         torch.testing.assert_close(d_tri, d_ref)
         torch.testing.assert_close(o_tri.float(), o_ref.float(), atol=2e-2, rtol=2e-2)
-
-
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_the_cold_call_takes_kmeans_init_subsample_and_warm_calls_kmeans_subsample(backend):
-    # A layer's cold call runs kmeans_iters_init iterations from the strided start with kmeans_init_subsample as its
-    # sample stride; warm calls run kmeans_iters with kmeans_subsample, whatever kmeans_init_subsample says. Each call's
-    # k-means is compared with batched_kmeans run alone on the same backend (unclustered data: a sample's means differ
-    # from every token's, so a wrong stride shows)
-    from svg2core import LayerState, SVG2Config, svg2_attention
-    from svg2core.state import BranchCentroids
-
-    b, h, n, d = 1, 2, 150, 64
-    gen = torch.Generator().manual_seed(11)
-    q, k, v = (torch.randn(b, h, n, d, generator=gen).half() for _ in range(3))
-    base = SVG2Config(mode="fixed_density", target_density=0.5, num_q_clusters=3, num_k_clusters=5,
-                      kmeans_iters_init=5, kmeans_iters=2)
-
-    def expected(x, c, iters, start, s):  # the k-means a call should run, on its own
-        cent = start.clone()
-        batched_kmeans(x, cent, iters, Workspace(), "x", backend, subsample=s)
-        return cent
-
-    cold = {}
-    for s in (1, 4):
-        state = LayerState()
-        svg2_attention(q, k, v, base.replace(kmeans_init_subsample=s), state, workspace=Workspace(), backend=backend)
-        cold[s] = state.get(0)
-        for x, c, got in ((q, 3, cold[s].q), (k, 5, cold[s].k)):
-            start = init_centroids_strided_reference(x.reshape(b * h, n, d), c)
-            torch.testing.assert_close(got.view(b * h, c, d), expected(x, c, 5, start, s), rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(cold[1].k, cold[4].k)  # the sample changed the cold clustering on this draw
-
-    # warm: the same start, kmeans_subsample 2 whatever the cold stride; kmeans_init_subsample plays no part
-    warm = []
-    for init_s in (1, 4):
-        state = LayerState()
-        state.put(0, BranchCentroids(q=cold[1].q.clone(), k=cold[1].k.clone()))
-        cfg = base.replace(kmeans_subsample=2, kmeans_init_subsample=init_s)
-        warm.append(svg2_attention(q, k, v, cfg, state, workspace=Workspace(), backend=backend))
-        torch.testing.assert_close(state.get(0).k.view(b * h, 5, d),
-                                   expected(k, 5, 2, cold[1].k.view(b * h, 5, d), 2), rtol=1e-5, atol=1e-5)
-    assert torch.equal(warm[0][0], warm[1][0]) and torch.equal(warm[0][1], warm[1][1])
 
 
 def test_a_request_sets_kmeans_subsample():
@@ -515,9 +472,3 @@ def test_a_request_sets_kmeans_subsample():
     settings = resolve_sparsity({"preset": "balanced", "kmeans_subsample": 2})
     assert SparsityPlan.from_settings(settings).config.kmeans_subsample == 2
     assert SparsitySettings().kmeans_subsample == 1
-    with pytest.raises(ValueError, match=r"kmeans_init_subsample: must be in \[1, 64\]"):
-        SVG2Config(kmeans_init_subsample=65)
-    with pytest.raises(ValidationError, match="kmeans_init_subsample"):
-        resolve_sparsity({"preset": "balanced", "kmeans_init_subsample": 0})
-    settings = resolve_sparsity({"preset": "balanced", "kmeans_init_subsample": 8})
-    assert SparsityPlan.from_settings(settings).config.kmeans_init_subsample == 8

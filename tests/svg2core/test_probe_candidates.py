@@ -86,3 +86,30 @@ def test_probe_config_trajectory_runs_variants_and_writes_its_table(tmp_path, mo
     assert len(cold_rows) == 6
     assert all(delta(r) == 0.0 for r in cold_rows if "kmeans_iters=0" in r)
     assert all(delta(r) != 0.0 for r in cold_rows if "kmeans_iters_init=1" in r)
+
+
+def test_probe_cold_start_checks_each_cold_variant(monkeypatch):
+    # probe_cold_start's checks on a small problem (Triton kernels interpreted on the CPU): every cold variant and the
+    # warm call leave the centroids at their final clusters' means, and the check itself rejects other centroids. The
+    # timer is replaced by one call of each variant (timing needs CUDA events; what is checked is the probe's calls).
+    probe = load_bench("probes/probe_cold_start.py")
+    monkeypatch.setattr(probe, "VARIANTS", {"2": {"kmeans_iters_init": 2},
+                                            "3 on s3": {"kmeans_iters_init": 3, "kmeans_subsample": 3}})
+    calls = []
+
+    def one_call_each(fns, rounds):
+        for fn in fns.values():
+            calls.append(fn())
+        return {label: [1.0] for label in fns}
+
+    monkeypatch.setattr(probe.P, "alternating_times", one_call_each)
+    row = probe.case("tiny", 2, 150, 4, 12, 10, torch.device("cpu"), 1)
+    assert row["checks"] == {"2": True, "3 on s3": True, "warm": True}
+    assert len(calls) == 3 and row["job_extra_s"] == {"2": 0.0, "3 on s3": 0.0}
+    plan = calls[0]
+    x = torch.randn(1, 2, 150, 128)
+    labels = plan.k_labels
+    cent = torch.stack([torch.stack([x[0, h][labels[h] == c].mean(0) if (labels[h] == c).any() else torch.zeros(128)
+                                     for c in range(12)]) for h in range(2)])
+    assert probe._centroids_are_means(x, labels, cent)
+    assert not probe._centroids_are_means(x, labels, cent + 0.01)
