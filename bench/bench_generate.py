@@ -6,6 +6,10 @@ pipeline, as a worker runs them; every MP4 written by the worker's writer and re
     python bench/bench_generate.py --out OUT                      # Wan 2.1 1.3B 480p 81 frames, 50 steps
     python bench/bench_generate.py --out OUT --steps 20 --budgets dense,fixed:0.15
     python bench/bench_generate.py --out OUT --smoke              # CPU: the tiny model's shapes (checks the script)
+    python bench/bench_generate.py --out OUT --model wan2.1-t2v-14b --steps 20 \
+        --budgets dense,fixed:0.25,fixed:0.25+kmeans_iters_init=50  # Wan 2.1 14B 720p (~5 min on an H100)
+    python bench/bench_generate.py --out OUT --model hunyuanvideo --steps 12 --budgets dense,fixed:0.25
+    python bench/bench_generate.py --out OUT --model hunyuanvideo --smoke   # CPU: its builder at toy sizes
 
 What it answers that ``bench_pipeline_step.py`` cannot: the measured end-to-end speedup of a real job
 (prompt encoding, dense warm-up steps, the cold k-means of each job's first sparse step, CFG, VAE
@@ -17,7 +21,10 @@ Weights are random (no weights can be downloaded here), so the output is noise a
 sparsity: the ``fixed:<density>`` budgets use the fixed-density mode; ``balanced`` shows what the
 top-p preset selects on random weights. The text encoder is a 2-layer UMT5 of the real width (its
 cost is one call per job) and the tokenizer the tiny model's byte vocabulary; transformer, VAE and
-scheduler have the public checkpoint's configuration.
+scheduler have the public checkpoint's configuration. HunyuanVideo: its transformer, VAE and scheduler at
+the public configuration, a 3-layer Llama and a 1-layer CLIP text model of the real widths (4096, 768)
+with the byte vocabulary (the prompt template alone fills the 256 text tokens, all valid), and the
+registry entry's VAE tiling.
 
 Checks first (every budget): frames finite and of the requested shape, the MP4 decodes to that many
 frames, warm-up / dense-layer / sparse call counts as the schedule says, fixed-density jobs within
@@ -41,22 +48,29 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_pipeline_step import WAN_13B, card_name  # noqa: E402
+from bench_pipeline_step import HUNYUAN, WAN_13B, WAN_14B, card_name  # noqa: E402
 from gpu_clocks import GpuClocks, clock_cell  # noqa: E402
 
 from worker.registry import DEFAULT_REGISTRY_PATH, build_job_spec, load_registry  # noqa: E402
 
 PROMPT = "A red fox trots through fresh snow at dawn, breath steaming, pine trees behind it."
+# the registry entries with a random-weight builder: their transformer's public configuration
+TRANSFORMERS = {"wan2.1-t2v-1.3b": WAN_13B, "wan2.1-t2v-14b": WAN_14B, "hunyuanvideo": HUNYUAN}
+TEXT_ENCODERS = {"wan2.1-t2v-1.3b": "2-layer UMT5 of the real width", "wan2.1-t2v-14b": "2-layer UMT5 of the real width",
+                 "hunyuanvideo": "3-layer Llama and 1-layer CLIP text models of the real widths, 256 text tokens"}
 
 
-def build_pipeline_dir(path: Path, smoke: bool) -> None:
+def build_pipeline_dir(path: Path, smoke: bool, model: str = "wan2.1-t2v-1.3b") -> None:
     """Save a random-weight Wan 2.1 pipeline in diffusers format under ``path``.
 
-    Full: Wan 2.1 T2V 1.3B's transformer (bf16) and VAE at the public configurations, UniPC with
-    flow prediction as in the public repository, a 2-layer UMT5 text encoder of the real width (4096).
-    Smoke: the built-in tiny pipeline, saved the same way."""
+    Full: the transformer of ``model`` (Wan 2.1 T2V 1.3B or 14B, bf16) and the VAE at the public configurations,
+    UniPC with flow prediction as in the public repository, a 2-layer UMT5 text encoder of the real width (4096).
+    Smoke: the built-in tiny pipeline, saved the same way; HunyuanVideo's builder at toy sizes on the CPU."""
     from worker.pipelines.tiny import build_tiny_pipeline, build_tiny_tokenizer
 
+    if model == "hunyuanvideo":
+        build_hunyuan_dir(path, smoke)
+        return
     if smoke:
         build_tiny_pipeline().save_pretrained(path)
         return
@@ -70,7 +84,7 @@ def build_pipeline_dir(path: Path, smoke: bool) -> None:
     torch.set_default_dtype(torch.bfloat16)
     try:
         with device:  # initialised on the GPU: seconds instead of minutes on the host
-            transformer = WanTransformer3DModel(**WAN_13B)
+            transformer = WanTransformer3DModel(**TRANSFORMERS[model])
             vae = AutoencoderKLWan()
             text_encoder = UMT5EncoderModel(UMT5Config(
                 vocab_size=len(tokenizer), d_model=WAN_13B["text_dim"], d_kv=64, d_ff=1024, num_layers=2,
@@ -86,13 +100,69 @@ def build_pipeline_dir(path: Path, smoke: bool) -> None:
     torch.cuda.empty_cache()
 
 
+def build_hunyuan_dir(path: Path, smoke: bool) -> None:
+    """Save a random-weight HunyuanVideo pipeline in diffusers format under ``path``: the transformer (bf16), VAE
+    and scheduler at the public configurations, a 3-layer Llama (the pipeline takes its third-to-last hidden
+    state) and a 1-layer CLIP text model of the real widths, both on the byte tokenizer. Smoke: the same on the
+    CPU at toy sizes (fp32)."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    from worker.pipelines.tiny import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    if smoke:
+        config = {**HUNYUAN, "num_attention_heads": 2, "attention_head_dim": 64, "num_layers": 1,
+                  "num_single_layers": 1, "num_refiner_layers": 1, "text_embed_dim": 32,
+                  "pooled_projection_dim": 16, "rope_axes_dim": (16, 24, 24), "in_channels": 4, "out_channels": 4}
+        vae_config = dict(latent_channels=4, block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4)
+        text_width, clip_width, device, dtype = 32, 16, torch.device("cpu"), torch.float32
+    else:
+        config, vae_config = HUNYUAN, {}
+        text_width, clip_width, device, dtype = 4096, 768, torch.device("cuda"), torch.bfloat16
+    torch.manual_seed(0)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            transformer = HunyuanVideoTransformer3DModel(**config)
+            vae = AutoencoderKLHunyuanVideo(**vae_config)
+            text_encoder = LlamaModel(LlamaConfig(
+                vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=1024, num_hidden_layers=3,
+                num_attention_heads=32 if not smoke else 4, num_key_value_heads=8 if not smoke else 4,
+                max_position_embeddings=1024, pad_token_id=0))
+            text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+                vocab_size=len(tokenizer), hidden_size=clip_width, intermediate_size=1024, num_hidden_layers=1,
+                num_attention_heads=12 if not smoke else 2, max_position_embeddings=77,
+                projection_dim=clip_width, pad_token_id=0, bos_token_id=1, eos_token_id=1))
+    finally:
+        torch.set_default_dtype(old)
+    pipe = HunyuanVideoPipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer)
+    pipe.save_pretrained(path)
+    del pipe, transformer, vae, text_encoder, text_encoder_2
+    if not smoke:
+        torch.cuda.empty_cache()
+
+
 def write_registry(path: Path, weights: Path, model: str, smoke: bool) -> Path:
     """A registry holding the bundled entry of ``model`` with its ``path`` pointed at ``weights``."""
     bundled = yaml.safe_load(DEFAULT_REGISTRY_PATH.read_text())
-    source = "tiny" if smoke else model
+    source = "tiny" if smoke and model != "hunyuanvideo" else model
     entry = dict(next(m for m in bundled["models"] if m["name"] == source))
     entry.update(name=model, kind="diffusers", path=str(weights))
-    if smoke:  # the tiny entry is built in memory; as a directory it needs its class and a short prompt
+    if smoke and model == "hunyuanvideo":  # the builder's toy sizes, on the CPU: the tiny model's limits
+        tiny = next(m for m in bundled["models"] if m["name"] == "tiny")
+        entry.update(device="cpu", dtype="float32", limits=tiny["limits"], presets=tiny["presets"],
+                     defaults={**tiny["defaults"], "guidance_scale": 6.0},
+                     options={"enable_vae_tiling": True, "max_sequence_length": 16})
+    elif smoke:  # the tiny entry is built in memory; as a directory it needs its class and a short prompt
         entry.update(pipeline_class="WanPipeline", options={"max_sequence_length": 64, "flow_shift": 3.0})
     registry = path / "registry.yaml"
     registry.write_text(yaml.safe_dump({"default_model": model, "models": [entry]}, sort_keys=False))
@@ -100,10 +170,22 @@ def write_registry(path: Path, weights: Path, model: str, smoke: bool) -> Path:
 
 
 def parse_budget(text: str) -> str | dict:
-    """``dense`` / a preset name, or ``fixed:<density>`` (the balanced preset in fixed-density mode)."""
-    if text.startswith("fixed:"):
-        return {"preset": "balanced", "mode": "fixed_density", "target_density": float(text.split(":", 1)[1])}
-    return text
+    """``dense`` / a preset name, or ``fixed:<density>`` (the balanced preset in fixed-density mode), either with
+    ``+field=value`` budget fields on top (``fixed:0.25+kmeans_iters_init=50``; values are YAML scalars)."""
+    head, *extras = text.split("+")
+    fields = {}
+    for extra in extras:
+        name, sep, value = extra.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--budgets: {extra!r} in {text!r} is not field=value")
+        fields[name] = yaml.safe_load(value)
+    if head.startswith("fixed:"):
+        budget = {"preset": "balanced", "mode": "fixed_density", "target_density": float(head.split(":", 1)[1])}
+    elif not fields:
+        return head
+    else:
+        budget = {"preset": head}
+    return {**budget, **fields}
 
 
 def read_back_frames(path: Path) -> int:
@@ -138,17 +220,24 @@ def run_job(model, registry, budget, steps: int, seed: int, out_dir: Path, label
         "frame_shape": list(frames.shape) == [spec.num_frames, spec.height, spec.width, 3],
         "mp4_frames": read_back_frames(mp4) == spec.num_frames,
     }
-    layers = len(model.pipeline.transformer.blocks)
-    passes = 2 if spec.guidance_scale > 1.0 else 1
     if spec.sparsity.mode != "dense" and sparsity:
+        # the routed self-attention layers and the transformer passes a step makes (CFG or embedded guidance)
+        passes = sparsity["transformer_forwards"] // steps
+        layers = sparsity["attention_calls"] // sparsity["transformer_forwards"]
         dense_layers = min(spec.sparsity.dense_layers, layers)
         checks["warmup_calls"] = sparsity["dense_calls_warmup"] == warm * passes * layers
         checks["dense_layer_calls"] = sparsity["dense_calls_dense_layers"] == (steps - warm) * passes * dense_layers
         checks["sparse_calls"] = sparsity["sparse_calls"] == (steps - warm) * passes * (layers - dense_layers)
         if spec.sparsity.mode == "fixed_density":
-            # about one key cluster (the mode's granularity; clusters vary in size), at least a point
+            # about one key cluster (the mode's granularity; clusters vary in size), at least a point; joint text
+            # tokens (HunyuanVideo) are dense and add up to their share of the pairs
             tol = max(0.01, 2.0 / spec.sparsity.num_k_clusters)
-            checks["density_on_target"] = abs(sparsity["mean_density_sparse"] - spec.sparsity.target_density) <= tol
+            video = ((spec.num_frames - 1) // 4 + 1) * (spec.height // 16) * (spec.width // 16)
+            text = model.call_kwargs.get("max_sequence_length", 256) if model.entry.pipeline_class.startswith(
+                "Hunyuan") else 0
+            text_share = 1.0 - (video / (video + text)) ** 2
+            d, target = sparsity["mean_density_sparse"], spec.sparsity.target_density
+            checks["density_on_target"] = target - tol <= d <= target + tol + text_share
     return {
         "label": label,
         "budget": budget,
@@ -234,8 +323,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--weights-dir", type=Path, default=None, help="reuse / keep the saved pipeline here")
     args = parser.parse_args()
-    if args.model != "wan2.1-t2v-1.3b":
-        parser.error("--model: only wan2.1-t2v-1.3b has a random-weight builder here")
+    if args.model not in TRANSFORMERS:
+        parser.error(f"--model: a random-weight builder exists for {', '.join(TRANSFORMERS)} only")
     if not args.smoke and not torch.cuda.is_available():
         parser.error("needs a CUDA GPU (or --smoke)")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -247,7 +336,7 @@ def main() -> int:
         weights = args.weights_dir or Path(tmp) / "weights"
         t = time.perf_counter()
         if not (weights / "model_index.json").exists():
-            build_pipeline_dir(weights, args.smoke)
+            build_pipeline_dir(weights, args.smoke, args.model)
         build_seconds = time.perf_counter() - t
         registry = load_registry(write_registry(Path(tmp), weights, args.model, args.smoke))
         entry = registry.get(args.model)
@@ -268,7 +357,7 @@ def main() -> int:
 
         jobs = []
         for text in args.budgets.split(","):
-            label = text.replace(":", "_")
+            label = text.replace(":", "_").replace("+", "_")
             job = run_job(model, registry, parse_budget(text), steps, args.seed, args.out, label, device)
             jobs.append(job)
             print(f"{label}: wall {job['wall_seconds']:.1f} s, denoise {job['denoise_seconds']:.1f} s, "
@@ -281,7 +370,7 @@ def main() -> int:
         "model": args.model,
         "width": entry.defaults.width, "height": entry.defaults.height, "frames": entry.defaults.num_frames,
         "description": (
-            f"{args.model} random weights (public configurations; 2-layer UMT5 of the real width), "
+            f"{args.model} random weights (public configurations; {TEXT_ENCODERS[args.model]}), "
             f"{entry.defaults.width}x{entry.defaults.height}, {entry.defaults.num_frames} frames, {steps} steps, "
             f"CFG {entry.defaults.guidance_scale}, registry options {entry.options}; loaded with the worker's "
             "loader and run with the worker's generate() and MP4 writer, one resident pipeline, jobs back to back. "

@@ -15,13 +15,20 @@ BENCH = ROOT / "bench" / "bench_generate.py"
 
 
 def test_smoke_run_checks_every_job_and_reports_against_the_dense_job(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--budgets", "dense,fixed:0.25", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--budgets",
+                           "dense,fixed:0.25,fixed:0.25+kmeans_iters_init=3+dense_layers=0", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     result = json.loads((tmp_path / "bench_generate_cpu.json").read_text())
-    dense, sparse = result["jobs"]
+    dense, sparse, fields = result["jobs"]
     assert (dense["label"], sparse["label"]) == ("dense", "fixed_0.25")
-    for job in (dense, sparse):
+    # budget fields on top of a budget reach the job's resolved settings (and only that job's)
+    assert fields["label"] == "fixed_0.25_kmeans_iters_init=3_dense_layers=0"
+    assert (fields["sparsity"]["kmeans_iters_init"], fields["sparsity"]["dense_layers"]) == (3, 0)
+    assert fields["sparsity"]["target_density"] == 0.25 and fields["sparsity"]["mode"] == "fixed_density"
+    assert (sparse["sparsity"]["kmeans_iters_init"], sparse["sparsity"]["dense_layers"]) == (10, 1)
+    assert fields["accounting"]["dense_calls_dense_layers"] == 0 < sparse["accounting"]["dense_calls_dense_layers"]
+    for job in (dense, sparse, fields):
         assert job["checks"] and all(job["checks"].values()), job["checks"]
         assert (tmp_path / f"{job['label']}.mp4").stat().st_size == job["mp4_bytes"] > 0
         assert job["wall_seconds"] >= job["denoise_seconds"] + job["decode_seconds"] > 0
@@ -36,3 +43,34 @@ def test_smoke_run_checks_every_job_and_reports_against_the_dense_job(tmp_path):
     assert sparse["saved_denoise_seconds"] == dense["denoise_seconds"] - sparse["denoise_seconds"]
     md = (tmp_path / "bench_generate_cpu.md").read_text()
     assert "| dense |" in md and "| fixed_0.25 |" in md and "FAILED" not in md
+
+
+def test_budgets_take_fields_on_top_and_name_a_bad_one():
+    import pytest
+
+    from tests.svg2core.bench_modules import load_bench
+
+    bench = load_bench("bench_generate.py")
+    assert bench.parse_budget("dense") == "dense"
+    assert bench.parse_budget("fast+kmeans_iters_init=50") == {"preset": "fast", "kmeans_iters_init": 50}
+    assert bench.parse_budget("fixed:0.15+top_p=0.8") == {"preset": "balanced", "mode": "fixed_density",
+                                                          "target_density": 0.15, "top_p": 0.8}
+    with pytest.raises(ValueError, match=r"'kmeans_iters_init' in 'fixed:0.25\+kmeans_iters_init' is not field=value"):
+        bench.parse_budget("fixed:0.25+kmeans_iters_init")
+
+
+def test_hunyuan_builder_at_toy_sizes_runs_a_dense_and_a_sparse_job(tmp_path):
+    # the HunyuanVideo builder (toy sizes on the CPU): saved, loaded by the worker's loader with VAE tiling, one
+    # transformer pass per step (embedded guidance), joint text tokens, and the schedule's call counts
+    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--model", "hunyuanvideo", "--budgets",
+                           "dense,fixed:0.25", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "bench_generate_cpu.json").read_text())
+    assert result["model"] == "hunyuanvideo" and "Llama" in result["description"]
+    dense, sparse = result["jobs"]
+    for job in (dense, sparse):
+        assert job["checks"] and all(job["checks"].values()), job["checks"]
+    acc = sparse["accounting"]
+    assert acc["transformer_forwards"] == sparse["steps"]  # one pass a step
+    assert acc["attention_calls"] == 2 * sparse["steps"]  # one double-stream and one single-stream block
+    assert sparse["sparsity"]["dense_layers"] == 1 and acc["sparse_calls"] > 0
