@@ -34,6 +34,7 @@ one point of their target. Writes ``bench_generate_<card>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -60,6 +61,18 @@ TEXT_ENCODERS = {"wan2.1-t2v-1.3b": "2-layer UMT5 of the real width", "wan2.1-t2
                  "hunyuanvideo": "3-layer Llama and 1-layer CLIP text models of the real widths, 256 text tokens"}
 
 
+@contextlib.contextmanager
+def built_on(device: torch.device, dtype: torch.dtype):
+    """Modules made inside are created on ``device`` in ``dtype`` (the default dtype is restored after)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
 def build_pipeline_dir(path: Path, smoke: bool, model: str = "wan2.1-t2v-1.3b") -> None:
     """Save a random-weight Wan 2.1 pipeline in diffusers format under ``path``.
 
@@ -80,17 +93,12 @@ def build_pipeline_dir(path: Path, smoke: bool, model: str = "wan2.1-t2v-1.3b") 
     tokenizer = build_tiny_tokenizer()
     device = torch.device("cuda")
     torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with device:  # initialised on the GPU: seconds instead of minutes on the host
-            transformer = WanTransformer3DModel(**TRANSFORMERS[model])
-            vae = AutoencoderKLWan()
-            text_encoder = UMT5EncoderModel(UMT5Config(
-                vocab_size=len(tokenizer), d_model=WAN_13B["text_dim"], d_kv=64, d_ff=1024, num_layers=2,
-                num_heads=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
-    finally:
-        torch.set_default_dtype(old)
+    with built_on(device, torch.bfloat16):  # initialised on the GPU: seconds instead of minutes on the host
+        transformer = WanTransformer3DModel(**TRANSFORMERS[model])
+        vae = AutoencoderKLWan()
+        text_encoder = UMT5EncoderModel(UMT5Config(
+            vocab_size=len(tokenizer), d_model=WAN_13B["text_dim"], d_kv=64, d_ff=1024, num_layers=2,
+            num_heads=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                         num_train_timesteps=1000, flow_shift=3.0)
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
@@ -126,22 +134,17 @@ def build_hunyuan_dir(path: Path, smoke: bool) -> None:
         config, vae_config = HUNYUAN, {}
         text_width, clip_width, device, dtype = 4096, 768, torch.device("cuda"), torch.bfloat16
     torch.manual_seed(0)
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with device:
-            transformer = HunyuanVideoTransformer3DModel(**config)
-            vae = AutoencoderKLHunyuanVideo(**vae_config)
-            text_encoder = LlamaModel(LlamaConfig(
-                vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=1024, num_hidden_layers=3,
-                num_attention_heads=32 if not smoke else 4, num_key_value_heads=8 if not smoke else 4,
-                max_position_embeddings=1024, pad_token_id=0))
-            text_encoder_2 = CLIPTextModel(CLIPTextConfig(
-                vocab_size=len(tokenizer), hidden_size=clip_width, intermediate_size=1024, num_hidden_layers=1,
-                num_attention_heads=12 if not smoke else 2, max_position_embeddings=77,
-                projection_dim=clip_width, pad_token_id=0, bos_token_id=1, eos_token_id=1))
-    finally:
-        torch.set_default_dtype(old)
+    with built_on(device, dtype):
+        transformer = HunyuanVideoTransformer3DModel(**config)
+        vae = AutoencoderKLHunyuanVideo(**vae_config)
+        text_encoder = LlamaModel(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=1024, num_hidden_layers=3,
+            num_attention_heads=32 if not smoke else 4, num_key_value_heads=8 if not smoke else 4,
+            max_position_embeddings=1024, pad_token_id=0))
+        text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=clip_width, intermediate_size=1024, num_hidden_layers=1,
+            num_attention_heads=12 if not smoke else 2, max_position_embeddings=77,
+            projection_dim=clip_width, pad_token_id=0, bos_token_id=1, eos_token_id=1))
     pipe = HunyuanVideoPipeline(
         text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2, tokenizer_2=tokenizer)

@@ -257,12 +257,17 @@ def write_trajectory_probe(out: Path, stem: str, args: argparse.Namespace, summa
     summary row). The table is also printed."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "summary": summary, "rows": rows}, indent=1))
-    head = ["mode", "knob", *(h for h, _ in columns)]
-    lines = [f"# {title}", "", intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in summary:
-        lines.append("| " + " | ".join([str(r["mode"]), str(r["knob"]), *(cell(r) for _, cell in columns)]) + " |")
+    lines = [f"# {title}", "", intro, "", *trajectory_table(summary, columns)]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def trajectory_table(summary: list[dict], columns: list[tuple[str, Callable[[dict], str]]]) -> list[str]:
+    """The markdown lines of a paired summary's table: mode, knob, then ``columns`` (header, cell of a row)."""
+    head = ["mode", "knob", *(h for h, _ in columns)]
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+            *("| " + " | ".join([str(r["mode"]), str(r["knob"]), *(cell(r) for _, cell in columns)]) + " |"
+              for r in summary)]
 
 
 def trajectory_args(ap: argparse.ArgumentParser) -> None:

@@ -33,6 +33,7 @@ from bench_kmeans_iters import (  # noqa: E402
     trajectory_args,
     trajectory_cases,
     trajectory_setup,
+    trajectory_table,
     trajectory_where,
     write_trajectory_probe,
 )
@@ -119,10 +120,7 @@ def main() -> None:
               for title, steps in early.items()}
     lines = []
     for title, table in tables.items():
-        head = ["mode", "knob", *(h for h, _ in columns)]
-        lines += ["", f"Over {title} only:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join([str(r["mode"]), str(r["knob"]), *(cell(r) for _, cell in columns)]) + " |"
-                  for r in table]
+        lines += ["", f"Over {title} only:", "", *trajectory_table(table, columns)]
     with open(Path(args.out) / f"{stem}.md", "a") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
