@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -247,6 +248,8 @@ def run_job(model, registry, budget, steps: int, seed: int, out_dir: Path, label
         "sparsity": spec.sparsity.model_dump(),
         "steps": steps,
         "warmup_steps": warm if spec.sparsity.mode != "dense" else steps,
+        # the dense steps of the same job at the model's own step count (project_full_job)
+        "full_warmup_steps": spec.sparsity.warmup_steps(model.entry.defaults.num_inference_steps),
         "wall_seconds": wall,
         "encode_seconds": m["encode_seconds"],
         "denoise_seconds": m["denoise_seconds"],
@@ -262,14 +265,33 @@ def run_job(model, registry, budget, steps: int, seed: int, out_dir: Path, label
     }
 
 
-def summarise(jobs: list[dict]) -> None:
+def project_full_job(dense: dict, job: dict, full_steps: int, full_warmup: int) -> float | None:
+    """The speedup of a job of ``full_steps`` steps with ``full_warmup`` dense ones, from this run's measured
+    steps: the dense job's median step, this job's first sparse step (its cold k-means) and its median later
+    sparse step; decode and MP4 write as measured. A call of the device tool is too short for a whole 50-step
+    job at 720p (a Wan 14B dense step is ~22 s), so the runs there are a few steps long and this carries them
+    to the length a user runs."""
+    if not job["sparse_step_median"] or not job["first_sparse_step"] or full_warmup >= full_steps:
+        return None
+    dense_step = statistics.median(dense["step_seconds"])
+    tail = dense["wall_seconds"] - dense["encode_seconds"] - dense["denoise_seconds"]  # decode + MP4 write
+    sparse_total = (full_warmup * dense_step + job["first_sparse_step"]
+                    + (full_steps - full_warmup - 1) * job["sparse_step_median"])
+    return (full_steps * dense_step + tail) / (sparse_total + tail)
+
+
+def summarise(jobs: list[dict], full_steps: int | None = None) -> None:
     """Speedups against the dense job of the same run, and the accounting's estimate against the time
-    the job really saved (dense job's denoising minus this job's)."""
+    the job really saved (dense job's denoising minus this job's). With ``full_steps``, also each job's
+    projection to that many steps (``project_full_job``; its warm-up from the job's own schedule)."""
     dense = next((j for j in jobs if j["budget"] == "dense"), None)
     if dense is None:
         return
     dense_step = statistics.median(dense["step_seconds"])
     for j in jobs:
+        if full_steps and j["budget"] != "dense":
+            j["full_steps"] = full_steps
+            j["projected_full_job_speedup"] = project_full_job(dense, j, full_steps, j["full_warmup_steps"])
         j["speedup_wall"] = dense["wall_seconds"] / j["wall_seconds"]
         j["speedup_denoise"] = dense["denoise_seconds"] / j["denoise_seconds"]
         est = (j["accounting"] or {}).get("estimated_attention_seconds_saved")
@@ -283,13 +305,18 @@ def summarise(jobs: list[dict]) -> None:
             j["projected_speedup_from_steps"] = projected
 
 
+def full_job_cell(job: dict) -> str:
+    x = job.get("projected_full_job_speedup")
+    return "-" if x is None else f"{x:.2f}x ({job['full_steps']} steps, {job['full_warmup_steps']} dense)"
+
+
 def write_markdown(path: Path, result: dict) -> None:
     lines = [f"# Whole jobs through the worker's path ({result['card']})", "",
              f"{result['description']}", "",
              "| budget | mean density (sparse calls) | wall s | encode s | denoise s | decode s | MP4 write s | dense step s | "
              "first sparse step s | sparse step s | speedup (wall) | speedup (denoise) | projected from steps | "
-             "saved s (measured) | saved s (job's estimate) | its dense time | clock | checks |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "projected full job | saved s (measured) | saved s (job's estimate) | its dense time | clock | checks |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(x, fmt="{:.2f}"):
         return "-" if x is None else fmt.format(x)
@@ -304,7 +331,7 @@ def write_markdown(path: Path, result: dict) -> None:
             f(j["dense_step_median"], "{:.3f}"), f(j["first_sparse_step"], "{:.3f}"),
             f(j["sparse_step_median"], "{:.3f}"), f(j.get("speedup_wall"), "{:.2f}x"),
             f(j.get("speedup_denoise"), "{:.2f}x"), f(j.get("projected_speedup_from_steps"), "{:.2f}x"),
-            f(j.get("saved_denoise_seconds")), f(j.get("estimated_saved_seconds")),
+            full_job_cell(j), f(j.get("saved_denoise_seconds")), f(j.get("estimated_saved_seconds")),
             acc.get("estimated_dense_time_source") or "-", clock_cell(j["clocks"]),
             "ok" if ok else "FAILED: " + ", ".join(k for k, v in j["checks"].items() if not v),
         ]) + " |")
@@ -360,12 +387,12 @@ def main() -> int:
 
         jobs = []
         for text in args.budgets.split(","):
-            label = text.replace(":", "_").replace("+", "_")
+            label = re.sub(r"[^A-Za-z0-9_.-]", "_", text)  # a plain file name (the device tool leaves out odd ones)
             job = run_job(model, registry, parse_budget(text), steps, args.seed, args.out, label, device)
             jobs.append(job)
             print(f"{label}: wall {job['wall_seconds']:.1f} s, denoise {job['denoise_seconds']:.1f} s, "
                   f"checks {job['checks']}", flush=True)
-    summarise(jobs)
+    summarise(jobs, entry.defaults.num_inference_steps)
     card = card_name(device)
     result = {
         "card": card,

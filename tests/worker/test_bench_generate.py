@@ -23,7 +23,7 @@ def test_smoke_run_checks_every_job_and_reports_against_the_dense_job(tmp_path):
     dense, sparse, fields = result["jobs"]
     assert (dense["label"], sparse["label"]) == ("dense", "fixed_0.25")
     # budget fields on top of a budget reach the job's resolved settings (and only that job's)
-    assert fields["label"] == "fixed_0.25_kmeans_iters_init=3_dense_layers=0"
+    assert fields["label"] == "fixed_0.25_kmeans_iters_init_3_dense_layers_0"  # a plain file name
     assert (fields["sparsity"]["kmeans_iters_init"], fields["sparsity"]["dense_layers"]) == (3, 0)
     assert fields["sparsity"]["target_density"] == 0.25 and fields["sparsity"]["mode"] == "fixed_density"
     assert (sparse["sparsity"]["kmeans_iters_init"], sparse["sparsity"]["dense_layers"]) == (10, 1)
@@ -74,3 +74,20 @@ def test_hunyuan_builder_at_toy_sizes_runs_a_dense_and_a_sparse_job(tmp_path):
     assert acc["transformer_forwards"] == sparse["steps"]  # one pass a step
     assert acc["attention_calls"] == 2 * sparse["steps"]  # one double-stream and one single-stream block
     assert sparse["sparsity"]["dense_layers"] == 1 and acc["sparse_calls"] > 0
+
+
+def test_full_job_projection_carries_measured_steps_to_the_models_step_count():
+    from tests.svg2core.bench_modules import load_bench
+
+    bench = load_bench("bench_generate.py")
+    # a 5-step run: dense steps of 2 s; the sparse job's first sparse step 1.5 s (cold k-means), later ones 1 s;
+    # decode + MP4 write 0.5 s (the dense job's wall minus its encode and denoising)
+    dense = {"budget": "dense", "step_seconds": [2.0, 2.0, 2.1, 1.9, 2.0], "wall_seconds": 10.6,
+             "encode_seconds": 0.1, "denoise_seconds": 10.0}
+    job = {"budget": {"preset": "balanced"}, "first_sparse_step": 1.5, "sparse_step_median": 1.0}
+    # 10 steps, 2 dense: 2 x 2 + 1.5 + 7 x 1 + 0.5 = 13 s against 10 x 2 + 0.5 = 20.5 s
+    assert abs(bench.project_full_job(dense, job, 10, 2) - 20.5 / 13.0) < 1e-12
+    # the cold step weighs less the longer the job
+    assert bench.project_full_job(dense, job, 50, 10) > bench.project_full_job(dense, job, 10, 2)
+    assert bench.project_full_job(dense, dict(job, sparse_step_median=None), 10, 2) is None
+    assert bench.project_full_job(dense, job, 10, 10) is None  # all dense: nothing to project
