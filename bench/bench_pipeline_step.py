@@ -328,7 +328,7 @@ CATEGORIES = (  # first match wins; kernel names of svg2core.ops and of SDPA / c
     ("compiled_fused", ("triton_poi_", "triton_red_", "triton_per_", "triton_tem_")),
     ("svg2_attention_kernel", ("sparse_attn", "key_tile_tables")),
     ("svg2_kmeans", ("kmeans",)),
-    ("svg2_select", ("cluster_logits", "_select")),
+    ("svg2_select", ("cluster_logits", "_select", "_tail_")),  # _tail_: the query-tail union's stage
     ("svg2_permute", ("gather_kv", "histogram", "counting_scatter", "sort", "cumsum", "scan")),
     ("dense_attention", ("flash", "fmha", "cudnn", "attention", "sdpa", "efficient")),
     ("gemm", ("gemm", "sm90_xmma", "cutlass", "nvjet", "matmul")),
@@ -612,6 +612,8 @@ def write_markdown(path: str, results: dict) -> None:
                 if results.get("kmeans_candidates") else "")
              + (f" Query-tile rebalancing: `query_tile_rebalance={results['query_tile_rebalance']}`."
                 if results.get("query_tile_rebalance") else "")
+             + (" Query-tail union: `query_tail_union=True` (the sparse steps' densities include its extra pairs)."
+                if results.get("query_tail_union") else "")
              + (f" k-means iterations but the last on a token sample: `kmeans_subsample={results['kmeans_subsample']}`."
                 if results.get("kmeans_subsample", 1) > 1 else ""),
              "",
@@ -711,7 +713,7 @@ def write_markdown(path: str, results: dict) -> None:
 def config_fields(args: argparse.Namespace) -> dict:
     """The SVG2Config settings of the sparse steps given on the command line."""
     return {"kmeans_candidates": args.kmeans_candidates, "query_tile_rebalance": args.query_tile_rebalance,
-            "kmeans_subsample": args.kmeans_subsample}
+            "kmeans_subsample": args.kmeans_subsample, "query_tail_union": args.query_tail_union}
 
 
 def apply_settings(specs: list[str]) -> dict:
@@ -757,6 +759,8 @@ def main() -> int:
                         help="HunyuanVideo: the stock padded prompt and masked attention call instead of the packed prompt")
     parser.add_argument("--query-tile-rebalance", type=int, default=0, metavar="RHO",
                         help="the sparse steps' SVG2Config.query_tile_rebalance (0: off, the default)")
+    parser.add_argument("--query-tail-union", action="store_true",
+                        help="the sparse steps' SVG2Config.query_tail_union (off by default)")
     parser.add_argument("--kmeans-candidates", type=int, default=0, metavar="M",
                         help="the sparse steps' SVG2Config.kmeans_candidates (0: every centroid, the default)")
     parser.add_argument("--kmeans-subsample", type=int, default=1, metavar="S",
@@ -793,6 +797,7 @@ def main() -> int:
     results = {"card": card, "torch": torch.__version__, "dtype": str(dtype), "models": [], "skipped": [],
                "settings": settings, "kmeans_candidates": args.kmeans_candidates,
                "query_tile_rebalance": args.query_tile_rebalance, "kmeans_subsample": args.kmeans_subsample,
+               "query_tail_union": args.query_tail_union,
                "execution": (f"regional torch.compile ({compile_backend}, default mode) of the blocks, dense and "
                              "sparse alike" if compile_backend else "eager"),
                "hunyuan_text": ("padded prompt, masked attention call (stock)" if args.padded_text else
@@ -803,7 +808,8 @@ def main() -> int:
     stem = os.path.join(args.out, f"pipeline_step_{card}" + (f"_m{args.kmeans_candidates}" if args.kmeans_candidates
                                                               else "")
                         + (f"_r{args.query_tile_rebalance}" if args.query_tile_rebalance else "")
-                        + (f"_s{args.kmeans_subsample}" if args.kmeans_subsample > 1 else ""))
+                        + (f"_s{args.kmeans_subsample}" if args.kmeans_subsample > 1 else "")
+                        + ("_tu" if args.query_tail_union else ""))
     for name, spec in models.items():
         if time.perf_counter() - start > args.time_budget_s:
             results["skipped"].append(name)

@@ -39,7 +39,7 @@ class VideoCreate(BaseModel):
         description="Sparse-attention budget: a preset name (dense, quality, balanced, fast) or an object "
         "of fields (preset, mode, top_p, min_density, max_density, target_density, num_q_clusters, "
         "num_k_clusters, kmeans_iters_init, kmeans_iters, kmeans_candidates, kmeans_subsample, query_tile_rebalance, "
-        "dense_warmup_fraction, dense_warmup_steps, dense_layers).",
+        "query_tail_union, dense_warmup_fraction, dense_warmup_steps, dense_layers).",
     )
 
     @field_validator("seconds", mode="before")

@@ -24,6 +24,7 @@ from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
 from svg2core.ops.permute import gather_kv, key_rows_buffer, sort_by_cluster
 from svg2core.ops.rebalance.rebalance import rebalance_query_tiles
 from svg2core.ops.select import KeySweep, select_key_clusters
+from svg2core.ops.tail_union import tail_union
 from svg2core.state import BranchCentroids, LayerState, Workspace
 
 BACKENDS = ("triton", "reference")
@@ -44,8 +45,8 @@ KEY_SWEEP = True
 #: selection, graph replay (probe_serpentine_h100_s19.md): 480p 100 / 500 0.680 -> 0.675 ms, 200 / 1000 1.071 ->
 #: 1.066, Wan 14B 300 / 1000 7.145 -> 7.136: small, the same sign everywhere (NOTES_selection.md v17).
 SERPENTINE_HEADS = True
-#: Rows of the query tile that ``SVG2Config.query_tile_rebalance`` fills (the Hopper kernel's, on every backend, so
-#: that both compute the same function).
+#: Rows of the query tile that ``SVG2Config.query_tile_rebalance`` and ``query_tail_union`` fill (the Hopper kernel's,
+#: on every backend, so that both compute the same function).
 REBALANCE_BLOCK = 128
 
 
@@ -143,6 +144,7 @@ def svg2_attention(
         out = sparse_attention(
             q, k, v, plan.kp, plan.vp, plan.q_perm, plan.q_offsets, plan.k_offsets, sel_idx, sel_count, sel_cum,
             num_dense_tokens=t, key_padding_mask=key_padding_mask if t > 0 else None, scale=scale, workspace=ws,
+            partial_tiles=cq if config.query_tail_union else None,
         )
     return out, density
 
@@ -246,6 +248,10 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         key_sweep = KeySweep(q_sizes, sweep_period, sweep_block_m) if sweep_period else None
         sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend,
                                                           key_sweep)
+        if config.query_tail_union:  # pairs of query-cluster tails in shared tiles over their key lists' union
+            q_labels, q_perm, q_offsets, q_sizes, sel_idx, sel_count, sel_cum = tail_union(
+                q_labels, q_perm, q_offsets, sel_idx, sel_count, sel_cum, k_sizes, REBALANCE_BLOCK, ws, "q",
+                backend)
     if side is not None:
         main.wait_stream(side)  # the caller's stream sees everything
     return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,

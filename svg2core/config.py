@@ -57,6 +57,15 @@ class SVG2Config:
             by default: on an H100 the Wan 14B 25% kernel runs 4.5-6% faster with rho = 16 and the step, with
             ``kmeans_subsample = 2``, 1.2-2% (582 -> 570 / 573 ms, 2.00x / 1.98x) for 0.3-0.5% more attention error
             (docs/benchmarks/NOTES_sparse_attn.md v24, v25).
+        query_tail_union: ``False``: each query cluster's last, partly filled tile runs alone over the cluster's own
+            key list. ``True``: after the selection, pairs of those tails (the largest with the smallest that fits,
+            per head) share one 128-row tile over the union of their two key lists where a tile-cost model says
+            that is cheaper (:func:`svg2core.ops.tail_union.tail_union_reference`). The rows of a packed tail attend
+            to more keys than their own selection: the attention is exact for that larger mask and its pairs count
+            in the density. On synthetic video attention (CPU, bench/probes/probe_tail_union.py) the query tiles'
+            fill rises from 0.81 to 0.93 at Wan 14B's cluster sizes and from 0.71 to 0.91 at 480p's, for 4-9%
+            less modelled kernel time and 2-5% less attention error at the same target density. Off by default
+            until the GPU kernel's time confirms the model (docs/benchmarks/NOTES_sparse_attn.md v27).
     """
 
     mode: Mode = "top_p"
@@ -71,6 +80,7 @@ class SVG2Config:
     kmeans_candidates: int = 0
     kmeans_subsample: int = 1
     query_tile_rebalance: int = 0
+    query_tail_union: bool = False
 
     def __post_init__(self) -> None:
         errors = config_errors(self)
@@ -112,4 +122,8 @@ def config_errors(cfg: SVG2Config) -> list[str]:
     if not 0 <= cfg.query_tile_rebalance <= 64:
         errs.append(f"query_tile_rebalance: must be in [0, 64] (rows of half a query tile), got "
                     f"{cfg.query_tile_rebalance}")
+    if not isinstance(cfg.query_tail_union, bool):
+        errs.append(f"query_tail_union: must be a bool, got {cfg.query_tail_union!r}")
+    if cfg.query_tail_union and cfg.query_tile_rebalance:
+        errs.append("query_tail_union, query_tile_rebalance: use one of the two (both fill the query tiles' tails)")
     return errs

@@ -44,6 +44,11 @@ class SparsitySettings(BaseModel):
         "tile (or half tile) holds at most rho rows beyond the tile below gives them to the nearest clusters with "
         "room, so the attention kernel runs fewer partly empty tiles."
     )
+    query_tail_union: bool = Field(
+        False, strict=True, description="true: pairs of query clusters' last, partly filled 128-row tiles share one "
+        "tile over the union of their key lists where that is cheaper; their rows attend to more keys (counted in "
+        "the density). Not with query_tile_rebalance."
+    )
     dense_warmup_fraction: float = Field(
         0.2, ge=0.0, le=1.0, description="Fraction of the first denoising steps that run dense."
     )
@@ -58,6 +63,9 @@ class SparsitySettings(BaseModel):
             raise ValueError(
                 f"min_density must not exceed max_density ({self.min_density} > {self.max_density})"
             )
+        if self.query_tail_union and self.query_tile_rebalance:
+            raise ValueError("query_tail_union and query_tile_rebalance: use one of the two (both fill the query "
+                             "tiles' tails)")
         return self
 
     def warmup_steps(self, num_inference_steps: int) -> int:

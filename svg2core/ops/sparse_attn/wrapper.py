@@ -169,6 +169,7 @@ def sparse_attention(
     config: KernelConfig | None = None,
     k_perm: torch.Tensor | None = None,
     workspace: Workspace | None = None,
+    partial_tiles: int | None = None,
 ) -> torch.Tensor:
     """Sparse attention of every query over its selected key clusters (plus trailing dense tokens).
 
@@ -198,6 +199,9 @@ def sparse_attention(
             ``k_perm[bh, r]``); used only when kp / vp are None.
         workspace: holds the per-call key-tile tables of ``config.gluon_tile_tables`` (a fresh allocation
             when None: pass one in steady state and under CUDA graphs).
+        partial_tiles: at most this many query clusters of a head end in a partly filled tile (default Cq); it
+            bounds the grid. The query-tail union's layout (``svg2core.ops.tail_union``) has ``Cq + Cq // 2``
+            clusters but at most the original ``Cq`` partly filled ones, so its caller passes that ``Cq``.
 
     Returns:
         out (B, H, N, D), rows in the original token order.
@@ -291,6 +295,12 @@ def sparse_attention(
             num_warps=num_warps, num_stages=num_stages,
         )
 
+    def video_tiles_bound(block_m: int) -> int:
+        bound = max_video_tiles(nv, cq, block_m)
+        if partial_tiles is not None:  # whole tiles, and at most one partly filled tile per such cluster
+            bound = min(bound, triton.cdiv(nv, block_m) + min(partial_tiles, nv))
+        return bound
+
     # text tiles, full query tiles and remainders > tail_m rows; then (tail_m > 0) the small remainders.
     # jobs: (launch, on the side stream?) in issue order
     num_text_tiles = triton.cdiv(t, cfg.block_m) if t else 0
@@ -308,7 +318,7 @@ def sparse_attention(
                           ws.buffer("sparse_attn.tile_seg", (bh * cq, max_key_tiles(nv, cfg.gluon_block_n) + 1),
                                     torch.int32, dev))
                 key_tile_tables(sel_idx, sel_count, sel_cum, k_offsets, cfg.gluon_block_n, *tables)
-            tiles_per_head = max_video_tiles(nv, cq, 128)
+            tiles_per_head = video_tiles_bound(128)
             grid, work = (tiles_per_head, bh), None
             bh_strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
                           out.stride(1)) if cfg.gluon_persistent else ()
@@ -333,7 +343,7 @@ def sparse_attention(
                                      cfg.num_warps, cfg.num_stages, False)
             jobs.insert(0, (text, cfg.text_concurrent))
     else:
-        grid = (num_text_tiles + max_video_tiles(nv, cq, cfg.block_m), bh)
+        grid = (num_text_tiles + video_tiles_bound(cfg.block_m), bh)
         jobs = [(functools.partial(launch, grid, num_text_tiles, cfg.block_m, cfg.block_n, cfg.num_warps,
                                    cfg.num_stages, False), False)]
     if cfg.tail_m:

@@ -1,0 +1,308 @@
+"""Would packing the query clusters' last, partly empty tiles together pay, each packed tile visiting the union of
+its clusters' key lists?
+
+The kernel runs each query cluster as whole 128-row tiles; a cluster's last tile holds its remainder (size mod 128
+rows) and costs a whole tile's key loop (0.69 of one when the remainder fits half a tile, NOTES_sparse_attn.md v9),
+so 13-20% of the rows the kernel computes are padding (query-tile fill 0.80-0.84 at the benchmark shapes, lower with
+`balanced`'s 200 query clusters at 480p). Every earlier attempt spent producer work per computed row to use those
+rows (paired remainders with two key lists, v10; a one-warpgroup launch, v13) and lost, and moving tokens between
+clusters (rebalancing, v20-v26) gains 0.7-2%. This packs whole remainders of several clusters into one tile that
+both warpgroups run over one key list, the union of its members' lists: a loaded key tile still feeds 128 rows, and
+the rows of a packed tile attend to more keys than their own selection (the union mask is computed exactly, so the
+output is the attention of that larger mask, and its pairs count in the density).
+
+Two packing rules: ``greedy<=m`` packs the remainders by the tile-cost model, largest first, each into the open tile
+whose union it raises least if that costs less than running it alone, at most ``m`` clusters a tile (an exploration:
+sequential per head); ``product`` is the library's rule (``svg2core.ops.tail_union``: sorted by tail, the largest
+with the smallest that fits, kept where the pair's union tile costs less; parallel, what the Triton stage runs).
+Cost model per query tile: its key rows (the union's key-cluster sizes: the kernel packs ragged key ranges into full
+tiles) plus a fixed cost of ``--fixed`` key rows per tile (about 3 key tiles, NOTES_sparse_attn.md v12), times 0.69
+for <= half a tile of rows.
+
+It reports, per fixed-density target, the baseline and the packed plan: attention error against dense, achieved
+density, modelled kernel cost (relative to the baseline at that target), query-tile fill; then the comparison at
+equal modelled cost: the baseline's error interpolated (log error, linear in cost) at the packed plan's cost. A
+packed plan that is cheaper and more accurate than the baseline at its own target wins outright.
+
+CPU, a grid scaled to Wan 14B's ratios (clusters of ~256 query rows against 128-row tiles; key clusters of ~75):
+
+    python bench/probes/probe_tail_union.py --grid 8,32,32 --cq 32 --ck 110 --out DIR
+
+`balanced`'s 480p ratio (~164 rows a query cluster): ``--cq 50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+
+import bench_fidelity as F  # noqa: E402
+from probe_tile_rebalance import plan_at  # noqa: E402
+
+from svg2core.ops.tail_union import tail_union_reference  # noqa: E402
+from svg2core.ops.tail_union.reference import HALF_TILE_COST_PCT  # noqa: E402
+
+HALF_TILE_COST = HALF_TILE_COST_PCT / 100  # a tail of <= half a tile runs on one warpgroup (NOTES_sparse_attn.md v9)
+
+
+def chosen_of(sel_idx: torch.Tensor, sel_count: torch.Tensor) -> torch.Tensor:
+    """(BH, Cq, Ck) bool: query cluster i keeps key cluster j."""
+    bh, cq, ck = sel_idx.shape
+    rank = torch.arange(ck, device=sel_idx.device)
+    chosen = torch.zeros(bh, cq, ck, dtype=torch.bool, device=sel_idx.device)
+    chosen.scatter_(2, sel_idx.long(), rank[None, None, :] < sel_count[..., None])
+    return chosen
+
+
+def row_factor(rows: int, block: int) -> float:
+    return HALF_TILE_COST if rows <= block // 2 else 1.0
+
+
+def tile_cost(rows: int, key_rows: float, block: int, fixed: float) -> float:
+    return row_factor(rows, block) * (key_rows + fixed)
+
+
+def pack_remainders(rem: list[int], lists: torch.Tensor, k_sizes: torch.Tensor, block: int, fixed: float,
+                    max_members: int) -> list[list[int]]:
+    """One head's remainders (``rem[c]`` rows of cluster c, 0 = none) packed into tiles of at most ``block`` rows:
+    a list of member lists. ``lists`` (Cq, Ck) bool, ``k_sizes`` (Ck,) float. Greedy, largest first: a remainder
+    joins the open tile whose union it costs least to join, if that beats running alone; else it opens a tile."""
+    order = sorted((c for c in range(len(rem)) if rem[c]), key=lambda c: -rem[c])
+    tiles: list[dict] = []
+    for c in order:
+        own = lists[c]
+        alone = tile_cost(rem[c], float(k_sizes[own].sum()), block, fixed)
+        best, best_delta = None, 0.0
+        for t in tiles:
+            if t["rows"] + rem[c] > block or len(t["members"]) >= max_members:
+                continue
+            union_rows = float(k_sizes[t["union"] | own].sum())
+            delta = tile_cost(t["rows"] + rem[c], union_rows, block, fixed) - t["cost"] - alone
+            if delta < best_delta:
+                best, best_delta = t, delta
+        if best is None:
+            tiles.append(dict(rows=rem[c], union=own.clone(), members=[c], cost=alone))
+        else:
+            best["rows"] += rem[c]
+            best["union"] |= own
+            best["members"].append(c)
+            best["cost"] = tile_cost(best["rows"], float(k_sizes[best["union"]].sum()), block, fixed)
+    return [t["members"] for t in tiles]
+
+
+def mutual_pairs(rem: list[int], lists: torch.Tensor, k_sizes: torch.Tensor, block: int, fixed: float,
+                 rounds: int = 4) -> list[list[int]]:
+    """One head's tails paired by mutual best partner, a rule with parallel rounds: every pair that fits one tile
+    has its saving (its two tails alone minus its union tile, by the cost model; the union's key rows from the
+    overlap matrix ``L diag(k_sizes) L^T``); in each round every unpaired tail names its partner of largest positive
+    saving (ties: lower id), and the tails that name each other pair up."""
+    c = len(rem)
+    r = torch.tensor(rem, dtype=torch.float64)
+    lf = lists.double()
+    w = lf @ k_sizes.double()  # (C,) key rows of each list
+    overlap = (lf * k_sizes.double()[None]) @ lf.T
+    union = w[:, None] + w[None, :] - overlap
+
+    def cost(rows, keys):
+        return torch.where(rows <= block // 2, HALF_TILE_COST, 1.0) * (keys + fixed)
+
+    alone = cost(r, w)
+    saving = alone[:, None] + alone[None, :] - cost(r[:, None] + r[None, :], union)
+    has = r > 0
+    ok = has[:, None] & has[None, :] & (r[:, None] + r[None, :] <= block) & ~torch.eye(c, dtype=torch.bool)
+    saving = torch.where(ok & (saving > 0), saving, float("-inf"))
+    free = has.clone()
+    tiles = []
+    for _ in range(rounds):
+        s = torch.where(free[:, None] & free[None, :], saving, float("-inf"))
+        best = s.argmax(1)  # the first (lowest id) of the largest
+        valid = torch.isfinite(s.max(1).values)
+        idx = torch.arange(c)
+        mutual = valid & (best[best] == idx) & (idx < best)
+        for a in torch.nonzero(mutual).flatten().tolist():
+            b = int(best[a])
+            tiles.append([a, b])
+            free[a] = free[b] = False
+        if not mutual.any():
+            break
+    return tiles + [[a] for a in torch.nonzero(free).flatten().tolist()]
+
+
+RULES = ("greedy", "product", "mutual")
+
+
+def groups_cost(groups: torch.Tensor, masks: torch.Tensor, k_sizes: torch.Tensor, block: int,
+                fixed: float) -> tuple[float, float]:
+    """The modelled kernel cost and query-tile fill of one head whose query rows form ``groups`` (each group's rows
+    in tiles of ``block``, over the key rows of its mask in ``masks`` (G, Ck))."""
+    sizes = torch.bincount(groups.long(), minlength=masks.shape[0])
+    key_rows = (masks.float() * k_sizes.float()[None]).sum(1)
+    cost, tiles = 0.0, 0
+    for g in torch.nonzero(sizes).flatten().tolist():
+        full, r = divmod(int(sizes[g]), block)
+        cost += full * tile_cost(block, float(key_rows[g]), block, fixed)
+        if r:
+            cost += tile_cost(r, float(key_rows[g]), block, fixed)
+        tiles += full + (r > 0)
+    return cost, groups.numel() / (tiles * block)
+
+
+def packed_groups(plan, hi: int, chosen: torch.Tensor, block: int, fixed: float, max_members: int,
+                  rule: str) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Head ``hi`` of ``plan``: each query row's group and the groups' key masks (G, Ck), the modelled kernel cost
+    and the query-tile fill. ``rule``: "none" (the kernel as it is: every cluster alone), "greedy"
+    (:func:`pack_remainders` with ``max_members``; a cluster's tail is its last rows in token order) or "product"
+    (the library's rule, ``svg2core.ops.tail_union.tail_union_reference``, with this fixed cost)."""
+    labels, ks = plan.q_labels[hi].long(), plan.k_sizes[hi]
+    cq = chosen.shape[0]
+    if rule == "none":
+        groups, masks = labels, chosen
+    elif rule == "product":
+        out = tail_union_reference(*(x[hi:hi + 1] for x in (plan.q_labels, plan.q_perm, plan.q_offsets, plan.sel_idx,
+                                                             plan.sel_count, plan.sel_cum, plan.k_sizes)),
+                                   block=block, fixed=round(fixed))
+        groups, masks = out[0][0].long(), chosen_of(out[4], out[5])[0]
+    else:
+        sizes = torch.bincount(labels, minlength=cq)
+        rem = [int(s) % block for s in sizes]
+        if rule == "mutual":
+            packed = mutual_pairs(rem, chosen, ks.float(), block, fixed)
+        else:
+            packed = pack_remainders(rem, chosen, ks.float(), block, fixed, max_members)
+        order = torch.argsort(labels, stable=True)
+        ends = sizes.cumsum(0)
+        groups = labels.clone()
+        extra = []
+        for t, members in enumerate(packed):
+            union = torch.zeros_like(chosen[0])
+            for c in members:
+                union |= chosen[c]
+                groups[order[int(ends[c]) - rem[c]:int(ends[c])]] = cq + t
+            extra.append(union)
+        masks = torch.cat([chosen, torch.stack(extra)]) if extra else chosen
+    cost, fill = groups_cost(groups, masks, ks, block, fixed)
+    return groups, masks, cost, fill
+
+
+def grouped_attention(q, k, v, groups: torch.Tensor, masks: torch.Tensor, k_labels: torch.Tensor,
+                      chunk: int = 2048) -> tuple[torch.Tensor, float]:
+    """One head's fp32 attention, query row n attending to key m iff ``masks[groups[n], k_labels[m]]``, ``chunk``
+    rows at a time; the output and the kept pairs' share."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    kf, vf = k.float(), v.float()
+    kl = k_labels.long()
+    out, kept = [], 0
+    for i in range(0, q.shape[0], chunk):
+        allowed = masks[groups[i:i + chunk]][:, kl]
+        kept += int(allowed.sum())
+        s = (q[i:i + chunk].float() @ kf.T) * scale
+        out.append(torch.softmax(s.masked_fill(~allowed, float("-inf")), -1) @ vf)
+    return torch.cat(out), kept / (q.shape[0] * k.shape[0])
+
+
+def measure(seeds, targets, cq: int, ck: int, block: int, fixed: float, max_members: list[int], grid, objects: int,
+            init_iters: int, rules=("greedy",)) -> list[dict]:
+    """Rows per (target, plan), averaged over seeds: error, density, cost relative to the baseline at the target,
+    query-tile fill. Plans: "baseline", "greedy<=m" for each cap m, and "product" (the library's rule)."""
+    acc: dict = {}
+    for seed in seeds:
+        q, k, v, _ = F.make_qkv(seed, grid=grid, num_objects=objects)
+        dense = F.dense_attention(q, k, v)[0]
+        h = q.shape[1]
+        for target in targets:
+            plan, _ = plan_at(q, k, v, target, cq, ck, init_iters, "reference")
+            chosen = chosen_of(plan.sel_idx, plan.sel_count)
+            variants = [("baseline", 0, "none")]
+            variants += [(f"greedy<={m}", m, "greedy") for m in max_members if "greedy" in rules]
+            variants += [(rule, 2, rule) for rule in ("product", "mutual") if rule in rules]
+            base_cost = None
+            for name, m, rule in variants:
+                outs, dens, cost, fill = [], [], 0.0, 0.0
+                for hi in range(h):
+                    groups, masks, c, f = packed_groups(plan, hi, chosen[hi], block, fixed, m, rule)
+                    o, d = grouped_attention(q[0, hi], k[0, hi], v[0, hi], groups, masks, plan.k_labels[hi])
+                    outs.append(o)
+                    dens.append(d)
+                    cost += c
+                    fill += f / h
+                out = torch.stack(outs)
+                base_cost = cost if base_cost is None else base_cost
+                acc.setdefault((target, name), []).append(dict(
+                    error=((out - dense).norm() / dense.norm()).item(), density=sum(dens) / h,
+                    cost=cost / base_cost, abs_cost=cost, fill=fill))
+        print(f"seed {seed} done", flush=True)
+    rows = []
+    for (target, name), rs in acc.items():
+        rows.append(dict(target=target, plan=name, **{key: sum(r[key] for r in rs) / len(rs) for key in rs[0]}))
+    return rows
+
+
+def equal_cost_error(rows: list[dict], cost: float) -> float | None:
+    """The baseline's error at modelled cost ``cost`` (absolute), interpolated between its targets (log error, linear
+    in cost); None outside the measured range."""
+    base = sorted((r["abs_cost"], r["error"]) for r in rows if r["plan"] == "baseline")
+    for (c0, e0), (c1, e1) in zip(base, base[1:], strict=False):
+        if c0 <= cost <= c1:
+            w = (cost - c0) / (c1 - c0) if c1 > c0 else 0.0
+            return math.exp((1 - w) * math.log(e0) + w * math.log(e1))
+    return None
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| target | plan | error | density | cost vs baseline | query-tile fill | baseline error at equal cost |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        eq = equal_cost_error(rows, r["abs_cost"]) if r["plan"] != "baseline" else None
+        lines.append(f"| {r['target']:.2f} | {r['plan']} | {r['error']:.4f} | {r['density']:.3f} | {r['cost']:.3f} | "
+                     f"{r['fill']:.3f} | {'-' if eq is None else f'{eq:.4f}'} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--block", type=int, default=128, help="rows of a query tile")
+    ap.add_argument("--fixed", type=float, default=None,
+                    help="a tile's fixed cost in key rows (default: 3 key tiles at Wan 14B's 75,600 tokens, scaled "
+                         "to the grid's token count)")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--cq", type=int, default=32)
+    ap.add_argument("--ck", type=int, default=110)
+    ap.add_argument("--targets", type=float, nargs="+", default=[0.10, 0.15, 0.20, 0.25, 0.30, 0.40])
+    ap.add_argument("--max-members", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--init-iters", type=int, default=20)
+    ap.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
+    F.video_args(ap)
+    ap.add_argument("--out", default=None, help="write the table and rows here (markdown + JSON)")
+    a = ap.parse_args()
+    grid = F.video_grid(ap, a)
+    n = grid[0] * grid[1] * grid[2]
+    fixed = a.fixed if a.fixed is not None else 3 * 128 * n / 75600
+    rows = measure(range(a.seeds), a.targets, a.cq, a.ck, a.block, fixed, a.max_members, grid, a.objects,
+                   a.init_iters, a.rules)
+    head = [f"# Packed query-tile remainders with their clusters' key-list union ({n} tokens, {a.cq} / {a.ck} "
+            f"clusters, {a.block}-row tiles, fixed cost {fixed:.0f} key rows a tile, {a.seeds} seeds, CPU reference)",
+            "", "Cost: the modelled kernel time (module docstring), relative to the baseline at the same target. "
+            "Baseline error at equal cost: the baseline's error interpolated at this plan's cost.", ""]
+    text = "\n".join(head + table(rows)) + "\n"
+    print(text)
+    if a.out:
+        os.makedirs(a.out, exist_ok=True)
+        name = f"probe_tail_union_{a.cq}_{a.ck}_{'x'.join(map(str, grid))}"
+        with open(os.path.join(a.out, name + ".md"), "w") as f:
+            f.write(text)
+        with open(os.path.join(a.out, name + ".json"), "w") as f:
+            json.dump(dict(args=vars(a), fixed=fixed, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Triton kernels of the query-tail union (the rule: ``reference.py``).
+
+Four launches, none of which allocates or synchronises with the host:
+
+1. ``_tail_pairs_kernel`` (one program per head): the clusters with a tail sorted by tail (descending, lower id first),
+   written to a scratch row; after a barrier, slot ``k`` reads its two ends of that order and keeps them if they fit
+   one tile. It also clears the head's cluster-to-slot map.
+2. ``_tail_union_kernel`` (grid: pair slots x heads): marks both clusters' key clusters in a scratch row of flags, applies
+   the cost test, writes the slot's selection row (union first, then the rest, in id order, and its key-token prefix
+   sums) and, for a kept pair, each cluster's slot.
+3. ``_tail_layout_kernel`` (one program per head): every cluster's new size and the new offsets.
+4. ``_tail_perm_kernel`` (grid: clusters and slots x heads): copies each cluster's rows to its new place in the query
+   permutation and each kept pair's two tails into its slot, relabelling the tails' tokens.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _cost(rows, keys, fixed, BLOCK: tl.constexpr, HALF_PCT: tl.constexpr):
+    """The integer tile-cost model of reference.py."""
+    return tl.where(rows <= BLOCK // 2, HALF_PCT, 100) * (keys + fixed)
+
+
+@triton.jit
+def _tail_member_kernel(
+    sel_idx_ptr, sel_count_ptr, member_ptr, CK,
+    stride_ibh, stride_ic, stride_nbh, stride_mbh, stride_mc,
+    CK_POW2: tl.constexpr,
+):
+    """One query cluster's row of the membership matrix: 1 at its selected key clusters, 0 elsewhere."""
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    j = tl.arange(0, CK_POW2)
+    row = member_ptr + bh * stride_mbh + c * stride_mc
+    tl.store(row + j, tl.zeros((CK_POW2,), tl.int8), mask=j < CK)
+    tl.debug_barrier()  # bar.sync: the row is clear before any thread marks it
+    cnt = tl.load(sel_count_ptr + bh * stride_nbh + c)
+    idx = tl.load(sel_idx_ptr + bh * stride_ibh + c * stride_ic + j, mask=j < cnt, other=0)
+    tl.store(row + idx, tl.full((CK_POW2,), 1, tl.int8), mask=j < cnt)
+
+
+@triton.jit
+def _tail_saving_kernel(
+    offsets_ptr, sel_count_ptr, sel_cum_ptr, k_sizes_ptr, member_ptr, saving_ptr,
+    C, CK, fixed,
+    stride_obh, stride_nbh, stride_cbh, stride_cc, stride_kbh, stride_mbh, stride_mc, stride_sbh, stride_sc,
+    BLOCK: tl.constexpr, HALF_PCT: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+):
+    """A ``BM x BM`` block of the head's pair savings: the shared key rows by an fp32 product of the membership rows
+    (exact: integers below 2^24), then the cost model."""
+    bh = tl.program_id(2)
+    a = tl.program_id(0) * BM + tl.arange(0, BM)
+    b = tl.program_id(1) * BM + tl.arange(0, BM)
+    am, bm = a < C, b < C
+    overlap = tl.zeros((BM, BM), tl.float32)
+    for j0 in range(0, CK, BK):
+        j = j0 + tl.arange(0, BK)
+        jm = j < CK
+        ks = tl.load(k_sizes_ptr + bh * stride_kbh + j, mask=jm, other=0).to(tl.float32)
+        ma = tl.load(member_ptr + bh * stride_mbh + a[:, None] * stride_mc + j[None, :], mask=am[:, None] & jm[None, :],
+                     other=0).to(tl.float32)
+        mb = tl.load(member_ptr + bh * stride_mbh + b[:, None] * stride_mc + j[None, :], mask=bm[:, None] & jm[None, :],
+                     other=0).to(tl.float32)
+        overlap += tl.dot(ma * ks[None, :], tl.trans(mb), input_precision="ieee")
+    off_row = offsets_ptr + bh * stride_obh
+    ra = (tl.load(off_row + a + 1, mask=am, other=0) - tl.load(off_row + a, mask=am, other=0)) % BLOCK
+    rb = (tl.load(off_row + b + 1, mask=bm, other=0) - tl.load(off_row + b, mask=bm, other=0)) % BLOCK
+    ca = tl.load(sel_count_ptr + bh * stride_nbh + a, mask=am, other=0)
+    cb = tl.load(sel_count_ptr + bh * stride_nbh + b, mask=bm, other=0)
+    wa = tl.load(sel_cum_ptr + bh * stride_cbh + a * stride_cc + ca, mask=am, other=0)
+    wb = tl.load(sel_cum_ptr + bh * stride_cbh + b * stride_cc + cb, mask=bm, other=0)
+    rows = ra[:, None] + rb[None, :]
+    union = wa[:, None] + wb[None, :] - overlap.to(tl.int32)
+    saving = (_cost(ra, wa, fixed, BLOCK, HALF_PCT)[:, None] + _cost(rb, wb, fixed, BLOCK, HALF_PCT)[None, :]
+              - _cost(rows, union, fixed, BLOCK, HALF_PCT))
+    ok = (ra[:, None] > 0) & (rb[None, :] > 0) & (rows <= BLOCK) & (a[:, None] != b[None, :]) & (saving > 0)
+    tl.store(saving_ptr + bh * stride_sbh + a[:, None] * stride_sc + b[None, :], tl.where(ok, saving, 0),
+             mask=am[:, None] & bm[None, :])
+
+
+@triton.jit
+def _tail_match_kernel(
+    saving_ptr, partner_ptr, best_ptr, pair_ptr, slot_ptr, C, P,
+    stride_sbh, stride_sc, stride_rbh, stride_pbh, stride_tbh,
+    ROUNDS: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr, C_POW2: tl.constexpr, P_POW2: tl.constexpr,
+):
+    """One program per head: the mutual-best-partner rounds over the savings, then the pairs numbered by their lower
+    cluster id and each paired cluster's slot."""
+    bh = tl.program_id(0)
+    partner = partner_ptr + bh * stride_rbh
+    best = best_ptr + bh * stride_rbh
+    c_all = tl.arange(0, C_POW2)
+    tl.store(partner + c_all, tl.full((C_POW2,), -1, tl.int32), mask=c_all < C)
+    tl.debug_barrier()
+    for _ in tl.static_range(ROUNDS):
+        for a0 in range(0, C, BA):  # each free tail names its best free partner (-1: none)
+            a = a0 + tl.arange(0, BA)
+            am = a < C
+            free_a = am & (tl.load(partner + a, mask=am, other=0) < 0)
+            top = tl.zeros((BA,), tl.int32)
+            arg = tl.full((BA,), -1, tl.int32)
+            for b0 in range(0, C, BB):
+                b = b0 + tl.arange(0, BB)
+                bm = b < C
+                free_b = bm & (tl.load(partner + b, mask=bm, other=0) < 0)
+                s = tl.load(saving_ptr + bh * stride_sbh + a[:, None] * stride_sc + b[None, :],
+                            mask=free_a[:, None] & free_b[None, :], other=0)
+                blk = tl.max(s, axis=1)
+                blk_arg = tl.min(tl.where(s == blk[:, None], b[None, :], 2147483647), axis=1)
+                better = blk > top  # strictly: an earlier (lower) id keeps a tie
+                arg = tl.where(better, blk_arg, arg)
+                top = tl.where(better, blk, top)
+            tl.store(best + a, arg, mask=am)
+        tl.debug_barrier()  # bar.sync: every tail has named its partner
+        for a0 in range(0, C, BA):
+            a = a0 + tl.arange(0, BA)
+            am = a < C
+            b = tl.load(best + a, mask=am, other=-1)
+            named = am & (b >= 0)
+            back = tl.load(best + b, mask=named, other=-1)
+            tl.store(partner + a, b, mask=named & (back == a))
+        tl.debug_barrier()  # bar.sync: the round's pairs are written before the next round reads them
+    p = tl.load(partner + c_all, mask=c_all < C, other=-1)
+    low = (c_all < C) & (p > c_all)
+    k = tl.cumsum(low.to(tl.int32), axis=0) - 1
+    kk = tl.arange(0, P_POW2)
+    tl.store(pair_ptr + bh * stride_pbh + 2 * kk, tl.full((P_POW2,), -1, tl.int32), mask=kk < P)
+    tl.store(pair_ptr + bh * stride_pbh + 2 * kk + 1, tl.full((P_POW2,), -1, tl.int32), mask=kk < P)
+    tl.store(slot_ptr + bh * stride_tbh + c_all, tl.full((C_POW2,), -1, tl.int32), mask=c_all < C)
+    tl.debug_barrier()  # bar.sync: the slots are cleared before the pairs are written
+    tl.store(pair_ptr + bh * stride_pbh + 2 * k, c_all, mask=low)
+    tl.store(pair_ptr + bh * stride_pbh + 2 * k + 1, p, mask=low)
+    tl.store(slot_ptr + bh * stride_tbh + c_all, k, mask=low)
+    tl.store(slot_ptr + bh * stride_tbh + p, k, mask=low)
+
+
+@triton.jit
+def _tail_union_kernel(
+    sel_idx_ptr, sel_count_ptr, k_sizes_ptr, pair_ptr, flag_ptr, idx2_ptr, count2_ptr, cum2_ptr,
+    C, CK,
+    stride_ibh, stride_ic, stride_nbh, stride_kbh, stride_pbh, stride_fbh, stride_fk, stride_i2bh, stride_i2c,
+    stride_n2bh, stride_c2bh, stride_c2c,
+    CK_POW2: tl.constexpr,
+):
+    """Slot ``k``'s selection row: the union of its pair's key clusters, then the rest, in id order."""
+    k = tl.program_id(0)
+    bh = tl.program_id(1)
+    a = tl.load(pair_ptr + bh * stride_pbh + 2 * k)
+    b = tl.load(pair_ptr + bh * stride_pbh + 2 * k + 1)
+    live = a >= 0
+    a = tl.maximum(a, 0)
+    b = tl.maximum(b, 0)
+    cnt_a = tl.where(live, tl.load(sel_count_ptr + bh * stride_nbh + a), 0)
+    cnt_b = tl.where(live, tl.load(sel_count_ptr + bh * stride_nbh + b), 0)
+    j = tl.arange(0, CK_POW2)
+    jm = j < CK
+    flags = flag_ptr + bh * stride_fbh + k * stride_fk
+    tl.store(flags + j, tl.zeros((CK_POW2,), tl.int8), mask=jm)
+    tl.debug_barrier()  # bar.sync: the row is clear before any thread marks it
+    ia = tl.load(sel_idx_ptr + bh * stride_ibh + a * stride_ic + j, mask=j < cnt_a, other=0)
+    ib = tl.load(sel_idx_ptr + bh * stride_ibh + b * stride_ic + j, mask=j < cnt_b, other=0)
+    one = tl.full((CK_POW2,), 1, tl.int8)
+    tl.store(flags + ia, one, mask=j < cnt_a)
+    tl.store(flags + ib, one, mask=j < cnt_b)
+    tl.debug_barrier()  # bar.sync: every mark is written before the row is read
+    inu = tl.load(flags + j, mask=jm, other=0) > 0
+    ks = tl.load(k_sizes_ptr + bh * stride_kbh + j, mask=jm, other=0)
+    rest = jm & (~inu)
+    kept_tok = tl.where(inu, ks, 0)
+    rest_tok = tl.where(rest, ks, 0)
+    n_u = tl.sum(inu.to(tl.int32), axis=0)
+    w_u = tl.sum(kept_tok, axis=0)
+    pos = tl.where(inu, tl.cumsum(inu.to(tl.int32), axis=0) - 1, n_u + tl.cumsum(rest.to(tl.int32), axis=0) - 1)
+    cum = tl.where(inu, tl.cumsum(kept_tok, axis=0) - kept_tok, w_u + tl.cumsum(rest_tok, axis=0) - rest_tok)
+    row = C + k
+    tl.store(idx2_ptr + bh * stride_i2bh + row * stride_i2c + pos, j, mask=jm)
+    tl.store(cum2_ptr + bh * stride_c2bh + row * stride_c2c + pos, cum, mask=jm)
+    tl.store(cum2_ptr + bh * stride_c2bh + row * stride_c2c + CK, tl.sum(ks, axis=0))
+    tl.store(count2_ptr + bh * stride_n2bh + row, n_u)
+
+
+@triton.jit
+def _new_size(offsets_ptr, pair_ptr, slot_ptr, bh, v, vm, C, stride_obh, stride_pbh, stride_sbh,
+              BLOCK: tl.constexpr):
+    """The size of cluster or slot ``v`` after the stage (``vm``: the lanes in range)."""
+    off_row = offsets_ptr + bh * stride_obh
+    is_c = vm & (v < C)
+    size = tl.load(off_row + v + 1, mask=is_c, other=0) - tl.load(off_row + v, mask=is_c, other=0)
+    paired = tl.load(slot_ptr + bh * stride_sbh + v, mask=is_c, other=-1) >= 0
+    keep = size - tl.where(paired, size % BLOCK, 0)
+    is_s = vm & (v >= C)
+    k = v - C
+    a = tl.load(pair_ptr + bh * stride_pbh + 2 * k, mask=is_s, other=-1)
+    b = tl.load(pair_ptr + bh * stride_pbh + 2 * k + 1, mask=is_s, other=-1)
+    am = is_s & (a >= 0)
+    kept = am & (tl.load(slot_ptr + bh * stride_sbh + a, mask=am, other=-1) == k)
+    ra = (tl.load(off_row + a + 1, mask=kept, other=0) - tl.load(off_row + a, mask=kept, other=0)) % BLOCK
+    rb = (tl.load(off_row + b + 1, mask=kept, other=0) - tl.load(off_row + b, mask=kept, other=0)) % BLOCK
+    return tl.where(is_c, keep, tl.where(kept, ra + rb, 0))
+
+
+@triton.jit
+def _tail_layout_kernel(
+    offsets_ptr, pair_ptr, slot_ptr, offsets2_ptr, sizes2_ptr, C, C2,
+    stride_obh, stride_pbh, stride_sbh, stride_o2bh, stride_s2bh,
+    BLOCK: tl.constexpr, C2_POW2: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    v = tl.arange(0, C2_POW2)
+    vm = v < C2
+    size = _new_size(offsets_ptr, pair_ptr, slot_ptr, bh, v, vm, C, stride_obh, stride_pbh, stride_sbh, BLOCK)
+    incl = tl.cumsum(size, axis=0)
+    tl.store(offsets2_ptr + bh * stride_o2bh + v + 1, incl, mask=vm)
+    tl.store(offsets2_ptr + bh * stride_o2bh + v, incl - size, mask=v == 0)
+    tl.store(sizes2_ptr + bh * stride_s2bh + v, size, mask=vm)
+
+
+@triton.jit
+def _tail_perm_kernel(
+    offsets_ptr, perm_ptr, labels_ptr, pair_ptr, offsets2_ptr, perm2_ptr, C,
+    stride_obh, stride_pmbh, stride_lbh, stride_pbh, stride_o2bh, stride_p2bh,
+    BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    v = tl.program_id(0)
+    bh = tl.program_id(1)
+    off_row = offsets_ptr + bh * stride_obh
+    dst = tl.load(offsets2_ptr + bh * stride_o2bh + v)
+    n_new = tl.load(offsets2_ptr + bh * stride_o2bh + v + 1) - dst
+    perm_row = perm_ptr + bh * stride_pmbh
+    perm2_row = perm2_ptr + bh * stride_p2bh
+    if v < C:  # the cluster's rows but a packed tail, in place order
+        src = tl.load(off_row + v)
+        for i0 in range(0, n_new, BLOCK_R):
+            i = i0 + tl.arange(0, BLOCK_R)
+            m = i < n_new
+            tl.store(perm2_row + dst + i, tl.load(perm_row + src + i, mask=m, other=0), mask=m)
+    elif n_new > 0:  # a kept pair: its two tails, relabelled
+        k = v - C
+        i = tl.arange(0, BLOCK)
+        at = dst
+        for e in tl.static_range(2):
+            c = tl.load(pair_ptr + bh * stride_pbh + 2 * k + e)
+            end = tl.load(off_row + c + 1)
+            r = (end - tl.load(off_row + c)) % BLOCK
+            m = i < r
+            tok = tl.load(perm_row + end - r + i, mask=m, other=0)
+            tl.store(perm2_row + at + i, tok, mask=m)
+            tl.store(labels_ptr + bh * stride_lbh + tok, tl.full((BLOCK,), 0, tl.int32) + v, mask=m)
+            at += r
