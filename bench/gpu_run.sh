@@ -48,6 +48,12 @@
 #   bash bench/gpu_run.sh OUT generate_hunyuan          # HunyuanVideo 720p 129 frames, 4 steps, dense and 25%, tiled
 #                                                       # VAE decode (~440 s; the warm-up jobs alone take ~190 s)
 #
+#   bash bench/gpu_run.sh OUT tailunion_tests tailunion # the query-tail union: its Hopper test (the six kernels against
+#                                                       # the reference, the kernel on its layout, a CUDA graph), then
+#                                                       # its accuracy, modelled cost and the attention kernel's time on
+#                                                       # its tables at Wan 14B's size (probe_tail_union.py);
+#                                                       # tailunion480: at 480p's (200 / 1000); w480_tu, wan14b_tu,
+#                                                       # hunyuan_tu: the pipeline steps with it
 #   bash bench/gpu_run.sh OUT w480 w480_rebalance       # the Wan 1.3B 480p step without, then with rebalancing (rho = 16)
 #   bash bench/gpu_run.sh OUT subsample subsample_trajectory   # the selection with the k-means' first iterations on
 #                                                       # a token sample (kmeans_subsample 1 / 2 / 4), timed
@@ -119,6 +125,20 @@ for step in "$@"; do
     cold_trajectory_720p) python bench/probes/probe_config_trajectory.py --grid 21,45,80 --objects 24 --cq 300 \
       --ck 1000 --device cuda --backend triton --seeds 2 --steps 6 --variant kmeans_iters_init=10 \
       --variant kmeans_iters_init=20 --name cold_iters --out "$out/$step" > "$log" 2>&1 ;;
+    tailunion_tests) python -m pytest -q tests/svg2core/test_sparse_attn_hopper.py -p no:cacheprovider -k tail_union \
+      > "$log" 2>&1 ;;
+    tailunion) python bench/probes/probe_tail_union.py --grid 21,45,80 --objects 24 --cq 300 --ck 1000 --seeds 1 \
+      --targets 0.15 0.25 0.4 --rules product --device cuda --backend triton --time-heads 40 \
+      --out "$out/$step" > "$log" 2>&1 ;;
+    tailunion480) python bench/probes/probe_tail_union.py --grid 21,30,52 --objects 12 --cq 200 --ck 1000 --seeds 1 \
+      --targets 0.15 0.25 0.4 --rules product --device cuda --backend triton --time-heads 12 \
+      --out "$out/$step" > "$log" 2>&1 ;;
+    w480_tu) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
+      --query-tail-union --out "$out/$step" > "$log" 2>&1 ;;
+    wan14b_tu) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
+      --query-tail-union --out "$out/$step" > "$log" 2>&1 ;;
+    hunyuan_tu) python bench/bench_pipeline_step.py --compile --models hunyuanvideo-720p --densities 0.15,0.25 \
+      --query-tail-union --out "$out/$step" > "$log" 2>&1 ;;
     w480_s2) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
       --kmeans-subsample 2 --out "$out/$step" > "$log" 2>&1 ;;
     hunyuan) python bench/bench_pipeline_step.py --compile --models hunyuanvideo-720p --densities 0.15,0.25 \

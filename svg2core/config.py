@@ -58,14 +58,14 @@ class SVG2Config:
             ``kmeans_subsample = 2``, 1.2-2% (582 -> 570 / 573 ms, 2.00x / 1.98x) for 0.3-0.5% more attention error
             (docs/benchmarks/NOTES_sparse_attn.md v24, v25).
         query_tail_union: ``False``: each query cluster's last, partly filled tile runs alone over the cluster's own
-            key list. ``True``: after the selection, pairs of those tails (the largest with the smallest that fits,
-            per head) share one 128-row tile over the union of their two key lists where a tile-cost model says
-            that is cheaper (:func:`svg2core.ops.tail_union.tail_union_reference`). The rows of a packed tail attend
+            key list. ``True``: after the selection, pairs of those tails share one 128-row tile over the union of
+            their two key lists where a tile-cost model says that is cheaper, paired per head by mutual best partner
+            (:func:`svg2core.ops.tail_union.tail_union_reference`). The rows of a packed tail attend
             to more keys than their own selection: the attention is exact for that larger mask and its pairs count
             in the density. On synthetic video attention (CPU, bench/probes/probe_tail_union.py) the query tiles'
-            fill rises from 0.81 to 0.93 at Wan 14B's cluster sizes and from 0.71 to 0.91 at 480p's, for 4-9%
-            less modelled kernel time and 2-5% less attention error at the same target density. Off by default
-            until the GPU kernel's time confirms the model (docs/benchmarks/NOTES_sparse_attn.md v27).
+            fill rises from 0.81 to 0.90-0.92 at Wan 14B's cluster sizes and from 0.71 to 0.86-0.87 at 480p's, for
+            4-6% / 7-10% less modelled kernel time and 1-2% / 1-4% less attention error at the same target. Off by
+            default until the GPU kernel's time confirms the model (docs/benchmarks/NOTES_sparse_attn.md v27).
     """
 
     mode: Mode = "top_p"

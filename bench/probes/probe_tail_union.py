@@ -28,7 +28,11 @@ CPU, a grid scaled to Wan 14B's ratios (clusters of ~256 query rows against 128-
 
     python bench/probes/probe_tail_union.py --grid 8,32,32 --cq 32 --ck 110 --out DIR
 
-`balanced`'s 480p ratio (~164 rows a query cluster): ``--cq 50``.
+`balanced`'s 480p ratio (~164 rows a query cluster): ``--cq 50 --ck 250``. At Wan 14B 720p's size on the GPU, with the
+attention kernel timed on both tables at 40 heads (the Triton stage's own tables, and its time):
+
+    python bench/probes/probe_tail_union.py --grid 21,45,80 --objects 24 --cq 300 --ck 1000 --rules product \
+        --device cuda --backend triton --time-heads 40 --out DIR
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import json
 import math
 import os
 import sys
+import time
 
 import torch
 
@@ -210,17 +215,82 @@ def grouped_attention(q, k, v, groups: torch.Tensor, masks: torch.Tensor, k_labe
     return torch.cat(out), kept / (q.shape[0] * k.shape[0])
 
 
+def kernel_ms(plan, heads: int, head_dim: int, block: int, rounds: int = 3, calls: int = 10) -> dict:
+    """GPU: the attention kernel's time on ``plan``'s tables and on their tail union (the library's Triton stage),
+    and the stage's own time, at the product's head shape: ``heads`` heads of ``head_dim`` (head h takes the plan's
+    head h % BH), random bf16 tokens. Best of ``rounds`` alternating rounds of ``calls`` back-to-back calls, ms."""
+    from svg2core.ops.sparse_attn import sparse_attention
+    from svg2core.ops.tail_union import tail_union
+    from svg2core.state import Workspace
+
+    bh, n = plan.q_labels.shape
+    cq = plan.sel_count.shape[-1]
+    dev = plan.sel_idx.device
+    src = torch.arange(heads, device=dev) % bh
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, head_dim, device=dev, generator=gen).to(torch.bfloat16) for _ in range(3))
+    kp, vp = (torch.randn(heads, n, head_dim, device=dev, generator=gen).to(torch.bfloat16) for _ in range(2))
+    tiled = {name: getattr(plan, name)[src].contiguous() for name in
+             ("q_labels", "q_perm", "q_offsets", "k_offsets", "sel_idx", "sel_count", "sel_cum", "k_sizes")}
+    ws = Workspace()
+
+    def stage():
+        return tail_union(tiled["q_labels"].clone(), tiled["q_perm"], tiled["q_offsets"], tiled["sel_idx"],
+                          tiled["sel_count"], tiled["sel_cum"], tiled["k_sizes"], block, ws, "q")
+
+    union = stage()
+    tables = {"baseline": (tiled["q_perm"], tiled["q_offsets"], tiled["sel_idx"], tiled["sel_count"],
+                           tiled["sel_cum"], None),
+              "product": (union[1], union[2], union[4], union[5], union[6], cq)}
+    out = torch.empty_like(q)
+
+    def call(name):
+        if name == "stage":
+            return stage()
+        perm, offsets, idx, count, cum, partial = tables[name]
+        return sparse_attention(q, k, v, kp, vp, perm, offsets, tiled["k_offsets"], idx, count, cum, out=out,
+                                partial_tiles=partial)
+
+    def timed(name) -> float:
+        if dev.type != "cuda":  # the CPU (Triton interpreter): checks the script, times nothing useful
+            t = time.perf_counter()
+            for _ in range(calls):
+                call(name)
+            return (time.perf_counter() - t) * 1e3 / calls
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            call(name)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / calls
+
+    names = ("baseline", "product", "stage")
+    for name in names:
+        call(name)
+    best = {name: float("inf") for name in names}
+    for _ in range(rounds):
+        for name in names:
+            best[name] = min(best[name], timed(name))
+    return best
+
+
 def measure(seeds, targets, cq: int, ck: int, block: int, fixed: float, max_members: list[int], grid, objects: int,
-            init_iters: int, rules=("greedy",)) -> list[dict]:
+            init_iters: int, rules=("greedy",), device: str = "cpu", backend: str = "reference",
+            time_heads: int = 0, time_head_dim: int = 128, time_reps: tuple[int, int] = (3, 10)) -> list[dict]:
     """Rows per (target, plan), averaged over seeds: error, density, cost relative to the baseline at the target,
-    query-tile fill. Plans: "baseline", "greedy<=m" for each cap m, and "product" (the library's rule)."""
+    query-tile fill. Plans: "baseline", "greedy<=m" for each cap m, and "product" (the library's rule). With
+    ``time_heads`` (GPU): the kernel's time on the baseline's and the product's tables (:func:`kernel_ms`, best of
+    ``time_reps`` = (rounds, calls)), their ratio, and the stage's time."""
     acc: dict = {}
     for seed in seeds:
         q, k, v, _ = F.make_qkv(seed, grid=grid, num_objects=objects)
+        q, k, v = q.to(device), k.to(device), v.to(device)
         dense = F.dense_attention(q, k, v)[0]
         h = q.shape[1]
         for target in targets:
-            plan, _ = plan_at(q, k, v, target, cq, ck, init_iters, "reference")
+            plan, _ = plan_at(q, k, v, target, cq, ck, init_iters, backend)
+            ms = kernel_ms(plan, time_heads, time_head_dim, block, *time_reps) if time_heads else {}
             chosen = chosen_of(plan.sel_idx, plan.sel_count)
             variants = [("baseline", 0, "none")]
             variants += [(f"greedy<={m}", m, "greedy") for m in max_members if "greedy" in rules]
@@ -237,9 +307,11 @@ def measure(seeds, targets, cq: int, ck: int, block: int, fixed: float, max_memb
                     fill += f / h
                 out = torch.stack(outs)
                 base_cost = cost if base_cost is None else base_cost
-                acc.setdefault((target, name), []).append(dict(
-                    error=((out - dense).norm() / dense.norm()).item(), density=sum(dens) / h,
-                    cost=cost / base_cost, abs_cost=cost, fill=fill))
+                row = dict(error=((out - dense).norm() / dense.norm()).item(), density=sum(dens) / h,
+                           cost=cost / base_cost, abs_cost=cost, fill=fill)
+                if name in ms:
+                    row.update(kernel_ms=ms[name], kernel_ratio=ms[name] / ms["baseline"], stage_ms=ms["stage"])
+                acc.setdefault((target, name), []).append(row)
         print(f"seed {seed} done", flush=True)
     rows = []
     for (target, name), rs in acc.items():
@@ -259,12 +331,18 @@ def equal_cost_error(rows: list[dict], cost: float) -> float | None:
 
 
 def table(rows: list[dict]) -> list[str]:
-    lines = ["| target | plan | error | density | cost vs baseline | query-tile fill | baseline error at equal cost |",
-             "|---|---|---|---|---|---|---|"]
+    timed = any("kernel_ms" in r for r in rows)
+    lines = ["| target | plan | error | density | cost vs baseline | query-tile fill | baseline error at equal cost |"
+             + (" kernel ms | kernel vs baseline | stage ms |" if timed else ""),
+             "|---|---|---|---|---|---|---|" + ("---|---|---|" if timed else "")]
     for r in rows:
         eq = equal_cost_error(rows, r["abs_cost"]) if r["plan"] != "baseline" else None
-        lines.append(f"| {r['target']:.2f} | {r['plan']} | {r['error']:.4f} | {r['density']:.3f} | {r['cost']:.3f} | "
-                     f"{r['fill']:.3f} | {'-' if eq is None else f'{eq:.4f}'} |")
+        line = (f"| {r['target']:.2f} | {r['plan']} | {r['error']:.4f} | {r['density']:.3f} | {r['cost']:.3f} | "
+                f"{r['fill']:.3f} | {'-' if eq is None else f'{eq:.4f}'} |")
+        if timed:
+            line += (f" {r['kernel_ms']:.3f} | {r['kernel_ratio']:.3f} | {r['stage_ms']:.3f} |" if "kernel_ms" in r
+                     else " - | - | - |")
+        lines.append(line)
     return lines
 
 
@@ -281,6 +359,10 @@ def main() -> None:
     ap.add_argument("--max-members", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--init-iters", type=int, default=20)
     ap.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
+    ap.add_argument("--time-heads", type=int, default=0,
+                    help="GPU: also time the attention kernel on the baseline's and the product's tables at this many "
+                         "heads (e.g. 40, Wan 14B), and the stage")
+    ap.add_argument("--time-head-dim", type=int, default=128)
     F.video_args(ap)
     ap.add_argument("--out", default=None, help="write the table and rows here (markdown + JSON)")
     a = ap.parse_args()
@@ -288,9 +370,9 @@ def main() -> None:
     n = grid[0] * grid[1] * grid[2]
     fixed = a.fixed if a.fixed is not None else 3 * 128 * n / 75600
     rows = measure(range(a.seeds), a.targets, a.cq, a.ck, a.block, fixed, a.max_members, grid, a.objects,
-                   a.init_iters, a.rules)
+                   a.init_iters, a.rules, a.device, a.backend, a.time_heads, a.time_head_dim)
     head = [f"# Packed query-tile remainders with their clusters' key-list union ({n} tokens, {a.cq} / {a.ck} "
-            f"clusters, {a.block}-row tiles, fixed cost {fixed:.0f} key rows a tile, {a.seeds} seeds, CPU reference)",
+            f"clusters, {a.block}-row tiles, fixed cost {fixed:.0f} key rows a tile, {a.seeds} seeds, {a.device}, {a.backend} backend)",
             "", "Cost: the modelled kernel time (module docstring), relative to the baseline at the same target. "
             "Baseline error at equal cost: the baseline's error interpolated at this plan's cost.", ""]
     text = "\n".join(head + table(rows)) + "\n"

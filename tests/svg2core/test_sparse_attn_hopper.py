@@ -301,6 +301,40 @@ def test_query_tile_rebalancing_on_the_gpu():
     _warm_call_in_a_graph_equals_eager(q, k, v, cfg)
 
 
+@pytest.mark.timeout(240, method="thread")
+def test_query_tail_union_on_the_gpu():
+    # the six tail-union kernels against the reference at 4 heads x 20,000 tokens, 150 / 400 clusters (the tables
+    # must agree exactly: integer rule), the Gluon kernel on the union layout against the torch reference of the same
+    # tables, then a warm svg2_attention call with query_tail_union in a CUDA graph
+    from svg2core import SVG2Config
+    from svg2core.ops.tail_union import tail_union, tail_union_reference
+    from test_tail_union import ARGS, layout
+
+    t = layout(11, 4, 20000, 150, 400, density=0.2)
+    want = tail_union_reference(*(t[a] for a in ARGS))
+    got = tail_union(*(t[a].clone().cuda() for a in ARGS), workspace=Workspace())
+    for name, w, g in zip(("labels", "perm", "offsets", "sizes", "sel_idx", "sel_count", "sel_cum"), want, got,
+                          strict=True):
+        assert torch.equal(g.cpu(), w), name
+    assert int((want[5][:, 150:] > 0).sum()) > 100  # tails were packed
+    # the kernel on the union layout (the reference attends by the same tables)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 20000, 128, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(3))
+    k_off = torch.zeros(4, 401, dtype=torch.int32, device="cuda")
+    k_off[:, 1:] = t["k_sizes"].cuda().cumsum(1)
+    kp, vp = (torch.randn(4, 20000, 128, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
+    args = dict(q=q, k=k, v=v, kp=kp, vp=vp, q_perm=got[1], q_offsets=got[2], k_offsets=k_off, sel_idx=got[4],
+                sel_count=got[5], sel_cum=got[6])
+    out = sparse_attention(**args, partial_tiles=150)
+    ref = sparse_attention_reference(**args, query_chunk=2048)
+    assert rel_rms(out, ref) < 1e-2
+
+    cfg = SVG2Config(num_q_clusters=150, num_k_clusters=400, mode="fixed_density", target_density=0.25,
+                     query_tail_union=True)
+    q, k, v = (torch.randn(1, 8, 20000, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    _warm_call_in_a_graph_equals_eager(q, k, v, cfg)
+
+
 def test_kmeans_subsample_on_the_gpu():
     # kmeans_subsample: the Triton k-means (sampled iterations, then a full one) against the reference at 8 heads x
     # 20,000 tokens in 300 blobs, 100 clusters (bf16 dots: a near-tie may go the other way and move a cluster's mean,
