@@ -24,6 +24,7 @@ from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
 from svg2core.ops.permute import gather_kv, key_rows_buffer, sort_by_cluster
 from svg2core.ops.rebalance.rebalance import rebalance_query_tiles
 from svg2core.ops.select import KeySweep, select_key_clusters
+from svg2core.ops.select.reference import token_limits
 from svg2core.ops.tail_union import tail_union
 from svg2core.state import BranchCentroids, LayerState, Workspace
 
@@ -249,9 +250,12 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend,
                                                           key_sweep)
         if config.query_tail_union:  # pairs of query-cluster tails in shared tiles over their key lists' union
+            # the top-p mode's density cap bounds a union too; the fixed-density mode's target does not (the union's
+            # extra pairs are what it buys)
+            cap = token_limits(config, nv)[1] if config.mode == "top_p" else None
             q_labels, q_perm, q_offsets, q_sizes, sel_idx, sel_count, sel_cum = tail_union(
                 q_labels, q_perm, q_offsets, sel_idx, sel_count, sel_cum, k_sizes, REBALANCE_BLOCK, ws, "q",
-                backend)
+                backend, max_keys=cap)
     if side is not None:
         main.wait_stream(side)  # the caller's stream sees everything
     return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,

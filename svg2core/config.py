@@ -62,7 +62,8 @@ class SVG2Config:
             their two key lists where a tile-cost model says that is cheaper, paired per head by mutual best partner
             (:func:`svg2core.ops.tail_union.tail_union_reference`). The rows of a packed tail attend
             to more keys than their own selection: the attention is exact for that larger mask and its pairs count
-            in the density. On synthetic video attention (CPU, bench/probes/probe_tail_union.py) the query tiles'
+            in the density (in the top-p mode no union passes ``max_density``; in the fixed-density mode a union may
+            pass the target). On synthetic video attention (CPU, bench/probes/probe_tail_union.py) the query tiles'
             fill rises from 0.81 to 0.90-0.92 at Wan 14B's cluster sizes and from 0.71 to 0.86-0.87 at 480p's, for
             4-6% / 7-10% less modelled kernel time and 1-2% / 1-4% less attention error at the same target. Off by
             default until the GPU kernel's time confirms the model (docs/benchmarks/NOTES_sparse_attn.md v27).

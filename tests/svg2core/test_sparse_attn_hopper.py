@@ -306,9 +306,10 @@ def test_query_tail_union_on_the_gpu():
     # the six tail-union kernels against the reference at 4 heads x 20,000 tokens, 150 / 400 clusters (the tables
     # must agree exactly: integer rule), the Gluon kernel on the union layout against the torch reference of the same
     # tables, then a warm svg2_attention call with query_tail_union in a CUDA graph
+    from test_tail_union import ARGS, layout
+
     from svg2core import SVG2Config
     from svg2core.ops.tail_union import tail_union, tail_union_reference
-    from test_tail_union import ARGS, layout
 
     t = layout(11, 4, 20000, 150, 400, density=0.2)
     want = tail_union_reference(*(t[a] for a in ARGS))

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from svg2core.ops.tail_union import tail_pairs_reference, tail_union, tail_union_reference, union_clusters
-from svg2core.ops.tail_union.reference import FIXED_KEY_ROWS, pair_savings_reference
-from svg2core.ops.tail_union.reference import tile_cost
+from svg2core.ops.tail_union.reference import FIXED_KEY_ROWS, pair_savings_reference, tile_cost
 from svg2core.state import Workspace
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,6 +74,9 @@ def test_savings_follow_the_cost_model():
     assert got[0, 0, 2] == max(want02, 0) and got[0, 1, 2] == 0  # no saving: not a candidate
     assert torch.all(got[0, 3] == 0) and torch.all(got[0, :, 3] == 0)  # no tail
     assert torch.all(torch.diagonal(got[0]) == 0)
+    # a density cap (top-p mode): no union of more key rows than it allows
+    capped = pair_savings_reference(sizes, sel_count, sel_cum, sel_idx, k_sizes, 32, fixed=4, max_keys=29)
+    assert capped[0, 0, 1] == 0 and capped[0, 0, 2] == got[0, 0, 2]  # unions of 30 and 15 key rows
 
 
 @pytest.mark.parametrize("seed,bh,nv,cq,ck,block,empty", [(0, 2, 700, 11, 24, 32, False),
@@ -141,10 +143,10 @@ def test_a_pair_whose_union_costs_more_stays_apart():
     t["sel_count"] = torch.tensor([[1, 1]], dtype=torch.int32)
     t["sel_cum"] = torch.tensor([[[0, 10, 30, 50, 60], [0, 10, 30, 50, 60]]], dtype=torch.int32)
     # 100 (20 + f) < 100 (10 + f) + 69 (10 + f)  <=>  1000 < 69 (10 + f)  <=>  f > 4.49
-    for fixed, want in ((4, 0), (5, 2)):
-        out = tail_union_reference(*(t[a] for a in ARGS), block=32, fixed=fixed)
+    for fixed, cap, want in ((4, None, 0), (5, None, 2), (5, 19, 0)):  # cap 19: the union's 20 key rows exceed it
+        out = tail_union_reference(*(t[a] for a in ARGS), block=32, fixed=fixed, max_keys=cap)
         assert int(out[5][0, 2]) == want, fixed
-        got = tail_union(*(t[a].clone() for a in ARGS), block=32, workspace=Workspace(), fixed=fixed)
+        got = tail_union(*(t[a].clone() for a in ARGS), block=32, workspace=Workspace(), fixed=fixed, max_keys=cap)
         assert int(got[5][0, 2]) == want, fixed
 
 

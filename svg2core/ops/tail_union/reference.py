@@ -13,7 +13,8 @@ share:
 
 - the integer cost model of one tile is ``cost(rows, keys) = (69 if rows <= block // 2 else 100) * (keys + fixed)``
   (``fixed``: a tile's fixed cost in key rows, :data:`FIXED_KEY_ROWS`); a pair of tails ``a != b``, both non-empty,
-  that fits one tile (``r_a + r_b <= block``) *saves* ``cost(r_a, w_a) + cost(r_b, w_b) - cost(r_a + r_b, w_a + w_b
+  that fits one tile (``r_a + r_b <= block``), and whose union holds at most ``max_keys`` key rows (the top-p mode's
+  density cap; none in the fixed-density mode), *saves* ``cost(r_a, w_a) + cost(r_b, w_b) - cost(r_a + r_b, w_a + w_b
   - o_ab)``, and is a candidate if that is positive;
 - pairs form by mutual best partner, in :data:`ROUNDS` rounds: in each round every tail not yet paired names the
   candidate partner of largest saving among those not yet paired (ties: the lower id), and two tails that name each
@@ -57,8 +58,10 @@ def tile_cost(rows: int, keys: int, block: int, fixed: int) -> int:
 
 
 def pair_savings_reference(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_cum: torch.Tensor,
-                           sel_idx: torch.Tensor, k_sizes: torch.Tensor, block: int, fixed: int) -> torch.Tensor:
-    """``(BH, Cq, Cq)`` int64 saving of every pair of tails (the rule's first point); 0 where not a candidate."""
+                           sel_idx: torch.Tensor, k_sizes: torch.Tensor, block: int, fixed: int,
+                           max_keys: int | None = None) -> torch.Tensor:
+    """``(BH, Cq, Cq)`` int64 saving of every pair of tails (the rule's first point); 0 where not a candidate, and
+    where the union would hold more than ``max_keys`` key rows (the top-p mode's density cap)."""
     bh, cq = sel_count.shape
     ck = k_sizes.shape[-1]
     member = torch.zeros(bh, cq, ck, dtype=torch.long, device=q_sizes.device)
@@ -77,6 +80,8 @@ def pair_savings_reference(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_c
     saving = alone[:, :, None] + alone[:, None, :] - cost(rows, w[:, :, None] + w[:, None, :] - overlap)
     ok = (r[:, :, None] > 0) & (r[:, None, :] > 0) & (rows <= block)
     ok &= ~torch.eye(cq, dtype=torch.bool, device=q_sizes.device)[None]
+    if max_keys is not None:
+        ok &= w[:, :, None] + w[:, None, :] - overlap <= max_keys
     return torch.where(ok & (saving > 0), saving, 0)
 
 
@@ -94,7 +99,7 @@ def tail_pairs_reference(saving: torch.Tensor, rounds: int = ROUNDS) -> torch.Te
             named = free & (s.max(1).values > 0)
             mutual = named & (best[best] == idx) & named[best]
             partner = torch.where(mutual, best, partner)
-        low = torch.nonzero((partner > idx)).flatten()  # each pair by its lower id, in id order
+        low = torch.nonzero(partner > idx).flatten()  # each pair by its lower id, in id order
         pairs[i, :low.numel(), 0] = low.int()
         pairs[i, :low.numel(), 1] = partner[low].int()
     return pairs
@@ -103,7 +108,7 @@ def tail_pairs_reference(saving: torch.Tensor, rounds: int = ROUNDS) -> torch.Te
 def tail_union_reference(
     q_labels: torch.Tensor, q_perm: torch.Tensor, q_offsets: torch.Tensor, sel_idx: torch.Tensor,
     sel_count: torch.Tensor, sel_cum: torch.Tensor, k_sizes: torch.Tensor, block: int = 128,
-    fixed: int = FIXED_KEY_ROWS,
+    fixed: int = FIXED_KEY_ROWS, max_keys: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """The stage's result for ``Cq' = Cq + Cq // 2`` query clusters (module docstring).
 
@@ -113,6 +118,8 @@ def tail_union_reference(
         sel_idx, sel_count, sel_cum: the selection, ``(BH, Cq, Ck)``, ``(BH, Cq)``, ``(BH, Cq, Ck + 1)`` int32.
         k_sizes: ``(BH, Ck)`` int32 key-cluster sizes.
         block: rows of the attention kernel's query tile; fixed: a tile's fixed cost in key rows.
+        max_keys: no union of more key rows than this (the top-p mode's density cap, ``max_density * Nv`` rounded
+            up); None: no cap.
 
     Returns:
         ``(q_labels, q_perm, q_offsets, q_sizes, sel_idx, sel_count, sel_cum)`` for the ``Cq'`` clusters (new int32
@@ -123,7 +130,8 @@ def tail_union_reference(
     c2 = union_clusters(cq)
     dev = q_labels.device
     sizes = (q_offsets[:, 1:] - q_offsets[:, :-1]).long()
-    pairs = tail_pairs_reference(pair_savings_reference(sizes, sel_count, sel_cum, sel_idx, k_sizes, block, fixed))
+    pairs = tail_pairs_reference(pair_savings_reference(sizes, sel_count, sel_cum, sel_idx, k_sizes, block, fixed,
+                                                        max_keys))
     labels2 = q_labels.clone()
     perm2 = torch.empty_like(q_perm)
     offsets2 = torch.zeros(bh, c2 + 1, dtype=torch.int32, device=dev)

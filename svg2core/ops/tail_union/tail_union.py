@@ -23,6 +23,7 @@ def tail_union(
     q_labels: torch.Tensor, q_perm: torch.Tensor, q_offsets: torch.Tensor, sel_idx: torch.Tensor,
     sel_count: torch.Tensor, sel_cum: torch.Tensor, k_sizes: torch.Tensor, block: int = 128,
     workspace: Workspace | None = None, name: str = "q", backend: str = "triton", fixed: int = FIXED_KEY_ROWS,
+    max_keys: int | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Pack pairs of query-cluster tails into shared tiles over the union of their key lists (reference.py's rule).
 
@@ -44,7 +45,8 @@ def tail_union(
     if block < 2 or block & (block - 1) or block > 1024:
         raise ValueError(f"block: need a power of two of query rows in [2, 1024], got {block}")
     if backend == "reference":
-        return tail_union_reference(q_labels, q_perm, q_offsets, sel_idx, sel_count, sel_cum, k_sizes, block, fixed)
+        return tail_union_reference(q_labels, q_perm, q_offsets, sel_idx, sel_count, sel_cum, k_sizes, block, fixed,
+                                    max_keys)
     import triton
 
     from svg2core.ops.tail_union.triton_tail_union import (
@@ -87,6 +89,7 @@ def tail_union(
     nblk = triton.cdiv(cq, _SAVING_BM)
     _tail_saving_kernel[(nblk, nblk, bh)](
         q_offsets, sel_count, sel_cum, k_sizes, member, saving, cq, ck, fixed,
+        2**31 - 1 if max_keys is None else max_keys,
         q_offsets.stride(0), sel_count.stride(0), sel_cum.stride(0), sel_cum.stride(1), k_sizes.stride(0),
         member.stride(0), member.stride(1), saving.stride(0), saving.stride(1),
         BLOCK=block, HALF_PCT=HALF_TILE_COST_PCT, BM=_SAVING_BM, BK=_SAVING_BK,

@@ -46,7 +46,7 @@ def _tail_member_kernel(
 @triton.jit
 def _tail_saving_kernel(
     offsets_ptr, sel_count_ptr, sel_cum_ptr, k_sizes_ptr, member_ptr, saving_ptr,
-    C, CK, fixed,
+    C, CK, fixed, max_keys,
     stride_obh, stride_nbh, stride_cbh, stride_cc, stride_kbh, stride_mbh, stride_mc, stride_sbh, stride_sc,
     BLOCK: tl.constexpr, HALF_PCT: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
 ):
@@ -78,6 +78,7 @@ def _tail_saving_kernel(
     saving = (_cost(ra, wa, fixed, BLOCK, HALF_PCT)[:, None] + _cost(rb, wb, fixed, BLOCK, HALF_PCT)[None, :]
               - _cost(rows, union, fixed, BLOCK, HALF_PCT))
     ok = (ra[:, None] > 0) & (rb[None, :] > 0) & (rows <= BLOCK) & (a[:, None] != b[None, :]) & (saving > 0)
+    ok = ok & (union <= max_keys)
     tl.store(saving_ptr + bh * stride_sbh + a[:, None] * stride_sc + b[None, :], tl.where(ok, saving, 0),
              mask=am[:, None] & bm[None, :])
 
