@@ -68,7 +68,8 @@ def pair_savings_reference(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_c
     rank = torch.arange(ck, device=q_sizes.device)
     member.scatter_(2, sel_idx.long(), (rank[None, None, :] < sel_count[..., None]).long())
     ks = k_sizes.long()
-    overlap = (member * ks[:, None, :]) @ member.transpose(1, 2)  # exact in int64
+    # in float64, exact for integers below 2^53 (CUDA has no integer matmul)
+    overlap = ((member * ks[:, None, :]).double() @ member.transpose(1, 2).double()).long()
     w = torch.gather(sel_cum.long(), 2, sel_count.long()[..., None])[..., 0]
     r = q_sizes.long() % block
 
