@@ -42,7 +42,6 @@ import json
 import math
 import os
 import sys
-import time
 
 import torch
 
@@ -52,7 +51,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 import bench_fidelity as F  # noqa: E402
-from probe_tile_rebalance import plan_at  # noqa: E402
+from probe_tile_rebalance import best_of_rounds, plan_at, random_tokens  # noqa: E402
 
 from svg2core.ops.tail_union import tail_union_reference  # noqa: E402
 from svg2core.ops.tail_union.reference import HALF_TILE_COST_PCT  # noqa: E402
@@ -227,9 +226,7 @@ def kernel_ms(plan, heads: int, head_dim: int, block: int, rounds: int = 3, call
     cq = plan.sel_count.shape[-1]
     dev = plan.sel_idx.device
     src = torch.arange(heads, device=dev) % bh
-    gen = torch.Generator(device=dev).manual_seed(0)
-    q, k, v = (torch.randn(1, heads, n, head_dim, device=dev, generator=gen).to(torch.bfloat16) for _ in range(3))
-    kp, vp = (torch.randn(heads, n, head_dim, device=dev, generator=gen).to(torch.bfloat16) for _ in range(2))
+    q, k, v, kp, vp = random_tokens(heads, n, head_dim, dev)
     tiled = {name: getattr(plan, name)[src].contiguous() for name in
              ("q_labels", "q_perm", "q_offsets", "k_offsets", "sel_idx", "sel_count", "sel_cum", "k_sizes")}
     ws = Workspace()
@@ -251,27 +248,7 @@ def kernel_ms(plan, heads: int, head_dim: int, block: int, rounds: int = 3, call
         return sparse_attention(q, k, v, kp, vp, perm, offsets, tiled["k_offsets"], idx, count, cum, out=out,
                                 partial_tiles=partial)
 
-    def timed(name) -> float:
-        if dev.type != "cuda":  # the CPU (Triton interpreter): checks the script, times nothing useful
-            t = time.perf_counter()
-            for _ in range(calls):
-                call(name)
-            return (time.perf_counter() - t) * 1e3 / calls
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            call(name)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / calls
-
-    names = ("baseline", "product", "stage")
-    for name in names:
-        call(name)
-    best = {name: float("inf") for name in names}
-    for _ in range(rounds):
-        for name in names:
-            best[name] = min(best[name], timed(name))
+    best = best_of_rounds(call, ["baseline", "product", "stage"], dev, rounds, calls)
     for name in ("baseline", "product"):  # the computed pairs of the tiled heads' tables
         perm, offsets, idx, count, cum, _ = tables[name]
         keys = torch.gather(cum.long(), -1, count.long()[..., None])[..., 0]

@@ -96,9 +96,7 @@ def kernel_ms(plan, layouts: dict, heads: int, head_dim: int, rounds: int = 3, c
     cq = plan.sel_count.shape[-1]
     dev = plan.sel_idx.device
     src = torch.arange(heads, device=dev) % bh
-    gen = torch.Generator(device=dev).manual_seed(0)
-    q, k, v = (torch.randn(1, heads, n, head_dim, device=dev, generator=gen).to(torch.bfloat16) for _ in range(3))
-    kp, vp = (torch.randn(heads, n, head_dim, device=dev, generator=gen).to(torch.bfloat16) for _ in range(2))
+    q, k, v, kp, vp = random_tokens(heads, n, head_dim, dev)
     tables = [x[src].contiguous() for x in (plan.k_offsets, plan.sel_idx, plan.sel_count, plan.sel_cum)]
     qlay = {name: tuple(t[src].contiguous() for t in layout_of(lab, cq)) for name, lab in layouts.items()}
     out = torch.empty_like(q)
@@ -107,8 +105,24 @@ def kernel_ms(plan, layouts: dict, heads: int, head_dim: int, rounds: int = 3, c
         perm, offsets = qlay[name]
         sparse_attention(q, k, v, kp, vp, perm, offsets, *tables, out=out)
 
+    return best_of_rounds(call, list(layouts), dev, rounds, calls)
+
+
+def random_tokens(heads: int, n: int, head_dim: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
+    """Seeded random bf16 ``q, k, v`` (1, heads, n, head_dim) and gathered ``kp, vp`` (heads, n, head_dim): the
+    kernel's time does not depend on their values."""
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, head_dim, device=dev, generator=gen).to(torch.bfloat16) for _ in range(3))
+    kp, vp = (torch.randn(heads, n, head_dim, device=dev, generator=gen).to(torch.bfloat16) for _ in range(2))
+    return q, k, v, kp, vp
+
+
+def best_of_rounds(call, names: list, dev: torch.device, rounds: int, calls: int) -> dict:
+    """``call(name)`` once for each of ``names`` (compile, caches), then ``rounds`` alternating rounds of ``calls``
+    back-to-back calls each: the best ms per call of each name (CUDA events; wall time on the CPU, where the Triton
+    interpreter times nothing useful and only the script is checked)."""
     def timed(name) -> float:
-        if dev.type != "cuda":  # the CPU (Triton interpreter): checks the script, times nothing useful
+        if dev.type != "cuda":
             t = time.perf_counter()
             for _ in range(calls):
                 call(name)
@@ -121,11 +135,11 @@ def kernel_ms(plan, layouts: dict, heads: int, head_dim: int, rounds: int = 3, c
         end.synchronize()
         return start.elapsed_time(end) / calls
 
-    for name in layouts:  # warm-up: compile and caches
+    for name in names:
         call(name)
-    best = {name: float("inf") for name in layouts}
+    best = {name: float("inf") for name in names}
     for _ in range(rounds):
-        for name in layouts:
+        for name in names:
             best[name] = min(best[name], timed(name))
     return best
 
