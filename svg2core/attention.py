@@ -253,9 +253,10 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
             # the top-p mode's density cap bounds a union too; the fixed-density mode's target does not (the union's
             # extra pairs are what it buys)
             cap = token_limits(config, nv)[1] if config.mode == "top_p" else None
+            # the key sweep's starts follow the new layout's tiles (the selection's assumed the old one)
             q_labels, q_perm, q_offsets, q_sizes, sel_idx, sel_count, sel_cum = tail_union(
                 q_labels, q_perm, q_offsets, sel_idx, sel_count, sel_cum, k_sizes, REBALANCE_BLOCK, ws, "q",
-                backend, max_keys=cap)
+                backend, max_keys=cap, sweep=(sweep_period, sweep_block_m) if sweep_period else None)
     if side is not None:
         main.wait_stream(side)  # the caller's stream sees everything
     return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,

@@ -155,17 +155,38 @@ def test_a_pair_whose_union_costs_more_stays_apart():
                                                           (3, 2, 1000, 20, 33, 32, False),
                                                           (4, 1, 50, 1, 5, 16, False)],
                          ids=["two-heads", "empty-clusters", "odd-key-count", "one-cluster"])
-def test_triton_equals_the_reference(seed, bh, nv, cq, ck, block, empty):
+@pytest.mark.parametrize("sweep", [None, (3, 16)], ids=["id-order", "key-sweep"])
+def test_triton_equals_the_reference(seed, bh, nv, cq, ck, block, empty, sweep):
     t = layout(seed, bh, nv, cq, ck, empty=empty)
-    want = tail_union_reference(*(t[a] for a in ARGS), block=block, fixed=8)
+    want = tail_union_reference(*(t[a] for a in ARGS), block=block, fixed=8, sweep=sweep)
     args = [t[a].clone().to(DEVICE) for a in ARGS]
     ws = Workspace()
     for _ in range(2):  # twice on the same workspace: nothing of the first call leaks into the second
         args[0].copy_(t["q_labels"])
-        got = tail_union(*args, block=block, workspace=ws, fixed=8)
+        got = tail_union(*args, block=block, workspace=ws, fixed=8, sweep=sweep)
         names = ("labels", "perm", "offsets", "sizes", "sel_idx", "sel_count", "sel_cum")
         for name, w, g in zip(names, want, got, strict=True):
             assert torch.equal(g.cpu(), w), name
+
+
+def test_the_key_sweep_follows_the_new_layout():
+    # with a key sweep every row, the clusters' own included, starts where its first tile in the new layout puts it
+    from svg2core.ops.select.reference import sweep_starts_reference
+
+    t = layout(5, 2, 900, 14, 30)
+    plain = tail_union_reference(*(t[a] for a in ARGS), block=32, fixed=8)
+    swept = tail_union_reference(*(t[a] for a in ARGS), block=32, fixed=8, sweep=(4, 16))
+    assert all(torch.equal(a, b) for a, b in zip(plain[:4], swept[:4], strict=True))  # the same layout
+    assert torch.equal(plain[5], swept[5])  # and the same kept sets, laid out otherwise
+    starts = sweep_starts_reference(swept[3], 4, 16, 30)
+    for i in range(2):
+        for v in range(swept[5].shape[1]):
+            n = int(swept[5][i, v])
+            got = swept[4][i, v, :n].tolist()
+            assert sorted(got) == sorted(plain[4][i, v, :n].tolist())
+            s0 = int(starts[i, v])
+            assert got == sorted(x for x in got if x >= s0) + sorted(x for x in got if x < s0)
+    assert (starts > 0).any()
 
 
 def test_bad_shapes_and_block_are_named():

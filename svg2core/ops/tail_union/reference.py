@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import torch
 
+from svg2core.ops.select.reference import selection_in_sweep_order, sweep_starts_reference
+
 #: A tile's fixed cost in key rows (prologue, epilogue, first loads: about three 128-row key tiles' time,
 #: NOTES_sparse_attn.md v12), for the keep-or-not test of a pair.
 FIXED_KEY_ROWS = 384
@@ -109,7 +111,7 @@ def tail_pairs_reference(saving: torch.Tensor, rounds: int = ROUNDS) -> torch.Te
 def tail_union_reference(
     q_labels: torch.Tensor, q_perm: torch.Tensor, q_offsets: torch.Tensor, sel_idx: torch.Tensor,
     sel_count: torch.Tensor, sel_cum: torch.Tensor, k_sizes: torch.Tensor, block: int = 128,
-    fixed: int = FIXED_KEY_ROWS, max_keys: int | None = None,
+    fixed: int = FIXED_KEY_ROWS, max_keys: int | None = None, sweep: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """The stage's result for ``Cq' = Cq + Cq // 2`` query clusters (module docstring).
 
@@ -121,6 +123,9 @@ def tail_union_reference(
         block: rows of the attention kernel's query tile; fixed: a tile's fixed cost in key rows.
         max_keys: no union of more key rows than this (the top-p mode's density cap, ``max_density * Nv`` rounded
             up); None: no cap.
+        sweep: ``(period, block_m)`` of the attention kernel's key sweep: every row of the result, the clusters' and
+            the slots', is laid out again in sweep order (:func:`~svg2core.ops.select.reference.selection_in_sweep_order`)
+            from its first ``block_m``-row tile in the new layout (the selection's sweep starts assume the old one).
 
     Returns:
         ``(q_labels, q_perm, q_offsets, q_sizes, sel_idx, sel_count, sel_cum)`` for the ``Cq'`` clusters (new int32
@@ -174,4 +179,7 @@ def tail_union_reference(
                 labels2[i, tail.long()] = cq + k
                 at += tail.numel()
     sizes2 = (offsets2[:, 1:] - offsets2[:, :-1]).int()
+    if sweep is not None:
+        starts = sweep_starts_reference(sizes2, sweep[0], sweep[1], ck)
+        sel_idx2, sel_count2, sel_cum2 = selection_in_sweep_order(sel_idx2, sel_count2, k_sizes, starts)
     return labels2, perm2, offsets2, sizes2, sel_idx2, sel_count2, sel_cum2

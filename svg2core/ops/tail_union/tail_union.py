@@ -23,14 +23,16 @@ def tail_union(
     q_labels: torch.Tensor, q_perm: torch.Tensor, q_offsets: torch.Tensor, sel_idx: torch.Tensor,
     sel_count: torch.Tensor, sel_cum: torch.Tensor, k_sizes: torch.Tensor, block: int = 128,
     workspace: Workspace | None = None, name: str = "q", backend: str = "triton", fixed: int = FIXED_KEY_ROWS,
-    max_keys: int | None = None,
+    max_keys: int | None = None, sweep: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Pack pairs of query-cluster tails into shared tiles over the union of their key lists (reference.py's rule).
 
     Args: as :func:`~svg2core.ops.tail_union.reference.tail_union_reference`, plus ``workspace`` and ``name`` (owner
     and name prefix of the outputs and the scratch) and ``backend``: ``"triton"`` (six launches, no host
     synchronisation, no allocation but the workspace's first; ``q_labels`` is relabelled in place) or
-    ``"reference"``.
+    ``"reference"``. ``sweep``: ``(period, block_m)`` of the attention kernel's key sweep (the selection's
+    ``KeySweep``): every row is laid out in sweep order from its first tile in the new layout; None: the clusters'
+    rows as given, the slots' in id order.
 
     Returns:
         ``(q_labels, q_perm, q_offsets, q_sizes, sel_idx, sel_count, sel_cum)`` for ``Cq + Cq // 2`` query clusters.
@@ -46,7 +48,7 @@ def tail_union(
         raise ValueError(f"block: need a power of two of query rows in [2, 1024], got {block}")
     if backend == "reference":
         return tail_union_reference(q_labels, q_perm, q_offsets, sel_idx, sel_count, sel_cum, k_sizes, block, fixed,
-                                    max_keys)
+                                    max_keys, sweep)
     import triton
 
     from svg2core.ops.tail_union.triton_tail_union import (
@@ -54,8 +56,8 @@ def tail_union(
         _tail_match_kernel,
         _tail_member_kernel,
         _tail_perm_kernel,
+        _tail_rows_kernel,
         _tail_saving_kernel,
-        _tail_union_kernel,
     )
 
     ws = Workspace() if workspace is None else workspace
@@ -77,10 +79,12 @@ def tail_union(
     best = ws.buffer(f"{name}.tu_best", (bh, cq), i32, dev)
     pairs = ws.buffer(f"{name}.tu_pairs", (bh, max(1, p), 2), i32, dev)
     slot = ws.buffer(f"{name}.tu_slot", (bh, cq), i32, dev)
-    flags = ws.buffer(f"{name}.tu_flags", (bh, max(1, p), ck), torch.int8, dev)
-    idx2[:, :cq].copy_(sel_idx)  # the clusters' own selections are unchanged
-    count2[:, :cq].copy_(sel_count)
-    cum2[:, :cq].copy_(sel_cum)
+    tile0 = ws.buffer(f"{name}.tu_tile0", (bh, c2), i32, dev)
+    period, sweep_m = sweep if sweep is not None else (0, 0)
+    if not sweep_m:  # the clusters' own selections are unchanged (with a sweep, the rows kernel lays them out again)
+        idx2[:, :cq].copy_(sel_idx)
+        count2[:, :cq].copy_(sel_count)
+        cum2[:, :cq].copy_(sel_cum)
     _tail_member_kernel[(cq, bh)](
         sel_idx, sel_count, member, ck,
         sel_idx.stride(0), sel_idx.stride(1), sel_count.stride(0), member.stride(0), member.stride(1),
@@ -99,19 +103,19 @@ def tail_union(
         saving.stride(0), saving.stride(1), partner.stride(0), pairs.stride(0), slot.stride(0),
         ROUNDS=ROUNDS, BA=_MATCH_BA, BB=_MATCH_BB, C_POW2=c_pow2, P_POW2=triton.next_power_of_2(max(2, p)),
     )
-    if p:
-        _tail_union_kernel[(p, bh)](
-            sel_idx, sel_count, k_sizes, pairs, flags, idx2, count2, cum2, cq, ck,
-            sel_idx.stride(0), sel_idx.stride(1), sel_count.stride(0), k_sizes.stride(0), pairs.stride(0),
-            flags.stride(0), flags.stride(1), idx2.stride(0), idx2.stride(1), count2.stride(0), cum2.stride(0),
-            cum2.stride(1),
-            CK_POW2=ck_pow2,
-        )
     _tail_layout_kernel[(bh,)](
-        q_offsets, pairs, slot, offsets2, sizes2, cq, c2,
-        q_offsets.stride(0), pairs.stride(0), slot.stride(0), offsets2.stride(0), sizes2.stride(0),
-        BLOCK=block, C2_POW2=triton.next_power_of_2(max(2, c2)),
+        q_offsets, pairs, slot, offsets2, sizes2, tile0, cq, c2,
+        q_offsets.stride(0), pairs.stride(0), slot.stride(0), offsets2.stride(0), sizes2.stride(0), tile0.stride(0),
+        BLOCK=block, C2_POW2=triton.next_power_of_2(max(2, c2)), SWEEP_M=sweep_m,
     )
+    first_row = 0 if sweep_m else cq
+    if c2 > first_row:
+        _tail_rows_kernel[(c2 - first_row, bh)](
+            sel_count, k_sizes, member, pairs, tile0, idx2, count2, cum2, cq, ck, max(1, period), first_row,
+            sel_count.stride(0), k_sizes.stride(0), member.stride(0), member.stride(1), pairs.stride(0),
+            tile0.stride(0), idx2.stride(0), idx2.stride(1), count2.stride(0), cum2.stride(0), cum2.stride(1),
+            SWEEP=bool(sweep_m), CK_POW2=ck_pow2,
+        )
     _tail_perm_kernel[(c2, bh)](
         q_offsets, q_perm, q_labels, pairs, offsets2, perm2, cq,
         q_offsets.stride(0), q_perm.stride(0), q_labels.stride(0), pairs.stride(0), offsets2.stride(0),

@@ -140,48 +140,53 @@ def _tail_match_kernel(
 
 
 @triton.jit
-def _tail_union_kernel(
-    sel_idx_ptr, sel_count_ptr, k_sizes_ptr, pair_ptr, flag_ptr, idx2_ptr, count2_ptr, cum2_ptr,
-    C, CK,
-    stride_ibh, stride_ic, stride_nbh, stride_kbh, stride_pbh, stride_fbh, stride_fk, stride_i2bh, stride_i2c,
-    stride_n2bh, stride_c2bh, stride_c2c,
-    CK_POW2: tl.constexpr,
+def _tail_rows_kernel(
+    sel_count_ptr, k_sizes_ptr, member_ptr, pair_ptr, tile0_ptr, idx2_ptr, count2_ptr, cum2_ptr,
+    C, CK, period, first_row,
+    stride_nbh, stride_kbh, stride_mbh, stride_mc, stride_pbh, stride_t0bh, stride_i2bh, stride_i2c, stride_n2bh,
+    stride_c2bh, stride_c2c,
+    SWEEP: tl.constexpr, CK_POW2: tl.constexpr,
 ):
-    """Slot ``k``'s selection row: the union of its pair's key clusters, then the rest, in id order."""
-    k = tl.program_id(0)
+    """Row ``first_row + program_id(0)`` of the new selection: a cluster's kept key clusters (its membership row) or
+    a slot's union (its pair's two rows), first in ascending id from the row's sweep start (SWEEP: from its first
+    tile in the new layout, as ``sweep_starts_reference``; else from 0), wrapping around, then the rest in ascending
+    id, with the key-token prefix sums."""
+    v = first_row + tl.program_id(0)
     bh = tl.program_id(1)
-    a = tl.load(pair_ptr + bh * stride_pbh + 2 * k)
-    b = tl.load(pair_ptr + bh * stride_pbh + 2 * k + 1)
-    live = a >= 0
-    a = tl.maximum(a, 0)
-    b = tl.maximum(b, 0)
-    cnt_a = tl.where(live, tl.load(sel_count_ptr + bh * stride_nbh + a), 0)
-    cnt_b = tl.where(live, tl.load(sel_count_ptr + bh * stride_nbh + b), 0)
     j = tl.arange(0, CK_POW2)
     jm = j < CK
-    flags = flag_ptr + bh * stride_fbh + k * stride_fk
-    tl.store(flags + j, tl.zeros((CK_POW2,), tl.int8), mask=jm)
-    tl.debug_barrier()  # bar.sync: the row is clear before any thread marks it
-    ia = tl.load(sel_idx_ptr + bh * stride_ibh + a * stride_ic + j, mask=j < cnt_a, other=0)
-    ib = tl.load(sel_idx_ptr + bh * stride_ibh + b * stride_ic + j, mask=j < cnt_b, other=0)
-    one = tl.full((CK_POW2,), 1, tl.int8)
-    tl.store(flags + ia, one, mask=j < cnt_a)
-    tl.store(flags + ib, one, mask=j < cnt_b)
-    tl.debug_barrier()  # bar.sync: every mark is written before the row is read
-    inu = tl.load(flags + j, mask=jm, other=0) > 0
+    m_row = member_ptr + bh * stride_mbh
+    if v < C:
+        kept = jm & (tl.load(m_row + v * stride_mc + j, mask=jm, other=0) > 0)
+    else:
+        a = tl.load(pair_ptr + bh * stride_pbh + 2 * (v - C))
+        b = tl.load(pair_ptr + bh * stride_pbh + 2 * (v - C) + 1)
+        live = jm & ((j * 0 + a) >= 0)  # a vector compare (the interpreter rejects a scalar-broadcast mask)
+        in_a = tl.load(m_row + tl.maximum(a, 0) * stride_mc + j, mask=live, other=0) > 0
+        in_b = tl.load(m_row + tl.maximum(b, 0) * stride_mc + j, mask=live, other=0) > 0
+        kept = in_a | in_b
+    start = 0
+    if SWEEP:
+        start = ((tl.load(tile0_ptr + bh * stride_t0bh + v) % period) * CK) // period
     ks = tl.load(k_sizes_ptr + bh * stride_kbh + j, mask=jm, other=0)
-    rest = jm & (~inu)
-    kept_tok = tl.where(inu, ks, 0)
-    rest_tok = tl.where(rest, ks, 0)
-    n_u = tl.sum(inu.to(tl.int32), axis=0)
-    w_u = tl.sum(kept_tok, axis=0)
-    pos = tl.where(inu, tl.cumsum(inu.to(tl.int32), axis=0) - 1, n_u + tl.cumsum(rest.to(tl.int32), axis=0) - 1)
-    cum = tl.where(inu, tl.cumsum(kept_tok, axis=0) - kept_tok, w_u + tl.cumsum(rest_tok, axis=0) - rest_tok)
-    row = C + k
-    tl.store(idx2_ptr + bh * stride_i2bh + row * stride_i2c + pos, j, mask=jm)
-    tl.store(cum2_ptr + bh * stride_c2bh + row * stride_c2c + pos, cum, mask=jm)
-    tl.store(cum2_ptr + bh * stride_c2bh + row * stride_c2c + CK, tl.sum(ks, axis=0))
-    tl.store(count2_ptr + bh * stride_n2bh + row, n_u)
+    hi = kept & (j >= start)
+    lo = kept & (j < start)
+    rest = jm & (~kept)
+    hi_i, lo_i, rest_i = hi.to(tl.int32), lo.to(tl.int32), rest.to(tl.int32)
+    n_hi = tl.sum(hi_i, axis=0)
+    n_kept = n_hi + tl.sum(lo_i, axis=0)
+    hi_tok, lo_tok, rest_tok = ks * hi_i, ks * lo_i, ks * rest_i
+    w_hi = tl.sum(hi_tok, axis=0)
+    w_kept = w_hi + tl.sum(lo_tok, axis=0)
+    pos = tl.where(hi, tl.cumsum(hi_i, axis=0) - 1,
+                   tl.where(lo, n_hi + tl.cumsum(lo_i, axis=0) - 1, n_kept + tl.cumsum(rest_i, axis=0) - 1))
+    cum = tl.where(hi, tl.cumsum(hi_tok, axis=0) - hi_tok,
+                   tl.where(lo, w_hi + tl.cumsum(lo_tok, axis=0) - lo_tok,
+                            w_kept + tl.cumsum(rest_tok, axis=0) - rest_tok))
+    tl.store(idx2_ptr + bh * stride_i2bh + v * stride_i2c + pos, j, mask=jm)
+    tl.store(cum2_ptr + bh * stride_c2bh + v * stride_c2c + pos, cum, mask=jm)
+    tl.store(cum2_ptr + bh * stride_c2bh + v * stride_c2c + CK, tl.sum(ks, axis=0))
+    tl.store(count2_ptr + bh * stride_n2bh + v, n_kept)
 
 
 @triton.jit
@@ -206,10 +211,12 @@ def _new_size(offsets_ptr, pair_ptr, slot_ptr, bh, v, vm, C, stride_obh, stride_
 
 @triton.jit
 def _tail_layout_kernel(
-    offsets_ptr, pair_ptr, slot_ptr, offsets2_ptr, sizes2_ptr, C, C2,
-    stride_obh, stride_pbh, stride_sbh, stride_o2bh, stride_s2bh,
-    BLOCK: tl.constexpr, C2_POW2: tl.constexpr,
+    offsets_ptr, pair_ptr, slot_ptr, offsets2_ptr, sizes2_ptr, tile0_ptr, C, C2,
+    stride_obh, stride_pbh, stride_sbh, stride_o2bh, stride_s2bh, stride_t0bh,
+    BLOCK: tl.constexpr, C2_POW2: tl.constexpr, SWEEP_M: tl.constexpr,
 ):
+    """Every cluster's and slot's new size, the new offsets, and (SWEEP_M > 0) the index of each one's first query
+    tile of SWEEP_M rows in the new layout (the key sweep's phase)."""
     bh = tl.program_id(0)
     v = tl.arange(0, C2_POW2)
     vm = v < C2
@@ -218,6 +225,9 @@ def _tail_layout_kernel(
     tl.store(offsets2_ptr + bh * stride_o2bh + v + 1, incl, mask=vm)
     tl.store(offsets2_ptr + bh * stride_o2bh + v, incl - size, mask=v == 0)
     tl.store(sizes2_ptr + bh * stride_s2bh + v, size, mask=vm)
+    if SWEEP_M > 0:
+        tiles = (size + SWEEP_M - 1) // SWEEP_M
+        tl.store(tile0_ptr + bh * stride_t0bh + v, tl.cumsum(tiles, axis=0) - tiles, mask=vm)
 
 
 @triton.jit
