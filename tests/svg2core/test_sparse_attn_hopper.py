@@ -312,11 +312,12 @@ def test_query_tail_union_on_the_gpu():
     from svg2core.ops.tail_union import tail_union, tail_union_reference
 
     t = layout(11, 4, 20000, 150, 400, density=0.2)
-    want = tail_union_reference(*(t[a] for a in ARGS))
-    got = tail_union(*(t[a].clone().cuda() for a in ARGS), workspace=Workspace())
-    for name, w, g in zip(("labels", "perm", "offsets", "sizes", "sel_idx", "sel_count", "sel_cum"), want, got,
-                          strict=True):
-        assert torch.equal(g.cpu(), w), name
+    for sweep in ((132, 128), None):  # with the key sweep (the product's default on a GPU) and without
+        want = tail_union_reference(*(t[a] for a in ARGS), sweep=sweep)
+        got = tail_union(*(t[a].clone().cuda() for a in ARGS), workspace=Workspace(), sweep=sweep)
+        for name, w, g in zip(("labels", "perm", "offsets", "sizes", "sel_idx", "sel_count", "sel_cum"), want, got,
+                              strict=True):
+            assert torch.equal(g.cpu(), w), (name, sweep)
     assert int((want[5][:, 150:] > 0).sum()) > 100  # tails were packed
     # the kernel on the union layout (the reference attends by the same tables)
     g = torch.Generator(device="cuda").manual_seed(0)
