@@ -216,9 +216,10 @@ def grouped_attention(q, k, v, groups: torch.Tensor, masks: torch.Tensor, k_labe
 
 def kernel_ms(plan, heads: int, head_dim: int, block: int, rounds: int = 3, calls: int = 10) -> dict:
     """GPU: the attention kernel's time on ``plan``'s tables and on their tail union (the library's Triton stage),
-    and the stage's own time, at the product's head shape: ``heads`` heads of ``head_dim`` (head h takes the plan's
+    both in the key sweep the product uses at that head shape, and the stage's own time, at the product's head shape: ``heads`` heads of ``head_dim`` (head h takes the plan's
     head h % BH), random bf16 tokens. Best of ``rounds`` alternating rounds of ``calls`` back-to-back calls, ms."""
-    from svg2core.ops.sparse_attn import sparse_attention
+    from svg2core.ops.select.reference import selection_in_sweep_order, sweep_starts_reference
+    from svg2core.ops.sparse_attn import key_sweep_layout, sparse_attention
     from svg2core.ops.tail_union import tail_union
     from svg2core.state import Workspace
 
@@ -230,10 +231,19 @@ def kernel_ms(plan, heads: int, head_dim: int, block: int, rounds: int = 3, call
     tiled = {name: getattr(plan, name)[src].contiguous() for name in
              ("q_labels", "q_perm", "q_offsets", "k_offsets", "sel_idx", "sel_count", "sel_cum", "k_sizes")}
     ws = Workspace()
+    # the key sweep the product runs at the timed head shape (the plan's own follows the synthetic heads' kernel):
+    # both tables laid out in it, the baseline from its clusters' tiles, the union by the stage from its new layout
+    period, sweep_m = key_sweep_layout(dev, torch.bfloat16, head_dim, n)
+    sweep = (period, sweep_m) if period else None
+    if sweep is not None:
+        q_sizes = tiled["q_offsets"][:, 1:] - tiled["q_offsets"][:, :-1]
+        tiled["sel_idx"], tiled["sel_count"], tiled["sel_cum"] = selection_in_sweep_order(
+            tiled["sel_idx"], tiled["sel_count"], tiled["k_sizes"],
+            sweep_starts_reference(q_sizes, period, sweep_m, tiled["k_sizes"].shape[-1]))
 
     def stage():
         return tail_union(tiled["q_labels"].clone(), tiled["q_perm"], tiled["q_offsets"], tiled["sel_idx"],
-                          tiled["sel_count"], tiled["sel_cum"], tiled["k_sizes"], block, ws, "q")
+                          tiled["sel_count"], tiled["sel_cum"], tiled["k_sizes"], block, ws, "q", sweep=sweep)
 
     union = stage()
     tables = {"baseline": (tiled["q_perm"], tiled["q_offsets"], tiled["sel_idx"], tiled["sel_count"],
