@@ -26,7 +26,8 @@ share:
 - the selection of clusters ``c < Cq`` is unchanged; slot ``Cq + k`` keeps the union of its two clusters' key
   clusters, laid out in ascending id followed by the other key clusters in ascending id (the id-order layout of
   :func:`svg2core.ops.select.reference.selection_in_id_order`), with ``sel_cum`` its key-token prefix sums; an empty
-  slot's row has count 0.
+  slot's row has count 0. With the attention kernel's key sweep, every row (the clusters' too) is then laid out
+  again in sweep order from its first tile in the new layout (:func:`tail_union_reference`'s ``sweep``).
 
 The cost model and its constants come from the kernel's measured costs (NOTES_sparse_attn.md v9, v12); the probe
 ``bench/probes/probe_tail_union.py`` gives the accuracy and modelled cost of this rule on synthetic video attention.
@@ -54,9 +55,9 @@ def union_clusters(cq: int) -> int:
     return cq + cq // 2
 
 
-def tile_cost(rows: int, keys: int, block: int, fixed: int) -> int:
-    """The integer cost model of one query tile (module docstring)."""
-    return (HALF_TILE_COST_PCT if rows <= block // 2 else 100) * (keys + fixed)
+def tile_cost(rows, keys, block: int, fixed: int):
+    """The integer cost model of one query tile (module docstring); ``rows`` and ``keys`` ints or int tensors."""
+    return (HALF_TILE_COST_PCT + (100 - HALF_TILE_COST_PCT) * (rows > block // 2)) * (keys + fixed)
 
 
 def pair_savings_reference(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_cum: torch.Tensor,
@@ -74,13 +75,10 @@ def pair_savings_reference(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_c
     overlap = ((member * ks[:, None, :]).double() @ member.transpose(1, 2).double()).long()
     w = torch.gather(sel_cum.long(), 2, sel_count.long()[..., None])[..., 0]
     r = q_sizes.long() % block
-
-    def cost(rows, keys):
-        return torch.where(rows <= block // 2, HALF_TILE_COST_PCT, 100) * (keys + fixed)
-
-    alone = cost(r, w)
+    alone = tile_cost(r, w, block, fixed)
     rows = r[:, :, None] + r[:, None, :]
-    saving = alone[:, :, None] + alone[:, None, :] - cost(rows, w[:, :, None] + w[:, None, :] - overlap)
+    saving = alone[:, :, None] + alone[:, None, :] - tile_cost(rows, w[:, :, None] + w[:, None, :] - overlap, block,
+                                                               fixed)
     ok = (r[:, :, None] > 0) & (r[:, None, :] > 0) & (rows <= block)
     ok &= ~torch.eye(cq, dtype=torch.bool, device=q_sizes.device)[None]
     if max_keys is not None:

@@ -1,16 +1,20 @@
 """Triton kernels of the query-tail union (the rule: ``reference.py``).
 
-Four launches, none of which allocates or synchronises with the host:
+Six launches, none of which allocates or synchronises with the host:
 
-1. ``_tail_pairs_kernel`` (one program per head): the clusters with a tail sorted by tail (descending, lower id first),
-   written to a scratch row; after a barrier, slot ``k`` reads its two ends of that order and keeps them if they fit
-   one tile. It also clears the head's cluster-to-slot map.
-2. ``_tail_union_kernel`` (grid: pair slots x heads): marks both clusters' key clusters in a scratch row of flags, applies
-   the cost test, writes the slot's selection row (union first, then the rest, in id order, and its key-token prefix
-   sums) and, for a kept pair, each cluster's slot.
-3. ``_tail_layout_kernel`` (one program per head): every cluster's new size and the new offsets.
-4. ``_tail_perm_kernel`` (grid: clusters and slots x heads): copies each cluster's rows to its new place in the query
-   permutation and each kept pair's two tails into its slot, relabelling the tails' tokens.
+1. ``_tail_member_kernel`` (grid: clusters x heads): each query cluster's row of a 0/1 membership matrix over the
+   key clusters (int8).
+2. ``_tail_saving_kernel`` (grid: blocks of the Cq x Cq pair matrix x heads): the key rows two lists share, as an
+   fp32 product of membership rows weighted by the key-cluster sizes (exact for integers below 2^24), and each
+   pair's saving by the cost model (0 where not a candidate).
+3. ``_tail_match_kernel`` (one program per head): the mutual-best-partner rounds, then the pairs numbered by their
+   lower cluster id and each paired cluster's slot.
+4. ``_tail_layout_kernel`` (one program per head): every cluster's and slot's new size, the new offsets and, with a
+   key sweep, each row's first query tile.
+5. ``_tail_rows_kernel`` (grid: rows x heads): each slot's selection row, the union of its pair's membership rows
+   (with a key sweep, every row: the clusters' own kept sets laid out again from their new sweep starts).
+6. ``_tail_perm_kernel`` (grid: clusters and slots x heads): copies each cluster's rows to its new place in the query
+   permutation and each pair's two tails into its slot, relabelling the tails' tokens.
 """
 
 from __future__ import annotations
@@ -202,8 +206,7 @@ def _new_size(offsets_ptr, pair_ptr, slot_ptr, bh, v, vm, C, stride_obh, stride_
     k = v - C
     a = tl.load(pair_ptr + bh * stride_pbh + 2 * k, mask=is_s, other=-1)
     b = tl.load(pair_ptr + bh * stride_pbh + 2 * k + 1, mask=is_s, other=-1)
-    am = is_s & (a >= 0)
-    kept = am & (tl.load(slot_ptr + bh * stride_sbh + a, mask=am, other=-1) == k)
+    kept = is_s & (a >= 0)  # the matching writes formed pairs only
     ra = (tl.load(off_row + a + 1, mask=kept, other=0) - tl.load(off_row + a, mask=kept, other=0)) % BLOCK
     rb = (tl.load(off_row + b + 1, mask=kept, other=0) - tl.load(off_row + b, mask=kept, other=0)) % BLOCK
     return tl.where(is_c, keep, tl.where(kept, ra + rb, 0))
