@@ -263,10 +263,12 @@ def kernel_ms(plan, heads: int, head_dim: int, block: int, rounds: int = 3, call
         perm, offsets, idx, count, cum, _ = tables[name]
         keys = torch.gather(cum.long(), -1, count.long()[..., None])[..., 0]
         best[f"{name}_density"] = float(((offsets[:, 1:] - offsets[:, :-1]).long() * keys).sum()) / (heads * n * n)
-    if dev.type == "cuda":  # dense attention on cuDNN at the same shape, the benchmark's baseline
+    if dev.type == "cuda":  # dense attention on cuDNN at the same shape, the benchmark's baseline; the stage by kernel
         from bench_sparse_attn import dense_cudnn
+        from probe_rebalance_cost import profile_call
 
         best["dense"] = dense_cudnn(heads, n, torch.bfloat16)[0]
+        best["stage_kernels"] = profile_call(stage, calls)[0]
     return best
 
 
@@ -278,6 +280,7 @@ def measure(seeds, targets, cq: int, ck: int, block: int, fixed: float, max_memb
     ``time_heads`` (GPU): the kernel's time on the baseline's and the product's tables (:func:`kernel_ms`, best of
     ``time_reps`` = (rounds, calls)), their ratio, and the stage's time."""
     acc: dict = {}
+    profiles: dict = {}
     for seed in seeds:
         q, k, v, _ = F.make_qkv(seed, grid=grid, num_objects=objects)
         q, k, v = q.to(device), k.to(device), v.to(device)
@@ -286,6 +289,8 @@ def measure(seeds, targets, cq: int, ck: int, block: int, fixed: float, max_memb
         for target in targets:
             plan, _ = plan_at(q, k, v, target, cq, ck, init_iters, backend)
             ms = kernel_ms(plan, time_heads, time_head_dim, block, *time_reps) if time_heads else {}
+            if "stage_kernels" in ms:  # the first seed's profile of the stage, per kernel
+                profiles.setdefault(target, ms.pop("stage_kernels"))
             chosen = chosen_of(plan.sel_idx, plan.sel_count)
             variants = [("baseline", 0, "none")]
             variants += [(f"greedy<={m}", m, "greedy") for m in max_members if "greedy" in rules]
@@ -313,6 +318,8 @@ def measure(seeds, targets, cq: int, ck: int, block: int, fixed: float, max_memb
     rows = []
     for (target, name), rs in acc.items():
         rows.append(dict(target=target, plan=name, **{key: sum(r[key] for r in rs) / len(rs) for key in rs[0]}))
+        if name == "product" and target in profiles:
+            rows[-1]["stage_kernels"] = profiles[target]
     return rows
 
 
@@ -345,6 +352,19 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def stage_table(rows: list[dict]) -> list[str]:
+    """The stage's GPU time per kernel (torch.profiler, mean per call), one column per target; empty off the GPU."""
+    prof = [(r["target"], r["stage_kernels"]) for r in rows if "stage_kernels" in r]
+    if not prof:
+        return []
+    names = sorted({k for _, p in prof for k in p}, key=lambda k: -prof[0][1].get(k, 0.0))
+    lines = ["", "The stage by kernel (ms per call):", "",
+             "| kernel | " + " | ".join(f"{t:.2f}" for t, _ in prof) + " |", "|---|" + "---|" * len(prof)]
+    lines += [f"| {k} | " + " | ".join(f"{p.get(k, 0.0):.3f}" for _, p in prof) + " |" for k in names]
+    lines.append("| total | " + " | ".join(f"{sum(p.values()):.3f}" for _, p in prof) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--block", type=int, default=128, help="rows of a query tile")
@@ -374,7 +394,7 @@ def main() -> None:
             f"clusters, {a.block}-row tiles, fixed cost {fixed:.0f} key rows a tile, {a.seeds} seeds, {a.device}, {a.backend} backend)",
             "", "Cost: the modelled kernel time (module docstring), relative to the baseline at the same target. "
             "Baseline error at equal cost: the baseline's error interpolated at this plan's cost.", ""]
-    text = "\n".join(head + table(rows)) + "\n"
+    text = "\n".join(head + table(rows) + stage_table(rows)) + "\n"
     print(text)
     if a.out:
         os.makedirs(a.out, exist_ok=True)

@@ -169,6 +169,28 @@ def test_triton_equals_the_reference(seed, bh, nv, cq, ck, block, empty, sweep):
             assert torch.equal(g.cpu(), w), name
 
 
+def test_triton_savings_are_exact_for_large_key_clusters_and_many_tails():
+    # key clusters of up to ~10^5 tokens (all three base-128 digits of the int8 products in use) and more tails than
+    # one block of the saving kernel (the mirrored blocks): the savings and the whole result equal the reference's
+    t = layout(6, 2, 3000, 70, 40)
+    scale = 2477
+    t["k_sizes"] = t["k_sizes"] * scale
+    tok = torch.gather(t["k_sizes"][:, None].expand(2, 70, 40).long(), 2, t["sel_idx"].long())
+    t["sel_cum"][..., 1:] = tok.cumsum(2).int()
+    assert int(t["k_sizes"].max()) >= 2**14 and int(t["sel_cum"].max()) < 2**31 // 200
+    fixed = FIXED_KEY_ROWS * 20
+    want = tail_union_reference(*(t[a] for a in ARGS), block=64, fixed=fixed)
+    sizes = (t["q_offsets"][:, 1:] - t["q_offsets"][:, :-1]).long()
+    want_saving = pair_savings_reference(sizes, t["sel_count"], t["sel_cum"], t["sel_idx"], t["k_sizes"], 64, fixed)
+    assert (want_saving > 0).sum() > 100 and (want[0] >= 70).any()  # many candidates, and pairs formed
+    ws = Workspace()
+    got = tail_union(*(t[a].clone().to(DEVICE) for a in ARGS), block=64, workspace=ws, fixed=fixed)
+    saving = ws.buffer("q.tu_saving", (2, 70, 70), torch.int32, torch.device(DEVICE))
+    assert torch.equal(saving.cpu().long(), want_saving)
+    for w, g in zip(want, got, strict=True):
+        assert torch.equal(g.cpu(), w)
+
+
 def test_the_key_sweep_follows_the_new_layout():
     # with a key sweep every row, the clusters' own included, starts where its first tile in the new layout puts it
     from svg2core.ops.select.reference import sweep_starts_reference

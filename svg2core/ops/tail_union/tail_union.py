@@ -14,9 +14,9 @@ from svg2core.ops.tail_union.reference import (
 from svg2core.state import Workspace
 
 _BLOCK_R = 256  # rows per step of a cluster's copy in the permutation kernel
-_SAVING_BM = 32  # tails per side of a block of the pair-saving kernel
-_SAVING_BK = 64  # key clusters per step of its product
-_MATCH_BA, _MATCH_BB = 16, 128  # the matching kernel's rows and columns of savings a step
+_SAVING_BM = 64  # tails per side of a block of the pair-saving kernel
+_SAVING_BK = 64  # key clusters per step of its products
+_MATCH_BA, _MATCH_BB = 16, 128  # the matching's tails per program, and columns of savings a step
 
 
 def tail_union(
@@ -28,7 +28,7 @@ def tail_union(
     """Pack pairs of query-cluster tails into shared tiles over the union of their key lists (reference.py's rule).
 
     Args: as :func:`~svg2core.ops.tail_union.reference.tail_union_reference`, plus ``workspace`` and ``name`` (owner
-    and name prefix of the outputs and the scratch) and ``backend``: ``"triton"`` (six launches, no host
+    and name prefix of the outputs and the scratch) and ``backend``: ``"triton"`` (``6 + 2 * ROUNDS`` launches, no host
     synchronisation, no allocation but the workspace's first; ``q_labels`` is relabelled in place) or
     ``"reference"``. ``sweep``: ``(period, block_m)`` of the attention kernel's key sweep (the selection's
     ``KeySweep``): every row is laid out in sweep order from its first tile in the new layout; None: the clusters'
@@ -52,9 +52,11 @@ def tail_union(
     import triton
 
     from svg2core.ops.tail_union.triton_tail_union import (
+        _tail_best_kernel,
         _tail_layout_kernel,
-        _tail_match_kernel,
         _tail_member_kernel,
+        _tail_mutual_kernel,
+        _tail_number_kernel,
         _tail_perm_kernel,
         _tail_rows_kernel,
         _tail_saving_kernel,
@@ -98,10 +100,14 @@ def tail_union(
         member.stride(0), member.stride(1), saving.stride(0), saving.stride(1),
         BLOCK=block, HALF_PCT=HALF_TILE_COST_PCT, BM=_SAVING_BM, BK=_SAVING_BK,
     )
-    _tail_match_kernel[(bh,)](
-        saving, partner, best, pairs, slot, cq, p,
-        saving.stride(0), saving.stride(1), partner.stride(0), pairs.stride(0), slot.stride(0),
-        ROUNDS=ROUNDS, BA=_MATCH_BA, BB=_MATCH_BB, C_POW2=c_pow2, P_POW2=triton.next_power_of_2(max(2, p)),
+    match_grid = (triton.cdiv(cq, _MATCH_BA), bh)
+    for r in range(ROUNDS):
+        _tail_best_kernel[match_grid](saving, partner, best, cq, saving.stride(0), saving.stride(1),
+                                      partner.stride(0), FIRST=r == 0, BA=_MATCH_BA, BB=_MATCH_BB)
+        _tail_mutual_kernel[match_grid](partner, best, cq, partner.stride(0), BA=_MATCH_BA)
+    _tail_number_kernel[(bh,)](
+        partner, pairs, slot, cq, p, partner.stride(0), pairs.stride(0), slot.stride(0),
+        C_POW2=c_pow2, P_POW2=triton.next_power_of_2(max(2, p)),
     )
     _tail_layout_kernel[(bh,)](
         q_offsets, pairs, slot, offsets2, sizes2, tile0, cq, c2,

@@ -1,14 +1,17 @@
 """Triton kernels of the query-tail union (the rule: ``reference.py``).
 
-Six launches, none of which allocates or synchronises with the host:
+Launches (six kinds; the matching is two per round), none of which allocates or synchronises with the host:
 
 1. ``_tail_member_kernel`` (grid: clusters x heads): each query cluster's row of a 0/1 membership matrix over the
    key clusters (int8).
-2. ``_tail_saving_kernel`` (grid: blocks of the Cq x Cq pair matrix x heads): the key rows two lists share, as an
-   fp32 product of membership rows weighted by the key-cluster sizes (exact for integers below 2^24), and each
-   pair's saving by the cost model (0 where not a candidate).
-3. ``_tail_match_kernel`` (one program per head): the mutual-best-partner rounds, then the pairs numbered by their
-   lower cluster id and each paired cluster's slot.
+2. ``_tail_saving_kernel`` (grid: blocks of the Cq x Cq pair matrix x heads; the upper triangle computes, and
+   writes its mirror): the key rows two lists share, as int8 products of membership rows weighted by base-128
+   digits of the key-cluster sizes (int32 accumulation, exact), and each pair's saving by the cost model (0 where
+   not a candidate).
+3. The matching, per round ``_tail_best_kernel`` (grid: blocks of tails x heads: each free tail names its best free
+   partner) then ``_tail_mutual_kernel`` (the same grid: two tails that name each other pair up); then
+   ``_tail_number_kernel`` (one program per head): the pairs numbered by their lower cluster id and each paired
+   cluster's slot.
 4. ``_tail_layout_kernel`` (one program per head): every cluster's and slot's new size, the new offsets and, with a
    key sweep, each row's first query tile.
 5. ``_tail_rows_kernel`` (grid: rows x heads): each slot's selection row, the union of its pair's membership rows
@@ -54,82 +57,111 @@ def _tail_saving_kernel(
     stride_obh, stride_nbh, stride_cbh, stride_cc, stride_kbh, stride_mbh, stride_mc, stride_sbh, stride_sc,
     BLOCK: tl.constexpr, HALF_PCT: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
 ):
-    """A ``BM x BM`` block of the head's pair savings: the shared key rows by an fp32 product of the membership rows
-    (exact: integers below 2^24), then the cost model."""
-    bh = tl.program_id(2)
-    a = tl.program_id(0) * BM + tl.arange(0, BM)
-    b = tl.program_id(1) * BM + tl.arange(0, BM)
-    am, bm = a < C, b < C
-    overlap = tl.zeros((BM, BM), tl.float32)
-    for j0 in range(0, CK, BK):
-        j = j0 + tl.arange(0, BK)
-        jm = j < CK
-        ks = tl.load(k_sizes_ptr + bh * stride_kbh + j, mask=jm, other=0).to(tl.float32)
-        ma = tl.load(member_ptr + bh * stride_mbh + a[:, None] * stride_mc + j[None, :], mask=am[:, None] & jm[None, :],
-                     other=0).to(tl.float32)
-        mb = tl.load(member_ptr + bh * stride_mbh + b[:, None] * stride_mc + j[None, :], mask=bm[:, None] & jm[None, :],
-                     other=0).to(tl.float32)
-        overlap += tl.dot(ma * ks[None, :], tl.trans(mb), input_precision="ieee")
-    off_row = offsets_ptr + bh * stride_obh
-    ra = (tl.load(off_row + a + 1, mask=am, other=0) - tl.load(off_row + a, mask=am, other=0)) % BLOCK
-    rb = (tl.load(off_row + b + 1, mask=bm, other=0) - tl.load(off_row + b, mask=bm, other=0)) % BLOCK
-    ca = tl.load(sel_count_ptr + bh * stride_nbh + a, mask=am, other=0)
-    cb = tl.load(sel_count_ptr + bh * stride_nbh + b, mask=bm, other=0)
-    wa = tl.load(sel_cum_ptr + bh * stride_cbh + a * stride_cc + ca, mask=am, other=0)
-    wb = tl.load(sel_cum_ptr + bh * stride_cbh + b * stride_cc + cb, mask=bm, other=0)
-    rows = ra[:, None] + rb[None, :]
-    union = wa[:, None] + wb[None, :] - overlap.to(tl.int32)
-    saving = (_cost(ra, wa, fixed, BLOCK, HALF_PCT)[:, None] + _cost(rb, wb, fixed, BLOCK, HALF_PCT)[None, :]
-              - _cost(rows, union, fixed, BLOCK, HALF_PCT))
-    ok = (ra[:, None] > 0) & (rb[None, :] > 0) & (rows <= BLOCK) & (a[:, None] != b[None, :]) & (saving > 0)
-    ok = ok & (union <= max_keys)
-    tl.store(saving_ptr + bh * stride_sbh + a[:, None] * stride_sc + b[None, :], tl.where(ok, saving, 0),
-             mask=am[:, None] & bm[None, :])
+    """A ``BM x BM`` block of the head's pair savings and its mirror (the matrix is symmetric: blocks below the
+    diagonal return at once). The shared key rows are three int8 products with int32 accumulation, exact: the
+    membership rows against the same rows weighted by one base-128 digit of the key-cluster sizes (sizes below
+    2^21 tokens), then the cost model."""
+    pa = tl.program_id(0)
+    pb = tl.program_id(1)
+    if pa <= pb:
+        bh = tl.program_id(2)
+        a = pa * BM + tl.arange(0, BM)
+        b = pb * BM + tl.arange(0, BM)
+        am, bm = a < C, b < C
+        ov0 = tl.zeros((BM, BM), tl.int32)
+        ov1 = tl.zeros((BM, BM), tl.int32)
+        ov2 = tl.zeros((BM, BM), tl.int32)
+        m_row = member_ptr + bh * stride_mbh
+        for j0 in range(0, CK, BK):
+            j = j0 + tl.arange(0, BK)
+            jm = j < CK
+            ks = tl.load(k_sizes_ptr + bh * stride_kbh + j, mask=jm, other=0)
+            ma = tl.load(m_row + a[:, None] * stride_mc + j[None, :], mask=am[:, None] & jm[None, :], other=0)
+            mbt = tl.load(m_row + b[None, :] * stride_mc + j[:, None], mask=bm[None, :] & jm[:, None], other=0)
+            ov0 = tl.dot(ma * (ks & 127).to(tl.int8)[None, :], mbt, ov0, out_dtype=tl.int32)
+            ov1 = tl.dot(ma * ((ks >> 7) & 127).to(tl.int8)[None, :], mbt, ov1, out_dtype=tl.int32)
+            ov2 = tl.dot(ma * ((ks >> 14) & 127).to(tl.int8)[None, :], mbt, ov2, out_dtype=tl.int32)
+        overlap = ov0 + (ov1 << 7) + (ov2 << 14)
+        off_row = offsets_ptr + bh * stride_obh
+        ra = (tl.load(off_row + a + 1, mask=am, other=0) - tl.load(off_row + a, mask=am, other=0)) % BLOCK
+        rb = (tl.load(off_row + b + 1, mask=bm, other=0) - tl.load(off_row + b, mask=bm, other=0)) % BLOCK
+        ca = tl.load(sel_count_ptr + bh * stride_nbh + a, mask=am, other=0)
+        cb = tl.load(sel_count_ptr + bh * stride_nbh + b, mask=bm, other=0)
+        wa = tl.load(sel_cum_ptr + bh * stride_cbh + a * stride_cc + ca, mask=am, other=0)
+        wb = tl.load(sel_cum_ptr + bh * stride_cbh + b * stride_cc + cb, mask=bm, other=0)
+        rows = ra[:, None] + rb[None, :]
+        union = wa[:, None] + wb[None, :] - overlap
+        saving = (_cost(ra, wa, fixed, BLOCK, HALF_PCT)[:, None] + _cost(rb, wb, fixed, BLOCK, HALF_PCT)[None, :]
+                  - _cost(rows, union, fixed, BLOCK, HALF_PCT))
+        ok = (ra[:, None] > 0) & (rb[None, :] > 0) & (rows <= BLOCK) & (a[:, None] != b[None, :]) & (saving > 0)
+        ok = ok & (union <= max_keys)
+        saving = tl.where(ok, saving, 0)
+        s_row = saving_ptr + bh * stride_sbh
+        both = am[:, None] & bm[None, :]
+        tl.store(s_row + a[:, None] * stride_sc + b[None, :], saving, mask=both)
+        tl.store(s_row + b[None, :] * stride_sc + a[:, None], saving, mask=both)
 
 
 @triton.jit
-def _tail_match_kernel(
-    saving_ptr, partner_ptr, best_ptr, pair_ptr, slot_ptr, C, P,
-    stride_sbh, stride_sc, stride_rbh, stride_pbh, stride_tbh,
-    ROUNDS: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr, C_POW2: tl.constexpr, P_POW2: tl.constexpr,
+def _tail_best_kernel(
+    saving_ptr, partner_ptr, best_ptr, C,
+    stride_sbh, stride_sc, stride_rbh,
+    FIRST: tl.constexpr, BA: tl.constexpr, BB: tl.constexpr,
 ):
-    """One program per head: the mutual-best-partner rounds over the savings, then the pairs numbered by their lower
-    cluster id and each paired cluster's slot."""
-    bh = tl.program_id(0)
+    """One round's first half, for ``BA`` tails of a head: each tail not yet paired names the partner of largest
+    saving among those not yet paired (ties: the lower id; -1: none). FIRST: the first round (every tail free; the
+    partners are cleared)."""
+    bh = tl.program_id(1)
+    a = tl.program_id(0) * BA + tl.arange(0, BA)
+    am = a < C
     partner = partner_ptr + bh * stride_rbh
+    if FIRST:
+        free_a = am
+        tl.store(partner + a, tl.full((BA,), -1, tl.int32), mask=am)
+    else:
+        free_a = am & (tl.load(partner + a, mask=am, other=0) < 0)
+    top = tl.zeros((BA,), tl.int32)
+    arg = tl.full((BA,), -1, tl.int32)
+    for b0 in range(0, C, BB):
+        b = b0 + tl.arange(0, BB)
+        bm = b < C
+        if FIRST:
+            free_b = bm
+        else:
+            free_b = bm & (tl.load(partner + b, mask=bm, other=0) < 0)
+        s = tl.load(saving_ptr + bh * stride_sbh + a[:, None] * stride_sc + b[None, :],
+                    mask=free_a[:, None] & free_b[None, :], other=0)
+        blk = tl.max(s, axis=1)
+        blk_arg = tl.min(tl.where(s == blk[:, None], b[None, :], 2147483647), axis=1)
+        better = blk > top  # strictly: an earlier (lower) id keeps a tie
+        arg = tl.where(better, blk_arg, arg)
+        top = tl.where(better, blk, top)
+    tl.store(best_ptr + bh * stride_rbh + a, arg, mask=am)
+
+
+@triton.jit
+def _tail_mutual_kernel(partner_ptr, best_ptr, C, stride_rbh, BA: tl.constexpr):
+    """One round's second half, for ``BA`` tails of a head: two tails that named each other pair up."""
+    bh = tl.program_id(1)
+    a = tl.program_id(0) * BA + tl.arange(0, BA)
+    am = a < C
     best = best_ptr + bh * stride_rbh
+    b = tl.load(best + a, mask=am, other=-1)
+    named = am & (b >= 0)
+    back = tl.load(best + b, mask=named, other=-1)
+    tl.store(partner_ptr + bh * stride_rbh + a, b, mask=named & (back == a))
+
+
+@triton.jit
+def _tail_number_kernel(
+    partner_ptr, pair_ptr, slot_ptr, C, P,
+    stride_rbh, stride_pbh, stride_tbh,
+    C_POW2: tl.constexpr, P_POW2: tl.constexpr,
+):
+    """One program per head: the pairs numbered by their lower cluster id, and each paired cluster's slot."""
+    bh = tl.program_id(0)
     c_all = tl.arange(0, C_POW2)
-    tl.store(partner + c_all, tl.full((C_POW2,), -1, tl.int32), mask=c_all < C)
-    tl.debug_barrier()
-    for _ in tl.static_range(ROUNDS):
-        for a0 in range(0, C, BA):  # each free tail names its best free partner (-1: none)
-            a = a0 + tl.arange(0, BA)
-            am = a < C
-            free_a = am & (tl.load(partner + a, mask=am, other=0) < 0)
-            top = tl.zeros((BA,), tl.int32)
-            arg = tl.full((BA,), -1, tl.int32)
-            for b0 in range(0, C, BB):
-                b = b0 + tl.arange(0, BB)
-                bm = b < C
-                free_b = bm & (tl.load(partner + b, mask=bm, other=0) < 0)
-                s = tl.load(saving_ptr + bh * stride_sbh + a[:, None] * stride_sc + b[None, :],
-                            mask=free_a[:, None] & free_b[None, :], other=0)
-                blk = tl.max(s, axis=1)
-                blk_arg = tl.min(tl.where(s == blk[:, None], b[None, :], 2147483647), axis=1)
-                better = blk > top  # strictly: an earlier (lower) id keeps a tie
-                arg = tl.where(better, blk_arg, arg)
-                top = tl.where(better, blk, top)
-            tl.store(best + a, arg, mask=am)
-        tl.debug_barrier()  # bar.sync: every tail has named its partner
-        for a0 in range(0, C, BA):
-            a = a0 + tl.arange(0, BA)
-            am = a < C
-            b = tl.load(best + a, mask=am, other=-1)
-            named = am & (b >= 0)
-            back = tl.load(best + b, mask=named, other=-1)
-            tl.store(partner + a, b, mask=named & (back == a))
-        tl.debug_barrier()  # bar.sync: the round's pairs are written before the next round reads them
-    p = tl.load(partner + c_all, mask=c_all < C, other=-1)
+    p = tl.load(partner_ptr + bh * stride_rbh + c_all, mask=c_all < C, other=-1)
     low = (c_all < C) & (p > c_all)
     k = tl.cumsum(low.to(tl.int32), axis=0) - 1
     kk = tl.arange(0, P_POW2)
