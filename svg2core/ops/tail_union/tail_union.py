@@ -44,6 +44,8 @@ def tail_union(
         raise ValueError(f"q_offsets, q_perm / q_labels, sel_idx: need ({bh}, {cq + 1}), equal shapes, ({bh}, {cq}, "
                          f"{ck}); got {tuple(q_offsets.shape)}, {tuple(q_perm.shape)} / {tuple(q_labels.shape)}, "
                          f"{tuple(sel_idx.shape)}")
+    if ck >= 2048:  # the rows kernel's packed scan holds counts below 2048
+        raise ValueError(f"sel_idx: need fewer than 2048 key clusters, got {ck}")
     if block < 2 or block & (block - 1) or block > 1024:
         raise ValueError(f"block: need a power of two of query rows in [2, 1024], got {block}")
     if backend == "reference":

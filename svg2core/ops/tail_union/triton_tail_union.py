@@ -205,23 +205,29 @@ def _tail_rows_kernel(
     if SWEEP:
         start = ((tl.load(tile0_ptr + bh * stride_t0bh + v) % period) * CK) // period
     ks = tl.load(k_sizes_ptr + bh * stride_kbh + j, mask=jm, other=0)
+    # one scan of three packed fields: kept key clusters (bits 0-10), their tokens (11-36), all tokens (37-62);
+    # no field carries into the next (fewer than 2048 key clusters and 2^26 key tokens)
+    kept_i = kept.to(tl.int64)
+    packed = kept_i + ((ks.to(tl.int64) * kept_i) << 11) + (ks.to(tl.int64) << 37)
+    incl = tl.cumsum(packed, axis=0)
+    total = tl.sum(packed, axis=0)
+    before = tl.sum(tl.where(j < start, packed, 0), axis=0)  # the key clusters below the sweep start
+    f26 = (1 << 26) - 1
+    kc = (incl & 2047).to(tl.int32)  # inclusive prefixes: kept count, kept tokens, all tokens
+    kt = ((incl >> 11) & f26).to(tl.int32)
+    at = ((incl >> 37) & f26).to(tl.int32)
+    n_kept = (total & 2047).to(tl.int32)
+    w_kept = ((total >> 11) & f26).to(tl.int32)
+    n_lo = (before & 2047).to(tl.int32)
+    w_lo = ((before >> 11) & f26).to(tl.int32)
     hi = kept & (j >= start)
     lo = kept & (j < start)
-    rest = jm & (~kept)
-    hi_i, lo_i, rest_i = hi.to(tl.int32), lo.to(tl.int32), rest.to(tl.int32)
-    n_hi = tl.sum(hi_i, axis=0)
-    n_kept = n_hi + tl.sum(lo_i, axis=0)
-    hi_tok, lo_tok, rest_tok = ks * hi_i, ks * lo_i, ks * rest_i
-    w_hi = tl.sum(hi_tok, axis=0)
-    w_kept = w_hi + tl.sum(lo_tok, axis=0)
-    pos = tl.where(hi, tl.cumsum(hi_i, axis=0) - 1,
-                   tl.where(lo, n_hi + tl.cumsum(lo_i, axis=0) - 1, n_kept + tl.cumsum(rest_i, axis=0) - 1))
-    cum = tl.where(hi, tl.cumsum(hi_tok, axis=0) - hi_tok,
-                   tl.where(lo, w_hi + tl.cumsum(lo_tok, axis=0) - lo_tok,
-                            w_kept + tl.cumsum(rest_tok, axis=0) - rest_tok))
+    # kept from the start up (hi), then kept below it (lo), then the rest in ascending id
+    pos = tl.where(hi, kc - n_lo - 1, tl.where(lo, n_kept - n_lo + kc - 1, n_kept + j - kc))
+    cum = tl.where(hi, kt - ks - w_lo, tl.where(lo, w_kept - w_lo + kt - ks, w_kept + at - kt - ks))
     tl.store(idx2_ptr + bh * stride_i2bh + v * stride_i2c + pos, j, mask=jm)
     tl.store(cum2_ptr + bh * stride_c2bh + v * stride_c2c + pos, cum, mask=jm)
-    tl.store(cum2_ptr + bh * stride_c2bh + v * stride_c2c + CK, tl.sum(ks, axis=0))
+    tl.store(cum2_ptr + bh * stride_c2bh + v * stride_c2c + CK, ((total >> 37) & f26).to(tl.int32))
     tl.store(count2_ptr + bh * stride_n2bh + v, n_kept)
 
 
