@@ -48,7 +48,7 @@
 #   bash bench/gpu_run.sh OUT generate_hunyuan          # HunyuanVideo 720p 129 frames, 4 steps, dense and 25%, tiled
 #                                                       # VAE decode (~440 s; the warm-up jobs alone take ~190 s)
 #
-#   bash bench/gpu_run.sh OUT tailunion_tests tailunion # the query-tail union: its Hopper test (the six kernels against
+#   bash bench/gpu_run.sh OUT tailunion_tests tailunion # the query-tail union: its Hopper test (the stage's kernels against
 #                                                       # the reference, the kernel on its layout, a CUDA graph), then
 #                                                       # its accuracy, modelled cost and the attention kernel's time on
 #                                                       # its tables at Wan 14B's size (probe_tail_union.py);

@@ -130,6 +130,10 @@ def resolve_sparsity(
     # Explicit fields without a mode mean a sparse budget, not whatever mode the preset had.
     if name == "dense" and overrides and "mode" not in overrides:
         base.pop("mode", None)
+    # Rebalancing asked for on a preset that runs the tail union (the two fill the same tails): the request's
+    # choice wins, unless it asks for both
+    if overrides.get("query_tile_rebalance") and "query_tail_union" not in overrides:
+        base.pop("query_tail_union", None)
     return SparsitySettings(**{**base, **overrides, "preset": name})
 
 

@@ -390,8 +390,9 @@ def main() -> None:
     fixed = a.fixed if a.fixed is not None else 3 * 128 * n / 75600
     rows = measure(range(a.seeds), a.targets, a.cq, a.ck, a.block, fixed, a.max_members, grid, a.objects,
                    a.init_iters, a.rules, a.device, a.backend, a.time_heads, a.time_head_dim)
+    card = torch.cuda.get_device_name() if a.device == "cuda" else a.device
     head = [f"# Packed query-tile remainders with their clusters' key-list union ({n} tokens, {a.cq} / {a.ck} "
-            f"clusters, {a.block}-row tiles, fixed cost {fixed:.0f} key rows a tile, {a.seeds} seeds, {a.device}, {a.backend} backend)",
+            f"clusters, {a.block}-row tiles, fixed cost {fixed:.0f} key rows a tile, {a.seeds} seeds, {card}, {a.backend} backend)",
             "", "Cost: the modelled kernel time (module docstring), relative to the baseline at the same target. "
             "Baseline error at equal cost: the baseline's error interpolated at this plan's cost.", ""]
     text = "\n".join(head + table(rows) + stage_table(rows)) + "\n"

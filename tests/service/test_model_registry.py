@@ -42,6 +42,24 @@ def test_model_presets_override_only_the_fields_they_name(registry):
     assert hy["dense"].mode == "dense"
 
 
+def test_the_720p_presets_run_the_tail_union_and_a_rebalancing_request_replaces_it(registry):
+    # the 720p models' quality / balanced presets pack query tails (measured faster there); 480p and fast do not
+    for name in ("wan2.1-t2v-14b", "hunyuanvideo", "wan2.2-t2v-a14b"):
+        presets = registry.get(name).resolved_presets()
+        assert presets["balanced"].query_tail_union and presets["quality"].query_tail_union, name
+        assert not presets["fast"].query_tail_union, name
+    assert not registry.get("wan2.1-t2v-1.3b").resolved_presets()["balanced"].query_tail_union
+    # a request for rebalancing on such a preset gets rebalancing instead (the two fill the same tails) ...
+    spec, _ = build_job_spec(registry, prompt="x", model="hunyuanvideo", sparsity={"query_tile_rebalance": 16})
+    assert spec.sparsity.query_tile_rebalance == 16 and not spec.sparsity.query_tail_union
+    assert spec.sparsity.num_q_clusters == 400  # the rest is still the preset's
+    # ... and asking for both is still an error naming the field
+    with pytest.raises(SpecError) as err:
+        build_job_spec(registry, prompt="x", model="hunyuanvideo",
+                       sparsity={"query_tile_rebalance": 16, "query_tail_union": True})
+    assert err.value.param == "sparsity.query_tail_union"
+
+
 def test_unknown_model_lists_the_models(registry):
     with pytest.raises(SpecError) as err:
         registry.get("sora-2")

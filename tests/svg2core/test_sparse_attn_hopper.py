@@ -303,7 +303,7 @@ def test_query_tile_rebalancing_on_the_gpu():
 
 @pytest.mark.timeout(240, method="thread")
 def test_query_tail_union_on_the_gpu():
-    # the six tail-union kernels against the reference at 4 heads x 20,000 tokens, 150 / 400 clusters (the tables
+    # the tail-union stage's kernels against the reference at 4 heads x 20,000 tokens, 150 / 400 clusters (the tables
     # must agree exactly: integer rule), the Gluon kernel on the union layout against the torch reference of the same
     # tables, then a warm svg2_attention call with query_tail_union in a CUDA graph
     from test_tail_union import ARGS, layout
