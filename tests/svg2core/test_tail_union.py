@@ -288,6 +288,46 @@ def test_svg2_attention_with_tail_union_on_both_backends():
     assert torch.all(outs["reference"][1] >= d_off) and torch.any(outs["reference"][1] > d_off)  # the union's pairs
 
 
+def test_tail_union_with_text_tokens_as_hunyuanvideo_runs_it():
+    # HunyuanVideo's layout: video tokens then dense text tokens (some padded). The union changes the video rows'
+    # masks only: the text rows attend to every valid key with or without it, on both backends, and the padded text
+    # keys stay unattended. (Random tokens: the two backends' k-means may part on near ties, so their video rows are
+    # compared by the blob test above, not here.)
+    from svg2core import SVG2Config
+    from svg2core.state import LayerState
+
+    g = torch.Generator().manual_seed(3)
+    h, nv, t, d = 1, 384, 16, 64
+    q, k, v = (torch.randn(1, h, nv + t, d, generator=g).to(torch.bfloat16) for _ in range(3))
+    mask = torch.ones(1, t, dtype=torch.bool)
+    mask[0, -5:] = False
+    base = SVG2Config(mode="fixed_density", target_density=0.3, num_q_clusters=6, num_k_clusters=8,
+                      kmeans_iters_init=5)
+    cfg = base.replace(query_tail_union=True)
+    outs = {(c.query_tail_union, backend): svg2_run(q, k, v, c, LayerState(), t, mask, backend)
+            for c in (base, cfg) for backend in ("reference", "triton")}
+    for backend in ("reference", "triton"):
+        on, off = outs[(True, backend)], outs[(False, backend)]
+        torch.testing.assert_close(on[0][:, :, nv:], off[0][:, :, nv:])  # the text rows
+        assert not torch.equal(on[0][:, :, :nv], off[0][:, :, :nv])  # the packed tails' rows changed
+        assert torch.all(on[1] >= off[1]) and torch.any(on[1] > off[1])  # and attend to more keys
+    torch.testing.assert_close(outs[(True, "triton")][0][:, :, nv:].float(),
+                               outs[(True, "reference")][0][:, :, nv:].float(), atol=2e-2, rtol=2e-2)
+    # a padded text key changes nothing: perturb it and every row stays
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, -1] += 5
+    v2[:, :, -1] -= 7
+    again = svg2_run(q, k2, v2, cfg, LayerState(), t, mask, "reference")
+    torch.testing.assert_close(again[0], outs[(True, "reference")][0])
+
+
+def svg2_run(q, k, v, cfg, state, t, mask, backend):
+    from svg2core.attention import svg2_attention
+
+    return svg2_attention(q, k, v, cfg, state, workspace=Workspace(), num_dense_tokens=t, key_padding_mask=mask,
+                          backend=backend)
+
+
 def test_the_config_names_the_field():
     from svg2core import SVG2Config
 
