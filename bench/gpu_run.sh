@@ -53,7 +53,9 @@
 #                                                       # its accuracy, modelled cost and the attention kernel's time on
 #                                                       # its tables at Wan 14B's size (probe_tail_union.py);
 #                                                       # tailunion480: at 480p's (200 / 1000); w480_tu, wan14b_tu,
-#                                                       # hunyuan_tu: the pipeline steps with it
+#                                                       # hunyuan_tu: the pipeline steps with it; wan14b_s2_tu: with
+#                                                       # kmeans_subsample 2 as well; tailstage: the stage's savings
+#                                                       # and rows kernels by launch shape (probe_tail_stage.py)
 #   bash bench/gpu_run.sh OUT w480 w480_rebalance       # the Wan 1.3B 480p step without, then with rebalancing (rho = 16)
 #   bash bench/gpu_run.sh OUT subsample subsample_trajectory   # the selection with the k-means' first iterations on
 #                                                       # a token sample (kmeans_subsample 1 / 2 / 4), timed
@@ -133,6 +135,9 @@ for step in "$@"; do
     tailunion480) python bench/probes/probe_tail_union.py --grid 21,30,52 --objects 12 --cq 200 --ck 1000 --seeds 1 \
       --targets 0.15 0.25 0.4 --rules product --device cuda --backend triton --time-heads 12 \
       --out "$out/$step" > "$log" 2>&1 ;;
+    tailstage) python bench/probes/probe_tail_stage.py --out "$out/$step" > "$log" 2>&1 ;;
+    wan14b_s2_tu) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
+      --kmeans-subsample 2 --query-tail-union --out "$out/$step" > "$log" 2>&1 ;;
     w480_tu) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
       --query-tail-union --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_tu) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \

@@ -13,8 +13,8 @@ output is the attention of that larger mask, and its pairs count in the density)
 
 Two packing rules: ``greedy<=m`` packs the remainders by the tile-cost model, largest first, each into the open tile
 whose union it raises least if that costs less than running it alone, at most ``m`` clusters a tile (an exploration:
-sequential per head); ``product`` is the library's rule (``svg2core.ops.tail_union``: sorted by tail, the largest
-with the smallest that fits, kept where the pair's union tile costs less; parallel, what the Triton stage runs).
+sequential per head); ``product`` is the library's rule (``svg2core.ops.tail_union``: mutual best partner by
+the modelled saving, four rounds; parallel, what the Triton stage runs).
 Cost model per query tile: its key rows (the union's key-cluster sizes: the kernel packs ragged key ranges into full
 tiles) plus a fixed cost of ``--fixed`` key rows per tile (about 3 key tiles, NOTES_sparse_attn.md v12), times 0.69
 for <= half a tile of rows.

@@ -9,36 +9,12 @@ import torch
 from svg2core.ops.tail_union import tail_pairs_reference, tail_union, tail_union_reference, union_clusters
 from svg2core.ops.tail_union.reference import FIXED_KEY_ROWS, pair_savings_reference, tile_cost
 from svg2core.state import Workspace
+from tests.svg2core.bench_modules import load_bench
+
+#: random clusterings and selections in the product's format (the stage probe's inputs)
+layout = load_bench("probes/probe_tail_stage.py").layout
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def layout(seed: int, bh: int, nv: int, cq: int, ck: int, density: float = 0.3, empty: bool = False) -> dict:
-    """A random clustering and a selection in the product's format: ``sel_idx`` rows are whole orders of the key
-    clusters, the first ``sel_count`` kept, ``sel_cum`` their key-token prefix sums."""
-    g = torch.Generator().manual_seed(seed)
-
-    def clusters(c):
-        w = torch.rand(bh, c, generator=g) ** 2 + 0.05
-        if empty and c > 3:
-            w[:, : c // 4] = 0.0
-        labels = torch.multinomial(w, nv, replacement=True, generator=g)
-        perm = torch.sort(labels, dim=1, stable=True).indices
-        sizes = torch.stack([torch.bincount(r, minlength=c) for r in labels])
-        offsets = torch.zeros(bh, c + 1, dtype=torch.long)
-        offsets[:, 1:] = sizes.cumsum(1)
-        return labels.int(), perm.int(), offsets.int(), sizes.int()
-
-    q_labels, q_perm, q_off, _ = clusters(cq)
-    _, _, _, k_sizes = clusters(ck)
-    order = torch.rand(bh, cq, ck, generator=g).masked_fill(k_sizes[:, None] == 0, -1).argsort(2, descending=True)
-    tok = torch.gather(k_sizes[:, None].expand(bh, cq, ck).long(), 2, order)
-    keep = ((tok.cumsum(2) - tok) < density * nv) & (tok > 0)
-    keep[..., 0] = True
-    sel_cum = torch.zeros(bh, cq, ck + 1, dtype=torch.long)
-    sel_cum[..., 1:] = tok.cumsum(2)
-    return dict(q_labels=q_labels, q_perm=q_perm, q_offsets=q_off, sel_idx=order.int(),
-                sel_count=keep.sum(2).int(), sel_cum=sel_cum.int(), k_sizes=k_sizes)
 
 
 ARGS = ("q_labels", "q_perm", "q_offsets", "sel_idx", "sel_count", "sel_cum", "k_sizes")

@@ -60,8 +60,6 @@ def tail_union(
         _tail_mutual_kernel,
         _tail_number_kernel,
         _tail_perm_kernel,
-        _tail_rows_kernel,
-        _tail_saving_kernel,
     )
 
     ws = Workspace() if workspace is None else workspace
@@ -94,14 +92,7 @@ def tail_union(
         sel_idx.stride(0), sel_idx.stride(1), sel_count.stride(0), member.stride(0), member.stride(1),
         CK_POW2=ck_pow2,
     )
-    nblk = triton.cdiv(cq, _SAVING_BM)
-    _tail_saving_kernel[(nblk, nblk, bh)](
-        q_offsets, sel_count, sel_cum, k_sizes, member, saving, cq, ck, fixed,
-        2**31 - 1 if max_keys is None else max_keys,
-        q_offsets.stride(0), sel_count.stride(0), sel_cum.stride(0), sel_cum.stride(1), k_sizes.stride(0),
-        member.stride(0), member.stride(1), saving.stride(0), saving.stride(1),
-        BLOCK=block, HALF_PCT=HALF_TILE_COST_PCT, BM=_SAVING_BM, BK=_SAVING_BK,
-    )
+    launch_saving(q_offsets, sel_count, sel_cum, k_sizes, member, saving, block, fixed, max_keys)
     match_grid = (triton.cdiv(cq, _MATCH_BA), bh)
     for r in range(ROUNDS):
         _tail_best_kernel[match_grid](saving, partner, best, cq, saving.stride(0), saving.stride(1),
@@ -116,14 +107,7 @@ def tail_union(
         q_offsets.stride(0), pairs.stride(0), slot.stride(0), offsets2.stride(0), sizes2.stride(0), tile0.stride(0),
         BLOCK=block, C2_POW2=triton.next_power_of_2(max(2, c2)), SWEEP_M=sweep_m,
     )
-    first_row = 0 if sweep_m else cq
-    if c2 > first_row:
-        _tail_rows_kernel[(c2 - first_row, bh)](
-            sel_count, k_sizes, member, pairs, tile0, idx2, count2, cum2, cq, ck, max(1, period), first_row,
-            sel_count.stride(0), k_sizes.stride(0), member.stride(0), member.stride(1), pairs.stride(0),
-            tile0.stride(0), idx2.stride(0), idx2.stride(1), count2.stride(0), cum2.stride(0), cum2.stride(1),
-            SWEEP=bool(sweep_m), CK_POW2=ck_pow2,
-        )
+    launch_rows(sel_count, k_sizes, member, pairs, tile0, idx2, count2, cum2, period, sweep_m)
     _tail_perm_kernel[(c2, bh)](
         q_offsets, q_perm, q_labels, pairs, offsets2, perm2, cq,
         q_offsets.stride(0), q_perm.stride(0), q_labels.stride(0), pairs.stride(0), offsets2.stride(0),
@@ -131,3 +115,47 @@ def tail_union(
         BLOCK=block, BLOCK_R=_BLOCK_R,
     )
     return q_labels, perm2, offsets2, sizes2, idx2, count2, cum2
+
+
+def launch_saving(q_offsets: torch.Tensor, sel_count: torch.Tensor, sel_cum: torch.Tensor, k_sizes: torch.Tensor,
+                  member: torch.Tensor, saving: torch.Tensor, block: int, fixed: int, max_keys: int | None,
+                  bm: int = _SAVING_BM, bk: int = _SAVING_BK, skip_digits: bool = False,
+                  **launch) -> None:
+    """The pair-saving kernel into ``saving`` ``(BH, Cq, Cq)`` int32 from the membership rows ``member``; ``bm``,
+    ``bk``, ``skip_digits`` and ``launch`` (``num_warps``, ``num_stages``): its launch shape (the stage's defaults
+    unless a probe asks otherwise; every shape gives the same savings)."""
+    import triton
+
+    from svg2core.ops.tail_union.triton_tail_union import _tail_saving_kernel
+
+    bh, cq = sel_count.shape
+    nblk = triton.cdiv(cq, bm)
+    _tail_saving_kernel[(nblk, nblk, bh)](
+        q_offsets, sel_count, sel_cum, k_sizes, member, saving, cq, k_sizes.shape[-1], fixed,
+        2**31 - 1 if max_keys is None else max_keys,
+        q_offsets.stride(0), sel_count.stride(0), sel_cum.stride(0), sel_cum.stride(1), k_sizes.stride(0),
+        member.stride(0), member.stride(1), saving.stride(0), saving.stride(1),
+        BLOCK=block, HALF_PCT=HALF_TILE_COST_PCT, BM=bm, BK=bk, SKIP_DIGITS=skip_digits, **launch,
+    )
+
+
+def launch_rows(sel_count: torch.Tensor, k_sizes: torch.Tensor, member: torch.Tensor, pairs: torch.Tensor,
+                tile0: torch.Tensor, idx2: torch.Tensor, count2: torch.Tensor, cum2: torch.Tensor, period: int,
+                sweep_m: int, **launch) -> None:
+    """The selection-rows kernel into ``idx2`` / ``count2`` / ``cum2``: every row with a key sweep (``sweep_m`` >
+    0), else the slots' only; ``launch``: ``num_warps`` etc. (the stage's defaults unless a probe asks otherwise)."""
+    import triton
+
+    from svg2core.ops.tail_union.triton_tail_union import _tail_rows_kernel
+
+    bh, cq = sel_count.shape
+    ck = k_sizes.shape[-1]
+    c2 = union_clusters(cq)
+    first_row = 0 if sweep_m else cq
+    if c2 > first_row:
+        _tail_rows_kernel[(c2 - first_row, bh)](
+            sel_count, k_sizes, member, pairs, tile0, idx2, count2, cum2, cq, ck, max(1, period), first_row,
+            sel_count.stride(0), k_sizes.stride(0), member.stride(0), member.stride(1), pairs.stride(0),
+            tile0.stride(0), idx2.stride(0), idx2.stride(1), count2.stride(0), cum2.stride(0), cum2.stride(1),
+            SWEEP=bool(sweep_m), CK_POW2=triton.next_power_of_2(max(2, ck)), **launch,
+        )
