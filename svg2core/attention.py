@@ -246,7 +246,10 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend, gather_k=not fuse_keys,
                            reverse_heads=SERPENTINE_HEADS)
     with on(scoring):
-        key_sweep = KeySweep(q_sizes, sweep_period, sweep_block_m) if sweep_period else None
+        # with the tail union the stage lays every row out in sweep order from its kept set: the selection's own
+        # order would be discarded, so it writes the cheaper id order
+        key_sweep = (KeySweep(q_sizes, sweep_period, sweep_block_m) if sweep_period and not config.query_tail_union
+                     else None)
         sel_idx, sel_count, sel_cum = select_key_clusters(q_cent, k_cent, k_sizes, config, nv, ws, backend,
                                                           key_sweep)
         if config.query_tail_union:  # pairs of query-cluster tails in shared tiles over their key lists' union

@@ -264,6 +264,35 @@ def test_svg2_attention_with_tail_union_on_both_backends():
     assert torch.all(outs["reference"][1] >= d_off) and torch.any(outs["reference"][1] > d_off)  # the union's pairs
 
 
+def test_with_a_key_sweep_the_plan_is_the_union_of_the_swept_selection():
+    # with the union on, the selection writes its rows in id order (the stage lays them all out again): the plan must
+    # still be exactly the stage's reference applied to the plan without the union, in sweep order
+    from svg2core import SVG2Config
+    from svg2core.attention import REBALANCE_BLOCK, cluster_and_select
+    from svg2core.ops.kmeans import init_centroids_strided
+
+    g = torch.Generator().manual_seed(4)
+    h, n, d, cq, ck, sweep = 2, 400, 64, 6, 8, (3, 16)
+    q, k, v = (torch.randn(1, h, n, d, generator=g).to(torch.bfloat16) for _ in range(3))
+    base = SVG2Config(mode="fixed_density", target_density=0.3, num_q_clusters=cq, num_k_clusters=ck)
+
+    def plan(cfg):
+        qc, kc = torch.empty(h, cq, d), torch.empty(h, ck, d)
+        init_centroids_strided(q, cq, qc)
+        init_centroids_strided(k, ck, kc)
+        return cluster_and_select(q, k, v, qc, kc, 3, cfg, Workspace(), "triton", sweep=sweep)
+
+    plain, union = plan(base), plan(base.replace(query_tail_union=True))
+    want = tail_union_reference(plain.q_labels, plain.q_perm, plain.q_offsets, plain.sel_idx, plain.sel_count,
+                                plain.sel_cum, plain.k_sizes, REBALANCE_BLOCK, FIXED_KEY_ROWS, sweep=sweep)
+    got = (union.q_labels, union.q_perm, union.q_offsets, union.q_sizes, union.sel_idx, union.sel_count,
+           union.sel_cum)
+    for name, w, x in zip(("labels", "perm", "offsets", "sizes", "sel_idx", "sel_count", "sel_cum"), want, got,
+                          strict=True):
+        assert torch.equal(x, w), name
+    assert union.sel_count.shape[1] > cq and int(union.q_sizes[:, cq:].sum()) > 0  # pairs formed
+
+
 def test_tail_union_with_text_tokens_as_hunyuanvideo_runs_it():
     # HunyuanVideo's layout: video tokens then dense text tokens (some padded). The union changes the video rows'
     # masks only: the text rows attend to every valid key with or without it, on both backends, and the padded text
