@@ -5,12 +5,13 @@
 Session 27 profiled the reworked stage at Wan 14B's size (40 heads, 75,600 tokens, 300 / 1000 clusters; H100): the
 pair savings 0.22 ms, the selection rows 0.16 ms, everything else 0.08 ms of 0.47 ms (NOTES_sparse_attn.md v28). At
 480p the stage (~0.13 ms) costs more than the attention kernel saves at 15%. The savings kernel does ~8 G int8 MACs
-at Wan 14B's size, microseconds of tensor-core time, so its 0.22 ms is latency: few programs (15 upper-triangle
-blocks a head), each a serial loop over the key clusters. This probe times both kernels in other launch shapes:
+at Wan 14B's size, microseconds of tensor-core time, so its 0.22 ms looks like latency: few programs (15
+upper-triangle blocks a head), each a serial loop over the key clusters. This probe times both kernels in other
+launch shapes:
 
-- savings: 32-row blocks (4x the programs), 128 key clusters a step, 8 warps, 2 / 4 pipeline stages, and skipping
-  the digit products that are 0 for every key cluster of a step (``SKIP_DIGITS``: the top digit is zero below 16,384
-  tokens a cluster, i.e. always at these sizes);
+- savings: 16- and 32-row blocks (16x / 4x the programs; 32 also with 2 warps, or 128 key clusters a step), 128 key
+  clusters a step, 8 warps, 2 / 4 pipeline stages, and skipping the digit products that are 0 for every key cluster
+  of a step (``SKIP_DIGITS``: the top digit is zero below 16,384 tokens a cluster, i.e. always at these sizes);
 - rows: 2 / 8 / 16 warps for its 1,024-wide scan.
 
 Inputs: random query clusterings and selections at the given sizes (:func:`layout`: skewed cluster sizes, each
@@ -44,7 +45,8 @@ SHAPES = {"wan14b": (40, 75600, 300, 1000), "480p": (12, 32760, 200, 1000)}
 SAVING_VARIANTS = {
     "product": {}, "bm32": dict(bm=32), "bk128": dict(bk=128), "skip": dict(skip_digits=True),
     "bm32_skip": dict(bm=32, skip_digits=True), "warps8": dict(num_warps=8), "stages2": dict(num_stages=2),
-    "stages4": dict(num_stages=4),
+    "stages4": dict(num_stages=4), "bm16": dict(bm=16), "bm32_bk128": dict(bm=32, bk=128),
+    "bm32_warps2": dict(bm=32, num_warps=2),
 }
 ROWS_VARIANTS = {"product": {}, "warps2": dict(num_warps=2), "warps8": dict(num_warps=8),
                  "warps16": dict(num_warps=16)}
@@ -113,9 +115,21 @@ def measure(shape: tuple[int, int, int, int], density: float, device: str, sweep
         launch_rows(t["sel_count"], t["k_sizes"], buf["member"], buf["pairs"], buf["tile0"], *rows[name], period,
                     sweep_m, **rows_variants[name])
 
+    failed = {}  # a launch shape the compiler or the card rejects: reported, not timed (a wrong result stops all)
+
+    def launches(name, call) -> bool:
+        if name == "product":
+            call(name)
+            return True
+        try:
+            call(name)
+        except Exception as exc:  # noqa: BLE001 (any compile or launch error of a variant)
+            failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            return False
+        return True
+
     for name in saving_variants:
-        call_saving(name)
-        if not torch.equal(saving[name], buf["saving"]):
+        if launches(name, call_saving) and not torch.equal(saving[name], buf["saving"]):
             raise SystemExit(f"savings variant {name} differs from the product's")
     for name in rows_variants:
         for x in rows[name]:
@@ -123,13 +137,12 @@ def measure(shape: tuple[int, int, int, int], density: float, device: str, sweep
         if sweep_m == 0:
             for x, y in zip(rows[name], out[4:7], strict=True):
                 x[:, :cq] = y[:, :cq]
-        call_rows(name)
-        if not all(torch.equal(x, y) for x, y in zip(rows[name], out[4:7], strict=True)):
+        if launches(name, call_rows) and not all(torch.equal(x, y) for x, y in zip(rows[name], out[4:7], strict=True)):
             raise SystemExit(f"rows variant {name} differs from the product's")
-    ms_saving = best_of_rounds(call_saving, list(saving_variants), dev, rounds, calls)
-    ms_rows = best_of_rounds(call_rows, list(rows_variants), dev, rounds, calls)
+    ms_saving = best_of_rounds(call_saving, [n for n in saving_variants if n not in failed], dev, rounds, calls)
+    ms_rows = best_of_rounds(call_rows, [n for n in rows_variants if n not in failed], dev, rounds, calls)
     return dict(shape=dict(heads=bh, tokens=nv, cq=cq, ck=ck), density=density, sweep=sweep,
-                saving_ms=ms_saving, rows_ms=ms_rows)
+                saving_ms=ms_saving, rows_ms=ms_rows, failed=failed)
 
 
 def table(name: str, r: dict) -> list[str]:
@@ -139,6 +152,7 @@ def table(name: str, r: dict) -> list[str]:
     for kernel in ("saving", "rows"):
         ms = r[f"{kernel}_ms"]
         lines += [f"| {kernel} | {v} | {m:.4f} | {m / ms['product']:.3f} |" for v, m in ms.items()]
+    lines += [f"| - | {v} | failed: {why} | - |" for v, why in r.get("failed", {}).items()]
     return lines + [""]
 
 

@@ -36,3 +36,19 @@ def test_a_variant_that_computes_otherwise_stops_the_probe():
     with pytest.raises(SystemExit, match="savings variant bad differs"):
         probe.measure((1, 500, 20, 40), 0.3, "cpu", None, rounds=1, calls=1, block=64,
                       saving_variants={"product": {}, "bad": dict(corrupt=True)}, rows_variants={"product": {}})
+
+
+def test_a_variant_that_does_not_launch_is_reported_not_timed():
+    probe = load_bench("probes/probe_tail_stage.py")
+    launch = probe.launch_rows
+
+    def rejected(*args, reject=False, **kw):  # a launch shape the compiler refuses
+        if reject:
+            raise RuntimeError("out of resources: shared memory\nmore")
+        launch(*args, **kw)
+
+    probe.launch_rows = rejected
+    r = probe.measure((1, 500, 20, 40), 0.3, "cpu", None, rounds=1, calls=1, block=64,
+                      saving_variants={"product": {}}, rows_variants={"product": {}, "big": dict(reject=True)})
+    assert r["failed"] == {"big": "RuntimeError: out of resources: shared memory"} and set(r["rows_ms"]) == {"product"}
+    assert "| - | big | failed: RuntimeError: out of resources: shared memory | - |" in probe.table("x", r)
