@@ -42,7 +42,8 @@
 #   bash bench/gpu_run.sh OUT generate                  # whole jobs through the worker's path (bench_generate.py, ~4 min;
 #                                                       # also carry pydantic pydantic-core annotated-types typing-inspection av)
 #   bash bench/gpu_run.sh OUT generate14b               # the same for Wan 2.1 14B 720p, 5 steps: dense, 25% with
-#                                                       # balanced's 20 cold iterations and with the public 50
+#                                                       # balanced's 20 cold iterations, with and without the
+#                                                       # query-tail union (balanced's since session 27)
 #                                                       # (~470 s; builds 28 GB of random weights, loads, 3 jobs; a
 #                                                       # dense 720p step is ~22 s, so 20 steps do not fit one call)
 #   bash bench/gpu_run.sh OUT generate_hunyuan          # HunyuanVideo 720p 129 frames, 4 steps, dense and 25%, tiled
@@ -184,7 +185,7 @@ for step in "$@"; do
       --block 128 --rhos 16 32 --alt-cqs 200 --time-heads 40 --device cuda --backend triton --out "$out/$step" > "$log" 2>&1 ;;
     generate) python bench/bench_generate.py --out "$out/$step" --budgets dense,fixed:0.15,fixed:0.25 > "$log" 2>&1 ;;
     generate14b) python bench/bench_generate.py --out "$out/$step" --model wan2.1-t2v-14b --steps 5 \
-      --budgets dense,fixed:0.25,fixed:0.25+kmeans_iters_init=50 > "$log" 2>&1 ;;
+      --budgets dense,fixed:0.25,fixed:0.25+query_tail_union=false > "$log" 2>&1 ;;
     generate_hunyuan) python bench/bench_generate.py --out "$out/$step" --model hunyuanvideo --steps 4 \
       --budgets dense,fixed:0.25 > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
