@@ -326,6 +326,25 @@ def test_tail_union_with_text_tokens_as_hunyuanvideo_runs_it():
     torch.testing.assert_close(again[0], outs[(True, "reference")][0])
 
 
+def test_tail_union_in_a_batch_equals_each_element_alone():
+    # a batch of two (e.g. two requests' latents, or CFG's two branches batched): the stage works per (batch, head)
+    # row, so each element's output and density are those of a call with that element alone
+    from svg2core import SVG2Config
+    from svg2core.state import LayerState
+
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 1, 384, 64, generator=g).to(torch.bfloat16) for _ in range(3))
+    cfg = SVG2Config(mode="fixed_density", target_density=0.3, num_q_clusters=6, num_k_clusters=8,
+                     kmeans_iters_init=5, query_tail_union=True)
+    both, d_both = svg2_run(q, k, v, cfg, LayerState(), 0, None, "triton")
+    plain = svg2_run(q, k, v, cfg.replace(query_tail_union=False), LayerState(), 0, None, "triton")[1]
+    assert torch.any(d_both > plain)  # pairs were packed
+    for b in range(2):
+        one, d_one = svg2_run(q[b:b + 1], k[b:b + 1], v[b:b + 1], cfg, LayerState(), 0, None, "triton")
+        torch.testing.assert_close(both[b:b + 1], one)
+        torch.testing.assert_close(d_both[b:b + 1], d_one)
+
+
 def svg2_run(q, k, v, cfg, state, t, mask, backend):
     from svg2core.attention import svg2_attention
 
