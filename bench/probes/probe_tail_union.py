@@ -53,19 +53,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 import bench_fidelity as F  # noqa: E402
 from probe_tile_rebalance import best_of_rounds, plan_at, random_tokens  # noqa: E402
 
+from svg2core.ops.select.reference import kept_key_clusters  # noqa: E402
 from svg2core.ops.tail_union import tail_union_reference  # noqa: E402
 from svg2core.ops.tail_union.reference import HALF_TILE_COST_PCT  # noqa: E402
 
 HALF_TILE_COST = HALF_TILE_COST_PCT / 100  # a tail of <= half a tile runs on one warpgroup (NOTES_sparse_attn.md v9)
-
-
-def chosen_of(sel_idx: torch.Tensor, sel_count: torch.Tensor) -> torch.Tensor:
-    """(BH, Cq, Ck) bool: query cluster i keeps key cluster j."""
-    bh, cq, ck = sel_idx.shape
-    rank = torch.arange(ck, device=sel_idx.device)
-    chosen = torch.zeros(bh, cq, ck, dtype=torch.bool, device=sel_idx.device)
-    chosen.scatter_(2, sel_idx.long(), rank[None, None, :] < sel_count[..., None])
-    return chosen
 
 
 def row_factor(rows: int, block: int) -> float:
@@ -175,7 +167,7 @@ def packed_groups(plan, hi: int, chosen: torch.Tensor, block: int, fixed: float,
         out = tail_union_reference(*(x[hi:hi + 1] for x in (plan.q_labels, plan.q_perm, plan.q_offsets, plan.sel_idx,
                                                              plan.sel_count, plan.sel_cum, plan.k_sizes)),
                                    block=block, fixed=round(fixed))
-        groups, masks = out[0][0].long(), chosen_of(out[4], out[5])[0]
+        groups, masks = out[0][0].long(), kept_key_clusters(out[4], out[5])[0]
     else:
         sizes = torch.bincount(labels, minlength=cq)
         rem = [int(s) % block for s in sizes]
@@ -291,7 +283,7 @@ def measure(seeds, targets, cq: int, ck: int, block: int, fixed: float, max_memb
             ms = kernel_ms(plan, time_heads, time_head_dim, block, *time_reps) if time_heads else {}
             if "stage_kernels" in ms:  # the first seed's profile of the stage, per kernel
                 profiles.setdefault(target, ms.pop("stage_kernels"))
-            chosen = chosen_of(plan.sel_idx, plan.sel_count)
+            chosen = kept_key_clusters(plan.sel_idx, plan.sel_count)
             variants = [("baseline", 0, "none")]
             variants += [(f"greedy<={m}", m, "greedy") for m in max_members if "greedy" in rules]
             variants += [(rule, 2, rule) for rule in ("product", "mutual") if rule in rules]

@@ -161,6 +161,17 @@ def sweep_starts_reference(q_sizes: torch.Tensor, period: int, block_m: int, num
     return torch.div((first % period) * num_k_clusters, period, rounding_mode="floor")
 
 
+def kept_key_clusters(sel_idx: torch.Tensor, sel_count: torch.Tensor) -> torch.Tensor:
+    """``(BH, Cq, Ck)`` bool: query cluster ``c`` keeps key cluster ``j`` (among the first ``sel_count`` of its row).
+
+    A sum, not a scatter of flags: entries past ``sel_count`` may repeat ids (only the first ``sel_count`` are read),
+    and a scattered 0 from one of them could overwrite a kept cluster's 1."""
+    bh, cq, ck = sel_idx.shape
+    rank = torch.arange(ck, device=sel_idx.device)
+    return torch.zeros(bh, cq, ck, dtype=torch.int32, device=sel_idx.device).scatter_add_(
+        -1, sel_idx.long(), (rank < sel_count[..., None].long()).int().expand(bh, cq, ck)) > 0
+
+
 def selection_in_sweep_order(sel_idx: torch.Tensor, sel_count: torch.Tensor, k_sizes: torch.Tensor,
                              starts: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The same selection laid out in sweep order: per row, the kept clusters in ascending id from ``starts`` (``(BH,
@@ -170,9 +181,7 @@ def selection_in_sweep_order(sel_idx: torch.Tensor, sel_count: torch.Tensor, k_s
     """
     bh, cq, ck = sel_idx.shape
     rank = torch.arange(ck, device=sel_idx.device)
-    # a sum, not a scatter of flags: entries past sel_count may repeat ids (only the first sel_count are read)
-    kept = torch.zeros(bh, cq, ck, dtype=torch.int32, device=sel_idx.device).scatter_add_(
-        -1, sel_idx.long(), (rank < sel_count[..., None].long()).int().expand(bh, cq, ck)) > 0
+    kept = kept_key_clusters(sel_idx, sel_count)
     # kept first (in rotated id order), the rest after in ascending id: one stable sort of a composite key
     rotated = rank if starts is None else (rank - starts.long()[..., None]) % ck
     order = torch.sort(torch.where(kept, rotated, ck + rank), dim=-1, stable=True).indices

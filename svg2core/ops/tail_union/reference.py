@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from svg2core.ops.select.reference import selection_in_sweep_order, sweep_starts_reference
+from svg2core.ops.select.reference import kept_key_clusters, selection_in_sweep_order, sweep_starts_reference
 
 #: A tile's fixed cost in key rows (prologue, epilogue, first loads: about three 128-row key tiles' time,
 #: NOTES_sparse_attn.md v12), for the keep-or-not test of a pair.
@@ -65,11 +65,8 @@ def pair_savings_reference(q_sizes: torch.Tensor, sel_count: torch.Tensor, sel_c
                            max_keys: int | None = None) -> torch.Tensor:
     """``(BH, Cq, Cq)`` int64 saving of every pair of tails (the rule's first point); 0 where not a candidate, and
     where the union would hold more than ``max_keys`` key rows (the top-p mode's density cap)."""
-    bh, cq = sel_count.shape
-    ck = k_sizes.shape[-1]
-    member = torch.zeros(bh, cq, ck, dtype=torch.long, device=q_sizes.device)
-    rank = torch.arange(ck, device=q_sizes.device)
-    member.scatter_(2, sel_idx.long(), (rank[None, None, :] < sel_count[..., None]).long())
+    cq = sel_count.shape[1]
+    member = kept_key_clusters(sel_idx, sel_count).long()
     ks = k_sizes.long()
     # in float64, exact for integers below 2^53 (CUDA has no integer matmul)
     overlap = ((member * ks[:, None, :]).double() @ member.transpose(1, 2).double()).long()
@@ -144,6 +141,7 @@ def tail_union_reference(
     sel_cum2 = torch.empty(bh, c2, ck + 1, dtype=torch.int32, device=dev)
     sel_idx2[:, :cq], sel_count2[:, :cq], sel_cum2[:, :cq] = sel_idx, sel_count, sel_cum
     ids = torch.arange(ck, device=dev)
+    member = kept_key_clusters(sel_idx, sel_count)
     for i in range(bh):
         ks = k_sizes[i].long()
         rem = sizes[i] % block
@@ -151,10 +149,9 @@ def tail_union_reference(
         slot_rows = [0] * (cq // 2)
         for k in range(cq // 2):
             a, b = int(pairs[i, k, 0]), int(pairs[i, k, 1])
-            union = torch.zeros(ck, dtype=torch.bool, device=dev)
+            union = torch.zeros(ck, dtype=torch.bool, device=dev)  # an empty slot's row
             if a >= 0:
-                union[sel_idx[i, a, :sel_count[i, a]].long()] = True
-                union[sel_idx[i, b, :sel_count[i, b]].long()] = True
+                union = member[i, a] | member[i, b]
                 kept[a] = kept[b] = True
                 slot_rows[k] = int(rem[a] + rem[b])
             order = torch.cat([ids[union], ids[~union]])
