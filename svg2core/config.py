@@ -63,10 +63,11 @@ class SVG2Config:
             (:func:`svg2core.ops.tail_union.tail_union_reference`). The rows of a packed tail attend
             to more keys than their own selection: the attention is exact for that larger mask and its pairs count
             in the density (in the top-p mode no union passes ``max_density``; in the fixed-density mode a union may
-            pass the target). On synthetic video attention (CPU, bench/probes/probe_tail_union.py) the query tiles'
-            fill rises from 0.81 to 0.90-0.92 at Wan 14B's cluster sizes and from 0.71 to 0.86-0.87 at 480p's, for
-            4-6% / 7-10% less modelled kernel time and 1-2% / 1-4% less attention error at the same target. Off by
-            default until the GPU kernel's time confirms the model (docs/benchmarks/NOTES_sparse_attn.md v27).
+            pass the target). On an H100 at Wan 14B's size (synthetic video, bench/probes/probe_tail_union.py) the
+            query tiles' fill rises from 0.80 to 0.89-0.90, the kernel runs 3-5% faster for a 0.4-0.5 ms stage and
+            the attention error at the same target falls 1-2%; the 25% step: Wan 14B 1.93-1.94x -> 1.95-1.96x,
+            HunyuanVideo 2.40x -> 2.46x, while the Wan 1.3B 480p 15% step loses (2.03x -> 1.99x). Off here; on in
+            the 720p models' quality / balanced presets (docs/benchmarks/NOTES_sparse_attn.md v27, v28).
     """
 
     mode: Mode = "top_p"
