@@ -44,9 +44,10 @@ from svg2core.state import Workspace  # noqa: E402
 SHAPES = {"wan14b": (40, 75600, 300, 1000), "480p": (12, 32760, 200, 1000)}
 SAVING_VARIANTS = {
     "product": {}, "bm32": dict(bm=32), "bk128": dict(bk=128), "skip": dict(skip_digits=True),
-    "bm32_skip": dict(bm=32, skip_digits=True), "warps8": dict(num_warps=8), "stages2": dict(num_stages=2),
+    "bm32_skip": dict(bm=32, skip_digits=True), "warps4": dict(num_warps=4), "stages2": dict(num_stages=2),
     "stages4": dict(num_stages=4), "bm16": dict(bm=16), "bm32_bk128": dict(bm=32, bk=128),
-    "bm32_warps2": dict(bm=32, num_warps=2),
+    "bm32_warps2": dict(bm=32, num_warps=2), "bm32_warps4": dict(bm=32, num_warps=4),
+    "bm16_warps4": dict(bm=16, num_warps=4), "bk128_warps4": dict(bk=128, num_warps=4),
 }
 ROWS_VARIANTS = {"product": {}, "warps2": dict(num_warps=2), "warps8": dict(num_warps=8),
                  "warps16": dict(num_warps=16)}

@@ -16,6 +16,9 @@ from svg2core.state import Workspace
 _BLOCK_R = 256  # rows per step of a cluster's copy in the permutation kernel
 _SAVING_BM = 64  # tails per side of a block of the pair-saving kernel
 _SAVING_BK = 64  # key clusters per step of its products
+#: the savings kernel's warps: 8 ran 0.71x the time of 4 at Wan 14B's size and 0.65x at 480p's (H100,
+#: probe_tail_stage, s28); 8 with a smaller BM ran slower
+_SAVING_WARPS = 8
 _MATCH_BA, _MATCH_BB = 16, 128  # the matching's tails per program, and columns of savings a step
 
 
@@ -130,6 +133,7 @@ def launch_saving(q_offsets: torch.Tensor, sel_count: torch.Tensor, sel_cum: tor
 
     bh, cq = sel_count.shape
     nblk = triton.cdiv(cq, bm)
+    launch = {"num_warps": _SAVING_WARPS, **launch}
     _tail_saving_kernel[(nblk, nblk, bh)](
         q_offsets, sel_count, sel_cum, k_sizes, member, saving, cq, k_sizes.shape[-1], fixed,
         2**31 - 1 if max_keys is None else max_keys,
