@@ -51,8 +51,8 @@ RUN apt-get update \
 
 RUN groupadd --system --gid 10001 svg2 \
     && useradd --system --uid 10001 --gid svg2 --create-home --home-dir /home/svg2 svg2 \
-    && mkdir -p /data/outputs /models \
-    && chown svg2:svg2 /data/outputs
+    && mkdir -p /data/outputs /models /var/cache/svg2 \
+    && chown svg2:svg2 /data/outputs /var/cache/svg2
 
 COPY --from=build /opt/venv /opt/venv
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -46,6 +46,12 @@ class WorkerSettings(BaseSettings):
     log_level: str = Field("INFO", description="Python logging level of the worker.")
     max_attempts: int = Field(
         3, ge=1, description="Starts a job may have; a job stopped mid-run is re-queued until this many.")
+    warmup: Literal["auto", "none", "default", "all"] = Field(
+        "auto",
+        description="Warm-up jobs at start, before serving (worker/warmup.py): 'all' (a dense job and every sparse "
+        "preset at the model's default shape, so no user's first job of a preset pays the compilation), "
+        "'default' (the dense job and the default preset), 'none', or 'auto' ('all' on a CUDA device, else "
+        "'none').")
     shutdown_grace_s: float = Field(
         90.0, ge=0.0,
         description="After SIGTERM, how long the running job may go on before it is stopped and re-queued "

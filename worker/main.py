@@ -1,12 +1,13 @@
 """``svg2-worker``: a long-lived GPU worker that owns one resident pipeline.
 
 One process per GPU. At start it loads its model once (from the registry entry named by
-``SVG2_MODEL``), then serves the model's rq queue with :class:`VideoWorker`, an rq ``SimpleWorker``
+``SVG2_MODEL``), runs its warm-up jobs (on a GPU by default: :mod:`worker.warmup`, so no user's first
+job pays the compilation), then serves the model's rq queue with :class:`VideoWorker`, an rq ``SimpleWorker``
 (no fork per job: CUDA does not survive ``fork``) that binds the resident model around each job.
 
 Liveness: rq's SimpleWorker sends no heartbeats while a job runs, so a daemon thread writes the
 store's ``svg2:worker:{name}`` key every ``heartbeat_interval_s`` (TTL ``heartbeat_ttl_s``) from the
-moment loading starts until the process exits: while loading, idle and during jobs, with the job
+moment loading starts until the process exits: while loading, warming up, idle and during jobs, with the job
 being run. Cancellation is cooperative, between denoising steps (see :mod:`worker.runner`).
 
 Run it with ``svg2-worker`` or ``python -m worker.main``; configure it with ``SVG2_*`` environment
@@ -34,6 +35,7 @@ from worker.registry import load_registry
 from worker.runner import JobRunner
 from worker.store import JobStore
 from worker.tasks import bind_runner
+from worker.warmup import resolve_mode, warm_up
 
 log = logging.getLogger("svg2.worker")
 
@@ -45,7 +47,7 @@ class WorkerState:
 
     model: str
     queues: list[str]
-    phase: str = "loading"  # loading | idle | busy
+    phase: str = "loading"  # loading | warming | idle | busy
     current_job: str | None = None
     jobs_done: int = 0
     started_at: float = field(default_factory=time.time)
@@ -202,9 +204,18 @@ def serve(settings: WorkerSettings) -> int:
             log.error("worker %s: %s [%s]", settings.worker_name, exc, exc.code)
             return 2
         state.details = {**model.describe(), "load_seconds": model.load_seconds}
-        state.phase = "idle"
         metrics.observe_model_load(model.load_seconds)
         metrics.set_device(str(model.device))
+        if resolve_mode(settings.warmup, model.device) != "none":
+            state.phase = "warming"
+            heartbeat.poke()
+            log.info("worker %s: warm-up (%s)", settings.worker_name, settings.warmup)
+            report = warm_up(registry, model, settings.warmup)
+            state.details = {**state.details, **report.describe()}
+            metrics.observe_warmup(report.seconds)
+            log.info("worker %s: warm-up of %d job(s) in %.1f s%s", settings.worker_name, len(report.jobs),
+                     report.seconds, f" (stopped: {report.error})" if report.error else "")
+        state.phase = "idle"
         heartbeat.poke()  # announce "idle" now rather than at the next interval
         log.info("worker %s: %s loaded in %.2f s on %s; serving %s",
                  settings.worker_name, entry.name, model.load_seconds, model.device, ", ".join(queues))

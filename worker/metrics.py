@@ -306,12 +306,16 @@ class WorkerMetrics:
         self.busy = Gauge("svg2_worker_busy", "1 while the worker runs a job, else 0.", ("model",), registry=r)
         self.model_load = Gauge(
             "svg2_worker_model_load_seconds", "Time the worker took to load its pipeline.", ("model",), registry=r)
+        self.warmup = Gauge(
+            "svg2_worker_warmup_seconds", "Time the worker's start-up warm-up jobs took (0: none ran).", ("model",),
+            registry=r)
         self.gpu_memory_total = Gauge(
             "svg2_worker_gpu_memory_total_bytes", "Total memory of the worker's GPU (0 on CPU).",
             ("model",), registry=r)
         self.gpu = Info("svg2_gpu", "Identity of the device the worker runs on (value is always 1).", registry=r)
 
         self.busy.labels(model).set(0)
+        self.warmup.labels(model).set(0)
         self._error_codes = tuple(error_codes)
         for preset in dict.fromkeys([*presets, CUSTOM_PRESET]):
             self._init_series(preset)
@@ -335,6 +339,10 @@ class WorkerMetrics:
     def observe_model_load(self, seconds: float) -> None:
         """Record how long loading this worker's pipeline took."""
         self.model_load.labels(self.model).set(seconds)
+
+    def observe_warmup(self, seconds: float) -> None:
+        """Record how long the start-up warm-up took (worker/warmup.py)."""
+        self.warmup.labels(self.model).set(seconds)
 
     def set_device(self, device: str) -> None:
         """Publish the identity of the worker's device (``cuda:0``, ``cpu``) as ``svg2_gpu_info``."""

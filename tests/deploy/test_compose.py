@@ -140,6 +140,21 @@ def test_one_worker_per_gpu_with_read_only_offline_weights():
     assert "0" in gpus and "profiles" not in SERVICES["worker"]
 
 
+def test_workers_keep_their_compile_caches_on_a_writable_named_volume():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for name, svc in WORKERS.items():
+        env, volumes = env_of(svc), volume_targets(svc)
+        for var in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
+            path = Path(env[var])
+            mounts = [t for t in volumes if path.is_relative_to(t)]
+            assert len(mounts) == 1, f"{name}: {var}={path} must lie on one volume"
+            source, read_only = volumes[mounts[0]]
+            assert source in COMPOSE["volumes"] and not read_only, f"{name}: {var} needs a writable named volume"
+            # a new named volume copies the image's directory, owner included: the unprivileged user must own it
+            assert re.search(rf"chown svg2:svg2 [^\n]*{re.escape(mounts[0])}\b", dockerfile), mounts[0]
+        assert interpolated_default(env["SVG2_WARMUP"]) == WorkerSettings.model_fields["warmup"].default
+
+
 def test_prometheus_finds_every_worker_and_the_api():
     jobs = {job["job_name"]: job for job in PROMETHEUS["scrape_configs"]}
     (dns,) = jobs["svg2-worker"]["dns_sd_configs"]

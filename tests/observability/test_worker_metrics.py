@@ -10,6 +10,7 @@ import sys
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 
 from worker.metrics import (
     CUSTOM_PRESET,
@@ -150,6 +151,8 @@ def test_worker_serves_its_registry_over_http():
     metrics = WorkerMetrics(model="tiny", worker="w0")
     metrics.set_device("cpu")
     metrics.observe_model_load(2.5)
+    before_warmup = generate_latest(metrics.registry).decode()
+    metrics.observe_warmup(41.5)
     server = start_metrics_server(metrics.registry, port=0, addr="127.0.0.1")
     try:
         url = f"http://127.0.0.1:{server.server_port}/metrics"
@@ -162,6 +165,8 @@ def test_worker_serves_its_registry_over_http():
     assert 'svg2_worker_busy{model="tiny"} 1.0' in busy_text
     assert 'svg2_worker_busy{model="tiny"} 0.0' in idle_text
     assert 'svg2_worker_model_load_seconds{model="tiny"} 2.5' in idle_text
+    assert 'svg2_worker_warmup_seconds{model="tiny"} 0.0' in before_warmup
+    assert 'svg2_worker_warmup_seconds{model="tiny"} 41.5' in idle_text
     assert 'svg2_gpu_info{' in idle_text and 'device="cpu"' in idle_text and 'worker="w0"' in idle_text
 
 

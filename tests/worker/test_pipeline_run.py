@@ -28,6 +28,17 @@ def test_reports_every_step_and_returns_metrics(tiny_model, tiny_spec):
     assert m["sparsity"]["warmup_steps"] == 1 and m["sparsity"]["sparse_calls"] > 0
 
 
+def test_without_decoding_the_steps_run_and_no_frames_come_back(tiny_model, tiny_spec):
+    spec = tiny_spec(num_inference_steps=2, num_frames=5)
+    decoded = generate(tiny_model.pipeline, spec, call_kwargs=tiny_model.call_kwargs)
+    latent = generate(tiny_model.pipeline, spec, call_kwargs=tiny_model.call_kwargs, decode=False)
+    assert latent.frames is None and decoded.frames is not None
+    assert "frames" not in latent.metrics and "width" not in latent.metrics
+    assert len(latent.metrics["step_seconds"]) == 2
+    assert latent.metrics["sparsity"]["sparse_calls"] == decoded.metrics["sparsity"]["sparse_calls"] > 0
+    assert latent.metrics["decode_seconds"] < decoded.metrics["decode_seconds"]
+
+
 def test_cancel_stops_between_steps(tiny_model, tiny_spec):
     spec = tiny_spec(num_inference_steps=6, num_frames=5)
     steps = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -82,3 +83,45 @@ def test_worker_without_weights_exits_with_model_unavailable(start_worker, tmp_p
     log = worker.log()
     assert "model_unavailable" in log and f"model {model!r}" in log
     assert worker.heartbeat() is None
+
+
+def _metric(worker, name: str, by: str = "model") -> dict[str, float]:
+    """The samples called ``name`` on the worker's /metrics, summed by the label ``by``."""
+    text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=10).text
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                sums[sample.labels[by]] = sums.get(sample.labels[by], 0.0) + sample.value
+    return sums
+
+
+def test_warm_up_runs_before_serving_and_leaves_no_jobs_behind(store, start_worker, tiny_spec):
+    # A job queued before the worker starts waits for its warm-up, then runs.
+    queued = store.create(tiny_spec(num_frames=5, num_inference_steps=2), "tiny")
+    worker = start_worker(SVG2_WARMUP="all")
+    warming = worker.wait_for("warming")
+    assert warming["current_job"] is None and "warmup_jobs" not in warming
+    assert store.get(queued.id).status == "queued"
+
+    done = _wait_terminal(store, queued.id)
+    assert done.status == "completed" and done.metrics["worker"] == worker.name
+    beat = worker.wait_for("idle")
+    deadline = time.monotonic() + 30
+    while beat["jobs_done"] != 1 and time.monotonic() < deadline:  # the idle beat after the job, not before it
+        time.sleep(0.05)
+        beat = worker.heartbeat() or beat
+    assert beat["state"] == "idle" and beat["jobs_done"] == 1
+    assert beat["warmup"] == "all" and beat["warmup_seconds"] > 0 and "warmup_error" not in beat
+    assert beat["warmup_jobs"][0].startswith("dense (1 step,") and len(beat["warmup_jobs"]) >= 4
+    # The warm-up's jobs are not jobs: one record in the store, one finished job in the metrics.
+    assert [r.id for r in store.list(None, 100)[0]] == [queued.id]
+    assert _metric(worker, "svg2_worker_warmup_seconds")["tiny"] == pytest.approx(beat["warmup_seconds"], abs=1e-3)
+    assert {k: v for k, v in _metric(worker, "svg2_jobs_finished_total", "status").items() if v} == {"completed": 1.0}
+
+
+def test_a_cpu_worker_skips_the_warm_up_by_default(start_worker):
+    worker = start_worker()
+    idle = worker.wait_for("idle")
+    assert "warmup" not in idle and "warm-up (" not in worker.log()
+    assert _metric(worker, "svg2_worker_warmup_seconds")["tiny"] == 0.0

@@ -46,9 +46,11 @@ class GenerationResult:
     ``attention`` (``"svg2"`` when svg2 is applied to the pipeline and the budget is sparse, else
     ``"dense"``) and ``sparsity`` (the svg2 session's accounting, ``SVG2Session.metrics()``: call
     counts, densities, FLOPs, attention times; ``None`` when svg2 is not applied to the pipeline).
+    A run without decoding (``generate(..., decode=False)``) has no frames and no ``frames`` / ``width`` /
+    ``height``.
     """
 
-    frames: np.ndarray  # (F, H, W, 3) float32 in [0, 1]
+    frames: np.ndarray | None  # (F, H, W, 3) float32 in [0, 1]; None when not decoded
     metrics: dict = field(default_factory=dict)
 
 
@@ -164,6 +166,7 @@ def generate(
     on_step: StepCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
     call_kwargs: dict | None = None,
+    decode: bool = True,
 ) -> GenerationResult:
     """Generate the clip of ``spec`` with ``pipe``.
 
@@ -175,6 +178,8 @@ def generate(
         should_cancel: polled after each denoising step (and once before starting); True stops the
             job with :class:`JobCancelled`.
         call_kwargs: model-specific extra arguments of the pipeline call (e.g. ``max_sequence_length``).
+        decode: False: stop at the denoised latents (the pipeline's ``output_type="latent"``), no VAE
+            decode and no frames (the worker's start-up warm-up of its sparse presets).
 
     Raises:
         InvalidJobInput: the spec's shape does not fit the model.
@@ -205,7 +210,7 @@ def generate(
         num_inference_steps=total_steps,
         guidance_scale=spec.guidance_scale,
         generator=torch.Generator(device="cpu").manual_seed(spec.seed),
-        output_type="np",
+        output_type="np" if decode else "latent",
         return_dict=True,
         callback_on_step_end=on_step_end,
     )
@@ -235,7 +240,7 @@ def generate(
         for hook in hooks:
             hook.remove()
 
-    frames = np.asarray(output.frames[0])  # (F, H, W, 3): batch of one
+    frames = np.asarray(output.frames[0]) if decode else None  # (F, H, W, 3): batch of one
     first = timer.first_step_start if timer.first_step_start is not None else timer.call_start
     last = timer.last_step_end if timer.last_step_end is not None else first
     metrics = {
@@ -243,9 +248,8 @@ def generate(
         "step_seconds": step_seconds,
         "denoise_seconds": float(sum(step_seconds)),
         "decode_seconds": end - last,
-        "frames": int(frames.shape[0]),
-        "height": int(frames.shape[1]),
-        "width": int(frames.shape[2]),
+        **({"frames": int(frames.shape[0]), "height": int(frames.shape[1]), "width": int(frames.shape[2])}
+           if frames is not None else {}),
         "attention": "svg2" if session is not None and spec.sparsity.mode != "dense" else "dense",
         "sparsity": session.metrics() if session is not None else None,
     }

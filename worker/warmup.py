@@ -1,0 +1,127 @@
+"""A worker's start-up warm-up: short jobs at the model's default shape before the first request.
+
+On a GPU the first job of a kind pays compilation: the registry's ``compile: regional`` compiles the
+transformer blocks at the first shape (~10-30 s), and each sparsity preset's first sparse step JIT-compiles
+the svg2 Triton kernels its settings select (measured on an H100, Wan 2.1 14B 720p: a budget whose kernel
+variants were not compiled yet took 24.9 s for its first sparse step against 16.1 s;
+``docs/benchmarks/bench_generate_h100_s28_wan14b.md``). The warm-up runs that cost once, at start,
+before the worker takes jobs, instead of in the first user's job of each preset:
+
+1. a dense job of one step (``max(1, min_steps)``), decoded: the compiled graphs, the dense attention,
+   the VAE decode; its dense calls also calibrate the time-saved estimate of later jobs
+   (:class:`~svg2core.processors.accounting.DenseAttentionCalibration`, observed source);
+2. per sparse preset (``all``; ``default``: the model's default preset alone), two sparse steps
+   (``dense_warmup_steps`` 0, the preset's dense layers kept), not decoded: the cold and the warm
+   k-means calls of a job and the preset's kernel variants.
+
+Every warm-up job runs through :func:`~worker.pipelines.run.generate`, the jobs' own path, with the
+model's defaults and a fixed prompt and seed; nothing is written to the job store, the MP4 directory
+or the job metrics, and every job resets svg2's per-job state as a real one does. The warm-up covers
+the default shape only: another size or frame count compiles at its first job (Triton and inductor
+keep their caches on disk; ``deploy/compose.yaml`` puts them on a volume so a restart reuses them).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from worker.pipelines.loading import LoadedModel
+from worker.pipelines.run import generate
+from worker.registry import Registry, build_job_spec
+
+log = logging.getLogger(__name__)
+
+WarmupMode = Literal["auto", "none", "default", "all"]
+WARMUP_PROMPT = "warm-up: a calm lake at dawn, mist over the water"
+
+
+@dataclass
+class WarmupJob:
+    """One warm-up job: its budget (``dense`` or a preset name), steps, whether it decoded, its seconds."""
+
+    budget: str
+    steps: int
+    decoded: bool
+    seconds: float = 0.0
+    sparse_calls: int = 0
+
+
+@dataclass
+class WarmupReport:
+    """What a warm-up ran: ``mode`` as resolved (``auto`` becomes ``all`` or ``none``), its jobs, the total
+    seconds, and ``error`` (``"<type>: <message>"``) when a job failed and the warm-up stopped there."""
+
+    mode: str
+    jobs: list[WarmupJob] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def describe(self) -> dict:
+        """JSON-able summary for the heartbeat."""
+        return {
+            "warmup": self.mode,
+            "warmup_seconds": round(self.seconds, 3),
+            "warmup_jobs": [f"{j.budget} ({j.steps} step{'s' if j.steps != 1 else ''}, {j.seconds:.1f} s)"
+                            for j in self.jobs],
+            **({"warmup_error": self.error} if self.error else {}),
+        }
+
+
+def resolve_mode(mode: WarmupMode, device: torch.device) -> str:
+    """``auto``: ``all`` on a CUDA device (where there is compilation to pay), ``none`` elsewhere."""
+    if mode == "auto":
+        return "all" if device.type == "cuda" else "none"
+    return mode
+
+
+def warmup_plan(registry: Registry, model: LoadedModel, mode: str) -> list[tuple[str, int, bool]]:
+    """``(budget, steps, decode)`` of each warm-up job for a resolved ``mode``; no sparse jobs when svg2 is not
+    applied to the pipeline (every job runs stock attention then)."""
+    if mode == "none":
+        return []
+    entry = model.entry
+    min_steps = entry.limits.min_steps
+    plan = [("dense", max(1, min_steps), True)]
+    if model.svg2 is None:
+        return plan
+    presets = entry.resolved_presets()
+    names = [entry.default_preset] if mode == "default" else list(presets)
+    plan += [(name, max(2, min_steps), False) for name in names if presets[name].mode != "dense"]
+    return plan
+
+
+def warm_up(registry: Registry, model: LoadedModel, mode: WarmupMode) -> WarmupReport:
+    """Run the warm-up jobs of ``mode`` on ``model`` (see the module docstring) and report them.
+
+    A failing job (out of memory at the default shape, say) is logged, its memory released, and the
+    warm-up stops there: the worker still serves, and each job reports its own errors as usual."""
+    resolved = resolve_mode(mode, model.device)
+    report = WarmupReport(mode=resolved)
+    start = time.perf_counter()
+    for budget, steps, decode in warmup_plan(registry, model, resolved):
+        sparsity = "dense" if budget == "dense" else {"preset": budget, "dense_warmup_steps": 0}
+        job = WarmupJob(budget=budget, steps=steps, decoded=decode)
+        t = time.perf_counter()
+        try:
+            spec, _ = build_job_spec(registry, model=model.name, prompt=WARMUP_PROMPT, seed=0,
+                                     num_inference_steps=steps, sparsity=sparsity)
+            result = generate(model.pipeline, spec, call_kwargs=model.call_kwargs, decode=decode)
+        except Exception as exc:  # the worker must come up whatever the warm-up meets
+            report.error = f"{type(exc).__name__}: {exc}"
+            log.exception("warm-up job %s failed; serving without the rest of the warm-up", budget)
+            gc.collect()
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            break
+        job.seconds = time.perf_counter() - t
+        job.sparse_calls = int((result.metrics.get("sparsity") or {}).get("sparse_calls", 0))
+        report.jobs.append(job)
+        log.info("warm-up job %s: %d step(s) in %.1f s", budget, steps, job.seconds)
+    report.seconds = time.perf_counter() - start
+    return report
