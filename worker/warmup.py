@@ -7,12 +7,16 @@ variants were not compiled yet took 24.9 s for its first sparse step against 16.
 ``docs/benchmarks/bench_generate_h100_s28_wan14b.md``). The warm-up runs that cost once, at start,
 before the worker takes jobs, instead of in the first user's job of each preset:
 
-1. a dense job of one step (``max(1, min_steps)``), decoded: the compiled graphs, the dense attention,
-   the VAE decode; its dense calls also calibrate the time-saved estimate of later jobs
-   (:class:`~svg2core.processors.accounting.DenseAttentionCalibration`, observed source);
+1. a dense job of one step per transformer of the pipeline (two for the Wan 2.2 two-expert pipelines,
+   whose second step goes to the low-noise expert at the public boundaries; at least ``min_steps``), decoded:
+   the compiled graphs, the dense attention, the VAE decode; its dense calls also calibrate the time-saved
+   estimate of later jobs (:class:`~svg2core.processors.accounting.DenseAttentionCalibration`, observed
+   source);
 2. per sparse preset (``all``; ``default``: the model's default preset alone), two sparse steps
    (``dense_warmup_steps`` 0, the preset's dense layers kept), not decoded: the cold and the warm
    k-means calls of a job and the preset's kernel variants.
+
+Each job records which transformers ran (``WarmupJob.denoisers``); one that no job reached is logged.
 
 Every warm-up job runs through :func:`~worker.pipelines.run.generate`, the jobs' own path, with the
 model's defaults and a fixed prompt and seed; nothing is written to the job store, the MP4 directory
@@ -32,7 +36,7 @@ from typing import Literal
 import torch
 
 from worker.pipelines.loading import LoadedModel
-from worker.pipelines.run import generate
+from worker.pipelines.run import denoisers, generate
 from worker.registry import Registry, build_job_spec
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,8 @@ class WarmupJob:
     decoded: bool
     seconds: float = 0.0
     sparse_calls: int = 0
+    #: the pipeline attributes of the transformers that ran (``transformer``, ``transformer_2``)
+    denoisers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,7 +93,7 @@ def warmup_plan(registry: Registry, model: LoadedModel, mode: str) -> list[tuple
         return []
     entry = model.entry
     min_steps = entry.limits.min_steps
-    plan = [("dense", max(1, min_steps), True)]
+    plan = [("dense", max(len(denoisers(model.pipeline)), min_steps), True)]
     if model.svg2 is None:
         return plan
     presets = entry.resolved_presets()
@@ -104,7 +110,24 @@ def warm_up(registry: Registry, model: LoadedModel, mode: WarmupMode) -> WarmupR
     resolved = resolve_mode(mode, model.device)
     report = WarmupReport(mode=resolved)
     start = time.perf_counter()
-    for budget, steps, decode in warmup_plan(registry, model, resolved):
+    named = {m: n for n in ("transformer", "transformer_2") if (m := getattr(model.pipeline, n, None)) is not None}
+    ran: set[str] = set()
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: ran.add(name)) for m, n in named.items()]
+    try:
+        _run_jobs(registry, model, resolved, report, ran)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    missed = sorted(set(named.values()) - {d for j in report.jobs for d in j.denoisers})
+    if missed and report.jobs and report.error is None:
+        log.warning("warm-up: no warm-up job ran %s; its first jobs will compile", ", ".join(missed))
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_jobs(registry: Registry, model: LoadedModel, mode: str, report: WarmupReport, ran: set[str]) -> None:
+    for budget, steps, decode in warmup_plan(registry, model, mode):
+        ran.clear()
         sparsity = "dense" if budget == "dense" else {"preset": budget, "dense_warmup_steps": 0}
         job = WarmupJob(budget=budget, steps=steps, decoded=decode)
         t = time.perf_counter()
@@ -121,7 +144,6 @@ def warm_up(registry: Registry, model: LoadedModel, mode: WarmupMode) -> WarmupR
             break
         job.seconds = time.perf_counter() - t
         job.sparse_calls = int((result.metrics.get("sparsity") or {}).get("sparse_calls", 0))
+        job.denoisers = sorted(ran)
         report.jobs.append(job)
-        log.info("warm-up job %s: %d step(s) in %.1f s", budget, steps, job.seconds)
-    report.seconds = time.perf_counter() - start
-    return report
+        log.info("warm-up job %s: %d step(s) in %.1f s (%s)", budget, steps, job.seconds, ", ".join(job.denoisers))

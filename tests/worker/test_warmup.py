@@ -97,3 +97,22 @@ def test_warm_up_compiles_what_the_first_job_at_the_default_shape_needs(registry
         result = generate(model.pipeline, spec, call_kwargs=model.call_kwargs)
         assert np.isfinite(result.frames).all()
     assert counters["stats"]["unique_graphs"] == warmed
+
+
+def test_a_two_expert_pipeline_warms_both_transformers(registry):
+    """Wan 2.2's two-expert split: the dense job takes a step per expert, and every job reports which ran."""
+    from svg2core.integration import apply_svg2
+    from tests.svg2core.test_integration_pipeline import tiny_wan_pipeline
+    from worker.pipelines.loading import LoadedModel
+
+    pipe = tiny_wan_pipeline(two_experts=True)
+    entry = registry.get("tiny")
+    model = LoadedModel(entry=entry, pipeline=pipe, device=torch.device("cpu"), dtype=pipe.transformer.dtype,
+                        load_seconds=0.0, svg2=apply_svg2(pipe, backend="reference"))
+    hooks = {m: dict(m._forward_pre_hooks) for m in (pipe.transformer, pipe.transformer_2)}  # svg2's own
+    report = warm_up(registry, model, "default")
+    assert report.error is None
+    assert [(j.budget, j.steps) for j in report.jobs] == [("dense", 2), (entry.default_preset, 2)]
+    assert all(j.denoisers == ["transformer", "transformer_2"] for j in report.jobs)
+    assert report.jobs[1].sparse_calls > 0
+    assert {m: dict(m._forward_pre_hooks) for m in hooks} == hooks  # the warm-up's hooks are gone

@@ -58,7 +58,7 @@ def spatial_and_temporal_multiples(pipe) -> tuple[int, int]:
     """(pixel multiple of width/height, temporal factor) of a Wan- or HunyuanVideo-style pipeline."""
     spatial = int(getattr(pipe, "vae_scale_factor_spatial", 8))
     temporal = int(getattr(pipe, "vae_scale_factor_temporal", 4))
-    patch = getattr(_denoisers(pipe)[0].config, "patch_size", 1)
+    patch = getattr(denoisers(pipe)[0].config, "patch_size", 1)
     patch_hw = int(patch[-1]) if isinstance(patch, (list, tuple)) else int(patch)
     return spatial * patch_hw, temporal
 
@@ -114,7 +114,8 @@ def _sync_fn(pipe) -> Callable[[], None]:
     return lambda: None
 
 
-def _denoisers(pipe) -> list[torch.nn.Module]:
+def denoisers(pipe) -> list[torch.nn.Module]:
+    """The pipeline's transformers: ``transformer``, and ``transformer_2`` of the Wan 2.2 two-expert pipelines."""
     return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
 
 
@@ -230,7 +231,7 @@ def generate(
     session_cm = (svg2_session(integration, spec.sparsity, num_inference_steps=total_steps,
                                text_mask_all_valid=packed_text)
                   if integration is not None else contextlib.nullcontext())
-    hooks = [m.register_forward_pre_hook(timer.transformer_pre_hook) for m in _denoisers(pipe)]
+    hooks = [m.register_forward_pre_hook(timer.transformer_pre_hook) for m in denoisers(pipe)]
     try:
         with session_cm as session, torch.inference_mode():
             output = pipe(**kwargs)
