@@ -57,7 +57,9 @@
 #                                                       # hunyuan_tu: the pipeline steps with it; wan14b_s2_tu: with
 #                                                       # kmeans_subsample 2 as well; tailstage: the stage's savings
 #                                                       # and rows kernels by launch shape (probe_tail_stage.py);
-#                                                       # tailunion_low: the union at Wan 14B's size at 5% / 10%
+#                                                       # tailunion_low / tailunion480_low: the union at 5% / 10%;
+#                                                       # tailunion_hunyuan: at HunyuanVideo's video tokens (33 x 45 x
+#                                                       # 80, 400 / 1000, 24 heads; no text tokens) at 5-40%
 #   bash bench/gpu_run.sh OUT subsample_trajectory_720p # kmeans_subsample 2's accuracy along the simulated denoising
 #                                                       # trajectory at Wan 14B's size (300 / 1000; 480p's is in v20)
 #   bash bench/gpu_run.sh OUT w480 w480_rebalance       # the Wan 1.3B 480p step without, then with rebalancing (rho = 16)
@@ -138,6 +140,12 @@ for step in "$@"; do
       --out "$out/$step" > "$log" 2>&1 ;;
     tailunion_low) python bench/probes/probe_tail_union.py --grid 21,45,80 --objects 24 --cq 300 --ck 1000 --seeds 1 \
       --targets 0.05 0.1 --rules product --device cuda --backend triton --time-heads 40 \
+      --out "$out/$step" > "$log" 2>&1 ;;
+    tailunion480_low) python bench/probes/probe_tail_union.py --grid 21,30,52 --objects 12 --cq 200 --ck 1000 --seeds 1 \
+      --targets 0.05 0.1 --rules product --device cuda --backend triton --time-heads 12 \
+      --out "$out/$step" > "$log" 2>&1 ;;
+    tailunion_hunyuan) python bench/probes/probe_tail_union.py --grid 33,45,80 --objects 24 --cq 400 --ck 1000 --seeds 1 \
+      --targets 0.05 0.1 0.15 0.25 0.4 --rules product --device cuda --backend triton --time-heads 24 \
       --out "$out/$step" > "$log" 2>&1 ;;
     subsample_trajectory_720p) python bench/probes/probe_config_trajectory.py --grid 21,45,80 --objects 24 --cq 300 \
       --ck 1000 --device cuda --backend triton --seeds 2 --steps 6 --variant kmeans_subsample=2 --name subsample \
