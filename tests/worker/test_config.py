@@ -38,3 +38,14 @@ def test_heartbeat_ttl_must_outlast_the_interval():
 def test_worker_name_is_checked():
     with pytest.raises(ValidationError, match="worker_name"):
         WorkerSettings(worker_name="has space")
+
+
+def test_warmup_mode_is_checked_and_read_from_the_environment(monkeypatch):
+    monkeypatch.delenv("SVG2_WARMUP", raising=False)
+    assert WorkerSettings().warmup == "auto"
+    monkeypatch.setenv("SVG2_WARMUP", "default")
+    assert WorkerSettings().warmup == "default"
+    monkeypatch.setenv("SVG2_WARMUP", "sometimes")
+    with pytest.raises(ValidationError, match="warmup") as err:
+        WorkerSettings()
+    assert "'auto', 'none', 'default' or 'all'" in str(err.value)
