@@ -51,6 +51,7 @@ from svg2core.ops.select import (  # noqa: E402
     select_key_clusters,
     selection_in_id_order,
 )
+from svg2core.ops.select.reference import kept_key_clusters  # noqa: E402
 
 SHAPES = [  # name, heads, video tokens, text tokens
     ("wan1.3b-480p", 12, 32760, 0),
@@ -259,13 +260,6 @@ def time_shape(name, h, nv, t, cq, ck, dev, iters=2, legacy=True, stages=True, c
     return res
 
 
-def _kept_mask(sel_idx, sel_count):
-    ck = sel_idx.shape[-1]
-    kept = torch.zeros(sel_idx.shape, dtype=torch.bool, device=sel_idx.device)
-    kept.scatter_(-1, sel_idx.long(), torch.arange(ck, device=sel_idx.device) < sel_count[..., None])
-    return kept
-
-
 def sweep(dev) -> dict:
     """Pick the assign tile, the sort method and the selection kernel on the shapes that matter."""
     out: dict = {"assign": [], "sort": [], "assign_sort": [], "select": []}
@@ -349,7 +343,7 @@ def sweep(dev) -> dict:
         qc = torch.randn(hh, cq, d, device=dev)
         lg = cluster_logits(qc, cent[:hh], sizes, ws).clone()
         want = select_from_logits_reference(lg, sizes, cfg, n)
-        want_kept = _kept_mask(want[0], want[1])
+        want_kept = kept_key_clusters(want[0], want[1])
         variants = [("sort", 16, 4), ("threshold", 16, 4)] + [("threshold", w, bits) for bits in (1, 2, 4) for w in (4, 8)]
         for method, warps, bits in variants:
             sm.SELECT_METHOD, sm.SELECT_NUM_WARPS, sm.SELECT_RADIX_BITS = method, warps, bits
@@ -365,7 +359,7 @@ def sweep(dev) -> dict:
             # a count may differ where cumP lands within rounding of top_p (tree vs sequential sums)
             count_diff = (got[1] - want[1]).abs()
             same_count = count_diff == 0
-            kept_ok = bool((_kept_mask(got[0], got[1]) == want_kept).all(-1)[same_count].all())
+            kept_ok = bool((kept_key_clusters(got[0], got[1]) == want_kept).all(-1)[same_count].all())
             cum_ok = bool(torch.equal(torch.gather(got[2], -1, got[1].long()[..., None]).squeeze(-1)[same_count],
                                       torch.gather(want[2], -1, want[1].long()[..., None]).squeeze(-1)[same_count]))
             stats = {"kept_set_equal_where_count_equal": kept_ok, "kept_tokens_equal": cum_ok,

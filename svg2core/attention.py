@@ -24,7 +24,7 @@ from svg2core.ops.kmeans import batched_kmeans, init_centroids_strided
 from svg2core.ops.permute import gather_kv, key_rows_buffer, sort_by_cluster
 from svg2core.ops.rebalance.rebalance import rebalance_query_tiles
 from svg2core.ops.select import KeySweep, select_key_clusters
-from svg2core.ops.select.reference import token_limits
+from svg2core.ops.select.reference import kept_key_clusters, token_limits
 from svg2core.ops.tail_union import tail_union
 from svg2core.state import BranchCentroids, LayerState, Workspace
 
@@ -280,15 +280,13 @@ def masked_dense_attention_reference(
     b, h, n, d = q.shape
     t = num_dense_tokens
     nv = n - t
-    cq, ck = sel_idx.shape[1], sel_idx.shape[2]
     keys = valid_key_mask(b, nv, t, key_padding_mask, q.device)
     out = torch.empty_like(q)
-    rank = torch.arange(ck, device=q.device)
+    kept = kept_key_clusters(sel_idx, sel_count)  # (BH, Cq, Ck); entries past sel_count are never read
     for bi in range(b):
         for hi in range(h):
             bh = bi * h + hi
-            chosen = torch.zeros(cq, ck, dtype=torch.bool, device=q.device)
-            chosen.scatter_(1, sel_idx[bh].long(), rank[None, :] < sel_count[bh, :, None])  # (Cq, Ck)
+            chosen = kept[bh]
             allowed = torch.ones(n, n, dtype=torch.bool, device=q.device)
             allowed[:nv, :nv] = chosen[q_labels[bh].long()][:, k_labels[bh].long()]
             if keys is not None:

@@ -43,6 +43,22 @@ def test_reference_with_top_p_1_equals_dense(t):
     torch.testing.assert_close(density, torch.ones(2, 2), rtol=1e-6, atol=1e-6)
 
 
+def test_masked_reference_reads_only_the_first_sel_count_entries():
+    """Entries past ``sel_count`` are not part of the selection, even when they repeat a kept id (a scatter of
+    flags would let such a repeat un-keep the cluster)."""
+    torch.manual_seed(0)
+    q, k, v = _qkv(1, 1, 24, 64, torch.float32)
+    q_labels = (torch.arange(24) % 3).int()[None]
+    k_labels = (torch.arange(24) // 6).int()[None]  # 4 key clusters of 6 tokens
+    # every row keeps clusters 0 and 2; the unread tail repeats them
+    sel_idx = torch.tensor([[[0, 2, 0, 2], [2, 0, 0, 0], [0, 2, 2, 2]]], dtype=torch.int32)
+    sel_count = torch.tensor([[2, 2, 2]], dtype=torch.int32)
+    got = masked_dense_attention_reference(q, k, v, q_labels, k_labels, sel_idx, sel_count, 0, None, 64 ** -0.5)
+    allowed = torch.isin(k_labels[0], torch.tensor([0, 2]))[None, :].expand(24, 24)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[None, None])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def _reference_for_the_selection(ws, q, k, v, t, mask):
     """The masked dense attention of the selection a SMALL call left in ``ws`` (its labels and kept clusters)."""
     b, h, n, d = q.shape
