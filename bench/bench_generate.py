@@ -339,6 +339,14 @@ def write_markdown(path: Path, result: dict) -> None:
               "writer (x264 at its default preset; random weights produce noise, x264's slowest content).",
               "", f"Load (from_pretrained offline + svg2 + regional compile set-up): {result['load_seconds']:.1f} s; "
               f"warm-up job (compilation, calibration; not in the table): {result['warmup_job_seconds']:.1f} s.", ""]
+    warm = result.get("worker_warmup")
+    if warm:  # --warmup worker: the worker's start-up warm-up, job by job
+        lines += [f"The worker's warm-up (mode {warm['mode']}): {warm['seconds']:.1f} s"
+                  + (f", stopped: {warm['error']}" if warm["error"] else "") + ".", "",
+                  "| warm-up job | steps | decoded | transformers | s |", "|---|---|---|---|---|"]
+        lines += [f"| {j['budget']} | {j['steps']} | {'yes' if j['decoded'] else 'no'} | {', '.join(j['denoisers'])} "
+                  f"| {j['seconds']:.1f} |" for j in warm["jobs"]]
+        lines.append("")
     path.write_text("\n".join(lines))
 
 
@@ -351,6 +359,10 @@ def main() -> int:
     parser.add_argument("--budgets", default="dense,fixed:0.15,fixed:0.25,balanced",
                         help="comma-separated: dense, a preset name, or fixed:<density>")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--warmup", choices=("jobs", "worker"), default="jobs",
+                        help="jobs: a 2-step dense and a 2-step fixed-25%% job before the table (compiles, calibrates); "
+                             "worker: the worker's own start-up warm-up (worker/warmup.py, mode all), timed and "
+                             "reported, so the table's first sparse steps show what it leaves to a first job")
     parser.add_argument("--weights-dir", type=Path, default=None, help="reuse / keep the saved pipeline here")
     args = parser.parse_args()
     if args.model not in TRANSFORMERS:
@@ -374,14 +386,23 @@ def main() -> int:
         model = load_model(entry, str(device))
         print(f"built {build_seconds:.1f} s, loaded {model.load_seconds:.1f} s", flush=True)
 
-        # Compile every graph, measure the dense calibration, warm the kernels: a 2-step dense + sparse job.
+        # Compile every graph, measure the dense calibration, warm the kernels: a 2-step dense + sparse job, or the
+        # worker's own warm-up.
         t = time.perf_counter()
-        warm_budget = {"preset": "balanced", "mode": "fixed_density", "target_density": 0.25,
-                       "dense_warmup_steps": 1}
-        for budget in ("dense", warm_budget):
-            spec, _ = build_job_spec(registry, prompt=PROMPT, num_inference_steps=2, seed=0, sparsity=budget)
-            from worker.pipelines.run import generate
-            generate(model.pipeline, spec, call_kwargs=model.call_kwargs)
+        warmup_report = None
+        if args.warmup == "worker":
+            from worker.warmup import warm_up
+
+            report = warm_up(registry, model, "all")
+            warmup_report = {"mode": report.mode, "seconds": report.seconds, "error": report.error,
+                             "jobs": [vars(j) for j in report.jobs]}
+        else:
+            warm_budget = {"preset": "balanced", "mode": "fixed_density", "target_density": 0.25,
+                           "dense_warmup_steps": 1}
+            for budget in ("dense", warm_budget):
+                spec, _ = build_job_spec(registry, prompt=PROMPT, num_inference_steps=2, seed=0, sparsity=budget)
+                from worker.pipelines.run import generate
+                generate(model.pipeline, spec, call_kwargs=model.call_kwargs)
         warmup_job_seconds = time.perf_counter() - t
         print(f"warm-up jobs {warmup_job_seconds:.1f} s", flush=True)
 
@@ -413,6 +434,8 @@ def main() -> int:
         "load_seconds": model.load_seconds,
         "build_seconds": build_seconds,
         "warmup_job_seconds": warmup_job_seconds,
+        "warmup": args.warmup,
+        "worker_warmup": warmup_report,
         "jobs": jobs,
     }
     (args.out / f"bench_generate_{card}.json").write_text(json.dumps(result, indent=1, default=str))

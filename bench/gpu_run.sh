@@ -46,6 +46,9 @@
 #                                                       # query-tail union (balanced's since session 27)
 #                                                       # (~470 s; builds 28 GB of random weights, loads, 3 jobs; a
 #                                                       # dense 720p step is ~22 s, so 20 steps do not fit one call)
+#   bash bench/gpu_run.sh OUT generate14b_warm          # Wan 14B after the worker's own start-up warm-up (every
+#                                                       # preset): its time, and the first sparse steps it leaves
+#                                                       # (dense, fixed 25%, fast; 4 steps; ~470 s estimated)
 #   bash bench/gpu_run.sh OUT generate_hunyuan          # HunyuanVideo 720p 129 frames, 4 steps, dense and 25%, tiled
 #                                                       # VAE decode (~440 s; the warm-up jobs alone take ~190 s)
 #
@@ -203,6 +206,8 @@ for step in "$@"; do
     generate) python bench/bench_generate.py --out "$out/$step" --budgets dense,fixed:0.15,fixed:0.25 > "$log" 2>&1 ;;
     generate14b) python bench/bench_generate.py --out "$out/$step" --model wan2.1-t2v-14b --steps 5 \
       --budgets dense,fixed:0.25,fixed:0.25+query_tail_union=false > "$log" 2>&1 ;;
+    generate14b_warm) python bench/bench_generate.py --out "$out/$step" --model wan2.1-t2v-14b --steps 4 \
+      --warmup worker --budgets dense,fixed:0.25,fast > "$log" 2>&1 ;;
     generate_hunyuan) python bench/bench_generate.py --out "$out/$step" --model hunyuanvideo --steps 4 \
       --budgets dense,fixed:0.25 > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;

@@ -91,3 +91,17 @@ def test_full_job_projection_carries_measured_steps_to_the_models_step_count():
     assert bench.project_full_job(dense, job, 50, 10) > bench.project_full_job(dense, job, 10, 2)
     assert bench.project_full_job(dense, dict(job, sparse_step_median=None), 10, 2) is None
     assert bench.project_full_job(dense, job, 10, 10) is None  # all dense: nothing to project
+
+
+def test_smoke_run_with_the_workers_warm_up_reports_it(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--smoke", "--warmup", "worker", "--budgets", "dense,fast",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "bench_generate_cpu.json").read_text())
+    warm = result["worker_warmup"]
+    assert result["warmup"] == "worker" and warm["mode"] == "all" and warm["error"] is None
+    budgets = [j["budget"] for j in warm["jobs"]]
+    assert budgets[0] == "dense" and "fast" in budgets and all(j["denoisers"] == ["transformer"] for j in warm["jobs"])
+    assert result["warmup_job_seconds"] >= warm["seconds"] > 0
+    md = (tmp_path / "bench_generate_cpu.md").read_text()
+    assert "The worker's warm-up (mode all)" in md and "| fast | 2 | no | transformer |" in md
