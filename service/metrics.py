@@ -35,7 +35,7 @@ from rq.registry import StartedJobRegistry
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.spec import JobSpec
-from worker.store import JobRecord
+from worker.store import WORKER_STARTING_STATES, JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,9 @@ class QueueCollector(Collector):
             "svg2_workers_live", "Workers with an unexpired heartbeat, by the model they serve.", labels=["model"])
         busy = GaugeMetricFamily(
             "svg2_workers_busy", "Live workers running a job, by the model they serve.", labels=["model"])
+        starting = GaugeMetricFamily(
+            "svg2_workers_starting", "Live workers not serving yet: loading their model or running their start-up "
+            "warm-up, by the model they serve.", labels=["model"])
         try:
             names = dict.fromkeys(self.queue_names())
             names.update(dict.fromkeys(q.name for q in Queue.all(connection=self.connection)))
@@ -180,18 +183,20 @@ class QueueCollector(Collector):
                 running.add_metric([name], StartedJobRegistry(queue=queue).count)
             per_model: dict[str, list[int]] = {}
             for info in self.live_workers():
-                counts = per_model.setdefault(str(info.get("model") or ""), [0, 0])
+                counts = per_model.setdefault(str(info.get("model") or ""), [0, 0, 0])
                 counts[0] += 1
                 counts[1] += int(info.get("state") == "busy" or bool(info.get("current_job")))
-            for model, (n_live, n_busy) in sorted(per_model.items()):
+                counts[2] += int(info.get("state") in WORKER_STARTING_STATES)
+            for model, (n_live, n_busy, n_starting) in sorted(per_model.items()):
                 live.add_metric([model], n_live)
                 busy.add_metric([model], n_busy)
+                starting.add_metric([model], n_starting)
         except redis.RedisError as exc:
             log.warning("metrics: cannot read queues from Redis: %s", exc)
             up.add_metric([], 0)
             return [up]
         up.add_metric([], 1)
-        return [up, waiting, running, live, busy]
+        return [up, waiting, running, live, busy, starting]
 
 
 def install_metrics(

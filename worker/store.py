@@ -51,6 +51,8 @@ TASK_FUNCTION = "worker.tasks.run_video_job"
 
 JOB_ID_RE = re.compile(r"^video_[0-9a-f]{32}$")
 WORKER_NAME_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+#: heartbeat ``state`` values of a live worker that takes no jobs yet (the others: ``idle``, ``busy``)
+WORKER_STARTING_STATES = ("loading", "warming")
 
 DEFAULT_RETENTION_S = 24 * 3600
 DEFAULT_JOB_TIMEOUT_S = 4 * 3600

@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.deps import ContextDep
+from worker.store import WORKER_STARTING_STATES
 
 router = APIRouter(tags=["health"])
 
@@ -20,6 +21,8 @@ def healthz() -> dict:
 class ReadyStatus(BaseModel):
     status: str = Field(..., description="ready, no_workers or unavailable.")
     redis: str
+    serving: int = Field(0, description="Live workers taking jobs now; the others are still loading their model or "
+                                        "running their start-up warm-up (jobs queue meanwhile).")
     workers: list[dict]
 
 
@@ -33,7 +36,8 @@ def readyz(ctx: ContextDep) -> JSONResponse:
         return JSONResponse(status_code=503, content={"status": "unavailable", "redis": f"error: {exc}",
                                                       "workers": []})
     ready = bool(workers)
+    serving = sum(w.get("state") not in WORKER_STARTING_STATES for w in workers)
     return JSONResponse(
         status_code=200 if ready else 503,
-        content={"status": "ready" if ready else "no_workers", "redis": "ok", "workers": workers},
+        content={"status": "ready" if ready else "no_workers", "redis": "ok", "serving": serving, "workers": workers},
     )

@@ -106,10 +106,15 @@ def test_queue_gauges_read_redis_at_scrape_time(app_client, store):
     store.heartbeat("w-idle", {"model": "tiny", "state": "idle", "current_job": None}, ttl_s=30)
     store.heartbeat("w-busy", {"model": "tiny", "state": "busy", "current_job": "video_" + "1" * 32}, ttl_s=30)
     store.heartbeat("w-gone", {"model": "tiny", "state": "busy"}, ttl_s=0.05)
+    store.heartbeat("w-warm", {"model": "tiny", "state": "warming", "current_job": None}, ttl_s=30)
+    store.heartbeat("w-load", {"model": "wan2.1-t2v-1.3b", "state": "loading", "current_job": None}, ttl_s=30)
     time.sleep(0.2)  # w-gone's heartbeat expires: a dead worker stops being counted
     samples = scrape(client)
-    assert samples[("svg2_workers_live", (("model", "tiny"),))] == 2
+    assert samples[("svg2_workers_live", (("model", "tiny"),))] == 3
     assert samples[("svg2_workers_busy", (("model", "tiny"),))] == 1
+    assert samples[("svg2_workers_starting", (("model", "tiny"),))] == 1
+    assert samples[("svg2_workers_starting", (("model", "wan2.1-t2v-1.3b"),))] == 1
+    assert samples[("svg2_workers_busy", (("model", "wan2.1-t2v-1.3b"),))] == 0
 
 
 def test_cancel_of_a_queued_job_is_counted_once(app_client):

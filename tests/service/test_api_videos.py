@@ -145,9 +145,12 @@ def test_readyz_needs_a_live_worker_and_healthz_does_not(client, store):
     assert client.get("/healthz").json() == {"status": "ok"}
     resp = client.get("/readyz")
     assert resp.status_code == 503 and resp.json()["status"] == "no_workers" and resp.json()["redis"] == "ok"
-    store.heartbeat("w1", {"model": "tiny", "queues": ["tiny"]}, ttl_s=10)
+    store.heartbeat("w1", {"model": "tiny", "queues": ["tiny"], "state": "warming"}, ttl_s=10)
     resp = client.get("/readyz")
     assert resp.status_code == 200 and [w["name"] for w in resp.json()["workers"]] == ["w1"]
+    assert resp.json()["serving"] == 0  # alive, jobs queue, but none runs until its warm-up ends
+    store.heartbeat("w1", {"model": "tiny", "queues": ["tiny"], "state": "idle"}, ttl_s=10)
+    assert client.get("/readyz").json()["serving"] == 1
 
 
 def test_readyz_reports_redis_down(output_dir):
