@@ -187,6 +187,10 @@ def serve(settings: WorkerSettings) -> int:
         store, settings.worker_name, state, settings.heartbeat_interval_s, settings.heartbeat_ttl_s
     )
     heartbeat.start()
+    # SIGTERM before serving (loading, warm-up; rq installs its own handlers once it serves): a clean exit whose
+    # `finally` removes the heartbeat at once, instead of the default kill that leaves it until its TTL.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: _stop_while_starting(settings.worker_name, state))
     metrics = WorkerMetrics(model=entry.name, worker=settings.worker_name, presets=entry.effective_presets())
     metrics_settings = WorkerMetricsSettings()
     try:
@@ -244,6 +248,11 @@ def serve(settings: WorkerSettings) -> int:
             store.remove_worker(settings.worker_name)
         except redis.RedisError:
             log.warning("could not remove heartbeat of %s", settings.worker_name, exc_info=True)
+
+
+def _stop_while_starting(name: str, state: WorkerState) -> None:
+    log.warning("worker %s: SIGTERM while %s; exiting", name, state.phase)
+    raise SystemExit(0)
 
 
 def _recover_interrupted_job(store: JobStore, worker: VideoWorker, name: str, wait_s: float = 1.0) -> None:

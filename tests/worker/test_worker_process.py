@@ -6,7 +6,9 @@ import time
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from worker_process import REPO_ROOT
 
 
 def _wait_terminal(store, job_id: str, timeout_s: float = 120.0):
@@ -125,3 +127,18 @@ def test_a_cpu_worker_skips_the_warm_up_by_default(start_worker):
     idle = worker.wait_for("idle")
     assert "warmup" not in idle and "warm-up (" not in worker.log()
     assert _metric(worker, "svg2_worker_warmup_seconds")["tiny"] == 0.0
+
+
+def test_sigterm_during_the_warm_up_exits_cleanly_at_once(start_worker, tmp_path):
+    # The tiny model at its largest default shape, so that the warm-up lasts long enough to be interrupted.
+    registry = yaml.safe_load((REPO_ROOT / "worker" / "models.yaml").read_text())
+    tiny = next(m for m in registry["models"] if m["name"] == "tiny")
+    tiny["defaults"].update(width=128, height=128, num_frames=17)
+    path = tmp_path / "models.yaml"
+    path.write_text(yaml.safe_dump(registry))
+    worker = start_worker(SVG2_WARMUP="all", SVG2_REGISTRY_PATH=str(path))
+    worker.wait_for("warming")
+    assert worker.stop(timeout_s=30) == 0
+    assert worker.heartbeat() is None  # removed on the way out, not left to expire
+    log = worker.log()
+    assert "SIGTERM while warming; exiting" in log and "warm-up of" not in log and "serving" not in log
