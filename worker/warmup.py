@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 
 from worker.pipelines.loading import LoadedModel
-from worker.pipelines.run import denoisers, generate
+from worker.pipelines.run import denoisers, generate, named_denoisers
 from worker.registry import Registry, build_job_spec
 
 log = logging.getLogger(__name__)
@@ -110,15 +110,15 @@ def warm_up(registry: Registry, model: LoadedModel, mode: WarmupMode) -> WarmupR
     resolved = resolve_mode(mode, model.device)
     report = WarmupReport(mode=resolved)
     start = time.perf_counter()
-    named = {m: n for n in ("transformer", "transformer_2") if (m := getattr(model.pipeline, n, None)) is not None}
+    named = named_denoisers(model.pipeline)
     ran: set[str] = set()
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: ran.add(name)) for m, n in named.items()]
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: ran.add(name)) for n, m in named.items()]
     try:
         _run_jobs(registry, model, resolved, report, ran)
     finally:
         for hook in hooks:
             hook.remove()
-    missed = sorted(set(named.values()) - {d for j in report.jobs for d in j.denoisers})
+    missed = sorted(set(named) - {d for j in report.jobs for d in j.denoisers})
     if missed and report.jobs and report.error is None:
         log.warning("warm-up: no warm-up job ran %s; its first jobs will compile", ", ".join(missed))
     report.seconds = time.perf_counter() - start

@@ -21,6 +21,17 @@ def _wait_terminal(store, job_id: str, timeout_s: float = 120.0):
     raise AssertionError(f"job {job_id} not finished within {timeout_s} s: {store.get(job_id)}")
 
 
+def _metric(worker, name: str, by: str = "model") -> dict[str, float]:
+    """The samples called ``name`` on the worker's /metrics, summed by the label ``by``."""
+    text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=10).text
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                sums[sample.labels[by]] = sums.get(sample.labels[by], 0.0) + sample.value
+    return sums
+
+
 def test_worker_serves_jobs_and_beats_while_busy(store, start_worker, tiny_spec):
     worker = start_worker()
     idle = worker.wait_for("idle")
@@ -51,12 +62,7 @@ def test_worker_serves_jobs_and_beats_while_busy(store, start_worker, tiny_spec)
     assert worker.log().count("loading model tiny") == 1
 
     # The worker's own /metrics counted both jobs.
-    text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=10).text
-    finished = {
-        s.labels["status"]: s.value
-        for family in text_string_to_metric_families(text) if family.name == "svg2_jobs_finished"
-        for s in family.samples if s.name == "svg2_jobs_finished_total" and s.value
-    }
+    finished = {k: v for k, v in _metric(worker, "svg2_jobs_finished_total", "status").items() if v}
     assert finished == {"completed": 2.0}
 
     assert worker.stop() == 0
@@ -85,17 +91,6 @@ def test_worker_without_weights_exits_with_model_unavailable(start_worker, tmp_p
     log = worker.log()
     assert "model_unavailable" in log and f"model {model!r}" in log
     assert worker.heartbeat() is None
-
-
-def _metric(worker, name: str, by: str = "model") -> dict[str, float]:
-    """The samples called ``name`` on the worker's /metrics, summed by the label ``by``."""
-    text = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=10).text
-    sums: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                sums[sample.labels[by]] = sums.get(sample.labels[by], 0.0) + sample.value
-    return sums
 
 
 def test_warm_up_runs_before_serving_and_leaves_no_jobs_behind(store, start_worker, tiny_spec):

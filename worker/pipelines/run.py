@@ -114,9 +114,15 @@ def _sync_fn(pipe) -> Callable[[], None]:
     return lambda: None
 
 
+def named_denoisers(pipe) -> dict[str, torch.nn.Module]:
+    """The pipeline's transformers by attribute: ``transformer``, and ``transformer_2`` of the Wan 2.2 two-expert
+    pipelines."""
+    return {name: m for name in ("transformer", "transformer_2") if (m := getattr(pipe, name, None)) is not None}
+
+
 def denoisers(pipe) -> list[torch.nn.Module]:
-    """The pipeline's transformers: ``transformer``, and ``transformer_2`` of the Wan 2.2 two-expert pipelines."""
-    return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
+    """The pipeline's transformers (:func:`named_denoisers`' modules)."""
+    return list(named_denoisers(pipe).values())
 
 
 def _is_hunyuan_video(pipe) -> bool:
