@@ -355,8 +355,8 @@ def resolve_request_sparsity(entry: ModelEntry, sparsity: str | dict | None) -> 
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ()))
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        if not loc:  # a cross-field rule: name the field its message starts with
-            first = msg.split(" ", 1)[0]
+        if not loc:  # a cross-field rule ("field[, field]: rule", svg2core's config_errors): name its first field
+            first = msg.partition(": ")[0].split(", ")[0]
             loc = first if first in SparsitySettings.model_fields else ""
         param = f"sparsity.{loc}" if loc else "sparsity"
         if err.get("type") == "extra_forbidden":

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from svg2core.config import config_errors
+
 PRESET_NAMES: tuple[str, ...] = ("dense", "quality", "balanced", "fast")
 
 
@@ -58,14 +60,12 @@ class SparsitySettings(BaseModel):
     dense_layers: int = Field(1, ge=0, le=1000, description="The first N transformer blocks always run dense.")
 
     @model_validator(mode="after")
-    def _density_order(self) -> SparsitySettings:
-        if self.min_density > self.max_density:
-            raise ValueError(
-                f"min_density must not exceed max_density ({self.min_density} > {self.max_density})"
-            )
-        if self.query_tail_union and self.query_tile_rebalance:
-            raise ValueError("query_tail_union and query_tile_rebalance: use one of the two (both fill the query "
-                             "tiles' tails)")
+    def _cross_field_rules(self) -> SparsitySettings:
+        # the fields carry their own ranges; svg2core's rules between fields (min <= max density, one way of
+        # filling the query tiles' tails) are the library's, checked on these same field names
+        errors = config_errors(self)
+        if errors:
+            raise ValueError("; ".join(errors))
         return self
 
     def warmup_steps(self, num_inference_steps: int) -> int:

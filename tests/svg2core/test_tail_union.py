@@ -371,7 +371,7 @@ def test_a_request_sets_the_tail_union_and_the_job_runs_it():
 
     with pytest.raises(ValidationError, match="query_tail_union"):
         resolve_sparsity({"preset": "fast", "query_tail_union": "yes"})
-    with pytest.raises(ValidationError, match="query_tail_union and query_tile_rebalance"):
+    with pytest.raises(ValidationError, match="query_tail_union, query_tile_rebalance: use one of the two"):
         resolve_sparsity({"preset": "fast", "query_tail_union": True, "query_tile_rebalance": 16})
     settings = resolve_sparsity({"preset": "fast", "query_tail_union": True})
     assert settings.query_tail_union is True and settings.top_p == 0.8  # the rest is the preset's
