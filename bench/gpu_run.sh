@@ -46,6 +46,9 @@
 #                                                       # query-tail union (balanced's since session 27)
 #                                                       # (~470 s; builds 28 GB of random weights, loads, 3 jobs; a
 #                                                       # dense 720p step is ~22 s, so 20 steps do not fit one call)
+#   bash bench/gpu_run.sh OUT generate_warm             # Wan 2.1 1.3B 480p after the worker's start-up warm-up: its
+#                                                       # time, and the first sparse steps it leaves (dense, fixed 15%,
+#                                                       # fast; 4 steps)
 #   bash bench/gpu_run.sh OUT generate14b_warm          # Wan 14B after the worker's own start-up warm-up (every
 #                                                       # preset): its time, and the first sparse steps it leaves
 #                                                       # (dense, fixed 25%, fast; 4 steps; ~470 s estimated)
@@ -58,7 +61,8 @@
 #                                                       # its tables at Wan 14B's size (probe_tail_union.py);
 #                                                       # tailunion480: at 480p's (200 / 1000); w480_tu, wan14b_tu,
 #                                                       # hunyuan_tu: the pipeline steps with it; wan14b_s2_tu: with
-#                                                       # kmeans_subsample 2 as well; tailstage: the stage's savings
+#                                                       # kmeans_subsample 2 as well (wan14b_s2_tu_c16: and
+#                                                       # kmeans_candidates 16); tailstage: the stage's savings
 #                                                       # and rows kernels by launch shape (probe_tail_stage.py);
 #                                                       # tailunion_low / tailunion480_low: the union at 5% / 10%;
 #                                                       # tailunion_hunyuan: at HunyuanVideo's video tokens (33 x 45 x
@@ -159,6 +163,8 @@ for step in "$@"; do
     tailstage) python bench/probes/probe_tail_stage.py --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_s2_tu) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --kmeans-subsample 2 --query-tail-union --out "$out/$step" > "$log" 2>&1 ;;
+    wan14b_s2_tu_c16) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
+      --kmeans-subsample 2 --query-tail-union --kmeans-candidates 16 --out "$out/$step" > "$log" 2>&1 ;;
     w480_tu) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
       --query-tail-union --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_tu) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
@@ -206,6 +212,8 @@ for step in "$@"; do
     generate) python bench/bench_generate.py --out "$out/$step" --budgets dense,fixed:0.15,fixed:0.25 > "$log" 2>&1 ;;
     generate14b) python bench/bench_generate.py --out "$out/$step" --model wan2.1-t2v-14b --steps 5 \
       --budgets dense,fixed:0.25,fixed:0.25+query_tail_union=false > "$log" 2>&1 ;;
+    generate_warm) python bench/bench_generate.py --out "$out/$step" --steps 4 --warmup worker \
+      --budgets dense,fixed:0.15,fast > "$log" 2>&1 ;;
     generate14b_warm) python bench/bench_generate.py --out "$out/$step" --model wan2.1-t2v-14b --steps 4 \
       --warmup worker --budgets dense,fixed:0.25,fast > "$log" 2>&1 ;;
     generate_hunyuan) python bench/bench_generate.py --out "$out/$step" --model hunyuanvideo --steps 4 \
