@@ -123,14 +123,18 @@ def svg2_attention(
         init_centroids_strided(q_video, cq, entry.q.view(b * h, cq, d))
         init_centroids_strided(k_video, ck, entry.k.view(b * h, ck, d))
         state.put(branch, entry)
-        iters, candidates = config.kmeans_iters_init, 0  # a cold start's clusters move far: every centroid
+        # a cold start's clusters move far: every centroid, and every token (a token sample in the cold iterations
+        # costs the cold call +5-10% of attention error at Wan 14B's size, which the next warm steps inherit;
+        # docs/benchmarks/NOTES_selection.md v21, NOTES_sparse_attn.md v30)
+        iters, candidates, subsample = config.kmeans_iters_init, 0, 1
     else:
-        iters, candidates = config.kmeans_iters, config.kmeans_candidates
+        iters, candidates, subsample = config.kmeans_iters, config.kmeans_candidates, config.kmeans_subsample
     q_cent = entry.q.view(b * h, cq, d)
     k_cent = entry.k.view(b * h, ck, d)
     # 1-3. k-means of queries and keys (video tokens only, in place on those centroids), cluster scoring and
     # selection, K and V gathered into cluster-contiguous order.
-    plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend, candidates=candidates)
+    plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend, candidates=candidates,
+                              subsample=subsample)
     sel_idx, sel_count, sel_cum = plan.sel_idx, plan.sel_count, plan.sel_cum
     density = selection_density(plan.q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask, backend)
 
@@ -173,7 +177,7 @@ class Plan(NamedTuple):
 def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Tensor, q_cent: torch.Tensor,
                        k_cent: torch.Tensor, iters: int, config: SVG2Config, ws: Workspace, backend: str = "triton",
                        concurrent: bool = True, candidates: int | None = None,
-                       sweep: tuple[int, int] | None = None) -> Plan:
+                       sweep: tuple[int, int] | None = None, subsample: int | None = None) -> Plan:
     """Stages 1-3 of a call: k-means of the video queries and keys (``iters`` iterations, in place on the
     ``(B*H, C, D)`` fp32 centroids), cluster scoring and selection, and the gather of K and V into
     cluster-contiguous order (``v``: the full ``(B, H, N, D)`` values; its first ``Nv`` tokens are gathered).
@@ -184,7 +188,9 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     gather then runs beside the scoring and selection (docs/benchmarks/NOTES_selection.md); with
     :data:`FUSE_KEY_GATHER` the key k-means' last update has already written the permuted keys and the gather
     copies V only. ``candidates``: the k-means' warm assigns over candidate lists (``batched_kmeans``); None:
-    ``config.kmeans_candidates`` (``svg2_attention`` passes 0 for a layer's cold first call). ``sweep``: the
+    ``config.kmeans_candidates`` (``svg2_attention`` passes 0 for a layer's cold first call). ``subsample``: the
+    k-means' token sample (``batched_kmeans``); None: ``config.kmeans_subsample`` (``svg2_attention`` passes 1 for a
+    cold call). ``sweep``: the
     selection's key sweep, ``(period, block_m)`` (``KeySweep``: the attention kernel's programs in flight, 0 = none,
     and its query rows a program); None: the default kernel's (``key_sweep_layout``) with the Triton backend and
     :data:`KEY_SWEEP`, else none.
@@ -193,6 +199,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     cq, ck = q_cent.shape[1], k_cent.shape[1]
     dev = q_video.device
     candidates = config.kmeans_candidates if candidates is None else candidates
+    subsample = config.kmeans_subsample if subsample is None else subsample
     if sweep is None:
         sweep = (0, 0)
         if KEY_SWEEP and backend == "triton":
@@ -214,7 +221,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     def query_chain():
         q_labels, q_perm, q_offsets = batched_kmeans(q_video, q_cent, iters, ws, "q", backend,
                                                      candidates=candidates, reverse_heads=SERPENTINE_HEADS,
-                                                     subsample=config.kmeans_subsample)
+                                                     subsample=subsample)
         if config.query_tile_rebalance:  # fewer partly empty query tiles; the cached centroids stay the k-means'
             rebalance_query_tiles(q_video, q_labels, q_perm, q_offsets, q_cent, config.query_tile_rebalance,
                                   REBALANCE_BLOCK, ws, "q", backend)
@@ -228,7 +235,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         k_rows = key_rows_buffer(k_video, nv, ws) if fuse_keys else None
         k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows,
                                                      candidates=candidates, reverse_heads=SERPENTINE_HEADS,
-                                                     subsample=config.kmeans_subsample)
+                                                     subsample=subsample)
         k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32,
                                                                                  dev))
         return k_labels, k_perm, k_offsets, k_sizes

@@ -42,14 +42,17 @@ class SVG2Config:
             cluster included), a fraction of the distances for nearly the same labels
             (:func:`svg2core.ops.kmeans.kmeans_assign_candidates_reference`); at least the cluster count: all.
         kmeans_subsample: ``1``: every k-means iteration assigns and averages every video token. ``s > 1``: every
-            iteration of a call but its last runs on every ``s``-th video token only (a strided sample of the token
+            iteration of a warm call but its last runs on every ``s``-th video token only (a strided sample of the token
             grid), and the last one on all of them, so the labels, the permutation and the cached centroids are
             still those of every token, at ``(iters - 1) / s + 1`` passes over the tokens instead of ``iters``
             (:func:`svg2core.ops.kmeans.batched_kmeans`). H100, the warm selection at 480p 100 / 500: 6.0% of dense
             attention at 1, 5.0% at 2, 4.5% at 4; the Wan 1.3B 480p step 4% faster at 2, Wan 14B 720p 1%
             (docs/benchmarks/NOTES_selection.md v19); at 2 the attention error along a simulated trajectory at 480p's
-            size rises by 1.5-2% at fixed density, at 4 by 5-7%, as much as one warm iteration less (v20). 1 by
-            default (the public method); the ``fast`` preset uses 2.
+            size rises by 1.5-2% at fixed density, at 4 by 5-7%, as much as one warm iteration less (v20), with
+            the cold calls sampled too. A layer's cold first call runs on every token: at Wan 14B's size a sampled
+            cold call had +5-10% error, and most of the 2% the warm steps lost was that start, fading over them
+            (docs/benchmarks/NOTES_sparse_attn.md v30). 1 by default (the public method); the ``fast`` preset
+            uses 2.
         query_tile_rebalance: ``0``: the query clusters are the k-means'. ``rho > 0``: after the query k-means, a
             cluster whose last 128-row query tile (or half tile) holds at most ``rho`` rows beyond the tile below gives
             them, by smallest distance margin, to the nearest clusters with room in their last tile, so that the

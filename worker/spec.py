@@ -39,7 +39,8 @@ class SparsitySettings(BaseModel):
     )
     kmeans_subsample: int = Field(
         1, ge=1, le=64, description="1: every k-means iteration uses every video token. s: every iteration of a "
-        "call but its last uses every s-th token only; the last uses all, so the clusters are still every token's."
+        "warm call but its last uses every s-th token only; the last uses all, so the clusters are still every "
+        "token's. A layer's cold first call of a job uses every token."
     )
     query_tile_rebalance: int = Field(
         0, ge=0, le=64, description="0: the query clusters are the k-means'. rho: a query cluster whose last 128-row "
@@ -96,7 +97,7 @@ DEFAULT_PRESETS: dict[str, dict] = {
     "fast": {
         "mode": "top_p", "top_p": 0.8, "max_density": 0.3, "num_q_clusters": 100, "num_k_clusters": 500,
         "dense_warmup_fraction": 0.12, "dense_layers": 1, "kmeans_iters_init": 10,
-        # the k-means' first iteration on every 2nd token: the 480p step 4% faster on an H100 (docs/presets.md)
+        # a warm call's first k-means iteration on every 2nd token: the 480p step 4% faster on an H100 (docs/presets.md)
         "kmeans_subsample": 2,
     },
 }

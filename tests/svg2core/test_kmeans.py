@@ -472,3 +472,32 @@ def test_a_request_sets_kmeans_subsample():
     settings = resolve_sparsity({"preset": "balanced", "kmeans_subsample": 2})
     assert SparsityPlan.from_settings(settings).config.kmeans_subsample == 2
     assert SparsitySettings().kmeans_subsample == 1
+
+
+def test_kmeans_subsample_leaves_a_layers_cold_call_on_every_token():
+    # A layer's cold call clusters every token whatever kmeans_subsample (a sampled cold start costs the cold call
+    # accuracy that the next warm steps inherit); its warm calls take the sample.
+    from svg2core import LayerState, SVG2Config, svg2_attention
+
+    b, h, n, d, cq = 1, 2, 96, 64, 6
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(b, h, n, d, generator=gen).half() for _ in range(3))
+    full = SVG2Config(mode="fixed_density", target_density=0.5, num_q_clusters=cq, num_k_clusters=8,
+                      kmeans_iters_init=5, kmeans_iters=3)
+    sampled = full.replace(kmeans_subsample=3)
+    states = {"full": LayerState(), "sampled": LayerState()}
+    cold = {name: svg2_attention(q, k, v, cfg, states[name], backend="reference")
+            for name, cfg in (("full", full), ("sampled", sampled))}
+    assert torch.equal(cold["full"][0], cold["sampled"][0])
+    assert torch.equal(states["full"].get(0).q, states["sampled"].get(0).q)
+    assert torch.equal(states["full"].get(0).k, states["sampled"].get(0).k)
+
+    start = states["sampled"].get(0).q.view(b * h, cq, d).clone()
+    svg2_attention(q, k, v, sampled, states["sampled"], backend="reference")
+    svg2_attention(q, k, v, full, states["full"], backend="reference")
+    expected = {s: start.clone() for s in (1, 3)}
+    for s, cent in expected.items():
+        batched_kmeans(q, cent, 3, Workspace(), "q", "reference", subsample=s)
+    assert not torch.equal(expected[1], expected[3])  # the sample changes this data's clusters
+    torch.testing.assert_close(states["sampled"].get(0).q.view(b * h, cq, d), expected[3])
+    torch.testing.assert_close(states["full"].get(0).q.view(b * h, cq, d), expected[1])
