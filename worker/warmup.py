@@ -21,7 +21,9 @@ Each job records which transformers ran (``WarmupJob.denoisers``); one that no j
 Every warm-up job runs through :func:`~worker.pipelines.run.generate`, the jobs' own path, with the
 model's defaults and a fixed prompt and seed; nothing is written to the job store, the MP4 directory
 or the job metrics, and every job resets svg2's per-job state as a real one does. The warm-up covers
-the default shape only: another size or frame count compiles at its first job (Triton and inductor
+the default shape and the presets' modes only: another size or frame count compiles at its first job, and so does a
+``fixed_density`` budget's selection variant (no preset uses it; ~2 s at Wan 14B on an H100,
+``docs/benchmarks/bench_generate_h100_s29_wan14b_warmup.md``) (Triton and inductor
 keep their caches on disk; ``deploy/compose.yaml`` puts them on a volume so a restart reuses them).
 """
 
