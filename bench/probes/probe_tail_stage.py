@@ -10,8 +10,8 @@ upper-triangle blocks a head), each a serial loop over the key clusters. This pr
 launch shapes:
 
 - savings: 16- and 32-row blocks (16x / 4x the programs; 32 also with 2 warps, or 128 key clusters a step), 128 key
-  clusters a step, 8 warps, 2 / 4 pipeline stages, and skipping the digit products that are 0 for every key cluster
-  of a step (``SKIP_DIGITS``: the top digit is zero below 16,384 tokens a cluster, i.e. always at these sizes);
+  clusters a step, 4 warps (the product has 8 since session 28), 2 / 4 pipeline stages (skipping the digit products
+  that are 0 for every key cluster of a step was a variant until session 29: within noise, removed);
 - rows: 2 / 8 / 16 warps for its 1,024-wide scan.
 
 Inputs: random query clusterings and selections at the given sizes (:func:`layout`: skewed cluster sizes, each
@@ -43,8 +43,7 @@ from svg2core.state import Workspace  # noqa: E402
 #: name -> (heads, video tokens, query clusters, key clusters) at the product's head dim 128
 SHAPES = {"wan14b": (40, 75600, 300, 1000), "480p": (12, 32760, 200, 1000)}
 SAVING_VARIANTS = {
-    "product": {}, "bm32": dict(bm=32), "bk128": dict(bk=128), "skip": dict(skip_digits=True),
-    "bm32_skip": dict(bm=32, skip_digits=True), "warps4": dict(num_warps=4), "stages2": dict(num_stages=2),
+    "product": {}, "bm32": dict(bm=32), "bk128": dict(bk=128), "warps4": dict(num_warps=4), "stages2": dict(num_stages=2),
     "stages4": dict(num_stages=4), "bm16": dict(bm=16), "bm32_bk128": dict(bm=32, bk=128),
     "bm32_warps2": dict(bm=32, num_warps=2), "bm32_warps4": dict(bm=32, num_warps=4),
     "bm16_warps4": dict(bm=16, num_warps=4), "bk128_warps4": dict(bk=128, num_warps=4),

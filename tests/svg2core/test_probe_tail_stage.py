@@ -12,11 +12,11 @@ from tests.svg2core.bench_modules import load_bench
 def test_every_variant_equals_the_product_and_is_timed(sweep):
     probe = load_bench("probes/probe_tail_stage.py")
     # 40 query clusters (two 32-row blocks of the savings, so the mirrored blocks run), 150 key clusters (two steps
-    # of 128), clusters of up to ~180 tokens (the second base-128 digit in use; the skip variant skips the third)
+    # of 128), clusters of up to ~180 tokens (the second base-128 digit of the sizes in use)
     r = probe.measure((2, 3000, 40, 150), 0.3, "cpu", sweep, rounds=1, calls=1, block=64,
-                      saving_variants={k: probe.SAVING_VARIANTS[k] for k in ("product", "bm32", "bk128", "skip")},
+                      saving_variants={k: probe.SAVING_VARIANTS[k] for k in ("product", "bm32", "bk128", "warps4")},
                       rows_variants={k: probe.ROWS_VARIANTS[k] for k in ("product", "warps8")})
-    assert set(r["saving_ms"]) == {"product", "bm32", "bk128", "skip"} and set(r["rows_ms"]) == {"product", "warps8"}
+    assert set(r["saving_ms"]) == {"product", "bm32", "bk128", "warps4"} and set(r["rows_ms"]) == {"product", "warps8"}
     assert all(ms > 0 for ms in (*r["saving_ms"].values(), *r["rows_ms"].values()))
     lines = probe.table("small", r)
     assert lines[0].startswith("## small: 2 heads, 3000 tokens, 40 / 150 clusters")

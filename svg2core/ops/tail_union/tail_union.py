@@ -122,10 +122,9 @@ def tail_union(
 
 def launch_saving(q_offsets: torch.Tensor, sel_count: torch.Tensor, sel_cum: torch.Tensor, k_sizes: torch.Tensor,
                   member: torch.Tensor, saving: torch.Tensor, block: int, fixed: int, max_keys: int | None,
-                  bm: int = _SAVING_BM, bk: int = _SAVING_BK, skip_digits: bool = False,
-                  **launch) -> None:
+                  bm: int = _SAVING_BM, bk: int = _SAVING_BK, **launch) -> None:
     """The pair-saving kernel into ``saving`` ``(BH, Cq, Cq)`` int32 from the membership rows ``member``; ``bm``,
-    ``bk``, ``skip_digits`` and ``launch`` (``num_warps``, ``num_stages``): its launch shape (the stage's defaults
+    ``bk`` and ``launch`` (``num_warps``, ``num_stages``): its launch shape (the stage's defaults
     unless a probe asks otherwise; every shape gives the same savings)."""
     import triton
 
@@ -139,7 +138,7 @@ def launch_saving(q_offsets: torch.Tensor, sel_count: torch.Tensor, sel_cum: tor
         2**31 - 1 if max_keys is None else max_keys,
         q_offsets.stride(0), sel_count.stride(0), sel_cum.stride(0), sel_cum.stride(1), k_sizes.stride(0),
         member.stride(0), member.stride(1), saving.stride(0), saving.stride(1),
-        BLOCK=block, HALF_PCT=HALF_TILE_COST_PCT, BM=bm, BK=bk, SKIP_DIGITS=skip_digits, **launch,
+        BLOCK=block, HALF_PCT=HALF_TILE_COST_PCT, BM=bm, BK=bk, **launch,
     )
 
 

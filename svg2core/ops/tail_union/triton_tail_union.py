@@ -55,13 +55,13 @@ def _tail_saving_kernel(
     offsets_ptr, sel_count_ptr, sel_cum_ptr, k_sizes_ptr, member_ptr, saving_ptr,
     C, CK, fixed, max_keys,
     stride_obh, stride_nbh, stride_cbh, stride_cc, stride_kbh, stride_mbh, stride_mc, stride_sbh, stride_sc,
-    BLOCK: tl.constexpr, HALF_PCT: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr, SKIP_DIGITS: tl.constexpr,
+    BLOCK: tl.constexpr, HALF_PCT: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
 ):
     """A ``BM x BM`` block of the head's pair savings and its mirror (the matrix is symmetric: blocks below the
     diagonal return at once). The shared key rows are three int8 products with int32 accumulation, exact: the
     membership rows against the same rows weighted by one base-128 digit of the key-cluster sizes (sizes below
-    2^21 tokens), then the cost model. SKIP_DIGITS: a step skips the products of its digits that are 0 for every key
-    cluster of the step (the same result; whether it is faster is for bench/probes/probe_tail_stage.py)."""
+    2^21 tokens), then the cost model. (Skipping a step's digit products that are 0 for every key cluster of the
+    step was measured and removed: 0.96-0.98x the time, within noise; NOTES_sparse_attn.md v29.)"""
     pa = tl.program_id(0)
     pb = tl.program_id(1)
     if pa <= pb:
@@ -80,15 +80,8 @@ def _tail_saving_kernel(
             ma = tl.load(m_row + a[:, None] * stride_mc + j[None, :], mask=am[:, None] & jm[None, :], other=0)
             mbt = tl.load(m_row + b[None, :] * stride_mc + j[:, None], mask=bm[None, :] & jm[:, None], other=0)
             ov0 = tl.dot(ma * (ks & 127).to(tl.int8)[None, :], mbt, ov0, out_dtype=tl.int32)
-            if SKIP_DIGITS:
-                top = tl.max(ks, axis=0)
-                if top >= 128:
-                    ov1 = tl.dot(ma * ((ks >> 7) & 127).to(tl.int8)[None, :], mbt, ov1, out_dtype=tl.int32)
-                if top >= 16384:
-                    ov2 = tl.dot(ma * ((ks >> 14) & 127).to(tl.int8)[None, :], mbt, ov2, out_dtype=tl.int32)
-            else:
-                ov1 = tl.dot(ma * ((ks >> 7) & 127).to(tl.int8)[None, :], mbt, ov1, out_dtype=tl.int32)
-                ov2 = tl.dot(ma * ((ks >> 14) & 127).to(tl.int8)[None, :], mbt, ov2, out_dtype=tl.int32)
+            ov1 = tl.dot(ma * ((ks >> 7) & 127).to(tl.int8)[None, :], mbt, ov1, out_dtype=tl.int32)
+            ov2 = tl.dot(ma * ((ks >> 14) & 127).to(tl.int8)[None, :], mbt, ov2, out_dtype=tl.int32)
         overlap = ov0 + (ov1 << 7) + (ov2 << 14)
         off_row = offsets_ptr + bh * stride_obh
         ra = (tl.load(off_row + a + 1, mask=am, other=0) - tl.load(off_row + a, mask=am, other=0)) % BLOCK
