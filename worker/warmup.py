@@ -14,7 +14,10 @@ before the worker takes jobs, instead of in the first user's job of each preset:
    source);
 2. per sparse preset (``all``; ``default``: the model's default preset alone), two sparse steps
    (``dense_warmup_steps`` 0, the preset's dense layers kept), not decoded: the cold and the warm
-   k-means calls of a job and the preset's kernel variants.
+   k-means calls of a job and the preset's kernel variants. The cold call runs
+   :data:`WARMUP_COLD_ITERS` k-means iterations instead of the preset's ``kmeans_iters_init`` (20-50): the
+   iteration count is a loop on the host, so two launch every kernel variant the preset's count would, and the
+   warm-up does not pay ~10 s of cold iterations for ``quality`` at Wan 14B's size.
 
 Each job records which transformers ran (``WarmupJob.denoisers``); one that no job reached is logged.
 
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 
 WarmupMode = Literal["auto", "none", "default", "all"]
 WARMUP_PROMPT = "warm-up: a calm lake at dawn, mist over the water"
+#: k-means iterations of a warm-up job's cold calls (two: the first assign and the later ones are different launches)
+WARMUP_COLD_ITERS = 2
 
 
 @dataclass
@@ -104,6 +109,13 @@ def warmup_plan(registry: Registry, model: LoadedModel, mode: str) -> list[tuple
     return plan
 
 
+def warmup_sparsity(model: LoadedModel, preset: str) -> dict:
+    """The ``sparsity`` of a preset's warm-up job: the preset, sparse from the first step, and at most
+    :data:`WARMUP_COLD_ITERS` cold k-means iterations (every other field is the preset's, so its kernels are)."""
+    cold = model.entry.resolved_presets()[preset].kmeans_iters_init
+    return {"preset": preset, "dense_warmup_steps": 0, "kmeans_iters_init": min(cold, WARMUP_COLD_ITERS)}
+
+
 def warm_up(registry: Registry, model: LoadedModel, mode: WarmupMode) -> WarmupReport:
     """Run the warm-up jobs of ``mode`` on ``model`` (see the module docstring) and report them.
 
@@ -130,7 +142,7 @@ def warm_up(registry: Registry, model: LoadedModel, mode: WarmupMode) -> WarmupR
 def _run_jobs(registry: Registry, model: LoadedModel, mode: str, report: WarmupReport, ran: set[str]) -> None:
     for budget, steps, decode in warmup_plan(registry, model, mode):
         ran.clear()
-        sparsity = "dense" if budget == "dense" else {"preset": budget, "dense_warmup_steps": 0}
+        sparsity = "dense" if budget == "dense" else warmup_sparsity(model, budget)
         job = WarmupJob(budget=budget, steps=steps, decoded=decode)
         t = time.perf_counter()
         try:

@@ -116,3 +116,34 @@ def test_a_two_expert_pipeline_warms_both_transformers(registry):
     assert all(j.denoisers == ["transformer", "transformer_2"] for j in report.jobs)
     assert report.jobs[1].sparse_calls > 0
     assert {m: dict(m._forward_pre_hooks) for m in hooks} == hooks  # the warm-up's hooks are gone
+
+
+def test_a_warm_up_job_runs_its_presets_kernels_with_two_cold_iterations(registry, monkeypatch):
+    """The cold calls of a warm-up job iterate twice, whatever the preset's ``kmeans_iters_init`` (a host loop: two
+    iterations launch every variant); every other field is the preset's, so the warm-up runs its kernels."""
+    import svg2core.attention as attention
+    from worker.warmup import WARMUP_COLD_ITERS, warmup_sparsity
+
+    tiny_model = load_model(registry.get("tiny"), device="cpu")  # its own: the warm-up calibrates the model it warms
+    entry = tiny_model.entry
+    presets = entry.resolved_presets()
+    for name in _sparse_presets(entry):
+        spec, _ = build_job_spec(registry, model="tiny", prompt="x", sparsity=warmup_sparsity(tiny_model, name))
+        expected = presets[name].model_copy(update={"kmeans_iters_init": min(presets[name].kmeans_iters_init, 2)})
+        assert spec.sparsity.model_dump(exclude={"dense_warmup_steps"}) == expected.model_dump(
+            exclude={"dense_warmup_steps"})
+        assert spec.sparsity.warmup_steps(2) == 0
+
+    seen: list[int] = []
+    real = attention.batched_kmeans
+
+    def counting(x, centroids, iters, *args, **kwargs):  # records each k-means call's iterations, runs it
+        seen.append(iters)
+        return real(x, centroids, iters, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "batched_kmeans", counting)
+    report = warm_up(registry, tiny_model, "default")
+    assert report.error is None and report.jobs[-1].sparse_calls > 0
+    cold = presets[entry.default_preset].kmeans_iters_init
+    assert cold > WARMUP_COLD_ITERS and max(seen) == WARMUP_COLD_ITERS  # the preset's count never ran
+    assert set(seen) == {WARMUP_COLD_ITERS, presets[entry.default_preset].kmeans_iters} - {0}
