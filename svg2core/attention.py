@@ -154,6 +154,13 @@ def svg2_attention(
     return out, density
 
 
+def cluster_sizes(offsets: torch.Tensor, ws: Workspace, name: str) -> torch.Tensor:
+    """Each cluster's token count from its ``(B*H, C+1)`` offsets, into the workspace's ``<name>.sizes`` buffer."""
+    rows, c = offsets.shape[0], offsets.shape[1] - 1
+    return torch.sub(offsets[:, 1:], offsets[:, :-1], out=ws.buffer(f"{name}.sizes", (rows, c), torch.int32,
+                                                                      offsets.device))
+
+
 class Plan(NamedTuple):
     """What the selection stages hand to the attention kernel (docs/ARCHITECTURE.md): the clusterings of the
     video queries and keys (labels, stable permutation, offsets, sizes; ``(B*H, ...)`` int32), the selected key
@@ -196,7 +203,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     :data:`KEY_SWEEP`, else none.
     """
     b, h, nv, _ = q_video.shape
-    cq, ck = q_cent.shape[1], k_cent.shape[1]
+    cq = q_cent.shape[1]
     dev = q_video.device
     candidates = config.kmeans_candidates if candidates is None else candidates
     subsample = config.kmeans_subsample if subsample is None else subsample
@@ -227,8 +234,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
                                   REBALANCE_BLOCK, ws, "q", backend)
             # the counting sort, as in the k-means (all its scratch in the workspace; faster than the radix sort)
             q_perm, q_offsets = sort_by_cluster(q_labels, cq, ws, "q", backend, method="count")
-        q_sizes = torch.sub(q_offsets[:, 1:], q_offsets[:, :-1], out=ws.buffer("q.sizes", (b * h, cq), torch.int32,
-                                                                                 dev))
+        q_sizes = cluster_sizes(q_offsets, ws, "q")
         return q_labels, q_perm, q_offsets, q_sizes
 
     def key_chain():
@@ -236,8 +242,7 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
         k_labels, k_perm, k_offsets = batched_kmeans(k_video, k_cent, iters, ws, "k", backend, rows_out=k_rows,
                                                      candidates=candidates, reverse_heads=SERPENTINE_HEADS,
                                                      subsample=subsample)
-        k_sizes = torch.sub(k_offsets[:, 1:], k_offsets[:, :-1], out=ws.buffer("k.sizes", (b * h, ck), torch.int32,
-                                                                                 dev))
+        k_sizes = cluster_sizes(k_offsets, ws, "k")
         return k_labels, k_perm, k_offsets, k_sizes
 
     # The key chain first on a high-priority stream (the query chain filling what it leaves) was measured and removed:
