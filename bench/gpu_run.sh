@@ -68,7 +68,9 @@
 #                                                       # tailunion_hunyuan: at HunyuanVideo's video tokens (33 x 45 x
 #                                                       # 80, 400 / 1000, 24 heads; no text tokens) at 5-40%
 #   bash bench/gpu_run.sh OUT subsample_trajectory_720p # kmeans_subsample 2's accuracy along the simulated denoising
-#                                                       # trajectory at Wan 14B's size (300 / 1000; 480p's is in v20)
+#                                                       # trajectory at Wan 14B's size (300 / 1000); subsample_trajectory:
+#                                                       # at 480p's (200 / 1000, `balanced`'s clusters there; 8 steps).
+#                                                       # Since session 29 the cold call runs on every token
 #   bash bench/gpu_run.sh OUT w480 w480_rebalance       # the Wan 1.3B 480p step without, then with rebalancing (rho = 16)
 #   bash bench/gpu_run.sh OUT subsample subsample_trajectory   # the selection with the k-means' first iterations on
 #                                                       # a token sample (kmeans_subsample 1 / 2 / 4), timed
@@ -153,6 +155,9 @@ for step in "$@"; do
       --out "$out/$step" > "$log" 2>&1 ;;
     tailunion_hunyuan) python bench/probes/probe_tail_union.py --grid 33,45,80 --objects 24 --cq 400 --ck 1000 --seeds 1 \
       --targets 0.05 0.1 0.15 0.25 0.4 --rules product --device cuda --backend triton --time-heads 24 \
+      --out "$out/$step" > "$log" 2>&1 ;;
+    subsample_trajectory) python bench/probes/probe_config_trajectory.py --grid 21,30,52 --objects 12 --cq 200 \
+      --ck 1000 --device cuda --backend triton --seeds 2 --steps 8 --variant kmeans_subsample=2 --name subsample \
       --out "$out/$step" > "$log" 2>&1 ;;
     subsample_trajectory_720p) python bench/probes/probe_config_trajectory.py --grid 21,45,80 --objects 24 --cq 300 \
       --ck 1000 --device cuda --backend triton --seeds 2 --steps 6 --variant kmeans_subsample=2 --name subsample \
