@@ -93,7 +93,7 @@ def resolve_mode(mode: WarmupMode, device: torch.device) -> str:
     return mode
 
 
-def warmup_plan(registry: Registry, model: LoadedModel, mode: str) -> list[tuple[str, int, bool]]:
+def warmup_plan(model: LoadedModel, mode: str) -> list[tuple[str, int, bool]]:
     """``(budget, steps, decode)`` of each warm-up job for a resolved ``mode``; no sparse jobs when svg2 is not
     applied to the pipeline (every job runs stock attention then)."""
     if mode == "none":
@@ -140,7 +140,7 @@ def warm_up(registry: Registry, model: LoadedModel, mode: WarmupMode) -> WarmupR
 
 
 def _run_jobs(registry: Registry, model: LoadedModel, mode: str, report: WarmupReport, ran: set[str]) -> None:
-    for budget, steps, decode in warmup_plan(registry, model, mode):
+    for budget, steps, decode in warmup_plan(model, mode):
         ran.clear()
         sparsity = "dense" if budget == "dense" else warmup_sparsity(model, budget)
         job = WarmupJob(budget=budget, steps=steps, decoded=decode)

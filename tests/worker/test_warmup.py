@@ -26,19 +26,19 @@ def test_auto_warms_every_preset_on_cuda_and_nothing_on_cpu():
     assert resolve_mode("default", torch.device("cpu")) == "default"
 
 
-def test_plan_is_one_dense_job_then_two_sparse_steps_per_preset(registry, tiny_model):
+def test_plan_is_one_dense_job_then_two_sparse_steps_per_preset(tiny_model):
     entry = tiny_model.entry
     sparse = _sparse_presets(entry)
     assert len(sparse) >= 3 and entry.default_preset in sparse
-    assert warmup_plan(registry, tiny_model, "all") == [("dense", 1, True)] + [(p, 2, False) for p in sparse]
-    assert warmup_plan(registry, tiny_model, "default") == [("dense", 1, True), (entry.default_preset, 2, False)]
-    assert warmup_plan(registry, tiny_model, "none") == []
+    assert warmup_plan(tiny_model, "all") == [("dense", 1, True)] + [(p, 2, False) for p in sparse]
+    assert warmup_plan(tiny_model, "default") == [("dense", 1, True), (entry.default_preset, 2, False)]
+    assert warmup_plan(tiny_model, "none") == []
 
 
 def test_a_pipeline_without_svg2_warms_only_its_dense_job(registry):
     stock = load_model(_tiny_with(registry, svg2=False), device="cpu")
     assert stock.svg2 is None
-    assert warmup_plan(registry, stock, "all") == [("dense", 1, True)]
+    assert warmup_plan(stock, "all") == [("dense", 1, True)]
 
 
 def test_warm_up_runs_each_preset_sparse_and_later_jobs_are_unchanged(registry, tiny_spec):
@@ -49,7 +49,7 @@ def test_warm_up_runs_each_preset_sparse_and_later_jobs_are_unchanged(registry, 
 
     report = warm_up(registry, model, "all")
     assert report.mode == "all" and report.error is None
-    assert [(j.budget, j.steps, j.decoded) for j in report.jobs] == warmup_plan(registry, model, "all")
+    assert [(j.budget, j.steps, j.decoded) for j in report.jobs] == warmup_plan(model, "all")
     assert report.jobs[0].sparse_calls == 0
     assert all(j.sparse_calls > 0 for j in report.jobs[1:])  # every preset ran its sparse path
     assert report.seconds >= sum(j.seconds for j in report.jobs) > 0
