@@ -24,7 +24,13 @@ class Settings(BaseSettings):
     output_dir: Path = Field(Path("var/outputs"), description="Where workers write MP4s (shared with the API).")
     host: str = Field("127.0.0.1", description="Address the API listens on.")
     port: int = Field(8000, ge=1, le=65535, description="Port the API listens on.")
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest accepted request body (larger: 413).")
+    max_body_bytes: int = Field(
+        16 << 20, ge=1024,
+        description="Largest accepted request body (larger: 413); room for an input_reference image, base64 in JSON.")
+    max_input_image_bytes: int = Field(
+        10 << 20, ge=1024, description="Largest input_reference image file (image-to-video), as uploaded.")
+    max_input_image_pixels: int = Field(
+        40_000_000, ge=256, description="Most pixels of an input_reference image (checked before it is decoded).")
     retention_s: int = Field(24 * 3600, ge=1, description="How long a finished video's MP4 is kept.")
     job_timeout_s: int = Field(4 * 3600, ge=1, description="rq timeout of one video job.")
     maintenance_interval_s: float = Field(

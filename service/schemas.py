@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from worker.registry import ModelEntry, Registry, build_job_spec
-from worker.spec import JobSpec, SparsitySettings
+from worker.spec import InputImage, JobSpec, SparsitySettings
 from worker.store import JobRecord
 
 
@@ -57,9 +57,10 @@ class VideoCreate(BaseModel):
             raise ValueError("must be a preset name or an object of budget fields")
         return value
 
-    def to_job_spec(self, registry: Registry) -> tuple[JobSpec, ModelEntry]:
-        """Resolve against the registry (raises ``SpecError`` naming the field)."""
-        return build_job_spec(registry, **self.model_dump())
+    def to_job_spec(self, registry: Registry, input_image: InputImage | None = None) -> tuple[JobSpec, ModelEntry]:
+        """Resolve against the registry (raises ``SpecError`` naming the field); ``input_image``: the request's
+        ``input_reference``, decoded (worker/images.py)."""
+        return build_job_spec(registry, **self.model_dump(), input_image=input_image)
 
 
 class ErrorDetail(BaseModel):
@@ -180,6 +181,7 @@ class ModelPublic(BaseModel):
     owned_by: str = "svg2"
     description: str
     kind: str
+    task: str = Field(..., description="t2v: text-to-video; i2v: image-to-video (requests need input_reference).")
     pipeline_class: str
     queue: str
     limits: dict[str, Any]
@@ -194,6 +196,7 @@ class ModelPublic(BaseModel):
             id=entry.name,
             description=entry.description.strip(),
             kind=entry.kind,
+            task=entry.task,
             pipeline_class=entry.pipeline_class,
             queue=entry.queue,
             limits=entry.limits.model_dump(),

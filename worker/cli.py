@@ -14,6 +14,7 @@ are printed as JSON on stdout.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", dest="num_inference_steps", type=int, default=None)
     gen.add_argument("--guidance-scale", type=float, default=None)
     gen.add_argument("--seed", type=int, default=None, help="default: random (printed in the metrics)")
+    gen.add_argument("--image", type=Path, default=None,
+                     help="first frame (PNG, JPEG or WebP) for an image-to-video model; center-cropped to the size")
     gen.add_argument("--sparsity", type=_sparsity_arg, default=None,
                      help="preset name (dense, quality, balanced, fast) or a JSON object of fields")
     return parser
@@ -61,7 +64,19 @@ def generate_command(args: argparse.Namespace) -> int:
 
     # torch and diffusers load slowly: import them only once the arguments are known to be valid.
     registry = load_registry(args.registry)
+    image = input_image = None
     try:
+        if args.image is not None:
+            from PIL import Image
+
+            from worker.images import FIELD, decode_input_image
+
+            try:
+                raw = args.image.read_bytes()
+            except OSError as exc:
+                raise SpecError(FIELD, f"cannot read --image {str(args.image)!r}: {exc.strerror}") from None
+            png, input_image = decode_input_image(raw, max_bytes=len(raw), max_pixels=Image.MAX_IMAGE_PIXELS)
+            image = Image.open(io.BytesIO(png))
         spec, entry = build_job_spec(
             registry,
             prompt=args.prompt,
@@ -77,6 +92,7 @@ def generate_command(args: argparse.Namespace) -> int:
             num_inference_steps=args.num_inference_steps,
             guidance_scale=args.guidance_scale,
             sparsity=args.sparsity,
+            input_image=input_image,
         )
     except SpecError as exc:
         print(f"svg2: error: {exc}", file=sys.stderr)
@@ -99,7 +115,7 @@ def generate_command(args: argparse.Namespace) -> int:
               unit="step", file=sys.stderr) as bar:
         try:
             result = generate(model.pipeline, spec, on_step=lambda step, total, seconds: bar.update(1),
-                              call_kwargs=model.call_kwargs)
+                              call_kwargs=model.call_kwargs, image=image)
         except InvalidJobInput as exc:
             print(f"svg2: error: {exc}", file=sys.stderr)
             return 2

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from worker.spec import DEFAULT_PRESETS, JobSpec, SparsitySettings, resolve_sparsity
+from worker.spec import DEFAULT_PRESETS, InputImage, JobSpec, SparsitySettings, resolve_sparsity
 
 DEFAULT_REGISTRY_PATH = Path(__file__).with_name("models.yaml")
 MAX_SEED = 2**63 - 1
@@ -96,6 +96,9 @@ class ModelEntry(BaseModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     description: str = ""
     kind: Literal["tiny-wan", "diffusers"]
+    task: Literal["t2v", "i2v"] = Field(
+        "t2v", description="t2v: text-to-video, requests carry no image. i2v: image-to-video, every request carries "
+        "its first frame (input_reference); the pipeline class takes an image (WanImageToVideoPipeline).")
     pipeline_class: str = "WanPipeline"
     path: str | None = Field(None, description="Local directory or HF cache id (diffusers kind).")
     device: str = "cuda"
@@ -262,6 +265,7 @@ def build_job_spec(
     num_inference_steps: int | None = None,
     guidance_scale: float | None = None,
     sparsity: str | dict | None = None,
+    input_image: InputImage | None = None,
 ) -> tuple[JobSpec, ModelEntry]:
     """Resolve a request against ``registry``: fill the model's defaults, enforce its limits.
 
@@ -270,6 +274,12 @@ def build_job_spec(
     """
     entry = registry.get(model)
     lim, dft = entry.limits, entry.defaults
+    if entry.task == "t2v" and input_image is not None:
+        raise SpecError("input_reference", f"model {entry.name!r} is text-to-video and takes no input image; "
+                                           "use an image-to-video model (GET /v1/models: task i2v)")
+    if entry.task == "i2v" and input_image is None:
+        raise SpecError("input_reference", f"required: model {entry.name!r} is image-to-video; send the first "
+                                           "frame as input_reference (a PNG, JPEG or WebP image)")
 
     if not isinstance(prompt, str) or not prompt.strip():
         raise SpecError("prompt", "must be a non-empty string")
@@ -337,6 +347,7 @@ def build_job_spec(
         num_inference_steps=steps,
         guidance_scale=guidance,
         sparsity=settings,
+        input_image=input_image,
     )
     return spec, entry
 

@@ -22,6 +22,7 @@ import av
 import torch
 from rq.timeouts import JobTimeoutException
 
+from worker.images import load_stored_image
 from worker.metrics import WorkerMetrics
 from worker.pipelines.loading import LoadedModel
 from worker.pipelines.run import InvalidJobInput, JobCancelled, generate
@@ -85,9 +86,11 @@ class JobRunner:
                 raise InvalidJobInput(
                     f"model: job asks for {spec.model!r} but this worker serves {self.model.name!r}"
                 )
+            image = self._input_image(video_id, spec) if spec.input_image is not None else None
             result = generate(
                 self.model.pipeline,
                 spec,
+                image=image,
                 on_step=lambda step, total, seconds: self.store.set_progress(video_id, step, total, seconds),
                 should_cancel=lambda: self.store.is_cancel_requested(video_id),
                 call_kwargs=self.model.call_kwargs,
@@ -130,6 +133,20 @@ class JobRunner:
         status = self.store.mark_completed(video_id, metrics)
         log.info("job %s: %s in %.2f s of denoising", video_id, status, metrics.get("denoise_seconds", 0.0))
         return status or "skipped"
+
+    def _input_image(self, video_id: str, spec):
+        """The job's stored first frame, checked against its spec; a file deleted by a cancel reads as the cancel."""
+        try:
+            data = self.store.input_path(video_id).read_bytes()
+        except FileNotFoundError:
+            if self.store.is_cancel_requested(video_id):
+                raise JobCancelled() from None
+            raise InvalidJobInput(f"input_reference: the job's image {self.store.input_path(video_id).name} is "
+                                  "missing from the output directory") from None
+        try:
+            return load_stored_image(data, spec.input_image)
+        except ValueError as exc:
+            raise InvalidJobInput(str(exc)) from None
 
     def _fail(self, video_id: str, code: str, message: str, metrics: dict) -> str:
         log.warning("job %s: failed (%s): %s", video_id, code, message)

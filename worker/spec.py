@@ -138,6 +138,18 @@ def resolve_sparsity(
     return SparsitySettings(**{**base, **overrides, "preset": name})
 
 
+class InputImage(BaseModel):
+    """The first frame of an image-to-video job (the request's ``input_reference``), as the API stored it: an RGB
+    PNG beside the job's MP4 (``JobStore.input_path``), identified by its SHA-256 (worker/images.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the stored PNG.")
+    width: int = Field(..., ge=1)
+    height: int = Field(..., ge=1)
+    source_format: str = Field(..., description="The uploaded format: png, jpeg or webp.")
+
+
 class JobSpec(BaseModel):
     """A fully resolved generation job, as stored in Redis and run by a worker."""
 
@@ -154,6 +166,8 @@ class JobSpec(BaseModel):
     num_inference_steps: int
     guidance_scale: float
     sparsity: SparsitySettings
+    #: image-to-video: the first frame (None: text-to-video)
+    input_image: InputImage | None = None
 
     @property
     def size(self) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 import uuid
@@ -151,6 +152,10 @@ def _decode(h: dict[bytes, bytes]) -> dict[str, str]:
 Transition = Callable[[dict[str, str]], dict[str, str] | None]
 
 
+#: An input image without a job record is removed by ``purge_expired`` after this many seconds.
+ORPHAN_INPUT_AGE_S = 3600
+
+
 class JobStore:
     """Job records in Redis plus the MP4 files in ``output_dir``.
 
@@ -212,6 +217,22 @@ class JobStore:
         """Where a worker writes the MP4 before renaming it to :meth:`video_path` (same directory, so
         the rename is atomic)."""
         return self.output_dir / f".{validate_job_id(job_id)}.partial.mp4"
+
+    def input_path(self, job_id: str) -> Path:
+        """``<output_dir>/<id>.input.png``: an image-to-video job's first frame (worker/images.py)."""
+        return self.output_dir / f"{validate_job_id(job_id)}.input.png"
+
+    def save_input_image(self, job_id: str, png: bytes) -> Path:
+        """Write a job's first frame before the job is created (the worker may take it at once): to a temporary
+        name in the same directory, then renamed, so a reader sees the whole file or none."""
+        path = self.input_path(job_id)
+        tmp = self.output_dir / f".{validate_job_id(job_id)}.input.partial"
+        try:
+            tmp.write_bytes(png)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
 
     def queue(self, name: str) -> Queue:
         """The rq queue of one model."""
@@ -491,8 +512,9 @@ class JobStore:
             pass  # already picked up, expired or cancelled; mark_started refuses it anyway
 
     def delete_video(self, job_id: str) -> bool:
-        """Remove the job's MP4 (and a partial one); True if the finished file existed."""
+        """Remove the job's MP4 (and a partial one) and its input image; True if the finished MP4 existed."""
         self.temp_video_path(job_id).unlink(missing_ok=True)
+        self.input_path(job_id).unlink(missing_ok=True)
         path = self.video_path(job_id)
         existed = path.exists()
         path.unlink(missing_ok=True)
@@ -510,6 +532,16 @@ class JobStore:
             raw = self.redis.hget(self._job_key(job_id), "expires_at")
             if raw is None or (raw and float(raw) <= now):
                 removed += int(self.delete_video(job_id))
+        # input images: with their job's MP4 once it expires, and those left without a record (an API that died
+        # between writing the image and creating the job) once they are older than an hour
+        for path in self.output_dir.glob("video_*.input.png"):
+            job_id = path.name.removesuffix(".input.png")
+            if not is_valid_job_id(job_id):
+                continue
+            raw = self.redis.hget(self._job_key(job_id), "expires_at")
+            orphan = raw is None and path.stat().st_mtime < now - ORPHAN_INPUT_AGE_S
+            if orphan or (raw and float(raw) <= now):
+                path.unlink(missing_ok=True)
         return removed
 
     def purge_expired_records(self, now: float | None = None) -> int:

@@ -22,7 +22,8 @@ before the worker takes jobs, instead of in the first user's job of each preset:
 Each job records which transformers ran (``WarmupJob.denoisers``); one that no job reached is logged.
 
 Every warm-up job runs through :func:`~worker.pipelines.run.generate`, the jobs' own path, with the
-model's defaults and a fixed prompt and seed; nothing is written to the job store, the MP4 directory
+model's defaults and a fixed prompt and seed (and, for an image-to-video model, a synthetic test card as the first
+frame, :func:`worker.images.synthetic_image`); nothing is written to the job store, the MP4 directory
 or the job metrics, and every job resets svg2's per-job state as a real one does. The warm-up covers
 the default shape and the presets' modes only: another size or frame count compiles at its first job, and so does a
 ``fixed_density`` budget's selection variant (no preset uses it; ~2 s at Wan 14B on an H100,
@@ -40,6 +41,7 @@ from typing import Literal
 
 import torch
 
+from worker.images import encode_png, synthetic_image
 from worker.pipelines.loading import LoadedModel
 from worker.pipelines.run import denoisers, generate, named_denoisers
 from worker.registry import Registry, build_job_spec
@@ -140,6 +142,11 @@ def warm_up(registry: Registry, model: LoadedModel, mode: WarmupMode) -> WarmupR
 
 
 def _run_jobs(registry: Registry, model: LoadedModel, mode: str, report: WarmupReport, ran: set[str]) -> None:
+    image = input_image = None
+    if model.entry.task == "i2v":  # image-to-video: a test card as the first frame, at the default size
+        dft = model.entry.defaults
+        image = synthetic_image(dft.width, dft.height)
+        input_image = encode_png(image)[1]
     for budget, steps, decode in warmup_plan(model, mode):
         ran.clear()
         sparsity = "dense" if budget == "dense" else warmup_sparsity(model, budget)
@@ -147,8 +154,8 @@ def _run_jobs(registry: Registry, model: LoadedModel, mode: str, report: WarmupR
         t = time.perf_counter()
         try:
             spec, _ = build_job_spec(registry, model=model.name, prompt=WARMUP_PROMPT, seed=0,
-                                     num_inference_steps=steps, sparsity=sparsity)
-            result = generate(model.pipeline, spec, call_kwargs=model.call_kwargs, decode=decode)
+                                     num_inference_steps=steps, sparsity=sparsity, input_image=input_image)
+            result = generate(model.pipeline, spec, call_kwargs=model.call_kwargs, decode=decode, image=image)
         except Exception as exc:  # the worker must come up whatever the warm-up meets
             report.error = f"{type(exc).__name__}: {exc}"
             log.exception("warm-up job %s failed; serving without the rest of the warm-up", budget)

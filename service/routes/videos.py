@@ -20,8 +20,10 @@ from service.config import Settings
 from service.deps import ContextDep, RegistryDep, SettingsDep, StoreDep
 from service.errors import APIError, validation_error_to_api_error
 from service.schemas import VideoCreate, VideoDeletedPublic, VideoList, VideoPublic
+from worker.images import FIELD as INPUT_FIELD
+from worker.images import decode_data_url, decode_input_image
 from worker.spec import JobSpec
-from worker.store import IdempotencyConflict, JobRecord, JobStore
+from worker.store import IdempotencyConflict, JobRecord, JobStore, new_job_id
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
@@ -31,12 +33,21 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 QUEUE_FULL_RETRY_AFTER_S = 30
 
 _create_schema = VideoCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+_INPUT_DOC = ("Image-to-video models (task i2v in GET /v1/models) only, and required there: the first frame, a PNG, "
+              "JPEG or WebP image, center-cropped to the video's aspect ratio and resized to its size.")
+
+
+def _with_input(schema: dict, prop: dict) -> dict:
+    return {**schema, "properties": {**schema["properties"], INPUT_FIELD: {**prop, "description": _INPUT_DOC}}}
+
+
 _create_body = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": _create_schema},
-            "multipart/form-data": {"schema": _create_schema},
+            "application/json": {"schema": _with_input(_create_schema, {
+                "type": "string", "description": "", "pattern": "^data:image/(png|jpeg|webp);base64,"})},
+            "multipart/form-data": {"schema": _with_input(_create_schema, {"type": "string", "format": "binary"})},
         },
     }
 }
@@ -59,7 +70,10 @@ async def _read_create_body(request: Request) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
-                raise APIError(400, "unsupported_parameter", f"{key}: file uploads are not supported", key)
+                if key != INPUT_FIELD:
+                    raise APIError(400, "unsupported_parameter", f"{key}: file uploads are not supported (only "
+                                   f"{INPUT_FIELD})", key)
+                value = await value.read()
             if key in data:
                 raise APIError(400, "invalid_value", f"{key}: given more than once", key)
             data[key] = value
@@ -93,14 +107,24 @@ async def create_video(
         "(200); with another body, 409. Remembered for SVG2_IDEMPOTENCY_TTL_S (default 24 h).")] = None,
 ) -> VideoPublic:
     data = await _read_create_body(request)
+    fields = {k: v for k, v in data.items() if k != INPUT_FIELD}
     try:
-        body = VideoCreate.model_validate(data)
+        body = VideoCreate.model_validate(fields)
     except ValidationError as exc:
         raise validation_error_to_api_error(exc, from_request=False) from None
-    spec, entry = body.to_job_spec(registry)
+    png = input_image = None
+    if data.get(INPUT_FIELD) is not None:
+        raw = data[INPUT_FIELD]
+        raw = raw if isinstance(raw, bytes) else decode_data_url(raw)
+        # decoding an image is CPU work: off the event loop
+        png, input_image = await run_in_threadpool(decode_input_image, raw, settings.max_input_image_bytes,
+                                                   settings.max_input_image_pixels)
+        # the idempotency hash covers the image by its digest (the body as sent, less the bytes)
+        data = {**data, INPUT_FIELD: "sha256:" + hashlib.sha256(raw).hexdigest()}
+    spec, entry = body.to_job_spec(registry, input_image=input_image)
     # Blocking Redis I/O off the event loop.
     record, created = await run_in_threadpool(_create, store, settings, principal, spec, entry.queue, data,
-                                              idempotency_key)
+                                              idempotency_key, png)
     response.headers["Location"] = f"/v1/videos/{record.id}"
     if not created:
         response.status_code = 200
@@ -108,9 +132,11 @@ async def create_video(
 
 
 def _create(store: JobStore, settings: Settings, principal: Principal, spec: JobSpec, queue: str,
-            data: dict[str, Any], idempotency_key: str | None) -> tuple[JobRecord, bool]:
+            data: dict[str, Any], idempotency_key: str | None, input_png: bytes | None = None,
+            ) -> tuple[JobRecord, bool]:
     """Create the job (after the caps), or return the one an earlier request with the same
-    Idempotency-Key created. Returns (record, created)."""
+    Idempotency-Key created. Returns (record, created). ``input_png``: the job's first frame, written beside
+    its MP4 before the job is queued (and removed again if the create fails)."""
     job_id = None
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
@@ -140,8 +166,13 @@ def _create(store: JobStore, settings: Settings, principal: Principal, spec: Job
         if total >= settings.max_queued_total:
             raise APIError(429, "queue_full", f"{total} jobs are queued (limit {settings.max_queued_total})",
                            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)})
+        if input_png is not None:
+            job_id = job_id or new_job_id()
+            store.save_input_image(job_id, input_png)
         return store.create(spec, queue, owner=principal.key_id, job_id=job_id), True
     except BaseException:
+        if input_png is not None and job_id is not None:
+            store.input_path(job_id).unlink(missing_ok=True)
         if idempotency_key is not None:
             store.release_idempotency_key(principal.key_id, idempotency_key)
         raise

@@ -112,3 +112,25 @@ def test_a_new_worker_takes_over_after_the_old_one_is_killed(api_server, start_w
     done = wait_until(api_server, waiting["id"], finished)
     assert done["status"] == "completed" and done["metrics"]["worker"] == second.name
     assert download_and_decode(api_server, waiting["id"])[:3] == (9, 64, 48)
+
+
+def test_image_to_video_job_over_http_uploads_its_first_frame_and_completes(api_server, start_worker):
+    from PIL import Image
+
+    frame = io.BytesIO()
+    Image.new("RGB", (160, 90), (200, 40, 40)).save(frame, format="PNG")
+    worker = start_worker(SVG2_MODEL="tiny-i2v")
+    worker.wait_for("idle")
+    response = httpx.post(f"{api_server.base_url}/v1/videos", timeout=10,
+                          data={"model": "tiny-i2v", "prompt": "a red wall", "size": "96x64", "num_frames": "5",
+                                "num_inference_steps": "2", "seed": "5"},
+                          files={"input_reference": ("wall.png", frame.getvalue(), "image/png")})
+    assert response.status_code == 201, response.text
+    video_id = response.json()["id"]
+    assert (api_server.output_dir / f"{video_id}.input.png").exists()
+    done = wait_until(api_server, video_id, finished)
+    assert done["status"] == "completed", done
+    assert download_and_decode(api_server, video_id) == (5, 96, 64, 8.0)
+    assert done["metrics"]["attention"] == "svg2" and done["metrics"]["model"] == "tiny-i2v"
+    httpx.delete(f"{api_server.base_url}/v1/videos/{video_id}", timeout=10)
+    assert not list(api_server.output_dir.glob(f"{video_id}*"))  # the MP4 and the first frame

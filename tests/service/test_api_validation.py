@@ -113,9 +113,12 @@ def test_malformed_bodies_are_rejected(client):
     assert_error(client.post("/v1/videos", content=body, headers={"content-type": ctype}), 400, "sparsity", "JSON")
 
 
-def test_file_uploads_are_refused_by_name(client):
-    resp = client.post("/v1/videos", data={"prompt": "x"}, files={"input_reference": ("a.png", b"\x89PNG", "image/png")})
-    assert_error(resp, 400, "input_reference", "file uploads")
+def test_file_uploads_other_than_input_reference_are_refused_by_name(client):
+    resp = client.post("/v1/videos", data={"prompt": "x"}, files={"image": ("a.png", b"\x89PNG", "image/png")})
+    assert_error(resp, 400, "image", "only input_reference")
+    resp = client.post("/v1/videos", data={"prompt": "x", "model": "tiny-i2v"},
+                       files={"input_reference": ("a.png", b"\x89PNG", "image/png")})
+    assert_error(resp, 400, "input_reference", "not a readable")
 
 
 def test_oversized_body_gets_413(client):

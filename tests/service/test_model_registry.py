@@ -84,7 +84,7 @@ def _bundled() -> dict:
         (lambda d: d["models"][0].update(default_preset="nope"), "default_preset"),
         (lambda d: d["models"][0]["defaults"].update(num_frames=10), "defaults.num_frames"),
         (lambda d: d["models"][0]["defaults"].update(width=1024), "defaults.size"),
-        (lambda d: d["models"][1].pop("path"), "needs a path"),
+        (lambda d: next(m for m in d["models"] if m["kind"] == "diffusers").pop("path"), "needs a path"),
         (lambda d: d["models"][0]["presets"].update(balanced={"top_p": 3}), "top_p"),
         (lambda d: d["models"][0].update(colour="red"), "colour"),
     ],

@@ -52,3 +52,19 @@ def test_model_without_weights_fails_with_a_clear_error(tmp_path, capsys, monkey
                  "--out", str(tmp_path / "x.mp4")])
     assert code == 3
     assert "cannot load WanPipeline" in capsys.readouterr().err
+
+
+def test_image_to_video_takes_its_first_frame_from_a_file(tmp_path, capsys):
+    from worker.images import synthetic_image
+
+    frame = tmp_path / "frame.webp"
+    synthetic_image(80, 60).save(frame, format="WEBP")
+    out = tmp_path / "boat.mp4"
+    common = ["generate", "--model", "tiny-i2v", "--prompt", "a boat", "--num-frames", "5", "--steps", "2"]
+    assert main([*common, "--image", str(frame), "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["frames"] == 5 and out.exists()
+    assert main([*common, "--out", str(tmp_path / "none.mp4")]) == 2
+    assert "input_reference: required" in capsys.readouterr().err
+    assert main([*common, "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path / "m.mp4")]) == 2
+    assert "input_reference: cannot read --image" in capsys.readouterr().err
+    assert not (tmp_path / "none.mp4").exists() and not (tmp_path / "m.mp4").exists()

@@ -184,3 +184,29 @@ def test_cold_shutdown_mid_job_marks_it_failed_and_stops_the_worker(store, runne
     record = store.get(job.id)
     assert record.status == "failed" and record.error.code == "worker_shutdown"
     assert not store.video_path(job.id).exists()
+
+
+def test_an_image_to_video_job_whose_stored_frame_is_gone_or_changed_fails_naming_the_field(store, registry):
+    """The first frame is read from the output directory and checked against the spec's digest."""
+    from worker.images import encode_png, synthetic_image
+    from worker.pipelines.loading import load_model
+    from worker.registry import build_job_spec
+
+    runner = JobRunner(store, load_model(registry.get("tiny-i2v")), "test-worker")
+    png, meta = encode_png(synthetic_image(64, 64))
+    spec, _ = build_job_spec(registry, model="tiny-i2v", prompt="x", num_frames=5, num_inference_steps=2,
+                             input_image=meta)
+
+    ok = store.create(spec, "tiny-i2v")
+    store.save_input_image(ok.id, png)
+    assert runner.run(ok.id) == "completed"
+
+    missing = store.create(spec, "tiny-i2v")
+    assert runner.run(missing.id) == "failed"
+    error = store.get(missing.id).error
+    assert error.code == "invalid_input" and error.message.startswith("input_reference: the job's image")
+
+    changed = store.create(spec, "tiny-i2v")
+    store.save_input_image(changed.id, encode_png(synthetic_image(64, 32))[0])
+    assert runner.run(changed.id) == "failed"
+    assert "does not match" in store.get(changed.id).error.message

@@ -147,3 +147,13 @@ def test_a_warm_up_job_runs_its_presets_kernels_with_two_cold_iterations(registr
     cold = presets[entry.default_preset].kmeans_iters_init
     assert cold > WARMUP_COLD_ITERS and max(seen) == WARMUP_COLD_ITERS  # the preset's count never ran
     assert set(seen) == {WARMUP_COLD_ITERS, presets[entry.default_preset].kmeans_iters} - {0}
+
+
+def test_an_image_to_video_model_warms_up_with_a_test_card_as_its_first_frame(registry):
+    from worker.pipelines.loading import load_model
+
+    model = load_model(registry.get("tiny-i2v"))
+    report = warm_up(registry, model, "all")
+    assert report.error is None
+    assert [j.budget for j in report.jobs] == ["dense", "quality", "balanced", "fast"]
+    assert all(j.sparse_calls > 0 for j in report.jobs[1:])

@@ -20,6 +20,7 @@ on CUDA, the torch reference on CPU); each job then opens its own ``svg2_session
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -160,12 +161,13 @@ def load_model(entry: ModelEntry, device: str | None = None) -> LoadedModel:
     dtype = _DTYPES[entry.dtype]
     call_kwargs: dict = {}
     if entry.kind == "tiny-wan":
-        pipe = build_tiny_pipeline()
+        pipe = build_tiny_pipeline(task=entry.task)
         call_kwargs["max_sequence_length"] = TINY_MAX_SEQUENCE_LENGTH
     elif entry.kind == "diffusers":
         pipe = _load_from_pretrained(entry, dtype)
     else:  # the registry's Literal makes this unreachable; keep the error explicit anyway
         raise ModelUnavailable(f"kind: unknown model kind {entry.kind!r}")
+    _check_task(entry, pipe)
     compile_mode, compile_backend = _compile_options(entry)  # a bad value fails before the weights load
     _apply_options(entry, pipe, call_kwargs)
     if entry.kind == "tiny-wan" and dtype != torch.float32:
@@ -187,6 +189,16 @@ def load_model(entry: ModelEntry, device: str | None = None) -> LoadedModel:
         svg2=integration,
         compile=compile_mode,
     )
+
+
+def _check_task(entry: ModelEntry, pipe: diffusers.DiffusionPipeline) -> None:
+    """An ``i2v`` entry's pipeline must take the first frame (``image``), a ``t2v`` entry's must not need one."""
+    image = inspect.signature(pipe.__call__).parameters.get("image")
+    if entry.task == "i2v" and image is None:
+        raise ModelUnavailable(f"model {entry.name!r}: task i2v but {type(pipe).__name__} takes no image; use an "
+                               "image-to-video pipeline class (WanImageToVideoPipeline)")
+    if entry.task == "t2v" and image is not None and image.default is inspect.Parameter.empty:
+        raise ModelUnavailable(f"model {entry.name!r}: {type(pipe).__name__} needs an input image; set task: i2v")
 
 
 def _compile_options(entry: ModelEntry) -> tuple[str, str]:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from svg2core.integration import find_svg2, svg2_session
+from worker.images import fit_to_size
 from worker.spec import JobSpec
 
 #: ``on_step(step, total_steps, step_seconds)``, ``step`` 1-based, called after every denoising step.
@@ -174,6 +175,7 @@ def generate(
     should_cancel: Callable[[], bool] | None = None,
     call_kwargs: dict | None = None,
     decode: bool = True,
+    image=None,
 ) -> GenerationResult:
     """Generate the clip of ``spec`` with ``pipe``.
 
@@ -187,6 +189,8 @@ def generate(
         call_kwargs: model-specific extra arguments of the pipeline call (e.g. ``max_sequence_length``).
         decode: False: stop at the denoised latents (the pipeline's ``output_type="latent"``), no VAE
             decode and no frames (the worker's start-up warm-up of its sparse presets).
+        image: image-to-video pipelines (those whose call takes ``image``): the first frame, a PIL image,
+            center-cropped and resized to the spec's size here (:func:`worker.images.fit_to_size`).
 
     Raises:
         InvalidJobInput: the spec's shape does not fit the model.
@@ -222,6 +226,12 @@ def generate(
         callback_on_step_end=on_step_end,
     )
     accepted = inspect.signature(pipe.__call__).parameters
+    if "image" in accepted:
+        if image is None:
+            raise InvalidJobInput(f"input_reference: required: model {spec.model!r} is image-to-video")
+        kwargs["image"] = fit_to_size(image.convert("RGB"), spec.width, spec.height)
+    elif image is not None:
+        raise InvalidJobInput(f"input_reference: model {spec.model!r} is text-to-video and takes no input image")
     if "negative_prompt" in accepted:
         kwargs["negative_prompt"] = spec.negative_prompt or None
     kwargs.update(call_kwargs or {})

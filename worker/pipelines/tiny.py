@@ -14,7 +14,13 @@ multiples of 16.
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from diffusers import (
+    AutoencoderKLWan,
+    FlowMatchEulerDiscreteScheduler,
+    WanImageToVideoPipeline,
+    WanPipeline,
+    WanTransformer3DModel,
+)
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
@@ -47,8 +53,14 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_tiny_pipeline(seed: int = TINY_WEIGHTS_SEED) -> WanPipeline:
-    """Build the tiny random Wan pipeline (float32, on CPU; move it with ``.to(device)``)."""
+def build_tiny_pipeline(seed: int = TINY_WEIGHTS_SEED, task: str = "t2v") -> WanPipeline | WanImageToVideoPipeline:
+    """Build the tiny random Wan pipeline (float32, on CPU; move it with ``.to(device)``).
+
+    ``task="i2v"``: a ``WanImageToVideoPipeline`` in Wan 2.2 I2V's layout (no CLIP image encoder): the first frame,
+    VAE-encoded, and its mask are concatenated to the noise latents, so the transformer takes ``2 z + 4`` input
+    channels (``z`` latent channels, 4 = the mask over the VAE's temporal factor)."""
+    if task not in ("t2v", "i2v"):
+        raise ValueError(f"task: must be 't2v' or 'i2v', got {task!r}")
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -80,7 +92,7 @@ def build_tiny_pipeline(seed: int = TINY_WEIGHTS_SEED) -> WanPipeline:
             patch_size=(1, 2, 2),
             num_attention_heads=2,
             attention_head_dim=64,  # svg2 needs head dim 64 or 128: the tiny model runs the sparse path
-            in_channels=_LATENT_CHANNELS,
+            in_channels=_LATENT_CHANNELS if task == "t2v" else 2 * _LATENT_CHANNELS + 4,
             out_channels=_LATENT_CHANNELS,
             text_dim=_TEXT_DIM,
             freq_dim=32,
@@ -89,9 +101,8 @@ def build_tiny_pipeline(seed: int = TINY_WEIGHTS_SEED) -> WanPipeline:
             rope_max_seq_len=64,
         )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    pipe = WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
-    )
+    cls = WanPipeline if task == "t2v" else WanImageToVideoPipeline
+    pipe = cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
     for module in (text_encoder, vae, transformer):
         module.eval().requires_grad_(False)
     return pipe
