@@ -181,7 +181,8 @@ class ModelPublic(BaseModel):
     owned_by: str = "svg2"
     description: str
     kind: str
-    task: str = Field(..., description="t2v: text-to-video; i2v: image-to-video (requests need input_reference).")
+    task: str = Field(..., description="t2v: text-to-video; i2v: image-to-video (requests need input_reference); "
+                      "ti2v: either (input_reference optional).")
     pipeline_class: str
     queue: str
     limits: dict[str, Any]

@@ -114,7 +114,7 @@ def generate_command(args: argparse.Namespace) -> int:
     with tqdm(total=spec.num_inference_steps, desc=f"{spec.model} {spec.size}x{spec.num_frames}",
               unit="step", file=sys.stderr) as bar:
         try:
-            result = generate(model.pipeline, spec, on_step=lambda step, total, seconds: bar.update(1),
+            result = generate(model.pipeline_for(image), spec, on_step=lambda step, total, seconds: bar.update(1),
                               call_kwargs=model.call_kwargs, image=image)
         except InvalidJobInput as exc:
             print(f"svg2: error: {exc}", file=sys.stderr)

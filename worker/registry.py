@@ -96,9 +96,11 @@ class ModelEntry(BaseModel):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     description: str = ""
     kind: Literal["tiny-wan", "diffusers"]
-    task: Literal["t2v", "i2v"] = Field(
+    task: Literal["t2v", "i2v", "ti2v"] = Field(
         "t2v", description="t2v: text-to-video, requests carry no image. i2v: image-to-video, every request carries "
-        "its first frame (input_reference); the pipeline class takes an image (WanImageToVideoPipeline).")
+        "its first frame (input_reference); the pipeline class takes an image (WanImageToVideoPipeline). ti2v: "
+        "either (Wan 2.2 TI2V 5B): the pipeline class is the text-to-video one, and a request with an image runs "
+        "the same weights through WanImageToVideoPipeline.")
     pipeline_class: str = "WanPipeline"
     path: str | None = Field(None, description="Local directory or HF cache id (diffusers kind).")
     device: str = "cuda"

@@ -88,7 +88,7 @@ class JobRunner:
                 )
             image = self._input_image(video_id, spec) if spec.input_image is not None else None
             result = generate(
-                self.model.pipeline,
+                self.model.pipeline_for(image),
                 spec,
                 image=image,
                 on_step=lambda step, total, seconds: self.store.set_progress(video_id, step, total, seconds),

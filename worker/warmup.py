@@ -23,7 +23,8 @@ Each job records which transformers ran (``WarmupJob.denoisers``); one that no j
 
 Every warm-up job runs through :func:`~worker.pipelines.run.generate`, the jobs' own path, with the
 model's defaults and a fixed prompt and seed (and, for an image-to-video model, a synthetic test card as the first
-frame, :func:`worker.images.synthetic_image`); nothing is written to the job store, the MP4 directory
+frame, :func:`worker.images.synthetic_image`; a ``ti2v`` model warms its text-to-video path, whose transformer calls
+its image jobs share); nothing is written to the job store, the MP4 directory
 or the job metrics, and every job resets svg2's per-job state as a real one does. The warm-up covers
 the default shape and the presets' modes only: another size or frame count compiles at its first job, and so does a
 ``fixed_density`` budget's selection variant (no preset uses it; ~2 s at Wan 14B on an H100,

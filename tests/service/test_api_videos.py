@@ -132,7 +132,7 @@ def test_models_lists_limits_presets_and_live_workers(client, store):
     assert models["object"] == "list"
     by_id = {m["id"]: m for m in models["data"]}
     assert set(by_id) == {"tiny", "tiny-i2v", "wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "hunyuanvideo", "wan2.2-t2v-a14b",
-                          "wan2.1-i2v-14b-720p", "wan2.2-i2v-a14b"}
+                          "wan2.1-i2v-14b-720p", "wan2.2-i2v-a14b", "wan2.2-ti2v-5b"}
     tiny = by_id["tiny"]
     assert tiny["limits"]["max_frames"] == 17 and tiny["defaults"]["num_frames"] == 9
     assert tiny["default_preset"] == "balanced" and set(tiny["presets"]) >= {"dense", "quality", "balanced", "fast"}

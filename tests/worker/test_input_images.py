@@ -178,3 +178,38 @@ def test_tiny_image_to_video_follows_its_first_frame(registry):
         _check_task(registry.get("tiny-i2v"), tiny.pipeline)
     with pytest.raises(ModelUnavailable, match="set task: i2v"):
         _check_task(registry.get("tiny"), model.pipeline)
+
+
+def test_a_ti2v_model_serves_text_and_image_jobs_from_one_copy_of_its_weights(registry):
+    """Wan 2.2 TI2V's layout (expand_timesteps, z input channels): without an image the WanPipeline runs, with one
+    the WanImageToVideoPipeline over the same modules; the image is optional in the registry's rules."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
+
+    from worker.pipelines.loading import ModelUnavailable, _check_task, load_model
+    from worker.pipelines.run import generate
+    from worker.registry import Registry
+
+    entry = registry.get("tiny").model_copy(update={"name": "tiny-ti2v", "task": "ti2v", "queue": "tiny-ti2v"})
+    reg = Registry(default_model="tiny", models=[*registry.models, entry])
+    model = load_model(entry)
+    assert isinstance(model.pipeline, WanPipeline) and isinstance(model.image_pipeline, WanImageToVideoPipeline)
+    assert model.image_pipeline.transformer is model.pipeline.transformer
+    assert model.image_pipeline.config.expand_timesteps and model.image_pipeline.vae is model.pipeline.vae
+    card = synthetic_image(64, 64)
+    common = dict(model="tiny-ti2v", prompt="a boat", seed=2, num_frames=5, num_inference_steps=2,
+                  sparsity={"preset": "balanced", "dense_warmup_steps": 0})
+    text_spec, _ = build_job_spec(reg, **common)
+    image_spec, _ = build_job_spec(reg, **common, input_image=encode_png(card)[1])
+
+    def run(spec, image):
+        return generate(model.pipeline_for(image), spec, call_kwargs=model.call_kwargs, image=image).frames
+
+    text = run(text_spec, None)
+    with_card = run(image_spec, card)
+    assert text.shape == with_card.shape == (5, 64, 64, 3)
+    assert not np.allclose(text, with_card, atol=1e-4)
+    assert not np.allclose(run(image_spec, card.rotate(90)), with_card, atol=1e-4)
+    assert np.array_equal(run(image_spec, card), with_card)
+    with pytest.raises(ModelUnavailable, match="task ti2v needs pipeline_class WanPipeline"):
+        _check_task(entry, load_model(registry.get("tiny-i2v")).pipeline)
+    assert registry.get("wan2.2-ti2v-5b").task == "ti2v" and registry.get("wan2.2-ti2v-5b").limits.size_multiple == 32

@@ -71,6 +71,13 @@ class LoadedModel:
     svg2: SVG2Integration | None = None
     #: ``regional``: the transformers' repeated blocks are torch.compiled (registry option ``compile``).
     compile: str = "none"
+    #: task ``ti2v``: the image-to-video pipeline over ``pipeline``'s modules (requests with an input image)
+    image_pipeline: diffusers.DiffusionPipeline | None = None
+
+    def pipeline_for(self, image) -> diffusers.DiffusionPipeline:
+        """The pipeline that runs a job with (``image`` not None) or without a first frame: a ``ti2v`` model's image
+        pipeline for the former, else the model's own (which refuses what its task does not take)."""
+        return self.image_pipeline if image is not None and self.image_pipeline is not None else self.pipeline
 
     @property
     def name(self) -> str:
@@ -179,6 +186,10 @@ def load_model(entry: ModelEntry, device: str | None = None) -> LoadedModel:
         compile_transformers(pipe, backend=compile_backend)
         log.info("model %s: transformer blocks compiled regionally (backend %s); the first job of each shape "
                  "pays the compilation", entry.name, compile_backend)
+    image_pipe = None
+    if entry.task == "ti2v":  # after svg2 and compilation: the twin shares the transformers as they now are
+        image_pipe = image_pipeline_for(pipe)
+        image_pipe.set_progress_bar_config(disable=True)
     return LoadedModel(
         entry=entry,
         pipeline=pipe,
@@ -188,17 +199,33 @@ def load_model(entry: ModelEntry, device: str | None = None) -> LoadedModel:
         call_kwargs=call_kwargs,
         svg2=integration,
         compile=compile_mode,
+        image_pipeline=image_pipe,
     )
 
 
 def _check_task(entry: ModelEntry, pipe: diffusers.DiffusionPipeline) -> None:
-    """An ``i2v`` entry's pipeline must take the first frame (``image``), a ``t2v`` entry's must not need one."""
+    """An ``i2v`` entry's pipeline must take the first frame (``image``); a ``t2v`` entry's must not need one; a
+    ``ti2v`` entry's is a ``WanPipeline`` (its image-to-video twin is built from it, :func:`image_pipeline_for`)."""
     image = inspect.signature(pipe.__call__).parameters.get("image")
     if entry.task == "i2v" and image is None:
         raise ModelUnavailable(f"model {entry.name!r}: task i2v but {type(pipe).__name__} takes no image; use an "
                                "image-to-video pipeline class (WanImageToVideoPipeline)")
     if entry.task == "t2v" and image is not None and image.default is inspect.Parameter.empty:
         raise ModelUnavailable(f"model {entry.name!r}: {type(pipe).__name__} needs an input image; set task: i2v")
+    if entry.task == "ti2v" and not isinstance(pipe, diffusers.WanPipeline):
+        raise ModelUnavailable(f"model {entry.name!r}: task ti2v needs pipeline_class WanPipeline (Wan 2.2 TI2V), "
+                               f"got {type(pipe).__name__}")
+
+
+def image_pipeline_for(pipe: diffusers.WanPipeline) -> diffusers.WanImageToVideoPipeline:
+    """The image-to-video pipeline over the same modules as a Wan 2.2 TI2V ``WanPipeline``, nothing copied: the same
+    transformers (with their svg2 processors and compiled blocks), text encoder, VAE and scheduler, and the same
+    ``boundary_ratio`` / ``expand_timesteps`` (with it, the first frame's latent tokens are clean and denoised at
+    timestep 0 while the rest follow the schedule)."""
+    return diffusers.WanImageToVideoPipeline(
+        tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder, vae=pipe.vae, scheduler=pipe.scheduler,
+        transformer=pipe.transformer, transformer_2=getattr(pipe, "transformer_2", None),
+        boundary_ratio=pipe.config.get("boundary_ratio"), expand_timesteps=bool(pipe.config.get("expand_timesteps")))
 
 
 def _compile_options(entry: ModelEntry) -> tuple[str, str]:

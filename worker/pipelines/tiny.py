@@ -58,9 +58,12 @@ def build_tiny_pipeline(seed: int = TINY_WEIGHTS_SEED, task: str = "t2v") -> Wan
 
     ``task="i2v"``: a ``WanImageToVideoPipeline`` in Wan 2.2 I2V's layout (no CLIP image encoder): the first frame,
     VAE-encoded, and its mask are concatenated to the noise latents, so the transformer takes ``2 z + 4`` input
-    channels (``z`` latent channels, 4 = the mask over the VAE's temporal factor)."""
-    if task not in ("t2v", "i2v"):
-        raise ValueError(f"task: must be 't2v' or 'i2v', got {task!r}")
+    channels (``z`` latent channels, 4 = the mask over the VAE's temporal factor). ``task="ti2v"``: Wan 2.2 TI2V 5B's
+    layout, a ``WanPipeline`` with ``expand_timesteps`` (a timestep per token: the first frame's tokens, when an
+    image is given, are clean) over a transformer of ``z`` input channels; its image-to-video twin is
+    :func:`worker.pipelines.loading.image_pipeline_for`."""
+    if task not in ("t2v", "i2v", "ti2v"):
+        raise ValueError(f"task: must be 't2v', 'i2v' or 'ti2v', got {task!r}")
     tokenizer = build_tiny_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -92,7 +95,7 @@ def build_tiny_pipeline(seed: int = TINY_WEIGHTS_SEED, task: str = "t2v") -> Wan
             patch_size=(1, 2, 2),
             num_attention_heads=2,
             attention_head_dim=64,  # svg2 needs head dim 64 or 128: the tiny model runs the sparse path
-            in_channels=_LATENT_CHANNELS if task == "t2v" else 2 * _LATENT_CHANNELS + 4,
+            in_channels=2 * _LATENT_CHANNELS + 4 if task == "i2v" else _LATENT_CHANNELS,
             out_channels=_LATENT_CHANNELS,
             text_dim=_TEXT_DIM,
             freq_dim=32,
@@ -101,8 +104,10 @@ def build_tiny_pipeline(seed: int = TINY_WEIGHTS_SEED, task: str = "t2v") -> Wan
             rope_max_seq_len=64,
         )
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
-    cls = WanPipeline if task == "t2v" else WanImageToVideoPipeline
-    pipe = cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer)
+    cls = WanImageToVideoPipeline if task == "i2v" else WanPipeline
+    pipe = cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer,
+               **({"expand_timesteps": True} if task == "ti2v" else {}))
     for module in (text_encoder, vae, transformer):
         module.eval().requires_grad_(False)
     return pipe
+
