@@ -221,6 +221,8 @@ for step in "$@"; do
       --budgets dense,fixed:0.15,fast > "$log" 2>&1 ;;
     generate14b_warm) python bench/bench_generate.py --out "$out/$step" --model wan2.1-t2v-14b --steps 4 \
       --warmup worker --budgets dense,fixed:0.25,fast > "$log" 2>&1 ;;
+    generate14b_warmup) python bench/bench_generate.py --out "$out/$step" --model wan2.1-t2v-14b --steps 2 \
+      --warmup worker --budgets dense > "$log" 2>&1 ;;
     generate_hunyuan) python bench/bench_generate.py --out "$out/$step" --model hunyuanvideo --steps 4 \
       --budgets dense,fixed:0.25 > "$log" 2>&1 ;;
     *) echo "unknown step: $step" > "$log"; false ;;
