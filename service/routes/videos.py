@@ -33,8 +33,8 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 QUEUE_FULL_RETRY_AFTER_S = 30
 
 _create_schema = VideoCreate.model_json_schema(ref_template="#/components/schemas/{model}")
-_INPUT_DOC = ("Image-to-video models (task i2v in GET /v1/models) only, and required there: the first frame, a PNG, "
-              "JPEG or WebP image, center-cropped to the video's aspect ratio and resized to its size.")
+_INPUT_DOC = ("The video's first frame, a PNG, JPEG or WebP image, center-cropped to the video's aspect ratio and resized "
+              "to its size: required by models of task i2v, optional for ti2v, refused by t2v (GET /v1/models).")
 
 
 def _with_input(schema: dict, prop: dict) -> dict:
@@ -46,7 +46,7 @@ _create_body = {
         "required": True,
         "content": {
             "application/json": {"schema": _with_input(_create_schema, {
-                "type": "string", "description": "", "pattern": "^data:image/(png|jpeg|webp);base64,"})},
+                "type": "string", "pattern": "^data:image/(png|jpeg|webp);base64,"})},
             "multipart/form-data": {"schema": _with_input(_create_schema, {"type": "string", "format": "binary"})},
         },
     }
