@@ -123,6 +123,8 @@ class VideoPublic(BaseModel):
     num_inference_steps: int
     guidance_scale: float
     sparsity: SparsitySettings
+    input_reference: InputImage | None = Field(
+        None, description="Image-to-video: the first frame as stored (its SHA-256, size and uploaded format).")
     cancel_requested: bool
     error: VideoErrorPublic | None
     metrics: dict[str, Any] = Field(..., description="queue_wait_seconds, run_seconds, step_seconds, ...")
@@ -151,6 +153,7 @@ class VideoPublic(BaseModel):
             num_inference_steps=s.num_inference_steps,
             guidance_scale=s.guidance_scale,
             sparsity=s.sparsity,
+            input_reference=s.input_image,
             cancel_requested=rec.cancel_requested,
             error=VideoErrorPublic(**rec.error.model_dump()) if rec.error else None,
             metrics=rec.metrics,

@@ -37,6 +37,8 @@ def test_multipart_upload_stores_the_first_frame_beside_the_job(client, api_sett
     assert spec.input_image.sha256 == hashlib.sha256(png).hexdigest()
     assert (spec.input_image.width, spec.input_image.height, spec.input_image.source_format) == (96, 64, "jpeg")
     assert Image.open(io.BytesIO(png)).format == "PNG"
+    assert video["input_reference"] == spec.input_image.model_dump()  # what the job got, shown on the video
+    assert client.post("/v1/videos", json={"prompt": "x"}).json()["input_reference"] is None
 
     deleted = client.delete(f"/v1/videos/{video['id']}").json()  # cancelled while queued: the image goes too
     assert deleted["status"] == "cancelled" and not store.input_path(video["id"]).exists()
