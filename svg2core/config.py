@@ -51,8 +51,8 @@ class SVG2Config:
             size rises by 1.5-2% at fixed density, at 4 by 5-7%, as much as one warm iteration less (v20), with
             the cold calls sampled too. A layer's cold first call runs on every token: at Wan 14B's size a sampled
             cold call had +5-10% error, and most of the 2% the warm steps lost was that start, fading over them
-            (docs/benchmarks/NOTES_sparse_attn.md v30). 1 by default (the public method); the ``fast`` preset
-            uses 2.
+            (docs/benchmarks/NOTES_sparse_attn.md v30); with it unsampled, s = 2 costs +0.3-0.9% (v31). 1 by default (the
+            public method); the ``balanced`` and ``fast`` presets use 2.
         query_tile_rebalance: ``0``: the query clusters are the k-means'. ``rho > 0``: after the query k-means, a
             cluster whose last 128-row query tile (or half tile) holds at most ``rho`` rows beyond the tile below gives
             them, by smallest distance margin, to the nearest clusters with room in their last tile, so that the

@@ -14,7 +14,6 @@ are printed as JSON on stdout.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -69,14 +68,14 @@ def generate_command(args: argparse.Namespace) -> int:
         if args.image is not None:
             from PIL import Image
 
-            from worker.images import FIELD, decode_input_image
+            from worker.images import FIELD, decode_input_image, load_stored_image
 
             try:
                 raw = args.image.read_bytes()
             except OSError as exc:
                 raise SpecError(FIELD, f"cannot read --image {str(args.image)!r}: {exc.strerror}") from None
             png, input_image = decode_input_image(raw, max_bytes=len(raw), max_pixels=Image.MAX_IMAGE_PIXELS)
-            image = Image.open(io.BytesIO(png))
+            image = load_stored_image(png, input_image)
         spec, entry = build_job_spec(
             registry,
             prompt=args.prompt,

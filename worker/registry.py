@@ -278,7 +278,7 @@ def build_job_spec(
     lim, dft = entry.limits, entry.defaults
     if entry.task == "t2v" and input_image is not None:
         raise SpecError("input_reference", f"model {entry.name!r} is text-to-video and takes no input image; "
-                                           "use an image-to-video model (GET /v1/models: task i2v)")
+                                           "use an image-to-video model (GET /v1/models: task i2v or ti2v)")
     if entry.task == "i2v" and input_image is None:
         raise SpecError("input_reference", f"required: model {entry.name!r} is image-to-video; send the first "
                                            "frame as input_reference (a PNG, JPEG or WebP image)")

@@ -110,4 +110,3 @@ def build_tiny_pipeline(seed: int = TINY_WEIGHTS_SEED, task: str = "t2v") -> Wan
     for module in (text_encoder, vae, transformer):
         module.eval().requires_grad_(False)
     return pipe
-
