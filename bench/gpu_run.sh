@@ -71,6 +71,8 @@
 #                                                       # trajectory at Wan 14B's size (300 / 1000); subsample_trajectory:
 #                                                       # at 480p's (200 / 1000, `balanced`'s clusters there; 8 steps).
 #                                                       # Since session 29 the cold call runs on every token
+#   bash bench/gpu_run.sh OUT selectoverlap             # the selection beside the V projection's GEMM on another stream,
+#                                                       # against one after the other (probe_select_overlap.py, CUDA graphs)
 #   bash bench/gpu_run.sh OUT w480 w480_rebalance       # the Wan 1.3B 480p step without, then with rebalancing (rho = 16)
 #   bash bench/gpu_run.sh OUT subsample subsample_trajectory   # the selection with the k-means' first iterations on
 #                                                       # a token sample (kmeans_subsample 1 / 2 / 4), timed
@@ -209,6 +211,7 @@ for step in "$@"; do
     tiles_nosel) python bench/probes/probe_assign_tiles.py --no-selection --out "$out/$step" > "$log" 2>&1 ;;
     keyhalves) python bench/probes/probe_key_halves.py --out "$out/$step" > "$log" 2>&1 ;;
     keyrotation) python bench/probes/probe_key_rotation.py --out "$out/$step" > "$log" 2>&1 ;;
+    selectoverlap) python bench/probes/probe_select_overlap.py --shapes wan14b,w480,hunyuan --out "$out/$step" > "$log" 2>&1 ;;
     stepkeyorder) python bench/probes/probe_step_key_order.py --out "$out/$step" > "$log" 2>&1 ;;
     candidates) python bench/probes/probe_candidates_gpu.py --out "$out/$step" > "$log" 2>&1 ;;
     serpentine) python bench/probes/probe_serpentine.py --out "$out/$step" > "$log" 2>&1 ;;

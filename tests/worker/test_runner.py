@@ -210,3 +210,31 @@ def test_an_image_to_video_job_whose_stored_frame_is_gone_or_changed_fails_namin
     store.save_input_image(changed.id, encode_png(synthetic_image(64, 32))[0])
     assert runner.run(changed.id) == "failed"
     assert "does not match" in store.get(changed.id).error.message
+
+
+def test_an_image_to_video_job_cancelled_just_after_it_started_ends_cancelled_not_failed(store, registry,
+                                                                                         monkeypatch):
+    """DELETE between the worker's start and its read of the stored frame: the request deleted the image, and the
+    job ends ``cancelled`` (the user's doing), not ``failed`` with a missing-file error."""
+    from worker.images import encode_png, synthetic_image
+    from worker.pipelines.loading import load_model
+    from worker.registry import build_job_spec
+
+    runner = JobRunner(store, load_model(registry.get("tiny-i2v")), "test-worker")
+    png, meta = encode_png(synthetic_image(64, 64))
+    spec, _ = build_job_spec(registry, model="tiny-i2v", prompt="x", num_frames=5, num_inference_steps=2,
+                             input_image=meta)
+    job = store.create(spec, "tiny-i2v")
+    store.save_input_image(job.id, png)
+    started = store.mark_started
+
+    def start_then_delete(job_id, worker_name):  # the API's DELETE lands right after the worker took the job
+        record = started(job_id, worker_name)
+        assert store.request_cancel(job_id).status == "in_progress"
+        return record
+
+    monkeypatch.setattr(store, "mark_started", start_then_delete)
+    assert runner.run(job.id) == "cancelled"
+    record = store.get(job.id)
+    assert record.status == "cancelled" and record.error is None
+    assert not store.input_path(job.id).exists() and not store.video_path(job.id).exists()
