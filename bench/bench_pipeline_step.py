@@ -447,14 +447,15 @@ def sparse_config(density: float, spec: dict, **fields) -> SVG2Config:
 
 def bench_model(name: str, spec: dict, device, dtype, densities, reps: int, vae_480p: float | None,
                 sdpa_ctx, compile_backend: str | None = None, packed_text: bool = True, fields: dict | None = None,
-                cuda_graph: bool = False) -> dict:
+                cuda_graph: bool = False, value_beside_selection: bool = False) -> dict:
     """Dense and sparse steps of one model; ``compile_backend``: regional torch.compile (None: eager); ``fields``:
     SVG2Config settings of the sparse steps besides :func:`sparse_config`'s;
-    ``cuda_graph``: also each step captured whole in a CUDA graph and replayed (:func:`graph_steps`)."""
+    ``cuda_graph``: also each step captured whole in a CUDA graph and replayed (:func:`graph_steps`);
+    ``value_beside_selection``: ``apply_svg2``'s option (the sparse calls make the values beside their k-means)."""
     fields = fields or {}
     t0 = time.perf_counter()
     model, kwargs, layers, real_layers = build(spec, device, dtype, packed_text)
-    apply_svg2(model, estimate_savings=device.type == "cuda")
+    apply_svg2(model, estimate_savings=device.type == "cuda", value_beside_selection=value_beside_selection)
     res: dict = {"model": name, "layers": layers, "real_layers": real_layers, "latent": spec["latent"],
                  "text_tokens": kwargs["encoder_hidden_states"].shape[1], "cfg_passes": spec["passes"],
                  "text_mask": "packed, no mask" if spec["kind"] == "hunyuan" and packed_text else
@@ -614,6 +615,9 @@ def write_markdown(path: str, results: dict) -> None:
                 if results.get("query_tile_rebalance") else "")
              + (" Query-tail union: `query_tail_union=True` (the sparse steps' densities include its extra pairs)."
                 if results.get("query_tail_union") else "")
+             + (" Values made beside the selection: `apply_svg2(value_beside_selection=True)` (the value projection "
+                "runs inside each sparse call, beside its k-means chains)." if results.get("value_beside_selection")
+                else "")
              + (f" k-means iterations but the last on a token sample: `kmeans_subsample={results['kmeans_subsample']}`."
                 if results.get("kmeans_subsample", 1) > 1 else ""),
              "",
@@ -766,6 +770,9 @@ def main() -> int:
     parser.add_argument("--kmeans-subsample", type=int, default=1, metavar="S",
                         help="the sparse steps' SVG2Config.kmeans_subsample (1: every token in every iteration, the "
                              "default)")
+    parser.add_argument("--value-beside-selection", action="store_true",
+                        help="apply_svg2(value_beside_selection=True): each sparse call makes its values (the value "
+                             "projection) on the caller's stream beside its k-means chains")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="also capture each step (dense, sparse) whole in a CUDA graph and time its replays: "
                              "what the host's launches cost the step")
@@ -797,7 +804,7 @@ def main() -> int:
     results = {"card": card, "torch": torch.__version__, "dtype": str(dtype), "models": [], "skipped": [],
                "settings": settings, "kmeans_candidates": args.kmeans_candidates,
                "query_tile_rebalance": args.query_tile_rebalance, "kmeans_subsample": args.kmeans_subsample,
-               "query_tail_union": args.query_tail_union,
+               "query_tail_union": args.query_tail_union, "value_beside_selection": args.value_beside_selection,
                "execution": (f"regional torch.compile ({compile_backend}, default mode) of the blocks, dense and "
                              "sparse alike" if compile_backend else "eager"),
                "hunyuan_text": ("padded prompt, masked attention call (stock)" if args.padded_text else
@@ -809,7 +816,8 @@ def main() -> int:
                                                               else "")
                         + (f"_r{args.query_tile_rebalance}" if args.query_tile_rebalance else "")
                         + (f"_s{args.kmeans_subsample}" if args.kmeans_subsample > 1 else "")
-                        + ("_tu" if args.query_tail_union else ""))
+                        + ("_tu" if args.query_tail_union else "")
+                        + ("_vbs" if args.value_beside_selection else ""))
     for name, spec in models.items():
         if time.perf_counter() - start > args.time_budget_s:
             results["skipped"].append(name)
@@ -817,7 +825,8 @@ def main() -> int:
         results["models"].append(bench_model(name, spec, device, dtype, densities, args.reps, vae, sdpa_ctx,
                                              compile_backend, packed_text=not args.padded_text,
                                              fields=config_fields(args),
-                                             cuda_graph=args.cuda_graph))
+                                             cuda_graph=args.cuda_graph,
+                                             value_beside_selection=args.value_beside_selection))
         results["elapsed_seconds"] = round(time.perf_counter() - start, 1)
         with open(stem + ".json", "w") as fh:
             json.dump(results, fh, indent=1)

@@ -72,7 +72,10 @@
 #                                                       # at 480p's (200 / 1000, `balanced`'s clusters there; 8 steps).
 #                                                       # Since session 29 the cold call runs on every token
 #   bash bench/gpu_run.sh OUT selectoverlap             # the selection beside the V projection's GEMM on another stream,
-#                                                       # against one after the other (probe_select_overlap.py, CUDA graphs)
+#                                                       # against one after the other (probe_select_overlap.py, CUDA graphs);
+#                                                       # wan14b_s2_tu_vbs / w480_s2_vbs: the steps with
+#                                                       # apply_svg2(value_beside_selection=True), beside wan14b_s2_tu /
+#                                                       # w480_s2
 #   bash bench/gpu_run.sh OUT w480 w480_rebalance       # the Wan 1.3B 480p step without, then with rebalancing (rho = 16)
 #   bash bench/gpu_run.sh OUT subsample subsample_trajectory   # the selection with the k-means' first iterations on
 #                                                       # a token sample (kmeans_subsample 1 / 2 / 4), timed
@@ -170,6 +173,10 @@ for step in "$@"; do
     tailstage) python bench/probes/probe_tail_stage.py --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_s2_tu) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --kmeans-subsample 2 --query-tail-union --out "$out/$step" > "$log" 2>&1 ;;
+    wan14b_s2_tu_vbs) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
+      --kmeans-subsample 2 --query-tail-union --value-beside-selection --out "$out/$step" > "$log" 2>&1 ;;
+    w480_s2_vbs) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \
+      --kmeans-subsample 2 --value-beside-selection --out "$out/$step" > "$log" 2>&1 ;;
     wan14b_s2_tu_c16) python bench/bench_pipeline_step.py --compile --models wan2.1-14b-720p --densities 0.25 \
       --kmeans-subsample 2 --query-tail-union --kmeans-candidates 16 --out "$out/$step" > "$log" 2>&1 ;;
     w480_tu) python bench/bench_pipeline_step.py --compile --models wan2.1-1.3b-480p --densities 0.15,0.25 \

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -54,7 +55,7 @@ REBALANCE_BLOCK = 128
 def svg2_attention(
     q: torch.Tensor,
     k: torch.Tensor,
-    v: torch.Tensor,
+    v: torch.Tensor | Callable[[], torch.Tensor],
     config: SVG2Config,
     state: LayerState,
     *,
@@ -101,12 +102,14 @@ def svg2_attention(
         >>> state, ws = LayerState(), Workspace()
         >>> out, density = svg2_attention(q, k, v, cfg, state, branch=0, workspace=ws)
     """
+    value_fn = None if isinstance(v, torch.Tensor) or not callable(v) else v
     _validate(q, k, v, config, state, branch, workspace, num_dense_tokens, key_padding_mask, backend, scale)
     b, h, n, d = q.shape
     t = num_dense_tokens
     nv = n - t
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     if config.mode == "dense":
+        v = value_of(v, q)
         return dense_attention(q, k, v, t, key_padding_mask, scale), torch.ones(b, h, device=q.device)
     ws = Workspace() if workspace is None else workspace
     # More clusters than video tokens would only add empty clusters: clamp (static shapes, no sync).
@@ -134,7 +137,8 @@ def svg2_attention(
     # 1-3. k-means of queries and keys (video tokens only, in place on those centroids), cluster scoring and
     # selection, K and V gathered into cluster-contiguous order.
     plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend, candidates=candidates,
-                              subsample=subsample)
+                              subsample=subsample, value_check=q if value_fn is not None else None)
+    v = plan.v  # made by ``value_fn`` beside the k-means
     sel_idx, sel_count, sel_cum = plan.sel_idx, plan.sel_count, plan.sel_cum
     density = selection_density(plan.q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask, backend)
 
@@ -179,12 +183,15 @@ class Plan(NamedTuple):
     sel_cum: torch.Tensor
     kp: torch.Tensor
     vp: torch.Tensor
+    #: the full ``(B, H, N, D)`` values the gather read (made by the callable, when ``v`` was one)
+    v: torch.Tensor | None = None
 
 
-def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Tensor, q_cent: torch.Tensor,
-                       k_cent: torch.Tensor, iters: int, config: SVG2Config, ws: Workspace, backend: str = "triton",
-                       concurrent: bool = True, candidates: int | None = None,
-                       sweep: tuple[int, int] | None = None, subsample: int | None = None) -> Plan:
+def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Tensor | Callable[[], torch.Tensor],
+                       q_cent: torch.Tensor, k_cent: torch.Tensor, iters: int, config: SVG2Config, ws: Workspace,
+                       backend: str = "triton", concurrent: bool = True, candidates: int | None = None,
+                       sweep: tuple[int, int] | None = None, subsample: int | None = None,
+                       value_check: torch.Tensor | None = None) -> Plan:
     """Stages 1-3 of a call: k-means of the video queries and keys (``iters`` iterations, in place on the
     ``(B*H, C, D)`` fp32 centroids), cluster scoring and selection, and the gather of K and V into
     cluster-contiguous order (``v``: the full ``(B, H, N, D)`` values; its first ``Nv`` tokens are gathered).
@@ -197,7 +204,11 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     copies V only. ``candidates``: the k-means' warm assigns over candidate lists (``batched_kmeans``); None:
     ``config.kmeans_candidates`` (``svg2_attention`` passes 0 for a layer's cold first call). ``subsample``: the
     k-means' token sample (``batched_kmeans``); None: ``config.kmeans_subsample`` (``svg2_attention`` passes 1 for a
-    cold call). ``sweep``: the
+    cold call). ``v`` may be a callable that returns the values: it is called once on the caller's stream after
+    both k-means chains are queued, and on CUDA (Triton, ``concurrent``) the key chain then also runs on a side
+    stream, so that whatever makes the values (the layer's value projection, a GEMM) runs beside the two chains; the
+    gather waits for it. ``value_check``: the queries, against which the returned values are checked (shape, dtype,
+    device, layout, as ``svg2_attention`` checks a tensor). ``sweep``: the
     selection's key sweep, ``(period, block_m)`` (``KeySweep``: the attention kernel's programs in flight, 0 = none,
     and its query rows a program); None: the default kernel's (``key_sweep_layout``) with the Triton backend and
     :data:`KEY_SWEEP`, else none.
@@ -215,12 +226,16 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
             sweep = key_sweep_layout(dev, q_video.dtype, q_video.shape[-1], nv)
     sweep_period, sweep_block_m = sweep
     fuse_keys = FUSE_KEY_GATHER and backend == "triton" and iters >= 1
-    side = main = None
+    value_fn = None if isinstance(v, torch.Tensor) else v
+    side = main = key_side = None
     if concurrent and backend == "triton" and q_video.is_cuda:
         main = torch.cuda.current_stream(dev)
         # from torch's stream pools (one per priority): no stream is created per call
         side = torch.cuda.Stream(dev)
         side.wait_stream(main)  # the side stream sees everything queued before this call
+        if value_fn is not None:  # the key chain leaves the caller's stream to the values' maker
+            key_side = torch.cuda.Stream(dev)
+            key_side.wait_stream(main)
 
     def on(stream):
         return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
@@ -249,11 +264,16 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     # 480p 0.680 ms either way, Wan 14B 7.02-7.73 against 6.99 (docs/benchmarks/probe_timeline_h100_s14.md).
     with on(side):
         q_labels, q_perm, q_offsets, q_sizes = query_chain()
-    k_labels, k_perm, k_offsets, k_sizes = key_chain()
-    scoring, gathering = main, side
+    with on(key_side):
+        k_labels, k_perm, k_offsets, k_sizes = key_chain()
+    if value_fn is not None:  # on the caller's stream, beside both chains
+        v = value_of(value_fn, value_check)
+    scoring, gathering = key_side or main, side
     if side is not None:
-        main.wait_stream(side)  # the scoring reads both chains' centroids, the gather the key permutation
-        side.wait_stream(main)
+        scoring.wait_stream(side)  # the scoring reads both chains' centroids, the gather the key permutation
+        side.wait_stream(scoring)
+        if key_side is not None:
+            side.wait_stream(main)  # and the values
     with on(gathering):  # the V (and K) gather, memory-bound, beside the scoring and selection
         kp, vp = gather_kv(k_video, v[:, :, :nv], k_perm, ws, backend, gather_k=not fuse_keys,
                            reverse_heads=SERPENTINE_HEADS)
@@ -274,8 +294,10 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
                 backend, max_keys=cap, sweep=(sweep_period, sweep_block_m) if sweep_period else None)
     if side is not None:
         main.wait_stream(side)  # the caller's stream sees everything
+        if key_side is not None:
+            main.wait_stream(key_side)
     return Plan(q_labels, q_perm, q_offsets, q_sizes, k_labels, k_perm, k_offsets, k_sizes,
-                sel_idx, sel_count, sel_cum, kp, vp)
+                sel_idx, sel_count, sel_cum, kp, vp, v)
 
 
 def masked_dense_attention_reference(
@@ -309,26 +331,47 @@ def masked_dense_attention_reference(
     return out
 
 
+def value_of(v, q: torch.Tensor | None) -> torch.Tensor:
+    """``v``, or what the callable ``v`` returns, checked as a ``v`` tensor is (against the queries ``q``, if
+    given)."""
+    if not isinstance(v, torch.Tensor):
+        v = v()
+        _check_tensor("v", v, None)
+        if q is not None:
+            _check_like("v", v, q)
+    return v
+
+
+def _check_tensor(name: str, x, backend: str | None) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: must have shape (batch, heads, tokens, head_dim), got {tuple(x.shape)}")
+    if x.dtype not in _DTYPES and not (backend in ("reference", None) and x.dtype == torch.float32):
+        raise ValueError(f"{name}: dtype must be bfloat16 or float16 (float32 also with backend "
+                         f"'reference'), got {x.dtype}")
+    if x.shape[-1] not in _HEAD_DIMS:
+        raise ValueError(f"{name}: head_dim must be 64 or 128, got {x.shape[-1]}")
+    if x.stride(-1) != 1:
+        raise ValueError(f"{name}: the head_dim axis must be contiguous (stride 1), got stride {x.stride(-1)}")
+
+
+def _check_like(name: str, x: torch.Tensor, q: torch.Tensor) -> None:
+    if x.shape != q.shape:
+        raise ValueError(f"{name}: shape must equal q's {tuple(q.shape)}, got {tuple(x.shape)}")
+    if x.dtype != q.dtype:
+        raise ValueError(f"{name}: dtype must equal q's {q.dtype}, got {x.dtype}")
+    if x.device != q.device:
+        raise ValueError(f"{name}: device must equal q's {q.device}, got {x.device}")
+
+
 def _validate(q, k, v, config, state, branch, workspace, num_dense_tokens, key_padding_mask, backend, scale) -> None:
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name}: must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"{name}: must have shape (batch, heads, tokens, head_dim), got {tuple(x.shape)}")
-        if x.dtype not in _DTYPES and not (backend == "reference" and x.dtype == torch.float32):
-            raise ValueError(f"{name}: dtype must be bfloat16 or float16 (float32 also with backend "
-                             f"'reference'), got {x.dtype}")
-        if x.shape[-1] not in _HEAD_DIMS:
-            raise ValueError(f"{name}: head_dim must be 64 or 128, got {x.shape[-1]}")
-        if x.stride(-1) != 1:
-            raise ValueError(f"{name}: the head_dim axis must be contiguous (stride 1), got stride {x.stride(-1)}")
-    for name, x in (("k", k), ("v", v)):
-        if x.shape != q.shape:
-            raise ValueError(f"{name}: shape must equal q's {tuple(q.shape)}, got {tuple(x.shape)}")
-        if x.dtype != q.dtype:
-            raise ValueError(f"{name}: dtype must equal q's {q.dtype}, got {x.dtype}")
-        if x.device != q.device:
-            raise ValueError(f"{name}: device must equal q's {q.device}, got {x.device}")
+    """``v`` may be a callable (checked by :func:`value_of` once called)."""
+    value_later = not isinstance(v, torch.Tensor) and callable(v)
+    for name, x in (("q", q), ("k", k)) + ((("v", v),) if not value_later else ()):
+        _check_tensor(name, x, backend)
+    for name, x in (("k", k),) + ((("v", v),) if not value_later else ()):
+        _check_like(name, x, q)
     if not isinstance(config, SVG2Config):
         raise ValueError(f"config: must be an SVG2Config, got {type(config).__name__}")
     if not isinstance(state, LayerState):

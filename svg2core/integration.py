@@ -34,7 +34,7 @@ import torch
 
 from .config import SVG2Config
 from .processors.accounting import AttentionAccounting, DenseAttentionCalibration, shape_key
-from .processors.common import ROUTER_ATTR, SVG2Router, dense_attention
+from .processors.common import ROUTER_ATTR, SVG2Router, ValueMaker, dense_attention, made
 from .processors.hunyuan import is_hunyuan_video_transformer, make_hunyuan_processors
 from .processors.wan import is_wan_transformer, make_wan_processors
 from .state import LayerState, Workspace
@@ -190,13 +190,15 @@ class SVG2Session:
         current = self._current
         if current is None or current.router is not router:
             # Called outside a tracked transformer forward (e.g. a block run on its own): stock dense.
-            return dense_attention(query, key, value, attn_mask, backend, parallel_config)
+            return dense_attention(query, key, made(value), attn_mask, backend, parallel_config)
         current.record.calls += 1
         if self.text_mask_all_valid:
             # Every key is valid (the caller's per-job guarantee): no mask, SDPA's unmasked fast path.
             attn_mask = key_padding_mask = None
         skey = shape_key(query)
         reason = self.dense_reason(layer, current.step)
+        if reason is not None:
+            value = made(value)  # before the timer: the dense time is the attention's alone
         timer = self.accounting.start_timer(query.device, self.timing)
         if reason is not None:
             out = dense_attention(query, key, value, attn_mask, backend, parallel_config)
@@ -205,11 +207,11 @@ class SVG2Session:
         if parallel_config is not None:
             raise NotImplementedError("svg2: context-parallel attention is not supported; disable parallelism")
         out, density = self._sparse(router, layer, current.branch, query, key, value,
-                                    num_dense_tokens, key_padding_mask)
+                                    num_dense_tokens, key_padding_mask, timer)
         self.accounting.record_sparse(skey, density, num_dense_tokens, key_padding_mask, timer)
         return out
 
-    def _sparse(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask):
+    def _sparse(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask, timer):
         from .attention import svg2_attention  # svg2core.attention imports the kernels lazily
 
         state = self.layer_states.get((router.tag, layer))
@@ -218,9 +220,17 @@ class SVG2Session:
         backend = self.integration.backend
         if backend == "auto":
             backend = "triton" if query.is_cuda else "reference"
+        if isinstance(value, ValueMaker):
+            maker = value
+
+            def v():  # made inside the call, beside its k-means; its span is not the attention's time
+                with timer.exclude() if timer is not None else contextlib.nullcontext():
+                    return maker().transpose(1, 2)
+        else:
+            v = value.transpose(1, 2)
         # (B, N, H, D) -> (B, H, N, D) views; svg2 returns (B, H, N, D)
         out, density = svg2_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), self.plan.config, state,
+            query.transpose(1, 2), key.transpose(1, 2), v, self.plan.config, state,
             branch=branch, workspace=self.integration.workspace, num_dense_tokens=num_dense_tokens,
             key_padding_mask=key_padding_mask, backend=backend,
         )
@@ -258,10 +268,14 @@ class SVG2Session:
 class SVG2Integration:
     """The svg2 processors installed on a pipeline's transformers; returned by :func:`apply_svg2`."""
 
-    def __init__(self, backend: str, estimate_savings: bool, default_plan: SparsityPlan | None = None) -> None:
+    def __init__(self, backend: str, estimate_savings: bool, default_plan: SparsityPlan | None = None,
+                 value_beside_selection: bool = False) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if not isinstance(value_beside_selection, bool):
+            raise ValueError(f"value_beside_selection: must be a bool, got {value_beside_selection!r}")
         self.backend = backend
+        self.value_beside_selection = value_beside_selection
         self.default_plan = default_plan
         self.estimate_savings = estimate_savings
         # The probe times the processors' own dense call (diffusers' dispatch, (B, N, H, D)), no mask.
@@ -290,6 +304,7 @@ class SVG2Integration:
                             "(supported: WanTransformer3DModel, HunyuanVideoTransformer3DModel)")
         router = SVG2Router(transformer, tag, num_layers=0)
         router.integration = self
+        router.value_beside_selection = self.value_beside_selection
         pairs = make(transformer, router)
         if not pairs:
             raise ValueError(f"{tag}: no self-attention layer to route")
@@ -371,7 +386,7 @@ def find_svg2(target) -> SVG2Integration | None:
 
 
 def apply_svg2(target, default_budget=None, *, backend: str = "auto",
-               estimate_savings: bool = True) -> SVG2Integration:
+               estimate_savings: bool = True, value_beside_selection: bool = False) -> SVG2Integration:
     """Route the self-attention of every supported transformer of ``target`` through svg2.
 
     Args:
@@ -382,6 +397,11 @@ def apply_svg2(target, default_budget=None, *, backend: str = "auto",
         backend: ``"triton"``, ``"reference"`` (plain torch, CPU) or ``"auto"`` (triton on CUDA tensors).
         estimate_savings: calibrate dense SDPA time per call shape (GPU only, once per shape) to
             report the estimated attention time saved.
+        value_beside_selection: the processors hand each call their value projection instead of its result,
+            and a sparse call runs it on the caller's stream while its two k-means chains run on side streams
+            (``svg2_attention`` with a callable ``v``); dense calls are unchanged. The output is the same; whether it
+            is faster is the GPU's to say (docs/benchmarks/NOTES_sparse_attn.md v32). Off by default. The sparse
+            calls' measured attention time leaves the projection's span out.
 
     Returns:
         The installed :class:`SVG2Integration`. Budgets take effect per job through
@@ -391,7 +411,8 @@ def apply_svg2(target, default_budget=None, *, backend: str = "auto",
     torch module hooks and processor objects, which neither re-wraps nor removes.
     """
     integration = SVG2Integration(backend, estimate_savings,
-                                  as_plan(default_budget) if default_budget is not None else None)
+                                  as_plan(default_budget) if default_budget is not None else None,
+                                  value_beside_selection=value_beside_selection)
     try:
         for tag, transformer in _transformers(target):
             integration._install(tag, transformer)

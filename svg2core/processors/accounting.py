@@ -13,6 +13,7 @@ a job whose shapes never ran dense has no estimate (``None``).
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections import defaultdict, deque
@@ -44,12 +45,15 @@ def attention_flops(key: ShapeKey) -> float:
 
 
 class _Timer:
-    """Measures one span of device work without synchronising: two CUDA events, or wall-clock on CPU."""
+    """Measures one span of device work without synchronising: two CUDA events, or wall-clock on CPU. An
+    inner span marked with :meth:`exclude` (the value projection a sparse call runs inside, beside its k-means) is
+    not counted."""
 
-    __slots__ = ("start", "end", "seconds")
+    __slots__ = ("start", "end", "seconds", "_excluded")
 
     def __init__(self, device: torch.device) -> None:
         self.seconds: float | None = None
+        self._excluded: list = []  # (start, end) pairs of events, or seconds on CPU
         if device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
             self.start = torch.cuda.Event(enable_timing=True)
             self.end = torch.cuda.Event(enable_timing=True)
@@ -60,17 +64,34 @@ class _Timer:
         else:  # capturing a CUDA graph, or an unsupported device: no timing
             self.start = self.end = None
 
+    @contextlib.contextmanager
+    def exclude(self):
+        """Leave the work queued inside this block on the current stream out of the span."""
+        if isinstance(self.start, float):
+            t0 = time.perf_counter()
+            yield
+            self._excluded.append(time.perf_counter() - t0)
+        elif self.start is not None:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            yield
+            b.record()
+            self._excluded.append((a, b))
+        else:
+            yield
+
     def stop(self) -> None:
         if isinstance(self.start, float):
-            self.seconds = time.perf_counter() - self.start
+            self.seconds = time.perf_counter() - self.start - sum(self._excluded)
         elif self.start is not None:
             self.end.record()
 
     def read(self) -> float | None:
-        """Seconds of the span (synchronises with the end event on CUDA)."""
+        """Seconds of the span less its excluded parts (synchronises with the end event on CUDA)."""
         if self.seconds is None and self.end is not None:
             self.end.synchronize()
-            self.seconds = self.start.elapsed_time(self.end) / 1000.0
+            excluded = sum(a.elapsed_time(b) for a, b in self._excluded)
+            self.seconds = (self.start.elapsed_time(self.end) - excluded) / 1000.0
         return self.seconds
 
 

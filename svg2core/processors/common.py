@@ -19,6 +19,7 @@ Steps and CFG branches are learnt without touching the model's forward:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -41,8 +42,32 @@ class ActiveSession(Protocol):
     def end_forward(self, router: SVG2Router) -> None: ...
 
     def attend(self, router: SVG2Router, layer: int, query: torch.Tensor, key: torch.Tensor,
-               value: torch.Tensor, attn_mask: torch.Tensor | None, backend, parallel_config,
+               value: ValueSource, attn_mask: torch.Tensor | None, backend, parallel_config,
                num_dense_tokens: int, key_padding_mask: torch.Tensor | None) -> torch.Tensor: ...
+
+
+class ValueMaker:
+    """The values of a call not made yet: ``fn(*args)`` returns them, ``(B, N, H, D)``. A processor passes one
+    instead of the tensor when its router has ``value_beside_selection``: a sparse call then makes the values (the
+    layer's value projection) on the caller's stream after queueing its k-means on side streams, so that the two run
+    side by side; a dense call makes them first."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Callable[..., torch.Tensor], *args) -> None:
+        self.fn = fn
+        self.args = args
+
+    def __call__(self) -> torch.Tensor:
+        return self.fn(*self.args)
+
+
+ValueSource = torch.Tensor | ValueMaker
+
+
+def made(value: ValueSource) -> torch.Tensor:
+    """The values: ``value`` itself, or what its maker returns."""
+    return value() if isinstance(value, ValueMaker) else value
 
 
 def dense_attention(query, key, value, attn_mask, backend, parallel_config) -> torch.Tensor:
@@ -93,6 +118,8 @@ class SVG2Router:
         self.num_layers = num_layers
         self.session: ActiveSession | None = None
         self.integration = None  # the SVG2Integration that installed this router (set by it)
+        #: processors pass a :class:`ValueMaker` instead of the values (set by the integration, fixed while installed)
+        self.value_beside_selection = False
         self.probe: CacheContextProbe | None = None
         self._probe_module: torch.nn.Module | None = None
         self._handles: list = []
@@ -141,11 +168,11 @@ class SVG2Router:
             session.end_forward(self)
 
     @torch.compiler.disable
-    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *,
+    def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: ValueSource, *,
                attn_mask: torch.Tensor | None, backend, parallel_config, num_dense_tokens: int = 0,
                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of one routed layer. ``query`` / ``key`` / ``value``: ``(B, N, H, D)``
-        (diffusers layout); returns ``(B, N, H, D)``.
+        (diffusers layout), ``value`` possibly a :class:`ValueMaker`; returns ``(B, N, H, D)``.
 
         Runs outside any ``torch.compile`` graph (a graph break per routed layer): the dense/sparse
         decision reads the session's Python state, which a compiled graph would otherwise guard on
@@ -153,7 +180,7 @@ class SVG2Router:
         """
         session = self.session
         if session is None:
-            return dense_attention(query, key, value, attn_mask, backend, parallel_config)
+            return dense_attention(query, key, made(value), attn_mask, backend, parallel_config)
         return session.attend(self, layer, query, key, value, attn_mask, backend, parallel_config,
                               num_dense_tokens, key_padding_mask)
 

@@ -31,7 +31,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoTransformer3DModel,
 )
 
-from .common import SVG2ProcessorBase, SVG2Router
+from .common import SVG2ProcessorBase, SVG2Router, ValueMaker
 
 
 def text_key_padding_mask(attention_mask: torch.Tensor | None, num_text: int) -> torch.Tensor | None:
@@ -50,6 +50,17 @@ def text_key_padding_mask(attention_mask: torch.Tensor | None, num_text: int) ->
             )
         attention_mask = attention_mask[:, 0, 0]
     return attention_mask[:, -num_text:]
+
+
+def _hunyuan_value(attn: Attention, hidden_states: torch.Tensor,
+                   encoder_hidden_states: torch.Tensor | None) -> torch.Tensor:
+    """The values of a HunyuanVideo joint-attention call, ``(B, N, H, D)``: ``to_v`` of the (joint, in a
+    single-stream block) tokens, then in a dual-stream block the text's ``add_v_proj`` appended."""
+    value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+    if encoder_hidden_states is not None:
+        encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        value = torch.cat([value, encoder_value], dim=1)
+    return value
 
 
 class SVG2HunyuanVideoAttnProcessor(SVG2ProcessorBase):
@@ -71,7 +82,11 @@ class SVG2HunyuanVideoAttnProcessor(SVG2ProcessorBase):
         # 1. QKV projections: (B, N, C) -> (B, N, H, D)
         query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
         key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        dual_stream = attn.add_q_proj is not None and encoder_hidden_states is not None
+        # the router's option: the call makes the values itself, beside its k-means
+        value_args = (attn, hidden_states, encoder_hidden_states if dual_stream else None)
+        value = (ValueMaker(_hunyuan_value, *value_args) if self.router.value_beside_selection
+                 else _hunyuan_value(*value_args))
 
         # 2. QK normalization
         if attn.norm_q is not None:
@@ -90,18 +105,17 @@ class SVG2HunyuanVideoAttnProcessor(SVG2ProcessorBase):
                 query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
                 key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
-        # 4. Text projections of the dual-stream blocks, appended after the video tokens
-        if attn.add_q_proj is not None and encoder_hidden_states is not None:
+        # 4. Text projections of the dual-stream blocks, appended after the video tokens (the values' in
+        # _hunyuan_value)
+        if dual_stream:
             encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
             encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-            encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
             if attn.norm_added_q is not None:
                 encoder_query = attn.norm_added_q(encoder_query)
             if attn.norm_added_k is not None:
                 encoder_key = attn.norm_added_k(encoder_key)
             query = torch.cat([query, encoder_query], dim=1)
             key = torch.cat([key, encoder_key], dim=1)
-            value = torch.cat([value, encoder_value], dim=1)
 
         # 5. Attention: video tokens sparse, the trailing text tokens dense
         hidden_states = self.router.attend(

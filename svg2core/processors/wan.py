@@ -17,7 +17,7 @@ from diffusers.models.transformers.transformer_wan import (
     WanTransformer3DModel,
 )
 
-from .common import SVG2ProcessorBase, SVG2Router
+from .common import SVG2ProcessorBase, SVG2Router, ValueMaker
 
 
 def _apply_wan_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor,
@@ -37,6 +37,11 @@ def _apply_wan_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor,
     return out.type_as(hidden_states)
 
 
+def _wan_value(attn: WanAttention, hidden_states: torch.Tensor) -> torch.Tensor:
+    """The values of a Wan self-attention call, ``(B, N, H, D)``: the stock processor's ``to_v``."""
+    return attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+
+
 class SVG2WanAttnProcessor(SVG2ProcessorBase):
     """svg2 processor of one Wan self-attention layer (``blocks[layer].attn1``)."""
 
@@ -53,17 +58,19 @@ class SVG2WanAttnProcessor(SVG2ProcessorBase):
         # hidden_states: (B, N, C) -> query/key/value (B, N, H * D)
         if getattr(attn, "fused_projections", False):
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+            value = value.unflatten(2, (attn.heads, -1))
         else:
             query = attn.to_q(hidden_states)
             key = attn.to_k(hidden_states)
-            value = attn.to_v(hidden_states)
+            # the router's option: the call makes the values itself, beside its k-means
+            value = (ValueMaker(_wan_value, attn, hidden_states) if self.router.value_beside_selection
+                     else _wan_value(attn, hidden_states))
 
         query = attn.norm_q(query)
         key = attn.norm_k(key)
 
         query = query.unflatten(2, (attn.heads, -1))  # (B, N, H, D)
         key = key.unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
 
         if rotary_emb is not None:
             query = _apply_wan_rotary(query, *rotary_emb)

@@ -111,6 +111,46 @@ def test_keys_gathered_by_the_last_update_equal_the_separate_gather(b, h, n, t, 
         assert torch.equal(a, z)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("mode", ["top_p", "dense"])
+def test_values_from_a_callable_equal_the_values_passed(backend, mode):
+    # ``v`` as a callable (the processors' value projection, made beside the k-means): called once, the same output,
+    # density, selection and cached centroids as the tensor, bit for bit (text tokens and a padding mask included)
+    b, h, n, t, d = 2, 2, 67, 5, 64
+    q, k, v = _qkv(b, h, n, d)
+    mask = _mask(b, t, (5, 2))
+    config = SMALL if mode == "top_p" else SVG2Config(mode="dense")
+    calls = []
+
+    def make_v():
+        calls.append(1)
+        return v.clone()
+
+    results = []
+    for value in (v, make_v):
+        state, ws = LayerState(), Workspace()
+        out, density = svg2_attention(q, k, value, config, state, workspace=ws, num_dense_tokens=t,
+                                      key_padding_mask=mask, backend=backend)
+        cent = state.get(0)
+        results.append((out, density) + ((cent.q, cent.k) if cent is not None else ()))
+    assert len(calls) == 1
+    for a, z in zip(*results, strict=True):
+        assert torch.equal(a, z)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda: torch.randn(1, 1, 8, 64, dtype=torch.float64), "v: dtype"),
+    (lambda: torch.randn(1, 1, 9, 64).to(torch.bfloat16), "v: shape must equal q"),
+    (lambda: "values", "v: must be a torch.Tensor"),
+])
+@pytest.mark.parametrize("mode", ["top_p", "dense"])
+def test_a_value_callable_that_returns_bad_values_is_refused_naming_v(bad, message, mode):
+    q, k, _ = _qkv(1, 1, 8, 64)
+    config = SMALL if mode == "top_p" else SVG2Config(mode="dense")
+    with pytest.raises(ValueError, match=message):
+        svg2_attention(q, k, bad, config, LayerState(), backend="reference")
+
+
 def test_key_sweep_lays_out_the_same_selection_in_sweep_order(monkeypatch):
     # KEY_SWEEP with a period (the CPU has none of its own): the kept sets, counts, density and output are those of
     # the call without it, the layout is the reference's sweep order of that selection, and the kernel's output

@@ -140,9 +140,10 @@ def test_calls_skipped_by_first_block_cache_are_counted_as_skipped(cache_first):
     model.disable_cache()
 
 
-def test_torch_compile_matches_eager_and_does_not_recompile_per_step():
+@pytest.mark.parametrize("beside", [False, True], ids=["values", "value_beside_selection"])
+def test_torch_compile_matches_eager_and_does_not_recompile_per_step(beside):
     model, inputs = tiny_wan(), wan_inputs()
-    apply_svg2(model, backend="reference")
+    apply_svg2(model, backend="reference", value_beside_selection=beside)
     graphs = []
 
     def counting_backend(gm, example_inputs):
@@ -262,9 +263,10 @@ def test_two_transformers_share_the_step_count_without_step_index():
     assert metrics["branches"] == ["cond", "uncond"]
 
 
-def test_regional_compile_matches_eager_across_jobs():
+@pytest.mark.parametrize("beside", [False, True], ids=["values", "value_beside_selection"])
+def test_regional_compile_matches_eager_across_jobs(beside):
     model, inputs = tiny_wan(), wan_inputs()
-    apply_svg2(model, backend="reference")
+    apply_svg2(model, backend="reference", value_beside_selection=beside)
     plan = small_plan(top_p=0.5)
     with svg2_session(model, plan, num_inference_steps=2):
         eager = [forward(model, inputs, "cond") for _ in range(2)]

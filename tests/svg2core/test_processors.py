@@ -150,6 +150,42 @@ def test_hunyuan_padded_text_keys_never_reach_the_video_tokens():
     torch.testing.assert_close(out_altered, out, atol=1e-2, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["wan", "wan_i2v", "hunyuan"])
+def test_values_made_beside_the_selection_change_no_output(kind):
+    """``value_beside_selection``: the processors hand each call their value projection, made inside the call;
+    dense and sparse outputs, the selections (the cached centroids) and the call counts are those of the default,
+    bit for bit; on CPU the measured sparse time leaves the projection out (it is never negative)."""
+    def build():
+        if kind == "hunyuan":
+            return tiny_hunyuan(), hunyuan_inputs(text_valid=(3, 6))
+        return tiny_wan(i2v=kind == "wan_i2v"), wan_inputs(i2v=kind == "wan_i2v")
+
+    plan = small_plan(top_p=0.6, dense_layers=1)
+    runs = []
+    for beside in (False, True):
+        model, inputs = build()
+        integration = apply_svg2(model, backend="reference", value_beside_selection=beside)
+        assert integration.routers["transformer"].value_beside_selection is beside
+        with svg2_session(model, DENSE, num_inference_steps=1):
+            dense = forward(model, inputs)
+        with svg2_session(model, plan, num_inference_steps=2) as session:
+            sparse = [forward(model, inputs, "cond") for _ in range(2)]
+            cents = {key: (st.get(0).q.clone(), st.get(0).k.clone()) for key, st in session.layer_states.items()}
+        metrics = session.metrics()
+        assert metrics["sparse_calls"] > 0 and metrics["sparse_attention_seconds"] >= 0
+        runs.append((dense, sparse, cents, metrics["sparse_calls"], metrics["dense_calls"]))
+    (dense0, sparse0, cents0, *counts0), (dense1, sparse1, cents1, *counts1) = runs
+    assert torch.equal(dense0, dense1) and counts0 == counts1
+    assert all(torch.equal(a, b) for a, b in zip(sparse0, sparse1, strict=True))
+    assert cents0.keys() == cents1.keys()
+    assert all(torch.equal(cents0[key][i], cents1[key][i]) for key in cents0 for i in (0, 1))
+
+
+def test_value_beside_selection_must_be_a_bool():
+    with pytest.raises(ValueError, match="value_beside_selection: must be a bool"):
+        apply_svg2(tiny_wan(), backend="reference", value_beside_selection="yes")
+
+
 def test_remove_restores_the_stock_processors_exactly():
     wan, hv = tiny_wan(), tiny_hunyuan()
     for model, inputs in ((wan, wan_inputs()), (hv, hunyuan_inputs())):
@@ -211,9 +247,9 @@ def test_hunyuan_all_valid_text_drops_the_masks_only_when_the_session_says_so(pl
         received.append(("dense", attn_mask))
         return dense_fn(query, key, value, attn_mask, *rest)
 
-    def sparse_spy(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask):
+    def sparse_spy(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask, timer):
         received.append(("sparse", key_padding_mask))
-        return sparse_fn(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask)
+        return sparse_fn(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask, timer)
 
     monkeypatch.setattr(integration_module, "dense_attention", dense_spy)
     monkeypatch.setattr(integration_module.SVG2Session, "_sparse", sparse_spy)
