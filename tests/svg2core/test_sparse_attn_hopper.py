@@ -266,6 +266,36 @@ def _warm_call_in_a_graph_equals_eager(q, k, v, cfg, **call) -> None:
     assert torch.equal(out_g, eager_out) and torch.equal(density_g, eager_density)
 
 
+@pytest.mark.timeout(240, method="thread")
+def test_values_made_beside_the_selection_on_the_gpu():
+    # svg2_attention with the values as a callable (a GEMM on the caller's stream while both k-means chains run on
+    # side streams, the gather waiting for it): the cold and the warm call equal the tensor's bit for bit (text
+    # tokens, the token sample, the tail union), and a warm call with it replays in a CUDA graph
+    from svg2core import LayerState, SVG2Config, svg2_attention
+
+    torch.manual_seed(8)
+    h, n, t, d = 8, 20000, 64, 128
+    x = torch.randn(n + t, h * d, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(h * d, h * d, device="cuda", dtype=torch.bfloat16) / (h * d) ** 0.5
+
+    def make_v():
+        return (x @ w.t()).view(1, n + t, h, d).transpose(1, 2)
+
+    q, k = (torch.randn(1, h, n + t, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    cfg = SVG2Config(num_q_clusters=100, num_k_clusters=200, mode="fixed_density", target_density=0.25,
+                     kmeans_iters_init=5, kmeans_subsample=2, query_tail_union=True)
+    v = make_v()
+    runs = []
+    for value in (v, make_v):
+        state, ws = LayerState(), Workspace()
+        calls = [[y.clone() for y in svg2_attention(q, k, value, cfg, state, workspace=ws, num_dense_tokens=t)]
+                 for _ in range(2)]  # cold, warm
+        runs.append([y for call in calls for y in call] + [state.get(0).q.clone(), state.get(0).k.clone()])
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+    _warm_call_in_a_graph_equals_eager(q, k, make_v, cfg, num_dense_tokens=t)
+
+
 def test_query_tile_rebalancing_on_the_gpu():
     # the four rebalancing kernels against the reference at 8 heads x 20,000 tokens (bf16 tokens; tf32x3 and bf16
     # margins: a near-tie may move another row), then a warm svg2_attention call with
