@@ -247,9 +247,9 @@ def test_hunyuan_all_valid_text_drops_the_masks_only_when_the_session_says_so(pl
         received.append(("dense", attn_mask))
         return dense_fn(query, key, value, attn_mask, *rest)
 
-    def sparse_spy(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask, timer):
+    def sparse_spy(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask, *rest):
         received.append(("sparse", key_padding_mask))
-        return sparse_fn(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask, timer)
+        return sparse_fn(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask, *rest)
 
     monkeypatch.setattr(integration_module, "dense_attention", dense_spy)
     monkeypatch.setattr(integration_module.SVG2Session, "_sparse", sparse_spy)

@@ -205,9 +205,9 @@ def test_hunyuan_prompt_is_packed_and_attention_runs_unmasked(tiny_hunyuan, regi
         masks.append(attn_mask)
         return dense_fn(query, key, value, attn_mask, *rest)
 
-    def sparse_spy(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask):
+    def sparse_spy(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask, *rest):
         masks.append(key_padding_mask)
-        return sparse_fn(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask)
+        return sparse_fn(self, router, layer, branch, query, key, value, num_dense_tokens, key_padding_mask, *rest)
 
     monkeypatch.setattr(integration_module, "dense_attention", dense_spy)
     monkeypatch.setattr(integration_module.SVG2Session, "_sparse", sparse_spy)
