@@ -145,6 +145,10 @@ class ModelEntry(BaseModel):
         if not isinstance(mode, str) or mode not in COMPILE_MODES:
             raise ValueError(f"model {self.name}: options.compile must be one of {', '.join(COMPILE_MODES)}, "
                              f"got {mode!r}")
+        beside = self.options.get("svg2_value_beside_selection", False)
+        if not isinstance(beside, bool):
+            raise ValueError(f"model {self.name}: options.svg2_value_beside_selection must be true or false, "
+                             f"got {beside!r}")
         backend = self.options.get("compile_backend", "inductor")
         if not isinstance(backend, str) or not backend:
             # Which backends exist is torch's to say (checked at load, worker/pipelines/loading.py).

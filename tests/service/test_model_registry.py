@@ -116,6 +116,15 @@ def test_compile_backend_must_be_a_name(tmp_path):
         load_registry(_write(tmp_path, data))
 
 
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_value_beside_selection_option_must_be_a_bool(tmp_path, value):
+    data = _bundled()
+    data["models"][0]["options"] = {"svg2_value_beside_selection": value}
+    with pytest.raises(ValueError, match=r"model tiny: options\.svg2_value_beside_selection must be true or false, "
+                                         rf"got {re.escape(repr(value))}"):
+        load_registry(_write(tmp_path, data))
+
+
 def test_compile_option_values_load(tmp_path):
     data = _bundled()
     data["models"][0]["options"] = {"compile": "regional", "compile_backend": "aot_eager"}

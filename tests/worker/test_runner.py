@@ -186,8 +186,8 @@ def test_cold_shutdown_mid_job_marks_it_failed_and_stops_the_worker(store, runne
     assert not store.video_path(job.id).exists()
 
 
-def test_an_image_to_video_job_whose_stored_frame_is_gone_or_changed_fails_naming_the_field(store, registry):
-    """The first frame is read from the output directory and checked against the spec's digest."""
+def _i2v_runner_and_job(store, registry):
+    """A runner of the built-in tiny-i2v model, a 64 x 64 test card as PNG and an image-to-video spec naming it."""
     from worker.images import encode_png, synthetic_image
     from worker.pipelines.loading import load_model
     from worker.registry import build_job_spec
@@ -196,6 +196,14 @@ def test_an_image_to_video_job_whose_stored_frame_is_gone_or_changed_fails_namin
     png, meta = encode_png(synthetic_image(64, 64))
     spec, _ = build_job_spec(registry, model="tiny-i2v", prompt="x", num_frames=5, num_inference_steps=2,
                              input_image=meta)
+    return runner, png, spec
+
+
+def test_an_image_to_video_job_whose_stored_frame_is_gone_or_changed_fails_naming_the_field(store, registry):
+    """The first frame is read from the output directory and checked against the spec's digest."""
+    from worker.images import encode_png, synthetic_image
+
+    runner, png, spec = _i2v_runner_and_job(store, registry)
 
     ok = store.create(spec, "tiny-i2v")
     store.save_input_image(ok.id, png)
@@ -216,14 +224,7 @@ def test_an_image_to_video_job_cancelled_just_after_it_started_ends_cancelled_no
                                                                                          monkeypatch):
     """DELETE between the worker's start and its read of the stored frame: the request deleted the image, and the
     job ends ``cancelled`` (the user's doing), not ``failed`` with a missing-file error."""
-    from worker.images import encode_png, synthetic_image
-    from worker.pipelines.loading import load_model
-    from worker.registry import build_job_spec
-
-    runner = JobRunner(store, load_model(registry.get("tiny-i2v")), "test-worker")
-    png, meta = encode_png(synthetic_image(64, 64))
-    spec, _ = build_job_spec(registry, model="tiny-i2v", prompt="x", num_frames=5, num_inference_steps=2,
-                             input_image=meta)
+    runner, png, spec = _i2v_runner_and_job(store, registry)
     job = store.create(spec, "tiny-i2v")
     store.save_input_image(job.id, png)
     started = store.mark_started

@@ -93,6 +93,20 @@ def test_removing_svg2_restores_the_stock_dense_pipeline(registry, tiny_spec):
     assert not np.array_equal(sparse.frames, expected.frames)
 
 
+def test_registry_option_value_beside_selection_reaches_the_processors_and_changes_no_frame(registry, tiny_spec):
+    from worker.pipelines.loading import load_model
+
+    spec = tiny_spec(num_frames=5, num_inference_steps=2, sparsity={"preset": "fast", **SPARSE_NOW})
+    runs = []
+    for beside in (False, True):
+        entry = registry.get("tiny").model_copy(update={"options": {"svg2_value_beside_selection": beside}})
+        model = load_model(entry, device="cpu")
+        assert all(r.value_beside_selection is beside for r in model.svg2.routers.values())
+        runs.append(_run(model, spec))
+    assert np.array_equal(runs[0].frames, runs[1].frames)
+    assert runs[1].metrics["sparsity"]["sparse_calls"] == runs[0].metrics["sparsity"]["sparse_calls"] > 0
+
+
 def test_registry_option_svg2_false_keeps_the_stock_processors(registry, tiny_spec):
     from worker.pipelines.loading import load_model
 

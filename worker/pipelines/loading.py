@@ -44,7 +44,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 #: Registry ``options`` the loader understands; others are reported once at load (a typo must not
 #: pass silently, but a newer registry must not stop an older worker either).
 KNOWN_OPTIONS = frozenset({"flow_shift", "max_sequence_length", "enable_vae_tiling", "vae_dtype", "svg2",
-                           "compile", "compile_backend"})
+                           "svg2_value_beside_selection", "compile", "compile_backend"})
 
 #: The tiny text encoder has no use for Wan's 512-token prompts; 64 bytes keeps a step cheap.
 TINY_MAX_SEQUENCE_LENGTH = 64
@@ -260,7 +260,9 @@ def _apply_svg2(entry: ModelEntry, pipe: diffusers.DiffusionPipeline) -> SVG2Int
         log.info("model %s: svg2 disabled by the registry; every job runs dense", entry.name)
         return None
     try:
-        return apply_svg2(pipe)
+        # the registry's choice: each sparse call makes its values beside its k-means (off unless measured to pay;
+        # docs/integration.md)
+        return apply_svg2(pipe, value_beside_selection=entry.options.get("svg2_value_beside_selection", False))
     except TypeError as exc:  # a transformer svg2 has no processors for
         log.warning("model %s: sparse attention unavailable, jobs run dense (%s)", entry.name, exc)
         return None
