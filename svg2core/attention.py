@@ -102,7 +102,6 @@ def svg2_attention(
         >>> state, ws = LayerState(), Workspace()
         >>> out, density = svg2_attention(q, k, v, cfg, state, branch=0, workspace=ws)
     """
-    value_fn = None if isinstance(v, torch.Tensor) or not callable(v) else v
     _validate(q, k, v, config, state, branch, workspace, num_dense_tokens, key_padding_mask, backend, scale)
     b, h, n, d = q.shape
     t = num_dense_tokens
@@ -137,8 +136,8 @@ def svg2_attention(
     # 1-3. k-means of queries and keys (video tokens only, in place on those centroids), cluster scoring and
     # selection, K and V gathered into cluster-contiguous order.
     plan = cluster_and_select(q_video, k_video, v, q_cent, k_cent, iters, config, ws, backend, candidates=candidates,
-                              subsample=subsample, value_check=q if value_fn is not None else None)
-    v = plan.v  # made by ``value_fn`` beside the k-means
+                              subsample=subsample, value_check=q)
+    v = plan.v  # a callable ``v``'s values, made beside the k-means
     sel_idx, sel_count, sel_cum = plan.sel_idx, plan.sel_count, plan.sel_cum
     density = selection_density(plan.q_sizes, sel_count, sel_cum, b, h, nv, t, key_padding_mask, backend)
 
@@ -207,8 +206,8 @@ def cluster_and_select(q_video: torch.Tensor, k_video: torch.Tensor, v: torch.Te
     cold call). ``v`` may be a callable that returns the values: it is called once on the caller's stream after
     both k-means chains are queued, and on CUDA (Triton, ``concurrent``) the key chain then also runs on a side
     stream, so that whatever makes the values (the layer's value projection, a GEMM) runs beside the two chains; the
-    gather waits for it. ``value_check``: the queries, against which the returned values are checked (shape, dtype,
-    device, layout, as ``svg2_attention`` checks a tensor). ``sweep``: the
+    gather waits for it. ``value_check``: the queries, against which a callable's values are checked (shape, dtype,
+    device, as ``svg2_attention`` checks a tensor; layout and head dim are always checked). ``sweep``: the
     selection's key sweep, ``(period, block_m)`` (``KeySweep``: the attention kernel's programs in flight, 0 = none,
     and its query rows a program); None: the default kernel's (``key_sweep_layout``) with the Triton backend and
     :data:`KEY_SWEEP`, else none.

@@ -207,5 +207,10 @@ class SVG2ProcessorBase:
         self._attention_backend = getattr(original, "_attention_backend", None)
         self._parallel_config = getattr(original, "_parallel_config", None)
 
+    def _values(self, fn: Callable[..., torch.Tensor], *args) -> ValueSource:
+        """The call's values ``fn(*args)``, or with the router's ``value_beside_selection`` a :class:`ValueMaker`
+        that the call runs itself, beside its k-means."""
+        return ValueMaker(fn, *args) if self.router.value_beside_selection else fn(*args)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(tag={self.router.tag!r}, layer={self.layer})"

@@ -31,7 +31,7 @@ from diffusers.models.transformers.transformer_hunyuan_video import (
     HunyuanVideoTransformer3DModel,
 )
 
-from .common import SVG2ProcessorBase, SVG2Router, ValueMaker
+from .common import SVG2ProcessorBase, SVG2Router
 
 
 def text_key_padding_mask(attention_mask: torch.Tensor | None, num_text: int) -> torch.Tensor | None:
@@ -83,10 +83,7 @@ class SVG2HunyuanVideoAttnProcessor(SVG2ProcessorBase):
         query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
         key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
         dual_stream = attn.add_q_proj is not None and encoder_hidden_states is not None
-        # the router's option: the call makes the values itself, beside its k-means
-        value_args = (attn, hidden_states, encoder_hidden_states if dual_stream else None)
-        value = (ValueMaker(_hunyuan_value, *value_args) if self.router.value_beside_selection
-                 else _hunyuan_value(*value_args))
+        value = self._values(_hunyuan_value, attn, hidden_states, encoder_hidden_states if dual_stream else None)
 
         # 2. QK normalization
         if attn.norm_q is not None:

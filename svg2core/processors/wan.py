@@ -17,7 +17,7 @@ from diffusers.models.transformers.transformer_wan import (
     WanTransformer3DModel,
 )
 
-from .common import SVG2ProcessorBase, SVG2Router, ValueMaker
+from .common import SVG2ProcessorBase, SVG2Router
 
 
 def _apply_wan_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor,
@@ -62,9 +62,7 @@ class SVG2WanAttnProcessor(SVG2ProcessorBase):
         else:
             query = attn.to_q(hidden_states)
             key = attn.to_k(hidden_states)
-            # the router's option: the call makes the values itself, beside its k-means
-            value = (ValueMaker(_wan_value, attn, hidden_states) if self.router.value_beside_selection
-                     else _wan_value(attn, hidden_states))
+            value = self._values(_wan_value, attn, hidden_states)
 
         query = attn.norm_q(query)
         key = attn.norm_k(key)
